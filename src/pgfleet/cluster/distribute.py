@@ -1,0 +1,423 @@
+"""Turning a coordinator table into a distributed or reference table, data included.
+
+Order of work, chosen so that a failure at any point leaves the original table untouched:
+1. validate everything and reach every worker involved (nothing changed yet);
+2. create the shard tables on the workers and a staging parent with foreign partitions on the
+   coordinator (recorded in pgfleet.operations);
+3. lock the original against writes (reads go on), copy its rows in batches with progress;
+4. verify row count and checksum, shard by shard against the original;
+5. in the lock-holding transaction: swap names, move sequences, owner and grants, write the catalog,
+   drop the original; COMMIT.
+Any failure before 5 commits drops the staging parent and the shard tables again.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from collections.abc import Callable
+from contextlib import ExitStack
+from dataclasses import replace
+
+import psycopg
+from psycopg import sql
+
+from ..errors import ExecuteError, PgfleetError, SpecError
+from ..execute.connect import CANONICAL_SETTINGS, describe_error
+from ..plan import layout, tables
+from ..spec import DistributeSpec, QualifiedName, ReferenceSpec
+from ..topology.model import Shard, TableDef
+from ..topology.read import hash_function, resolve_table, table_def
+from .fleet import Fleet
+
+log = logging.getLogger(__name__)
+
+Conn = psycopg.Connection[tuple[object, ...]]
+Progress = Callable[[str, int, int], None]
+BATCH_ROWS = 50_000
+
+CHECKSUM = "SELECT count(*), coalesce(sum(hashtextextended(t::text, 0)::numeric), 0) FROM {} t"
+
+
+def _noop(_phase: str, _done: int, _total: int) -> None:
+    pass
+
+
+def _set_internal(conn: Conn) -> None:
+    conn.execute("SELECT set_config('pgfleet.internal', 'on', true)")
+
+
+def _canonical(conn: Conn) -> None:
+    for name, value in CANONICAL_SETTINGS.items():
+        conn.execute("SELECT set_config(%s, %s, true)", (name, value))
+
+
+def _alloc_ids(conn: Conn, count: int) -> list[int]:
+    rows = conn.execute("SELECT nextval('pgfleet.shard_id_seq') FROM generate_series(1, %s)", (count,)).fetchall()
+    return [int(str(r[0])) for r in rows]
+
+
+def _op_start(conn: Conn, kind: str, table: TableDef, shards: tuple[Shard, ...], staging: str | None) -> int:
+    detail = {"staging": staging, "shards": [
+        {"node": s.node, "schema": s.shard_schema, "table": s.shard_table} for s in shards]}
+    row = conn.execute("INSERT INTO pgfleet.operations (kind, relid, table_name, detail) VALUES (%s, %s, %s, %s) "
+                       "RETURNING id", (kind, table.oid, str(table.name), json.dumps(detail))).fetchone()
+    assert row is not None
+    return int(str(row[0]))
+
+
+def _op_end(conn: Conn, op: int, state: str) -> None:
+    try:
+        conn.execute("UPDATE pgfleet.operations SET state = %s, finished_at = now() WHERE id = %s", (state, op))
+    except psycopg.Error:
+        log.warning("could not record the end of operation %s", op)
+
+
+def cleanup_leftovers(fleet: Fleet, oid: int) -> None:
+    """Remove what an interrupted distribute/reference of the table with ``oid`` left behind."""
+    conn = fleet.conn()
+    rows = conn.execute("SELECT id, detail FROM pgfleet.operations WHERE relid = %s AND state = 'running'",
+                        (oid,)).fetchall()
+    topo = fleet.topology()
+    for op_id, detail in rows:
+        info = detail if isinstance(detail, dict) else json.loads(str(detail))
+        staging = info.get("staging")
+        if staging:
+            with conn.transaction():
+                _set_internal(conn)
+                conn.execute(sql.SQL("DROP TABLE IF EXISTS {} CASCADE").format(
+                    sql.Identifier(staging["schema"], staging["table"])))
+        for s in info.get("shards", []):
+            node = topo.node(s["node"])
+            if node is None:
+                continue
+            try:
+                with fleet.worker_conn(node) as w:
+                    w.execute(sql.SQL("DROP TABLE IF EXISTS {}").format(sql.Identifier(s["schema"], s["table"])))
+            except PgfleetError as exc:
+                log.warning("could not drop leftover shard %s.%s on %s: %s", s["schema"], s["table"], s["node"], exc)
+        _op_end(conn, int(str(op_id)), "cleaned")
+
+
+def _drop_worker_tables(fleet: Fleet, shards: tuple[Shard, ...]) -> None:
+    topo = fleet.topology()
+    for shard in shards:
+        node = topo.node(shard.node)
+        if node is None:
+            continue
+        try:
+            with fleet.worker_conn(node) as w:
+                w.execute(sql.SQL("DROP TABLE IF EXISTS {}").format(tables.ident(shard.shard_name)))
+        except PgfleetError as exc:
+            log.warning("could not drop shard %s on %s: %s", shard.shard_name, shard.node, exc)
+
+
+def _prepare(fleet: Fleet, name: QualifiedName) -> TableDef:
+    conn = fleet.conn()
+    oid = resolve_table(conn, name)
+    topo = fleet.topology()
+    existing = topo.table(oid)
+    if existing is not None:
+        raise SpecError(f"{existing.name} is already a {existing.method} table",
+                        hint="undistribute is not supported yet; create a new table to change its distribution")
+    cleanup_leftovers(fleet, oid)
+    return table_def(conn, oid)
+
+
+def _create_on_workers(conns: dict[str, Conn], statements: list[tuple[str, list[sql.Composed], str]]) -> None:
+    """Run each (node, statements) group in one transaction on that worker."""
+    for node, stmts, what in statements:
+        conn = conns[node]
+        try:
+            with conn.transaction():
+                for stmt in stmts:
+                    conn.execute(stmt)
+        except psycopg.Error as exc:
+            raise ExecuteError(f"creating {what} failed: {describe_error(exc)}", node=node) from None
+
+
+def _checksum(conn: Conn, target: sql.Composable) -> tuple[int, int]:
+    row = conn.execute(sql.SQL(CHECKSUM).format(target)).fetchone()
+    assert row is not None
+    return int(str(row[0])), int(str(row[1]))
+
+
+def _move_rows(fleet: Fleet, source: TableDef, target: QualifiedName, total: int, progress: Progress) -> int:
+    """INSERT … SELECT the source into the staging parent in page-range batches, each committed."""
+    conn = fleet.conn()
+    row = conn.execute("SELECT pg_relation_size(%s) / current_setting('block_size')::int", (source.oid,)).fetchone()
+    pages = int(str(row[0])) if row else 0
+    per_page = max(1, total // max(1, pages))
+    step = max(1, BATCH_ROWS // per_page)
+    cols = tables.column_list(source.columns, writable_only=True)
+    overriding = sql.SQL(" OVERRIDING SYSTEM VALUE" if any(c.identity for c in source.columns) else "")
+    statement = sql.SQL("INSERT INTO {target} ({cols}){ov} SELECT {cols} FROM {src} "
+                        "WHERE ctid >= format('(%s,0)', {lo}::bigint)::tid AND ctid < format('(%s,0)', {hi}::bigint)::tid")
+    done = 0
+    progress("copy", 0, total)
+    for first in range(0, pages, step):
+        q = statement.format(target=tables.ident(target), cols=cols, ov=overriding, src=tables.ident(source.name),
+                             lo=sql.Literal(first), hi=sql.Literal(first + step))
+        try:
+            with conn.transaction():
+                _set_internal(conn)
+                cur = conn.execute(q)
+                done += max(cur.rowcount, 0)
+        except psycopg.Error as exc:
+            raise ExecuteError(f"copying rows of {source.name} into its shards failed: {describe_error(exc)}",
+                               node=fleet.coordinator.name) from None
+        progress("copy", done, total)
+    return done
+
+
+def _verify(fleet: Fleet, source_sum: tuple[int, int], shards: tuple[Shard, ...], what: str,
+            progress: Progress) -> None:
+    count, total = 0, 0
+    by_node: dict[str, list[Shard]] = {}
+    for shard in shards:
+        by_node.setdefault(shard.node, []).append(shard)
+    progress("verify", 0, len(shards))
+    checked = 0
+    with fleet.worker_conns(list(by_node), canonical=True) as conns:
+        for node, node_shards in by_node.items():
+            for shard in node_shards:
+                c, s = _checksum(conns[node], tables.ident(shard.shard_name))
+                count += c
+                total += s
+                checked += 1
+                progress("verify", checked, len(shards))
+    if (count, total) != source_sum:
+        raise ExecuteError(f"verification of {what} failed: the original has {source_sum[0]} rows, the shards {count}"
+                           f"{'' if count != source_sum[0] else ' with a different checksum'}",
+                           hint="nothing was changed; run the command again")
+
+
+def _swap(conn: Conn, table: TableDef, staging: QualifiedName) -> None:
+    """Give the staging parent the original's name, sequences, owner and grants; drop the original."""
+    schema = table.name.schema or "public"
+    old_name = f"pgfleet_old_{table.oid}"
+    owned = conn.execute(
+        "SELECT s.oid::regclass::text, a.attname FROM pg_depend d JOIN pg_class s ON s.oid = d.objid "
+        "JOIN pg_attribute a ON a.attrelid = d.refobjid AND a.attnum = d.refobjsubid "
+        "WHERE d.refobjid = %s AND d.deptype = 'a' AND s.relkind = 'S'", (table.oid,)).fetchall()
+    restarts = []
+    for col in table.columns:
+        if col.identity:
+            row = conn.execute("SELECT last_value, is_called FROM pg_sequences WHERE "
+                               "format('%%I.%%I', schemaname, sequencename)::regclass = "
+                               "pg_get_serial_sequence(%s, %s)::regclass",
+                               (str(table.name), col.name)).fetchone()
+            if row and row[0] is not None:
+                restarts.append((col.name, int(str(row[0])) + (1 if row[1] else 0)))
+    conn.execute(sql.SQL("ALTER TABLE {} RENAME TO {}").format(tables.ident(table.name), sql.Identifier(old_name)))
+    conn.execute(sql.SQL("ALTER TABLE {} RENAME TO {}").format(tables.ident(staging),
+                                                               sql.Identifier(table.name.name)))
+    new = QualifiedName(schema, table.name.name)
+    for seq, col in owned:
+        conn.execute(sql.SQL("ALTER SEQUENCE {} OWNED BY {}").format(
+            sql.SQL(str(seq)), sql.Identifier(schema, table.name.name, str(col))))
+    for col_name, value in restarts:
+        conn.execute(sql.SQL("ALTER TABLE {} ALTER COLUMN {} RESTART WITH {}").format(
+            tables.ident(new), sql.Identifier(col_name), sql.Literal(value)))
+    conn.execute(sql.SQL("ALTER TABLE {} OWNER TO {}").format(tables.ident(new), sql.Identifier(table.owner)))
+    for entry in table.acl:
+        privilege, grantee = entry.split("\t", 1)
+        conn.execute(sql.SQL("GRANT {} ON {} TO {}").format(sql.SQL(privilege), tables.ident(new),
+                                                            sql.SQL(grantee)))
+    conn.execute(sql.SQL("DROP TABLE {}").format(sql.Identifier(schema, old_name)))
+
+
+def distribute(fleet: Fleet, spec: DistributeSpec, progress: Progress | None = None) -> int:
+    """Distribute a coordinator table by hash, range or list; return the number of rows moved."""
+    say = progress or _noop
+    conn = fleet.conn()
+    table = _prepare(fleet, spec.table)
+    layout.check_table_shape(table, reference=False)
+    key = layout.check_key(table, spec.key)
+    topo = fleet.topology()
+    colocated = None
+    colocation_id: int | None = None
+    method: str
+    if spec.colocate_with is not None:
+        other_oid = resolve_table(conn, spec.colocate_with)
+        colocated = topo.table(other_oid)
+        if colocated is None:
+            raise SpecError(f"{spec.colocate_with} is not distributed",
+                            hint=f"distribute it first, then co-locate {spec.table} with it")
+        other_key = table_def(conn, other_oid).column(colocated.key or "")
+        layout.check_colocation(table, key, spec, colocated, other_key.type if other_key else "")
+        method = colocated.method
+        colocation_id = colocated.colocation_id
+    else:
+        assert spec.method is not None
+        method = layout.method_name(spec.method)
+    hashfn = hash_function(conn, key.type) if method == "hash" else None
+    workers = [w.name for w in topo.workers]
+    count = len(colocated.shards) if colocated else (
+        spec.method.shard_count if hasattr(spec.method, "shard_count") else len(spec.method.shards))  # type: ignore[union-attr]
+    shard_ids = _alloc_ids(conn, count)
+    shards = layout.layout_shards(table, spec, workers, shard_ids, colocated)
+    schema = table.name.schema or "public"
+    staging = QualifiedName(schema, f"pgfleet_staging_{table.oid}")
+
+    nodes = sorted({s.node for s in shards})
+    with fleet.worker_conns(nodes) as wconns:  # every worker reachable, or nothing happens
+        op = _op_start(conn, "distribute", table, shards, None)
+        conn.execute("UPDATE pgfleet.operations SET detail = jsonb_set(detail, '{staging}', %s) WHERE id = %s",
+                     (json.dumps({"schema": staging.schema, "table": staging.name}), op))
+        lock: Conn | None = None
+        try:
+            say("shards", 0, len(shards))
+            groups: dict[str, list[sql.Composed]] = {}
+            for shard in shards:
+                rule = tables.shard_rule(key.name, shard, hashfn)
+                groups.setdefault(shard.node, []).extend(
+                    tables.shard_table_ddl(table, shard.shard_name, rule=rule, index_suffix=f"_{shard.shard_id}"))
+            _create_on_workers(wconns, [(n, s, f"shards of {table.name}") for n, s in groups.items()])
+            say("shards", len(shards), len(shards))
+            node_by_name = {n.name: n for n in topo.nodes}
+            try:
+                with conn.transaction():
+                    _set_internal(conn)
+                    conn.execute(tables.parent_table_ddl(table, staging, method, key.name))
+                    for shard in shards:
+                        conn.execute(tables.foreign_partition_ddl(staging, shard, node_by_name[shard.node].server_name))
+            except psycopg.Error as exc:
+                raise ExecuteError(f"creating the distributed parent of {table.name} failed: {describe_error(exc)}",
+                                   node=fleet.coordinator.name) from None
+            lock = fleet.new_coordinator_conn()
+            lock.autocommit = False
+            _set_internal(lock)
+            _canonical(lock)
+            lock.execute(sql.SQL("LOCK TABLE {} IN EXCLUSIVE MODE").format(tables.ident(table.name)))
+            source_sum = _checksum(lock, tables.ident(table.name))
+            moved = _move_rows(fleet, table, staging, source_sum[0], say)
+            _verify(fleet, source_sum, shards, f"{table.name}", say)
+            say("swap", 0, 1)
+            _swap(lock, table, staging)
+            if colocation_id is None:
+                row = lock.execute("INSERT INTO pgfleet.colocation_groups (method, key_type, shard_count) "
+                                   "VALUES (%s, %s, %s) RETURNING id", (method, key.type, len(shards))).fetchone()
+                assert row is not None
+                colocation_id = int(str(row[0]))
+            new_oid = lock.execute("SELECT %s::regclass::oid", (str(table.name),)).fetchone()
+            assert new_oid is not None
+            final = [replace(s, table_oid=int(str(new_oid[0]))) for s in shards]
+            rows = tables.catalog_rows(sql.Literal(int(str(new_oid[0]))), table.name, method, key.name,
+                                       colocation_id, final)
+            lock.execute(rows.table_insert)
+            for ins in rows.shard_inserts:
+                lock.execute(ins)
+            lock.execute("SELECT pgfleet.snapshot_columns(%s)", (int(str(new_oid[0])),))
+            lock.execute(sql.SQL("ANALYZE {}").format(tables.ident(table.name)))
+            lock.commit()
+            say("swap", 1, 1)
+        except BaseException:
+            if lock is not None:
+                try:
+                    lock.rollback()
+                except psycopg.Error:
+                    pass
+            _undo_distribute(fleet, staging, shards)
+            _op_end(conn, op, "failed")
+            raise
+        finally:
+            if lock is not None:
+                lock.close()
+        _op_end(conn, op, "done")
+    return moved
+
+
+def _undo_distribute(fleet: Fleet, staging: QualifiedName, shards: tuple[Shard, ...]) -> None:
+    conn = fleet.conn()
+    try:
+        with conn.transaction():
+            _set_internal(conn)
+            conn.execute(sql.SQL("DROP TABLE IF EXISTS {} CASCADE").format(tables.ident(staging)))
+    except psycopg.Error as exc:
+        log.warning("could not drop %s: %s", staging, describe_error(exc))
+    _drop_worker_tables(fleet, shards)
+
+
+def make_reference(fleet: Fleet, spec: ReferenceSpec, progress: Progress | None = None) -> int:
+    """Copy a coordinator table to every worker and keep the copies in step; return rows copied."""
+    say = progress or _noop
+    conn = fleet.conn()
+    table = _prepare(fleet, spec.table)
+    layout.check_table_shape(table, reference=True)
+    layout.check_reference(table)
+    topo = fleet.topology()
+    workers = [w.name for w in topo.workers]
+    if not workers:
+        raise SpecError("there are no workers to copy a reference table to",
+                        hint="add one with 'pgfleet node add' or 'pgfleet up --workers N'")
+    ids = _alloc_ids(conn, len(workers))
+    schema = table.name.schema or "public"
+    shards = tuple(
+        Shard(shard_id=sid, table_oid=table.oid, index=0, node=w, shard_schema=schema, shard_table=table.name.name,
+              foreign_schema=tables.SHARD_SCHEMA, foreign_table=tables.shard_table_name(table.name.name, sid))
+        for sid, w in zip(ids, workers, strict=True))
+    node_by_name = {n.name: n for n in topo.nodes}
+    with fleet.worker_conns(workers) as wconns, ExitStack() as stack:
+        op = _op_start(conn, "reference", table, shards, None)
+        lock: Conn | None = None
+        try:
+            _create_on_workers(wconns, [(s.node, tables.shard_table_ddl(table, s.shard_name, rule=None, index_suffix=""),
+                                         f"the copy of {table.name}") for s in shards])
+            lock = fleet.new_coordinator_conn()
+            lock.autocommit = False
+            _set_internal(lock)
+            _canonical(lock)
+            lock.execute(sql.SQL("LOCK TABLE {} IN EXCLUSIVE MODE").format(tables.ident(table.name)))
+            source_sum = _checksum(lock, tables.ident(table.name))
+            cols = tables.column_list(table.columns)
+            for wc in wconns.values():
+                wc.autocommit = False
+            say("copy", 0, source_sum[0] * len(workers))
+            try:
+                with lock.cursor().copy(sql.SQL("COPY (SELECT {} FROM {}) TO STDOUT").format(
+                        cols, tables.ident(table.name))) as src:
+                    sinks = [stack.enter_context(wconns[s.node].cursor().copy(
+                        sql.SQL("COPY {} ({}) FROM STDIN").format(tables.ident(s.shard_name), cols))) for s in shards]
+                    for chunk in src:
+                        for sink in sinks:
+                            sink.write(chunk)
+                    stack.close()
+            except psycopg.Error as exc:
+                raise ExecuteError(f"copying {table.name} to the workers failed: {describe_error(exc)}") from None
+            for wc in wconns.values():
+                wc.commit()
+                wc.autocommit = True
+            say("copy", source_sum[0] * len(workers), source_sum[0] * len(workers))
+            for shard in shards:
+                _verify(fleet, source_sum, (shard,), f"the copy of {table.name} on {shard.node}", say)
+            for shard in shards:
+                lock.execute(tables.foreign_table_ddl(table, shard, node_by_name[shard.node].server_name))
+            for stmt in tables.reference_triggers_ddl(table.name):
+                lock.execute(stmt)
+            rows = tables.catalog_rows(sql.Literal(table.oid), table.name, "reference", None, None, shards)
+            lock.execute(rows.table_insert)
+            for ins in rows.shard_inserts:
+                lock.execute(ins)
+            lock.execute("SELECT pgfleet.snapshot_columns(%s)", (table.oid,))
+            lock.commit()
+        except BaseException:
+            if lock is not None:
+                try:
+                    lock.rollback()
+                except psycopg.Error:
+                    pass
+            for wc in wconns.values():
+                try:
+                    wc.rollback()
+                    wc.autocommit = True
+                except psycopg.Error:
+                    pass
+            _drop_worker_tables(fleet, shards)
+            _op_end(conn, op, "failed")
+            raise
+        finally:
+            if lock is not None:
+                lock.close()
+        _op_end(conn, op, "done")
+    return source_sum[0]

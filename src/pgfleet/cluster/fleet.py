@@ -1,0 +1,247 @@
+"""The Fleet facade: the library API that the CLI is a thin layer over."""
+
+from __future__ import annotations
+
+import logging
+import re
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from importlib import resources
+from pathlib import Path
+
+import psycopg
+from psycopg import sql
+
+from ..errors import ExecuteError, NodeError, SpecError, TopologyError
+from ..execute import Endpoint, connect, describe_error
+from ..spec import DistributeSpec, ReferenceSpec
+from ..topology.model import Node, Topology
+from ..topology.read import catalog_installed, read_topology
+from .local import LocalCluster
+
+log = logging.getLogger(__name__)
+
+NODE_NAME = re.compile(r"^[a-z][a-z0-9_]{0,40}$")
+
+# postgres_fdw options for every worker server, from FDW-NOTES measurements: big fetches, batched
+# inserts, asynchronous scans of all shards at once, parallel commit of multi-server transactions.
+SERVER_OPTIONS: tuple[tuple[str, str], ...] = (
+    ("fetch_size", "10000"),
+    ("batch_size", "1000"),
+    ("async_capable", "true"),
+    ("parallel_commit", "true"),
+    ("parallel_abort", "true"),
+)
+
+# Planner settings for the coordinator database: co-located joins run per shard pair on the worker.
+COORDINATOR_SETTINGS: tuple[tuple[str, str], ...] = (
+    ("enable_partitionwise_join", "on"),
+)
+
+Progress = Callable[[str, int, int], None]  # (phase, done, total)
+
+
+@dataclass(frozen=True)
+class NodeStatus:
+    name: str
+    role: str
+    address: str
+    kind: str
+    healthy: bool
+    version: str
+    latency_ms: float | None
+    shards: int
+    bytes: int | None
+    error: str | None = None
+
+
+@dataclass(frozen=True)
+class TableStatus:
+    name: str
+    method: str
+    key: str | None
+    shards: int
+    nodes: tuple[str, ...]
+    colocated_with: tuple[str, ...]
+
+
+@dataclass(frozen=True)
+class Status:
+    nodes: tuple[NodeStatus, ...]
+    tables: tuple[TableStatus, ...]
+    unfinished: tuple[str, ...]
+
+
+class Fleet:
+    """A pgfleet cluster reached through its coordinator."""
+
+    def __init__(self, coordinator: Endpoint, local: LocalCluster | None = None) -> None:
+        self.coordinator = coordinator
+        self.local = local
+        self._conn: psycopg.Connection[tuple[object, ...]] | None = None
+
+    # --- opening ----------------------------------------------------------------------------------
+    @classmethod
+    def open(cls, directory: Path) -> Fleet:
+        local = LocalCluster.load(directory)
+        return cls(local.endpoint(local.spec.coordinator.name), local)
+
+    @classmethod
+    def from_dsn(cls, dsn: str) -> Fleet:
+        from psycopg.conninfo import conninfo_to_dict
+
+        try:
+            params = conninfo_to_dict(dsn)
+        except psycopg.ProgrammingError as exc:
+            raise SpecError(f"malformed connection string: {exc}") from None
+        return cls(Endpoint(name="coord", host=str(params.get("host", "127.0.0.1")),
+                            port=int(str(params.get("port", 5432))), dbname=str(params.get("dbname", "postgres")),
+                            user=str(params.get("user", "postgres")),
+                            password=str(params["password"]) if "password" in params else None))
+
+    def close(self) -> None:
+        if self._conn is not None:
+            self._conn.close()
+            self._conn = None
+
+    def __enter__(self) -> Fleet:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    # --- connections ------------------------------------------------------------------------------
+    def conn(self) -> psycopg.Connection[tuple[object, ...]]:
+        if self._conn is None or self._conn.closed:
+            self._conn = connect(self.coordinator)
+        return self._conn
+
+    def new_coordinator_conn(self, *, canonical: bool = False) -> psycopg.Connection[tuple[object, ...]]:
+        return connect(self.coordinator, canonical=canonical)
+
+    def topology(self) -> Topology:
+        conn = self.conn()
+        if not catalog_installed(conn):
+            raise TopologyError(f"the server at {self.coordinator.address} has no pgfleet catalog",
+                                hint="create a cluster with 'pgfleet up' or run 'pgfleet init' on the coordinator")
+        return read_topology(conn)
+
+    def endpoint(self, node: Node) -> Endpoint:
+        """How to reach ``node``: address from the catalog, credentials from its user mapping."""
+        if node.role == "coordinator":
+            return self.coordinator
+        row = self.conn().execute(
+            "SELECT umoptions FROM pg_user_mappings WHERE srvname = %s AND usename IN (current_user, 'public') "
+            "ORDER BY usename = 'public' LIMIT 1", (node.server_name,)).fetchone()
+        options = dict(o.split("=", 1) for o in (row[0] if row and row[0] else []))  # type: ignore[union-attr]
+        return Endpoint(name=node.name, host=node.host, port=node.port, dbname=node.dbname,
+                        user=options.get("user", node.username), password=options.get("password"))
+
+    def worker_conn(self, node: Node, *, autocommit: bool = True,
+                    canonical: bool = False) -> psycopg.Connection[tuple[object, ...]]:
+        return connect(self.endpoint(node), autocommit=autocommit, canonical=canonical)
+
+    @contextmanager
+    def worker_conns(self, names: list[str], *, autocommit: bool = True,
+                     canonical: bool = False) -> Iterator[dict[str, psycopg.Connection[tuple[object, ...]]]]:
+        """Connections to the named workers; NodeError (and nothing opened) if one is unreachable."""
+        topo = self.topology()
+        conns: dict[str, psycopg.Connection[tuple[object, ...]]] = {}
+        try:
+            for name in names:
+                node = topo.node(name)
+                if node is None:
+                    raise SpecError(f"unknown node {name!r}")
+                conns[name] = self.worker_conn(node, autocommit=autocommit, canonical=canonical)
+            yield conns
+        finally:
+            for c in conns.values():
+                c.close()
+
+    # --- catalog and nodes ------------------------------------------------------------------------
+    def install_catalog(self) -> None:
+        """Create or upgrade the pgfleet schema on the coordinator and register the coordinator."""
+        text = resources.files("pgfleet").joinpath("sql/catalog.sql").read_text()
+        conn = self.conn()
+        try:
+            with conn.transaction():
+                conn.execute(text.encode())
+                dbname = conn.execute("SELECT current_database()").fetchone()
+                for name, value in COORDINATOR_SETTINGS:
+                    conn.execute(sql.SQL("ALTER DATABASE {} SET {} = {}").format(
+                        sql.Identifier(str(dbname[0] if dbname else "postgres")), sql.Identifier(name),
+                        sql.Literal(value)))
+                conn.execute(
+                    "INSERT INTO pgfleet.nodes (name, role, host, port, dbname, username, kind) "
+                    "VALUES (%s, 'coordinator', %s, %s, %s, %s, %s) ON CONFLICT (name) DO NOTHING",
+                    (self.coordinator.name, self.coordinator.host, self.coordinator.port, self.coordinator.dbname,
+                     self.coordinator.user, "local" if self.local else "external"))
+        except psycopg.Error as exc:
+            raise ExecuteError(f"installing the pgfleet catalog failed: {describe_error(exc)}",
+                               node=self.coordinator.name,
+                               hint="the coordinator needs PostgreSQL 16+ with postgres_fdw and dblink, and a superuser") from None
+
+    def add_node(self, name: str, endpoint: Endpoint, *, kind: str = "external") -> Node:
+        """Register a worker, local or an existing server, through one code path."""
+        if not NODE_NAME.match(name):
+            raise SpecError(f"malformed node name {name!r}",
+                            hint="use lower-case letters, digits and _, starting with a letter (at most 41)")
+        topo = self.topology()
+        if topo.node(name) is not None:
+            raise SpecError(f"node {name} already exists", hint="choose another name or 'pgfleet node remove' it")
+        for other in topo.nodes:
+            if (other.host, other.port, other.dbname) == (endpoint.host, endpoint.port, endpoint.dbname):
+                raise SpecError(f"{endpoint.address} is already node {other.name}")
+        with connect(endpoint) as wconn:
+            row = wconn.execute("SELECT current_setting('server_version_num')::int, "
+                                "(SELECT rolsuper FROM pg_roles WHERE rolname = current_user)").fetchone()
+        assert row is not None
+        version, superuser = int(str(row[0])), bool(row[1])
+        if version < 160000:
+            raise NodeError(f"{endpoint.address} runs PostgreSQL {version // 10000}", node=name,
+                            hint="pgfleet workers need PostgreSQL 16 or newer")
+        if not superuser:
+            log.warning("node %s: %s is not a superuser; DDL on shards needs CREATE on the database",
+                        name, endpoint.user)
+        node = Node(name=name, role="worker", host=endpoint.host, port=endpoint.port, dbname=endpoint.dbname,
+                    username=endpoint.user, kind=kind)
+        options = [("host", endpoint.host), ("port", str(endpoint.port)), ("dbname", endpoint.dbname),
+                   *SERVER_OPTIONS]
+        user_options = [("user", endpoint.user)]
+        if endpoint.password:
+            user_options.append(("password", endpoint.password))
+        conn = self.conn()
+        try:
+            with conn.transaction():
+                conn.execute(sql.SQL("CREATE SERVER {} FOREIGN DATA WRAPPER postgres_fdw OPTIONS ({})").format(
+                    sql.Identifier(node.server_name),
+                    sql.SQL(", ").join(sql.SQL("{} {}").format(sql.Identifier(k), sql.Literal(v)) for k, v in options)))
+                conn.execute(sql.SQL("CREATE USER MAPPING FOR CURRENT_USER SERVER {} OPTIONS ({})").format(
+                    sql.Identifier(node.server_name),
+                    sql.SQL(", ").join(sql.SQL("{} {}").format(sql.Identifier(k), sql.Literal(v))
+                                       for k, v in user_options)))
+                conn.execute(
+                    "INSERT INTO pgfleet.nodes (name, role, host, port, dbname, username, kind) "
+                    "VALUES (%s, 'worker', %s, %s, %s, %s, %s)",
+                    (name, endpoint.host, endpoint.port, endpoint.dbname, endpoint.user, kind))
+        except psycopg.Error as exc:
+            raise ExecuteError(f"registering node {name} failed: {describe_error(exc)}") from None
+        return node
+
+    # --- distribution -----------------------------------------------------------------------------
+    def distribute(self, spec: DistributeSpec, progress: Progress | None = None) -> int:
+        from .distribute import distribute
+
+        return distribute(self, spec, progress)
+
+    def reference(self, spec: ReferenceSpec, progress: Progress | None = None) -> int:
+        from .distribute import make_reference
+
+        return make_reference(self, spec, progress)
+
+    # --- status -----------------------------------------------------------------------------------
+    def status(self) -> Status:
+        from .status import collect
+
+        return collect(self)

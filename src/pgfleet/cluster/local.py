@@ -1,0 +1,258 @@
+"""The local cluster: a directory with cluster.json (0600), a pgpass file and one sub-directory per node.
+
+cluster.json holds how to reach and run the local servers (ports, passwords, binaries, account); the
+topology itself (which nodes, tables and shards) lives in the coordinator's pgfleet schema.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import secrets
+import shutil
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field, replace
+from pathlib import Path
+
+from ..errors import ClusterError, NodeError, PgfleetError
+from ..execute import Endpoint
+from ..node import binaries as binmod
+from ..node.osuser import check_traversable, server_account
+from ..node.server import LocalServer, free_ports, port_is_free
+from ..proc import RunAs
+
+log = logging.getLogger(__name__)
+
+FILE_NAME = "cluster.json"
+PASSFILE = "pgpass"
+FORMAT = 1
+SUPERUSER = "postgres"
+DBNAME = "postgres"
+COORDINATOR = "coord"
+ENV_DIR = "PGFLEET_DIR"
+
+
+def default_dir() -> Path:
+    if os.environ.get(ENV_DIR):
+        return Path(os.environ[ENV_DIR])
+    if os.geteuid() == 0:
+        return Path("/var/lib/pgfleet/default")
+    return Path.home() / ".pgfleet" / "default"
+
+
+@dataclass(frozen=True)
+class LocalNode:
+    name: str
+    role: str
+    port: int
+    password: str = field(repr=False)
+
+
+@dataclass(frozen=True)
+class ClusterFile:
+    pg_bin: str
+    os_user: str | None
+    superuser: str
+    dbname: str
+    fast: bool
+    nodes: tuple[LocalNode, ...]
+    format: int = FORMAT
+
+    @property
+    def coordinator(self) -> LocalNode:
+        for node in self.nodes:
+            if node.role == "coordinator":
+                return node
+        raise ClusterError("cluster.json names no coordinator", hint="the file is damaged; recreate the cluster")
+
+    def to_json(self) -> str:
+        data = asdict(self)
+        return json.dumps(data, indent=2) + "\n"
+
+    @classmethod
+    def from_json(cls, text: str, path: Path) -> ClusterFile:
+        try:
+            data = json.loads(text)
+            if data.get("format") != FORMAT:
+                raise ClusterError(f"{path} has format {data.get('format')!r}, expected {FORMAT}",
+                                   hint="it was written by another pgfleet version")
+            nodes = tuple(LocalNode(name=str(n["name"]), role=str(n["role"]), port=int(n["port"]),
+                                    password=str(n["password"])) for n in data["nodes"])
+            return cls(pg_bin=str(data["pg_bin"]), os_user=data.get("os_user"), superuser=str(data["superuser"]),
+                       dbname=str(data["dbname"]), fast=bool(data.get("fast", False)), nodes=nodes)
+        except ClusterError:
+            raise
+        except (ValueError, KeyError, TypeError) as exc:
+            raise ClusterError(f"{path} is not a valid pgfleet cluster file ({exc.__class__.__name__}: {exc})",
+                               hint="restore it from a backup, or remove the directory and run 'pgfleet up'") from None
+
+
+class LocalCluster:
+    """A cluster whose servers pgfleet runs on this machine."""
+
+    def __init__(self, directory: Path, spec: ClusterFile, run_as: RunAs | None, bins: binmod.Binaries) -> None:
+        self.directory = directory
+        self.spec = spec
+        self.run_as = run_as
+        self.binaries = bins
+
+    # --- loading and creating ----------------------------------------------------------------------
+    @staticmethod
+    def exists(directory: Path) -> bool:
+        return (directory / FILE_NAME).is_file()
+
+    @classmethod
+    def load(cls, directory: Path) -> LocalCluster:
+        path = directory / FILE_NAME
+        if not path.is_file():
+            raise ClusterError(f"no pgfleet cluster in {directory}",
+                               hint="create one with 'pgfleet up', or point --dir / PGFLEET_DIR at it")
+        try:
+            text = path.read_text()
+        except OSError as exc:
+            raise ClusterError(f"cannot read {path}: {exc.strerror}") from None
+        spec = ClusterFile.from_json(text, path)
+        run_as = server_account(spec.os_user) if spec.os_user or os.geteuid() == 0 else None
+        bins = binmod.find(spec.pg_bin)
+        return cls(directory, spec, run_as, bins)
+
+    @classmethod
+    def create(cls, directory: Path, *, workers: int, port: int | None = None, pg_bin: str | None = None,
+               fast: bool = False, on_event: Callable[[str], None] | None = None) -> LocalCluster:
+        """initdb and start a coordinator and ``workers`` workers; on failure remove what was made."""
+        say = on_event or (lambda _msg: None)
+        if workers < 0 or workers > 64:
+            raise ClusterError(f"--workers {workers} is out of range", hint="use 0..64")
+        run_as = server_account()
+        bins = binmod.find(pg_bin)
+        directory = directory.absolute()
+        created_dir = not directory.exists()
+        directory.mkdir(parents=True, exist_ok=True)
+        os.chmod(directory, 0o755 if run_as else 0o700)
+        try:
+            check_traversable(str(directory), run_as)
+            bins = binmod.reachable_by(bins, run_as, Path("/opt/pgfleet"))
+            if port is not None and not port_is_free(port):
+                raise NodeError(f"port {port} on 127.0.0.1 is in use", hint="choose another --port")
+            first = [port] if port is not None else free_ports(1)
+            ports = first + free_ports(workers, start=first[0] + 1, avoid=first)
+            names = [COORDINATOR] + [f"w{i}" for i in range(1, workers + 1)]
+            nodes = tuple(LocalNode(name=n, role="coordinator" if i == 0 else "worker", port=p,
+                                    password=secrets.token_urlsafe(24))
+                          for i, (n, p) in enumerate(zip(names, ports, strict=True)))
+            spec = ClusterFile(pg_bin=str(bins.bindir), os_user=run_as.user if run_as else None,
+                               superuser=SUPERUSER, dbname=DBNAME, fast=fast, nodes=nodes)
+            cluster = cls(directory, spec, run_as, bins)
+            cluster._write_files()
+            for node in nodes:
+                say(f"initdb {node.name} (port {node.port})")
+                cluster.server(node.name).initdb(SUPERUSER, node.password, fast=fast)
+            cluster.start(on_event=say)
+            return cluster
+        except BaseException:
+            cls._remove_partial(directory, created_dir, run_as, bins)
+            raise
+
+    @staticmethod
+    def _remove_partial(directory: Path, created_dir: bool, run_as: RunAs | None, bins: binmod.Binaries) -> None:
+        nodes_dir = directory / "nodes"
+        if nodes_dir.is_dir():
+            for home in nodes_dir.iterdir():
+                server = LocalServer(name=home.name, home=home, port=0, binaries=bins, run_as=run_as)
+                try:
+                    server.stop(mode="immediate")
+                except PgfleetError:
+                    pass
+        if created_dir:
+            shutil.rmtree(directory, ignore_errors=True)
+        else:
+            for name in (FILE_NAME, PASSFILE):
+                (directory / name).unlink(missing_ok=True)
+            shutil.rmtree(nodes_dir, ignore_errors=True)
+
+    def _write_files(self) -> None:
+        path = self.directory / FILE_NAME
+        tmp = path.with_suffix(".tmp")
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        with os.fdopen(fd, "w") as handle:
+            handle.write(self.spec.to_json())
+        os.replace(tmp, path)
+        lines = [f"127.0.0.1:{n.port}:*:{self.spec.superuser}:{_pgpass_escape(n.password)}" for n in self.spec.nodes]
+        passfile = self.directory / PASSFILE
+        fd = os.open(passfile, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        with os.fdopen(fd, "w") as handle:
+            handle.write("\n".join(lines) + "\n")
+        os.chmod(passfile, 0o600)
+
+    def add_local_node(self, name: str, role: str, port: int, password: str) -> None:
+        nodes = self.spec.nodes + (LocalNode(name, role, port, password),)
+        self.spec = replace(self.spec, nodes=nodes)
+        self._write_files()
+
+    # --- servers -----------------------------------------------------------------------------------
+    def server(self, name: str) -> LocalServer:
+        node = self.node(name)
+        return LocalServer(name=node.name, home=self.directory / "nodes" / node.name, port=node.port,
+                           binaries=self.binaries, run_as=self.run_as)
+
+    def node(self, name: str) -> LocalNode:
+        for node in self.spec.nodes:
+            if node.name == name:
+                return node
+        raise ClusterError(f"no local node {name!r} in {self.directory}")
+
+    def start(self, on_event: Callable[[str], None] | None = None) -> list[str]:
+        """Start every stopped server; return the names started."""
+        started = []
+        for node in self.spec.nodes:
+            server = self.server(node.name)
+            if server.is_running():
+                continue
+            if on_event:
+                on_event(f"start {node.name} (port {node.port})")
+            server.start()
+            started.append(node.name)
+        return started
+
+    def stop(self, on_event: Callable[[str], None] | None = None) -> list[str]:
+        stopped = []
+        for node in reversed(self.spec.nodes):
+            server = self.server(node.name)
+            if server.is_running():
+                if on_event:
+                    on_event(f"stop {node.name}")
+                server.stop()
+                stopped.append(node.name)
+        return stopped
+
+    def destroy(self) -> None:
+        for node in self.spec.nodes:
+            try:
+                self.server(node.name).stop(mode="immediate")
+            except PgfleetError:
+                pass
+        shutil.rmtree(self.directory, ignore_errors=True)
+
+    def endpoint(self, name: str) -> Endpoint:
+        node = self.node(name)
+        return Endpoint(name=node.name, host="127.0.0.1", port=node.port, dbname=self.spec.dbname,
+                        user=self.spec.superuser, password=node.password)
+
+    @property
+    def passfile(self) -> Path:
+        return self.directory / PASSFILE
+
+    def dsn(self, *, with_password: bool = False) -> str:
+        coord = self.spec.coordinator
+        base = f"postgresql://{self.spec.superuser}@127.0.0.1:{coord.port}/{self.spec.dbname}"
+        if with_password:
+            from urllib.parse import quote
+
+            return (f"postgresql://{self.spec.superuser}:{quote(coord.password, safe='')}"
+                    f"@127.0.0.1:{coord.port}/{self.spec.dbname}")
+        return f"{base}?passfile={self.passfile}"
+
+
+def _pgpass_escape(text: str) -> str:
+    return text.replace("\\", "\\\\").replace(":", "\\:")

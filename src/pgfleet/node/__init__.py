@@ -1,0 +1,1 @@
+"""One PostgreSQL process: binaries, the server account, initdb, start, stop. No shard logic."""

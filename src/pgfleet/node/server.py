@@ -1,0 +1,202 @@
+"""A local PostgreSQL server process: initdb, configuration, start, stop, status.
+
+The server runs as ``run_as`` when pgfleet is root. Authentication is SCRAM on TCP and on the local
+socket; the superuser password is given by the caller and never printed or logged.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import socket
+import tempfile
+import time
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from ..errors import NodeError
+from ..proc import RunAs, run
+from .binaries import Binaries
+from .osuser import give_to
+
+log = logging.getLogger(__name__)
+
+CONF_NAME = "pgfleet.conf"
+
+# Settings every node gets. max_prepared_transactions enables two-phase DDL; wal_level/max_wal_senders
+# leave room for streaming standbys.
+BASE_SETTINGS: tuple[tuple[str, str], ...] = (
+    ("listen_addresses", "'127.0.0.1'"),
+    ("unix_socket_directories", "''"),
+    ("password_encryption", "'scram-sha-256'"),
+    ("max_connections", "200"),
+    ("max_prepared_transactions", "64"),
+    ("wal_level", "'replica'"),
+    ("max_wal_senders", "10"),
+    ("max_replication_slots", "10"),
+    ("hot_standby", "on"),
+    ("logging_collector", "off"),
+    ("log_min_messages", "warning"),
+    ("log_line_prefix", "'%m [%p] %q%u@%d '"),
+)
+
+# Throw-away clusters (tests): no durability, small memory.
+FAST_SETTINGS: tuple[tuple[str, str], ...] = (
+    ("fsync", "off"),
+    ("synchronous_commit", "off"),
+    ("full_page_writes", "off"),
+    ("shared_buffers", "'64MB'"),
+    ("max_wal_size", "'1GB'"),
+    ("checkpoint_timeout", "'30min'"),
+)
+
+HBA = """# written by pgfleet: SCRAM everywhere, loopback only (edit listen_addresses and this file to open up)
+local   all             all                                     scram-sha-256
+host    all             all             127.0.0.1/32            scram-sha-256
+host    all             all             ::1/128                 scram-sha-256
+host    replication     all             127.0.0.1/32            scram-sha-256
+host    replication     all             ::1/128                 scram-sha-256
+"""
+
+
+def port_is_free(port: int, host: str = "127.0.0.1") -> bool:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            sock.bind((host, port))
+        except OSError:
+            return False
+    return True
+
+
+def free_ports(count: int, start: int = 5432, avoid: Iterable[int] = ()) -> list[int]:
+    """``count`` free loopback ports, scanning upward from ``start``."""
+    taken = set(avoid)
+    ports: list[int] = []
+    port = start
+    while len(ports) < count and port < 65535:
+        if port not in taken and port_is_free(port):
+            ports.append(port)
+        port += 1
+    if len(ports) < count:
+        raise NodeError(f"could not find {count} free loopback ports above {start}")
+    return ports
+
+
+@dataclass(frozen=True)
+class LocalServer:
+    name: str
+    home: Path  # the node's directory: data/ and server.log inside
+    port: int
+    binaries: Binaries
+    run_as: RunAs | None = None
+    settings: tuple[tuple[str, str], ...] = field(default=BASE_SETTINGS)
+
+    @property
+    def datadir(self) -> Path:
+        return self.home / "data"
+
+    @property
+    def logfile(self) -> Path:
+        return self.home / "server.log"
+
+    # --- life cycle -------------------------------------------------------------------------------
+    def exists(self) -> bool:
+        return (self.datadir / "PG_VERSION").is_file()
+
+    def initdb(self, superuser: str, password: str, *, fast: bool = False) -> None:
+        """Create the data directory with SCRAM authentication and pgfleet's configuration."""
+        if self.exists():
+            raise NodeError(f"data directory {self.datadir} already exists", node=self.name,
+                            hint="use 'pgfleet up' to start it, or remove the directory")
+        self.home.mkdir(parents=True, exist_ok=True)
+        give_to(str(self.home), self.run_as, 0o700)
+        fd, pwfile = tempfile.mkstemp(dir=self.home, prefix=".pw")
+        try:
+            with os.fdopen(fd, "w") as handle:
+                handle.write(password + "\n")
+            give_to(pwfile, self.run_as, 0o600)
+            argv = [self.binaries.path("initdb"), "-D", str(self.datadir), "-U", superuser,
+                    f"--pwfile={pwfile}", "--auth-local=scram-sha-256", "--auth-host=scram-sha-256",
+                    "-E", "UTF8", "--locale=C"]
+            if fast:
+                argv.append("--no-sync")
+            run(argv, run_as=self.run_as, timeout=300, what="initdb", node=self.name)
+        finally:
+            os.unlink(pwfile)
+        self.write_config(fast=fast)
+
+    def write_config(self, *, fast: bool = False, extra: Iterable[tuple[str, str]] = ()) -> None:
+        settings = list(self.settings) + [("port", str(self.port))]
+        if fast:
+            settings += list(FAST_SETTINGS)
+        settings += list(extra)
+        lines = ["# written by pgfleet; settings after this file's include win over it"]
+        lines += [f"{name} = {value}" for name, value in settings]
+        self._write(self.datadir / CONF_NAME, "\n".join(lines) + "\n")
+        self._write(self.datadir / "pg_hba.conf", HBA)
+        main = self.datadir / "postgresql.conf"
+        text = main.read_text()
+        include = f"include_if_exists = '{CONF_NAME}'"
+        if include not in text:
+            self._write(main, text + f"\n{include}\n")
+
+    def _write(self, path: Path, text: str) -> None:
+        path.write_text(text)
+        if self.run_as is not None:
+            os.chown(path, self.run_as.uid, self.run_as.gid)
+        os.chmod(path, 0o600)
+
+    def is_running(self) -> bool:
+        if not self.exists():
+            return False
+        done = run([self.binaries.path("pg_ctl"), "-D", str(self.datadir), "status"],
+                   run_as=self.run_as, check=False, timeout=30, what="pg_ctl status", node=self.name)
+        return done.returncode == 0
+
+    def start(self, timeout: float = 60.0) -> None:
+        if not self.exists():
+            raise NodeError(f"no data directory at {self.datadir}", node=self.name,
+                            hint="the cluster directory is incomplete; run 'pgfleet down' and recreate it")
+        if self.is_running():
+            return
+        if not port_is_free(self.port):
+            raise NodeError(f"port {self.port} on 127.0.0.1 is in use", node=self.name,
+                            hint="stop the program that holds it, or create the cluster with another --port")
+        done = run([self.binaries.path("pg_ctl"), "-D", str(self.datadir), "-l", str(self.logfile),
+                    "-w", "-t", str(int(timeout)), "start"],
+                   run_as=self.run_as, check=False, timeout=timeout + 30, what="pg_ctl start", node=self.name)
+        if done.returncode != 0:
+            tail = self.log_tail()
+            if "Address already in use" in tail:
+                raise NodeError(f"port {self.port} on 127.0.0.1 is in use", node=self.name,
+                                hint="stop the program that holds it, or create the cluster with another --port")
+            raise NodeError(f"server did not start: {tail or done.stderr.strip()}", node=self.name,
+                            hint=f"see {self.logfile}")
+        self.wait_ready(timeout)
+
+    def wait_ready(self, timeout: float = 60.0) -> None:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            done = run([self.binaries.path("pg_isready"), "-h", "127.0.0.1", "-p", str(self.port), "-t", "2"],
+                       check=False, timeout=10)
+            if done.returncode == 0:
+                return
+            time.sleep(0.1)
+        raise NodeError(f"server on port {self.port} did not accept connections within {timeout:.0f} s",
+                        node=self.name, hint=f"see {self.logfile}")
+
+    def stop(self, mode: str = "fast", timeout: float = 60.0) -> None:
+        if not self.is_running():
+            return
+        run([self.binaries.path("pg_ctl"), "-D", str(self.datadir), "-m", mode, "-w", "-t", str(int(timeout)),
+             "stop"], run_as=self.run_as, timeout=timeout + 30, what="pg_ctl stop", node=self.name)
+
+    def log_tail(self, lines: int = 5) -> str:
+        try:
+            text = self.logfile.read_text(errors="replace")
+        except OSError:
+            return ""
+        wanted = [ln for ln in text.splitlines() if ln.strip()][-lines:]
+        return " / ".join(wanted)

@@ -1,0 +1,380 @@
+-- pgfleet catalog, installed on the coordinator by `pgfleet up` / Fleet.install_catalog().
+-- Static SQL: no user input is interpolated here. Idempotent.
+CREATE EXTENSION IF NOT EXISTS postgres_fdw;
+CREATE EXTENSION IF NOT EXISTS dblink;
+CREATE SCHEMA IF NOT EXISTS pgfleet;
+CREATE SCHEMA IF NOT EXISTS pgfleet_shards;
+COMMENT ON SCHEMA pgfleet IS 'pgfleet catalog: the topology of this cluster (source of truth)';
+COMMENT ON SCHEMA pgfleet_shards IS 'pgfleet: foreign tables that point at shards and reference copies on the workers';
+
+CREATE TABLE IF NOT EXISTS pgfleet.meta (key text PRIMARY KEY, value text NOT NULL);
+
+CREATE TABLE IF NOT EXISTS pgfleet.nodes (
+    name      text PRIMARY KEY,
+    role      text NOT NULL CHECK (role IN ('coordinator', 'worker')),
+    host      text NOT NULL,
+    port      int  NOT NULL,
+    dbname    text NOT NULL,
+    username  text NOT NULL,
+    kind      text NOT NULL DEFAULT 'local' CHECK (kind IN ('local', 'external')),
+    added_at  timestamptz NOT NULL DEFAULT now()
+);
+
+CREATE TABLE IF NOT EXISTS pgfleet.colocation_groups (
+    id          serial PRIMARY KEY,
+    method      text NOT NULL,
+    key_type    text NOT NULL,
+    shard_count int  NOT NULL
+);
+
+CREATE TABLE IF NOT EXISTS pgfleet.tables (
+    relid         oid PRIMARY KEY,
+    schema_name   text NOT NULL,
+    table_name    text NOT NULL,
+    method        text NOT NULL CHECK (method IN ('hash', 'range', 'list', 'reference')),
+    key_column    text,
+    colocation_id int REFERENCES pgfleet.colocation_groups (id),
+    created_at    timestamptz NOT NULL DEFAULT now()
+);
+
+CREATE SEQUENCE IF NOT EXISTS pgfleet.shard_id_seq START 102000;
+
+CREATE TABLE IF NOT EXISTS pgfleet.shards (
+    shard_id       bigint PRIMARY KEY,
+    relid          oid  NOT NULL REFERENCES pgfleet.tables ON DELETE CASCADE,
+    shard_index    int  NOT NULL,
+    node           text NOT NULL REFERENCES pgfleet.nodes (name),
+    shard_schema   text NOT NULL,
+    shard_table    text NOT NULL,
+    foreign_schema text NOT NULL,
+    foreign_table  text NOT NULL,
+    modulus        int,
+    remainder      int,
+    lower_bound    text,
+    upper_bound    text,
+    list_values    text[],
+    UNIQUE (relid, shard_index, node)
+);
+
+-- Column snapshot of each distributed/reference table: the DDL trigger diffs pg_attribute against it.
+CREATE TABLE IF NOT EXISTS pgfleet.columns (
+    relid    oid  NOT NULL REFERENCES pgfleet.tables ON DELETE CASCADE,
+    attnum   int  NOT NULL,
+    name     text NOT NULL,
+    type     text NOT NULL,
+    not_null bool NOT NULL,
+    def      text,
+    PRIMARY KEY (relid, attnum)
+);
+
+CREATE TABLE IF NOT EXISTS pgfleet.indexes (
+    indexrelid oid PRIMARY KEY,
+    relid      oid  NOT NULL REFERENCES pgfleet.tables ON DELETE CASCADE,
+    index_name text NOT NULL
+);
+
+-- Statements for the workers, queued by the DDL triggers and run at COMMIT (two-phase) by flush_ddl().
+CREATE TABLE IF NOT EXISTS pgfleet.ddl_queue (
+    id        bigserial PRIMARY KEY,
+    xid       xid8 NOT NULL DEFAULT pg_current_xact_id(),
+    node      text NOT NULL,
+    statement text NOT NULL
+);
+
+-- Long operations (distribute, reference): a row per attempt, so that an interrupted one is visible
+-- and its leftovers can be removed.
+CREATE TABLE IF NOT EXISTS pgfleet.operations (
+    id          bigserial PRIMARY KEY,
+    kind        text NOT NULL,
+    relid       oid,
+    table_name  text NOT NULL,
+    state       text NOT NULL DEFAULT 'running',
+    detail      jsonb NOT NULL DEFAULT '{}',
+    started_at  timestamptz NOT NULL DEFAULT now(),
+    finished_at timestamptz
+);
+
+-- ---------------------------------------------------------------------------------------------
+-- Reference tables: statement-level triggers copy every write to the copy on each worker, through
+-- the foreign tables in pgfleet_shards, inside the writer's transaction.
+CREATE OR REPLACE FUNCTION pgfleet.column_list(p_relid oid, p_prefix text DEFAULT '')
+RETURNS text LANGUAGE sql STABLE AS $$
+    SELECT string_agg(p_prefix || quote_ident(attname), ', ' ORDER BY attnum)
+    FROM pg_attribute WHERE attrelid = p_relid AND attnum > 0 AND NOT attisdropped
+$$;
+
+CREATE OR REPLACE FUNCTION pgfleet.key_columns(p_relid oid)
+RETURNS text[] LANGUAGE sql STABLE AS $$
+    SELECT array_agg(a.attname::text ORDER BY k.ord)
+    FROM pg_index i
+    CROSS JOIN LATERAL unnest(i.indkey) WITH ORDINALITY AS k(attnum, ord)
+    JOIN pg_attribute a ON a.attrelid = i.indrelid AND a.attnum = k.attnum
+    WHERE i.indrelid = p_relid AND i.indisprimary
+$$;
+
+CREATE OR REPLACE FUNCTION pgfleet.reference_replicate() RETURNS trigger
+LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pgfleet AS $$
+DECLARE
+    copy record;
+    cols text := pgfleet.column_list(TG_RELID);
+    keys text[] := pgfleet.key_columns(TG_RELID);
+    match text;
+BEGIN
+    SELECT string_agg(format('r.%1$I = o.%1$I', k), ' AND ') INTO match FROM unnest(keys) AS k;
+    FOR copy IN SELECT s.foreign_schema, s.foreign_table FROM pgfleet.shards s WHERE s.relid = TG_RELID
+                ORDER BY s.node LOOP
+        IF TG_OP = 'TRUNCATE' THEN
+            EXECUTE format('TRUNCATE %I.%I', copy.foreign_schema, copy.foreign_table);
+            CONTINUE;
+        END IF;
+        IF TG_OP IN ('UPDATE', 'DELETE') THEN
+            EXECUTE format('DELETE FROM %I.%I r USING pgfleet_old o WHERE %s',
+                           copy.foreign_schema, copy.foreign_table, match);
+        END IF;
+        IF TG_OP IN ('UPDATE', 'INSERT') THEN
+            EXECUTE format('INSERT INTO %I.%I (%s) SELECT %s FROM pgfleet_new',
+                           copy.foreign_schema, copy.foreign_table, cols, cols);
+        END IF;
+    END LOOP;
+    RETURN NULL;
+END $$;
+
+-- ---------------------------------------------------------------------------------------------
+-- DDL propagation. ddl_command_end: diff the table's columns against the snapshot and queue the
+-- worker statements; sql_drop: queue the drops. flush_ddl() runs the queue at COMMIT with a
+-- two-phase commit over all workers involved: any failure aborts the coordinator's transaction too.
+CREATE OR REPLACE FUNCTION pgfleet.column_actions(p_relid oid) RETURNS SETOF text
+LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pgfleet AS $$
+DECLARE
+    s record;
+    a record;
+    def text;
+BEGIN
+    FOR s IN SELECT c.attnum, c.name, c.type, c.not_null, c.def, att.attname, att.attisdropped,
+                    format_type(att.atttypid, att.atttypmod) AS newtype, att.attnotnull,
+                    pg_get_expr(ad.adbin, ad.adrelid) AS newdef
+             FROM pgfleet.columns c
+             LEFT JOIN pg_attribute att ON att.attrelid = c.relid AND att.attnum = c.attnum
+             LEFT JOIN pg_attrdef ad ON ad.adrelid = c.relid AND ad.adnum = c.attnum
+             WHERE c.relid = p_relid ORDER BY c.attnum LOOP
+        IF s.attname IS NULL OR s.attisdropped THEN
+            RETURN NEXT format('DROP COLUMN IF EXISTS %I', s.name);
+            CONTINUE;
+        END IF;
+        IF s.attname <> s.name THEN
+            RETURN NEXT format('RENAME COLUMN %I TO %I', s.name, s.attname);
+        END IF;
+        IF s.newtype <> s.type THEN
+            RETURN NEXT format('ALTER COLUMN %I TYPE %s', s.attname, s.newtype);
+        END IF;
+        IF s.attnotnull AND NOT s.not_null THEN
+            RETURN NEXT format('ALTER COLUMN %I SET NOT NULL', s.attname);
+        ELSIF s.not_null AND NOT s.attnotnull THEN
+            RETURN NEXT format('ALTER COLUMN %I DROP NOT NULL', s.attname);
+        END IF;
+        def := CASE WHEN s.newdef LIKE '%nextval(%' THEN NULL ELSE s.newdef END;
+        IF def IS DISTINCT FROM s.def THEN
+            IF def IS NULL THEN
+                RETURN NEXT format('ALTER COLUMN %I DROP DEFAULT', s.attname);
+            ELSE
+                RETURN NEXT format('ALTER COLUMN %I SET DEFAULT %s', s.attname, def);
+            END IF;
+        END IF;
+    END LOOP;
+    FOR a IN SELECT att.attnum, att.attname, format_type(att.atttypid, att.atttypmod) AS type,
+                    att.attnotnull, pg_get_expr(ad.adbin, ad.adrelid) AS def
+             FROM pg_attribute att
+             LEFT JOIN pg_attrdef ad ON ad.adrelid = att.attrelid AND ad.adnum = att.attnum
+             WHERE att.attrelid = p_relid AND att.attnum > 0 AND NOT att.attisdropped
+               AND NOT EXISTS (SELECT 1 FROM pgfleet.columns c WHERE c.relid = p_relid AND c.attnum = att.attnum)
+             ORDER BY att.attnum LOOP
+        RETURN NEXT format('ADD COLUMN %I %s%s%s', a.attname, a.type,
+                           CASE WHEN a.def IS NOT NULL AND a.def NOT LIKE '%nextval(%' THEN ' DEFAULT ' || a.def ELSE '' END,
+                           CASE WHEN a.attnotnull THEN ' NOT NULL' ELSE '' END);
+    END LOOP;
+    PERFORM pgfleet.snapshot_columns(p_relid);
+END $$;
+
+CREATE OR REPLACE FUNCTION pgfleet.snapshot_columns(p_relid oid) RETURNS void
+LANGUAGE sql SECURITY DEFINER SET search_path = pg_catalog, pgfleet AS $$
+    DELETE FROM pgfleet.columns WHERE relid = p_relid;
+    INSERT INTO pgfleet.columns (relid, attnum, name, type, not_null, def)
+    SELECT att.attrelid, att.attnum, att.attname, format_type(att.atttypid, att.atttypmod), att.attnotnull,
+           CASE WHEN pg_get_expr(ad.adbin, ad.adrelid) LIKE '%nextval(%' THEN NULL
+                ELSE pg_get_expr(ad.adbin, ad.adrelid) END
+    FROM pg_attribute att
+    LEFT JOIN pg_attrdef ad ON ad.adrelid = att.attrelid AND ad.adnum = att.attnum
+    WHERE att.attrelid = p_relid AND att.attnum > 0 AND NOT att.attisdropped;
+$$;
+
+CREATE OR REPLACE FUNCTION pgfleet.shard_index_name(p_index text, p_shard_id bigint, p_method text)
+RETURNS text LANGUAGE sql IMMUTABLE AS $$
+    SELECT CASE WHEN p_method = 'reference' THEN p_index ELSE left(p_index, 50) || '_' || p_shard_id END
+$$;
+
+CREATE OR REPLACE FUNCTION pgfleet.on_ddl_end() RETURNS event_trigger
+LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pgfleet AS $$
+DECLARE
+    cmd record;
+    t record;
+    sh record;
+    act text;
+    tbl oid;
+    tail text;
+BEGIN
+    IF coalesce(current_setting('pgfleet.internal', true), '') = 'on' THEN
+        RETURN;
+    END IF;
+    FOR cmd IN SELECT * FROM pg_event_trigger_ddl_commands() LOOP
+        IF cmd.command_tag = 'ALTER TABLE' AND cmd.classid = 'pg_class'::regclass THEN
+            SELECT * INTO t FROM pgfleet.tables WHERE relid = cmd.objid;
+            CONTINUE WHEN NOT FOUND;
+            UPDATE pgfleet.tables SET schema_name = n.nspname, table_name = c.relname
+            FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
+            WHERE c.oid = cmd.objid AND pgfleet.tables.relid = cmd.objid;
+            FOR act IN SELECT * FROM pgfleet.column_actions(cmd.objid) LOOP
+                FOR sh IN SELECT * FROM pgfleet.shards WHERE relid = cmd.objid ORDER BY shard_id LOOP
+                    INSERT INTO pgfleet.ddl_queue (node, statement)
+                    VALUES (sh.node, format('ALTER TABLE %I.%I %s', sh.shard_schema, sh.shard_table, act));
+                    IF t.method = 'reference' THEN
+                        PERFORM set_config('pgfleet.internal', 'on', true);
+                        EXECUTE format('ALTER FOREIGN TABLE %I.%I %s', sh.foreign_schema, sh.foreign_table, act);
+                        PERFORM set_config('pgfleet.internal', 'off', true);
+                    END IF;
+                END LOOP;
+            END LOOP;
+        ELSIF cmd.command_tag = 'CREATE INDEX' THEN
+            SELECT indrelid INTO tbl FROM pg_index WHERE indexrelid = cmd.objid;
+            SELECT * INTO t FROM pgfleet.tables WHERE relid = tbl;
+            CONTINUE WHEN NOT FOUND;
+            tail := substring(pg_get_indexdef(cmd.objid) FROM ' USING .*$');
+            INSERT INTO pgfleet.indexes (indexrelid, relid, index_name)
+            VALUES (cmd.objid, tbl, (SELECT relname FROM pg_class WHERE oid = cmd.objid))
+            ON CONFLICT DO NOTHING;
+            FOR sh IN SELECT * FROM pgfleet.shards WHERE relid = tbl ORDER BY shard_id LOOP
+                INSERT INTO pgfleet.ddl_queue (node, statement)
+                VALUES (sh.node, format('CREATE %sINDEX IF NOT EXISTS %I ON %I.%I%s',
+                        CASE WHEN (SELECT indisunique FROM pg_index WHERE indexrelid = cmd.objid) THEN 'UNIQUE ' ELSE '' END,
+                        pgfleet.shard_index_name((SELECT relname FROM pg_class WHERE oid = cmd.objid), sh.shard_id, t.method),
+                        sh.shard_schema, sh.shard_table, tail));
+            END LOOP;
+        END IF;
+    END LOOP;
+END $$;
+
+CREATE OR REPLACE FUNCTION pgfleet.on_sql_drop() RETURNS event_trigger
+LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pgfleet AS $$
+DECLARE
+    obj record;
+    t record;
+    ix record;
+    sh record;
+BEGIN
+    IF coalesce(current_setting('pgfleet.internal', true), '') = 'on' THEN
+        RETURN;
+    END IF;
+    FOR obj IN SELECT * FROM pg_event_trigger_dropped_objects() LOOP
+        IF obj.object_type = 'table' THEN
+            SELECT * INTO t FROM pgfleet.tables WHERE relid = obj.objid;
+            CONTINUE WHEN NOT FOUND;
+            FOR sh IN SELECT * FROM pgfleet.shards WHERE relid = obj.objid ORDER BY shard_id LOOP
+                INSERT INTO pgfleet.ddl_queue (node, statement)
+                VALUES (sh.node, format('DROP TABLE IF EXISTS %I.%I', sh.shard_schema, sh.shard_table));
+                IF t.method = 'reference' THEN
+                    PERFORM set_config('pgfleet.internal', 'on', true);
+                    EXECUTE format('DROP FOREIGN TABLE IF EXISTS %I.%I', sh.foreign_schema, sh.foreign_table);
+                    PERFORM set_config('pgfleet.internal', 'off', true);
+                END IF;
+            END LOOP;
+            DELETE FROM pgfleet.tables WHERE relid = obj.objid;
+        ELSIF obj.object_type = 'index' THEN
+            SELECT i.*, t2.method INTO ix FROM pgfleet.indexes i JOIN pgfleet.tables t2 USING (relid)
+            WHERE i.indexrelid = obj.objid;
+            CONTINUE WHEN NOT FOUND;
+            FOR sh IN SELECT * FROM pgfleet.shards WHERE relid = ix.relid ORDER BY shard_id LOOP
+                INSERT INTO pgfleet.ddl_queue (node, statement)
+                VALUES (sh.node, format('DROP INDEX IF EXISTS %I.%I', sh.shard_schema,
+                                        pgfleet.shard_index_name(ix.index_name, sh.shard_id, ix.method)));
+            END LOOP;
+            DELETE FROM pgfleet.indexes WHERE indexrelid = obj.objid;
+        END IF;
+    END LOOP;
+END $$;
+
+CREATE OR REPLACE FUNCTION pgfleet.flush_ddl() RETURNS trigger
+LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pgfleet, public AS $$
+DECLARE
+    me xid8 := pg_current_xact_id();
+    n record;
+    s record;
+    conn text;
+    gid text;
+    done text[] := '{}';
+    two_phase text[] := '{}';
+    failed_node text;
+    err text;
+BEGIN
+    IF NOT EXISTS (SELECT 1 FROM pgfleet.ddl_queue WHERE xid = me) THEN
+        RETURN NULL;
+    END IF;
+    BEGIN
+        FOR n IN SELECT DISTINCT q.node FROM pgfleet.ddl_queue q WHERE q.xid = me ORDER BY 1 LOOP
+            failed_node := n.node;
+            conn := 'pgfleet_ddl_' || n.node;
+            IF conn = ANY (dblink_get_connections()) THEN
+                PERFORM dblink_disconnect(conn);
+            END IF;
+            PERFORM dblink_connect(conn, 'pgfleet_' || n.node);
+            PERFORM dblink_exec(conn, 'BEGIN');
+            FOR s IN SELECT statement FROM pgfleet.ddl_queue WHERE xid = me AND node = n.node ORDER BY id LOOP
+                PERFORM dblink_exec(conn, s.statement);
+            END LOOP;
+            IF (SELECT setting::int FROM dblink(conn, 'SELECT setting FROM pg_settings WHERE name = ''max_prepared_transactions''')
+                    AS r(setting text)) > 0 THEN
+                gid := format('pgfleet_ddl_%s_%s', me, n.node);
+                PERFORM dblink_exec(conn, format('PREPARE TRANSACTION %L', gid));
+                two_phase := two_phase || n.node;
+            ELSE
+                PERFORM dblink_exec(conn, 'COMMIT');
+            END IF;
+            done := done || n.node;
+        END LOOP;
+    EXCEPTION WHEN OTHERS THEN
+        err := SQLERRM;
+        FOREACH conn IN ARRAY two_phase LOOP
+            BEGIN
+                PERFORM dblink_exec('pgfleet_ddl_' || conn, format('ROLLBACK PREPARED %L', format('pgfleet_ddl_%s_%s', me, conn)));
+            EXCEPTION WHEN OTHERS THEN
+                RAISE WARNING 'pgfleet: could not roll back prepared DDL on node %: %', conn, SQLERRM;
+            END;
+        END LOOP;
+        FOREACH conn IN ARRAY (SELECT coalesce(array_agg(c), '{}') FROM unnest(dblink_get_connections()) c
+                               WHERE c LIKE 'pgfleet_ddl_%') LOOP
+            PERFORM dblink_disconnect(conn);
+        END LOOP;
+        RAISE EXCEPTION 'pgfleet: DDL could not be applied on node %: %', failed_node, err
+            USING HINT = 'Nothing was changed on the coordinator; start the node (pgfleet up / pgfleet status) and run the statement again.';
+    END;
+    FOREACH conn IN ARRAY two_phase LOOP
+        PERFORM dblink_exec('pgfleet_ddl_' || conn, format('COMMIT PREPARED %L', format('pgfleet_ddl_%s_%s', me, conn)));
+    END LOOP;
+    FOREACH conn IN ARRAY done LOOP
+        PERFORM dblink_disconnect('pgfleet_ddl_' || conn);
+    END LOOP;
+    DELETE FROM pgfleet.ddl_queue WHERE xid = me;
+    RETURN NULL;
+END $$;
+
+DROP TRIGGER IF EXISTS flush_ddl ON pgfleet.ddl_queue;
+CREATE CONSTRAINT TRIGGER flush_ddl AFTER INSERT ON pgfleet.ddl_queue
+    DEFERRABLE INITIALLY DEFERRED FOR EACH ROW EXECUTE FUNCTION pgfleet.flush_ddl();
+
+DROP EVENT TRIGGER IF EXISTS pgfleet_ddl_end;
+CREATE EVENT TRIGGER pgfleet_ddl_end ON ddl_command_end
+    WHEN TAG IN ('ALTER TABLE', 'CREATE INDEX') EXECUTE FUNCTION pgfleet.on_ddl_end();
+DROP EVENT TRIGGER IF EXISTS pgfleet_sql_drop;
+CREATE EVENT TRIGGER pgfleet_sql_drop ON sql_drop
+    WHEN TAG IN ('DROP TABLE', 'DROP INDEX') EXECUTE FUNCTION pgfleet.on_sql_drop();
+
+INSERT INTO pgfleet.meta (key, value) VALUES ('catalog_version', '1')
+    ON CONFLICT (key) DO UPDATE SET value = excluded.value;
