@@ -59,7 +59,7 @@ def _alloc_ids(conn: Conn, count: int) -> list[int]:
 
 def _op_start(conn: Conn, kind: str, table: TableDef, shards: tuple[Shard, ...], staging: str | None) -> int:
     detail = {"staging": staging, "shards": [
-        {"node": s.node, "schema": s.shard_schema, "table": s.shard_table} for s in shards]}
+        {"node": s.node, "schema": s.shard_schema, "table": s.shard_table, "id": s.shard_id} for s in shards]}
     row = conn.execute("INSERT INTO pgfleet.operations (kind, relid, table_name, detail) VALUES (%s, %s, %s, %s) "
                        "RETURNING id", (kind, table.oid, str(table.name), json.dumps(detail))).fetchone()
     assert row is not None
@@ -93,10 +93,22 @@ def cleanup_leftovers(fleet: Fleet, oid: int) -> None:
                 continue
             try:
                 with fleet.worker_conn(node) as w:
-                    w.execute(sql.SQL("DROP TABLE IF EXISTS {}").format(sql.Identifier(s["schema"], s["table"])))
-            except PgfleetError as exc:
+                    _drop_marked(w, s["schema"], s["table"], int(s["id"]))
+            except (PgfleetError, psycopg.Error) as exc:
                 log.warning("could not drop leftover shard %s.%s on %s: %s", s["schema"], s["table"], s["node"], exc)
         _op_end(conn, int(str(op_id)), "cleaned")
+
+
+DROP_MARKED = """
+DO $pgfleet$ BEGIN
+  IF obj_description(to_regclass({name}), 'pg_class') = {marker} THEN EXECUTE 'DROP TABLE ' || {name}; END IF;
+END $pgfleet$"""
+
+
+def _drop_marked(conn: Conn, schema: str, table: str, shard_id: int) -> None:
+    """Drop a worker table only if it carries this shard's marker: never a table pgfleet did not create."""
+    name = sql.Identifier(schema, table).as_string(conn)
+    conn.execute(sql.SQL(DROP_MARKED).format(name=sql.Literal(name), marker=sql.Literal(tables.shard_marker(shard_id))))
 
 
 def _drop_worker_tables(fleet: Fleet, shards: tuple[Shard, ...]) -> None:
@@ -107,8 +119,8 @@ def _drop_worker_tables(fleet: Fleet, shards: tuple[Shard, ...]) -> None:
             continue
         try:
             with fleet.worker_conn(node) as w:
-                w.execute(sql.SQL("DROP TABLE IF EXISTS {}").format(tables.ident(shard.shard_name)))
-        except PgfleetError as exc:
+                _drop_marked(w, shard.shard_schema, shard.shard_table, shard.shard_id)
+        except (PgfleetError, psycopg.Error) as exc:
             log.warning("could not drop shard %s on %s: %s", shard.shard_name, shard.node, exc)
 
 
@@ -124,16 +136,27 @@ def _prepare(fleet: Fleet, name: QualifiedName) -> TableDef:
     return table_def(conn, oid)
 
 
-def _create_on_workers(conns: dict[str, Conn], statements: list[tuple[str, list[sql.Composed], str]]) -> None:
-    """Run each (node, statements) group in one transaction on that worker."""
-    for node, stmts, what in statements:
+def _create_on_workers(conns: dict[str, Conn], groups: dict[str, list[Shard]],
+                       ddl: Callable[[Shard], list[sql.Composed]], what: str, created: list[Shard]) -> None:
+    """Create each node's shards in one transaction on that node; record in ``created`` what committed,
+    so that a failure removes exactly what this operation made and never a table it did not create."""
+    for node, shards in groups.items():
         conn = conns[node]
         try:
             with conn.transaction():
-                for stmt in stmts:
-                    conn.execute(stmt)
+                for shard in shards:
+                    for stmt in ddl(shard):
+                        conn.execute(stmt)
         except psycopg.Error as exc:
             raise ExecuteError(f"creating {what} failed: {describe_error(exc)}", node=node) from None
+        created.extend(shards)
+
+
+def _by_node(shards: tuple[Shard, ...]) -> dict[str, list[Shard]]:
+    groups: dict[str, list[Shard]] = {}
+    for shard in shards:
+        groups.setdefault(shard.node, []).append(shard)
+    return groups
 
 
 def _checksum(conn: Conn, target: sql.Composable) -> tuple[int, int]:
@@ -266,14 +289,14 @@ def distribute(fleet: Fleet, spec: DistributeSpec, progress: Progress | None = N
         conn.execute("UPDATE pgfleet.operations SET detail = jsonb_set(detail, '{staging}', %s) WHERE id = %s",
                      (json.dumps({"schema": staging.schema, "table": staging.name}), op))
         lock: Conn | None = None
+        created: list[Shard] = []
         try:
             say("shards", 0, len(shards))
-            groups: dict[str, list[sql.Composed]] = {}
-            for shard in shards:
-                rule = tables.shard_rule(key.name, shard, hashfn)
-                groups.setdefault(shard.node, []).extend(
-                    tables.shard_table_ddl(table, shard.shard_name, rule=rule, index_suffix=f"_{shard.shard_id}"))
-            _create_on_workers(wconns, [(n, s, f"shards of {table.name}") for n, s in groups.items()])
+            _create_on_workers(
+                wconns, _by_node(shards),
+                lambda sh: tables.shard_table_ddl(table, sh.shard_name, rule=tables.shard_rule(key.name, sh, hashfn),
+                                                  index_suffix=f"_{sh.shard_id}", shard_id=sh.shard_id),
+                f"shards of {table.name}", created)
             say("shards", len(shards), len(shards))
             node_by_name = {n.name: n for n in topo.nodes}
             try:
@@ -281,7 +304,10 @@ def distribute(fleet: Fleet, spec: DistributeSpec, progress: Progress | None = N
                     _set_internal(conn)
                     conn.execute(tables.parent_table_ddl(table, staging, method, key.name))
                     for shard in shards:
-                        conn.execute(tables.foreign_partition_ddl(staging, shard, node_by_name[shard.node].server_name))
+                        conn.execute(tables.foreign_partition_ddl(staging, shard, node_by_name[shard.node].server_name,
+                                                                  remote_estimate=colocated is not None))
+                    if colocated is not None:
+                        _enable_remote_estimate(conn, colocated.shards)
             except psycopg.Error as exc:
                 raise ExecuteError(f"creating the distributed parent of {table.name} failed: {describe_error(exc)}",
                                    node=fleet.coordinator.name) from None
@@ -318,7 +344,7 @@ def distribute(fleet: Fleet, spec: DistributeSpec, progress: Progress | None = N
                     lock.rollback()
                 except psycopg.Error:
                     pass
-            _undo_distribute(fleet, staging, shards)
+            _undo_distribute(fleet, staging, tuple(created))
             _op_end(conn, op, "failed")
             raise
         finally:
@@ -326,6 +352,15 @@ def distribute(fleet: Fleet, spec: DistributeSpec, progress: Progress | None = N
                 lock.close()
         _op_end(conn, op, "done")
     return moved
+
+
+def _enable_remote_estimate(conn: Conn, shards: tuple[Shard, ...]) -> None:
+    for shard in shards:
+        row = conn.execute("SELECT 'use_remote_estimate=true' = ANY (coalesce(ftoptions, '{}')) FROM pg_foreign_table "
+                           "WHERE ftrelid = to_regclass(%s)",
+                           (sql.Identifier(shard.foreign_schema, shard.foreign_table).as_string(conn),)).fetchone()
+        if row is not None and not row[0]:
+            conn.execute(tables.remote_estimate_ddl(shard))
 
 
 def _undo_distribute(fleet: Fleet, staging: QualifiedName, shards: tuple[Shard, ...]) -> None:
@@ -361,9 +396,12 @@ def make_reference(fleet: Fleet, spec: ReferenceSpec, progress: Progress | None 
     with fleet.worker_conns(workers) as wconns, ExitStack() as stack:
         op = _op_start(conn, "reference", table, shards, None)
         lock: Conn | None = None
+        created: list[Shard] = []
         try:
-            _create_on_workers(wconns, [(s.node, tables.shard_table_ddl(table, s.shard_name, rule=None, index_suffix=""),
-                                         f"the copy of {table.name}") for s in shards])
+            _create_on_workers(wconns, _by_node(shards),
+                               lambda sh: tables.shard_table_ddl(table, sh.shard_name, rule=None, index_suffix="",
+                                                                 shard_id=sh.shard_id),
+                               f"the copy of {table.name}", created)
             lock = fleet.new_coordinator_conn()
             lock.autocommit = False
             _set_internal(lock)
@@ -413,7 +451,7 @@ def make_reference(fleet: Fleet, spec: ReferenceSpec, progress: Progress | None 
                     wc.autocommit = True
                 except psycopg.Error:
                     pass
-            _drop_worker_tables(fleet, shards)
+            _drop_worker_tables(fleet, tuple(created))
             _op_end(conn, op, "failed")
             raise
         finally:

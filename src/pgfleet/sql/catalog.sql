@@ -373,8 +373,8 @@ DROP EVENT TRIGGER IF EXISTS pgfleet_ddl_end;
 CREATE EVENT TRIGGER pgfleet_ddl_end ON ddl_command_end
     WHEN TAG IN ('ALTER TABLE', 'CREATE INDEX') EXECUTE FUNCTION pgfleet.on_ddl_end();
 DROP EVENT TRIGGER IF EXISTS pgfleet_sql_drop;
-CREATE EVENT TRIGGER pgfleet_sql_drop ON sql_drop
-    WHEN TAG IN ('DROP TABLE', 'DROP INDEX') EXECUTE FUNCTION pgfleet.on_sql_drop();
+-- No tag filter: DROP SCHEMA … CASCADE and DROP OWNED drop tables too.
+CREATE EVENT TRIGGER pgfleet_sql_drop ON sql_drop EXECUTE FUNCTION pgfleet.on_sql_drop();
 
 INSERT INTO pgfleet.meta (key, value) VALUES ('catalog_version', '1')
     ON CONFLICT (key) DO UPDATE SET value = excluded.value;

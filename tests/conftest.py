@@ -1,0 +1,95 @@
+"""Real PostgreSQL clusters started by the suite (cached per session, fast settings).
+
+When a test that used a cluster fails, the tail of every node's server log is attached to the report.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+from collections.abc import Iterator
+from pathlib import Path
+
+import psycopg
+import pytest
+
+from pgfleet.cluster.fleet import Fleet
+from pgfleet.cluster.local import LocalCluster
+
+_CLUSTERS: list[LocalCluster] = []
+
+
+@pytest.fixture(scope="session")
+def base_dir() -> Iterator[Path]:
+    # Under /tmp and world-traversable: when the suite runs as root the servers run as 'pgfleet'.
+    path = Path(tempfile.mkdtemp(prefix="pgfleet-test-", dir="/tmp"))
+    os.chmod(path, 0o755)
+    yield path
+    shutil.rmtree(path, ignore_errors=True)
+
+
+def make_cluster(directory: Path, workers: int) -> LocalCluster:
+    local = LocalCluster.create(directory, workers=workers, fast=True)
+    with Fleet(local.endpoint("coord"), local) as fleet:
+        fleet.install_catalog()
+        for node in local.spec.nodes:
+            if node.role == "worker":
+                fleet.add_node(node.name, local.endpoint(node.name), kind="local")
+    _CLUSTERS.append(local)
+    return local
+
+
+@pytest.fixture(scope="session")
+def cluster(base_dir: Path) -> Iterator[LocalCluster]:
+    local = make_cluster(base_dir / "main", workers=2)
+    yield local
+    local.destroy()
+
+
+@pytest.fixture
+def fleet(cluster: LocalCluster) -> Iterator[Fleet]:
+    cluster.start()  # a test that stopped a node must not break the next one
+    f = Fleet(cluster.endpoint("coord"), cluster)
+    yield f
+    f.close()
+
+
+@pytest.fixture
+def schema(fleet: Fleet, request: pytest.FixtureRequest) -> Iterator[str]:
+    """A fresh schema per test; dropping it drops the shards too (event trigger)."""
+    name = "t_" + request.node.name.lower().replace("[", "_").replace("]", "").replace("-", "_")[:50]
+    conn = fleet.conn()
+    conn.execute(f'DROP SCHEMA IF EXISTS "{name}" CASCADE'.encode())
+    conn.execute(f'CREATE SCHEMA "{name}"'.encode())
+    conn.execute(f'SET search_path = "{name}", public'.encode())
+    yield name
+    fleet.cluster_cleanup = True  # type: ignore[attr-defined]
+    try:
+        fleet.conn().execute("RESET search_path")
+        fleet.conn().execute(f'DROP SCHEMA IF EXISTS "{name}" CASCADE'.encode())
+    except psycopg.Error:
+        pass
+
+
+def pgfleet_cli(*args: str, directory: Path | None = None, env: dict[str, str] | None = None,
+                input: str | None = None) -> subprocess.CompletedProcess[str]:
+    full_env = dict(os.environ)
+    if directory is not None:
+        full_env["PGFLEET_DIR"] = str(directory)
+    full_env.update(env or {})
+    return subprocess.run([sys.executable, "-m", "pgfleet.cli.main", *args], capture_output=True, text=True,
+                          env=full_env, input=input, timeout=300)
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]) -> Iterator[None]:
+    outcome = yield
+    report = outcome.get_result()
+    if report.when == "call" and report.failed and _CLUSTERS:
+        for local in _CLUSTERS:
+            for node in local.spec.nodes:
+                tail = local.server(node.name).log_tail(15).replace(" / ", "\n")
+                report.sections.append((f"server log {local.directory.name}/{node.name}", tail))
