@@ -16,13 +16,14 @@ from __future__ import annotations
 import json
 import logging
 from collections.abc import Callable
-from contextlib import ExitStack
+from collections.abc import Iterator
+from contextlib import ExitStack, contextmanager
 from dataclasses import replace
 
 import psycopg
 from psycopg import sql
 
-from ..errors import ExecuteError, PgfleetError, SpecError
+from ..errors import ExecuteError, PgfleetError, SpecError, TopologyError
 from ..execute.connect import CANONICAL_SETTINGS, describe_error
 from ..plan import layout, tables
 from ..spec import DistributeSpec, QualifiedName, ReferenceSpec
@@ -35,6 +36,7 @@ log = logging.getLogger(__name__)
 Conn = psycopg.Connection[tuple[object, ...]]
 Progress = Callable[[str, int, int], None]
 BATCH_ROWS = 50_000
+LOCK_SPACE = 0x7066  # advisory lock class for pgfleet table operations
 
 CHECKSUM = "SELECT count(*), coalesce(sum(hashtextextended(t::text, 0)::numeric), 0) FROM {} t"
 
@@ -94,8 +96,10 @@ def cleanup_leftovers(fleet: Fleet, oid: int) -> None:
             try:
                 with fleet.worker_conn(node) as w:
                     _drop_marked(w, s["schema"], s["table"], int(s["id"]))
-            except (PgfleetError, psycopg.Error) as exc:
-                log.warning("could not drop leftover shard %s.%s on %s: %s", s["schema"], s["table"], s["node"], exc)
+            except (PgfleetError, psycopg.Error):
+                raise TopologyError(f"an interrupted operation on this table left shard {s['schema']}.{s['table']} "
+                                    f"on node {s['node']}, which cannot be reached",
+                                    hint=f"start node {s['node']} and run the command again") from None
         _op_end(conn, int(str(op_id)), "cleaned")
 
 
@@ -111,8 +115,10 @@ def _drop_marked(conn: Conn, schema: str, table: str, shard_id: int) -> None:
     conn.execute(sql.SQL(DROP_MARKED).format(name=sql.Literal(name), marker=sql.Literal(tables.shard_marker(shard_id))))
 
 
-def _drop_worker_tables(fleet: Fleet, shards: tuple[Shard, ...]) -> None:
+def _drop_worker_tables(fleet: Fleet, shards: tuple[Shard, ...]) -> bool:
+    """Drop the shards this operation created; False if a worker could not be reached (left for later)."""
     topo = fleet.topology()
+    clean = True
     for shard in shards:
         node = topo.node(shard.node)
         if node is None:
@@ -121,7 +127,27 @@ def _drop_worker_tables(fleet: Fleet, shards: tuple[Shard, ...]) -> None:
             with fleet.worker_conn(node) as w:
                 _drop_marked(w, shard.shard_schema, shard.shard_table, shard.shard_id)
         except (PgfleetError, psycopg.Error) as exc:
+            clean = False
             log.warning("could not drop shard %s on %s: %s", shard.shard_name, shard.node, exc)
+    return clean
+
+
+@contextmanager
+def _table_lock(fleet: Fleet, name: QualifiedName) -> Iterator[None]:
+    """One pgfleet operation per table at a time (session advisory lock on the coordinator)."""
+    conn = fleet.conn()
+    oid = resolve_table(conn, name)
+    row = conn.execute("SELECT pg_try_advisory_lock(%s, %s)", (LOCK_SPACE, oid)).fetchone()
+    if not row or not row[0]:
+        raise TopologyError(f"another pgfleet operation on {name} is running",
+                            hint="wait for it to finish (see pgfleet status)")
+    try:
+        yield
+    finally:
+        try:
+            conn.execute("SELECT pg_advisory_unlock(%s, %s)", (LOCK_SPACE, oid))
+        except psycopg.Error:
+            pass
 
 
 def _prepare(fleet: Fleet, name: QualifiedName) -> TableDef:
@@ -252,6 +278,11 @@ def _swap(conn: Conn, table: TableDef, staging: QualifiedName) -> None:
 
 def distribute(fleet: Fleet, spec: DistributeSpec, progress: Progress | None = None) -> int:
     """Distribute a coordinator table by hash, range or list; return the number of rows moved."""
+    with _table_lock(fleet, spec.table):
+        return _distribute(fleet, spec, progress)
+
+
+def _distribute(fleet: Fleet, spec: DistributeSpec, progress: Progress | None) -> int:
     say = progress or _noop
     conn = fleet.conn()
     table = _prepare(fleet, spec.table)
@@ -344,8 +375,10 @@ def distribute(fleet: Fleet, spec: DistributeSpec, progress: Progress | None = N
                     lock.rollback()
                 except psycopg.Error:
                     pass
-            _undo_distribute(fleet, staging, tuple(created))
-            _op_end(conn, op, "failed")
+            # An operation whose leftovers could not all be removed stays 'running': the next run on this
+            # table (or 'pgfleet status') finds it and removes them.
+            if _undo_distribute(fleet, staging, tuple(created)):
+                _op_end(conn, op, "failed")
             raise
         finally:
             if lock is not None:
@@ -363,7 +396,7 @@ def _enable_remote_estimate(conn: Conn, shards: tuple[Shard, ...]) -> None:
             conn.execute(tables.remote_estimate_ddl(shard))
 
 
-def _undo_distribute(fleet: Fleet, staging: QualifiedName, shards: tuple[Shard, ...]) -> None:
+def _undo_distribute(fleet: Fleet, staging: QualifiedName, shards: tuple[Shard, ...]) -> bool:
     conn = fleet.conn()
     try:
         with conn.transaction():
@@ -371,11 +404,17 @@ def _undo_distribute(fleet: Fleet, staging: QualifiedName, shards: tuple[Shard, 
             conn.execute(sql.SQL("DROP TABLE IF EXISTS {} CASCADE").format(tables.ident(staging)))
     except psycopg.Error as exc:
         log.warning("could not drop %s: %s", staging, describe_error(exc))
-    _drop_worker_tables(fleet, shards)
+        return False
+    return _drop_worker_tables(fleet, shards)
 
 
 def make_reference(fleet: Fleet, spec: ReferenceSpec, progress: Progress | None = None) -> int:
     """Copy a coordinator table to every worker and keep the copies in step; return rows copied."""
+    with _table_lock(fleet, spec.table):
+        return _make_reference(fleet, spec, progress)
+
+
+def _make_reference(fleet: Fleet, spec: ReferenceSpec, progress: Progress | None) -> int:
     say = progress or _noop
     conn = fleet.conn()
     table = _prepare(fleet, spec.table)
@@ -451,8 +490,8 @@ def make_reference(fleet: Fleet, spec: ReferenceSpec, progress: Progress | None 
                     wc.autocommit = True
                 except psycopg.Error:
                     pass
-            _drop_worker_tables(fleet, tuple(created))
-            _op_end(conn, op, "failed")
+            if _drop_worker_tables(fleet, tuple(created)):
+                _op_end(conn, op, "failed")
             raise
         finally:
             if lock is not None:
