@@ -25,6 +25,18 @@ from ..topology.read import table_def
 from .fleet import Fleet
 
 FORMAT = "pgfleet-topology"
+
+# Sequences behind column defaults (serial/bigserial or an explicit nextval), with where they stand.
+_SEQUENCES = """
+SELECT a.attname, d.refobjid::regclass::text, sq.last_value
+FROM pg_attrdef ad
+JOIN pg_attribute a ON a.attrelid = ad.adrelid AND a.attnum = ad.adnum
+JOIN pg_depend d ON d.classid = 'pg_attrdef'::regclass AND d.objid = ad.oid AND d.refclassid = 'pg_class'::regclass
+JOIN pg_class c ON c.oid = d.refobjid AND c.relkind = 'S'
+JOIN pg_namespace n ON n.oid = c.relnamespace
+JOIN pg_sequences sq ON sq.schemaname = n.nspname AND sq.sequencename = c.relname
+WHERE ad.adrelid = %s
+"""
 VERSION = 1
 
 
@@ -34,8 +46,11 @@ def export_topology(fleet: Fleet) -> dict[str, Any]:
     out_tables = []
     for t in topo.tables:
         tdef = table_def(conn, t.oid)
+        sequences = [{"column": str(r[0]), "sequence": str(r[1]), "last_value": int(str(r[2] or 0))}
+                     for r in conn.execute(_SEQUENCES, (t.oid,)).fetchall()]
         out_tables.append({
             "schema": t.name.schema, "name": t.name.name, "method": t.method, "key": t.key,
+            "sequences": sequences,
             "colocation_id": t.colocation_id,
             "columns": [asdict(c) for c in tdef.columns],
             "constraints": [asdict(c) for c in tdef.constraints],
@@ -109,18 +124,23 @@ def import_topology(fleet: Fleet, data: dict[str, Any]) -> str:
                 conn.execute("SELECT set_config('pgfleet.internal', 'on', true)")
                 exists = conn.execute("SELECT to_regclass(%s)::oid", (str(name),)).fetchone()
                 if entry["method"] == "reference":
-                    oid = _import_reference(fleet, conn, tdef, shards, exists is not None and exists[0] is not None)
+                    oid = _import_reference(fleet, conn, tdef, shards, exists is not None and exists[0] is not None,
+                                            entry.get("sequences", []))
                     colocation = None
                 else:
                     if exists is not None and exists[0] is not None:
                         raise SpecError(f"table {name} already exists on the coordinator and is not distributed",
                                         hint="rename or drop it, then import again")
                     conn.execute(sql.SQL("CREATE SCHEMA IF NOT EXISTS {}").format(sql.Identifier(name.schema or "public")))
+                    for seq in entry.get("sequences", []):
+                        # regclass text written by the server: already quoted where needed
+                        conn.execute(sql.SQL("CREATE SEQUENCE IF NOT EXISTS {}").format(sql.SQL(seq["sequence"])))
                     conn.execute(tables.parent_table_ddl(tdef, name, entry["method"], entry["key"]))
                     for s in shards:
                         node = topo.node(s.node)
                         assert node is not None
                         conn.execute(tables.foreign_partition_ddl(name, s, node.server_name))
+                    _advance_sequences(conn, tdef, entry.get("sequences", []))
                     row = conn.execute("SELECT %s::regclass::oid", (str(name),)).fetchone()
                     assert row is not None
                     oid = int(str(row[0]))
@@ -156,8 +176,26 @@ def import_topology(fleet: Fleet, data: dict[str, Any]) -> str:
     return "".join(parts)
 
 
+def _advance_sequences(conn: psycopg.Connection[tuple[object, ...]], tdef: TableDef,
+                       sequences: list[dict[str, Any]]) -> None:
+    """Sequences and identities continue after both their exported value and the highest key present."""
+    for seq in sequences:
+        col = sql.Identifier(seq["column"])
+        conn.execute(sql.SQL("SELECT setval({}::regclass, greatest({}, (SELECT max({}) FROM {}), 1))").format(
+            sql.Literal(seq["sequence"]), sql.Literal(seq["last_value"]), col, tables.ident(tdef.name)))
+        conn.execute(sql.SQL("ALTER SEQUENCE {} OWNED BY {}").format(
+            sql.SQL(seq["sequence"]), sql.Identifier(tdef.name.schema or "public", tdef.name.name, seq["column"])))
+    for c in tdef.columns:
+        if c.identity:
+            row = conn.execute(sql.SQL("SELECT coalesce(max({}), 0) + 1 FROM {}").format(
+                sql.Identifier(c.name), tables.ident(tdef.name))).fetchone()
+            assert row is not None
+            conn.execute(sql.SQL("ALTER TABLE {} ALTER COLUMN {} RESTART WITH {}").format(
+                tables.ident(tdef.name), sql.Identifier(c.name), sql.Literal(int(str(row[0])))))
+
+
 def _import_reference(fleet: Fleet, conn: psycopg.Connection[tuple[object, ...]], tdef: TableDef,
-                      shards: tuple[Shard, ...], exists: bool) -> int:
+                      shards: tuple[Shard, ...], exists: bool, sequences: list[dict[str, Any]]) -> int:
     topo = fleet.topology()
     name = tdef.name
     for s in shards:
@@ -166,11 +204,17 @@ def _import_reference(fleet: Fleet, conn: psycopg.Connection[tuple[object, ...]]
         conn.execute(tables.foreign_table_ddl(tdef, s, node.server_name))
     if not exists:
         conn.execute(sql.SQL("CREATE SCHEMA IF NOT EXISTS {}").format(sql.Identifier(name.schema or "public")))
+        for seq in sequences:
+            conn.execute(sql.SQL("CREATE SEQUENCE IF NOT EXISTS {}").format(sql.SQL(seq["sequence"])))
         ddl = tables.shard_table_ddl(tdef, name, rule=None, index_suffix="")
         for stmt in ddl[1:]:
             conn.execute(stmt)
+        for seq in sequences:
+            conn.execute(sql.SQL("ALTER TABLE {} ALTER COLUMN {} SET DEFAULT nextval({}::regclass)").format(
+                tables.ident(name), sql.Identifier(seq["column"]), sql.Literal(seq["sequence"])))
         conn.execute(sql.SQL("INSERT INTO {} ({cols}) SELECT {cols} FROM {}").format(
             tables.ident(name), tables.ident(shards[0].foreign_name), cols=tables.column_list(tdef.columns)))
+        _advance_sequences(conn, tdef, sequences)
     for stmt in tables.reference_triggers_ddl(name):
         conn.execute(stmt)
     row = conn.execute("SELECT %s::regclass::oid", (str(name),)).fetchone()
