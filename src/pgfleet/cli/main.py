@@ -25,8 +25,9 @@ from ..execute import Endpoint
 from ..spec import DistributeSpec, HashSpec, ReferenceSpec, parse_list_arg, parse_name, parse_range_bounds
 from ..spec.distribution import parse_column
 
-out = Console()
-err = Console(stderr=True)
+# Piped output (scripts, CI logs) gets wide lines instead of truncated table columns.
+out = Console(width=None if sys.stdout.isatty() else 160)
+err = Console(stderr=True, width=None if sys.stderr.isatty() else 160)
 
 
 def fail(message: str, code: int = 1) -> NoReturn:
