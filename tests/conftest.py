@@ -80,8 +80,8 @@ def pgfleet_cli(*args: str, directory: Path | None = None, env: dict[str, str] |
     if directory is not None:
         full_env["PGFLEET_DIR"] = str(directory)
     full_env.update(env or {})
-    return subprocess.run([sys.executable, "-m", "pgfleet.cli.main", *args], capture_output=True, text=True,
-                          env=full_env, input=input, timeout=300)
+    return subprocess.run([sys.executable, "-m", "pgfleet.cli.main", *args], check=False, capture_output=True,
+                          text=True, env=full_env, input=input, timeout=300)
 
 
 @pytest.hookimpl(hookwrapper=True)

@@ -1,6 +1,7 @@
 """Planning code, tested on the SQL it produces (no server)."""
 
 import pytest
+from psycopg import sql
 
 from pgfleet.errors import SpecError
 from pgfleet.plan import render
@@ -15,7 +16,6 @@ from pgfleet.plan.tables import (
 )
 from pgfleet.spec import DistributeSpec, HashSpec, ListShard, ListSpec, QualifiedName, RangeShard, RangeSpec
 from pgfleet.topology.model import Column, Constraint, Index, Shard, TableDef
-from psycopg import sql
 
 PRODUCTS = TableDef(
     oid=42, name=QualifiedName("public", "products"), relkind="r", owner="app",

@@ -10,7 +10,7 @@ import pytest
 from conftest import make_cluster, pgfleet_cli
 from pgfleet.cluster.fleet import Fleet
 from pgfleet.cluster.local import LocalCluster
-from pgfleet.cluster.topofile import export_topology, import_topology
+from pgfleet.cluster.topofile import import_topology
 from pgfleet.errors import TopologyError
 
 QUERIES = [

@@ -124,4 +124,4 @@ def run_demo(fleet: Fleet, console: Console) -> None:
     console.print(f"The demo's tables stay in schema {SCHEMA}; try: psql \"$(pgfleet dsn)\" -c 'TABLE demo.products'")
 
 
-__all__ = ["run_demo", "PgfleetError"]
+__all__ = ["PgfleetError", "run_demo"]

@@ -47,24 +47,25 @@ def run(
     full_env = dict(os.environ)
     if env:
         full_env.update(env)
-    kwargs: dict[str, object] = {}
     if run_as is not None:
-        kwargs.update(user=run_as.uid, group=run_as.gid, extra_groups=[])
         full_env["HOME"] = run_as.home
         full_env["USER"] = run_as.user
         full_env["LOGNAME"] = run_as.user
     label = what or os.path.basename(argv[0])
     log.debug("run %s", " ".join(argv))
     try:
-        proc = subprocess.run(  # noqa: S603 - argv list, never a shell
+        proc = subprocess.run(
             list(argv),
+            check=False,
             input=stdin,
             capture_output=True,
             text=True,
             timeout=timeout,
             env=full_env,
             cwd=cwd,
-            **kwargs,  # type: ignore[arg-type]
+            user=run_as.uid if run_as else None,
+            group=run_as.gid if run_as else None,
+            extra_groups=[] if run_as else None,
         )
     except FileNotFoundError as exc:
         raise NodeError(f"{label}: program not found ({argv[0]})", node=node,

@@ -15,8 +15,7 @@ from __future__ import annotations
 
 import json
 import logging
-from collections.abc import Callable
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import ExitStack, contextmanager
 from dataclasses import replace
 
@@ -24,7 +23,7 @@ import psycopg
 from psycopg import sql
 
 from ..errors import ExecuteError, PgfleetError, SpecError, TopologyError
-from ..execute.connect import CANONICAL_SETTINGS, describe_error
+from ..execute.connect import CANONICAL_SETTINGS, Conn, describe_error
 from ..plan import layout, tables
 from ..spec import DistributeSpec, QualifiedName, ReferenceSpec
 from ..topology.model import Shard, TableDef
@@ -33,7 +32,6 @@ from .fleet import Fleet
 
 log = logging.getLogger(__name__)
 
-Conn = psycopg.Connection[tuple[object, ...]]
 Progress = Callable[[str, int, int], None]
 BATCH_ROWS = 50_000
 LOCK_SPACE = 0x7066  # advisory lock class for pgfleet table operations

@@ -9,12 +9,14 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
+from typing import Self
 
 import psycopg
 from psycopg import sql
 
 from ..errors import ExecuteError, NodeError, SpecError, TopologyError
 from ..execute import Endpoint, connect, describe_error
+from ..execute.connect import Conn
 from ..spec import DistributeSpec, ReferenceSpec
 from ..topology.model import Node, Topology
 from ..topology.read import catalog_installed, read_topology
@@ -79,7 +81,7 @@ class Fleet:
     def __init__(self, coordinator: Endpoint, local: LocalCluster | None = None) -> None:
         self.coordinator = coordinator
         self.local = local
-        self._conn: psycopg.Connection[tuple[object, ...]] | None = None
+        self._conn: Conn | None = None
 
     # --- opening ----------------------------------------------------------------------------------
     @classmethod
@@ -105,19 +107,19 @@ class Fleet:
             self._conn.close()
             self._conn = None
 
-    def __enter__(self) -> Fleet:
+    def __enter__(self) -> Self:
         return self
 
     def __exit__(self, *exc: object) -> None:
         self.close()
 
     # --- connections ------------------------------------------------------------------------------
-    def conn(self) -> psycopg.Connection[tuple[object, ...]]:
+    def conn(self) -> Conn:
         if self._conn is None or self._conn.closed:
             self._conn = connect(self.coordinator)
         return self._conn
 
-    def new_coordinator_conn(self, *, canonical: bool = False) -> psycopg.Connection[tuple[object, ...]]:
+    def new_coordinator_conn(self, *, canonical: bool = False) -> Conn:
         return connect(self.coordinator, canonical=canonical)
 
     def topology(self) -> Topology:
@@ -134,20 +136,20 @@ class Fleet:
         row = self.conn().execute(
             "SELECT umoptions FROM pg_user_mappings WHERE srvname = %s AND usename IN (current_user, 'public') "
             "ORDER BY usename = 'public' LIMIT 1", (node.server_name,)).fetchone()
-        options = dict(o.split("=", 1) for o in (row[0] if row and row[0] else []))  # type: ignore[union-attr]
+        options = dict(o.split("=", 1) for o in (row[0] if row and row[0] else []))
         return Endpoint(name=node.name, host=node.host, port=node.port, dbname=node.dbname,
                         user=options.get("user", node.username), password=options.get("password"))
 
     def worker_conn(self, node: Node, *, autocommit: bool = True,
-                    canonical: bool = False) -> psycopg.Connection[tuple[object, ...]]:
+                    canonical: bool = False) -> Conn:
         return connect(self.endpoint(node), autocommit=autocommit, canonical=canonical)
 
     @contextmanager
     def worker_conns(self, names: list[str], *, autocommit: bool = True,
-                     canonical: bool = False) -> Iterator[dict[str, psycopg.Connection[tuple[object, ...]]]]:
+                     canonical: bool = False) -> Iterator[dict[str, Conn]]:
         """Connections to the named workers; NodeError (and nothing opened) if one is unreachable."""
         topo = self.topology()
-        conns: dict[str, psycopg.Connection[tuple[object, ...]]] = {}
+        conns: dict[str, Conn] = {}
         try:
             for name in names:
                 node = topo.node(name)

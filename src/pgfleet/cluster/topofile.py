@@ -17,7 +17,7 @@ import psycopg
 from psycopg import sql
 
 from ..errors import ClusterError, ExecuteError, SpecError, TopologyError
-from ..execute.connect import describe_error
+from ..execute.connect import Conn, describe_error
 from ..plan import tables
 from ..spec import QualifiedName
 from ..topology.model import Column, Constraint, Shard, TableDef
@@ -176,7 +176,7 @@ def import_topology(fleet: Fleet, data: dict[str, Any]) -> str:
     return "".join(parts)
 
 
-def _advance_sequences(conn: psycopg.Connection[tuple[object, ...]], tdef: TableDef,
+def _advance_sequences(conn: Conn, tdef: TableDef,
                        sequences: list[dict[str, Any]]) -> None:
     """Sequences and identities continue after both their exported value and the highest key present."""
     for seq in sequences:
@@ -194,7 +194,7 @@ def _advance_sequences(conn: psycopg.Connection[tuple[object, ...]], tdef: Table
                 tables.ident(tdef.name), sql.Identifier(c.name), sql.Literal(int(str(row[0])))))
 
 
-def _import_reference(fleet: Fleet, conn: psycopg.Connection[tuple[object, ...]], tdef: TableDef,
+def _import_reference(fleet: Fleet, conn: Conn, tdef: TableDef,
                       shards: tuple[Shard, ...], exists: bool, sequences: list[dict[str, Any]]) -> int:
     topo = fleet.topology()
     name = tdef.name

@@ -1,6 +1,5 @@
-"""The only code that writes to servers: connections, running steps, wrapping driver errors."""
+"""The only code that writes to servers: connections and driver-error wrapping."""
 
-from .connect import Endpoint, connect, describe_error
-from .runner import run_steps
+from .connect import Conn, Endpoint, connect, describe_error
 
-__all__ = ["Endpoint", "connect", "describe_error", "run_steps"]
+__all__ = ["Conn", "Endpoint", "connect", "describe_error"]

@@ -4,12 +4,15 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass, field
+from typing import Any
 
 import psycopg
 
 from ..errors import ExecuteError, NodeError
 
 log = logging.getLogger(__name__)
+
+Conn = psycopg.Connection[tuple[Any, ...]]
 
 # Same text output on every server, so that row checksums computed on different nodes compare.
 CANONICAL_SETTINGS = {
@@ -44,13 +47,16 @@ class Endpoint:
 
 
 def connect(ep: Endpoint, *, autocommit: bool = True, timeout: int = 10,
-            canonical: bool = False) -> psycopg.Connection[tuple[object, ...]]:
-    options = {}
+            canonical: bool = False) -> Conn:
+    conninfo = ep.conninfo()
     if canonical:
-        options["options"] = " ".join(f"-c {k}={v.replace(' ', '')}" for k, v in CANONICAL_SETTINGS.items())
+        from psycopg.conninfo import make_conninfo
+
+        conninfo = make_conninfo(conninfo, options=" ".join(
+            f"-c {k}={v.replace(' ', '')}" for k, v in CANONICAL_SETTINGS.items()))
     try:
-        conn = psycopg.connect(ep.conninfo(), autocommit=autocommit, connect_timeout=timeout,
-                               application_name="pgfleet", **options)
+        conn = psycopg.connect(conninfo, autocommit=autocommit, connect_timeout=timeout,
+                               application_name="pgfleet")
     except psycopg.OperationalError as exc:
         raise NodeError(f"cannot connect to {ep.address}: {_first_line(exc)}", node=ep.name,
                         hint="start the node ('pgfleet up' for a local cluster) or check its address and password") from None

@@ -1,5 +1,5 @@
-"""Wanted × existing → ordered steps (a target node + a composed SQL statement). Pure: no servers."""
+"""Wanted × existing → SQL statements for each node. Pure: no servers; tested on the SQL it renders."""
 
-from .steps import Step, render
+from .steps import render
 
-__all__ = ["Step", "render"]
+__all__ = ["render"]

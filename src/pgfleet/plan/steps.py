@@ -1,19 +1,10 @@
-"""A step: one SQL statement for one node."""
+"""Rendering composed statements without a connection (tests, logs)."""
 
 from __future__ import annotations
-
-from dataclasses import dataclass
 
 from psycopg import sql
 
 
-@dataclass(frozen=True)
-class Step:
-    node: str
-    statement: sql.Composable
-    description: str = ""
-
-
 def render(statement: sql.Composable) -> str:
-    """The SQL text of a composed statement, without a connection (for tests, logs and --dry-run)."""
+    """The SQL text of a composed statement, without a connection."""
     return statement.as_string(None)

@@ -46,7 +46,7 @@ def hash_remainder_expr(key: sql.Composable, hash_function: str, modulus: int) -
         two64=sql.Literal(TWO_64), m=sql.Literal(modulus))
 
 
-def shard_rule(key: str, shard: Shard, hash_function: str | None) -> sql.Composed:
+def shard_rule(key: str, shard: Shard, hash_function: str | None) -> sql.Composable:
     """The boolean expression a row of ``shard`` satisfies (NULL keys pass, as PostgreSQL allows them)."""
     k = sql.Identifier(key)
     if shard.modulus is not None and shard.remainder is not None:

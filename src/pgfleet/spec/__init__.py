@@ -10,11 +10,20 @@ from .distribution import (
     RangeSpec,
     ReferenceSpec,
     parse_list_arg,
-    parse_range_bounds,
     parse_name,
+    parse_range_bounds,
 )
 
 __all__ = [
-    "DistributeSpec", "HashSpec", "ListShard", "ListSpec", "QualifiedName", "RangeShard", "RangeSpec",
-    "ReferenceSpec", "parse_list_arg", "parse_range_bounds", "parse_name",
+    "DistributeSpec",
+    "HashSpec",
+    "ListShard",
+    "ListSpec",
+    "QualifiedName",
+    "RangeShard",
+    "RangeSpec",
+    "ReferenceSpec",
+    "parse_list_arg",
+    "parse_name",
+    "parse_range_bounds",
 ]

@@ -6,11 +6,12 @@ import psycopg
 from psycopg import sql
 
 from ..errors import SpecError, TopologyError
+from ..execute.connect import Conn
 from ..spec import QualifiedName
 from .model import Column, Constraint, DistTable, Index, Node, Shard, TableDef, Topology
 
 
-def resolve_table(conn: psycopg.Connection[tuple[object, ...]], name: QualifiedName) -> int:
+def resolve_table(conn: Conn, name: QualifiedName) -> int:
     """The table's oid; SpecError naming the table when it does not exist."""
     text = str(name)
     try:
@@ -77,7 +78,7 @@ WHERE c.oid = %s AND a.grantee <> c.relowner
 """
 
 
-def table_def(conn: psycopg.Connection[tuple[object, ...]], oid: int) -> TableDef:
+def table_def(conn: Conn, oid: int) -> TableDef:
     head = conn.execute(
         "SELECT n.nspname, c.relname, c.relkind, pg_get_userbyid(c.relowner), greatest(c.reltuples, 0)::bigint "
         "FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace WHERE c.oid = %s", (oid,)).fetchone()
@@ -98,7 +99,7 @@ def table_def(conn: psycopg.Connection[tuple[object, ...]], oid: int) -> TableDe
                     referencing_fks=refs, acl=acl, estimated_rows=int(head[4]))
 
 
-def hash_function(conn: psycopg.Connection[tuple[object, ...]], type_name: str) -> str:
+def hash_function(conn: Conn, type_name: str) -> str:
     """The extended hash support function (amproc 2) of the default hash opclass for ``type_name``.
 
     PostgreSQL's hash partitioning computes the partition from exactly this function with the seed
@@ -125,7 +126,7 @@ def hash_function(conn: psycopg.Connection[tuple[object, ...]], type_name: str) 
     return str(row[0])
 
 
-def read_topology(conn: psycopg.Connection[tuple[object, ...]]) -> Topology:
+def read_topology(conn: Conn) -> Topology:
     nodes = tuple(Node(*r) for r in conn.execute(
         "SELECT name, role, host, port, dbname, username, kind FROM pgfleet.nodes "
         "ORDER BY role <> 'coordinator', name").fetchall())
@@ -147,7 +148,7 @@ def read_topology(conn: psycopg.Connection[tuple[object, ...]]) -> Topology:
     return Topology(nodes=nodes, tables=tables)
 
 
-def catalog_installed(conn: psycopg.Connection[tuple[object, ...]]) -> bool:
+def catalog_installed(conn: Conn) -> bool:
     row = conn.execute("SELECT to_regclass('pgfleet.nodes') IS NOT NULL").fetchone()
     return bool(row and row[0])
 
