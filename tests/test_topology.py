@@ -78,3 +78,25 @@ def test_existing_server_joins_and_topology_moves_to_a_new_coordinator(
     assert "imported 0 table(s); already present" in import_topology(fleet_c, data)
     fleet_b.close()
     fleet_c.close()
+
+
+def test_new_worker_gets_every_reference_table(base_dir: Path) -> None:
+    b = make_cluster(base_dir / "refadd", workers=1)
+    e = make_cluster(base_dir / "refadd_e", workers=0)
+    try:
+        fleet = Fleet(b.endpoint("coord"), b)
+        conn = fleet.conn()
+        conn.execute("CREATE TABLE countries (code text PRIMARY KEY, name text)")
+        conn.execute("INSERT INTO countries VALUES ('fr', 'France'), ('ng', 'Nigeria')")
+        from pgfleet.spec import QualifiedName, ReferenceSpec
+
+        fleet.reference(ReferenceSpec(QualifiedName("public", "countries")))
+        fleet.add_node("ext", e.endpoint("coord"))
+        conn.execute("INSERT INTO countries VALUES ('it', 'Italy')")
+        with fleet.worker_conn(fleet.topology().node("ext")) as w:  # type: ignore[arg-type]
+            assert w.execute("SELECT code FROM countries ORDER BY 1").fetchall() == [("fr",), ("it",), ("ng",)]
+        assert sorted(s.node for t in fleet.topology().tables for s in t.shards) == ["ext", "w1"]
+        fleet.close()
+    finally:
+        b.destroy()
+        e.destroy()

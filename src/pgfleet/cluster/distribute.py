@@ -413,16 +413,38 @@ def make_reference(fleet: Fleet, spec: ReferenceSpec, progress: Progress | None 
 
 
 def _make_reference(fleet: Fleet, spec: ReferenceSpec, progress: Progress | None) -> int:
-    say = progress or _noop
-    conn = fleet.conn()
     table = _prepare(fleet, spec.table)
     layout.check_table_shape(table, reference=True)
     layout.check_reference(table)
-    topo = fleet.topology()
-    workers = [w.name for w in topo.workers]
+    workers = [w.name for w in fleet.topology().workers]
     if not workers:
         raise SpecError("there are no workers to copy a reference table to",
                         hint="add one with 'pgfleet node add' or 'pgfleet up --workers N'")
+    return _copy_reference(fleet, table, workers, new_table=True, progress=progress)
+
+
+def add_reference_copies(fleet: Fleet, node: str, progress: Progress | None = None) -> list[str]:
+    """Give a newly added worker a copy of every reference table; return the tables copied."""
+    done = []
+    for t in fleet.topology().tables:
+        if t.method != "reference" or any(s.node == node for s in t.shards):
+            continue
+        with _table_lock(fleet, t.name):
+            _copy_reference(fleet, table_def(fleet.conn(), t.oid), [node], new_table=False, progress=progress)
+        done.append(str(t.name))
+    return done
+
+
+def _copy_reference(fleet: Fleet, table: TableDef, workers: list[str], *, new_table: bool,
+                    progress: Progress | None) -> int:
+    """Create verified copies of ``table`` on ``workers`` while writes to it wait.
+
+    ``new_table``: the table becomes a reference table (triggers, catalog row); otherwise it already is
+    one and only gains copies, which its trigger finds in pgfleet.shards from the commit on.
+    """
+    say = progress or _noop
+    conn = fleet.conn()
+    topo = fleet.topology()
     ids = _alloc_ids(conn, len(workers))
     schema = table.name.schema or "public"
     shards = tuple(
@@ -448,7 +470,8 @@ def _make_reference(fleet: Fleet, spec: ReferenceSpec, progress: Progress | None
             cols = tables.column_list(table.columns)
             for wc in wconns.values():
                 wc.autocommit = False
-            say("copy", 0, source_sum[0] * len(workers))
+            total = source_sum[0] * len(workers)
+            say("copy", 0, total)
             try:
                 with lock.cursor().copy(sql.SQL("COPY (SELECT {} FROM {}) TO STDOUT").format(
                         cols, tables.ident(table.name))) as src:
@@ -463,18 +486,19 @@ def _make_reference(fleet: Fleet, spec: ReferenceSpec, progress: Progress | None
             for wc in wconns.values():
                 wc.commit()
                 wc.autocommit = True
-            say("copy", source_sum[0] * len(workers), source_sum[0] * len(workers))
+            say("copy", total, total)
             for shard in shards:
                 _verify(fleet, source_sum, (shard,), f"the copy of {table.name} on {shard.node}", say)
             for shard in shards:
                 lock.execute(tables.foreign_table_ddl(table, shard, node_by_name[shard.node].server_name))
-            for stmt in tables.reference_triggers_ddl(table.name):
-                lock.execute(stmt)
             rows = tables.catalog_rows(sql.Literal(table.oid), table.name, "reference", None, None, shards)
-            lock.execute(rows.table_insert)
+            if new_table:
+                for stmt in tables.reference_triggers_ddl(table.name):
+                    lock.execute(stmt)
+                lock.execute(rows.table_insert)
+                lock.execute("SELECT pgfleet.snapshot_columns(%s)", (table.oid,))
             for ins in rows.shard_inserts:
                 lock.execute(ins)
-            lock.execute("SELECT pgfleet.snapshot_columns(%s)", (table.oid,))
             lock.commit()
         except BaseException:
             if lock is not None:

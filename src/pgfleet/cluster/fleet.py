@@ -229,7 +229,22 @@ class Fleet:
                     (name, endpoint.host, endpoint.port, endpoint.dbname, endpoint.user, kind))
         except psycopg.Error as exc:
             raise ExecuteError(f"registering node {name} failed: {describe_error(exc)}") from None
+        from .distribute import add_reference_copies
+
+        try:
+            add_reference_copies(self, name)  # "a full copy on every worker" holds for new workers too
+        except BaseException:
+            self._unregister(node)
+            raise
         return node
+
+    def _unregister(self, node: Node) -> None:
+        """Undo add_node for a node that holds no shards (its copies failed)."""
+        conn = self.conn()
+        with conn.transaction():
+            conn.execute("DELETE FROM pgfleet.shards WHERE node = %s", (node.name,))
+            conn.execute(sql.SQL("DROP SERVER IF EXISTS {} CASCADE").format(sql.Identifier(node.server_name)))
+            conn.execute("DELETE FROM pgfleet.nodes WHERE name = %s", (node.name,))
 
     # --- distribution -----------------------------------------------------------------------------
     def distribute(self, spec: DistributeSpec, progress: Progress | None = None) -> int:
