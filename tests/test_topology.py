@@ -62,7 +62,7 @@ def test_existing_server_joins_and_topology_moves_to_a_new_coordinator(
 
     # A new coordinator: nodes must be registered first (passwords are not exported) ...
     fleet_c = Fleet(c.endpoint("coord"), c)
-    with pytest.raises(TopologyError, match="node .* is not registered"):
+    with pytest.raises(TopologyError, match=r"node .* is not registered"):
         import_topology(fleet_c, data)
     fleet_c.add_node("w1", b.endpoint("w1"))
     fleet_c.add_node("ext", ext)

@@ -16,7 +16,7 @@ from __future__ import annotations
 import json
 import logging
 from collections.abc import Callable, Iterator
-from contextlib import ExitStack, contextmanager
+from contextlib import ExitStack, contextmanager, suppress
 from dataclasses import replace
 
 import psycopg
@@ -142,10 +142,8 @@ def _table_lock(fleet: Fleet, name: QualifiedName) -> Iterator[None]:
     try:
         yield
     finally:
-        try:
+        with suppress(psycopg.Error):
             conn.execute("SELECT pg_advisory_unlock(%s, %s)", (LOCK_SPACE, oid))
-        except psycopg.Error:
-            pass
 
 
 def _prepare(fleet: Fleet, name: QualifiedName) -> TableDef:
@@ -369,10 +367,8 @@ def _distribute(fleet: Fleet, spec: DistributeSpec, progress: Progress | None) -
             say("swap", 1, 1)
         except BaseException:
             if lock is not None:
-                try:
+                with suppress(psycopg.Error):
                     lock.rollback()
-                except psycopg.Error:
-                    pass
             # An operation whose leftovers could not all be removed stays 'running': the next run on this
             # table (or 'pgfleet status') finds it and removes them.
             if _undo_distribute(fleet, staging, tuple(created)):
@@ -502,10 +498,8 @@ def _copy_reference(fleet: Fleet, table: TableDef, workers: list[str], *, new_ta
             lock.commit()
         except BaseException:
             if lock is not None:
-                try:
+                with suppress(psycopg.Error):
                     lock.rollback()
-                except psycopg.Error:
-                    pass
             for wc in wconns.values():
                 try:
                     wc.rollback()

@@ -21,6 +21,7 @@ from ..node import binaries as binmod
 from ..node.osuser import check_traversable, server_account
 from ..node.server import LocalServer, free_ports, port_is_free
 from ..proc import RunAs
+import contextlib
 
 log = logging.getLogger(__name__)
 
@@ -160,10 +161,8 @@ class LocalCluster:
         if nodes_dir.is_dir():
             for home in nodes_dir.iterdir():
                 server = LocalServer(name=home.name, home=home, port=0, binaries=bins, run_as=run_as)
-                try:
+                with contextlib.suppress(PgfleetError):
                     server.stop(mode="immediate")
-                except PgfleetError:
-                    pass
         if created_dir:
             shutil.rmtree(directory, ignore_errors=True)
         else:
@@ -186,7 +185,7 @@ class LocalCluster:
         os.chmod(passfile, 0o600)
 
     def add_local_node(self, name: str, role: str, port: int, password: str) -> None:
-        nodes = self.spec.nodes + (LocalNode(name, role, port, password),)
+        nodes = (*self.spec.nodes, LocalNode(name, role, port, password))
         self.spec = replace(self.spec, nodes=nodes)
         self._write_files()
 
@@ -228,10 +227,8 @@ class LocalCluster:
 
     def destroy(self) -> None:
         for node in self.spec.nodes:
-            try:
+            with contextlib.suppress(PgfleetError):
                 self.server(node.name).stop(mode="immediate")
-            except PgfleetError:
-                pass
         shutil.rmtree(self.directory, ignore_errors=True)
 
     def endpoint(self, name: str) -> Endpoint:

@@ -83,7 +83,7 @@ def reachable_by(binaries: Binaries, run_as: RunAs | None, cache_root: Path) -> 
         for sub in ("bin", "lib", "share"):
             if (install / sub).is_dir():
                 shutil.copytree(install / sub, tmp / sub, symlinks=True)
-        for root, dirs, files in os.walk(tmp):
+        for root, _dirs, files in os.walk(tmp):
             os.chmod(root, 0o755)
             for name in files:
                 full = os.path.join(root, name)

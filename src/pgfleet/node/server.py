@@ -128,7 +128,7 @@ class LocalServer:
         self.write_config(fast=fast)
 
     def write_config(self, *, fast: bool = False, extra: Iterable[tuple[str, str]] = ()) -> None:
-        settings = list(self.settings) + [("port", str(self.port))]
+        settings = [*list(self.settings), ("port", str(self.port))]
         if fast:
             settings += list(FAST_SETTINGS)
         settings += list(extra)

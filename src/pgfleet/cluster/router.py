@@ -1,0 +1,416 @@
+"""Fast paths that skip postgres_fdw: single-shard statements sent straight to the owning worker,
+per-shard aggregates computed on the workers in parallel, and parallel loading into the shards.
+
+Every fast path returns what the coordinator returns for the same statement (tests check this on real
+servers) and falls back to the coordinator for what it cannot route.
+
+Statements are templates: ``{}`` (or ``{name}`` with ``tables={"name": ...}``) stands for the table and
+becomes the shard table on the worker. The statement must only touch rows of the given key; the shard's
+CHECK constraint refuses a row that does not belong there, so a wrong key can fail but never misplace.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from collections.abc import Iterator, Mapping, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
+from dataclasses import dataclass
+from typing import Any, Self
+
+import psycopg
+from psycopg import sql
+
+from .. import hashing
+from ..errors import SpecError, TopologyError
+from ..execute.connect import Conn, Endpoint, connect
+from ..plan.tables import ident
+from ..spec import QualifiedName, parse_name
+from ..topology.model import DistTable, Shard
+from .fleet import Fleet
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class Route:
+    """Where a statement goes: a node (None = the coordinator) and the table names to use there."""
+
+    node: str | None
+    names: Mapping[str, sql.Composable]
+
+
+class Router:
+    """Routes single-key statements to workers. One Router per thread (it holds one connection per node)."""
+
+    def __init__(self, fleet: Fleet) -> None:
+        self.fleet = fleet
+        topo = fleet.topology()
+        self._tables: dict[QualifiedName, DistTable] = {t.name: t for t in topo.tables}
+        self._key_types: dict[QualifiedName, str] = {}
+        conn = fleet.conn()
+        for t in topo.tables:
+            if t.key:
+                row = conn.execute("SELECT format_type(atttypid, atttypmod) FROM pg_attribute "
+                                   "WHERE attrelid = %s AND attname = %s", (t.oid, t.key)).fetchone()
+                self._key_types[t.name] = str(row[0]) if row else ""
+        self._endpoints: dict[str, Endpoint] = {n.name: fleet.endpoint(n) for n in topo.workers}
+        self._conns: dict[str, Conn] = {}
+        self._pinned: str | bool | None = False  # False: no transaction; else the node (None = coordinator)
+        self._resolved: dict[str, QualifiedName] = {}
+
+    # --- routing ------------------------------------------------------------------------------------
+    def table(self, name: str | QualifiedName) -> DistTable | None:
+        qn = self._resolve(name)
+        return self._tables.get(qn)
+
+    def _resolve(self, name: str | QualifiedName) -> QualifiedName:
+        if isinstance(name, QualifiedName) and name.schema is not None:
+            return name
+        text = str(name)
+        if text not in self._resolved:
+            row = self.fleet.conn().execute(
+                "SELECT n.nspname, c.relname FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace "
+                "WHERE c.oid = to_regclass(%s)", (text,)).fetchone()
+            if row is None:
+                raise SpecError(f"table {text} does not exist on the coordinator")
+            self._resolved[text] = QualifiedName(str(row[0]), str(row[1]))
+        return self._resolved[text]
+
+    def shard_for(self, table: DistTable, key: Any) -> Shard:
+        """The shard of ``table`` that holds ``key``."""
+        shards = sorted(table.shards, key=lambda s: s.index)
+        if table.method == "hash":
+            key_type = self._key_types.get(table.name, "")
+            if key_type not in hashing.INTEGER_TYPES:
+                raise _CannotRoute(f"no client-side hash for key type {key_type}")
+            modulus = shards[0].modulus or len(shards)
+            rem = hashing.remainder(int(key), modulus, key_type)
+            return next(s for s in shards if s.remainder == rem)
+        if table.method == "list":
+            for s in shards:
+                if str(key) in s.values:
+                    return s
+            raise _CannotRoute(f"value {key!r} is in no list shard")
+        if table.method == "range":
+            key_type = self._key_types.get(table.name, "")
+            if key_type not in hashing.INTEGER_TYPES:
+                raise _CannotRoute(f"no client-side range routing for key type {key_type}")
+            lowers = [int(s.lower) if s.lower is not None else None for s in shards]
+            for s, low in zip(shards, lowers, strict=True):
+                if (low is None or int(key) >= low) and (s.upper is None or int(key) < int(s.upper)):
+                    return s
+            raise _CannotRoute(f"key {key!r} is in no range shard")
+        raise _CannotRoute(f"{table.name} is a {table.method} table")
+
+    def route(self, tables: str | QualifiedName | Mapping[str, str | QualifiedName], key: Any) -> Route:
+        named = {"": tables} if isinstance(tables, (str, QualifiedName)) else dict(tables)
+        resolved = {k: self._resolve(v) for k, v in named.items()}
+        coordinator = Route(None, {k: ident(v) for k, v in resolved.items()})
+        try:
+            node: str | None = None
+            index: int | None = None
+            names: dict[str, sql.Composable] = {}
+            for placeholder, qn in resolved.items():
+                table = self._tables.get(qn)
+                if table is None:
+                    raise _CannotRoute(f"{qn} is not distributed")
+                if table.method == "reference":
+                    names[placeholder] = ident(qn)  # every worker has the copy under its own name
+                    continue
+                shard = self.shard_for(table, key)
+                if node is not None and (shard.node != node or shard.index != index):
+                    raise _CannotRoute("the tables are not co-located")
+                node, index = shard.node, shard.index
+                names[placeholder] = ident(shard.shard_name)
+            if node is None:
+                raise _CannotRoute("only reference tables")
+            return Route(node, names)
+        except _CannotRoute as why:
+            log.debug("fast path falls back to the coordinator: %s", why)
+            return coordinator
+
+    # --- running ------------------------------------------------------------------------------------
+    def _conn(self, node: str | None) -> Conn:
+        name = node or ""
+        conn = self._conns.get(name)
+        if conn is None or conn.closed:
+            conn = connect(self._endpoints[node]) if node else self.fleet.new_coordinator_conn()
+            self._conns[name] = conn
+        return conn
+
+    def _compose(self, query: str | sql.SQL, route: Route) -> sql.Composed:
+        template = sql.SQL(query) if isinstance(query, str) else query
+        if "" in route.names:
+            return template.format(route.names[""])
+        return template.format(**route.names)
+
+    def execute(self, query: str | sql.SQL, params: Sequence[Any] | Mapping[str, Any] | None = None, *,
+                table: str | QualifiedName | Mapping[str, str | QualifiedName], key: Any) -> psycopg.Cursor[Any]:
+        """Run ``query`` where ``key`` lives; the cursor is positioned like the coordinator's would be."""
+        route = self.route(table, key)
+        if self._pinned is not False and route.node != self._pinned:
+            raise SpecError("this transaction already runs on another node",
+                            hint="keys of one fast-path transaction must live on one shard; "
+                                 "use the coordinator for cross-shard transactions")
+        conn = self._conn(route.node)
+        return conn.execute(self._compose(query, route), params)
+
+    def fetchall(self, query: str | sql.SQL, params: Sequence[Any] | Mapping[str, Any] | None = None, *,
+                 table: str | QualifiedName | Mapping[str, str | QualifiedName], key: Any) -> list[Any]:
+        return self.execute(query, params, table=table, key=key).fetchall()
+
+    def fetchone(self, query: str | sql.SQL, params: Sequence[Any] | Mapping[str, Any] | None = None, *,
+                 table: str | QualifiedName | Mapping[str, str | QualifiedName], key: Any) -> Any:
+        return self.execute(query, params, table=table, key=key).fetchone()
+
+    @contextmanager
+    def transaction(self, table: str | QualifiedName | Mapping[str, str | QualifiedName], key: Any) -> Iterator[None]:
+        """A transaction on the shard of ``key``: every statement in it must route to the same node."""
+        route = self.route(table, key)
+        conn = self._conn(route.node)
+        self._pinned = route.node
+        try:
+            with conn.transaction():
+                yield
+        finally:
+            self._pinned = False
+
+    def close(self) -> None:
+        for conn in self._conns.values():
+            conn.close()
+        self._conns.clear()
+
+    def __enter__(self) -> Self:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+class _CannotRoute(Exception):
+    pass
+
+
+# --- fan-out aggregates ------------------------------------------------------------------------------
+AGGREGATES = ("count", "sum", "min", "max", "avg")
+
+
+def aggregate(fleet: Fleet, table: str, aggregates: Sequence[tuple[str, str | None]],
+              group_by: Sequence[str] = (), where: str | None = None,
+              params: Sequence[Any] | None = None) -> list[tuple[Any, ...]]:
+    """``SELECT group_by…, agg(col)… FROM table [WHERE …] GROUP BY group_by…``, computed per shard on the
+    workers in parallel and combined here; sorted by the group columns.
+
+    ``aggregates`` are (function, column) pairs with function in count/sum/min/max/avg (column None for
+    count(*)); ``where`` is a condition on the table's columns (values as %s parameters).
+    """
+    topo = fleet.topology()
+    qn = parse_name(table)
+    oid_row = fleet.conn().execute("SELECT to_regclass(%s)::oid", (str(qn),)).fetchone()
+    dist = topo.table(int(str(oid_row[0]))) if oid_row and oid_row[0] is not None else None
+    if dist is None or dist.method == "reference":
+        raise SpecError(f"{table} is not a distributed table", hint="aggregate it through the coordinator")
+    for fn, _col in aggregates:
+        if fn not in AGGREGATES:
+            raise SpecError(f"aggregate {fn!r} is not supported by the fan-out path", hint=f"use one of {AGGREGATES}")
+    parts: list[sql.Composable] = [sql.Identifier(g) for g in group_by]
+    for fn, col in aggregates:
+        target = sql.SQL("*") if col is None else sql.Identifier(col)
+        if fn == "avg":
+            parts += [sql.SQL("sum({})").format(target), sql.SQL("count({})").format(target)]
+        else:
+            parts.append(sql.SQL("{}({})").format(sql.SQL(fn), target))
+
+    def shard_query(shard: Shard) -> sql.Composed:
+        q = sql.SQL("SELECT {} FROM {}").format(sql.SQL(", ").join(parts), ident(shard.shard_name))
+        if where:
+            q = sql.SQL("{} WHERE {}").format(q, sql.SQL(where))  # the caller's condition, values as params
+        if group_by:
+            q = sql.SQL("{} GROUP BY {}").format(q, sql.SQL(", ").join(sql.Identifier(g) for g in group_by))
+        return q
+
+    by_node: dict[str, list[Shard]] = {}
+    for shard in dist.shards:
+        by_node.setdefault(shard.node, []).append(shard)
+    endpoints = {n: fleet.endpoint(topo.node(n)) for n in by_node}  # type: ignore[arg-type]
+    local = threading.local()
+
+    def run(shard: Shard) -> list[tuple[Any, ...]]:
+        conns: dict[str, Conn] = getattr(local, "conns", {})
+        local.conns = conns
+        conn = conns.get(shard.node)
+        if conn is None:
+            conn = conns[shard.node] = connect(endpoints[shard.node])
+        return conn.execute(shard_query(shard), params).fetchall()
+
+    workers = min(len(dist.shards), 16)
+    with ThreadPoolExecutor(max_workers=workers) as pool:
+        results = list(pool.map(run, dist.shards))
+    return _combine(results, len(group_by), aggregates)
+
+
+def _combine(results: list[list[tuple[Any, ...]]], ngroup: int,
+             aggregates: Sequence[tuple[str, str | None]]) -> list[tuple[Any, ...]]:
+    groups: dict[tuple[Any, ...], list[Any]] = {}
+    for rows in results:
+        for row in rows:
+            key = tuple(row[:ngroup])
+            vals = list(row[ngroup:])
+            acc = groups.get(key)
+            if acc is None:
+                groups[key] = vals
+                continue
+            i = 0
+            for fn, _col in aggregates:
+                if fn in ("count", "sum"):
+                    acc[i] = _add(acc[i], vals[i])
+                elif fn == "min":
+                    acc[i] = vals[i] if acc[i] is None else (acc[i] if vals[i] is None else min(acc[i], vals[i]))
+                elif fn == "max":
+                    acc[i] = vals[i] if acc[i] is None else (acc[i] if vals[i] is None else max(acc[i], vals[i]))
+                elif fn == "avg":
+                    acc[i] = _add(acc[i], vals[i])
+                    acc[i + 1] = _add(acc[i + 1], vals[i + 1])
+                    i += 1
+                i += 1
+    out = []
+    for key, vals in groups.items():
+        combined: list[Any] = list(key)
+        i = 0
+        for fn, _col in aggregates:
+            if fn == "avg":
+                total, count = vals[i], vals[i + 1]
+                combined.append(None if not count else _avg(total, count))
+                i += 2
+            else:
+                combined.append(vals[i])
+                i += 1
+        out.append(tuple(combined))
+    if ngroup == 0 and not out:
+        out.append(tuple(0 if fn == "count" else None for fn, _c in aggregates))
+    return sorted(out, key=lambda r: tuple((x is None, x) for x in r[:ngroup]))
+
+
+def _add(a: Any, b: Any) -> Any:
+    if a is None:
+        return b
+    if b is None:
+        return a
+    return a + b
+
+
+def _avg(total: Any, count: int) -> Any:
+    from decimal import Decimal
+
+    if isinstance(total, Decimal):
+        return total / Decimal(count)
+    return Decimal(total) / Decimal(count)
+
+
+def table_shards(fleet: Fleet, table: str) -> DistTable:
+    topo = fleet.topology()
+    qn = parse_name(table)
+    row = fleet.conn().execute("SELECT to_regclass(%s)::oid", (str(qn),)).fetchone()
+    dist = topo.table(int(str(row[0]))) if row and row[0] is not None else None
+    if dist is None:
+        raise TopologyError(f"{table} is not distributed")
+    return dist
+
+
+# --- parallel loading ---------------------------------------------------------------------------------
+def load(fleet: Fleet, table: str, rows: Sequence[Sequence[Any]], columns: Sequence[str] | None = None,
+         *, threads: int = 8) -> int:
+    """COPY ``rows`` straight into the shards, in parallel, all or nothing; return the rows loaded.
+
+    Rows are routed here (integer hash keys in bulk with numpy); each shard's COPY runs in its own
+    transaction on its worker, prepared (two-phase) and committed only when every shard has its rows.
+    The rows must carry the key (the coordinator's sequence is not consulted).
+    """
+    import uuid
+
+    import numpy as np
+
+    dist = table_shards(fleet, table)
+    if dist.method == "reference" or dist.key is None:
+        raise SpecError(f"{table} is a reference table", hint="load it through the coordinator (COPY)")
+    if columns is None:
+        columns = [str(r[0]) for r in fleet.conn().execute(
+            "SELECT attname FROM pg_attribute WHERE attrelid = %s AND attnum > 0 AND NOT attisdropped "
+            "AND attgenerated = '' ORDER BY attnum", (dist.oid,)).fetchall()]
+    if dist.key not in columns:
+        raise SpecError(f"the rows must include the distribution key {dist.key}",
+                        hint="give the key values, or load through the coordinator so its default fills them")
+    k = list(columns).index(dist.key)
+    shards = sorted(dist.shards, key=lambda s: s.index)
+    router = Router(fleet)
+    key_type = router._key_types.get(dist.name, "")
+    if dist.method == "hash" and key_type in hashing.INTEGER_TYPES:
+        keys = np.fromiter((row[k] for row in rows), dtype=np.int64, count=len(rows))
+        by_rem = hashing.remainders(keys, shards[0].modulus or len(shards), key_type)
+        order = np.argsort(by_rem, kind="stable")
+        counts = np.bincount(by_rem, minlength=len(shards))
+        buckets: dict[int, list[Sequence[Any]]] = {}
+        start = 0
+        rem_to_shard = {s.remainder: s for s in shards}
+        for rem, count in enumerate(counts):
+            idx = order[start:start + count]
+            start += count
+            shard = rem_to_shard[rem]
+            buckets[shard.index] = [rows[i] for i in idx]
+    else:
+        buckets = {}
+        for row in rows:
+            try:
+                shard = router.shard_for(dist, row[k])
+            except _CannotRoute as why:
+                raise SpecError(f"cannot route a row of {table}: {why}",
+                                hint="load it through the coordinator (COPY)") from None
+            buckets.setdefault(shard.index, []).append(row)
+    router.close()
+    topo = fleet.topology()
+    endpoints = {n.name: fleet.endpoint(n) for n in topo.workers}
+    cols = sql.SQL(", ").join(sql.Identifier(c) for c in columns)
+    tag = uuid.uuid4().hex[:12]
+    conns: dict[int, Conn] = {}
+    prepared: list[tuple[Conn, str]] = []
+    lock = threading.Lock()
+
+    def copy_one(shard: Shard) -> int:
+        part = buckets.get(shard.index, [])
+        conn = connect(endpoints[shard.node], autocommit=False)
+        with lock:
+            conns[shard.index] = conn
+        with conn.cursor().copy(sql.SQL("COPY {} ({}) FROM STDIN").format(ident(shard.shard_name), cols)) as cp:
+            for row in part:
+                cp.write_row(row)
+        gid = f"pgfleet_load_{tag}_{shard.shard_id}"
+        two_phase = conn.execute("SELECT current_setting('max_prepared_transactions')::int > 0").fetchone()
+        if two_phase and two_phase[0]:
+            conn.execute(sql.SQL("PREPARE TRANSACTION {}").format(sql.Literal(gid)))
+            with lock:
+                prepared.append((conn, gid))
+        return len(part)
+
+    try:
+        with ThreadPoolExecutor(max_workers=max(1, min(threads, len(shards)))) as pool:
+            loaded = sum(pool.map(copy_one, shards))
+    except BaseException:
+        for conn, gid in prepared:
+            try:
+                conn.autocommit = True
+                conn.execute(sql.SQL("ROLLBACK PREPARED {}").format(sql.Literal(gid)))
+            except psycopg.Error:
+                log.warning("could not roll back prepared load %s", gid)
+        for conn in conns.values():
+            conn.close()
+        raise
+    for conn, gid in prepared:
+        conn.autocommit = True
+        conn.execute(sql.SQL("COMMIT PREPARED {}").format(sql.Literal(gid)))
+    for conn in conns.values():
+        if not conn.autocommit:
+            conn.commit()
+        conn.close()
+    return loaded
