@@ -147,3 +147,27 @@ def test_parallel_load(fleet: Fleet, data: str) -> None:
     with pytest.raises(SpecError, match="must include the distribution key"):
         load(fleet, f"{data}.t", [(1, 2)], columns=["grp", "val"])
     assert decimal.Decimal(1) == 1
+
+
+def test_fanout_read_and_atomic_write(fleet: Fleet, data: str) -> None:
+    from pgfleet.cluster.router import fanout
+
+    conn = fleet.conn()
+    res = fanout(fleet, "SELECT count(*), sum(i.qty) FROM {t} t JOIN {i} i ON i.t_id = t.id WHERE t.grp = %s",
+                 {"t": f"{data}.t", "i": f"{data}.items"}, [3])
+    want = conn.execute("SELECT count(*), sum(i.qty) FROM t JOIN items i ON i.t_id = t.id WHERE t.grp = 3").fetchone()
+    assert (sum(r[0] for r in res.rows), sum(r[1] or 0 for r in res.rows)) == want
+    conn.execute("CREATE TABLE t2 (LIKE t INCLUDING ALL)")
+    fleet.distribute(DistributeSpec(QualifiedName(data, "t2"), "id", colocate_with=QualifiedName(data, "t")))
+    res = fanout(fleet, "INSERT INTO {t2} SELECT * FROM {t} WHERE id <= %s", {"t2": f"{data}.t2", "t": f"{data}.t"},
+                 [1000], write=True)
+    assert res.rowcount == 1000
+    assert conn.execute("SELECT count(*), sum(val) FROM t2").fetchone() == conn.execute(
+        "SELECT count(*), sum(val) FROM t WHERE id <= 1000").fetchone()
+    # a failing shard rolls back every shard (duplicate keys in t2 now)
+    with pytest.raises(psycopg.errors.UniqueViolation):
+        fanout(fleet, "INSERT INTO {t2} SELECT * FROM {t} WHERE id <= %s", {"t2": f"{data}.t2", "t": f"{data}.t"},
+               [1001], write=True)
+    assert conn.execute("SELECT count(*) FROM t2").fetchone() == (1000,)
+    with pytest.raises(SpecError, match="co-located"):
+        fanout(fleet, "SELECT count(*) FROM {a} JOIN {b} USING (id)", {"a": f"{data}.t", "b": f"{data}.r"})

@@ -414,3 +414,93 @@ def load(fleet: Fleet, table: str, rows: Sequence[Sequence[Any]], columns: Seque
             conn.commit()
         conn.close()
     return loaded
+
+
+# --- fan-out of one statement over every shard (group) --------------------------------------------------
+@dataclass(frozen=True)
+class FanoutResult:
+    rows: list[tuple[Any, ...]]  # every shard's rows, concatenated
+    rowcount: int  # sum of the statements' row counts
+
+
+def fanout(fleet: Fleet, template: str, tables: Mapping[str, str], params: Sequence[Any] | None = None, *,
+           write: bool = False, threads: int = 8) -> FanoutResult:
+    """Run ``template`` once per shard index, on the worker that holds that index of every (co-located)
+    table named in ``tables`` ({placeholder: table}; reference tables stay as they are), in parallel.
+
+    Reads return every shard's rows (combine them yourself, e.g. sum the per-shard counts). Writes
+    (``write=True``) are all or nothing: each shard's statement is prepared (two-phase) and committed
+    only when all succeeded. The tables must be co-located (SpecError otherwise).
+    """
+    import uuid
+
+    topo = fleet.topology()
+    dists: dict[str, DistTable] = {}
+    for placeholder, name in tables.items():
+        row = fleet.conn().execute("SELECT to_regclass(%s)::oid", (name,)).fetchone()
+        dist = topo.table(int(str(row[0]))) if row and row[0] is not None else None
+        if dist is None:
+            raise SpecError(f"{name} is not distributed", hint="use the coordinator for this statement")
+        dists[placeholder] = dist
+    sharded = {p: d for p, d in dists.items() if d.method != "reference"}
+    if not sharded:
+        raise SpecError("fan-out needs at least one distributed table")
+    groups = {d.colocation_id for d in sharded.values()}
+    if len(groups) != 1:
+        raise SpecError("the tables of a fan-out statement must be co-located",
+                        hint="distribute them with --colocate-with, or use the coordinator")
+    first = next(iter(sharded.values()))
+    indexes = sorted({s.index for s in first.shards})
+    endpoints = {n.name: fleet.endpoint(n) for n in topo.workers}
+    tag = uuid.uuid4().hex[:12]
+
+    def statement(index: int) -> tuple[str, sql.Composed]:
+        names: dict[str, sql.Composable] = {}
+        node = ""
+        for p, d in dists.items():
+            if d.method == "reference":
+                names[p] = ident(d.name)
+                continue
+            shard = next(s for s in d.shards if s.index == index)
+            node = shard.node
+            names[p] = ident(shard.shard_name)
+        return node, sql.SQL(template).format(**names)  # the caller's SQL template
+
+    prepared: list[tuple[Conn, str]] = []
+    opened: list[Conn] = []
+    lock = threading.Lock()
+
+    def run(index: int) -> tuple[list[tuple[Any, ...]], int]:
+        node, stmt = statement(index)
+        conn = connect(endpoints[node], autocommit=not write)
+        with lock:
+            opened.append(conn)
+        cur = conn.execute(stmt, params)
+        rows = cur.fetchall() if cur.description else []
+        count = max(cur.rowcount, 0)
+        if write:
+            gid = f"pgfleet_fanout_{tag}_{index}"
+            conn.execute(sql.SQL("PREPARE TRANSACTION {}").format(sql.Literal(gid)))
+            with lock:
+                prepared.append((conn, gid))
+        return rows, count
+
+    try:
+        with ThreadPoolExecutor(max_workers=max(1, min(threads, len(indexes)))) as pool:
+            results = list(pool.map(run, indexes))
+    except BaseException:
+        for conn, gid in prepared:
+            try:
+                conn.autocommit = True
+                conn.execute(sql.SQL("ROLLBACK PREPARED {}").format(sql.Literal(gid)))
+            except psycopg.Error:
+                log.warning("could not roll back prepared fan-out %s", gid)
+        for conn in opened:
+            conn.close()
+        raise
+    for conn, gid in prepared:
+        conn.autocommit = True
+        conn.execute(sql.SQL("COMMIT PREPARED {}").format(sql.Literal(gid)))
+    for conn in opened:
+        conn.close()
+    return FanoutResult(rows=[r for rows, _c in results for r in rows], rowcount=sum(c for _r, c in results))
