@@ -39,6 +39,7 @@ class Route:
 
     node: str | None
     names: Mapping[str, sql.Composable]
+    key: tuple[object, ...] = ()  # identifies the names, for caching rendered statements
 
 
 class Router:
@@ -57,6 +58,14 @@ class Router:
                 self._key_types[t.name] = str(row[0]) if row else ""
         self._endpoints: dict[str, Endpoint] = {n.name: fleet.endpoint(n) for n in topo.workers}
         self._conns: dict[str, Conn] = {}
+        # Routing tables computed once: hash remainder → shard, shards by index.
+        self._by_remainder: dict[QualifiedName, dict[int, Shard]] = {}
+        self._sorted: dict[QualifiedName, list[Shard]] = {}
+        for t in topo.tables:
+            self._sorted[t.name] = sorted(t.shards, key=lambda s: s.index)
+            if t.method == "hash":
+                self._by_remainder[t.name] = {s.remainder: s for s in t.shards if s.remainder is not None}
+        self._statements: dict[tuple[Any, ...], bytes] = {}
         self._pinned: str | bool | None = False  # False: no transaction; else the node (None = coordinator)
         self._resolved: dict[str, QualifiedName] = {}
 
@@ -80,14 +89,13 @@ class Router:
 
     def shard_for(self, table: DistTable, key: Any) -> Shard:
         """The shard of ``table`` that holds ``key``."""
-        shards = sorted(table.shards, key=lambda s: s.index)
+        shards = self._sorted.get(table.name) or sorted(table.shards, key=lambda s: s.index)
         if table.method == "hash":
             key_type = self._key_types.get(table.name, "")
             if key_type not in hashing.INTEGER_TYPES:
                 raise _CannotRoute(f"no client-side hash for key type {key_type}")
-            modulus = shards[0].modulus or len(shards)
-            rem = hashing.remainder(int(key), modulus, key_type)
-            return next(s for s in shards if s.remainder == rem)
+            by_rem = self._by_remainder[table.name]
+            return by_rem[hashing.remainder(int(key), len(by_rem), key_type)]
         if table.method == "list":
             for s in shards:
                 if str(key) in s.values:
@@ -107,26 +115,29 @@ class Router:
     def route(self, tables: str | QualifiedName | Mapping[str, str | QualifiedName], key: Any) -> Route:
         named = {"": tables} if isinstance(tables, (str, QualifiedName)) else dict(tables)
         resolved = {k: self._resolve(v) for k, v in named.items()}
-        coordinator = Route(None, {k: ident(v) for k, v in resolved.items()})
+        coordinator = Route(None, {k: ident(v) for k, v in resolved.items()}, ("coordinator", *resolved.items()))
         try:
             node: str | None = None
             index: int | None = None
             names: dict[str, sql.Composable] = {}
+            parts: list[object] = []
             for placeholder, qn in resolved.items():
                 table = self._tables.get(qn)
                 if table is None:
                     raise _CannotRoute(f"{qn} is not distributed")
                 if table.method == "reference":
                     names[placeholder] = ident(qn)  # every worker has the copy under its own name
+                    parts.append((placeholder, qn))
                     continue
                 shard = self.shard_for(table, key)
                 if node is not None and (shard.node != node or shard.index != index):
                     raise _CannotRoute("the tables are not co-located")
                 node, index = shard.node, shard.index
                 names[placeholder] = ident(shard.shard_name)
+                parts.append((placeholder, shard.shard_id))
             if node is None:
                 raise _CannotRoute("only reference tables")
-            return Route(node, names)
+            return Route(node, names, tuple(parts))
         except _CannotRoute as why:
             log.debug("fast path falls back to the coordinator: %s", why)
             return coordinator
@@ -155,7 +166,14 @@ class Router:
                             hint="keys of one fast-path transaction must live on one shard; "
                                  "use the coordinator for cross-shard transactions")
         conn = self._conn(route.node)
-        return conn.execute(self._compose(query, route), params)
+        cache_key = (query if isinstance(query, str) else query.as_string(None), route.key)
+        statement = self._statements.get(cache_key)
+        if statement is None:
+            statement = self._compose(query, route).as_bytes(conn)
+            if len(self._statements) > 4096:
+                self._statements.clear()
+            self._statements[cache_key] = statement
+        return conn.execute(statement, params)
 
     def fetchall(self, query: str | sql.SQL, params: Sequence[Any] | Mapping[str, Any] | None = None, *,
                  table: str | QualifiedName | Mapping[str, str | QualifiedName], key: Any) -> list[Any]:
@@ -193,13 +211,87 @@ class _CannotRoute(Exception):
     pass
 
 
+class ShardPool:
+    """Reusable connections to the workers for the fan-out paths; thread-safe. Keep one per application
+    (opening a SCRAM connection costs milliseconds, more than a per-shard aggregate)."""
+
+    def __init__(self, fleet: Fleet) -> None:
+        self.fleet = fleet
+        self._endpoints = {n.name: fleet.endpoint(n) for n in fleet.topology().workers}
+        self._idle: dict[str, list[Conn]] = {}
+        self._lock = threading.Lock()
+        self._two_phase: dict[str, bool] = {}
+
+    @contextmanager
+    def conn(self, node: str, *, autocommit: bool = True) -> Iterator[Conn]:
+        with self._lock:
+            idle = self._idle.setdefault(node, [])
+            conn = idle.pop() if idle else None
+        if conn is None or conn.closed:
+            conn = connect(self._endpoints[node], autocommit=autocommit)
+        else:
+            conn.autocommit = autocommit
+        try:
+            yield conn
+        except BaseException:
+            conn.close()
+            raise
+        if conn.info.transaction_status != psycopg.pq.TransactionStatus.IDLE:
+            conn.rollback()
+        conn.autocommit = True
+        with self._lock:
+            self._idle[node].append(conn)
+
+    def two_phase(self, node: str) -> bool:
+        """Whether ``node`` accepts PREPARE TRANSACTION (max_prepared_transactions > 0)."""
+        if node not in self._two_phase:
+            with self.conn(node) as conn:
+                row = conn.execute("SELECT current_setting('max_prepared_transactions')::int > 0").fetchone()
+            self._two_phase[node] = bool(row and row[0])
+        return self._two_phase[node]
+
+    def finish(self, prepared: list[tuple[str, str]], *, commit: bool) -> None:
+        """COMMIT (or ROLLBACK) PREPARED every (node, gid)."""
+        verb = "COMMIT PREPARED {}" if commit else "ROLLBACK PREPARED {}"
+        for node, gid in prepared:
+            try:
+                with self.conn(node) as conn:
+                    conn.execute(sql.SQL(verb).format(sql.Literal(gid)))
+            except psycopg.Error:
+                if commit:
+                    raise
+                log.warning("could not roll back prepared transaction %s on %s", gid, node)
+
+    def close(self) -> None:
+        with self._lock:
+            for conns in self._idle.values():
+                for conn in conns:
+                    conn.close()
+            self._idle.clear()
+
+    def __enter__(self) -> Self:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+@contextmanager
+def _pool_or_temporary(fleet: Fleet, pool: ShardPool | None) -> Iterator[ShardPool]:
+    if pool is not None:
+        yield pool
+        return
+    with ShardPool(fleet) as temporary:
+        yield temporary
+
+
 # --- fan-out aggregates ------------------------------------------------------------------------------
 AGGREGATES = ("count", "sum", "min", "max", "avg")
 
 
 def aggregate(fleet: Fleet, table: str, aggregates: Sequence[tuple[str, str | None]],
               group_by: Sequence[str] = (), where: str | None = None,
-              params: Sequence[Any] | None = None) -> list[tuple[Any, ...]]:
+              params: Sequence[Any] | None = None, *, pool: ShardPool | None = None) -> list[tuple[Any, ...]]:
     """``SELECT group_by…, agg(col)… FROM table [WHERE …] GROUP BY group_by…``, computed per shard on the
     workers in parallel and combined here; sorted by the group columns.
 
@@ -231,23 +323,14 @@ def aggregate(fleet: Fleet, table: str, aggregates: Sequence[tuple[str, str | No
             q = sql.SQL("{} GROUP BY {}").format(q, sql.SQL(", ").join(sql.Identifier(g) for g in group_by))
         return q
 
-    by_node: dict[str, list[Shard]] = {}
-    for shard in dist.shards:
-        by_node.setdefault(shard.node, []).append(shard)
-    endpoints = {n: fleet.endpoint(topo.node(n)) for n in by_node}  # type: ignore[arg-type]
-    local = threading.local()
+    with _pool_or_temporary(fleet, pool) as shard_pool:
 
-    def run(shard: Shard) -> list[tuple[Any, ...]]:
-        conns: dict[str, Conn] = getattr(local, "conns", {})
-        local.conns = conns
-        conn = conns.get(shard.node)
-        if conn is None:
-            conn = conns[shard.node] = connect(endpoints[shard.node])
-        return conn.execute(shard_query(shard), params).fetchall()
+        def run(shard: Shard) -> list[tuple[Any, ...]]:
+            with shard_pool.conn(shard.node) as conn:
+                return conn.execute(shard_query(shard), params).fetchall()
 
-    workers = min(len(dist.shards), 16)
-    with ThreadPoolExecutor(max_workers=workers) as pool:
-        results = list(pool.map(run, dist.shards))
+        with ThreadPoolExecutor(max_workers=min(len(dist.shards), 16)) as threads:
+            results = list(threads.map(run, dist.shards))
     return _combine(results, len(group_by), aggregates)
 
 
@@ -321,7 +404,7 @@ def table_shards(fleet: Fleet, table: str) -> DistTable:
 
 # --- parallel loading ---------------------------------------------------------------------------------
 def load(fleet: Fleet, table: str, rows: Sequence[Sequence[Any]], columns: Sequence[str] | None = None,
-         *, threads: int = 8) -> int:
+         *, threads: int = 8, pool: ShardPool | None = None) -> int:
     """COPY ``rows`` straight into the shards, in parallel, all or nothing; return the rows loaded.
 
     Rows are routed here (integer hash keys in bulk with numpy); each shard's COPY runs in its own
@@ -369,50 +452,35 @@ def load(fleet: Fleet, table: str, rows: Sequence[Sequence[Any]], columns: Seque
                                 hint="load it through the coordinator (COPY)") from None
             buckets.setdefault(shard.index, []).append(row)
     router.close()
-    topo = fleet.topology()
-    endpoints = {n.name: fleet.endpoint(n) for n in topo.workers}
     cols = sql.SQL(", ").join(sql.Identifier(c) for c in columns)
     tag = uuid.uuid4().hex[:12]
-    conns: dict[int, Conn] = {}
-    prepared: list[tuple[Conn, str]] = []
+    prepared: list[tuple[str, str]] = []
     lock = threading.Lock()
+    with _pool_or_temporary(fleet, pool) as shard_pool:
 
-    def copy_one(shard: Shard) -> int:
-        part = buckets.get(shard.index, [])
-        conn = connect(endpoints[shard.node], autocommit=False)
-        with lock:
-            conns[shard.index] = conn
-        with conn.cursor().copy(sql.SQL("COPY {} ({}) FROM STDIN").format(ident(shard.shard_name), cols)) as cp:
-            for row in part:
-                cp.write_row(row)
-        gid = f"pgfleet_load_{tag}_{shard.shard_id}"
-        two_phase = conn.execute("SELECT current_setting('max_prepared_transactions')::int > 0").fetchone()
-        if two_phase and two_phase[0]:
-            conn.execute(sql.SQL("PREPARE TRANSACTION {}").format(sql.Literal(gid)))
-            with lock:
-                prepared.append((conn, gid))
-        return len(part)
+        def copy_one(shard: Shard) -> int:
+            part = buckets.get(shard.index, [])
+            two_phase = shard_pool.two_phase(shard.node)
+            with shard_pool.conn(shard.node, autocommit=False) as conn:
+                with conn.cursor().copy(sql.SQL("COPY {} ({}) FROM STDIN").format(ident(shard.shard_name), cols)) as cp:
+                    for row in part:
+                        cp.write_row(row)
+                if two_phase:
+                    gid = f"pgfleet_load_{tag}_{shard.shard_id}"
+                    conn.execute(sql.SQL("PREPARE TRANSACTION {}").format(sql.Literal(gid)))
+                    with lock:
+                        prepared.append((shard.node, gid))
+                else:
+                    conn.commit()  # a worker without two-phase commit: committed shard by shard
+            return len(part)
 
-    try:
-        with ThreadPoolExecutor(max_workers=max(1, min(threads, len(shards)))) as pool:
-            loaded = sum(pool.map(copy_one, shards))
-    except BaseException:
-        for conn, gid in prepared:
-            try:
-                conn.autocommit = True
-                conn.execute(sql.SQL("ROLLBACK PREPARED {}").format(sql.Literal(gid)))
-            except psycopg.Error:
-                log.warning("could not roll back prepared load %s", gid)
-        for conn in conns.values():
-            conn.close()
-        raise
-    for conn, gid in prepared:
-        conn.autocommit = True
-        conn.execute(sql.SQL("COMMIT PREPARED {}").format(sql.Literal(gid)))
-    for conn in conns.values():
-        if not conn.autocommit:
-            conn.commit()
-        conn.close()
+        try:
+            with ThreadPoolExecutor(max_workers=max(1, min(threads, len(shards)))) as executor:
+                loaded = sum(executor.map(copy_one, shards))
+        except BaseException:
+            shard_pool.finish(prepared, commit=False)
+            raise
+        shard_pool.finish(prepared, commit=True)
     return loaded
 
 
@@ -424,7 +492,7 @@ class FanoutResult:
 
 
 def fanout(fleet: Fleet, template: str, tables: Mapping[str, str], params: Sequence[Any] | None = None, *,
-           write: bool = False, threads: int = 8) -> FanoutResult:
+           write: bool = False, threads: int = 8, pool: ShardPool | None = None) -> FanoutResult:
     """Run ``template`` once per shard index, on the worker that holds that index of every (co-located)
     table named in ``tables`` ({placeholder: table}; reference tables stay as they are), in parallel.
 
@@ -451,7 +519,6 @@ def fanout(fleet: Fleet, template: str, tables: Mapping[str, str], params: Seque
                         hint="distribute them with --colocate-with, or use the coordinator")
     first = next(iter(sharded.values()))
     indexes = sorted({s.index for s in first.shards})
-    endpoints = {n.name: fleet.endpoint(n) for n in topo.workers}
     tag = uuid.uuid4().hex[:12]
 
     def statement(index: int) -> tuple[str, sql.Composed]:
@@ -466,41 +533,31 @@ def fanout(fleet: Fleet, template: str, tables: Mapping[str, str], params: Seque
             names[p] = ident(shard.shard_name)
         return node, sql.SQL(template).format(**names)  # the caller's SQL template
 
-    prepared: list[tuple[Conn, str]] = []
-    opened: list[Conn] = []
+    prepared: list[tuple[str, str]] = []
     lock = threading.Lock()
+    with _pool_or_temporary(fleet, pool) as shard_pool:
 
-    def run(index: int) -> tuple[list[tuple[Any, ...]], int]:
-        node, stmt = statement(index)
-        conn = connect(endpoints[node], autocommit=not write)
-        with lock:
-            opened.append(conn)
-        cur = conn.execute(stmt, params)
-        rows = cur.fetchall() if cur.description else []
-        count = max(cur.rowcount, 0)
-        if write:
-            gid = f"pgfleet_fanout_{tag}_{index}"
-            conn.execute(sql.SQL("PREPARE TRANSACTION {}").format(sql.Literal(gid)))
-            with lock:
-                prepared.append((conn, gid))
-        return rows, count
+        def run(index: int) -> tuple[list[tuple[Any, ...]], int]:
+            node, stmt = statement(index)
+            two_phase = write and shard_pool.two_phase(node)
+            with shard_pool.conn(node, autocommit=not write) as conn:
+                cur = conn.execute(stmt, params)
+                rows = cur.fetchall() if cur.description else []
+                count = max(cur.rowcount, 0)
+                if two_phase:
+                    gid = f"pgfleet_fanout_{tag}_{index}"
+                    conn.execute(sql.SQL("PREPARE TRANSACTION {}").format(sql.Literal(gid)))
+                    with lock:
+                        prepared.append((node, gid))
+                elif write:
+                    conn.commit()
+            return rows, count
 
-    try:
-        with ThreadPoolExecutor(max_workers=max(1, min(threads, len(indexes)))) as pool:
-            results = list(pool.map(run, indexes))
-    except BaseException:
-        for conn, gid in prepared:
-            try:
-                conn.autocommit = True
-                conn.execute(sql.SQL("ROLLBACK PREPARED {}").format(sql.Literal(gid)))
-            except psycopg.Error:
-                log.warning("could not roll back prepared fan-out %s", gid)
-        for conn in opened:
-            conn.close()
-        raise
-    for conn, gid in prepared:
-        conn.autocommit = True
-        conn.execute(sql.SQL("COMMIT PREPARED {}").format(sql.Literal(gid)))
-    for conn in opened:
-        conn.close()
+        try:
+            with ThreadPoolExecutor(max_workers=max(1, min(threads, len(indexes)))) as executor:
+                results = list(executor.map(run, indexes))
+        except BaseException:
+            shard_pool.finish(prepared, commit=False)
+            raise
+        shard_pool.finish(prepared, commit=True)
     return FanoutResult(rows=[r for rows, _c in results for r in rows], rowcount=sum(c for _r, c in results))
