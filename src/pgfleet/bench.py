@@ -497,7 +497,11 @@ class Bench:
         self.fleet_local.destroy()
 
 
-def run_bench(cfg: Config, out_dir: Path, say: Say, workdir: Path | None = None) -> dict[str, Any]:
+GROUPS = ("lookups", "scans", "writes", "tpcb", "growth")
+
+
+def run_bench(cfg: Config, out_dir: Path, say: Say, workdir: Path | None = None,
+              only: tuple[str, ...] = GROUPS) -> dict[str, Any]:
     started = time.time()
     root = Path(tempfile.mkdtemp(prefix="pgfleet-bench-", dir=str(workdir) if workdir else "/tmp"))
     os.chmod(root, 0o755)
@@ -506,12 +510,13 @@ def run_bench(cfg: Config, out_dir: Path, say: Say, workdir: Path | None = None)
         bench.setup()
         say("workloads (interleaved: baseline, fleet, fast path; median of "
             f"{cfg.reps} run{'s' if cfg.reps > 1 else ''} of {cfg.duration:g} s)")
-        bench.point_lookups()
-        bench.scans()
-        bench.writes()
-        bench.tpcb()
-        say("how costs grow")
-        bench.growth()
+        steps = {"lookups": bench.point_lookups, "scans": bench.scans, "writes": bench.writes, "tpcb": bench.tpcb,
+                 "growth": bench.growth}
+        for group in GROUPS:
+            if group in only:
+                if group == "growth":
+                    say("how costs grow")
+                steps[group]()
     finally:
         bench.teardown()
         import shutil
@@ -519,6 +524,7 @@ def run_bench(cfg: Config, out_dir: Path, say: Say, workdir: Path | None = None)
         shutil.rmtree(root, ignore_errors=True)
     report = {
         "config": asdict(cfg),
+        "groups": list(only),
         "machine": {"cpus": os.cpu_count(), "python": platform.python_version(), "platform": platform.platform()},
         "elapsed_seconds": round(time.time() - started, 1),
         "results": [r.summary() for r in bench.results],

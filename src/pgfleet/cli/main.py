@@ -336,12 +336,18 @@ def demo(ctx: click.Context) -> None:
 @click.option("--reps", type=int, help="Interleaved repetitions per workload (default 3).")
 @click.option("--out", "out_dir", default="bench/results", show_default=True, type=click.Path(file_okay=False),
               help="Where bench.json and bench.png go.")
-def bench(quick: bool, rows: int | None, duration: float | None, reps: int | None, out_dir: str) -> None:
+@click.option("--only", help="Comma-separated groups to run: lookups, scans, writes, tpcb, growth (default: all).")
+def bench(quick: bool, rows: int | None, duration: float | None, reps: int | None, out_dir: str,
+          only: str | None) -> None:
     """Benchmark a fleet against a single server started in the same run; print fleet/baseline ratios."""
     from dataclasses import replace
 
-    from ..bench import QUICK, Config, run_bench
+    from ..bench import GROUPS, QUICK, Config, run_bench
 
+    groups = tuple(g.strip() for g in only.split(",")) if only else GROUPS
+    unknown = [g for g in groups if g not in GROUPS]
+    if unknown:
+        raise SpecError(f"unknown benchmark group {unknown[0]!r}", hint=f"choose from {', '.join(GROUPS)}")
     cfg = QUICK if quick else Config()
     if rows is not None:
         cfg = replace(cfg, rows=rows)
@@ -349,7 +355,7 @@ def bench(quick: bool, rows: int | None, duration: float | None, reps: int | Non
         cfg = replace(cfg, duration=duration)
     if reps is not None:
         cfg = replace(cfg, reps=reps)
-    report = run_bench(cfg, Path(out_dir), lambda m: err.print(m, highlight=False))
+    report = run_bench(cfg, Path(out_dir), lambda m: err.print(m, highlight=False), only=groups)
     out.print(render_bench(report))
     out.print(f"raw results: {Path(out_dir) / 'bench.json'}, chart: {Path(out_dir) / 'bench.png'} "
               f"({report['elapsed_seconds']} s)")

@@ -17,6 +17,7 @@ from collections.abc import Iterator, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from dataclasses import dataclass
+from operator import itemgetter
 from typing import Any, Self
 
 import psycopg
@@ -429,28 +430,28 @@ def load(fleet: Fleet, table: str, rows: Sequence[Sequence[Any]], columns: Seque
     shards = sorted(dist.shards, key=lambda s: s.index)
     router = Router(fleet)
     key_type = router._key_types.get(dist.name, "")
+    # Each bucket is a list of row positions: no copy of the rows themselves.
+    buckets: dict[int, Sequence[int]] = {}
     if dist.method == "hash" and key_type in hashing.INTEGER_TYPES:
-        keys = np.fromiter((row[k] for row in rows), dtype=np.int64, count=len(rows))
+        keys = np.fromiter(map(itemgetter(k), rows), dtype=np.int64, count=len(rows))
         by_rem = hashing.remainders(keys, shards[0].modulus or len(shards), key_type)
         order = np.argsort(by_rem, kind="stable")
         counts = np.bincount(by_rem, minlength=len(shards))
-        buckets: dict[int, list[Sequence[Any]]] = {}
-        start = 0
         rem_to_shard = {s.remainder: s for s in shards}
+        start = 0
         for rem, count in enumerate(counts):
-            idx = order[start:start + count]
-            start += count
-            shard = rem_to_shard[rem]
-            buckets[shard.index] = [rows[i] for i in idx]
+            buckets[rem_to_shard[rem].index] = order[start:start + count].tolist()
+            start += int(count)
     else:
-        buckets = {}
-        for row in rows:
+        lists: dict[int, list[int]] = {}
+        for pos, row in enumerate(rows):
             try:
                 shard = router.shard_for(dist, row[k])
             except _CannotRoute as why:
                 raise SpecError(f"cannot route a row of {table}: {why}",
                                 hint="load it through the coordinator (COPY)") from None
-            buckets.setdefault(shard.index, []).append(row)
+            lists.setdefault(shard.index, []).append(pos)
+        buckets = dict(lists)
     router.close()
     cols = sql.SQL(", ").join(sql.Identifier(c) for c in columns)
     tag = uuid.uuid4().hex[:12]
@@ -458,25 +459,32 @@ def load(fleet: Fleet, table: str, rows: Sequence[Sequence[Any]], columns: Seque
     lock = threading.Lock()
     with _pool_or_temporary(fleet, pool) as shard_pool:
 
-        def copy_one(shard: Shard) -> int:
-            part = buckets.get(shard.index, [])
-            two_phase = shard_pool.two_phase(shard.node)
-            with shard_pool.conn(shard.node, autocommit=False) as conn:
-                with conn.cursor().copy(sql.SQL("COPY {} ({}) FROM STDIN").format(ident(shard.shard_name), cols)) as cp:
-                    for row in part:
-                        cp.write_row(row)
-                if two_phase:
-                    gid = f"pgfleet_load_{tag}_{shard.shard_id}"
-                    conn.execute(sql.SQL("PREPARE TRANSACTION {}").format(sql.Literal(gid)))
-                    with lock:
-                        prepared.append((shard.node, gid))
-                else:
-                    conn.commit()  # a worker without two-phase commit: committed shard by shard
-            return len(part)
+        def copy_node(node: str) -> int:
+            """One thread per worker, its shards one after the other: the client side is bound by the
+            GIL (row formatting), so more threads only add switching (measured: 2 threads 0.58 s,
+            8 threads 0.68 s for 500k rows on 2 workers)."""
+            done = 0
+            two_phase = shard_pool.two_phase(node)
+            for shard in (s for s in shards if s.node == node):
+                positions = buckets.get(shard.index, [])
+                with shard_pool.conn(node, autocommit=False) as conn:
+                    with conn.cursor().copy(sql.SQL("COPY {} ({}) FROM STDIN").format(ident(shard.shard_name), cols)) as cp:
+                        for pos in positions:
+                            cp.write_row(rows[pos])
+                    if two_phase:
+                        gid = f"pgfleet_load_{tag}_{shard.shard_id}"
+                        conn.execute(sql.SQL("PREPARE TRANSACTION {}").format(sql.Literal(gid)))
+                        with lock:
+                            prepared.append((node, gid))
+                    else:
+                        conn.commit()  # a worker without two-phase commit: committed shard by shard
+                done += len(positions)
+            return done
 
+        nodes = sorted({s.node for s in shards})
         try:
-            with ThreadPoolExecutor(max_workers=max(1, min(threads, len(shards)))) as executor:
-                loaded = sum(executor.map(copy_one, shards))
+            with ThreadPoolExecutor(max_workers=max(1, min(threads, len(nodes)))) as executor:
+                loaded = sum(executor.map(copy_node, nodes))
         except BaseException:
             shard_pool.finish(prepared, commit=False)
             raise
