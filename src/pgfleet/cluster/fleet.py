@@ -184,6 +184,17 @@ class Fleet:
                                node=self.coordinator.name,
                                hint="the coordinator needs PostgreSQL 16+ with postgres_fdw and dblink, and a superuser") from None
 
+    def register_local_workers(self) -> list[str]:
+        """Install the catalog and register every worker of the local cluster (by group, not member)."""
+        assert self.local is not None
+        self.install_catalog()
+        names = []
+        for group in self.local.spec.groups:
+            if self.local.spec.primary_of(group).role == "worker":
+                self.add_node(group, self.local.endpoint(group), kind="local")
+                names.append(group)
+        return names
+
     def add_node(self, name: str, endpoint: Endpoint, *, kind: str = "external") -> Node:
         """Register a worker, local or an existing server, through one code path."""
         if not NODE_NAME.match(name):

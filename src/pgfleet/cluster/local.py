@@ -44,10 +44,19 @@ def default_dir() -> Path:
 
 @dataclass(frozen=True)
 class LocalNode:
+    """One local server (a member). Its ``group`` is the logical node it serves (coord, w1, …): the
+    group's first member has the group's name; standbys are named ``<group>_s<N>``."""
+
     name: str
-    role: str
+    role: str  # the group's role: coordinator | worker
     port: int
     password: str = field(repr=False)
+    group: str = ""
+    sync: bool = True  # a standby that commits wait for
+
+    @property
+    def group_name(self) -> str:
+        return self.group or self.name
 
 
 @dataclass(frozen=True)
@@ -59,12 +68,36 @@ class ClusterFile:
     fast: bool
     nodes: tuple[LocalNode, ...]
     format: int = FORMAT
+    primaries: tuple[tuple[str, str], ...] = ()  # (group, member) where a failover moved the primary
+
+    def primary_of(self, group: str) -> LocalNode:
+        member = dict(self.primaries).get(group, group)
+        for node in self.nodes:
+            if node.name == member:
+                return node
+        raise ClusterError(f"cluster.json has no member {member!r} for node {group}",
+                           hint="the file is damaged; recreate the cluster")
+
+    def members(self, group: str) -> list[LocalNode]:
+        return [n for n in self.nodes if n.group_name == group]
+
+    def standbys(self, group: str) -> list[LocalNode]:
+        primary = self.primary_of(group).name
+        return [n for n in self.members(group) if n.name != primary]
+
+    @property
+    def groups(self) -> list[str]:
+        seen: list[str] = []
+        for node in self.nodes:
+            if node.group_name not in seen:
+                seen.append(node.group_name)
+        return seen
 
     @property
     def coordinator(self) -> LocalNode:
         for node in self.nodes:
-            if node.role == "coordinator":
-                return node
+            if node.role == "coordinator" and not node.group:
+                return self.primary_of(node.name)
         raise ClusterError("cluster.json names no coordinator", hint="the file is damaged; recreate the cluster")
 
     def to_json(self) -> str:
@@ -79,9 +112,12 @@ class ClusterFile:
                 raise ClusterError(f"{path} has format {data.get('format')!r}, expected {FORMAT}",
                                    hint="it was written by another pgfleet version")
             nodes = tuple(LocalNode(name=str(n["name"]), role=str(n["role"]), port=int(n["port"]),
-                                    password=str(n["password"])) for n in data["nodes"])
+                                    password=str(n["password"]), group=str(n.get("group", "")),
+                                    sync=bool(n.get("sync", True))) for n in data["nodes"])
+            primaries = tuple((str(g), str(m)) for g, m in data.get("primaries", []))
             return cls(pg_bin=str(data["pg_bin"]), os_user=data.get("os_user"), superuser=str(data["superuser"]),
-                       dbname=str(data["dbname"]), fast=bool(data.get("fast", False)), nodes=nodes)
+                       dbname=str(data["dbname"]), fast=bool(data.get("fast", False)), nodes=nodes,
+                       primaries=primaries)
         except ClusterError:
             raise
         except (ValueError, KeyError, TypeError) as exc:
@@ -184,10 +220,22 @@ class LocalCluster:
             handle.write("\n".join(lines) + "\n")
         os.chmod(passfile, 0o600)
 
-    def add_local_node(self, name: str, role: str, port: int, password: str) -> None:
-        nodes = (*self.spec.nodes, LocalNode(name, role, port, password))
-        self.spec = replace(self.spec, nodes=nodes)
+    def add_member(self, node: LocalNode) -> None:
+        self.spec = replace(self.spec, nodes=(*self.spec.nodes, node))
         self._write_files()
+
+    def set_primary(self, group: str, member: str) -> None:
+        primaries = dict(self.spec.primaries)
+        if member == group:
+            primaries.pop(group, None)
+        else:
+            primaries[group] = member
+        self.spec = replace(self.spec, primaries=tuple(sorted(primaries.items())))
+        self._write_files()
+
+    def reload_spec(self) -> None:
+        """Re-read cluster.json (another process, e.g. the monitor, may have moved a primary)."""
+        self.spec = ClusterFile.from_json((self.directory / FILE_NAME).read_text(), self.directory / FILE_NAME)
 
     # --- servers -----------------------------------------------------------------------------------
     def server(self, name: str) -> LocalServer:
@@ -232,7 +280,13 @@ class LocalCluster:
         shutil.rmtree(self.directory, ignore_errors=True)
 
     def endpoint(self, name: str) -> Endpoint:
-        node = self.node(name)
+        """How to reach a group's current primary (or a member, by its own name)."""
+        node = self.spec.primary_of(name) if name in self.spec.groups else self.node(name)
+        return Endpoint(name=node.group_name, host="127.0.0.1", port=node.port, dbname=self.spec.dbname,
+                        user=self.spec.superuser, password=node.password)
+
+    def member_endpoint(self, member: str) -> Endpoint:
+        node = self.node(member)
         return Endpoint(name=node.name, host="127.0.0.1", port=node.port, dbname=self.spec.dbname,
                         user=self.spec.superuser, password=node.password)
 
@@ -240,15 +294,28 @@ class LocalCluster:
     def passfile(self) -> Path:
         return self.directory / PASSFILE
 
-    def dsn(self, *, with_password: bool = False) -> str:
-        coord = self.spec.coordinator
-        base = f"postgresql://{self.spec.superuser}@127.0.0.1:{coord.port}/{self.spec.dbname}"
-        if with_password:
-            from urllib.parse import quote
+    def dsn(self, *, with_password: bool = False, read_only: bool = False) -> str:
+        """The coordinator's connection string. With standbys it names every coordinator member, so a
+        client reconnects to whichever is primary (target_session_attrs=read-write); ``read_only``
+        balances sessions over the coordinator's standbys (load_balance_hosts)."""
+        from urllib.parse import quote
 
-            return (f"postgresql://{self.spec.superuser}:{quote(coord.password, safe='')}"
-                    f"@127.0.0.1:{coord.port}/{self.spec.dbname}")
-        return f"{base}?passfile={self.passfile}"
+        coord = self.spec.coordinator
+        members = [coord] + [m for m in self.spec.members(coord.group_name) if m.name != coord.name]
+        if read_only:
+            standbys = [m for m in members if m.name != coord.name] or [coord]
+            hosts = ",".join(f"127.0.0.1:{m.port}" for m in standbys)
+            params = ["target_session_attrs=prefer-standby", "load_balance_hosts=random"]
+        else:
+            hosts = ",".join(f"127.0.0.1:{m.port}" for m in members)
+            params = ["target_session_attrs=read-write"] if len(members) > 1 else []
+        user = self.spec.superuser
+        if with_password:
+            user += ":" + quote(coord.password, safe="")
+        else:
+            params.append(f"passfile={self.passfile}")
+        query = ("?" + "&".join(params)) if params else ""
+        return f"postgresql://{user}@{hosts}/{self.spec.dbname}{query}"
 
 
 def _pgpass_escape(text: str) -> str:

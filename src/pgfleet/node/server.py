@@ -19,10 +19,13 @@ from ..errors import NodeError
 from ..proc import RunAs, run
 from .binaries import Binaries
 from .osuser import give_to
+import contextlib
 
 log = logging.getLogger(__name__)
 
 CONF_NAME = "pgfleet.conf"
+SYNC_CONF = "pgfleet.sync.conf"  # synchronous_standby_names of a primary (never copied to a standby)
+STANDBY_CONF = "pgfleet.standby.conf"  # primary_conninfo / primary_slot_name of a standby
 
 # Settings every node gets. max_prepared_transactions enables two-phase DDL; wal_level/max_wal_senders
 # leave room for streaming standbys.
@@ -36,16 +39,19 @@ BASE_SETTINGS: tuple[tuple[str, str], ...] = (
     ("max_wal_senders", "10"),
     ("max_replication_slots", "10"),
     ("hot_standby", "on"),
+    ("wal_log_hints", "on"),  # pg_rewind needs it to bring an old primary back as a standby
+    ("wal_sender_timeout", "'5s'"),
+    ("wal_receiver_timeout", "'5s'"),
     ("logging_collector", "off"),
     ("log_min_messages", "warning"),
     ("log_line_prefix", "'%m [%p] %q%u@%d '"),
 )
 
 # Throw-away clusters (tests): no fsync (a process crash loses nothing, an OS crash may), small memory.
-# synchronous_commit stays on: fault tests kill servers and count acknowledged commits.
+# synchronous_commit stays on: fault tests kill servers and count acknowledged commits; full_page_writes
+# stays on: pg_rewind needs it to bring an old primary back.
 FAST_SETTINGS: tuple[tuple[str, str], ...] = (
     ("fsync", "off"),
-    ("full_page_writes", "off"),
     ("shared_buffers", "'64MB'"),
     ("max_wal_size", "'1GB'"),
     ("checkpoint_timeout", "'30min'"),
@@ -138,9 +144,11 @@ class LocalServer:
         self._write(self.datadir / "pg_hba.conf", HBA)
         main = self.datadir / "postgresql.conf"
         text = main.read_text()
-        include = f"include_if_exists = '{CONF_NAME}'"
-        if include not in text:
-            self._write(main, text + f"\n{include}\n")
+        for name in (CONF_NAME, SYNC_CONF, STANDBY_CONF):
+            include = f"include_if_exists = '{name}'"
+            if include not in text:
+                text += f"\n{include}\n"
+        self._write(main, text)
 
     def _write(self, path: Path, text: str) -> None:
         path.write_text(text)
@@ -192,6 +200,82 @@ class LocalServer:
             return
         run([self.binaries.path("pg_ctl"), "-D", str(self.datadir), "-m", mode, "-w", "-t", str(int(timeout)),
              "stop"], run_as=self.run_as, timeout=timeout + 30, what="pg_ctl stop", node=self.name)
+
+    # --- replication ---------------------------------------------------------------------------------
+    def pid(self) -> int | None:
+        try:
+            return int((self.datadir / "postmaster.pid").read_text().split("\n", 1)[0])
+        except (OSError, ValueError):
+            return None
+
+    def kill(self) -> None:
+        """SIGKILL the postmaster (fault tests, fencing of last resort)."""
+        import signal
+
+        pid = self.pid()
+        if pid is not None:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
+
+    def base_backup(self, source_port: int, superuser: str, password: str, slot: str, timeout: float = 600) -> None:
+        """Create this (new) member's data directory as a streaming copy of the server on ``source_port``."""
+        if self.exists():
+            raise NodeError(f"data directory {self.datadir} already exists", node=self.name)
+        self.home.mkdir(parents=True, exist_ok=True)
+        give_to(str(self.home), self.run_as, 0o700)
+        passfile = self.write_passfile(source_port, superuser, password)
+        run([self.binaries.path("pg_basebackup"), "-h", "127.0.0.1", "-p", str(source_port), "-U", superuser,
+             "-D", str(self.datadir), "-X", "stream", "-S", slot, "--checkpoint=fast", "--no-sync"],
+            run_as=self.run_as, env={"PGPASSFILE": str(passfile)}, timeout=timeout, what="pg_basebackup", node=self.name)
+        (self.datadir / SYNC_CONF).unlink(missing_ok=True)
+        (self.datadir / "postmaster.pid").unlink(missing_ok=True)
+
+    def write_passfile(self, port: int, superuser: str, password: str) -> Path:
+        """A 0600 pgpass in the member's directory, for replication and pg_rewind (no password in argv)."""
+        path = self.home / "pgpass"
+        escaped = password.replace("\\", "\\\\").replace(":", "\\:")
+        self._write(path, f"127.0.0.1:{port}:*:{superuser}:{escaped}\n")
+        return path
+
+    def configure_standby(self, primary_port: int, superuser: str, password: str, slot: str) -> None:
+        passfile = self.write_passfile(primary_port, superuser, password)
+        conninfo = (f"host=127.0.0.1 port={primary_port} user={superuser} passfile={passfile} "
+                    f"application_name={self.name} connect_timeout=2")
+        self._write(self.datadir / STANDBY_CONF,
+                    f"primary_conninfo = '{conninfo}'\nprimary_slot_name = '{slot}'\n"
+                    "recovery_target_timeline = 'latest'\nhot_standby_feedback = on\n")
+        self._write(self.datadir / "standby.signal", "")
+
+    def set_sync_standbys(self, names: list[str]) -> None:
+        """Make commits wait for one of ``names`` (none: asynchronous); takes effect on reload."""
+        if names:
+            quoted = ", ".join('"' + n + '"' for n in names)
+            text = f"synchronous_standby_names = 'ANY 1 ({quoted})'\n"
+        else:
+            text = "synchronous_standby_names = ''\n"
+        self._write(self.datadir / SYNC_CONF, text)
+        if self.is_running():
+            self.reload()
+
+    def reload(self) -> None:
+        run([self.binaries.path("pg_ctl"), "-D", str(self.datadir), "reload"], run_as=self.run_as, timeout=30,
+            what="pg_ctl reload", node=self.name)
+
+    def promote(self, timeout: float = 60) -> None:
+        run([self.binaries.path("pg_ctl"), "-D", str(self.datadir), "-w", "-t", str(int(timeout)), "promote"],
+            run_as=self.run_as, timeout=timeout + 30, what="pg_ctl promote", node=self.name)
+        (self.datadir / STANDBY_CONF).unlink(missing_ok=True)
+
+    def is_standby(self) -> bool:
+        return (self.datadir / "standby.signal").exists()
+
+    def rewind(self, source_port: int, superuser: str, password: str) -> None:
+        """Bring this stopped old primary in line with the new primary on ``source_port`` (pg_rewind)."""
+        passfile = self.write_passfile(source_port, superuser, password)
+        run([self.binaries.path("pg_rewind"), "--target-pgdata", str(self.datadir),
+             "--source-server", f"host=127.0.0.1 port={source_port} user={superuser} dbname=postgres",
+             "--no-sync"],
+            run_as=self.run_as, env={"PGPASSFILE": str(passfile)}, timeout=600, what="pg_rewind", node=self.name)
 
     def log_tail(self, lines: int = 5) -> str:
         try:
