@@ -34,6 +34,7 @@ SERVER_OPTIONS: tuple[tuple[str, str], ...] = (
     ("async_capable", "true"),
     ("parallel_commit", "true"),
     ("parallel_abort", "true"),
+    ("connect_timeout", "5"),  # an unreachable worker fails a query instead of hanging it
 )
 
 # Planner settings for the coordinator database: co-located joins run per shard pair on the worker.

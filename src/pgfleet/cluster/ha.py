@@ -207,6 +207,7 @@ class StandbyStatus:
 
 
 def replication_status(local: LocalCluster) -> list[StandbyStatus]:
+    local.reload_spec()
     out: list[StandbyStatus] = []
     for group in local.spec.groups:
         standbys = local.spec.standbys(group)

@@ -209,13 +209,27 @@ class LocalServer:
             return None
 
     def kill(self) -> None:
-        """SIGKILL the postmaster (fault tests, fencing of last resort)."""
+        """SIGKILL the postmaster and every backend (a crash; fault tests, fencing of last resort).
+
+        Killing only the postmaster would leave its backends serving their sessions for a while."""
         import signal
 
         pid = self.pid()
-        if pid is not None:
-            with contextlib.suppress(ProcessLookupError):
-                os.kill(pid, signal.SIGKILL)
+        if pid is None:
+            return
+        children = []
+        for entry in Path("/proc").iterdir():
+            if not entry.name.isdigit():
+                continue
+            try:
+                fields = (entry / "stat").read_text().rsplit(")", 1)[1].split()
+            except OSError:
+                continue
+            if int(fields[1]) == pid:  # the parent pid field
+                children.append(int(entry.name))
+        for target in [pid, *children]:
+            with contextlib.suppress(ProcessLookupError, PermissionError):
+                os.kill(target, signal.SIGKILL)
 
     def base_backup(self, source_port: int, superuser: str, password: str, slot: str, timeout: float = 600) -> None:
         """Create this (new) member's data directory as a streaming copy of the server on ``source_port``."""
