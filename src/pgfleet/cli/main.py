@@ -476,6 +476,27 @@ def bench(quick: bool, rows: int | None, duration: float | None, reps: int | Non
               f"({report['elapsed_seconds']} s)")
 
 
+@cli.command("bench-failover")
+@click.option("--trials", default=5, show_default=True, type=int, help="Kills per target (worker, coordinator).")
+@click.option("--out", "out_dir", default="bench/results", show_default=True, type=click.Path(file_okay=False))
+def bench_failover(trials: int, out_dir: str) -> None:
+    """Time from a primary's death to the first write through the coordinator, and commits lost."""
+    from ..bench_failover import run_failover_bench
+
+    if trials < 1:
+        raise SpecError("--trials must be at least 1")
+    report = run_failover_bench(trials, Path(out_dir), lambda m: err.print(m, highlight=False))
+    table = Table(title="time from a primary's death to the first acknowledged write through the coordinator")
+    for col in ("primary killed", "trials", "median s", "max s", "acknowledged", "lost", "target"):
+        table.add_column(col)
+    targets = {"worker": "< 5 s median, 0 lost", "coordinator": "< 10 s median, 0 lost"}
+    for name, row in report["summary"].items():
+        table.add_row(name, str(row["trials"]), f"{row['median_s']:.2f}", f"{row['max_s']:.2f}",
+                      str(row["acknowledged"]), str(row["lost"]), targets[name])
+    out.print(table)
+    out.print(f"raw results: {Path(out_dir) / 'failover.json'} ({report['elapsed_seconds']} s)")
+
+
 def render_bench(report: dict[str, Any]) -> Table:
     table = Table(title="fleet / single server (median; tps: higher is better, times: lower is better)")
     for col in ("workload", "unit", "single", "fleet", "ratio", "fast path", "ratio", "Citus target", "met"):

@@ -275,6 +275,10 @@ def _repoint(local: LocalCluster, group: str, new: LocalNode) -> None:
 def _follow(local: LocalCluster, group: str, new: LocalNode, members: list[LocalNode]) -> None:
     """Point the group's other standbys at the new primary and make their commits wait again."""
     with _connect(local.member_endpoint(new.name)) as conn:
+        # A checkpoint on the new timeline at once: should this primary die in turn, pg_rewind finds a
+        # checkpoint before the divergence in WAL that is still there (clusters with rare checkpoints
+        # had already recycled the segment it needed).
+        conn.execute("CHECKPOINT")
         for m in members:
             _ensure_slot(conn, m.name)
     for m in members:

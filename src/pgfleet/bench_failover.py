@@ -1,0 +1,172 @@
+"""`pgfleet bench-failover`: how long the fleet is unavailable for writes when a primary dies, and how
+many acknowledged commits are lost.
+
+A cluster with a coordinator, 2 workers, and a synchronous standby for the coordinator and for w1 is
+started, with the monitor at its defaults (a check every second, failover after 3 s without an
+answer). A client writes one row per statement through the coordinator (multi-host connection string,
+so it follows a coordinator failover), keeping a ledger of acknowledged ids. In each trial the primary
+is killed (SIGKILL of the postmaster and its backends). The trial measures the time to the first
+acknowledged write after the kill, checks every acknowledged id, and then rejoins the old primary
+as a standby for the next trial.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import statistics
+import tempfile
+import threading
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import psycopg
+
+from .cluster.fleet import Fleet
+from .cluster.ha import Monitor, add_standby, rejoin
+from .cluster.local import LocalCluster
+from .cluster.router import Router
+from .spec import DistributeSpec, HashSpec, QualifiedName
+
+Say = Callable[[str], None]
+
+
+class _Writer:
+    def __init__(self, dsn: str, ids: Iterator[int]) -> None:
+        self.dsn, self.ids = dsn, ids
+        self.acked: list[int] = []
+        self.ack_times: list[float] = []
+        self.started: list[float] = []  # when each acknowledged statement was sent
+        self.stop = threading.Event()
+        self.thread = threading.Thread(target=self._run, daemon=True)
+
+    def _run(self) -> None:
+        conn = None
+        pending = next(self.ids)
+        while not self.stop.is_set():
+            sent = time.monotonic()
+            try:
+                if conn is None or conn.closed:
+                    conn = psycopg.connect(self.dsn, autocommit=True, connect_timeout=2)
+                    conn.execute("SET statement_timeout = '5s'")
+                conn.execute("INSERT INTO led VALUES (%s)", (pending,))
+                ok = True
+            except psycopg.errors.UniqueViolation:
+                ok = True  # an earlier attempt committed though its answer was lost
+            except psycopg.Error:
+                ok = False
+                if conn is not None:
+                    conn.close()
+                conn = None
+                time.sleep(0.05)
+            if ok:
+                self.acked.append(pending)
+                self.ack_times.append(time.monotonic())
+                self.started.append(sent)
+                pending = next(self.ids)
+        if conn is not None:
+            conn.close()
+
+
+@dataclass
+class Trial:
+    target: str
+    killed: str
+    promoted: str
+    seconds_to_first_write: float
+    acknowledged: int
+    lost: int
+
+
+def _keys_for(local: LocalCluster, node: str | None) -> Iterator[int]:
+    fleet = Fleet(local.endpoint("coord"), local)
+    router = Router(fleet)
+    key = int(time.time() * 1000) % 10**9 * 1000
+    try:
+        while True:
+            key += 1
+            if node is None or router.route("public.led", key).node == node:
+                yield key
+    finally:
+        router.close()
+        fleet.close()
+
+
+def _trial(local: LocalCluster, group: str, say: Say) -> Trial:
+    local.reload_spec()
+    victim = local.spec.primary_of(group).name
+    writer = _Writer(local.dsn(), _keys_for(local, group if group != "coord" else None))
+    writer.thread.start()
+    deadline = time.monotonic() + 20
+    while len(writer.acked) < 50 and time.monotonic() < deadline:
+        time.sleep(0.05)
+    local.server(victim).kill()
+    killed = time.monotonic()
+    deadline = killed + 60
+    while time.monotonic() < deadline:
+        local.reload_spec()
+        if local.spec.primary_of(group).name != victim and writer.started and writer.started[-1] > killed:
+            break
+        time.sleep(0.02)
+    # the first write sent after the death: one in flight at the kill may still have been acknowledged
+    first = next((done for sent, done in zip(writer.started, writer.ack_times, strict=True) if sent > killed), None)
+    time.sleep(0.5)
+    writer.stop.set()
+    writer.thread.join(30)
+    with psycopg.connect(local.dsn(), autocommit=True) as conn:
+        present = {r[0] for r in conn.execute("SELECT id FROM led WHERE id = ANY(%s)", (writer.acked,)).fetchall()}
+    lost = sum(1 for i in writer.acked if i not in present)
+    local.reload_spec()
+    promoted = local.spec.primary_of(group).name
+    seconds = (first - killed) if first is not None else float("inf")
+    say(f"  {group}: killed {victim}, {promoted} promoted, first write after {seconds:.2f} s, "
+        f"{len(writer.acked)} acknowledged, {lost} lost")
+    rejoin(local, victim)
+    return Trial(group, victim, promoted, seconds, len(writer.acked), lost)
+
+
+def run_failover_bench(trials: int, out: Path, say: Say) -> dict[str, Any]:
+    root = Path(tempfile.mkdtemp(prefix="pgfleet-failover-", dir="/tmp"))
+    os.chmod(root, 0o755)
+    local = LocalCluster.create(root / "ha", workers=2, fast=True)
+    started = time.time()
+    results: list[Trial] = []
+    stop = threading.Event()
+    try:
+        with Fleet(local.endpoint("coord"), local) as fleet:
+            fleet.register_local_workers()
+            for group in ("coord", "w1"):
+                add_standby(local, group)
+            fleet.conn().execute("CREATE TABLE led (id bigint PRIMARY KEY)")
+            fleet.distribute(DistributeSpec(QualifiedName("public", "led"), "id", HashSpec(8)))
+        monitor = Monitor(local, interval=1.0, timeout=3.0)
+        thread = threading.Thread(target=monitor.run, args=(stop,), daemon=True)
+        thread.start()
+        say(f"{trials} trials per target; monitor: check every 1 s, failover after 3 s")
+        for target in ("w1", "coord"):
+            for _ in range(trials):
+                results.append(_trial(local, target, say))
+        stop.set()
+        thread.join(30)
+    finally:
+        stop.set()
+        local.destroy()
+        import shutil
+
+        shutil.rmtree(root, ignore_errors=True)
+    summary = {}
+    for target in ("w1", "coord"):
+        times = [t.seconds_to_first_write for t in results if t.target == target]
+        summary["worker" if target == "w1" else "coordinator"] = {
+            "median_s": statistics.median(times), "max_s": max(times), "trials": len(times),
+            "acknowledged": sum(t.acknowledged for t in results if t.target == target),
+            "lost": sum(t.lost for t in results if t.target == target)}
+    report = {"elapsed_seconds": round(time.time() - started, 1), "summary": summary,
+              "trials": [t.__dict__ for t in results],
+              "settings": {"interval_s": 1.0, "timeout_s": 3.0, "replication": "synchronous (ANY 1)"}}
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "failover.json").write_text(json.dumps(report, indent=2) + "\n")
+    return report
