@@ -162,6 +162,26 @@ def test_standby_status_and_dsn(base_dir: Path) -> None:
         with pytest.raises(SpecError, match="is the primary of w1"):
             rejoin(local, "w1")
         assert local.spec.primary_of("coord").name == "coord"
+        # a standby that cannot be created (its primary is down): one clear line, nothing left behind
+        local.server("w2").stop()
+        try:
+            proc = pgfleet_cli("standby", "add", "w2", directory=local.directory)
+            errors = [ln for ln in proc.stderr.splitlines() if ln.startswith("error:")]
+            assert proc.returncode != 0 and "Traceback" not in proc.stderr, proc.stderr
+            assert len(errors) == 1 and "node w2: cannot connect to 127.0.0.1" in errors[0], proc.stderr
+            assert "Connection refused" in errors[0] and "pgfleet up" in errors[0], errors[0]
+            local.reload_spec()
+            assert local.spec.members("w2") == [local.node("w2")]
+            assert not (local.directory / "nodes" / "w2_s1").exists()
+        finally:
+            local.server("w2").start()
+        # the monitor in the background: started, recorded, stopped
+        started = pgfleet_cli("monitor", "--background", directory=local.directory)
+        assert started.returncode == 0 and "pid" in started.stdout, started.stderr
+        wait_for(lambda: any(e.kind == "started" for e in read_events(local)), 20, "the monitor to start", local)
+        stopped = pgfleet_cli("monitor", "--stop", directory=local.directory)
+        assert stopped.returncode == 0 and "monitor stopped" in stopped.stdout
+        wait_for(lambda: any(e.kind == "stopped" for e in read_events(local)), 20, "the monitor to stop", local)
 
 
 def test_worker_primary_killed_while_writing(base_dir: Path) -> None:

@@ -25,7 +25,7 @@ import psycopg
 from psycopg import sql
 
 from ..errors import NodeError, PgfleetError, SpecError, TopologyError
-from ..execute.connect import Conn, Endpoint
+from ..execute.connect import Conn, Endpoint, connect
 from ..node.server import LocalServer, free_ports
 from ..plan.failover import GroupSeen, StandbySeen, decide
 from .local import LocalCluster, LocalNode
@@ -100,10 +100,7 @@ def under_maintenance(local: LocalCluster, group: str) -> bool:
 
 # --- helpers -----------------------------------------------------------------------------------------
 def _connect(ep: Endpoint, timeout: int = 2) -> Conn:
-    try:
-        return psycopg.connect(ep.conninfo(), autocommit=True, connect_timeout=timeout, application_name="pgfleet")
-    except psycopg.OperationalError as exc:
-        raise NodeError(f"cannot connect to {ep.address}: {str(exc).strip().splitlines()[-1]}", node=ep.name) from None
+    return connect(ep, timeout=timeout)
 
 
 def _lsn(text: object) -> int | None:

@@ -73,8 +73,10 @@ def describe_error(exc: psycopg.Error) -> str:
 
 def _first_line(exc: BaseException) -> str:
     text = str(exc).strip().splitlines()
-    # libpq puts the useful part last: "connection to server at ... failed: Connection refused"
-    return text[0] if text else exc.__class__.__name__
+    if not text:
+        return exc.__class__.__name__
+    # libpq: 'connection failed: connection to server at "…", port … failed: Connection refused'
+    return text[0].rsplit("failed: ", 1)[-1]
 
 
 def wrap(exc: psycopg.Error, node: str, what: str) -> ExecuteError:
