@@ -110,10 +110,6 @@ def _lsn(text: object) -> int | None:
     return (int(hi, 16) << 32) + int(lo, 16)
 
 
-def _server(local: LocalCluster, member: str) -> LocalServer:
-    return local.server(member)
-
-
 def _sync_members(local: LocalCluster, group: str) -> list[str]:
     return [m.name for m in local.spec.standbys(group) if m.sync]
 
@@ -134,7 +130,7 @@ def _wait_streaming(local: LocalCluster, group: str, member: str, timeout: float
             last = str(exc)
         time.sleep(0.2)
     raise NodeError(f"standby {member} is not streaming from {group} after {timeout:.0f} s ({last})", node=member,
-                    hint=f"see {_server(local, member).logfile}")
+                    hint=f"see {local.server(member).logfile}")
 
 
 def _ensure_slot(conn: Conn, slot: str) -> None:
@@ -157,7 +153,7 @@ def add_standby(local: LocalCluster, group: str, *, sync: bool = True, say: Say 
     member = LocalNode(name=name, role=primary.role, port=port, password=primary.password, group=group, sync=sync)
     server = LocalServer(name=name, home=local.directory / "nodes" / name, port=port, binaries=local.binaries,
                          run_as=local.run_as)
-    primary_server = _server(local, primary.name)
+    primary_server = local.server(primary.name)
     if say:
         say(f"standby {name} of {group}: base backup from port {primary.port}")
     conn = _connect(local.endpoint(group))
@@ -220,7 +216,7 @@ def replication_status(local: LocalCluster) -> list[StandbyStatus]:
         for m in standbys:
             seen = rows.get(m.name)
             if seen is None:
-                out.append(StandbyStatus(group, m.name, m.port, "down" if not _server(local, m.name).is_running()
+                out.append(StandbyStatus(group, m.name, m.port, "down" if not local.server(m.name).is_running()
                                          else "not streaming", "", None, None))
             else:
                 out.append(StandbyStatus(group, m.name, m.port, str(seen[1]), str(seen[2]),
@@ -232,7 +228,7 @@ def replication_status(local: LocalCluster) -> list[StandbyStatus]:
 # --- failover ----------------------------------------------------------------------------------------
 def _fence(local: LocalCluster, member: str) -> None:
     """Make sure ``member`` accepts no more writes: stop it (it is a local process), kill it if needed."""
-    server = _server(local, member)
+    server = local.server(member)
     try:
         server.stop(mode="immediate", timeout=10)
     except PgfleetError:
@@ -279,11 +275,11 @@ def _follow(local: LocalCluster, group: str, new: LocalNode, members: list[Local
         for m in members:
             _ensure_slot(conn, m.name)
     for m in members:
-        server = _server(local, m.name)
+        server = local.server(m.name)
         server.configure_standby(new.port, local.spec.superuser, new.password, slot=m.name)
         if server.is_running():
             server.reload()
-    _server(local, new.name).set_sync_standbys([m.name for m in members if m.sync])
+    local.server(new.name).set_sync_standbys([m.name for m in members if m.sync])
 
 
 def failover(local: LocalCluster, group: str, reason: str, candidate: str | None = None) -> LocalNode:
@@ -313,7 +309,7 @@ def _failover(local: LocalCluster, group: str, reason: str, candidate: str | Non
     record(local, group, "failover-start", f"{reason}; promoting {new.name}")
     _fence(local, old.name)
     record(local, group, "fenced", f"old primary {old.name} stopped")
-    _server(local, new.name).promote()
+    local.server(new.name).promote()
     local.set_primary(group, new.name)
     others = [m for m in standbys if m.name != new.name]
     _follow(local, group, new, others)
@@ -352,10 +348,10 @@ def _switchover(local: LocalCluster, group: str, to: str | None, max_lag_bytes: 
                             hint="wait until it catches up (pgfleet status), nothing was changed")
     started = time.monotonic()
     record(local, group, "switchover-start", f"{old.name} → {target.member}")
-    primary = _server(local, old.name)
+    primary = local.server(old.name)
     primary.stop(mode="fast")  # a clean shutdown sends all WAL to the connected standbys first
     new = local.node(target.member)
-    _server(local, new.name).promote()
+    local.server(new.name).promote()
     local.set_primary(group, new.name)
     others = [m for m in local.spec.members(group) if m.name not in (new.name, old.name)]
     _follow(local, group, new, others)
@@ -380,7 +376,7 @@ def _rejoin(local: LocalCluster, member: str) -> None:
     primary = local.spec.primary_of(group)
     if primary.name == member:
         raise SpecError(f"{member} is the primary of {group}", hint="only a member that is not primary can rejoin")
-    server = _server(local, member)
+    server = local.server(member)
     if server.is_running() and not server.is_standby():
         server.stop(mode="fast")
     if server.is_running():
@@ -398,7 +394,7 @@ def _rejoin(local: LocalCluster, member: str) -> None:
     server.configure_standby(primary.port, local.spec.superuser, primary.password, slot=member)
     server.start()
     _wait_streaming(local, group, member)
-    _server(local, primary.name).set_sync_standbys(_sync_members(local, group))
+    local.server(primary.name).set_sync_standbys(_sync_members(local, group))
     record(local, group, "rejoined", f"{member} follows {primary.name}")
 
 

@@ -24,11 +24,11 @@ import psycopg
 from psycopg import sql
 
 from .. import hashing
-from ..errors import SpecError, TopologyError
+from ..errors import SpecError
 from ..execute.connect import Conn, Endpoint, connect
 from ..plan.tables import ident
 from ..spec import QualifiedName, parse_name
-from ..topology.model import DistTable, Shard
+from ..topology.model import DistTable, Shard, Topology
 from .fleet import Fleet
 
 log = logging.getLogger(__name__)
@@ -299,12 +299,9 @@ def aggregate(fleet: Fleet, table: str, aggregates: Sequence[tuple[str, str | No
     ``aggregates`` are (function, column) pairs with function in count/sum/min/max/avg (column None for
     count(*)); ``where`` is a condition on the table's columns (values as %s parameters).
     """
-    topo = fleet.topology()
-    qn = parse_name(table)
-    oid_row = fleet.conn().execute("SELECT to_regclass(%s)::oid", (str(qn),)).fetchone()
-    dist = topo.table(int(str(oid_row[0]))) if oid_row and oid_row[0] is not None else None
-    if dist is None or dist.method == "reference":
-        raise SpecError(f"{table} is not a distributed table", hint="aggregate it through the coordinator")
+    dist = table_shards(fleet, table)
+    if dist.method == "reference":
+        raise SpecError(f"{table} is a reference table", hint="aggregate it through the coordinator")
     for fn, _col in aggregates:
         if fn not in AGGREGATES:
             raise SpecError(f"aggregate {fn!r} is not supported by the fan-out path", hint=f"use one of {AGGREGATES}")
@@ -393,13 +390,13 @@ def _avg(total: Any, count: int) -> Any:
     return Decimal(total) / Decimal(count)
 
 
-def table_shards(fleet: Fleet, table: str) -> DistTable:
-    topo = fleet.topology()
-    qn = parse_name(table)
-    row = fleet.conn().execute("SELECT to_regclass(%s)::oid", (str(qn),)).fetchone()
+def table_shards(fleet: Fleet, table: str, topo: Topology | None = None) -> DistTable:
+    """The distributed or reference table named ``table`` (SpecError naming it otherwise)."""
+    topo = topo or fleet.topology()
+    row = fleet.conn().execute("SELECT to_regclass(%s)::oid", (str(parse_name(table)),)).fetchone()
     dist = topo.table(int(str(row[0]))) if row and row[0] is not None else None
     if dist is None:
-        raise TopologyError(f"{table} is not distributed")
+        raise SpecError(f"{table} is not distributed", hint="use the coordinator for this statement")
     return dist
 
 
@@ -511,13 +508,7 @@ def fanout(fleet: Fleet, template: str, tables: Mapping[str, str], params: Seque
     import uuid
 
     topo = fleet.topology()
-    dists: dict[str, DistTable] = {}
-    for placeholder, name in tables.items():
-        row = fleet.conn().execute("SELECT to_regclass(%s)::oid", (name,)).fetchone()
-        dist = topo.table(int(str(row[0]))) if row and row[0] is not None else None
-        if dist is None:
-            raise SpecError(f"{name} is not distributed", hint="use the coordinator for this statement")
-        dists[placeholder] = dist
+    dists = {placeholder: table_shards(fleet, name, topo) for placeholder, name in tables.items()}
     sharded = {p: d for p, d in dists.items() if d.method != "reference"}
     if not sharded:
         raise SpecError("fan-out needs at least one distributed table")
