@@ -303,8 +303,11 @@ def _distribute(fleet: Fleet, spec: DistributeSpec, progress: Progress | None) -
         method = layout.method_name(spec.method)
     hashfn = hash_function(conn, key.type) if method == "hash" else None
     workers = [w.name for w in topo.workers]
-    count = len(colocated.shards) if colocated else (
-        spec.method.shard_count if hasattr(spec.method, "shard_count") else len(spec.method.shards))  # type: ignore[union-attr]
+    if colocated is not None:
+        count = len(colocated.shards)
+    else:
+        assert spec.method is not None
+        count = layout.shard_count(spec.method)
     shard_ids = _alloc_ids(conn, count)
     shards = layout.layout_shards(table, spec, workers, shard_ids, colocated)
     schema = table.name.schema or "public"

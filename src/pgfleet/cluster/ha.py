@@ -377,9 +377,7 @@ def _rejoin(local: LocalCluster, member: str) -> None:
     if primary.name == member:
         raise SpecError(f"{member} is the primary of {group}", hint="only a member that is not primary can rejoin")
     server = local.server(member)
-    if server.is_running() and not server.is_standby():
-        server.stop(mode="fast")
-    if server.is_running():
+    if server.is_running():  # an old primary still up, or a standby that needs pg_rewind too
         server.stop(mode="fast")
     with _connect(local.member_endpoint(primary.name)) as conn:
         _ensure_slot(conn, member)

@@ -16,6 +16,10 @@ def method_name(spec: HashSpec | RangeSpec | ListSpec) -> str:
     return {HashSpec: "hash", RangeSpec: "range", ListSpec: "list"}[type(spec)]
 
 
+def shard_count(method: HashSpec | RangeSpec | ListSpec) -> int:
+    return method.shard_count if isinstance(method, HashSpec) else len(method.shards)
+
+
 def check_table_shape(table: TableDef, *, reference: bool) -> None:
     """Refuse what pgfleet cannot carry to the workers, naming the object and what to do."""
     what = "reference table" if reference else "distributed table"
