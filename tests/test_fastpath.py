@@ -3,12 +3,16 @@
 from __future__ import annotations
 
 import decimal
+import os
+import threading
 
 import psycopg
 import pytest
 
 from pgfleet.cluster.fleet import Fleet
+from pgfleet.cluster.loader import load_copy
 from pgfleet.cluster.router import Router, aggregate, load
+from pgfleet.copytext import CopyFormat
 from pgfleet.errors import SpecError
 from pgfleet.spec import (
     DistributeSpec,
@@ -51,6 +55,11 @@ def test_point_reads_match_the_coordinator(fleet: Fleet, data: str) -> None:
             assert r.fetchall(q, (key,), table=f"{data}.t", key=key) == conn.execute(
                 "SELECT * FROM t WHERE id = %s", (key,)).fetchall()
             assert r.route(f"{data}.t", key).node in ("w1", "w2")
+        with Router(fleet, simple=True) as simple:  # values bound in the client, simple protocol
+            for key in [1, 77, 4999, -3]:
+                assert simple.fetchall("SELECT * FROM {} WHERE id = %s", (key,), table=f"{data}.t", key=key) == \
+                    conn.execute("SELECT * FROM t WHERE id = %s", (key,)).fetchall()
+            assert simple._conn(simple.route(f"{data}.t", 1).node).cursor_factory is psycopg.ClientCursor
         for key in [5, 1000, 1999, 2000, 2999]:
             assert r.fetchall("SELECT * FROM {} WHERE id = %s", (key,), table=f"{data}.r", key=key) == \
                 conn.execute("SELECT * FROM r WHERE id = %s", (key,)).fetchall()
@@ -171,3 +180,69 @@ def test_fanout_read_and_atomic_write(fleet: Fleet, data: str) -> None:
     assert conn.execute("SELECT count(*) FROM t2").fetchone() == (1000,)
     with pytest.raises(SpecError, match="co-located"):
         fanout(fleet, "SELECT count(*) FROM {a} JOIN {b} USING (id)", {"a": f"{data}.t", "b": f"{data}.r"})
+
+
+def test_copy_data_loaded_into_the_shards(fleet: Fleet, data: str) -> None:
+    conn = fleet.conn()
+    rows = [(300000 + i * 7 - 50000, i % 10, -i, f"pad {i}\\twith tab") for i in range(30000)]
+    text = "".join(f"{a}\t{b}\t{c}\t{d}\n" for a, b, c, d in rows).encode()
+    result = load_copy(fleet, f"{data}.t", text, chunk_bytes=64 << 10)  # many chunks
+    assert (result.rows, result.path, result.shards) == (30000, "shards", 8)
+    got = conn.execute("SELECT id, grp, val, pad FROM t WHERE id >= 250000 ORDER BY id").fetchall()
+    assert got == [(a, b, c, d.replace("\\t", "\t")) for a, b, c, d in sorted(rows)]
+    # CSV with a header, the key in the middle, quoted commas, quotes and newlines; a pipe (not seekable)
+    csv_rows = [(i, 1000000 + i, f'say "hi", {i}\nbye') for i in range(500)]
+    body = "val,id,pad\n" + "".join(f'{v},{k},"{p.replace(chr(34), chr(34) * 2)}"\n' for v, k, p in csv_rows)
+    r, w = os.pipe()
+    threading.Thread(target=lambda: (os.write(w, body.encode()), os.close(w)), daemon=True).start()
+    with os.fdopen(r, "rb") as pipe:
+        result = load_copy(fleet, f"{data}.t", pipe, columns=["val", "id", "pad"], fmt=CopyFormat(csv=True, header=True))
+    assert (result.rows, result.path) == (500, "shards")
+    assert conn.execute("SELECT val, id, pad FROM t WHERE id >= 1000000 ORDER BY id").fetchall() == csv_rows
+    # range table
+    assert load_copy(fleet, f"{data}.r", b"-5\tneg\n3500\tmid\n9999\thigh\n").path == "shards"
+    assert conn.execute("SELECT id, v FROM r WHERE id IN (-5, 3500, 9999) ORDER BY id").fetchall() == [
+        (-5, "neg"), (3500, "mid"), (9999, "high")]
+
+
+def test_copy_data_all_or_nothing_and_fallback(fleet: Fleet, data: str) -> None:
+    conn = fleet.conn()
+    before = conn.execute("SELECT count(*) FROM t").fetchone()
+    dup = "".join(f"{400000 + i}\t0\t0\tz\n" for i in range(5000)) + "17\t0\t0\tdup\n"
+    with pytest.raises(psycopg.errors.UniqueViolation):
+        load_copy(fleet, f"{data}.t", dup.encode())
+    assert conn.execute("SELECT count(*) FROM t").fetchone() == before
+    for w in fleet.topology().workers:
+        with fleet.worker_conn(w) as wc:
+            assert wc.execute("SELECT count(*) FROM pg_prepared_xacts").fetchone() == (0,)
+    # list tables are routed by the key's text; a city without a shard goes to the coordinator, which refuses it
+    result = load_copy(fleet, f"{data}.sites", b"9001\tlagos\t1\n9002\trome\t2\n")
+    assert (result.rows, result.path) == (2, "shards")
+    assert conn.execute("SELECT city FROM sites WHERE id > 9000 ORDER BY id").fetchall() == [("lagos",), ("rome",)]
+    with pytest.raises(psycopg.Error, match="no partition"):
+        load_copy(fleet, f"{data}.sites", b"9003\tlagos\t1\n9004\toslo\t2\n")
+    assert conn.execute("SELECT count(*) FROM sites WHERE id > 9002").fetchone() == (0,)
+    # a reference table and a NULL key go through the coordinator, which applies PostgreSQL's own rules
+    result = load_copy(fleet, f"{data}.grps", b"50\tfifty\n")
+    assert (result.rows, result.path) == (1, "coordinator") and "not distributed" in str(result.reason)
+    for w in fleet.topology().workers:
+        with fleet.worker_conn(w) as wc:  # the reference copy on every worker has the row
+            assert wc.execute(psycopg.sql.SQL("SELECT label FROM {}.grps WHERE grp = 50").format(
+                psycopg.sql.Identifier(data))).fetchone() == ("fifty",)
+    with pytest.raises(psycopg.errors.NotNullViolation):
+        load_copy(fleet, f"{data}.t", b"500001\t0\t0\tok\n\\N\t0\t0\tnull key\n")
+    assert conn.execute("SELECT count(*) FROM t WHERE id = 500001").fetchone() == (0,)
+    result = load_copy(fleet, f"{data}.t", b"500002\t0\t0\ta\\\nb\n")  # an escaped newline inside a value
+    assert result.path == "coordinator"
+    assert conn.execute("SELECT pad FROM t WHERE id = 500002").fetchone() == ("a\nb",)
+    # a pipe cannot be read again: a clear error, nothing loaded
+    r, w = os.pipe()
+    os.write(w, b"500003\t0\t0\tx\n\\N\t0\t0\ty\n")
+    os.close(w)
+    with os.fdopen(r, "rb") as pipe, pytest.raises(SpecError, match="cannot route the data"):
+        load_copy(fleet, f"{data}.t", pipe)
+    assert conn.execute("SELECT count(*) FROM t WHERE id = 500003").fetchone() == (0,)
+    with pytest.raises(SpecError, match="has no column nope"):
+        load_copy(fleet, f"{data}.t", b"1\n", columns=["nope"])
+    with pytest.raises(SpecError, match="does not exist"):
+        load_copy(fleet, f"{data}.missing", b"1\n")

@@ -23,10 +23,12 @@ from functools import partial
 from pathlib import Path
 from typing import Any
 
+import psycopg
 from psycopg import sql
 
 from .cluster.fleet import Fleet
 from .cluster.local import LocalCluster
+from .cluster.loader import load_copy
 from .cluster.router import Router, ShardPool, aggregate, fanout, load
 from .execute.connect import Conn, connect
 from .proc import run
@@ -303,23 +305,25 @@ class Bench:
 
         router_ep = self.base.endpoint("coord")
 
-        def base_client() -> Callable[[int], object]:
+        def base_client(simple: bool = False) -> Callable[[int], object]:
             c = connect(router_ep)
-            return lambda k: c.execute("SELECT val FROM t WHERE id = %s", (k,), prepare=True).fetchone()
+            if simple:  # values bound in the client, one simple-protocol Query message per lookup
+                c.cursor_factory = psycopg.ClientCursor
+            return lambda k: c.execute("SELECT val FROM t WHERE id = %s", (k,), prepare=not simple).fetchone()
 
-        def fast_client() -> Callable[[int], object]:
-            r = Router(Fleet(self.fleet_local.endpoint("coord"), self.fleet_local))
+        def fast_client(simple: bool = False) -> Callable[[int], object]:
+            r = Router(Fleet(self.fleet_local.endpoint("coord"), self.fleet_local), simple=simple)
             q = sql.SQL("SELECT val FROM {} WHERE id = %s")
             return lambda k: r.fetchone(q, (k,), table="public.t", key=k)
 
         for mode, target in (("simple", 0.34), ("prepared", 0.22)):
+            simple = mode == "simple"
             res = self.add(Result(f"point lookup, 4 clients, {mode}", "tps", target, f"{target}",
-                                  fast_path="Router, 4 Python threads; its ratio is against the same Python "
-                                            "client on the single server"))
-            py = mode == "prepared"
+                                  fast_path=f"Router{'(simple=True)' if simple else ''}, 4 Python threads; its ratio "
+                                            "is against the same Python client on the single server"))
             self.interleave(res, bench(self.base, 4, mode, "tps"), bench(self.fleet_local, 4, mode, "tps"),
-                            (lambda: _client_loop(fast_client, 4, d, n)) if py else None,
-                            (lambda: _client_loop(base_client, 4, d, n)) if py else None)
+                            partial(_client_loop, partial(fast_client, simple), 4, d, n),
+                            partial(_client_loop, partial(base_client, simple), 4, d, n))
         res = self.add(Result("point lookup, 1 client, latency", "ms", 2.4, "2.0–2.4×",
                               fast_path="Router, 1 Python thread; its ratio is against the same Python client on "
                                         "the single server"))
@@ -399,6 +403,28 @@ class Bench:
                               fast_path="per-shard-pair INSERT … SELECT on the workers, two-phase commit"))
         self.interleave(res, ins(b), ins(f), ins_fast)
         rows = [(i, i % 1000, (i * 7) % 100000, f"copied row {i}") for i in range(1, n + 1)]
+        text = "".join(f"{i}\t{g}\t{v}\t{p}\n" for i, g, v, p in rows).encode()
+
+        def copy_text(conn: Conn) -> Callable[[], float]:
+            def go() -> float:
+                conn.execute("TRUNCATE t2")
+
+                def body() -> None:  # what psql's \copy of a file does: the data as it is, in pieces
+                    with conn.cursor().copy("COPY t2 (id, grp, val, pad) FROM STDIN") as cp:
+                        for pos in range(0, len(text), 1 << 20):
+                            cp.write(text[pos:pos + (1 << 20)])
+                return _timed(body)
+            return go
+
+        def copy_text_fast() -> float:
+            self.f.execute("TRUNCATE t2")
+            return _timed(lambda: load_copy(self.fleet, "public.t2", text, pool=self.pool))
+
+        res = self.add(Result(f"COPY {n:,} rows", "s", 1.15, "1.15×",
+                              fast_path="only the key of each record read in the client (numpy), records sent "
+                                        "unchanged into the shards in parallel, two-phase commit (pgfleet load)",
+                              note=f"{len(text) / 1e6:.1f} MB of COPY text, as from a file"))
+        self.interleave(res, copy_text(b), copy_text(f), copy_text_fast)
 
         def copy(conn: Conn) -> Callable[[], float]:
             def go() -> float:
@@ -415,8 +441,9 @@ class Bench:
             self.f.execute("TRUNCATE t2")
             return _timed(lambda: load(self.fleet, "public.t2", rows, ["id", "grp", "val", "pad"], pool=self.pool))
 
-        res = self.add(Result(f"COPY {n:,} rows", "s", 1.15, "1.15×",
-                              fast_path="rows routed in the client, parallel COPY into the shards, two-phase commit"))
+        res = self.add(Result(f"COPY {n:,} rows from Python tuples", "s", None, "(not in issue table)",
+                              fast_path="rows routed in the client, formatted by psycopg (write_row), parallel COPY, "
+                                        "two-phase commit"))
         self.interleave(res, copy(b), copy(f), copy_fast)
 
     def tpcb(self) -> None:

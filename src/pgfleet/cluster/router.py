@@ -44,10 +44,15 @@ class Route:
 
 
 class Router:
-    """Routes single-key statements to workers. One Router per thread (it holds one connection per node)."""
+    """Routes single-key statements to workers. One Router per thread (it holds one connection per node).
 
-    def __init__(self, fleet: Fleet) -> None:
+    ``simple=True`` binds the values in the client and sends each statement as one simple-protocol
+    message (what ``pgbench -M simple`` does; also what poolers without prepared statements need).
+    """
+
+    def __init__(self, fleet: Fleet, *, simple: bool = False) -> None:
         self.fleet = fleet
+        self.simple = simple
         topo = fleet.topology()
         self._tables: dict[QualifiedName, DistTable] = {t.name: t for t in topo.tables}
         self._key_types: dict[QualifiedName, str] = {}
@@ -149,6 +154,8 @@ class Router:
         conn = self._conns.get(name)
         if conn is None or conn.closed:
             conn = connect(self._endpoints[node]) if node else self.fleet.new_coordinator_conn()
+            if self.simple:
+                conn.cursor_factory = psycopg.ClientCursor
             self._conns[name] = conn
         return conn
 

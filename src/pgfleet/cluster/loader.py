@@ -1,0 +1,306 @@
+"""Loading COPY data (a file in text or CSV format) straight into the shards, in parallel.
+
+The coordinator can load the same data (``COPY t FROM STDIN``), but postgres_fdw then inserts it in
+batches of ``batch_size`` rows over one connection per worker, several times slower than a plain
+server. Here the client reads only the key field of every record (copytext.py, numpy over whole
+buffers), hands each shard its records unchanged over its own COPY, and the workers parse and insert in
+parallel. All or nothing: every shard's COPY is one transaction on its worker, prepared (two-phase)
+and committed only when every shard has its rows.
+
+What cannot be routed in the client (a key type without client-side hashing, list tables, reference
+tables, a NULL key, escapes that change record or field boundaries …) goes through the coordinator
+instead, whole, so PostgreSQL applies its own rules and errors; the result says which path was taken.
+"""
+
+from __future__ import annotations
+
+import logging
+import queue
+import threading
+import time
+import uuid
+from collections.abc import Callable, Iterator
+from contextlib import ExitStack
+from dataclasses import dataclass
+from typing import BinaryIO
+
+import numpy as np
+import numpy.typing as npt
+import psycopg
+from psycopg import sql
+
+from .. import copytext, hashing
+from ..copytext import CannotSplit, CopyFormat
+from ..errors import SpecError
+from ..plan.tables import ident
+from ..spec import parse_name
+from ..topology.model import DistTable, Shard
+from .fleet import Fleet
+from .router import ShardPool, _pool_or_temporary
+
+log = logging.getLogger(__name__)
+
+CHUNK_BYTES = 4 << 20  # routed and sent while the workers insert the previous chunk
+LoadProgress = Callable[[int, int | None], None]  # (bytes done, bytes in all or None)
+
+
+@dataclass(frozen=True)
+class LoadResult:
+    rows: int
+    path: str  # "shards" (straight into the shards) or "coordinator"
+    reason: str | None = None  # why the coordinator was used
+    shards: int = 0
+    seconds: float = 0.0
+
+
+def copy_options(fmt: CopyFormat, *, header: bool) -> sql.Composable:
+    parts: list[sql.Composable] = [sql.SQL("FORMAT csv" if fmt.csv else "FORMAT text")]
+    if fmt.delimiter is not None:
+        parts.append(sql.SQL("DELIMITER {}").format(sql.Literal(fmt.delimiter)))
+    if header:
+        parts.append(sql.SQL("HEADER true"))
+    return sql.SQL(", ").join(parts)
+
+
+def _table_columns(fleet: Fleet, oid: int) -> list[str]:
+    return [str(r[0]) for r in fleet.conn().execute(
+        "SELECT attname FROM pg_attribute WHERE attrelid = %s AND attnum > 0 AND NOT attisdropped "
+        "AND attgenerated = '' ORDER BY attnum", (oid,)).fetchall()]
+
+
+def _key_type(fleet: Fleet, dist: DistTable) -> str:
+    row = fleet.conn().execute("SELECT format_type(atttypid, atttypmod) FROM pg_attribute "
+                               "WHERE attrelid = %s AND attname = %s", (dist.oid, dist.key)).fetchone()
+    return str(row[0]) if row else ""
+
+
+class _Targets:
+    """Maps the records of a chunk to positions in the shard list: integer keys by hash remainder or
+    range bound, list keys by their text."""
+
+    def __init__(self, dist: DistTable, shards: list[Shard], key_type: str) -> None:
+        self.key_type = key_type
+        self.method = dist.method
+        if dist.method == "list":
+            self.by_value = {v.encode(): pos for pos, s in enumerate(shards) for v in s.values}
+            return
+        if key_type not in hashing.INTEGER_TYPES:
+            raise CannotSplit(f"no client-side routing for key type {key_type or 'unknown'}")
+        if dist.method == "hash":
+            self.modulus = shards[0].modulus or len(shards)
+            self.by_remainder = np.empty(self.modulus, dtype=np.int64)
+            for pos, s in enumerate(shards):
+                self.by_remainder[int(s.remainder or 0)] = pos
+        elif dist.method == "range":
+            order = sorted(range(len(shards)), key=lambda i: _bound(shards[i].lower, -2**63))
+            self.range_pos = np.array(order, dtype=np.int64)
+            self.lowers = np.array([_bound(shards[i].lower, -2**63) for i in order], dtype=np.int64)
+            self.uppers = np.array([_bound(shards[i].upper, 2**63 - 1) for i in order], dtype=np.int64)
+            self.open_upper = np.array([shards[i].upper is None for i in order])
+        else:
+            raise CannotSplit(f"{dist.method} tables are loaded through the coordinator")
+
+    def __call__(self, chunk: bytes, recs: copytext.Records, column: int, fmt: CopyFormat) -> npt.NDArray[np.int64]:
+        begin = copytext.key_starts(chunk, recs, column, fmt)
+        if self.method == "list":
+            found = [self.by_value.get(v, -1) for v in copytext.key_texts(chunk, recs, begin, fmt)]
+            out = np.array(found, dtype=np.int64)
+            if np.any(out < 0):
+                raise CannotSplit("a key that is in no list shard")
+            return out
+        keys = copytext.parse_ints(chunk, begin, fmt)
+        if self.method == "hash":
+            hashed: npt.NDArray[np.int64] = self.by_remainder[hashing.remainders(keys, self.modulus, self.key_type)]
+            return hashed
+        slot = np.searchsorted(self.lowers, keys, side="right") - 1
+        inside = (slot >= 0) & ((keys < self.uppers[np.maximum(slot, 0)]) | self.open_upper[np.maximum(slot, 0)])
+        if not inside.all():
+            raise CannotSplit("a key outside every range shard")
+        ranged: npt.NDArray[np.int64] = self.range_pos[slot]
+        return ranged
+
+
+def _bound(value: str | None, missing: int) -> int:
+    return missing if value is None else int(value)
+
+
+def _chunks(source: bytes | BinaryIO, fmt: CopyFormat, chunk_bytes: int) -> Iterator[bytes]:
+    """Pieces of whole records (the last one completed with a newline if the data lacks it)."""
+    if isinstance(source, (bytes, bytearray, memoryview)):
+        data = bytes(source)
+        pos = 0
+        while pos < len(data):
+            piece = data[pos:pos + chunk_bytes]
+            end = copytext.complete_prefix(piece, fmt) if pos + chunk_bytes < len(data) else len(piece)
+            while end == 0:  # one record longer than a chunk
+                piece = data[pos:pos + len(piece) * 2]
+                end = copytext.complete_prefix(piece, fmt) if pos + len(piece) < len(data) else len(piece)
+            out = piece[:end]
+            pos += end
+            yield out if out.endswith(b"\n") else out + b"\n"
+        return
+    carry = b""
+    while True:
+        block = source.read(chunk_bytes)
+        if not block:
+            if carry:
+                yield carry if carry.endswith(b"\n") else carry + b"\n"
+            return
+        carry += block
+        end = copytext.complete_prefix(carry, fmt)
+        if end:
+            yield carry[:end]
+            carry = carry[end:]
+
+
+def _drop_header(chunk: bytes, fmt: CopyFormat) -> bytes:
+    recs = copytext.records(chunk, fmt)
+    return chunk[int(recs.ends[0]) + 1:] if len(recs) else chunk
+
+
+class _Writer(threading.Thread):
+    """Feeds one shard's COPY from a queue (one thread per shard: the sends release the GIL)."""
+
+    def __init__(self, copy: psycopg.Copy) -> None:
+        super().__init__(daemon=True)
+        self.copy = copy
+        self.items: queue.Queue[bytes | None] = queue.Queue(maxsize=4)
+        self.error: BaseException | None = None
+
+    def run(self) -> None:
+        while (item := self.items.get()) is not None:
+            if self.error is None:
+                try:
+                    self.copy.write(item)
+                except BaseException as exc:  # reported by the feeding thread
+                    self.error = exc
+
+
+def load_copy(fleet: Fleet, table: str, source: bytes | BinaryIO, *, columns: list[str] | None = None,
+              fmt: CopyFormat | None = None, pool: ShardPool | None = None, progress: LoadProgress | None = None,
+              total: int | None = None, chunk_bytes: int = CHUNK_BYTES) -> LoadResult:
+    """Load COPY data (``COPY table (columns) FROM STDIN`` in text or CSV format) into ``table``.
+
+    ``source`` is the data itself or a binary file. Distributed tables with an integer hash or range
+    key are loaded straight into the shards; anything else goes through the coordinator.
+    """
+    fmt = fmt or CopyFormat()
+    fmt.delim  # noqa: B018 -- validates the delimiter before anything is sent
+    started = time.monotonic()
+    name = parse_name(table)
+    row = fleet.conn().execute("SELECT to_regclass(%s)::oid", (str(name),)).fetchone()
+    if row is None or row[0] is None:
+        raise SpecError(f"table {table} does not exist on the coordinator", hint="check the name (pgfleet status lists tables)")
+    oid = int(row[0])
+    all_columns = _table_columns(fleet, oid)
+    columns = list(columns) if columns else all_columns
+    unknown = [c for c in columns if c not in all_columns]
+    if unknown:
+        raise SpecError(f"table {table} has no column {unknown[0]}", hint=f"its columns are: {', '.join(all_columns)}")
+    if total is None and isinstance(source, (bytes, bytearray, memoryview)):
+        total = len(source)
+
+    reason: str | None = None
+    dist = fleet.topology().table(oid)
+    if dist is None or dist.method == "reference" or dist.key is None:
+        reason = f"{table} is not distributed by a key"
+    elif dist.key not in columns:
+        reason = f"the data has no {dist.key} column (the coordinator fills defaults)"
+    if reason is None and dist is not None:
+        try:
+            rows, shards = _load_into_shards(fleet, dist, source, columns, fmt, pool, progress, total, chunk_bytes)
+            return LoadResult(rows, "shards", None, shards, time.monotonic() - started)
+        except CannotSplit as why:
+            reason = str(why)
+            if not isinstance(source, (bytes, bytearray, memoryview)):
+                if not source.seekable():
+                    raise SpecError(f"cannot route the data of {table} in the client: {why}",
+                                    hint="give a file instead of a pipe so it can be read again through the "
+                                         "coordinator, or load it with COPY through the coordinator") from None
+                source.seek(0)
+    log.info("loading %s through the coordinator: %s", table, reason)
+    rows = _load_via_coordinator(fleet, name, source, columns, fmt, progress, total, chunk_bytes)
+    return LoadResult(rows, "coordinator", reason, 0, time.monotonic() - started)
+
+
+def _load_via_coordinator(fleet: Fleet, name: object, source: bytes | BinaryIO, columns: list[str], fmt: CopyFormat,
+                          progress: LoadProgress | None, total: int | None, chunk_bytes: int) -> int:
+    statement = sql.SQL("COPY {} ({}) FROM STDIN ({})").format(
+        ident(parse_name(str(name))), sql.SQL(", ").join(map(sql.Identifier, columns)), copy_options(fmt, header=fmt.header))
+    done = 0
+    with fleet.new_coordinator_conn() as conn, conn.transaction(), conn.cursor() as cur:
+        with cur.copy(statement) as cp:
+            for chunk in _chunks(source, fmt, chunk_bytes):
+                cp.write(chunk)
+                done += len(chunk)
+                if progress:
+                    progress(done, total)
+        return max(cur.rowcount, 0)
+
+
+def _load_into_shards(fleet: Fleet, dist: DistTable, source: bytes | BinaryIO, columns: list[str], fmt: CopyFormat,
+                      pool: ShardPool | None, progress: LoadProgress | None, total: int | None,
+                      chunk_bytes: int) -> tuple[int, int]:
+    shards = sorted(dist.shards, key=lambda s: s.index)
+    targets = _Targets(dist, shards, _key_type(fleet, dist))
+    column = columns.index(str(dist.key))
+    cols = sql.SQL(", ").join(map(sql.Identifier, columns))
+    options = copy_options(fmt, header=False)
+    tag = uuid.uuid4().hex[:12]
+    prepared: list[tuple[str, str]] = []
+    with _pool_or_temporary(fleet, pool) as shard_pool:
+        with ExitStack() as conns:
+            opened = [conns.enter_context(shard_pool.conn(s.node, autocommit=False)) for s in shards]
+            cursors = [c.cursor() for c in opened]
+            with ExitStack() as copies:
+                writers = []
+                for shard, cur in zip(shards, cursors, strict=True):
+                    cp = copies.enter_context(cur.copy(sql.SQL("COPY {} ({}) FROM STDIN ({})").format(
+                        ident(shard.shard_name), cols, options)))
+                    writers.append(_Writer(cp))
+                for w in writers:
+                    w.start()
+                try:
+                    _feed(source, fmt, column, targets, writers, progress, total, chunk_bytes)
+                finally:
+                    for w in writers:
+                        w.items.put(None)
+                    for w in writers:
+                        w.join()
+                failed = next((w.error for w in writers if w.error is not None), None)
+                if failed is not None:
+                    raise failed
+            # Every COPY has ended (a constraint error would have been raised above): prepare them all.
+            rows = sum(max(cur.rowcount, 0) for cur in cursors)
+            try:
+                for shard, conn in zip(shards, opened, strict=True):
+                    if shard_pool.two_phase(shard.node):
+                        gid = f"pgfleet_copy_{tag}_{shard.shard_id}"
+                        conn.execute(sql.SQL("PREPARE TRANSACTION {}").format(sql.Literal(gid)))
+                        prepared.append((shard.node, gid))
+                    else:
+                        conn.commit()  # a worker without two-phase commit: committed shard by shard
+            except BaseException:
+                shard_pool.finish(prepared, commit=False)
+                raise
+        shard_pool.finish(prepared, commit=True)
+    return rows, len(shards)
+
+
+def _feed(source: bytes | BinaryIO, fmt: CopyFormat, column: int, targets: _Targets, writers: list[_Writer],
+          progress: LoadProgress | None, total: int | None, chunk_bytes: int) -> None:
+    done = 0
+    first = True
+    for piece in _chunks(source, fmt, chunk_bytes):
+        done += len(piece)
+        chunk = _drop_header(piece, fmt) if first and fmt.header else piece
+        first = False
+        recs = copytext.records(chunk, fmt)
+        for writer, part in zip(writers, copytext.split(chunk, recs, targets(chunk, recs, column, fmt), len(writers)),
+                                strict=True):
+            if part:
+                writer.items.put(part)
+            if writer.error is not None:
+                raise writer.error
+        if progress:
+            progress(done, total)
