@@ -50,6 +50,25 @@ def test_life_cycle(base_dir: Path) -> None:
     assert dist.returncode == 0, dist.stderr
     assert "2 shards on w1; 2 rows moved and verified" in " ".join(dist.stdout.split())
 
+    csv_file = d / "more.csv"
+    csv_file.write_text('id,v\n3,"c, with comma"\n4,d\n')
+    loaded = pgfleet_cli("load", "kept", str(csv_file), "--csv", "--header", directory=d)
+    assert loaded.returncode == 0, loaded.stderr
+    assert "loaded 2 rows into kept straight into 2 shards" in loaded.stdout
+    piped = pgfleet_cli("load", "kept", "-", "--columns", "v,id", directory=d, input="e\t5\n")
+    assert piped.returncode == 0 and "loaded 1 rows" in piped.stdout, piped.stderr
+    _one_line_error(pgfleet_cli("load", "kept", str(d / "absent.csv"), directory=d), r"cannot read .*absent.csv")
+    _one_line_error(pgfleet_cli("load", "nope", str(csv_file), directory=d), r"table nope does not exist")
+    _one_line_error(pgfleet_cli("load", "kept", "-", "--columns", "id,w", directory=d, input="1\tx\n"),
+                    r"table kept has no column w")
+    dup = pgfleet_cli("load", "kept", "-", directory=d, input="6\tf\n3\tagain\n")
+    _one_line_error(dup, r"duplicate key value")
+    with psycopg.connect(dsn.stdout.strip()) as conn:
+        assert conn.execute("SELECT id, v FROM kept ORDER BY id").fetchall() == [
+            (1, "a"), (2, "b"), (3, "c, with comma"), (4, "d"), (5, "e")]
+        conn.execute("DELETE FROM kept WHERE id > 2")
+        conn.commit()
+
     st = pgfleet_cli("status", "--json", directory=d)
     assert st.returncode == 0, st.stderr
     report = json.loads(st.stdout)

@@ -289,6 +289,42 @@ def reference(ctx: click.Context, table: str) -> None:
     out.print(f"{spec.table} is a reference table: {rows} rows copied to {', '.join(workers)} and verified")
 
 
+@cli.command("load")
+@click.argument("table")
+@click.argument("file", type=click.Path(dir_okay=False, allow_dash=True))
+@click.option("--csv", "as_csv", is_flag=True, help="The file is CSV (default: COPY's text format, tab-separated).")
+@click.option("--header", is_flag=True, help="The first line names the columns; it is skipped.")
+@click.option("--delimiter", help="Field separator (default: tab, or comma with --csv).")
+@click.option("--columns", help="Comma-separated columns in the file's order (default: all, in table order).")
+@click.pass_context
+def load_cmd(ctx: click.Context, table: str, file: str, as_csv: bool, header: bool, delimiter: str | None,
+             columns: str | None) -> None:
+    """Load FILE (COPY text or CSV; - for stdin) into TABLE, straight into its shards, all or nothing."""
+    from ..cluster.loader import load_copy
+    from ..copytext import CopyFormat
+
+    fmt = CopyFormat(csv=as_csv, delimiter=delimiter, header=header)
+    try:
+        fmt.delim  # noqa: B018 -- validated before anything is read
+    except ValueError as exc:
+        raise SpecError(f"--delimiter: {exc}") from None
+    cols = [parse_column(c.strip()) for c in columns.split(",") if c.strip()] if columns else None
+    try:
+        source = sys.stdin.buffer if file == "-" else open(file, "rb")  # noqa: SIM115 -- closed below
+    except OSError as exc:
+        raise SpecError(f"cannot read {file}: {exc.strerror}") from None
+    size = None if file == "-" else os.path.getsize(file)
+    with source, open_fleet(ctx) as fleet, Progress(
+            TextColumn("{task.description}"), BarColumn(), TextColumn("{task.percentage:>3.0f}%"), TimeElapsedColumn(),
+            console=err, disable=not err.is_terminal) as bar:
+        task = bar.add_task(f"loading {table}", total=size)
+        result = load_copy(fleet, table, source, columns=cols, fmt=fmt, total=size,
+                           progress=lambda done, total: bar.update(task, completed=done))
+    where = (f"straight into {result.shards} shards" if result.path == "shards"
+             else f"through the coordinator ({result.reason})")
+    out.print(f"loaded {result.rows:,} rows into {table} {where} in {result.seconds:.2f} s")
+
+
 @cli.group()
 def node() -> None:
     """Manage the nodes of the cluster."""
