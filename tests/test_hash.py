@@ -16,7 +16,7 @@ from pgfleet.topology.read import hash_function
     ("uuid", "SELECT md5(g::text)::uuid FROM generate_series(1, 20000) g"),
     ("numeric", "SELECT (g / 7.0)::numeric FROM generate_series(1, 20000) g"),
 ])
-@pytest.mark.parametrize("modulus", [7, 8, 1000])
+@pytest.mark.parametrize("modulus", [1, 7, 8, 64, 1000])
 def test_rule_matches_satisfies_hash_partition(fleet: Fleet, schema: str, type_name: str, values: str,
                                                 modulus: int) -> None:
     conn = fleet.conn()

@@ -32,12 +32,14 @@ PRODUCTS = TableDef(
 
 
 def test_hash_rule_uses_bigint_arithmetic_only() -> None:
-    expr = render(hash_remainder_expr(sql.Identifier("id"), "hashint8extended", 8))
+    expr = render(hash_remainder_expr(sql.Identifier("id"), "hashint8extended", 7))
     h = '"hashint8extended"("id", 8816678312871386365)'
     low = f"(({h} & 4294967295) + 367372515)"
-    assert expr == (f"((((((({h} >> 32) & 4294967295) + 1235285213 + ({low} >> 32)) & 4294967295) % 8) * 0 "
-                    f"+ ({low} & 4294967295)) % 8)")
+    assert expr == (f"((((((({h} >> 32) & 4294967295) + 1235285213 + ({low} >> 32)) & 4294967295) % 7) * 4 "
+                    f"+ ({low} & 4294967295)) % 7)")
     assert "numeric" not in expr
+    # a power of two divides 2^64: the low bits of hash and constant are enough
+    assert render(hash_remainder_expr(sql.Identifier("id"), "hashint8extended", 8)) == f"((({h} & 7) + 3) & 7)"
 
 
 def test_shard_table_carries_columns_constraints_indexes_and_rule() -> None:
@@ -52,7 +54,8 @@ def test_shard_table_carries_columns_constraints_indexes_and_rule() -> None:
                              '"price" numeric DEFAULT 0, ')
     assert "nextval" not in create  # the coordinator's sequence hands out ids
     assert 'CONSTRAINT "products_price_check" CHECK ((price >= (0)::numeric))' in create
-    assert 'CONSTRAINT "pgfleet: distribution key cannot move to another shard" CHECK (((((((("hashint8extended"("id"' in create
+    assert ('CONSTRAINT "pgfleet: distribution key cannot move to another shard" '
+            'CHECK (((("hashint8extended"("id", 8816678312871386365) & 7) + 3) & 7) = 1)') in create
     assert create.endswith('CONSTRAINT "products_pkey_102001" PRIMARY KEY (id))')
     assert stmts[2] == """COMMENT ON TABLE "public"."products_102001" IS 'pgfleet shard 102001'"""
     assert stmts[3] == 'CREATE INDEX "products_name_idx_102001" ON "public"."products_102001" USING btree (name)'

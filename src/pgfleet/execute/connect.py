@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -47,13 +48,15 @@ class Endpoint:
 
 
 def connect(ep: Endpoint, *, autocommit: bool = True, timeout: int = 10,
-            canonical: bool = False) -> Conn:
+            canonical: bool = False, settings: Mapping[str, str] | None = None) -> Conn:
+    """A connection to ``ep``; ``canonical`` pins the settings that change how values print, and
+    ``settings`` are further session settings (sent with the startup packet: no extra round trip)."""
     conninfo = ep.conninfo()
-    if canonical:
+    wanted = {**(CANONICAL_SETTINGS if canonical else {}), **(settings or {})}
+    if wanted:
         from psycopg.conninfo import make_conninfo
 
-        conninfo = make_conninfo(conninfo, options=" ".join(
-            f"-c {k}={v.replace(' ', '')}" for k, v in CANONICAL_SETTINGS.items()))
+        conninfo = make_conninfo(conninfo, options=" ".join(f"-c {k}={v.replace(' ', '')}" for k, v in wanted.items()))
     try:
         conn = psycopg.connect(conninfo, autocommit=autocommit, connect_timeout=timeout,
                                application_name="pgfleet")
