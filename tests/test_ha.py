@@ -22,10 +22,10 @@ from conftest import make_cluster, pgfleet_cli
 from pgfleet.cluster.fleet import Fleet
 from pgfleet.cluster.ha import Monitor, add_standby, read_events, rejoin, replication_status, switchover
 from pgfleet.cluster.local import LocalCluster
-from pgfleet.cluster.router import Router
+from pgfleet.cluster.router import Router, ShardPool, aggregate
 from pgfleet.errors import SpecError, TopologyError
 from pgfleet.spec import DistributeSpec, HashSpec, QualifiedName
-from typing import Self
+from typing import Any, Self
 
 
 @contextlib.contextmanager
@@ -185,9 +185,17 @@ def test_standby_status_and_dsn(base_dir: Path) -> None:
 
 
 def test_worker_primary_killed_while_writing(base_dir: Path) -> None:
-    with ha_cluster(base_dir, "ha_worker", ("w1",)) as local, running_monitor(local):
+    with ha_cluster(base_dir, "ha_worker", ("w1",)) as local, running_monitor(local), \
+            Fleet(local.endpoint("coord"), local) as fleet, Router(fleet) as router, ShardPool(fleet) as pool:
         with Writer(local.dsn(), keys_on(local, "w1")) as writer:
             wait_for(lambda: len(writer.acked) >= 20, 20, "first writes")
+
+            def fast_reads() -> tuple[int, Any]:  # the fast paths hold connections to w1's primary
+                key = writer.acked[-1]
+                return (aggregate(fleet, "public.led", [("count", None)], pool=pool)[0][0],
+                        router.fetchone("SELECT id FROM {} WHERE id = %s", (key,), table="public.led", key=key))
+
+            assert fast_reads()[1] is not None
             local.server("w1").kill()
             killed = time.monotonic()
             wait_for(lambda: _promoted(local, "w1", "w1_s1"), 30, "the failover", local)
@@ -195,6 +203,17 @@ def test_worker_primary_killed_while_writing(base_dir: Path) -> None:
             wait_for(lambda: writer.ack_times and writer.ack_times[-1] > promoted, 30, "writes to resume", local)
             resumed = writer.ack_times[-1] - killed
             wait_for(lambda: len([t for t in writer.ack_times if t > killed]) >= 20, 20, "more writes")
+        # A Router and a ShardPool made before the failover follow it: a connection broken by the kill
+        # fails one call at most, the next connects to the promoted standby.
+        for _attempt in range(2):
+            try:
+                count, row = fast_reads()
+                break
+            except psycopg.OperationalError:
+                continue
+        with psycopg.connect(local.dsn()) as conn:
+            assert count == conn.execute("SELECT count(*) FROM led").fetchone()[0]  # type: ignore[index]
+        assert row == (writer.acked[-1],)
         assert missing(local, writer.acked) == []
         assert local.spec.primary_of("w1").name == "w1_s1"
         kinds = [e.kind for e in read_events(local) if e.node == "w1"]

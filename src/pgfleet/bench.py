@@ -29,7 +29,7 @@ from psycopg import sql
 from .cluster.fleet import Fleet
 from .cluster.local import LocalCluster
 from .cluster.loader import load_copy
-from .cluster.router import Router, ShardPool, aggregate, fanout, load
+from .cluster.router import Router, ShardPool, aggregate, fanout, load, table_shards
 from .execute.connect import Conn, connect
 from .proc import run
 from .spec import DistributeSpec, HashSpec, QualifiedName, parse_range_bounds
@@ -384,18 +384,28 @@ class Bench:
         with ThreadPoolExecutor(max_workers=8) as pool:
             list(pool.map(one, dist.shards))
 
+    def _fresh_t2(self, conn: Conn) -> None:
+        """Empty t2 and checkpoint every server, so that no timed write pays for the dirty pages or the
+        autovacuum of the run before it (the runs alternate between the single server and the fleet)."""
+        conn.execute("TRUNCATE t2")
+        self.b.execute("CHECKPOINT")
+        self.f.execute("CHECKPOINT")
+        for node in sorted({s.node for s in table_shards(self.fleet, "public.t2").shards}):
+            with self.pool.conn(node) as wc:
+                wc.execute("CHECKPOINT")
+
     def writes(self) -> None:
         n = min(self.cfg.copy_rows, self.cfg.rows)
         b, f = self.b, self.f
 
         def ins(conn: Conn) -> Callable[[], float]:
             def go() -> float:
-                conn.execute("TRUNCATE t2")
+                self._fresh_t2(conn)
                 return _timed(lambda: conn.execute("INSERT INTO t2 SELECT * FROM t WHERE id <= %s", (n,)))
             return go
 
         def ins_fast() -> float:
-            self.f.execute("TRUNCATE t2")
+            self._fresh_t2(self.f)
             return _timed(lambda: fanout(self.fleet, "INSERT INTO {t2} SELECT * FROM {t} WHERE id <= %s",
                                          {"t2": "public.t2", "t": "public.t"}, [n], write=True, pool=self.pool))
 
@@ -407,7 +417,7 @@ class Bench:
 
         def copy_text(conn: Conn) -> Callable[[], float]:
             def go() -> float:
-                conn.execute("TRUNCATE t2")
+                self._fresh_t2(conn)
 
                 def body() -> None:  # what psql's \copy of a file does: the data as it is, in pieces
                     with conn.cursor().copy("COPY t2 (id, grp, val, pad) FROM STDIN") as cp:
@@ -417,7 +427,7 @@ class Bench:
             return go
 
         def copy_text_fast() -> float:
-            self.f.execute("TRUNCATE t2")
+            self._fresh_t2(self.f)
             return _timed(lambda: load_copy(self.fleet, "public.t2", text, pool=self.pool))
 
         res = self.add(Result(f"COPY {n:,} rows", "s", 1.15, "1.15×",
@@ -428,7 +438,7 @@ class Bench:
 
         def copy(conn: Conn) -> Callable[[], float]:
             def go() -> float:
-                conn.execute("TRUNCATE t2")
+                self._fresh_t2(conn)
 
                 def body() -> None:
                     with conn.cursor().copy("COPY t2 (id, grp, val, pad) FROM STDIN") as cp:
@@ -438,7 +448,7 @@ class Bench:
             return go
 
         def copy_fast() -> float:
-            self.f.execute("TRUNCATE t2")
+            self._fresh_t2(self.f)
             return _timed(lambda: load(self.fleet, "public.t2", rows, ["id", "grp", "val", "pad"], pool=self.pool))
 
         res = self.add(Result(f"COPY {n:,} rows from Python tuples", "s", None, "(not in issue table)",

@@ -141,6 +141,11 @@ class Fleet:
         return Endpoint(name=node.name, host=node.host, port=node.port, dbname=node.dbname,
                         user=options.get("user", node.username), password=options.get("password"))
 
+    def current_endpoint(self, name: str) -> Endpoint | None:
+        """The catalog's address of node ``name`` now (it changes when a standby is promoted)."""
+        node = next((n for n in self.topology().nodes if n.name == name), None)
+        return self.endpoint(node) if node is not None else None
+
     def worker_conn(self, node: Node, *, autocommit: bool = True,
                     canonical: bool = False) -> Conn:
         return connect(self.endpoint(node), autocommit=autocommit, canonical=canonical)

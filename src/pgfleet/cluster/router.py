@@ -24,7 +24,7 @@ import psycopg
 from psycopg import sql
 
 from .. import hashing
-from ..errors import SpecError
+from ..errors import PgfleetError, SpecError
 from ..execute.connect import Conn, Endpoint, connect
 from ..plan.tables import ident
 from ..spec import QualifiedName, parse_name
@@ -41,6 +41,20 @@ class Route:
     node: str | None
     names: Mapping[str, sql.Composable]
     key: tuple[object, ...] = ()  # identifies the names, for caching rendered statements
+
+
+def _connect_worker(fleet: Fleet, endpoints: dict[str, Endpoint], node: str, **kwargs: Any) -> Conn:
+    """A new connection to worker ``node`` at the address the catalog gives now: after a failover the
+    node's primary is another server, and a connection to the old address must not be reused. When the
+    coordinator cannot be asked, the last known address is used."""
+    try:
+        current = fleet.current_endpoint(node)
+        if current is not None:
+            endpoints[node] = current
+    except (PgfleetError, psycopg.Error) as exc:
+        log.warning("cannot refresh the address of %s from the coordinator (%s); using %s",
+                    node, str(exc).splitlines()[0] if str(exc) else type(exc).__name__, endpoints[node].address)
+    return connect(endpoints[node], **kwargs)
 
 
 class Router:
@@ -152,8 +166,8 @@ class Router:
     def _conn(self, node: str | None) -> Conn:
         name = node or ""
         conn = self._conns.get(name)
-        if conn is None or conn.closed:
-            conn = connect(self._endpoints[node]) if node else self.fleet.new_coordinator_conn()
+        if conn is None or conn.closed:  # a connection broken by a failover is closed: reconnect
+            conn = _connect_worker(self.fleet, self._endpoints, node) if node else self.fleet.new_coordinator_conn()
             if self.simple:
                 conn.cursor_factory = psycopg.ClientCursor
             self._conns[name] = conn
@@ -242,7 +256,7 @@ class ShardPool:
             idle = self._idle.setdefault(node, [])
             conn = idle.pop() if idle else None
         if conn is None or conn.closed:
-            conn = connect(self._endpoints[node], autocommit=autocommit, settings=FANOUT_SETTINGS)
+            conn = _connect_worker(self.fleet, self._endpoints, node, autocommit=autocommit, settings=FANOUT_SETTINGS)
         else:
             conn.autocommit = autocommit
         try:
