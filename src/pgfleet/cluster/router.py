@@ -261,8 +261,15 @@ class ShardPool:
             conn.autocommit = autocommit
         try:
             yield conn
-        except BaseException:
+        except BaseException as exc:
             conn.close()
+            if isinstance(exc, psycopg.OperationalError):
+                # The server went away (a failover, a restart): its other idle connections are broken
+                # too. Drop them, so that the next call connects to the address the catalog gives now.
+                with self._lock:
+                    stale = self._idle.pop(node, [])
+                for other in stale:
+                    other.close()
             raise
         if conn.info.transaction_status != psycopg.pq.TransactionStatus.IDLE:
             conn.rollback()
