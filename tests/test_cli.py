@@ -61,7 +61,9 @@ def test_life_cycle(base_dir: Path) -> None:
     _one_line_error(pgfleet_cli("load", "nope", str(csv_file), directory=d), r"table nope does not exist")
     _one_line_error(pgfleet_cli("load", "kept", "-", "--columns", "id,w", directory=d, input="1\tx\n"),
                     r"table kept has no column w")
-    dup = pgfleet_cli("load", "kept", "-", directory=d, input="6\tf\n3\tagain\n")
+    # every shard meets a duplicate early, while more data is still being sent: one error line all the same
+    many = "1\tx\n2\ty\n3\tz\n4\tw\n" + "".join(f"{i}\t{'v' * 40}\n" for i in range(100, 40000))
+    dup = pgfleet_cli("load", "kept", "-", directory=d, input=many)
     _one_line_error(dup, r"duplicate key value")
     with psycopg.connect(dsn.stdout.strip()) as conn:
         assert conn.execute("SELECT id, v FROM kept ORDER BY id").fetchall() == [

@@ -238,6 +238,14 @@ def _load_via_coordinator(fleet: Fleet, name: object, source: bytes | BinaryIO, 
         return max(cur.rowcount, 0)
 
 
+class _AbortedCopies(logging.Filter):
+    """When one shard's COPY fails, the others are ended with CopyFail, and psycopg logs a warning for
+    each ("error ignored terminating …"). The first error is what the caller gets; these are noise."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not str(record.msg).startswith("error ignored terminating")
+
+
 def _load_into_shards(fleet: Fleet, dist: DistTable, source: bytes | BinaryIO, columns: list[str], fmt: CopyFormat,
                       pool: ShardPool | None, progress: LoadProgress | None, total: int | None,
                       chunk_bytes: int) -> tuple[int, int]:
@@ -248,8 +256,12 @@ def _load_into_shards(fleet: Fleet, dist: DistTable, source: bytes | BinaryIO, c
     options = copy_options(fmt, header=False)
     tag = uuid.uuid4().hex[:12]
     prepared: list[tuple[str, str]] = []
+    quiet = _AbortedCopies()
+    psycopg_log = logging.getLogger("psycopg")
     with _pool_or_temporary(fleet, pool) as shard_pool:
         with ExitStack() as conns:
+            psycopg_log.addFilter(quiet)
+            conns.callback(psycopg_log.removeFilter, quiet)
             opened = [conns.enter_context(shard_pool.conn(s.node, autocommit=False)) for s in shards]
             cursors = [c.cursor() for c in opened]
             with ExitStack() as copies:
