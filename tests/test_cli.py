@@ -59,6 +59,8 @@ def test_life_cycle(base_dir: Path) -> None:
     assert piped.returncode == 0 and "loaded 1 rows" in piped.stdout, piped.stderr
     _one_line_error(pgfleet_cli("load", "kept", str(d / "absent.csv"), directory=d), r"cannot read .*absent.csv")
     _one_line_error(pgfleet_cli("load", "nope", str(csv_file), directory=d), r"table nope does not exist")
+    _one_line_error(pgfleet_cli("load", "kept", str(csv_file), "--delimiter", "ab", directory=d),
+                    r"the delimiter must be one single-byte character")
     _one_line_error(pgfleet_cli("load", "kept", "-", "--columns", "id,w", directory=d, input="1\tx\n"),
                     r"table kept has no column w")
     # every shard meets a duplicate early, while more data is still being sent: one error line all the same

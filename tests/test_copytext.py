@@ -9,7 +9,17 @@ import random
 import numpy as np
 import pytest
 
-from pgfleet.copytext import CannotSplit, CopyFormat, complete_prefix, key_starts, parse_ints, records, split
+from pgfleet.copytext import (
+    CannotSplit,
+    CopyFormat,
+    complete_prefix,
+    delimiters,
+    key_starts,
+    parse_ints,
+    records,
+    split,
+)
+from pgfleet.errors import SpecError
 
 TEXT = CopyFormat()
 CSV = CopyFormat(csv=True)
@@ -17,7 +27,7 @@ CSV = CopyFormat(csv=True)
 
 def keys_of(data: bytes, column: int, fmt: CopyFormat) -> list[int]:
     recs = records(data, fmt)
-    return parse_ints(data, key_starts(data, recs, column, fmt), fmt).tolist()
+    return parse_ints(data, key_starts(data, recs, column, delimiters(data, recs, fmt)), fmt).tolist()
 
 
 def test_text_keys_in_any_column() -> None:
@@ -95,5 +105,5 @@ def test_split_keeps_order_and_every_byte() -> None:
 
 def test_delimiter_validation() -> None:
     assert CopyFormat(delimiter="|").delim == ord("|")
-    with pytest.raises(ValueError, match="single-byte"):
-        _ = CopyFormat(delimiter="ab").delim
+    with pytest.raises(SpecError, match="single-byte"):
+        CopyFormat(delimiter="ab")

@@ -18,6 +18,8 @@ import numpy as np
 import numpy.typing as npt
 from numpy.lib.stride_tricks import sliding_window_view
 
+from .errors import SpecError
+
 Ints = npt.NDArray[np.int64]
 
 NEWLINE, QUOTE, BACKSLASH, CR, MINUS, ZERO = 10, 34, 92, 13, 45, 48
@@ -33,16 +35,20 @@ class CannotSplit(Exception):
 class CopyFormat:
     csv: bool = False
     delimiter: str | None = None  # default: tab for text, comma for CSV
-    header: bool = False  # CSV only: the first record names the columns
+    header: bool = False  # the first record names the columns
+
+    def __post_init__(self) -> None:
+        raw = self._delimiter().encode()
+        if len(raw) != 1 or raw in (b"\n", b"\r", b"\\", b'"'):
+            raise SpecError(f"the delimiter must be one single-byte character other than newline, "
+                            f"carriage return, backslash and quote, not {self._delimiter()!r}")
+
+    def _delimiter(self) -> str:
+        return self.delimiter if self.delimiter is not None else ("," if self.csv else "\t")
 
     @property
     def delim(self) -> int:
-        d = self.delimiter if self.delimiter is not None else ("," if self.csv else "\t")
-        raw = d.encode()
-        if len(raw) != 1 or raw in (b"\n", b"\r", b"\\", b'"'):
-            raise ValueError(f"the delimiter must be one single-byte character other than newline, "
-                             f"carriage return, backslash and quote, not {d!r}")
-        return raw[0]
+        return self._delimiter().encode()[0]
 
 
 @dataclass(frozen=True)
@@ -102,14 +108,21 @@ def records(data: bytes, fmt: CopyFormat) -> Records:
     return Records(starts, newlines.astype(np.int64), parity, simple)
 
 
-def key_starts(data: bytes, recs: Records, column: int, fmt: CopyFormat) -> Ints:
-    """Where field number ``column`` (0-based) begins in every record."""
+def delimiters(data: bytes, recs: Records, fmt: CopyFormat) -> Ints:
+    """Positions of the field delimiters (in CSV, those outside quotes: inside quotes they are data)."""
+    delims = np.flatnonzero(np.frombuffer(data, dtype=np.uint8) == fmt.delim)
+    if recs.parity is not None and len(delims):
+        delims = delims[(recs.parity[delims] & 1) == 0]
+    return delims.astype(np.int64)
+
+
+def key_starts(data: bytes, recs: Records, column: int, delims: Ints | None) -> Ints:
+    """Where field number ``column`` (0-based) begins in every record (``delims`` from delimiters(),
+    not needed for the first column)."""
     if column == 0:
         return recs.starts
-    buf = np.frombuffer(data, dtype=np.uint8)
-    delims = np.flatnonzero(buf == fmt.delim)
-    if recs.parity is not None and len(delims):
-        delims = delims[(recs.parity[delims] & 1) == 0]  # a delimiter inside quotes is data
+    if delims is None:
+        raise ValueError("key_starts needs the delimiters for a column other than the first")
     nth = np.searchsorted(delims, recs.starts) + (column - 1)
     if len(nth) and int(nth.max()) >= len(delims):
         raise CannotSplit(f"a record has fewer than {column + 1} fields")
@@ -167,15 +180,11 @@ def split(data: bytes, recs: Records, target: npt.NDArray[np.integer], count: in
     return out
 
 
-def key_texts(data: bytes, recs: Records, begin: Ints, fmt: CopyFormat) -> list[bytes]:
+def key_texts(data: bytes, recs: Records, begin: Ints, fmt: CopyFormat, delims: Ints) -> list[bytes]:
     """The key field of every record as raw text (CSV quotes removed), for list tables. A field with a
     backslash (text format) or an inner quote (CSV) would need decoding: CannotSplit."""
-    buf = np.frombuffer(data, dtype=np.uint8)
-    delims = np.flatnonzero(buf == fmt.delim)
-    if recs.parity is not None and len(delims):
-        delims = delims[(recs.parity[delims] & 1) == 0]
     nxt = np.searchsorted(delims, begin)
-    ends = np.minimum(np.append(delims, len(buf))[nxt], recs.ends)
+    ends = np.minimum(np.append(delims, len(data))[nxt], recs.ends)
     out = [data[s:e] for s, e in zip(begin.tolist(), ends.tolist(), strict=True)]
     if fmt.csv:
         out = [f[1:-1] if len(f) >= 2 and f[0] == QUOTE and f[-1] == QUOTE else f for f in out]

@@ -303,11 +303,7 @@ def load_cmd(ctx: click.Context, table: str, file: str, as_csv: bool, header: bo
     from ..cluster.loader import load_copy
     from ..copytext import CopyFormat
 
-    fmt = CopyFormat(csv=as_csv, delimiter=delimiter, header=header)
-    try:
-        fmt.delim  # noqa: B018 -- validated before anything is read
-    except ValueError as exc:
-        raise SpecError(f"--delimiter: {exc}") from None
+    fmt = CopyFormat(csv=as_csv, delimiter=delimiter, header=header)  # SpecError for a bad delimiter
     cols = [parse_column(c.strip()) for c in columns.split(",") if c.strip()] if columns else None
     try:
         source = sys.stdin.buffer if file == "-" else open(file, "rb")  # noqa: SIM115 -- closed below

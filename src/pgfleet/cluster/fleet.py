@@ -19,7 +19,7 @@ from ..execute import Endpoint, connect, describe_error
 from ..execute.connect import Conn
 from ..spec import DistributeSpec, ReferenceSpec
 from ..topology.model import Node, Topology
-from ..topology.read import catalog_installed, read_topology
+from ..topology.read import catalog_installed, read_node, read_topology
 from .local import LocalCluster
 
 log = logging.getLogger(__name__)
@@ -143,7 +143,7 @@ class Fleet:
 
     def current_endpoint(self, name: str) -> Endpoint | None:
         """The catalog's address of node ``name`` now (it changes when a standby is promoted)."""
-        node = next((n for n in self.topology().nodes if n.name == name), None)
+        node = read_node(self.conn(), name)
         return self.endpoint(node) if node is not None else None
 
     def worker_conn(self, node: Node, *, autocommit: bool = True,

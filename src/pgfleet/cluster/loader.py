@@ -33,8 +33,9 @@ from .. import copytext, hashing
 from ..copytext import CannotSplit, CopyFormat
 from ..errors import SpecError
 from ..plan.tables import ident
-from ..spec import parse_name
+from ..spec import QualifiedName, parse_name
 from ..topology.model import DistTable, Shard
+from ..topology.read import column_type, resolve_table, table_columns
 from .fleet import Fleet
 from .router import ShardPool, _pool_or_temporary
 
@@ -60,18 +61,6 @@ def copy_options(fmt: CopyFormat, *, header: bool) -> sql.Composable:
     if header:
         parts.append(sql.SQL("HEADER true"))
     return sql.SQL(", ").join(parts)
-
-
-def _table_columns(fleet: Fleet, oid: int) -> list[str]:
-    return [str(r[0]) for r in fleet.conn().execute(
-        "SELECT attname FROM pg_attribute WHERE attrelid = %s AND attnum > 0 AND NOT attisdropped "
-        "AND attgenerated = '' ORDER BY attnum", (oid,)).fetchall()]
-
-
-def _key_type(fleet: Fleet, dist: DistTable) -> str:
-    row = fleet.conn().execute("SELECT format_type(atttypid, atttypmod) FROM pg_attribute "
-                               "WHERE attrelid = %s AND attname = %s", (dist.oid, dist.key)).fetchone()
-    return str(row[0]) if row else ""
 
 
 class _Targets:
@@ -101,13 +90,16 @@ class _Targets:
             raise CannotSplit(f"{dist.method} tables are loaded through the coordinator")
 
     def __call__(self, chunk: bytes, recs: copytext.Records, column: int, fmt: CopyFormat) -> npt.NDArray[np.int64]:
-        begin = copytext.key_starts(chunk, recs, column, fmt)
-        if self.method == "list":
-            found = [self.by_value.get(v, -1) for v in copytext.key_texts(chunk, recs, begin, fmt)]
+        if self.method == "list":  # the key's end is needed too: the delimiters are scanned once for both
+            delims = copytext.delimiters(chunk, recs, fmt)
+            begin = copytext.key_starts(chunk, recs, column, delims)
+            found = [self.by_value.get(v, -1) for v in copytext.key_texts(chunk, recs, begin, fmt, delims)]
             out = np.array(found, dtype=np.int64)
             if np.any(out < 0):
                 raise CannotSplit("a key that is in no list shard")
             return out
+        # integer keys end where their digits do: the first column needs no delimiter scan at all
+        begin = copytext.key_starts(chunk, recs, column, copytext.delimiters(chunk, recs, fmt) if column else None)
         keys = copytext.parse_ints(chunk, begin, fmt)
         if self.method == "hash":
             hashed: npt.NDArray[np.int64] = self.by_remainder[hashing.remainders(keys, self.modulus, self.key_type)]
@@ -185,14 +177,10 @@ def load_copy(fleet: Fleet, table: str, source: bytes | BinaryIO, *, columns: li
     key are loaded straight into the shards; anything else goes through the coordinator.
     """
     fmt = fmt or CopyFormat()
-    fmt.delim  # noqa: B018 -- validates the delimiter before anything is sent
     started = time.monotonic()
     name = parse_name(table)
-    row = fleet.conn().execute("SELECT to_regclass(%s)::oid", (str(name),)).fetchone()
-    if row is None or row[0] is None:
-        raise SpecError(f"table {table} does not exist on the coordinator", hint="check the name (pgfleet status lists tables)")
-    oid = int(row[0])
-    all_columns = _table_columns(fleet, oid)
+    oid = resolve_table(fleet.conn(), name)
+    all_columns = table_columns(fleet.conn(), oid)
     columns = list(columns) if columns else all_columns
     unknown = [c for c in columns if c not in all_columns]
     if unknown:
@@ -223,10 +211,10 @@ def load_copy(fleet: Fleet, table: str, source: bytes | BinaryIO, *, columns: li
     return LoadResult(rows, "coordinator", reason, 0, time.monotonic() - started)
 
 
-def _load_via_coordinator(fleet: Fleet, name: object, source: bytes | BinaryIO, columns: list[str], fmt: CopyFormat,
+def _load_via_coordinator(fleet: Fleet, name: QualifiedName, source: bytes | BinaryIO, columns: list[str], fmt: CopyFormat,
                           progress: LoadProgress | None, total: int | None, chunk_bytes: int) -> int:
     statement = sql.SQL("COPY {} ({}) FROM STDIN ({})").format(
-        ident(parse_name(str(name))), sql.SQL(", ").join(map(sql.Identifier, columns)), copy_options(fmt, header=fmt.header))
+        ident(name), sql.SQL(", ").join(map(sql.Identifier, columns)), copy_options(fmt, header=fmt.header))
     done = 0
     with fleet.new_coordinator_conn() as conn, conn.transaction(), conn.cursor() as cur:
         with cur.copy(statement) as cp:
@@ -250,7 +238,7 @@ def _load_into_shards(fleet: Fleet, dist: DistTable, source: bytes | BinaryIO, c
                       pool: ShardPool | None, progress: LoadProgress | None, total: int | None,
                       chunk_bytes: int) -> tuple[int, int]:
     shards = sorted(dist.shards, key=lambda s: s.index)
-    targets = _Targets(dist, shards, _key_type(fleet, dist))
+    targets = _Targets(dist, shards, column_type(fleet.conn(), dist.oid, str(dist.key)))
     column = columns.index(str(dist.key))
     cols = sql.SQL(", ").join(map(sql.Identifier, columns))
     options = copy_options(fmt, header=False)

@@ -29,6 +29,7 @@ from ..execute.connect import Conn, Endpoint, connect
 from ..plan.tables import ident
 from ..spec import QualifiedName, parse_name
 from ..topology.model import DistTable, Shard, Topology
+from ..topology.read import column_type, table_columns
 from .fleet import Fleet
 
 log = logging.getLogger(__name__)
@@ -73,9 +74,7 @@ class Router:
         conn = fleet.conn()
         for t in topo.tables:
             if t.key:
-                row = conn.execute("SELECT format_type(atttypid, atttypmod) FROM pg_attribute "
-                                   "WHERE attrelid = %s AND attname = %s", (t.oid, t.key)).fetchone()
-                self._key_types[t.name] = str(row[0]) if row else ""
+                self._key_types[t.name] = column_type(conn, t.oid, t.key)
         self._endpoints: dict[str, Endpoint] = {n.name: fleet.endpoint(n) for n in topo.workers}
         self._conns: dict[str, Conn] = {}
         # Routing tables computed once: hash remainder → shard, shards by index.
@@ -451,9 +450,7 @@ def load(fleet: Fleet, table: str, rows: Sequence[Sequence[Any]], columns: Seque
     if dist.method == "reference" or dist.key is None:
         raise SpecError(f"{table} is a reference table", hint="load it through the coordinator (COPY)")
     if columns is None:
-        columns = [str(r[0]) for r in fleet.conn().execute(
-            "SELECT attname FROM pg_attribute WHERE attrelid = %s AND attnum > 0 AND NOT attisdropped "
-            "AND attgenerated = '' ORDER BY attnum", (dist.oid,)).fetchall()]
+        columns = table_columns(fleet.conn(), dist.oid)
     if dist.key not in columns:
         raise SpecError(f"the rows must include the distribution key {dist.key}",
                         hint="give the key values, or load through the coordinator so its default fills them")

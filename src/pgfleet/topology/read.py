@@ -126,10 +126,32 @@ def hash_function(conn: Conn, type_name: str) -> str:
     return str(row[0])
 
 
+NODE_COLUMNS = "name, role, host, port, dbname, username, kind"
+
+
+def read_node(conn: Conn, name: str) -> Node | None:
+    """One node of the catalog, as it is now (a failover changes its address)."""
+    row = conn.execute(f"SELECT {NODE_COLUMNS} FROM pgfleet.nodes WHERE name = %s", (name,)).fetchone()
+    return Node(*row) if row else None
+
+
+def table_columns(conn: Conn, oid: int) -> list[str]:
+    """The columns a COPY without a column list fills, in table order (generated ones excluded)."""
+    return [str(r[0]) for r in conn.execute(
+        "SELECT attname FROM pg_attribute WHERE attrelid = %s AND attnum > 0 AND NOT attisdropped "
+        "AND attgenerated = '' ORDER BY attnum", (oid,)).fetchall()]
+
+
+def column_type(conn: Conn, oid: int, column: str) -> str:
+    """format_type of a column ('' when there is no such column)."""
+    row = conn.execute("SELECT format_type(atttypid, atttypmod) FROM pg_attribute "
+                       "WHERE attrelid = %s AND attname = %s", (oid, column)).fetchone()
+    return str(row[0]) if row else ""
+
+
 def read_topology(conn: Conn) -> Topology:
     nodes = tuple(Node(*r) for r in conn.execute(
-        "SELECT name, role, host, port, dbname, username, kind FROM pgfleet.nodes "
-        "ORDER BY role <> 'coordinator', name").fetchall())
+        f"SELECT {NODE_COLUMNS} FROM pgfleet.nodes ORDER BY role <> 'coordinator', name").fetchall())
     shards_by_table: dict[int, list[Shard]] = {}
     for r in conn.execute(
             "SELECT shard_id, relid::bigint, shard_index, node, shard_schema, shard_table, foreign_schema, "
