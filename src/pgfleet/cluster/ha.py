@@ -26,7 +26,8 @@ from psycopg import sql
 
 from ..errors import NodeError, PgfleetError, SpecError, TopologyError
 from ..execute.connect import Conn, Endpoint, connect
-from ..node.server import LocalServer, free_ports
+from ..node.ports import claim_ports, release_ports
+from ..node.server import LocalServer
 from ..plan.failover import GroupSeen, StandbySeen, decide
 from .local import LocalCluster, LocalNode
 
@@ -149,7 +150,7 @@ def add_standby(local: LocalCluster, group: str, *, sync: bool = True, say: Say 
     while f"{group}_s{index}" in used:
         index += 1
     name = f"{group}_s{index}"
-    port = free_ports(1, start=max(n.port for n in local.spec.nodes) + 1)[0]
+    port = claim_ports(1, local.directory, start=max(n.port for n in local.spec.nodes) + 1)[0]
     member = LocalNode(name=name, role=primary.role, port=port, password=primary.password, group=group, sync=sync)
     server = LocalServer(name=name, home=local.directory / "nodes" / name, port=port, binaries=local.binaries,
                          run_as=local.run_as)
@@ -171,6 +172,7 @@ def add_standby(local: LocalCluster, group: str, *, sync: bool = True, say: Say 
         with contextlib.suppress(PgfleetError):
             server.stop(mode="immediate")
         shutil.rmtree(server.home, ignore_errors=True)
+        release_ports([port], local.directory)
         with contextlib.suppress(psycopg.Error):
             conn.execute("SELECT pg_drop_replication_slot(%s) FROM pg_replication_slots WHERE slot_name = %s",
                          (name, name))

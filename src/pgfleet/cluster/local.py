@@ -15,11 +15,12 @@ from collections.abc import Callable
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
-from ..errors import ClusterError, NodeError, PgfleetError
+from ..errors import ClusterError, PgfleetError
 from ..execute import Endpoint
 from ..node import binaries as binmod
 from ..node.osuser import check_traversable, server_account
-from ..node.server import LocalServer, free_ports, port_is_free
+from ..node.ports import claim_port, claim_ports, release_ports
+from ..node.server import LocalServer
 from ..proc import RunAs
 import contextlib
 
@@ -170,10 +171,10 @@ class LocalCluster:
         try:
             check_traversable(str(directory), run_as)
             bins = binmod.reachable_by(bins, run_as, Path("/opt/pgfleet"))
-            if port is not None and not port_is_free(port):
-                raise NodeError(f"port {port} on 127.0.0.1 is in use", hint="choose another --port")
-            first = [port] if port is not None else free_ports(1)
-            ports = first + free_ports(workers, start=first[0] + 1, avoid=first)
+            if port is not None:
+                claim_port(port, directory)
+            first = [port] if port is not None else claim_ports(1, directory)
+            ports = first + claim_ports(workers, directory, start=first[0] + 1, avoid=first)
             names = [COORDINATOR] + [f"w{i}" for i in range(1, workers + 1)]
             nodes = tuple(LocalNode(name=n, role="coordinator" if i == 0 else "worker", port=p,
                                     password=secrets.token_urlsafe(24))
@@ -199,6 +200,9 @@ class LocalCluster:
                 server = LocalServer(name=home.name, home=home, port=0, binaries=bins, run_as=run_as)
                 with contextlib.suppress(PgfleetError):
                     server.stop(mode="immediate")
+        with contextlib.suppress(OSError, ClusterError):
+            spec = ClusterFile.from_json((directory / FILE_NAME).read_text(), directory / FILE_NAME)
+            release_ports([n.port for n in spec.nodes], directory)
         if created_dir:
             shutil.rmtree(directory, ignore_errors=True)
         else:
@@ -278,6 +282,7 @@ class LocalCluster:
             with contextlib.suppress(PgfleetError):
                 self.server(node.name).stop(mode="immediate")
         shutil.rmtree(self.directory, ignore_errors=True)
+        release_ports([n.port for n in self.spec.nodes], self.directory)
 
     def endpoint(self, name: str) -> Endpoint:
         """How to reach a group's current primary (or a member, by its own name)."""

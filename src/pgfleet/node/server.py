@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import logging
 import os
-import socket
 import tempfile
 import time
 from collections.abc import Iterable
@@ -19,6 +18,7 @@ from ..errors import NodeError
 from ..proc import RunAs, run
 from .binaries import Binaries
 from .osuser import give_to
+from .ports import port_is_free
 import contextlib
 
 log = logging.getLogger(__name__)
@@ -64,30 +64,6 @@ host    all             all             ::1/128                 scram-sha-256
 host    replication     all             127.0.0.1/32            scram-sha-256
 host    replication     all             ::1/128                 scram-sha-256
 """
-
-
-def port_is_free(port: int, host: str = "127.0.0.1") -> bool:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        try:
-            sock.bind((host, port))
-        except OSError:
-            return False
-    return True
-
-
-def free_ports(count: int, start: int = 5432, avoid: Iterable[int] = ()) -> list[int]:
-    """``count`` free loopback ports, scanning upward from ``start``."""
-    taken = set(avoid)
-    ports: list[int] = []
-    port = start
-    while len(ports) < count and port < 65535:
-        if port not in taken and port_is_free(port):
-            ports.append(port)
-        port += 1
-    if len(ports) < count:
-        raise NodeError(f"could not find {count} free loopback ports above {start}")
-    return ports
 
 
 @dataclass(frozen=True)
