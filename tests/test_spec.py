@@ -49,3 +49,20 @@ def test_shard_count_range() -> None:
     with pytest.raises(SpecError):
         HashSpec(0)
     assert HashSpec(32).shard_count == 32
+
+
+def test_range_order_by_rank() -> None:
+    from pgfleet.spec import RangeShard, RangeSpec
+    from pgfleet.spec.distribution import check_list_distinct, check_range_order
+
+    with pytest.raises(SpecError, match="range bound 1000 is given twice"):
+        parse_range_bounds("min,1000,1000,max")
+    spec = parse_range_bounds("min,b,a,max")
+    with pytest.raises(SpecError, match="not ascending: b comes before a"):
+        check_range_order(spec.shards, {"a": 1, "b": 2})
+    check_range_order(spec.shards, {"a": 2, "b": 1})  # the key type's order decides, not Python's
+    gap = RangeSpec((RangeShard("0", "10"), RangeShard("5", "20")))
+    with pytest.raises(SpecError, match=r"ranges overlap: \[0, 10\) and \[5, 20\)"):
+        check_range_order(gap.shards, {"0": 1, "5": 2, "10": 3, "20": 4})
+    with pytest.raises(SpecError, match="'1' and '01' are the same value"):
+        check_list_distinct(parse_list_arg(["1=w1", "01=w2"]).shards, {"1": 1, "01": 1})

@@ -25,9 +25,10 @@ from psycopg import sql
 from ..errors import ExecuteError, PgfleetError, SpecError, TopologyError
 from ..execute.connect import CANONICAL_SETTINGS, Conn, describe_error
 from ..plan import layout, tables
-from ..spec import DistributeSpec, QualifiedName, ReferenceSpec
+from ..spec import DistributeSpec, ListSpec, QualifiedName, RangeSpec, ReferenceSpec
 from ..topology.model import Shard, TableDef
 from ..topology.read import hash_function, resolve_table, table_def
+from .bounds import check_bounds
 from .fleet import Fleet
 
 log = logging.getLogger(__name__)
@@ -301,6 +302,8 @@ def _distribute(fleet: Fleet, spec: DistributeSpec, progress: Progress | None) -
     else:
         assert spec.method is not None
         method = layout.method_name(spec.method)
+        if isinstance(spec.method, RangeSpec | ListSpec):
+            check_bounds(conn, key, spec.method)
     hashfn = hash_function(conn, key.type) if method == "hash" else None
     workers = [w.name for w in topo.workers]
     if colocated is not None:
@@ -308,6 +311,7 @@ def _distribute(fleet: Fleet, spec: DistributeSpec, progress: Progress | None) -
     else:
         assert spec.method is not None
         count = layout.shard_count(spec.method)
+    layout.check_nodes(spec, workers)
     shard_ids = _alloc_ids(conn, count)
     shards = layout.layout_shards(table, spec, workers, shard_ids, colocated)
     schema = table.name.schema or "public"

@@ -80,6 +80,15 @@ def round_robin(count: int, nodes: Sequence[str]) -> list[str]:
     return [nodes[i % len(nodes)] for i in range(count)]
 
 
+def check_nodes(spec: DistributeSpec, workers: Sequence[str]) -> None:
+    """Every node the spec names (--nodes, or a range or list shard's node) is a worker."""
+    named = list(spec.nodes or ())
+    if isinstance(spec.method, RangeSpec | ListSpec):
+        named += [s.node for s in spec.method.shards if s.node is not None]
+    for node in named:
+        _known(node, workers)
+
+
 def layout_shards(table: TableDef, spec: DistributeSpec, workers: Sequence[str], shard_ids: Sequence[int],
                   colocated: DistTable | None = None) -> tuple[Shard, ...]:
     """The shards of ``table``: bounds, node, and names on the worker and on the coordinator."""
@@ -91,9 +100,7 @@ def layout_shards(table: TableDef, spec: DistributeSpec, workers: Sequence[str],
         return Shard(shard_id=sid, table_oid=table.oid, index=i, node=node, shard_schema=schema, shard_table=name,
                      foreign_schema=SHARD_SCHEMA, foreign_table=name, **bound)  # type: ignore[arg-type]
 
-    unknown = [n for n in (spec.nodes or ()) if n not in workers]
-    if unknown:
-        raise SpecError(f"unknown node {unknown[0]!r}", hint=f"workers are: {', '.join(workers) or 'none'}")
+    check_nodes(spec, workers)
     if colocated is not None:
         shards = sorted(colocated.shards, key=lambda s: s.index)
         if len(shard_ids) < len(shards):

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import re
+from collections.abc import Mapping
 from dataclasses import dataclass
+from itertools import pairwise
 
 from ..errors import SpecError
 
@@ -107,6 +109,9 @@ class RangeShard:
     node: str | None = None
 
 
+ORDER_HINT = "list the bounds in ascending order, each once, e.g. min,1000,2000,max"
+
+
 @dataclass(frozen=True)
 class RangeSpec:
     shards: tuple[RangeShard, ...]
@@ -119,6 +124,41 @@ class RangeSpec:
                 raise SpecError("only the first range may start at MINVALUE and only the last end at MAXVALUE")
         if self.shards[0].upper is None and len(self.shards) > 1:
             raise SpecError("only the last range may end at MAXVALUE")
+        for shard in self.shards:
+            if shard.lower is not None and shard.lower == shard.upper:
+                raise SpecError(f"range bound {shard.lower} is given twice: the range [{shard.lower}, {shard.upper}) "
+                                "would be empty", hint=ORDER_HINT)
+
+
+def check_range_order(shards: tuple[RangeShard, ...], rank: Mapping[str, int]) -> None:
+    """Ranges must be non-empty and ascending: each lower bound below its upper bound, each upper bound at
+    most the next range's lower bound. ``rank`` orders every finite bound as the key's type does (equal
+    values, such as 01 and 1 for an integer key, have equal ranks); the coordinator computes it before
+    anything is created."""
+    for shard in shards:
+        if shard.lower is None or shard.upper is None:
+            continue
+        if rank[shard.lower] == rank[shard.upper]:
+            raise SpecError(f"range bounds {shard.lower} and {shard.upper} are the same value: the range "
+                            f"[{shard.lower}, {shard.upper}) would be empty", hint=ORDER_HINT)
+        if rank[shard.lower] > rank[shard.upper]:
+            raise SpecError(f"range bounds are not ascending: {shard.lower} comes before {shard.upper}",
+                            hint=ORDER_HINT)
+    for first, second in pairwise(shards):
+        if first.upper is not None and second.lower is not None and rank[first.upper] > rank[second.lower]:
+            raise SpecError(f"ranges overlap: [{first.lower}, {first.upper}) and [{second.lower}, {second.upper})",
+                            hint=ORDER_HINT)
+
+
+def check_list_distinct(shards: tuple[ListShard, ...], rank: Mapping[str, int]) -> None:
+    """No value may belong to two list shards, also when spelled differently (01 and 1 for an integer key)."""
+    seen: dict[int, str] = {}
+    for shard in shards:
+        for value in shard.values:
+            other = seen.setdefault(rank[value], value)
+            if other != value:
+                raise SpecError(f"list values {other!r} and {value!r} are the same value of the key",
+                                hint="each value belongs to one site; give it once")
 
 
 @dataclass(frozen=True)
