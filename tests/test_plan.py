@@ -47,7 +47,7 @@ def test_shard_table_carries_columns_constraints_indexes_and_rule() -> None:
                   modulus=8, remainder=1)
     stmts = [render(s) for s in shard_table_ddl(PRODUCTS, shard.shard_name,
                                                 rule=shard_rule("id", shard, "hashint8extended"),
-                                                index_suffix="_102001", shard_id=102001)]
+                                                shard_id=102001)]
     assert stmts[0] == 'CREATE SCHEMA IF NOT EXISTS "public"'
     create = stmts[1]
     assert create.startswith('CREATE TABLE "public"."products_102001" ("id" bigint NOT NULL, "name" text NOT NULL, '

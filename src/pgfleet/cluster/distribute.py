@@ -329,7 +329,7 @@ def _distribute(fleet: Fleet, spec: DistributeSpec, progress: Progress | None) -
             _create_on_workers(
                 wconns, _by_node(shards),
                 lambda sh: tables.shard_table_ddl(table, sh.shard_name, rule=tables.shard_rule(key.name, sh, hashfn),
-                                                  index_suffix=f"_{sh.shard_id}", shard_id=sh.shard_id),
+                                                  shard_id=sh.shard_id),
                 f"shards of {table.name}", created)
             say("shards", len(shards), len(shards))
             node_by_name = {n.name: n for n in topo.nodes}
@@ -461,7 +461,7 @@ def _copy_reference(fleet: Fleet, table: TableDef, workers: list[str], *, new_ta
         created: list[Shard] = []
         try:
             _create_on_workers(wconns, _by_node(shards),
-                               lambda sh: tables.shard_table_ddl(table, sh.shard_name, rule=None, index_suffix="",
+                               lambda sh: tables.shard_table_ddl(table, sh.shard_name, rule=None, rename_objects=False,
                                                                  shard_id=sh.shard_id),
                                f"the copy of {table.name}", created)
             lock = fleet.new_coordinator_conn()

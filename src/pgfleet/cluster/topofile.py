@@ -206,7 +206,7 @@ def _import_reference(fleet: Fleet, conn: Conn, tdef: TableDef,
         conn.execute(sql.SQL("CREATE SCHEMA IF NOT EXISTS {}").format(sql.Identifier(name.schema or "public")))
         for seq in sequences:
             conn.execute(sql.SQL("CREATE SEQUENCE IF NOT EXISTS {}").format(sql.SQL(seq["sequence"])))
-        ddl = tables.shard_table_ddl(tdef, name, rule=None, index_suffix="")
+        ddl = tables.shard_table_ddl(tdef, name, rule=None, rename_objects=False)
         for stmt in ddl[1:]:
             conn.execute(stmt)
         for seq in sequences:

@@ -7,6 +7,7 @@ Every name and value that comes from a user or the catalog as data is an Identif
 
 from __future__ import annotations
 
+import hashlib
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -25,10 +26,29 @@ RULE_NAME = "pgfleet: distribution key cannot move to another shard"
 MAX_NAME = 63
 
 
-def shard_table_name(table: str, shard_id: int) -> str:
+def shard_object_name(name: str, shard_id: int) -> str:
+    """``name`` + ``_<shard id>``: the name of a shard table, or of a shard's index or constraint.
+
+    PostgreSQL cuts identifiers to NAMEDATALEN-1 = 63 bytes, so a longer result would lose its suffix and
+    two shards (or a shard table and its primary key) would get one name. A name that does not fit keeps
+    as many whole characters as leave room for ``_`` + 8 hex digits of md5(name) + the suffix: distinct
+    names stay distinct, multibyte characters are never cut. pgfleet.shard_object_name in catalog.sql is
+    the same function for DDL after distribution (tests compare the two).
+    """
     suffix = f"_{shard_id}"
-    base = table.encode()[: MAX_NAME - len(suffix)].decode(errors="ignore")
-    return base + suffix
+    if len(name.encode()) + len(suffix) <= MAX_NAME:
+        return name + suffix
+    tag = "_" + hashlib.md5(name.encode()).hexdigest()[:8]
+    return truncate_bytes(name, MAX_NAME - len(suffix) - len(tag)) + tag + suffix
+
+
+def truncate_bytes(name: str, limit: int) -> str:
+    """The longest prefix of ``name`` in whole characters that fits in ``limit`` UTF-8 bytes."""
+    return name.encode()[:limit].decode(errors="ignore")
+
+
+def shard_table_name(table: str, shard_id: int) -> str:
+    return shard_object_name(table, shard_id)
 
 
 def ident(name: QualifiedName) -> sql.Composable:
@@ -129,8 +149,15 @@ def shard_marker(shard_id: int) -> str:
 
 
 def shard_table_ddl(table: TableDef, target: QualifiedName, *, rule: sql.Composable | None,
-                    index_suffix: str, shard_id: int | None = None) -> list[sql.Composed]:
-    """CREATE SCHEMA / TABLE / COMMENT / INDEX statements for a shard (or reference copy) on a worker."""
+                    shard_id: int | None = None, rename_objects: bool = True) -> list[sql.Composed]:
+    """CREATE SCHEMA / TABLE / COMMENT / INDEX statements for a shard (or reference copy) on a worker.
+
+    With ``rename_objects`` (shards) index and unique constraint names get the shard id (shard_object_name):
+    a worker holds several shards of a table in one schema. A reference copy keeps the original names."""
+
+    def renamed(name: str) -> str:
+        return shard_object_name(name, shard_id) if rename_objects and shard_id is not None else name
+
     elements: list[sql.Composable] = [_column_sql(c, for_shard=True) for c in table.columns]
     for con in check_constraints(table):
         elements.append(sql.SQL("CONSTRAINT {} {}").format(sql.Identifier(con.name), sql.SQL(con.definition)))
@@ -138,7 +165,7 @@ def shard_table_ddl(table: TableDef, target: QualifiedName, *, rule: sql.Composa
         elements.append(sql.SQL("CONSTRAINT {} CHECK ({})").format(sql.Identifier(RULE_NAME), rule))
     for con in unique_constraints(table):
         elements.append(sql.SQL("CONSTRAINT {} {}").format(
-            sql.Identifier(_suffixed(con.name, index_suffix)), sql.SQL(con.definition)))
+            sql.Identifier(renamed(con.name)), sql.SQL(con.definition)))
     statements = [
         sql.SQL("CREATE SCHEMA IF NOT EXISTS {}").format(sql.Identifier(target.schema or "public")),
         sql.SQL("CREATE TABLE {} ({})").format(ident(target), sql.SQL(", ").join(elements)),
@@ -150,16 +177,9 @@ def shard_table_ddl(table: TableDef, target: QualifiedName, *, rule: sql.Composa
         if index.constraint:
             continue
         statements.append(sql.SQL("CREATE {}INDEX {} ON {} {}").format(
-            sql.SQL("UNIQUE " if index.unique else ""), sql.Identifier(_suffixed(index.name, index_suffix)),
+            sql.SQL("UNIQUE " if index.unique else ""), sql.Identifier(renamed(index.name)),
             ident(target), sql.SQL(index.using_tail.strip())))
     return statements
-
-
-def _suffixed(name: str, suffix: str) -> str:
-    if not suffix:
-        return name
-    base = name.encode()[: MAX_NAME - len(suffix)].decode(errors="ignore")
-    return base + suffix
 
 
 def parent_table_ddl(table: TableDef, target: QualifiedName, method: str, key: str) -> sql.Composed:

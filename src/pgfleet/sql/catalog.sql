@@ -207,9 +207,28 @@ LANGUAGE sql SECURITY DEFINER SET search_path = pg_catalog, pgfleet AS $$
     WHERE att.attrelid = p_relid AND att.attnum > 0 AND NOT att.attisdropped;
 $$;
 
+-- name || '_' || shard id within NAMEDATALEN-1 = 63 bytes; a longer name keeps whole characters and gets
+-- 8 hex digits of its md5 before the suffix, so distinct names stay distinct. Same as shard_object_name
+-- in plan/tables.py (the tests compare them).
+CREATE OR REPLACE FUNCTION pgfleet.shard_object_name(p_name text, p_shard_id bigint)
+RETURNS text LANGUAGE plpgsql IMMUTABLE STRICT AS $$
+DECLARE
+    suffix text := '_' || p_shard_id;
+    tag text := '_' || left(md5(p_name), 8);
+    base text := p_name;
+BEGIN
+    IF octet_length(p_name) + octet_length(suffix) <= 63 THEN
+        RETURN p_name || suffix;
+    END IF;
+    WHILE octet_length(base) > 63 - octet_length(suffix) - octet_length(tag) LOOP
+        base := left(base, -1);
+    END LOOP;
+    RETURN base || tag || suffix;
+END $$;
+
 CREATE OR REPLACE FUNCTION pgfleet.shard_index_name(p_index text, p_shard_id bigint, p_method text)
 RETURNS text LANGUAGE sql IMMUTABLE AS $$
-    SELECT CASE WHEN p_method = 'reference' THEN p_index ELSE left(p_index, 50) || '_' || p_shard_id END
+    SELECT CASE WHEN p_method = 'reference' THEN p_index ELSE pgfleet.shard_object_name(p_index, p_shard_id) END
 $$;
 
 CREATE OR REPLACE FUNCTION pgfleet.on_ddl_end() RETURNS event_trigger
