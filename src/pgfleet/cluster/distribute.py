@@ -30,6 +30,7 @@ from ..topology.model import Shard, TableDef
 from ..topology.read import hash_function, resolve_table, table_def
 from .bounds import check_bounds
 from .fleet import Fleet
+from .statistics import analyze_shards
 
 log = logging.getLogger(__name__)
 
@@ -353,6 +354,7 @@ def _distribute(fleet: Fleet, spec: DistributeSpec, progress: Progress | None) -
             source_sum = _checksum(lock, tables.ident(table.name))
             moved = _move_rows(fleet, table, staging, source_sum[0], say)
             _verify(fleet, source_sum, shards, f"{table.name}", say)
+            analyze_shards(wconns, shards)  # before the coordinator's ANALYZE of the parent reads them
             say("swap", 0, 1)
             _swap(lock, table, staging)
             if colocation_id is None:
@@ -492,6 +494,7 @@ def _copy_reference(fleet: Fleet, table: TableDef, workers: list[str], *, new_ta
             say("copy", total, total)
             for shard in shards:
                 _verify(fleet, source_sum, (shard,), f"the copy of {table.name} on {shard.node}", say)
+            analyze_shards(wconns, shards)
             for shard in shards:
                 lock.execute(tables.foreign_table_ddl(table, shard, node_by_name[shard.node].server_name))
             rows = tables.catalog_rows(sql.Literal(table.oid), table.name, "reference", None, None, shards)
