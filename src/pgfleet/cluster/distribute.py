@@ -371,6 +371,7 @@ def _distribute(fleet: Fleet, spec: DistributeSpec, progress: Progress | None) -
             for ins in rows.shard_inserts:
                 lock.execute(ins)
             lock.execute("SELECT pgfleet.snapshot_columns(%s)", (int(str(new_oid[0])),))
+            lock.execute("SELECT pgfleet.align_owners(%s)", (int(str(new_oid[0])),))
             lock.execute(sql.SQL("ANALYZE {}").format(tables.ident(table.name)))
             lock.commit()
             say("swap", 1, 1)
@@ -505,6 +506,7 @@ def _copy_reference(fleet: Fleet, table: TableDef, workers: list[str], *, new_ta
                 lock.execute("SELECT pgfleet.snapshot_columns(%s)", (table.oid,))
             for ins in rows.shard_inserts:
                 lock.execute(ins)
+            lock.execute("SELECT pgfleet.align_owners(%s)", (table.oid,))
             lock.commit()
         except BaseException:
             if lock is not None:

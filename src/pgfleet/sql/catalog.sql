@@ -231,6 +231,82 @@ RETURNS text LANGUAGE sql IMMUTABLE AS $$
     SELECT CASE WHEN p_method = 'reference' THEN p_index ELSE pgfleet.shard_object_name(p_index, p_shard_id) END
 $$;
 
+-- The coordinator's foreign tables of a table's shards belong to the table's owner: ALTER TABLE on a
+-- partitioned table recurses into its partitions and checks ownership of each, so the owner of a
+-- distributed table can change it as on one server. postgres_fdw reaches a worker with the user mapping
+-- of the querying role (and ANALYZE with the owner's), so the owner gets a mapping with the credentials
+-- pgfleet uses, on each server that holds a shard. Only through foreign tables it may already use on the
+-- coordinator: it gets no USAGE on the servers (no dblink, no new foreign tables) and none on
+-- pgfleet_shards. Called after distribute/reference and by the DDL trigger (ALTER TABLE … OWNER TO).
+-- The shard tables on the workers keep the mapped account as owner.
+CREATE OR REPLACE FUNCTION pgfleet.align_owners(p_relid oid) RETURNS void
+LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pgfleet AS $$
+DECLARE
+    ft record;
+    srv record;
+    internal text := coalesce(current_setting('pgfleet.internal', true), '');
+BEGIN
+    FOR srv IN SELECT DISTINCT fs.oid AS srvid, fs.srvname, t.relowner, r.rolname, um.umoptions
+               FROM pgfleet.shards s
+               JOIN pg_class t ON t.oid = s.relid
+               JOIN pg_roles r ON r.oid = t.relowner
+               JOIN pg_foreign_server fs ON fs.srvname = 'pgfleet_' || s.node
+               JOIN pg_user_mapping um ON um.umserver = fs.oid AND um.umuser = (SELECT oid FROM pg_roles WHERE rolname = current_user)
+               WHERE s.relid = p_relid AND NOT r.rolsuper
+                 AND NOT EXISTS (SELECT 1 FROM pg_user_mapping m WHERE m.umserver = fs.oid AND m.umuser IN (t.relowner, 0)) LOOP
+        EXECUTE format('CREATE USER MAPPING FOR %I SERVER %I OPTIONS (%s)', srv.rolname, srv.srvname,
+                       (SELECT string_agg(format('%I %L', split_part(o, '=', 1), substr(o, strpos(o, '=') + 1)), ', ')
+                        FROM unnest(srv.umoptions) AS o));
+    END LOOP;
+    FOR ft IN SELECT s.foreign_schema, s.foreign_table, r.rolname
+              FROM pgfleet.shards s
+              JOIN pg_class t ON t.oid = s.relid
+              JOIN pg_roles r ON r.oid = t.relowner
+              JOIN pg_namespace n ON n.nspname = s.foreign_schema
+              JOIN pg_class f ON f.relnamespace = n.oid AND f.relname = s.foreign_table
+              WHERE s.relid = p_relid AND f.relowner <> t.relowner LOOP
+        PERFORM set_config('pgfleet.internal', 'on', true);
+        EXECUTE format('ALTER FOREIGN TABLE %I.%I OWNER TO %I', ft.foreign_schema, ft.foreign_table, ft.rolname);
+        PERFORM set_config('pgfleet.internal', internal, true);
+    END LOOP;
+END $$;
+
+-- DDL reaches the workers through the mapped account, usually a superuser there. A new or changed
+-- column default runs on the workers (ADD COLUMN evaluates it for every row), so for a role that is not
+-- a superuser it may only call functions that role may execute, and no volatile one (pg_terminate_backend
+-- runs as whoever calls it) except the random and clock functions of pg_catalog: what the role could not
+-- do on the coordinator it cannot do on a worker.
+CREATE OR REPLACE FUNCTION pgfleet.check_defaults(p_relid oid) RETURNS void
+LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pgfleet AS $$
+DECLARE
+    bad record;
+BEGIN
+    IF (SELECT rolsuper FROM pg_roles WHERE rolname = session_user) THEN
+        RETURN;
+    END IF;
+    SELECT a.attname, p.oid::regprocedure AS func, p.provolatile INTO bad
+    FROM pg_attrdef ad
+    JOIN pg_attribute a ON a.attrelid = ad.adrelid AND a.attnum = ad.adnum
+    -- functions and operators' functions of the expression tree (pg_depend omits the built-in ones)
+    CROSS JOIN LATERAL regexp_matches(ad.adbin::text, ':(?:func|opfunc)id (\d+)', 'g') AS f(m)
+    JOIN pg_proc p ON p.oid = f.m[1]::oid
+    LEFT JOIN pgfleet.columns c ON c.relid = ad.adrelid AND c.attnum = ad.adnum
+    WHERE ad.adrelid = p_relid
+      AND pg_get_expr(ad.adbin, ad.adrelid) NOT LIKE '%nextval(%'
+      AND pg_get_expr(ad.adbin, ad.adrelid) IS DISTINCT FROM c.def
+      AND (NOT has_function_privilege(session_user, p.oid, 'EXECUTE')
+           OR (p.provolatile = 'v' AND NOT (p.pronamespace = 'pg_catalog'::regnamespace AND p.proname IN
+               ('gen_random_uuid', 'uuidv4', 'uuidv7', 'random', 'random_normal', 'clock_timestamp', 'timeofday'))))
+    LIMIT 1;
+    IF FOUND THEN
+        RAISE EXCEPTION 'pgfleet: the default of column % calls %, which % on the workers',
+            bad.attname, bad.func,
+            CASE WHEN bad.provolatile = 'v' THEN 'is volatile and would run as pgfleet''s account'
+                 ELSE 'role ' || session_user || ' may not execute' END
+            USING HINT = 'Use a constant or stable default, or let a superuser run this statement.';
+    END IF;
+END $$;
+
 CREATE OR REPLACE FUNCTION pgfleet.on_ddl_end() RETURNS event_trigger
 LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pgfleet AS $$
 DECLARE
@@ -251,6 +327,8 @@ BEGIN
             UPDATE pgfleet.tables SET schema_name = n.nspname, table_name = c.relname
             FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
             WHERE c.oid = cmd.objid AND pgfleet.tables.relid = cmd.objid;
+            PERFORM pgfleet.check_defaults(cmd.objid);
+            PERFORM pgfleet.align_owners(cmd.objid);
             FOR act IN SELECT * FROM pgfleet.column_actions(cmd.objid) LOOP
                 FOR sh IN SELECT * FROM pgfleet.shards WHERE relid = cmd.objid ORDER BY shard_id LOOP
                     INSERT INTO pgfleet.ddl_queue (node, statement)
