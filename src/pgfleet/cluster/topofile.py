@@ -17,12 +17,13 @@ import psycopg
 from psycopg import sql
 
 from ..errors import ClusterError, ExecuteError, SpecError, TopologyError
-from ..execute.connect import Conn, describe_error
+from ..execute.connect import Conn, Endpoint, describe_error
 from ..plan import tables
 from ..spec import QualifiedName
 from ..topology.model import Column, Constraint, Shard, TableDef
 from ..topology.read import table_def
 from .fleet import Fleet
+from .topocheck import check_against_workers
 
 FORMAT = "pgfleet-topology"
 
@@ -94,21 +95,31 @@ def _shards_from(entry: dict[str, Any]) -> tuple[Shard, ...]:
 
 
 def import_topology(fleet: Fleet, data: dict[str, Any]) -> str:
+    """Re-attach this coordinator to the shards the file names. Everything is checked first (nodes known,
+    shard tables present on their workers with the file's columns, shards covering the key space); a
+    mismatch raises before anything is applied."""
     conn = fleet.conn()
     topo = fleet.topology()
     known = {n.name for n in topo.nodes}
+    local_names = {ln.name for ln in fleet.local.spec.nodes} if fleet.local is not None else set()
     missing = [n for n in data["nodes"] if n["role"] == "worker" and n["name"] not in known]
     for n in missing:
-        if fleet.local is not None and any(ln.name == n["name"] for ln in fleet.local.spec.nodes):
-            fleet.add_node(n["name"], fleet.local.endpoint(n["name"]), kind="local")
-        else:
+        if n["name"] not in local_names:
             raise TopologyError(f"node {n['name']} ({n['host']}:{n['port']}/{n['dbname']}) is not registered",
                                 hint=f"add it with 'pgfleet node add {n['name']} --dsn …' (passwords are not "
                                      "exported) and import again")
-    topo = fleet.topology()
+    reachable = known | {n["name"] for n in missing}
+
+    def endpoint_of(node_name: str) -> Endpoint:
+        node = topo.node(node_name)
+        if node is not None:
+            return fleet.endpoint(node)
+        assert fleet.local is not None
+        return fleet.local.endpoint(node_name)
+
     present = {(str(t.name.schema), t.name.name) for t in topo.tables}
-    created, skipped = [], []
-    group_map: dict[int, int] = {}
+    todo: list[tuple[dict[str, Any], QualifiedName, TableDef, tuple[Shard, ...], bool]] = []
+    skipped = []
     for entry in data["tables"]:
         name = QualifiedName(entry["schema"], entry["name"])
         if (name.schema, name.name) in present:
@@ -117,20 +128,29 @@ def import_topology(fleet: Fleet, data: dict[str, Any]) -> str:
         tdef = _table_from(entry)
         shards = _shards_from(entry)
         for s in shards:
-            if topo.node(s.node) is None:
+            if s.node not in reachable:
                 raise TopologyError(f"shard {s.shard_id} of {name} is on unknown node {s.node}")
+        row = conn.execute("SELECT to_regclass(%s)::oid", (str(name),)).fetchone()
+        exists = row is not None and row[0] is not None
+        if exists and entry["method"] != "reference":
+            raise SpecError(f"table {name} already exists on the coordinator and is not distributed",
+                            hint="rename or drop it, then import again")
+        coordinator = table_def(conn, int(str(row[0]))) if exists and row is not None else None
+        check_against_workers(tdef, entry["method"], shards, endpoint_of, coordinator)
+        todo.append((entry, name, tdef, shards, exists))
+    for n in missing:
+        fleet.add_node(n["name"], endpoint_of(n["name"]), kind="local")
+    topo = fleet.topology()
+    created = []
+    group_map: dict[int, int] = {}
+    for entry, name, tdef, shards, exists in todo:
         try:
             with conn.transaction():
                 conn.execute("SELECT set_config('pgfleet.internal', 'on', true)")
-                exists = conn.execute("SELECT to_regclass(%s)::oid", (str(name),)).fetchone()
                 if entry["method"] == "reference":
-                    oid = _import_reference(fleet, conn, tdef, shards, exists is not None and exists[0] is not None,
-                                            entry.get("sequences", []))
+                    oid = _import_reference(fleet, conn, tdef, shards, exists, entry.get("sequences", []))
                     colocation = None
                 else:
-                    if exists is not None and exists[0] is not None:
-                        raise SpecError(f"table {name} already exists on the coordinator and is not distributed",
-                                        hint="rename or drop it, then import again")
                     conn.execute(sql.SQL("CREATE SCHEMA IF NOT EXISTS {}").format(sql.Identifier(name.schema or "public")))
                     for seq in entry.get("sequences", []):
                         # regclass text written by the server: already quoted where needed
