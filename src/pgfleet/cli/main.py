@@ -329,21 +329,31 @@ def node() -> None:
 @node.command("add")
 @click.argument("name")
 @click.option("--dsn", "conn", required=True,
-              help="Connection string of an existing PostgreSQL 16+ server (password may come from PGPASSWORD).")
+              help="Connection string of an existing PostgreSQL 16+ server, without the password: it comes from "
+                   "PGPASSWORD, a passfile (PGPASSFILE, passfile= or ~/.pgpass) or a prompt.")
 @click.pass_context
 def node_add(ctx: click.Context, name: str, conn: str) -> None:
     """Add an existing PostgreSQL server as a worker."""
     from psycopg.conninfo import conninfo_to_dict
 
+    from ..execute.password import DSN_WARNING, find_password
+
     try:
         params = conninfo_to_dict(conn)
-    except psycopg.ProgrammingError as exc:
+        port = int(str(params.get("port", 5432)))
+    except (psycopg.ProgrammingError, ValueError) as exc:
         raise SpecError(f"malformed connection string: {str(exc).splitlines()[0]}",
                         hint="write host=… port=… dbname=… user=… or a postgresql:// URI") from None
-    password = params.get("password") or os.environ.get("PGPASSWORD")
-    ep = Endpoint(name=name, host=str(params.get("host", "127.0.0.1")), port=int(str(params.get("port", 5432))),
-                  dbname=str(params.get("dbname", "postgres")), user=str(params.get("user", "postgres")),
-                  password=str(password) if password else None)
+    host, dbname = str(params.get("host", "127.0.0.1")), str(params.get("dbname", "postgres"))
+    user = str(params.get("user", "postgres"))
+    found = find_password(params, os.environ, host=host, port=port, dbname=dbname, user=user)
+    if found.source == "dsn":
+        err.print(f"[yellow]warning:[/] {DSN_WARNING}", highlight=False, soft_wrap=True)
+    password = found.password
+    if password is None and sys.stdin.isatty():
+        password = click.prompt(f"password for {user}@{host}:{port}/{dbname} (empty: none)", hide_input=True,
+                                default="", show_default=False, err=True) or None
+    ep = Endpoint(name=name, host=host, port=port, dbname=dbname, user=user, password=password)
     with open_fleet(ctx) as fleet:
         added = fleet.add_node(name, ep, kind="external")
     out.print(f"node {added.name} added ({added.host}:{added.port}/{added.dbname})")
