@@ -26,7 +26,9 @@ from typing import Any
 import psycopg
 
 from .cluster.fleet import Fleet
-from .cluster.ha import Monitor, add_standby, rejoin
+from .ha.monitor import Monitor
+from .ha.rejoin import rejoin
+from .ha.standby import add_standby
 from .cluster.local import LocalCluster
 from .cluster.router import Router
 from .spec import DistributeSpec, HashSpec, QualifiedName

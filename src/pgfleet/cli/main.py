@@ -110,7 +110,7 @@ def up(ctx: click.Context, workers: int, port: int | None, pg_bin: str | None, f
         local = LocalCluster.load(directory)
         started = local.start(on_event=lambda m: err.print(f"  {m}"))
         if any(local.spec.standbys(g) for g in local.spec.groups):
-            from ..cluster.monitor_proc import start_background
+            from ..ha.monitor_proc import start_background
 
             if start_background(local):
                 err.print("  monitor started in the background")
@@ -125,7 +125,7 @@ def up(ctx: click.Context, workers: int, port: int | None, pg_bin: str | None, f
         with Fleet(local.endpoint(local.spec.coordinator.name), local) as fleet:
             fleet.register_local_workers()
         if standbys:
-            from ..cluster.ha import add_standby
+            from ..ha.standby import add_standby
 
             for group in list(local.spec.groups):
                 for _ in range(standbys):
@@ -134,7 +134,7 @@ def up(ctx: click.Context, workers: int, port: int | None, pg_bin: str | None, f
         local.destroy()
         raise
     if standbys:
-        from ..cluster.monitor_proc import start_background
+        from ..ha.monitor_proc import start_background
 
         start_background(local)
     out.print(f"cluster ready in {directory}: coordinator on 127.0.0.1:{local.spec.coordinator.port}, "
@@ -148,7 +148,7 @@ def up(ctx: click.Context, workers: int, port: int | None, pg_bin: str | None, f
 def down(ctx: click.Context, destroy: bool) -> None:
     """Stop the local cluster's servers."""
     local = LocalCluster.load(cluster_dir(ctx))
-    from ..cluster.monitor_proc import stop_background
+    from ..ha.monitor_proc import stop_background
 
     if stop_background(local):
         err.print("  monitor stopped")
@@ -195,7 +195,7 @@ def status(ctx: click.Context, as_json: bool) -> None:
     """Nodes, roles, health, and the shards and their sizes per node."""
     with open_fleet(ctx) as fleet:
         report = fleet.status()
-        from ..cluster.ha import replication_status
+        from ..ha.standby import replication_status
 
         replicas = replication_status(fleet.local) if fleet.local else []
     if as_json:
@@ -405,7 +405,7 @@ def standby() -> None:
 @click.pass_context
 def standby_add(ctx: click.Context, node_name: str, asynchronous: bool) -> None:
     """Add a streaming standby to NODE_NAME (coord, w1, …)."""
-    from ..cluster.ha import add_standby
+    from ..ha.standby import add_standby
 
     local = LocalCluster.load(cluster_dir(ctx))
     member = add_standby(local, node_name, sync=not asynchronous, say=lambda m: err.print(f"  {m}"))
@@ -422,7 +422,7 @@ def standby_add(ctx: click.Context, node_name: str, asynchronous: bool) -> None:
 @click.pass_context
 def monitor(ctx: click.Context, interval: float, timeout: float, background: bool, stop: bool) -> None:
     """Watch every primary and fail over on its own."""
-    from ..cluster.monitor_proc import run_foreground, start_background, stop_background
+    from ..ha.monitor_proc import run_foreground, start_background, stop_background
 
     local = LocalCluster.load(cluster_dir(ctx))
     if stop:
@@ -441,7 +441,7 @@ def monitor(ctx: click.Context, interval: float, timeout: float, background: boo
 @click.pass_context
 def switchover(ctx: click.Context, node_name: str, to: str | None) -> None:
     """Planned role swap of NODE_NAME's primary and a standby; no commit is lost."""
-    from ..cluster.ha import switchover as do_switchover
+    from ..ha.failover import switchover as do_switchover
 
     local = LocalCluster.load(cluster_dir(ctx))
     new = do_switchover(local, node_name, to)
@@ -453,7 +453,7 @@ def switchover(ctx: click.Context, node_name: str, to: str | None) -> None:
 @click.pass_context
 def node_rejoin(ctx: click.Context, member: str) -> None:
     """Bring an old primary back as a standby (pg_rewind)."""
-    from ..cluster.ha import rejoin
+    from ..ha.rejoin import rejoin
 
     local = LocalCluster.load(cluster_dir(ctx))
     rejoin(local, member)
@@ -465,7 +465,7 @@ def node_rejoin(ctx: click.Context, member: str) -> None:
 @click.pass_context
 def events(ctx: click.Context, as_json: bool) -> None:
     """What the monitor and pgfleet saw and did, with times."""
-    from ..cluster.ha import read_events
+    from ..ha.events import read_events
 
     local = LocalCluster.load(cluster_dir(ctx))
     items = read_events(local)

@@ -1,0 +1,101 @@
+"""Adding streaming standbys and reporting their replication state."""
+
+from __future__ import annotations
+
+import contextlib
+import shutil
+from dataclasses import dataclass, replace
+
+import psycopg
+
+from ..cluster.local import LocalCluster, LocalNode
+from ..errors import PgfleetError, SpecError
+from ..node.ports import claim_ports, release_ports
+from ..node.server import LocalServer
+from .events import Say, record
+from .replication import connect_to, ensure_slot, sync_members, wait_streaming
+
+
+def add_standby(local: LocalCluster, group: str, *, sync: bool = True, say: Say | None = None) -> LocalNode:
+    """Create a streaming standby of ``group``'s primary; on failure nothing of it remains."""
+    if group not in local.spec.groups:
+        raise SpecError(f"unknown node {group!r}", hint=f"nodes are: {', '.join(local.spec.groups)}")
+    primary = local.spec.primary_of(group)
+    used = {n.name for n in local.spec.nodes}
+    index = 1
+    while f"{group}_s{index}" in used:
+        index += 1
+    name = f"{group}_s{index}"
+    port = claim_ports(1, local.directory, start=max(n.port for n in local.spec.nodes) + 1)[0]
+    member = LocalNode(name=name, role=primary.role, port=port, password=primary.password, group=group, sync=sync)
+    server = LocalServer(name=name, home=local.directory / "nodes" / name, port=port, binaries=local.binaries,
+                         run_as=local.run_as)
+    primary_server = local.server(primary.name)
+    if say:
+        say(f"standby {name} of {group}: base backup from port {primary.port}")
+    conn = connect_to(local.endpoint(group))
+    try:
+        ensure_slot(conn, name)
+        server.base_backup(primary.port, local.spec.superuser, primary.password, slot=name)
+        server.write_config(fast=local.spec.fast)
+        server.configure_standby(primary.port, local.spec.superuser, primary.password, slot=name)
+        server.start()
+        local.add_member(member)
+        wait_streaming(local, group, name)
+        if sync:
+            primary_server.set_sync_standbys(sync_members(local, group))
+    except BaseException:
+        with contextlib.suppress(PgfleetError):
+            server.stop(mode="immediate")
+        shutil.rmtree(server.home, ignore_errors=True)
+        release_ports([port], local.directory)
+        with contextlib.suppress(psycopg.Error):
+            conn.execute("SELECT pg_drop_replication_slot(%s) FROM pg_replication_slots WHERE slot_name = %s",
+                         (name, name))
+        if any(n.name == name for n in local.spec.nodes):
+            local.spec = replace(local.spec, nodes=tuple(n for n in local.spec.nodes if n.name != name))
+            local._write_files()
+            with contextlib.suppress(PgfleetError):
+                primary_server.set_sync_standbys(sync_members(local, group))
+        raise
+    finally:
+        conn.close()
+    record(local, group, "standby-added", f"{name} on port {port}, {'synchronous' if sync else 'asynchronous'}")
+    return member
+
+
+@dataclass(frozen=True)
+class StandbyStatus:
+    node: str
+    member: str
+    port: int
+    state: str  # streaming | catchup | … | down
+    sync_state: str  # sync | quorum | potential | async | ""
+    lag_bytes: int | None
+    lag_seconds: float | None
+
+
+def replication_status(local: LocalCluster) -> list[StandbyStatus]:
+    local.reload_spec()
+    out: list[StandbyStatus] = []
+    for group in local.spec.groups:
+        standbys = local.spec.standbys(group)
+        if not standbys:
+            continue
+        rows: dict[str, tuple[object, ...]] = {}
+        with contextlib.suppress(PgfleetError, psycopg.Error), connect_to(local.endpoint(group), timeout=2) as conn:
+            for r in conn.execute(
+                    "SELECT application_name, state, sync_state, "
+                    "pg_wal_lsn_diff(pg_current_wal_lsn(), replay_lsn)::bigint, "
+                    "extract(epoch FROM replay_lag)::float8 FROM pg_stat_replication").fetchall():
+                rows[str(r[0])] = r
+        for m in standbys:
+            seen = rows.get(m.name)
+            if seen is None:
+                out.append(StandbyStatus(group, m.name, m.port, "down" if not local.server(m.name).is_running()
+                                         else "not streaming", "", None, None))
+            else:
+                out.append(StandbyStatus(group, m.name, m.port, str(seen[1]), str(seen[2]),
+                                         int(str(seen[3])) if seen[3] is not None else None,
+                                         float(str(seen[4])) if seen[4] is not None else 0.0))
+    return out
