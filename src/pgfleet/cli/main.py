@@ -109,6 +109,8 @@ def up(ctx: click.Context, workers: int, port: int | None, pg_bin: str | None, f
     if LocalCluster.exists(directory):
         local = LocalCluster.load(directory)
         started = local.start(on_event=lambda m: err.print(f"  {m}"))
+        held = [f"{mark.message()} ({mark.reason}); it stays stopped" for mark in local.fenced()
+                if not local.server(mark.member).is_running()]
         if any(local.spec.standbys(g) for g in local.spec.groups):
             from ..ha.monitor_proc import start_background
 
@@ -117,7 +119,10 @@ def up(ctx: click.Context, workers: int, port: int | None, pg_bin: str | None, f
         have = sum(1 for g in local.spec.groups if local.spec.primary_of(g).role == "worker")
         if workers != have and ctx.get_parameter_source("workers") == click.core.ParameterSource.COMMANDLINE:
             err.print(f"  note: the cluster has {have} workers; --workers only applies to a new cluster")
-        out.print(f"cluster in {directory}: " + (f"started {', '.join(started)}" if started else "already running"))
+        done = f"started {', '.join(started)}" if started else ("nothing to start" if held else "already running")
+        out.print(f"cluster in {directory}: {done}")
+        for line in held:
+            out.print(f"  {line}", highlight=False, soft_wrap=True)
         return
     local = LocalCluster.create(directory, workers=workers, port=port, pg_bin=pg_bin, fast=fast,
                                 on_event=lambda m: err.print(f"  {m}"))
@@ -222,10 +227,13 @@ def status(ctx: click.Context, as_json: bool) -> None:
         for col in ("node", "standby", "port", "state", "sync", "lag bytes", "lag s"):
             reps.add_column(col)
         for r in replicas:
-            reps.add_row(r.node, r.member, str(r.port), r.state, r.sync_state,
-                         "" if r.lag_bytes is None else str(r.lag_bytes),
+            reps.add_row(r.node, r.member, str(r.port), "[red]fenced[/]" if r.state == "fenced" else r.state,
+                         r.sync_state, "" if r.lag_bytes is None else str(r.lag_bytes),
                          "" if r.lag_seconds is None else f"{r.lag_seconds:.3f}")
         out.print(reps)
+        for r in replicas:
+            if r.note:
+                out.print(f"[yellow]{r.note}[/]", highlight=False)
     for op in report.unfinished:
         out.print(f"[yellow]unfinished operation:[/] {op} — run it again to clean up and retry")
     if not all(n.healthy for n in report.nodes):

@@ -47,15 +47,18 @@ def _repoint(local: LocalCluster, group: str, new: LocalNode) -> None:
             time.sleep(0.3)
 
 
-def _follow(local: LocalCluster, group: str, new: LocalNode, members: list[LocalNode]) -> None:
+def _follow(local: LocalCluster, group: str, new: LocalNode, members: list[LocalNode], old: str) -> None:
     """Point the group's other standbys at the new primary and make their commits wait again."""
     with connect_to(local.member_endpoint(new.name)) as conn:
+        # Slots first, the old primary's too: made before any checkpoint of the new primary, they keep
+        # the WAL from its last restartpoint (before the divergence) that a rewound old primary and the
+        # other standbys stream from; without it the rejoin could find that WAL recycled.
+        for name in [m.name for m in members] + [old]:
+            ensure_slot(conn, name)
         # A checkpoint on the new timeline at once: should this primary die in turn, pg_rewind finds a
         # checkpoint before the divergence in WAL that is still there (clusters with rare checkpoints
         # had already recycled the segment it needed).
         conn.execute("CHECKPOINT")
-        for m in members:
-            ensure_slot(conn, m.name)
     for m in members:
         server = local.server(m.name)
         server.configure_standby(new.port, local.spec.superuser, new.password, slot=m.name)
@@ -87,12 +90,12 @@ def _failover(local: LocalCluster, group: str, reason: str, candidate: str | Non
         candidate = best.member
     new = local.node(candidate)
     record(local, group, "failover-start", f"{reason}; promoting {new.name}")
-    fence(local, old.name)
-    record(local, group, "fenced", f"old primary {old.name} stopped")
+    mark = fence(local, old.name, f"failover of {group} to {new.name}")
+    record(local, group, "fenced", f"old primary {old.name} stopped; {mark.message()}")
     local.server(new.name).promote()
     local.set_primary(group, new.name)
     others = [m for m in standbys if m.name != new.name]
-    _follow(local, group, new, others)
+    _follow(local, group, new, others, old.name)
     _repoint(local, group, new)
     record(local, group, "failover-done",
            f"{new.name} (port {new.port}) is primary; took {time.monotonic() - started:.2f} s; "
@@ -134,7 +137,7 @@ def _switchover(local: LocalCluster, group: str, to: str | None, max_lag_bytes: 
     local.server(new.name).promote()
     local.set_primary(group, new.name)
     others = [m for m in local.spec.members(group) if m.name not in (new.name, old.name)]
-    _follow(local, group, new, others)
+    _follow(local, group, new, others, old.name)
     _repoint(local, group, new)
     pause = time.monotonic() - started
     rejoin_member(local, old.name)

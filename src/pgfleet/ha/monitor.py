@@ -10,12 +10,13 @@ import time
 import psycopg
 
 from ..cluster.local import LocalCluster
-from ..errors import PgfleetError
+from ..errors import PgfleetError, TopologyError
 from ..execute.connect import Endpoint
 from ..plan.failover import GroupSeen, StandbySeen, decide
 from .events import Say, record
 from .failover import failover
-from .maintenance import under_maintenance
+from .fence import fence
+from .maintenance import maintenance, under_maintenance
 from .replication import connect_to
 
 log = logging.getLogger(__name__)
@@ -55,6 +56,37 @@ class Monitor:
         except (PgfleetError, psycopg.Error):
             return False
 
+    def _writable(self, member: str) -> bool:
+        try:
+            with connect_to(self.local.member_endpoint(member), timeout=1) as conn:
+                row = conn.execute("SELECT pg_is_in_recovery()").fetchone()
+            return row is not None and row[0] is False
+        except (PgfleetError, psycopg.Error):
+            return False
+
+    def _fence_rogues(self, group: str) -> list[str]:
+        """Fence every member of ``group`` that accepts writes but is not its primary (an old primary
+        started by hand, or by an older pgfleet): two writable members would each take commits."""
+        fenced = []
+        for member in self.local.spec.standbys(group):
+            if not self._writable(member.name):
+                continue
+            try:
+                with maintenance(self.local, group, f"fencing {member.name}"):
+                    self.local.reload_spec()  # a switchover may have made it the primary meanwhile
+                    primary = self.local.spec.primary_of(group).name
+                    if primary == member.name or not self._writable(member.name):
+                        continue
+                    mark = fence(self.local, member.name, f"found writable while {primary} is the primary")
+            except TopologyError:
+                continue  # another operation holds the group; the next round looks again
+            record(self.local, group, "rogue-primary-fenced",
+                   f"{member.name} (port {member.port}) accepted writes while {primary} is the primary; "
+                   f"stopped. {mark.message()}")
+            self.say(f"{group}: fenced {member.name}, a second writable member")
+            fenced.append(member.name)
+        return fenced
+
     def check_once(self) -> list[str]:
         """One round over every group; return the groups failed over."""
         self.local.reload_spec()
@@ -64,6 +96,7 @@ class Monitor:
             if under_maintenance(self.local, group):
                 self._down_since.pop(group, None)
                 continue
+            self._fence_rogues(group)
             primary = self.local.spec.primary_of(group)
             ok = self._alive(group)
             now = time.monotonic()

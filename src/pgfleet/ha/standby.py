@@ -4,12 +4,13 @@ from __future__ import annotations
 
 import contextlib
 import shutil
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 
 import psycopg
 
 from ..cluster.local import LocalCluster, LocalNode
 from ..errors import PgfleetError, SpecError
+from ..node.fencemark import read_mark
 from ..node.ports import claim_ports, release_ports
 from ..node.server import LocalServer
 from .events import Say, record
@@ -53,8 +54,7 @@ def add_standby(local: LocalCluster, group: str, *, sync: bool = True, say: Say 
             conn.execute("SELECT pg_drop_replication_slot(%s) FROM pg_replication_slots WHERE slot_name = %s",
                          (name, name))
         if any(n.name == name for n in local.spec.nodes):
-            local.spec = replace(local.spec, nodes=tuple(n for n in local.spec.nodes if n.name != name))
-            local._write_files()
+            local.remove_member(name)
             with contextlib.suppress(PgfleetError):
                 primary_server.set_sync_standbys(sync_members(local, group))
         raise
@@ -73,6 +73,7 @@ class StandbyStatus:
     sync_state: str  # sync | quorum | potential | async | ""
     lag_bytes: int | None
     lag_seconds: float | None
+    note: str = ""  # for a fenced member: when, why, and the command that brings it back
 
 
 def replication_status(local: LocalCluster) -> list[StandbyStatus]:
@@ -91,7 +92,11 @@ def replication_status(local: LocalCluster) -> list[StandbyStatus]:
                 rows[str(r[0])] = r
         for m in standbys:
             seen = rows.get(m.name)
-            if seen is None:
+            mark = read_mark(local.server(m.name))
+            if mark is not None and seen is None:
+                out.append(StandbyStatus(group, m.name, m.port, "fenced", "", None, None,
+                                         f"{mark.message()} ({mark.reason})"))
+            elif seen is None:
                 out.append(StandbyStatus(group, m.name, m.port, "down" if not local.server(m.name).is_running()
                                          else "not streaming", "", None, None))
             else:

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import logging
 import os
+import re
 import tempfile
 import time
 from collections.abc import Iterable
@@ -126,6 +127,10 @@ class LocalServer:
                 text += f"\n{include}\n"
         self._write(main, text)
 
+    def write_file(self, path: Path, text: str) -> None:
+        """Write a 0600 file the server account owns."""
+        self._write(path, text)
+
     def _write(self, path: Path, text: str) -> None:
         path.write_text(text)
         if self.run_as is not None:
@@ -133,11 +138,18 @@ class LocalServer:
         os.chmod(path, 0o600)
 
     def is_running(self) -> bool:
-        if not self.exists():
-            return False
-        done = run([self.binaries.path("pg_ctl"), "-D", str(self.datadir), "status"],
-                   run_as=self.run_as, check=False, timeout=30, what="pg_ctl status", node=self.name)
-        return done.returncode == 0
+        """Whether the postmaster named in postmaster.pid is alive. A killed postmaster whose parent never
+        reaps it stays a zombie that ``pg_ctl status`` (and the server's own lock-file check) takes for
+        a running server; it is not one."""
+        pid = self.pid()
+        return pid is not None and _alive(pid)
+
+    def _clear_stale_pidfile(self) -> None:
+        """Remove postmaster.pid when its process is dead or a zombie (the server would refuse to start)."""
+        pid = self.pid()
+        if pid is not None and not _alive(pid):
+            log.info("%s: removing stale postmaster.pid of dead process %d", self.name, pid)
+            (self.datadir / "postmaster.pid").unlink(missing_ok=True)
 
     def start(self, timeout: float = 60.0) -> None:
         if not self.exists():
@@ -148,11 +160,16 @@ class LocalServer:
         if not port_is_free(self.port):
             raise NodeError(f"port {self.port} on 127.0.0.1 is in use", node=self.name,
                             hint="stop the program that holds it, or create the cluster with another --port")
+        self._clear_stale_pidfile()
         done = run([self.binaries.path("pg_ctl"), "-D", str(self.datadir), "-l", str(self.logfile),
                     "-w", "-t", str(int(timeout)), "start"],
                    run_as=self.run_as, check=False, timeout=timeout + 30, what="pg_ctl start", node=self.name)
         if done.returncode != 0:
             tail = self.log_tail()
+            if "shared memory block is still in use" in tail:
+                raise NodeError("processes of its previous server still run", node=self.name,
+                                hint="they exit by themselves within seconds of their postmaster's death; "
+                                     "run 'pgfleet up' again")
             if "Address already in use" in tail:
                 raise NodeError(f"port {self.port} on 127.0.0.1 is in use", node=self.name,
                                 hint="stop the program that holds it, or create the cluster with another --port")
@@ -236,6 +253,17 @@ class LocalServer:
                     "recovery_target_timeline = 'latest'\nhot_standby_feedback = on\n")
         self._write(self.datadir / "standby.signal", "")
 
+    def standby_source_port(self) -> int | None:
+        """The port of the primary this member is configured to stream from; None if it is no standby."""
+        if not self.is_standby():
+            return None
+        try:
+            text = (self.datadir / STANDBY_CONF).read_text()
+        except OSError:
+            return None
+        match = re.search(r"\bport=(\d+)", text)
+        return int(match.group(1)) if match else None
+
     def set_sync_standbys(self, names: list[str]) -> None:
         """Make commits wait for one of ``names`` (none: asynchronous); takes effect on reload."""
         if names:
@@ -274,3 +302,18 @@ class LocalServer:
             return ""
         wanted = [ln for ln in text.splitlines() if ln.strip()][-lines:]
         return " / ".join(wanted)
+
+
+def _alive(pid: int) -> bool:
+    """A live (not zombie) process with this pid."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        try:
+            os.kill(pid, 0)
+        except ProcessLookupError:
+            return False
+        except PermissionError:
+            return True
+        return True
+    return stat.rsplit(")", 1)[1].split()[0] not in ("Z", "X")
