@@ -460,12 +460,14 @@ def switchover(ctx: click.Context, node_name: str, to: str | None) -> None:
 @click.argument("member")
 @click.pass_context
 def node_rejoin(ctx: click.Context, member: str) -> None:
-    """Bring an old primary back as a standby (pg_rewind)."""
+    """Bring an old primary back as a standby (pg_rewind, or a fresh base backup when that cannot work)."""
     from ..ha.rejoin import rejoin
 
     local = LocalCluster.load(cluster_dir(ctx))
-    rejoin(local, member)
-    out.print(f"{member} follows {local.spec.primary_of(local.node(member).group_name).name}")
+    with progress_bar(f"rejoin {member}") as update:
+        how = rejoin(local, member, say=lambda m: err.print(f"  {m}", highlight=False),
+                     progress=lambda done, total: update("base backup (kB)", done, total))
+    out.print(f"{member} follows {local.spec.primary_of(local.node(member).group_name).name} (by {how})")
 
 
 @cli.command()

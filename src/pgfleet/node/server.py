@@ -11,7 +11,7 @@ import os
 import re
 import tempfile
 import time
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -41,6 +41,10 @@ BASE_SETTINGS: tuple[tuple[str, str], ...] = (
     ("max_replication_slots", "10"),
     ("hot_standby", "on"),
     ("wal_log_hints", "on"),  # pg_rewind needs it to bring an old primary back as a standby
+    # WAL kept beyond the last checkpoint: pg_rewind reads the old primary's WAL back to the last checkpoint
+    # before the divergence, and the rejoined standby streams from there (replication slots, made at
+    # promotion, keep the rest). Without it, a checkpoint after the divergence could recycle that WAL.
+    ("wal_keep_size", "'512MB'"),
     ("wal_sender_timeout", "'5s'"),
     ("wal_receiver_timeout", "'5s'"),
     ("logging_collector", "off"),
@@ -224,16 +228,20 @@ class LocalServer:
             with contextlib.suppress(ProcessLookupError, PermissionError):
                 os.kill(target, signal.SIGKILL)
 
-    def base_backup(self, source_port: int, superuser: str, password: str, slot: str, timeout: float = 600) -> None:
-        """Create this (new) member's data directory as a streaming copy of the server on ``source_port``."""
+    def base_backup(self, source_port: int, superuser: str, password: str, slot: str, timeout: float = 600,
+                    progress: Callable[[int, int], None] | None = None) -> None:
+        """Create this (new) member's data directory as a streaming copy of the server on ``source_port``;
+        ``progress(done_kb, total_kb)`` follows pg_basebackup --progress."""
         if self.exists():
             raise NodeError(f"data directory {self.datadir} already exists", node=self.name)
         self.home.mkdir(parents=True, exist_ok=True)
         give_to(str(self.home), self.run_as, 0o700)
         passfile = self.write_passfile(source_port, superuser, password)
         run([self.binaries.path("pg_basebackup"), "-h", "127.0.0.1", "-p", str(source_port), "-U", superuser,
-             "-D", str(self.datadir), "-X", "stream", "-S", slot, "--checkpoint=fast", "--no-sync"],
-            run_as=self.run_as, env={"PGPASSFILE": str(passfile)}, timeout=timeout, what="pg_basebackup", node=self.name)
+             "-D", str(self.datadir), "-X", "stream", "-S", slot, "--checkpoint=fast", "--no-sync",
+             *(["--progress"] if progress else [])],
+            run_as=self.run_as, env={"PGPASSFILE": str(passfile)}, timeout=timeout, what="pg_basebackup", node=self.name,
+            on_progress=_kb_progress(progress) if progress else None)
         (self.datadir / SYNC_CONF).unlink(missing_ok=True)
         (self.datadir / "postmaster.pid").unlink(missing_ok=True)
 
@@ -317,3 +325,12 @@ def _alive(pid: int) -> bool:
             return True
         return True
     return stat.rsplit(")", 1)[1].split()[0] not in ("Z", "X")
+
+
+def _kb_progress(progress: Callable[[int, int], None]) -> Callable[[str], None]:
+    """pg_basebackup --progress updates ("1234/5678 kB (21%), 0/1 tablespace") → progress(done, total)."""
+    def parse(update: str) -> None:
+        match = re.search(r"(\d+)/(\d+) kB", update)
+        if match:
+            progress(int(match.group(1)), int(match.group(2)))
+    return parse
