@@ -126,4 +126,6 @@ def _short(exc: PgfleetError) -> str:
         program = text.split(" failed (exit ", 1)[0]
         errors = [part.split("error: ", 1)[1] for part in text.split(" / ") if "error: " in part]
         text = f"{program}: {errors[-1]}" if errors else text.split(": ", 1)[0]
+        if "FATAL:" in text:  # libpq's "connection to server at … failed: FATAL:  <reason>"
+            text = f"{program}: {text.split('FATAL:', 1)[1].strip()}"
     return text.split(" / ")[0][:200]

@@ -14,6 +14,8 @@ from ..node.fencemark import read_mark
 from ..node.ports import claim_ports, release_ports
 from ..node.server import LocalServer
 from .events import Say, record
+from .fence import fence
+from .maintenance import maintenance
 from .replication import connect_to, ensure_slot, sync_members, wait_streaming
 
 
@@ -104,3 +106,36 @@ def replication_status(local: LocalCluster) -> list[StandbyStatus]:
                                          int(str(seen[3])) if seen[3] is not None else None,
                                          float(str(seen[4])) if seen[4] is not None else 0.0))
     return out
+
+
+def remove_standby(local: LocalCluster, member: str) -> None:
+    """Remove a member that is not its group's primary: stop it, drop its slot, take it out of the
+    synchronous standby names and cluster.json, delete its directory and release its port."""
+    local.reload_spec()
+    if member not in {n.name for n in local.spec.nodes}:
+        raise SpecError(f"unknown member {member!r}", hint=f"members are: {', '.join(n.name for n in local.spec.nodes)}")
+    node = local.node(member)
+    group = node.group_name
+    with maintenance(local, group, f"removal of {member}"):
+        local.reload_spec()
+        primary = local.spec.primary_of(group)
+        if primary.name == member:
+            others = [m.name for m in local.spec.standbys(group)]
+            raise SpecError(f"{member} is the primary of {group} and cannot be removed",
+                            hint=(f"switch over first: 'pgfleet switchover {group} --to {others[0]}'" if others
+                                  else f"{group} has no standby to take over"))
+        server = local.server(member)
+        fence(local, member, "being removed")
+        note = ""
+        try:
+            with connect_to(local.member_endpoint(primary.name)) as conn:
+                conn.execute("SELECT pg_drop_replication_slot(slot_name) FROM pg_replication_slots "
+                             "WHERE slot_name = %s", (member,))
+        except (PgfleetError, psycopg.Error) as exc:
+            note = f"; its slot on {primary.name} could not be dropped ({str(exc).split(' — ')[0]}), drop it later"
+        local.remove_member(member)
+        with contextlib.suppress(PgfleetError):
+            local.server(primary.name).set_sync_standbys(sync_members(local, group))
+        shutil.rmtree(server.home, ignore_errors=True)
+        release_ports([node.port], local.directory)
+    record(local, group, "standby-removed", f"{member} (port {node.port}) removed{note}")
