@@ -188,7 +188,7 @@ def run_failover_bench(trials: int, out: Path, say: Say) -> dict[str, Any]:
             "median_s": statistics.median(times), "max_s": max(times), "trials": len(times),
             "acknowledged": sum(t.acknowledged for t in results if t.target == target),
             "lost": sum(t.lost for t in results if t.target == target),
-            "max_writable_per_group": max(n for t in results if t.target == target for n in t.writable.values())}
+            "writable_per_group": sorted({n for t in results if t.target == target for n in t.writable.values()})}
     report = {"elapsed_seconds": round(time.time() - started, 1), "summary": summary,
               "trials": [t.__dict__ for t in results],
               "settings": {"interval_s": 1.0, "timeout_s": 3.0, "replication": "synchronous (ANY 1)"}}

@@ -547,7 +547,7 @@ def bench_failover(trials: int, out_dir: str) -> None:
     targets = {"worker": "< 5 s median, 0 lost, 1 writable", "coordinator": "< 10 s median, 0 lost, 1 writable"}
     for name, row in report["summary"].items():
         table.add_row(name, str(row["trials"]), f"{row['median_s']:.2f}", f"{row['max_s']:.2f}",
-                      str(row["acknowledged"]), str(row["lost"]), f"max {row['max_writable_per_group']}",
+                      str(row["acknowledged"]), str(row["lost"]), "/".join(str(n) for n in row["writable_per_group"]),
                       targets[name])
     out.print(table)
     out.print(f"raw results: {Path(out_dir) / 'failover.json'} ({report['elapsed_seconds']} s)")
