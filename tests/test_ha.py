@@ -20,7 +20,11 @@ from psycopg import sql
 
 from conftest import make_cluster, pgfleet_cli
 from pgfleet.cluster.fleet import Fleet
-from pgfleet.cluster.ha import Monitor, add_standby, read_events, rejoin, replication_status, switchover
+from pgfleet.ha.events import read_events
+from pgfleet.ha.failover import switchover
+from pgfleet.ha.monitor import Monitor
+from pgfleet.ha.rejoin import rejoin
+from pgfleet.ha.standby import add_standby, replication_status
 from pgfleet.cluster.local import LocalCluster
 from pgfleet.cluster.router import Router, ShardPool, aggregate
 from pgfleet.errors import SpecError, TopologyError

@@ -6,8 +6,8 @@ started, with the monitor at its defaults (a check every second, failover after 
 answer). A client writes one row per statement through the coordinator (multi-host connection string,
 so it follows a coordinator failover), keeping a ledger of acknowledged ids. In each trial the primary
 is killed (SIGKILL of the postmaster and its backends). The trial measures the time to the first
-acknowledged write after the kill, checks every acknowledged id, and then rejoins the old primary
-as a standby for the next trial.
+acknowledged write after the kill, checks every acknowledged id, rejoins the old primary as a standby
+for the next trial, and then counts the members of every group that accept writes (must be 1).
 """
 
 from __future__ import annotations
@@ -26,9 +26,13 @@ from typing import Any
 import psycopg
 
 from .cluster.fleet import Fleet
-from .cluster.ha import Monitor, add_standby, rejoin
+from .ha.monitor import Monitor
+from .ha.rejoin import rejoin
+from .ha.standby import add_standby
 from .cluster.local import LocalCluster
 from .cluster.router import Router
+from .errors import PgfleetError
+from .execute.connect import connect
 from .spec import DistributeSpec, HashSpec, QualifiedName
 
 Say = Callable[[str], None]
@@ -79,6 +83,7 @@ class Trial:
     seconds_to_first_write: float
     acknowledged: int
     lost: int
+    writable: dict[str, int]  # per group, members accepting writes after the trial (must be 1 each)
 
 
 def _keys_for(local: LocalCluster, node: str | None) -> Iterator[int]:
@@ -125,7 +130,26 @@ def _trial(local: LocalCluster, group: str, say: Say) -> Trial:
     say(f"  {group}: killed {victim}, {promoted} promoted, first write after {seconds:.2f} s, "
         f"{len(writer.acked)} acknowledged, {lost} lost")
     rejoin(local, victim)
-    return Trial(group, victim, promoted, seconds, len(writer.acked), lost)
+    writable = writable_per_group(local)
+    say(f"  {group}: {victim} rejoined; writable members per group: "
+        + ", ".join(f"{g} {n}" for g, n in writable.items()))
+    return Trial(group, victim, promoted, seconds, len(writer.acked), lost, writable)
+
+
+def writable_per_group(local: LocalCluster) -> dict[str, int]:
+    """How many members of each group accept writes (answer and are not in recovery)."""
+    local.reload_spec()
+    counts = {}
+    for group in local.spec.groups:
+        counts[group] = 0
+        for member in local.spec.members(group):
+            try:
+                with connect(local.member_endpoint(member.name), timeout=2) as conn:
+                    row = conn.execute("SELECT pg_is_in_recovery()").fetchone()
+                counts[group] += row is not None and row[0] is False
+            except (PgfleetError, psycopg.Error):
+                pass
+    return counts
 
 
 def run_failover_bench(trials: int, out: Path, say: Say) -> dict[str, Any]:
@@ -163,7 +187,8 @@ def run_failover_bench(trials: int, out: Path, say: Say) -> dict[str, Any]:
         summary["worker" if target == "w1" else "coordinator"] = {
             "median_s": statistics.median(times), "max_s": max(times), "trials": len(times),
             "acknowledged": sum(t.acknowledged for t in results if t.target == target),
-            "lost": sum(t.lost for t in results if t.target == target)}
+            "lost": sum(t.lost for t in results if t.target == target),
+            "writable_per_group": sorted({n for t in results if t.target == target for n in t.writable.values()})}
     report = {"elapsed_seconds": round(time.time() - started, 1), "summary": summary,
               "trials": [t.__dict__ for t in results],
               "settings": {"interval_s": 1.0, "timeout_s": 3.0, "replication": "synchronous (ANY 1)"}}

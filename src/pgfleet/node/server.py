@@ -8,9 +8,10 @@ from __future__ import annotations
 
 import logging
 import os
+import re
 import tempfile
 import time
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -40,6 +41,10 @@ BASE_SETTINGS: tuple[tuple[str, str], ...] = (
     ("max_replication_slots", "10"),
     ("hot_standby", "on"),
     ("wal_log_hints", "on"),  # pg_rewind needs it to bring an old primary back as a standby
+    # WAL kept beyond the last checkpoint: pg_rewind reads the old primary's WAL back to the last checkpoint
+    # before the divergence, and the rejoined standby streams from there (replication slots, made at
+    # promotion, keep the rest). Without it, a checkpoint after the divergence could recycle that WAL.
+    ("wal_keep_size", "'512MB'"),
     ("wal_sender_timeout", "'5s'"),
     ("wal_receiver_timeout", "'5s'"),
     ("logging_collector", "off"),
@@ -126,6 +131,10 @@ class LocalServer:
                 text += f"\n{include}\n"
         self._write(main, text)
 
+    def write_file(self, path: Path, text: str) -> None:
+        """Write a 0600 file the server account owns."""
+        self._write(path, text)
+
     def _write(self, path: Path, text: str) -> None:
         path.write_text(text)
         if self.run_as is not None:
@@ -133,11 +142,18 @@ class LocalServer:
         os.chmod(path, 0o600)
 
     def is_running(self) -> bool:
-        if not self.exists():
-            return False
-        done = run([self.binaries.path("pg_ctl"), "-D", str(self.datadir), "status"],
-                   run_as=self.run_as, check=False, timeout=30, what="pg_ctl status", node=self.name)
-        return done.returncode == 0
+        """Whether the postmaster named in postmaster.pid is alive. A killed postmaster whose parent never
+        reaps it stays a zombie that ``pg_ctl status`` (and the server's own lock-file check) takes for
+        a running server; it is not one."""
+        pid = self.pid()
+        return pid is not None and _alive(pid)
+
+    def _clear_stale_pidfile(self) -> None:
+        """Remove postmaster.pid when its process is dead or a zombie (the server would refuse to start)."""
+        pid = self.pid()
+        if pid is not None and not _alive(pid):
+            log.info("%s: removing stale postmaster.pid of dead process %d", self.name, pid)
+            (self.datadir / "postmaster.pid").unlink(missing_ok=True)
 
     def start(self, timeout: float = 60.0) -> None:
         if not self.exists():
@@ -148,11 +164,16 @@ class LocalServer:
         if not port_is_free(self.port):
             raise NodeError(f"port {self.port} on 127.0.0.1 is in use", node=self.name,
                             hint="stop the program that holds it, or create the cluster with another --port")
+        self._clear_stale_pidfile()
         done = run([self.binaries.path("pg_ctl"), "-D", str(self.datadir), "-l", str(self.logfile),
                     "-w", "-t", str(int(timeout)), "start"],
                    run_as=self.run_as, check=False, timeout=timeout + 30, what="pg_ctl start", node=self.name)
         if done.returncode != 0:
             tail = self.log_tail()
+            if "shared memory block is still in use" in tail:
+                raise NodeError("processes of its previous server still run", node=self.name,
+                                hint="they exit by themselves within seconds of their postmaster's death; "
+                                     "run 'pgfleet up' again")
             if "Address already in use" in tail:
                 raise NodeError(f"port {self.port} on 127.0.0.1 is in use", node=self.name,
                                 hint="stop the program that holds it, or create the cluster with another --port")
@@ -207,16 +228,20 @@ class LocalServer:
             with contextlib.suppress(ProcessLookupError, PermissionError):
                 os.kill(target, signal.SIGKILL)
 
-    def base_backup(self, source_port: int, superuser: str, password: str, slot: str, timeout: float = 600) -> None:
-        """Create this (new) member's data directory as a streaming copy of the server on ``source_port``."""
+    def base_backup(self, source_port: int, superuser: str, password: str, slot: str, timeout: float = 600,
+                    progress: Callable[[int, int], None] | None = None) -> None:
+        """Create this (new) member's data directory as a streaming copy of the server on ``source_port``;
+        ``progress(done_kb, total_kb)`` follows pg_basebackup --progress."""
         if self.exists():
             raise NodeError(f"data directory {self.datadir} already exists", node=self.name)
         self.home.mkdir(parents=True, exist_ok=True)
         give_to(str(self.home), self.run_as, 0o700)
         passfile = self.write_passfile(source_port, superuser, password)
         run([self.binaries.path("pg_basebackup"), "-h", "127.0.0.1", "-p", str(source_port), "-U", superuser,
-             "-D", str(self.datadir), "-X", "stream", "-S", slot, "--checkpoint=fast", "--no-sync"],
-            run_as=self.run_as, env={"PGPASSFILE": str(passfile)}, timeout=timeout, what="pg_basebackup", node=self.name)
+             "-D", str(self.datadir), "-X", "stream", "-S", slot, "--checkpoint=fast", "--no-sync",
+             *(["--progress"] if progress else [])],
+            run_as=self.run_as, env={"PGPASSFILE": str(passfile)}, timeout=timeout, what="pg_basebackup", node=self.name,
+            on_progress=_kb_progress(progress) if progress else None)
         (self.datadir / SYNC_CONF).unlink(missing_ok=True)
         (self.datadir / "postmaster.pid").unlink(missing_ok=True)
 
@@ -235,6 +260,17 @@ class LocalServer:
                     f"primary_conninfo = '{conninfo}'\nprimary_slot_name = '{slot}'\n"
                     "recovery_target_timeline = 'latest'\nhot_standby_feedback = on\n")
         self._write(self.datadir / "standby.signal", "")
+
+    def standby_source_port(self) -> int | None:
+        """The port of the primary this member is configured to stream from; None if it is no standby."""
+        if not self.is_standby():
+            return None
+        try:
+            text = (self.datadir / STANDBY_CONF).read_text()
+        except OSError:
+            return None
+        match = re.search(r"\bport=(\d+)", text)
+        return int(match.group(1)) if match else None
 
     def set_sync_standbys(self, names: list[str]) -> None:
         """Make commits wait for one of ``names`` (none: asynchronous); takes effect on reload."""
@@ -274,3 +310,27 @@ class LocalServer:
             return ""
         wanted = [ln for ln in text.splitlines() if ln.strip()][-lines:]
         return " / ".join(wanted)
+
+
+def _alive(pid: int) -> bool:
+    """A live (not zombie) process with this pid."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        try:
+            os.kill(pid, 0)
+        except ProcessLookupError:
+            return False
+        except PermissionError:
+            return True
+        return True
+    return stat.rsplit(")", 1)[1].split()[0] not in ("Z", "X")
+
+
+def _kb_progress(progress: Callable[[int, int], None]) -> Callable[[str], None]:
+    """pg_basebackup --progress updates ("1234/5678 kB (21%), 0/1 tablespace") → progress(done, total)."""
+    def parse(update: str) -> None:
+        match = re.search(r"(\d+)/(\d+) kB", update)
+        if match:
+            progress(int(match.group(1)), int(match.group(2)))
+    return parse

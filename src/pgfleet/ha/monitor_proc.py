@@ -11,8 +11,10 @@ import sys
 import threading
 import time
 
-from .ha import Monitor, Say
-from .local import LocalCluster
+from ..cluster.local import LocalCluster
+from .events import Say
+from .monitor import Monitor
+
 
 PID_FILE = "monitor.pid"
 LOG_FILE = "monitor.log"
