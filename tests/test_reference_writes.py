@@ -121,8 +121,13 @@ def test_rolled_back_writes_and_savepoints_reach_no_copy(fleet: Fleet, schema: s
             conn.execute("UPDATE ref SET v = 2 WHERE id = 2")
             conn.execute("INSERT INTO ref VALUES (3, 3)")           # fails: the savepoint rolls back id 2 too
         conn.execute("UPDATE ref SET v = 4 WHERE id = 4")
+    with conn.transaction():  # the transaction's first queued rows are rolled back with their savepoint
+        with pytest.raises(psycopg.errors.UniqueViolation), conn.transaction():
+            conn.execute("UPDATE ref SET v = 5 WHERE id = 5")
+            conn.execute("INSERT INTO ref VALUES (3, 3)")
+        conn.execute("UPDATE ref SET v = 6 WHERE id = 6")
     rows = _assert_copies_equal(fleet, schema)
-    assert [r[0] for r in rows if not r[0].endswith(",0)")] == ["(1,1)", "(4,4)"]
+    assert [r[0] for r in rows if not r[0].endswith(",0)")] == ["(1,1)", "(4,4)", "(6,6)"]
     assert conn.execute("SELECT count(*) FROM pgfleet.ddl_queue").fetchone() == (0,)
 
 

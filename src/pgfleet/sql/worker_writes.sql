@@ -49,15 +49,14 @@ $$;
 CREATE OR REPLACE FUNCTION pgfleet.queue_for_copies(p_relid oid, p_template text, p_rows jsonb)
 RETURNS void LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pgfleet AS $$
 DECLARE
-    first bool := current_setting('pgfleet.queued', true) IS DISTINCT FROM 'on';
+    -- Only the transaction's first row fires flush_queue(). A rolled-back savepoint takes its rows
+    -- with it, so the next row is the first again.
+    first bool := NOT EXISTS (SELECT FROM pgfleet.ddl_queue WHERE xid = pg_current_xact_id());
 BEGIN
-    -- The transaction-local setting goes with a rolled-back savepoint, as the rows it marks do.
     INSERT INTO pgfleet.ddl_queue (node, statement, flush)
-    SELECT s.node, format(p_template, s.shard_schema, s.shard_table, p_rows::text), first
+    SELECT s.node, format(p_template, s.shard_schema, s.shard_table, p_rows::text),
+           first AND row_number() OVER (ORDER BY s.node) = 1
     FROM pgfleet.shards s WHERE s.relid = p_relid ORDER BY s.node;
-    IF first THEN
-        PERFORM set_config('pgfleet.queued', 'on', true);
-    END IF;
 END $$;
 
 -- The SET clauses pin the text output of values (as postgres_fdw does for what it sends), so the
