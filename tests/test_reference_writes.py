@@ -255,3 +255,26 @@ def test_pgbench_tpcb_with_reference_branches_and_tellers_has_no_failures(fleet:
     finally:
         conn.execute("DROP TABLE IF EXISTS pgbench_accounts, pgbench_branches, pgbench_tellers, pgbench_history")
 
+
+
+def test_a_new_link_settles_prepared_transactions_an_interrupted_commit_left(fleet: Fleet, schema: str) -> None:
+    _numbered(fleet, schema)
+    conn = fleet.conn()
+    xids = {}
+    for fate in ("aborted", "committed"):
+        with conn.transaction(force_rollback=fate == "aborted"):
+            row = conn.execute("SELECT pg_current_xact_id()").fetchone()
+            assert row is not None
+            xids[fate] = row[0]
+    w1 = fleet.topology().node("w1")
+    assert w1 is not None
+    copy = sql.Identifier(schema, "ref")
+    with fleet.worker_conn(w1, autocommit=False) as wc:  # what a coordinator crash mid-commit leaves behind
+        for fate, rid in (("aborted", 21), ("committed", 22)):
+            wc.execute(sql.SQL("INSERT INTO {} VALUES (%s, %s)").format(copy), (rid, rid))
+            wc.execute(sql.SQL("PREPARE TRANSACTION {}").format(sql.Literal(f"pgfleet_xact_{xids[fate]}_w1")))
+    with fleet.new_coordinator_conn() as fresh:  # a new session opens a new link to w1
+        fresh.execute(sql.SQL("UPDATE {} SET v = 1 WHERE id = 1").format(copy))
+    assert _prepared_xacts(fleet) == {"w1": [], "w2": []}
+    with fleet.worker_conn(w1) as wc:
+        assert wc.execute(sql.SQL("SELECT id FROM {} WHERE id > 20").format(copy)).fetchall() == [(22,)]
