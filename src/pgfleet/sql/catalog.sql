@@ -185,13 +185,14 @@ END $$;
 
 -- How rows of p_relid travel to its reference copies (all columns, or the primary key only): as a
 -- JSON array of arrays of each value's text (NULL stays null, so a jsonb 'null' and an SQL NULL stay
--- apart). texts: ARRAY[n.a::text, …] over a row n; names: a, …; casts: (r->>0)::type, … over an
--- element r; match: c.a = (r->>0)::type AND … (keys only). Used by worker_writes.sql.
+-- apart), primary key columns first. texts: ARRAY[n.a::text, …] over a row n; names: a, …;
+-- casts: (r->>0)::type, … over an element r; match: c.a = (r->>0)::type AND … over the key columns
+-- (the same in both codecs). Used by worker_writes.sql.
 CREATE OR REPLACE FUNCTION pgfleet.codec_of(p_relid oid, p_keys_only bool) RETURNS pgfleet.row_codecs
 LANGUAGE sql STABLE SET search_path = pg_catalog, pgfleet AS $$
     WITH cols AS (
-        SELECT a.attname, format_type(a.atttypid, a.atttypmod) AS type,
-               row_number() OVER (ORDER BY coalesce(k.ord, 0), a.attnum) - 1 AS pos
+        SELECT a.attname, format_type(a.atttypid, a.atttypmod) AS type, k.ord IS NOT NULL AS is_key,
+               row_number() OVER (ORDER BY k.ord NULLS LAST, a.attnum) - 1 AS pos
         FROM pg_attribute a
         LEFT JOIN pg_index i ON i.indrelid = a.attrelid AND i.indisprimary
         LEFT JOIN LATERAL unnest(i.indkey) WITH ORDINALITY AS k(attnum, ord) ON k.attnum = a.attnum
@@ -200,7 +201,8 @@ LANGUAGE sql STABLE SET search_path = pg_catalog, pgfleet AS $$
            'ARRAY[' || string_agg(format('n.%I::text', attname), ', ' ORDER BY pos) || ']',
            string_agg(format('%I', attname), ', ' ORDER BY pos),
            string_agg(format('(r->>%s)::%s', pos, type), ', ' ORDER BY pos),
-           string_agg(format('c.%I = (r->>%s)::%s', attname, pos, type), ' AND ' ORDER BY pos))::pgfleet.row_codecs
+           string_agg(format('c.%I = (r->>%s)::%s', attname, pos, type), ' AND ' ORDER BY pos)
+               FILTER (WHERE is_key))::pgfleet.row_codecs
     FROM cols
 $$;
 

@@ -66,36 +66,52 @@ LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pgfleet
 SET DateStyle = 'ISO, YMD' SET IntervalStyle = 'postgres' SET extra_float_digits = 3 AS $$
 DECLARE
     batch_rows constant int := 5000;  -- rows per statement: a bulk write becomes several statements
-    codec record;
-    rows jsonb;
+    key_codec pgfleet.row_codecs;
+    all_codec pgfleet.row_codecs;
+    old_keys jsonb;
+    new_rows jsonb;
+    same_keys bool;
     batch jsonb;
 BEGIN
     IF TG_OP = 'TRUNCATE' THEN
         PERFORM pgfleet.queue_for_copies(TG_RELID, 'TRUNCATE %1$I.%2$I', NULL);
         RETURN NULL;
     END IF;
-    IF TG_OP IN ('UPDATE', 'DELETE') THEN
-        codec := pgfleet.row_codec(TG_RELID, true);
-        IF codec.match IS NULL THEN
-            RAISE EXCEPTION 'pgfleet: reference table % has no primary key, so its rows cannot be found on the copies',
-                TG_RELID::regclass USING HINT = 'Add the primary key back (ALTER TABLE … ADD PRIMARY KEY).';
+    key_codec := pgfleet.row_codec(TG_RELID, true);
+    all_codec := pgfleet.row_codec(TG_RELID, false);
+    IF TG_OP <> 'INSERT' AND key_codec.match IS NULL THEN
+        RAISE EXCEPTION 'pgfleet: reference table % has no primary key, so its rows cannot be found on the copies',
+            TG_RELID::regclass USING HINT = 'Add the primary key back (ALTER TABLE … ADD PRIMARY KEY).';
+    END IF;
+    IF TG_OP = 'UPDATE' THEN
+        EXECUTE format('SELECT (SELECT jsonb_agg(%1$s) FROM pgfleet_old n), (SELECT jsonb_agg(%2$s) FROM pgfleet_new n), '
+                       'NOT EXISTS (SELECT %1$s FROM pgfleet_old n EXCEPT SELECT %1$s FROM pgfleet_new n)',
+                       key_codec.texts, all_codec.texts) INTO old_keys, new_rows, same_keys;
+        IF same_keys THEN  -- no key changed: the copies update in place (HOT, no new index entries)
+            FOR batch IN SELECT pgfleet.json_batches(new_rows, batch_rows) LOOP
+                PERFORM pgfleet.queue_for_copies(TG_RELID,
+                    'UPDATE %1$I.%2$I c SET (' || replace(all_codec.names, '%', '%%') || ') = ROW('
+                    || replace(all_codec.casts, '%', '%%') || ') FROM jsonb_array_elements(%3$L) r WHERE '
+                    || replace(all_codec.match, '%', '%%'), batch);
+            END LOOP;
+            RETURN NULL;
         END IF;
-        EXECUTE format('SELECT jsonb_agg(%s) FROM pgfleet_old n', codec.texts) INTO rows;
-        FOR batch IN SELECT pgfleet.json_batches(rows, batch_rows) LOOP
-            PERFORM pgfleet.queue_for_copies(TG_RELID,
-                'DELETE FROM %1$I.%2$I c USING jsonb_array_elements(%3$L) r WHERE ' || replace(codec.match, '%', '%%'),
-                batch);
-        END LOOP;
+    ELSIF TG_OP = 'DELETE' THEN
+        EXECUTE format('SELECT jsonb_agg(%s) FROM pgfleet_old n', key_codec.texts) INTO old_keys;
+    ELSE
+        EXECUTE format('SELECT jsonb_agg(%s) FROM pgfleet_new n', all_codec.texts) INTO new_rows;
     END IF;
-    IF TG_OP IN ('UPDATE', 'INSERT') THEN
-        codec := pgfleet.row_codec(TG_RELID, false);
-        EXECUTE format('SELECT jsonb_agg(%s) FROM pgfleet_new n', codec.texts) INTO rows;
-        FOR batch IN SELECT pgfleet.json_batches(rows, batch_rows) LOOP
-            PERFORM pgfleet.queue_for_copies(TG_RELID,
-                'INSERT INTO %1$I.%2$I (' || replace(codec.names, '%', '%%') || ') SELECT '
-                || replace(codec.casts, '%', '%%') || ' FROM jsonb_array_elements(%3$L) r', batch);
-        END LOOP;
-    END IF;
+    -- DELETE, INSERT, and an UPDATE that changed keys: delete the old keys, insert the new rows
+    FOR batch IN SELECT pgfleet.json_batches(old_keys, batch_rows) LOOP
+        PERFORM pgfleet.queue_for_copies(TG_RELID,
+            'DELETE FROM %1$I.%2$I c USING jsonb_array_elements(%3$L) r WHERE ' || replace(key_codec.match, '%', '%%'),
+            batch);
+    END LOOP;
+    FOR batch IN SELECT pgfleet.json_batches(new_rows, batch_rows) LOOP
+        PERFORM pgfleet.queue_for_copies(TG_RELID,
+            'INSERT INTO %1$I.%2$I (' || replace(all_codec.names, '%', '%%') || ') SELECT '
+            || replace(all_codec.casts, '%', '%%') || ' FROM jsonb_array_elements(%3$L) r', batch);
+    END LOOP;
     RETURN NULL;
 END $$;
 
@@ -292,3 +308,9 @@ DROP FUNCTION IF EXISTS pgfleet.flush_ddl();
 DROP TRIGGER IF EXISTS flush_queue ON pgfleet.ddl_queue;
 CREATE CONSTRAINT TRIGGER flush_queue AFTER INSERT ON pgfleet.ddl_queue
     DEFERRABLE INITIALLY DEFERRED FOR EACH ROW WHEN (NEW.flush) EXECUTE FUNCTION pgfleet.flush_queue();
+
+-- Codecs are rewritten on every install, so they always follow this version of codec_of().
+DELETE FROM pgfleet.row_codecs;
+INSERT INTO pgfleet.row_codecs
+SELECT (pgfleet.codec_of(t.relid, k)).* FROM pgfleet.tables t CROSS JOIN unnest(ARRAY[true, false]) AS k
+WHERE t.method = 'reference';
