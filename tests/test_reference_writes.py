@@ -89,7 +89,7 @@ def test_copies_follow_every_kind_of_write(fleet: Fleet, schema: str) -> None:
     conn.execute("SET TimeZone = 'Asia/Kolkata'")
     steps = [
         "INSERT INTO ref (a, b, x, at) VALUES (4, 'four', pi(), now()), (5, 'five', 1/3::float8, NULL)",
-        "UPDATE ref SET price = price * 2, tags = tags || 'z'::text WHERE a IN (1, 3)",
+        "UPDATE ref SET price = price * 2, tags = tags || 'z'::text WHERE a IN (1, 3)",  # in place
         "UPDATE ref SET a = a + 100 WHERE a = 2",                       # key change
         "UPDATE ref SET a = CASE a WHEN 4 THEN 5 ELSE 4 END, b = 'swapped' WHERE a IN (4, 5)",  # keys swap
         "UPDATE ref SET doc = NULL, raw = NULL WHERE a = 1",
