@@ -55,10 +55,13 @@ def _assert_copies_equal(fleet: Fleet, schema: str, table: str = "ref") -> Rows:
 
 
 def _prepared_xacts(fleet: Fleet) -> dict[str, Rows]:
+    """Per worker: prepared transactions, and sessions left inside a transaction (both must be none)."""
     out = {}
     for w in fleet.topology().workers:
         with fleet.worker_conn(w) as conn:
-            out[w.name] = conn.execute("SELECT gid FROM pg_prepared_xacts").fetchall()
+            out[w.name] = conn.execute(
+                "SELECT gid FROM pg_prepared_xacts UNION ALL SELECT 'open: ' || application_name "
+                "FROM pg_stat_activity WHERE state LIKE 'idle in transaction%' AND pid <> pg_backend_pid()").fetchall()
     return out
 
 

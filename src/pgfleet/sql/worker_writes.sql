@@ -146,8 +146,7 @@ BEGIN
       BEGIN
         FOR leftover IN SELECT g.gid, pg_xact_status(substring(g.gid FROM '^pgfleet_xact_(\d+)_')::xid8) AS status
                         FROM dblink(link, 'SELECT gid FROM pg_prepared_xacts WHERE database = current_database() '
-                                          'AND gid LIKE ''pgfleet\_xact\_%''') AS g(gid text)
-                        WHERE substring(g.gid FROM '_([^_]*)$') IS NOT NULL LOOP
+                                          'AND gid LIKE ''pgfleet\_xact\_%''') AS g(gid text) LOOP
             CONTINUE WHEN leftover.status IS NULL OR leftover.status = 'in progress';
             PERFORM dblink_exec(link, format('%s PREPARED %L',
                                              CASE leftover.status WHEN 'committed' THEN 'COMMIT' ELSE 'ROLLBACK' END,
