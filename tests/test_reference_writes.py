@@ -276,8 +276,13 @@ def test_a_new_link_settles_prepared_transactions_an_interrupted_commit_left(fle
         for fate, rid in (("aborted", 21), ("committed", 22)):
             wc.execute(sql.SQL("INSERT INTO {} VALUES (%s, %s)").format(copy), (rid, rid))
             wc.execute(sql.SQL("PREPARE TRANSACTION {}").format(sql.Literal(f"pgfleet_xact_{xids[fate]}_w1")))
-    with fleet.new_coordinator_conn() as fresh:  # a new session opens a new link to w1
-        fresh.execute(sql.SQL("UPDATE {} SET v = 1 WHERE id = 1").format(copy))
-    assert _prepared_xacts(fleet) == {"w1": [], "w2": []}
-    with fleet.worker_conn(w1) as wc:
-        assert wc.execute(sql.SQL("SELECT id FROM {} WHERE id > 20").format(copy)).fetchall() == [(22,)]
+    try:
+        with fleet.new_coordinator_conn() as fresh:  # a new session opens a new link to w1
+            fresh.execute(sql.SQL("UPDATE {} SET v = 1 WHERE id = 1").format(copy))
+        assert _prepared_xacts(fleet) == {"w1": [], "w2": []}
+        with fleet.worker_conn(w1) as wc:
+            assert wc.execute(sql.SQL("SELECT id FROM {} WHERE id > 20").format(copy)).fetchall() == [(22,)]
+    finally:  # when the test fails, the leftovers must not block dropping the schema
+        with fleet.worker_conn(w1) as wc:
+            for (gid,) in wc.execute("SELECT gid FROM pg_prepared_xacts WHERE gid LIKE 'pgfleet_xact_%'").fetchall():
+                wc.execute(sql.SQL("ROLLBACK PREPARED {}").format(sql.Literal(gid)))
