@@ -286,3 +286,26 @@ def test_a_new_link_settles_prepared_transactions_an_interrupted_commit_left(fle
         with fleet.worker_conn(w1) as wc:
             for (gid,) in wc.execute("SELECT gid FROM pg_prepared_xacts WHERE gid LIKE 'pgfleet_xact_%'").fetchall():
                 wc.execute(sql.SQL("ROLLBACK PREPARED {}").format(sql.Literal(gid)))
+
+
+def test_a_role_that_may_write_the_table_cannot_borrow_the_links(fleet: Fleet, schema: str) -> None:
+    _numbered(fleet, schema)
+    conn = fleet.conn()
+    conn.execute("DROP ROLE IF EXISTS pgfleet_test_app")
+    conn.execute("CREATE ROLE pgfleet_test_app")
+    try:
+        conn.execute(sql.SQL("GRANT USAGE ON SCHEMA {} TO pgfleet_test_app").format(sql.Identifier(schema)))
+        conn.execute("GRANT SELECT, UPDATE ON ref TO pgfleet_test_app")
+        conn.execute("GRANT USAGE ON SCHEMA pgfleet TO pgfleet_test_app")  # even with the catalog visible
+        conn.execute("SET ROLE pgfleet_test_app")
+        conn.execute("UPDATE ref SET v = 8 WHERE id = 8")  # the session's links to the workers are open now
+        with pytest.raises(psycopg.errors.InsufficientPrivilege):
+            conn.execute("SELECT dblink_exec('pgfleet_w1', 'CREATE ROLE intruder SUPERUSER')")
+        with pytest.raises(psycopg.errors.InsufficientPrivilege):
+            conn.execute("SELECT pgfleet.link_send('w1', 'CREATE ROLE intruder SUPERUSER', false)")
+        conn.execute("RESET ROLE")
+        assert ("(8,8)",) in _assert_copies_equal(fleet, schema)
+    finally:
+        conn.execute("RESET ROLE")
+        conn.execute(sql.SQL("DROP OWNED BY pgfleet_test_app"))
+        conn.execute("DROP ROLE pgfleet_test_app")

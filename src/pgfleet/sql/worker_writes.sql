@@ -313,3 +313,8 @@ DELETE FROM pgfleet.row_codecs;
 INSERT INTO pgfleet.row_codecs
 SELECT (pgfleet.codec_of(t.relid, k)).* FROM pgfleet.tables t CROSS JOIN unnest(ARRAY[true, false]) AS k
 WHERE t.method = 'reference';
+
+-- These run SQL on the workers as the catalog's owner: for pgfleet's triggers only.
+REVOKE EXECUTE ON FUNCTION pgfleet.worker_link(text, bool), pgfleet.worker_two_phase(text),
+    pgfleet.link_wait(text), pgfleet.link_send(text, text, bool),
+    pgfleet.queue_for_copies(oid, text, jsonb) FROM PUBLIC;
