@@ -97,7 +97,8 @@ class Result:
 
 
 # --- helpers -------------------------------------------------------------------------------------------
-def _pgbench(local: LocalCluster, node: str, args: list[str], script: str | None = None) -> dict[str, float]:
+def run_pgbench(local: LocalCluster, node: str, args: list[str], script: str | None = None) -> dict[str, float]:
+    """Run pgbench against ``node`` of ``local`` (password in the environment, never in argv)."""
     ep = local.endpoint(node)
     argv = [local.binaries.path("pgbench"), "-h", ep.host, "-p", str(ep.port), "-U", ep.user, *args]
     env = {"PGPASSWORD": ep.password or "", "PGDATABASE": ep.dbname}
@@ -110,9 +111,19 @@ def _pgbench(local: LocalCluster, node: str, args: list[str], script: str | None
     finally:
         if script is not None:
             os.unlink(handle.name)
-    tps = re.search(r"tps = ([\d.]+)", out)
-    lat = re.search(r"latency average = ([\d.]+) ms", out)
-    return {"tps": float(tps.group(1)) if tps else 0.0, "latency_ms": float(lat.group(1)) if lat else 0.0}
+    return _pgbench_numbers(out)
+
+
+def _pgbench_numbers(out: str) -> dict[str, float]:
+    """tps and average latency (0 when absent), and the transactions processed and failed when reported."""
+    patterns = {"tps": r"tps = ([\d.]+)", "latency_ms": r"latency average = ([\d.]+) ms",
+                "transactions": r"number of transactions actually processed: (\d+)",
+                "failed": r"number of failed transactions: (\d+)"}
+    numbers = {"tps": 0.0, "latency_ms": 0.0}
+    for name, pattern in patterns.items():
+        if m := re.search(pattern, out):
+            numbers[name] = float(m.group(1))
+    return numbers
 
 
 def _secs(duration: float) -> str:
@@ -266,7 +277,7 @@ class Bench:
                                              colocate_with=QualifiedName("public", "t")))
         self.say(f"pgbench -i -s {self.cfg.pgbench_scale} on both; pgbench_accounts range-distributed (seed 004)")
         for target in (self.base, self.fleet_local):
-            _pgbench(target, "coord", ["-i", "-q", "-s", str(self.cfg.pgbench_scale)])
+            run_pgbench(target, "coord", ["-i", "-q", "-s", str(self.cfg.pgbench_scale)])
         accounts = 100_000 * self.cfg.pgbench_scale
         step = accounts // self.cfg.shards
         bounds = ",".join(["min"] + [str(1 + step * i) for i in range(1, self.cfg.shards)] + ["max"])
@@ -300,7 +311,7 @@ class Bench:
         script = f"\\set id random(1, {n})\nSELECT val FROM t WHERE id = :id;\n"
 
         def bench(local: LocalCluster, clients: int, mode: str, key: str) -> Callable[[], float]:
-            return lambda: _pgbench(local, "coord", ["-n", "-c", str(clients), "-j", str(min(clients, 2)),
+            return lambda: run_pgbench(local, "coord", ["-n", "-c", str(clients), "-j", str(min(clients, 2)),
                                                      "-T", _secs(d), "-M", mode], script)[key]
 
         router_ep = self.base.endpoint("coord")
@@ -335,8 +346,8 @@ class Bench:
         upd = f"\\set id random(1, {n})\nUPDATE t SET val = val + 1 WHERE id = :id;\n"
         res = self.add(Result("single-row UPDATE by key, 1 client", "ms", None, "(not in issue table)"))
         one = ["-n", "-c", "1", "-T", _secs(d), "-M", "prepared"]
-        self.interleave(res, lambda: _pgbench(self.base, "coord", one, upd)["latency_ms"],
-                        lambda: _pgbench(self.fleet_local, "coord", one, upd)["latency_ms"])
+        self.interleave(res, lambda: run_pgbench(self.base, "coord", one, upd)["latency_ms"],
+                        lambda: run_pgbench(self.fleet_local, "coord", one, upd)["latency_ms"])
 
     def scans(self) -> None:
         b, f = self.b, self.f
@@ -461,15 +472,15 @@ class Bench:
         res = self.add(Result("pgbench TPC-B-like, 4 clients", "tps", None, "(not in issue table)",
                               note="pgbench_accounts range-distributed over 8 shards; branches, tellers, history "
                                    "stay on the coordinator"))
-        self.interleave(res, lambda: _pgbench(self.base, "coord", ["-n", "-c", "4", "-j", "2", "-T", d])["tps"],
-                        lambda: _pgbench(self.fleet_local, "coord", ["-n", "-c", "4", "-j", "2", "-T", d])["tps"])
+        self.interleave(res, lambda: run_pgbench(self.base, "coord", ["-n", "-c", "4", "-j", "2", "-T", d])["tps"],
+                        lambda: run_pgbench(self.fleet_local, "coord", ["-n", "-c", "4", "-j", "2", "-T", d])["tps"])
 
     def growth(self) -> None:
         d = _secs(self.cfg.duration)
         keys = 100_000
         growth: dict[str, Any] = {"lookup_latency_ms": {}, "count_seconds": {}, "worker_connections": {}}
         base_script = f"\\set id random(1, {keys})\nSELECT val FROM t WHERE id = :id;\n"
-        growth["lookup_latency_ms"]["single"] = _pgbench(self.base, "coord", ["-n", "-c", "1", "-T", d, "-M", "prepared"],
+        growth["lookup_latency_ms"]["single"] = run_pgbench(self.base, "coord", ["-n", "-c", "1", "-T", d, "-M", "prepared"],
                                                          base_script)["latency_ms"]
         for count in self.cfg.shard_counts:
             name = f"s{count}"
@@ -477,7 +488,7 @@ class Bench:
             self.fleet.distribute(DistributeSpec(QualifiedName("public", name), "id", HashSpec(count)))
             _generate_into_shards(self.fleet, f"public.{name}", f"SELECT g, g FROM generate_series(1, {keys}) g", count)
             script = f"\\set id random(1, {keys})\nSELECT val FROM {name} WHERE id = :id;\n"
-            growth["lookup_latency_ms"][count] = _pgbench(self.fleet_local, "coord",
+            growth["lookup_latency_ms"][count] = run_pgbench(self.fleet_local, "coord",
                                                           ["-n", "-c", "1", "-T", d, "-M", "prepared"], script)["latency_ms"]
             self.say(f"  point lookup latency at {count} shards: {growth['lookup_latency_ms'][count]:.3f} ms")
         for size in self.cfg.count_sizes:

@@ -42,6 +42,9 @@ COORDINATOR_SETTINGS: tuple[tuple[str, str], ...] = (
     ("enable_partitionwise_join", "on"),
 )
 
+# The catalog (tables, DDL triggers) and how writes reach the workers (reference triggers, flush_queue).
+CATALOG_FILES = ("catalog.sql", "worker_writes.sql")
+
 Progress = Callable[[str, int, int], None]  # (phase, done, total)
 
 
@@ -170,11 +173,12 @@ class Fleet:
     # --- catalog and nodes ------------------------------------------------------------------------
     def install_catalog(self) -> None:
         """Create or upgrade the pgfleet schema on the coordinator and register the coordinator."""
-        text = resources.files("pgfleet").joinpath("sql/catalog.sql").read_text()
+        texts = [resources.files("pgfleet").joinpath(f"sql/{name}").read_text() for name in CATALOG_FILES]
         conn = self.conn()
         try:
             with conn.transaction():
-                conn.execute(text.encode())
+                for text in texts:
+                    conn.execute(text.encode())
                 dbname = conn.execute("SELECT current_database()").fetchone()
                 for name, value in COORDINATOR_SETTINGS:
                     conn.execute(sql.SQL("ALTER DATABASE {} SET {} = {}").format(

@@ -1,4 +1,5 @@
--- pgfleet catalog, installed on the coordinator by `pgfleet up` / Fleet.install_catalog().
+-- pgfleet catalog, installed on the coordinator by `pgfleet up` / Fleet.install_catalog(), followed by
+-- worker_writes.sql (the reference-table triggers and flush_queue(), which applies the queue at COMMIT).
 -- Static SQL: no user input is interpolated here. Idempotent.
 CREATE EXTENSION IF NOT EXISTS postgres_fdw;
 CREATE EXTENSION IF NOT EXISTS dblink;
@@ -67,19 +68,51 @@ CREATE TABLE IF NOT EXISTS pgfleet.columns (
     PRIMARY KEY (relid, attnum)
 );
 
+-- How each reference table's rows travel to its copies (codec_of()), written by snapshot_columns()
+-- whenever the table's columns are snapshot.
+CREATE TABLE IF NOT EXISTS pgfleet.row_codecs (
+    relid     oid  NOT NULL REFERENCES pgfleet.tables ON DELETE CASCADE,
+    keys_only bool NOT NULL,
+    texts     text,  -- NULL when there is no such column (keys_only and no primary key)
+    names     text,
+    casts     text,
+    match     text,
+    PRIMARY KEY (relid, keys_only)
+);
+
 CREATE TABLE IF NOT EXISTS pgfleet.indexes (
     indexrelid oid PRIMARY KEY,
     relid      oid  NOT NULL REFERENCES pgfleet.tables ON DELETE CASCADE,
     index_name text NOT NULL
 );
 
--- Statements for the workers, queued by the DDL triggers and run at COMMIT (two-phase) by flush_ddl().
+-- Statements for the workers, queued inside the writer's transaction by the DDL triggers and the
+-- reference-table triggers, and run at COMMIT (two-phase) by flush_queue(). A rolled-back transaction
+-- (or savepoint) takes its rows with it.
 CREATE TABLE IF NOT EXISTS pgfleet.ddl_queue (
     id        bigserial PRIMARY KEY,
     xid       xid8 NOT NULL DEFAULT pg_current_xact_id(),
     node      text NOT NULL,
     statement text NOT NULL
 );
+-- Only a transaction's first queued row (flush) fires flush_queue(), which applies all of them.
+ALTER TABLE pgfleet.ddl_queue ADD COLUMN IF NOT EXISTS flush bool NOT NULL DEFAULT true;
+CREATE INDEX IF NOT EXISTS ddl_queue_xid ON pgfleet.ddl_queue (xid);
+COMMENT ON TABLE pgfleet.ddl_queue IS
+    'pgfleet: statements for the workers (DDL and reference-table writes), applied at COMMIT by flush_queue()';
+
+-- Sessions keep their dblink connections to the workers open (flush_queue), connected as the catalog
+-- owner: only roles granted dblink may use dblink on the coordinator, so no one can borrow them.
+DO $$
+DECLARE
+    f regprocedure;
+BEGIN
+    FOR f IN SELECT d.objid::regprocedure FROM pg_depend d JOIN pg_extension e ON e.oid = d.refobjid
+             WHERE d.classid = 'pg_proc'::regclass AND d.refclassid = 'pg_extension'::regclass
+               AND d.deptype = 'e' AND e.extname = 'dblink' LOOP
+        EXECUTE format('REVOKE EXECUTE ON FUNCTION %s FROM PUBLIC', f);
+    END LOOP;
+END $$;
 
 -- Long operations (distribute, reference): a row per attempt, so that an interrupted one is visible
 -- and its leftovers can be removed.
@@ -95,53 +128,8 @@ CREATE TABLE IF NOT EXISTS pgfleet.operations (
 );
 
 -- ---------------------------------------------------------------------------------------------
--- Reference tables: statement-level triggers copy every write to the copy on each worker, through
--- the foreign tables in pgfleet_shards, inside the writer's transaction.
-CREATE OR REPLACE FUNCTION pgfleet.column_list(p_relid oid, p_prefix text DEFAULT '')
-RETURNS text LANGUAGE sql STABLE AS $$
-    SELECT string_agg(p_prefix || quote_ident(attname), ', ' ORDER BY attnum)
-    FROM pg_attribute WHERE attrelid = p_relid AND attnum > 0 AND NOT attisdropped
-$$;
-
-CREATE OR REPLACE FUNCTION pgfleet.key_columns(p_relid oid)
-RETURNS text[] LANGUAGE sql STABLE AS $$
-    SELECT array_agg(a.attname::text ORDER BY k.ord)
-    FROM pg_index i
-    CROSS JOIN LATERAL unnest(i.indkey) WITH ORDINALITY AS k(attnum, ord)
-    JOIN pg_attribute a ON a.attrelid = i.indrelid AND a.attnum = k.attnum
-    WHERE i.indrelid = p_relid AND i.indisprimary
-$$;
-
-CREATE OR REPLACE FUNCTION pgfleet.reference_replicate() RETURNS trigger
-LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pgfleet AS $$
-DECLARE
-    copy record;
-    cols text := pgfleet.column_list(TG_RELID);
-    keys text[] := pgfleet.key_columns(TG_RELID);
-    match text;
-BEGIN
-    SELECT string_agg(format('r.%1$I = o.%1$I', k), ' AND ') INTO match FROM unnest(keys) AS k;
-    FOR copy IN SELECT s.foreign_schema, s.foreign_table FROM pgfleet.shards s WHERE s.relid = TG_RELID
-                ORDER BY s.node LOOP
-        IF TG_OP = 'TRUNCATE' THEN
-            EXECUTE format('TRUNCATE %I.%I', copy.foreign_schema, copy.foreign_table);
-            CONTINUE;
-        END IF;
-        IF TG_OP IN ('UPDATE', 'DELETE') THEN
-            EXECUTE format('DELETE FROM %I.%I r USING pgfleet_old o WHERE %s',
-                           copy.foreign_schema, copy.foreign_table, match);
-        END IF;
-        IF TG_OP IN ('UPDATE', 'INSERT') THEN
-            EXECUTE format('INSERT INTO %I.%I (%s) SELECT %s FROM pgfleet_new',
-                           copy.foreign_schema, copy.foreign_table, cols, cols);
-        END IF;
-    END LOOP;
-    RETURN NULL;
-END $$;
-
--- ---------------------------------------------------------------------------------------------
 -- DDL propagation. ddl_command_end: diff the table's columns against the snapshot and queue the
--- worker statements; sql_drop: queue the drops. flush_ddl() runs the queue at COMMIT with a
+-- worker statements; sql_drop: queue the drops. flush_queue() (worker_writes.sql) runs the queue at COMMIT with a
 -- two-phase commit over all workers involved: any failure aborts the coordinator's transaction too.
 CREATE OR REPLACE FUNCTION pgfleet.column_actions(p_relid oid) RETURNS SETOF text
 LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pgfleet AS $$
@@ -195,8 +183,35 @@ BEGIN
     PERFORM pgfleet.snapshot_columns(p_relid);
 END $$;
 
+-- How rows of p_relid travel to its reference copies (all columns, or the primary key only): as a
+-- JSON array of arrays of each value's text (NULL stays null, so a jsonb 'null' and an SQL NULL stay
+-- apart), primary key columns first. texts: ARRAY[n.a::text, …] over a row n; names: a, …;
+-- casts: (r->>0)::type, … over an element r; match: c.a = (r->>0)::type AND … over the key columns
+-- (the same in both codecs). Used by worker_writes.sql.
+CREATE OR REPLACE FUNCTION pgfleet.codec_of(p_relid oid, p_keys_only bool) RETURNS pgfleet.row_codecs
+LANGUAGE sql STABLE SET search_path = pg_catalog, pgfleet AS $$
+    WITH cols AS (
+        SELECT a.attname, format_type(a.atttypid, a.atttypmod) AS type, k.ord IS NOT NULL AS is_key,
+               row_number() OVER (ORDER BY k.ord NULLS LAST, a.attnum) - 1 AS pos
+        FROM pg_attribute a
+        LEFT JOIN pg_index i ON i.indrelid = a.attrelid AND i.indisprimary
+        LEFT JOIN LATERAL unnest(i.indkey) WITH ORDINALITY AS k(attnum, ord) ON k.attnum = a.attnum
+        WHERE a.attrelid = p_relid AND a.attnum > 0 AND NOT a.attisdropped AND (k.ord IS NOT NULL OR NOT p_keys_only))
+    SELECT ROW(p_relid, p_keys_only,
+           'ARRAY[' || string_agg(format('n.%I::text', attname), ', ' ORDER BY pos) || ']',
+           string_agg(format('%I', attname), ', ' ORDER BY pos),
+           string_agg(format('(r->>%s)::%s', pos, type), ', ' ORDER BY pos),
+           string_agg(format('c.%I = (r->>%s)::%s', attname, pos, type), ' AND ' ORDER BY pos)
+               FILTER (WHERE is_key))::pgfleet.row_codecs
+    FROM cols
+$$;
+
 CREATE OR REPLACE FUNCTION pgfleet.snapshot_columns(p_relid oid) RETURNS void
 LANGUAGE sql SECURITY DEFINER SET search_path = pg_catalog, pgfleet AS $$
+    DELETE FROM pgfleet.row_codecs WHERE relid = p_relid;
+    INSERT INTO pgfleet.row_codecs
+    SELECT (pgfleet.codec_of(p_relid, k)).* FROM unnest(ARRAY[true, false]) AS k
+    WHERE EXISTS (SELECT FROM pgfleet.tables WHERE relid = p_relid AND method = 'reference');
     DELETE FROM pgfleet.columns WHERE relid = p_relid;
     INSERT INTO pgfleet.columns (relid, attnum, name, type, not_null, def)
     SELECT att.attrelid, att.attnum, att.attname, format_type(att.atttypid, att.atttypmod), att.attnotnull,
@@ -397,74 +412,6 @@ BEGIN
         END IF;
     END LOOP;
 END $$;
-
-CREATE OR REPLACE FUNCTION pgfleet.flush_ddl() RETURNS trigger
-LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pgfleet, public AS $$
-DECLARE
-    me xid8 := pg_current_xact_id();
-    n record;
-    s record;
-    conn text;
-    gid text;
-    done text[] := '{}';
-    two_phase text[] := '{}';
-    failed_node text;
-    err text;
-BEGIN
-    IF NOT EXISTS (SELECT 1 FROM pgfleet.ddl_queue WHERE xid = me) THEN
-        RETURN NULL;
-    END IF;
-    BEGIN
-        FOR n IN SELECT DISTINCT q.node FROM pgfleet.ddl_queue q WHERE q.xid = me ORDER BY 1 LOOP
-            failed_node := n.node;
-            conn := 'pgfleet_ddl_' || n.node;
-            IF conn = ANY (dblink_get_connections()) THEN
-                PERFORM dblink_disconnect(conn);
-            END IF;
-            PERFORM dblink_connect(conn, 'pgfleet_' || n.node);
-            PERFORM dblink_exec(conn, 'BEGIN');
-            FOR s IN SELECT statement FROM pgfleet.ddl_queue WHERE xid = me AND node = n.node ORDER BY id LOOP
-                PERFORM dblink_exec(conn, s.statement);
-            END LOOP;
-            IF (SELECT setting::int FROM dblink(conn, 'SELECT setting FROM pg_settings WHERE name = ''max_prepared_transactions''')
-                    AS r(setting text)) > 0 THEN
-                gid := format('pgfleet_ddl_%s_%s', me, n.node);
-                PERFORM dblink_exec(conn, format('PREPARE TRANSACTION %L', gid));
-                two_phase := two_phase || n.node;
-            ELSE
-                PERFORM dblink_exec(conn, 'COMMIT');
-            END IF;
-            done := done || n.node;
-        END LOOP;
-    EXCEPTION WHEN OTHERS THEN
-        err := SQLERRM;
-        FOREACH conn IN ARRAY two_phase LOOP
-            BEGIN
-                PERFORM dblink_exec('pgfleet_ddl_' || conn, format('ROLLBACK PREPARED %L', format('pgfleet_ddl_%s_%s', me, conn)));
-            EXCEPTION WHEN OTHERS THEN
-                RAISE WARNING 'pgfleet: could not roll back prepared DDL on node %: %', conn, SQLERRM;
-            END;
-        END LOOP;
-        FOREACH conn IN ARRAY (SELECT coalesce(array_agg(c), '{}') FROM unnest(dblink_get_connections()) c
-                               WHERE c LIKE 'pgfleet_ddl_%') LOOP
-            PERFORM dblink_disconnect(conn);
-        END LOOP;
-        RAISE EXCEPTION 'pgfleet: DDL could not be applied on node %: %', failed_node, err
-            USING HINT = 'Nothing was changed on the coordinator; start the node (pgfleet up / pgfleet status) and run the statement again.';
-    END;
-    FOREACH conn IN ARRAY two_phase LOOP
-        PERFORM dblink_exec('pgfleet_ddl_' || conn, format('COMMIT PREPARED %L', format('pgfleet_ddl_%s_%s', me, conn)));
-    END LOOP;
-    FOREACH conn IN ARRAY done LOOP
-        PERFORM dblink_disconnect('pgfleet_ddl_' || conn);
-    END LOOP;
-    DELETE FROM pgfleet.ddl_queue WHERE xid = me;
-    RETURN NULL;
-END $$;
-
-DROP TRIGGER IF EXISTS flush_ddl ON pgfleet.ddl_queue;
-CREATE CONSTRAINT TRIGGER flush_ddl AFTER INSERT ON pgfleet.ddl_queue
-    DEFERRABLE INITIALLY DEFERRED FOR EACH ROW EXECUTE FUNCTION pgfleet.flush_ddl();
 
 DROP EVENT TRIGGER IF EXISTS pgfleet_ddl_end;
 CREATE EVENT TRIGGER pgfleet_ddl_end ON ddl_command_end
