@@ -27,8 +27,32 @@ def fail(message: str, code: int = 1) -> NoReturn:
     sys.exit(code)
 
 
+DIR_HELP = ("Cluster directory (default: ~/.pgfleet/default; as root /var/lib/pgfleet/USER/default, USER being "
+            "$SUDO_USER or root). Accepted before or after the command.")
+
+
+def _remember_dir(ctx: click.Context, _param: click.Parameter, value: str | None) -> None:
+    if value is not None:  # after the command: overrides --dir before it and PGFLEET_DIR
+        ctx.find_root().ensure_object(dict)["dir"] = value
+
+
+def accept_dir(command: click.Command) -> None:
+    """Give ``command`` (and, for a group, every command in it) its own --dir, same meaning as the root's."""
+    if not any(isinstance(p, click.Option) and "--dir" in p.opts for p in command.params):
+        command.params.append(click.Option(["--dir", "after_dir"], type=click.Path(file_okay=False),
+                                           expose_value=False, callback=_remember_dir, help=DIR_HELP))
+    if isinstance(command, click.Group):
+        for sub in command.commands.values():
+            accept_dir(sub)
+
+
 class FleetGroup(click.Group):
-    """Turns every pgfleet error into one line and a non-zero exit, never a traceback."""
+    """Turns every pgfleet error into one line and a non-zero exit, never a traceback; every command added
+    accepts --dir after its name too."""
+
+    def add_command(self, cmd: click.Command, name: str | None = None) -> None:
+        accept_dir(cmd)
+        super().add_command(cmd, name)
 
     def invoke(self, ctx: click.Context) -> Any:
         try:

@@ -4,7 +4,6 @@ every command family (one module each). Business logic lives in the library; com
 from __future__ import annotations
 
 import json
-import os
 import sys
 from dataclasses import asdict
 
@@ -14,14 +13,13 @@ from rich.table import Table
 from .. import __version__
 from ..cluster.fleet import Fleet
 from ..cluster.local import LocalCluster
-from . import bench, ha, tables
-from .common import FleetGroup, cluster_dir, err, open_fleet, out
+from . import bench, clients, ha, tables
+from .common import DIR_HELP, FleetGroup, cluster_dir, err, open_fleet, out
 
 
 @click.group(cls=FleetGroup)
 @click.version_option(__version__, prog_name="pgfleet")
-@click.option("--dir", "directory", envvar="PGFLEET_DIR", type=click.Path(file_okay=False),
-              help="Cluster directory (default: ~/.pgfleet/default, or /var/lib/pgfleet/default as root).")
+@click.option("--dir", "directory", envvar="PGFLEET_DIR", type=click.Path(file_okay=False), help=DIR_HELP)
 @click.option("-v", "--verbose", is_flag=True, help="Log what pgfleet does.")
 @click.pass_context
 def cli(ctx: click.Context, directory: str | None, verbose: bool) -> None:
@@ -122,18 +120,6 @@ def dsn(ctx: click.Context, with_password: bool, node: str | None, read_only: bo
     click.echo(local.dsn(with_password=with_password, read_only=read_only))
 
 
-@cli.command(context_settings={"ignore_unknown_options": True, "allow_extra_args": True})
-@click.option("--node", help="Connect to this node instead of the coordinator.")
-@click.pass_context
-def psql(ctx: click.Context, node: str | None) -> None:
-    """Run psql against the coordinator (extra arguments go to psql)."""
-    local = LocalCluster.load(cluster_dir(ctx))
-    ep = local.endpoint(node or local.spec.coordinator.name)
-    target = f"postgresql://{ep.user}@{ep.host}:{ep.port}/{ep.dbname}?passfile={local.passfile}"
-    exe = local.binaries.path("psql")
-    os.execv(exe, [exe, target, *ctx.args])
-
-
 @cli.command()
 @click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
 @click.pass_context
@@ -200,10 +186,10 @@ def demo(ctx: click.Context) -> None:
         run_demo(fleet, out)
 
 
-for family in (tables, ha, bench):
-    for command in family.COMMANDS:
-        cli.add_command(command)
 tables.node.add_command(ha.node_rejoin)
+for family in (clients, tables, ha, bench):
+    for command in family.COMMANDS:
+        cli.add_command(command)  # FleetGroup gives each (and its sub-commands) --dir
 
 
 def main() -> None:

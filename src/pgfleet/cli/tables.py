@@ -12,10 +12,11 @@ import click
 import psycopg
 from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 
-from ..errors import SpecError
+from ..errors import ClusterError, SpecError
 from ..execute import Endpoint
 from ..spec import DistributeSpec, HashSpec, ReferenceSpec, parse_list_arg, parse_name, parse_range_bounds
 from ..spec.distribution import parse_column
+from ..topology.read import resolve_table
 from .common import err, open_fleet, out, progress_bar
 
 
@@ -48,9 +49,11 @@ def distribute(ctx: click.Context, table: str, key: str, shards: int | None, bou
                           colocate_with=parse_name(colocate_with) if colocate_with else None, nodes=node_list)
     with open_fleet(ctx) as fleet, progress_bar(str(spec.table)) as bar:
         moved = fleet.distribute(spec, bar)
-        topo = fleet.topology()
-    dist = next(t for t in topo.tables if t.name.name == spec.table.name
-                and (spec.table.schema is None or t.name.schema == spec.table.schema))
+        # the table the name resolves to now (search_path), not the first of that name in any schema
+        dist = fleet.topology().table(resolve_table(fleet.conn(), spec.table))
+    if dist is None:
+        raise ClusterError(f"{spec.table} was distributed but is no longer in the catalog",
+                           hint="another session changed it; see 'pgfleet status'")
     out.print(f"distributed {dist.name} by {dist.method} on {dist.key}: {len(dist.shards)} shards on "
               f"{', '.join(sorted({s.node for s in dist.shards}))}; {moved} rows moved and verified")
 
