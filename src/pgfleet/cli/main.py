@@ -6,15 +6,21 @@ from __future__ import annotations
 import json
 import sys
 from dataclasses import asdict
+from typing import TYPE_CHECKING
 
 import click
+import psycopg
 from rich.table import Table
 
 from .. import __version__
-from ..cluster.fleet import Fleet
+from ..cluster.fleet import Fleet, Status
 from ..cluster.local import LocalCluster
+from ..errors import PgfleetError
 from . import bench, clients, ha, tables
 from .common import DIR_HELP, FleetGroup, cluster_dir, err, open_fleet, out
+
+if TYPE_CHECKING:
+    from ..ha.standby import StandbyStatus
 
 
 @click.group(cls=FleetGroup)
@@ -121,18 +127,34 @@ def dsn(ctx: click.Context, with_password: bool, node: str | None, read_only: bo
 
 
 @cli.command()
-@click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
+@click.option("--json", "as_json", is_flag=True, help="Machine-readable output (an \"error\" key when the "
+              "coordinator cannot be reached).")
 @click.pass_context
 def status(ctx: click.Context, as_json: bool) -> None:
-    """Nodes, roles, health, and the shards and their sizes per node."""
-    with open_fleet(ctx) as fleet:
-        report = fleet.status()
-        from ..ha.standby import replication_status
+    """Nodes, roles, health, tables, and the sizes of tables and shards; exits 2 when a node is down."""
+    try:
+        with open_fleet(ctx) as fleet:
+            report = fleet.status()
+            from ..ha.standby import replication_status
 
-        replicas = replication_status(fleet.local) if fleet.local else []
+            replicas = replication_status(fleet.local) if fleet.local else []
+    except (PgfleetError, psycopg.Error) as exc:
+        if not as_json:
+            raise
+        message = str(exc) if isinstance(exc, PgfleetError) else f"database error: {str(exc).strip()}"
+        click.echo(json.dumps({"error": message, "nodes": [], "tables": [], "unfinished": [], "standbys": []},
+                              indent=2))
+        sys.exit(1)
+    all_up = all(n.healthy for n in report.nodes)
     if as_json:
         click.echo(json.dumps({**asdict(report), "standbys": [asdict(r) for r in replicas]}, indent=2))
-        return
+    else:
+        _render_status(report, replicas)
+    if not all_up:
+        sys.exit(2)
+
+
+def _render_status(report: Status, replicas: list[StandbyStatus]) -> None:
     nodes = Table(title="nodes")
     for col in ("node", "role", "address", "kind", "health", "version", "shards", "size"):
         nodes.add_column(col)
@@ -143,12 +165,19 @@ def status(ctx: click.Context, as_json: bool) -> None:
     out.print(nodes)
     if report.tables:
         tables = Table(title="tables")
-        for col in ("table", "method", "key", "shards", "nodes", "co-located with"):
+        for col in ("table", "method", "key", "shards", "nodes", "co-located with", "size"):
             tables.add_column(col)
         for t in report.tables:
             tables.add_row(t.name, t.method, t.key or "", str(t.shards), ", ".join(t.nodes),
-                           ", ".join(t.colocated_with))
+                           ", ".join(t.colocated_with), _size(t.bytes) if t.bytes is not None else "?")
         out.print(tables)
+        shards = Table(title="shards")
+        for col in ("table", "shard", "node", "size"):
+            shards.add_column(col)
+        for t in report.tables:
+            for s in t.shard_sizes:
+                shards.add_row(t.name, s.shard, s.node, _size(s.bytes) if s.bytes is not None else "?")
+        out.print(shards)
     if replicas:
         reps = Table(title="standbys")
         for col in ("node", "standby", "port", "state", "sync", "lag bytes", "lag s"):
@@ -163,8 +192,6 @@ def status(ctx: click.Context, as_json: bool) -> None:
                 out.print(f"[yellow]{r.note}[/]", highlight=False)
     for op in report.unfinished:
         out.print(f"[yellow]unfinished operation:[/] {op} — run it again to clean up and retry")
-    if not all(n.healthy for n in report.nodes):
-        sys.exit(2)
 
 
 def _size(n: int) -> str:
