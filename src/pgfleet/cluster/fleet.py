@@ -63,6 +63,13 @@ class NodeStatus:
 
 
 @dataclass(frozen=True)
+class ShardStatus:
+    shard: str  # schema.table on the worker
+    node: str
+    bytes: int | None  # pg_total_relation_size; None when the node is down or the table is missing
+
+
+@dataclass(frozen=True)
 class TableStatus:
     name: str
     method: str
@@ -70,6 +77,8 @@ class TableStatus:
     shards: int
     nodes: tuple[str, ...]
     colocated_with: tuple[str, ...]
+    bytes: int | None = None  # sum over the shards; None when a shard's size is unknown
+    shard_sizes: tuple[ShardStatus, ...] = ()
 
 
 @dataclass(frozen=True)

@@ -37,10 +37,16 @@ ENV_DIR = "PGFLEET_DIR"
 
 
 def default_dir() -> Path:
+    """$PGFLEET_DIR, else ~/.pgfleet/default; as root /var/lib/pgfleet/<user>/default, <user> being $SUDO_USER
+    (whoever ran sudo) or root. Per user, so nobody else's (stale) cluster sits at anyone's default; under
+    /var/lib, not /root, because the server account must traverse it."""
     if os.environ.get(ENV_DIR):
         return Path(os.environ[ENV_DIR])
     if os.geteuid() == 0:
-        return Path("/var/lib/pgfleet/default")
+        user = os.environ.get("SUDO_USER") or "root"
+        if "/" in user or user.startswith("."):
+            user = "root"
+        return Path("/var/lib/pgfleet") / user / "default"
     return Path.home() / ".pgfleet" / "default"
 
 

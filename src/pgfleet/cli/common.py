@@ -1,0 +1,93 @@
+"""What every command family shares: consoles, the one-line error, the cluster directory, progress bars."""
+
+from __future__ import annotations
+
+import sys
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any, NoReturn
+
+import click
+import psycopg
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+from ..cluster.fleet import Fleet
+from ..cluster.local import default_dir
+from ..errors import PgfleetError
+
+# Piped output (scripts, CI logs) gets wide lines instead of truncated table columns.
+out = Console(width=None if sys.stdout.isatty() else 160)
+err = Console(stderr=True, width=None if sys.stderr.isatty() else 160)
+
+
+def fail(message: str, code: int = 1) -> NoReturn:
+    err.print(f"[bold red]error:[/] {message}", highlight=False, soft_wrap=True)
+    sys.exit(code)
+
+
+DIR_HELP = ("Cluster directory (default: ~/.pgfleet/default; as root /var/lib/pgfleet/USER/default, USER being "
+            "$SUDO_USER or root). Accepted before or after the command.")
+
+
+def _remember_dir(ctx: click.Context, _param: click.Parameter, value: str | None) -> None:
+    if value is not None:  # after the command: overrides --dir before it and PGFLEET_DIR
+        ctx.find_root().ensure_object(dict)["dir"] = value
+
+
+def accept_dir(command: click.Command) -> None:
+    """Give ``command`` (and, for a group, every command in it) its own --dir, same meaning as the root's."""
+    if not any(isinstance(p, click.Option) and "--dir" in p.opts for p in command.params):
+        command.params.append(click.Option(["--dir", "after_dir"], type=click.Path(file_okay=False),
+                                           expose_value=False, callback=_remember_dir, help=DIR_HELP))
+    if isinstance(command, click.Group):
+        for sub in command.commands.values():
+            accept_dir(sub)
+
+
+class FleetGroup(click.Group):
+    """Turns every pgfleet error into one line and a non-zero exit, never a traceback; every command added
+    accepts --dir after its name too."""
+
+    def add_command(self, cmd: click.Command, name: str | None = None) -> None:
+        accept_dir(cmd)
+        super().add_command(cmd, name)
+
+    def invoke(self, ctx: click.Context) -> Any:
+        try:
+            return super().invoke(ctx)
+        except PgfleetError as exc:
+            fail(str(exc))
+        except psycopg.Error as exc:
+            fail(f"database error: {str(exc).strip().splitlines()[0] if str(exc).strip() else exc.__class__.__name__}")
+        except KeyboardInterrupt:
+            fail("interrupted", 130)
+
+
+def cluster_dir(ctx: click.Context) -> Path:
+    return Path(ctx.obj["dir"]) if ctx.obj.get("dir") else default_dir()
+
+
+@contextmanager
+def open_fleet(ctx: click.Context) -> Iterator[Fleet]:
+    fleet = Fleet.open(cluster_dir(ctx))
+    try:
+        yield fleet
+    finally:
+        fleet.close()
+
+
+@contextmanager
+def progress_bar(label: str) -> Iterator[Callable[[str, int, int], None]]:
+    names = {"shards": "creating shards", "copy": "moving rows", "verify": "verifying", "swap": "switching over"}
+    with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
+                  console=err, transient=False, disable=not err.is_terminal) as bar:
+        tasks: dict[str, Any] = {}
+
+        def update(phase: str, done: int, total: int) -> None:
+            if phase not in tasks:
+                tasks[phase] = bar.add_task(f"{label}: {names.get(phase, phase)}", total=max(total, 1))
+            bar.update(tasks[phase], completed=done, total=max(total, 1))
+
+        yield update
