@@ -11,6 +11,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from pgfleet.router import protocol as p
+from pgfleet.router import wire
 
 texts = st.text(alphabet=st.characters(blacklist_characters="\0", blacklist_categories=("Cs",)), max_size=40)
 values = st.one_of(st.none(), st.binary(max_size=40))
@@ -61,13 +62,13 @@ BACKEND_MESSAGES = st.one_of(
 
 @given(FRONTEND_MESSAGES)
 def test_frontend_round_trip(message: p.Message) -> None:
-    [(type_byte, payload)] = p.Framer(limit=p.frontend_limit).feed(message.encode())
+    [(type_byte, payload)] = wire.Framer(limit=wire.frontend_limit).feed(message.encode())
     assert p.decode_frontend(type_byte, payload) == message
 
 
 @given(BACKEND_MESSAGES)
 def test_backend_round_trip(message: p.Message) -> None:
-    [(type_byte, payload)] = p.Framer().feed(message.encode())
+    [(type_byte, payload)] = wire.Framer().feed(message.encode())
     assert p.decode_backend(type_byte, payload) == message
 
 
@@ -75,7 +76,7 @@ def test_backend_round_trip(message: p.Message) -> None:
 def test_framing_any_chunking(messages: list[p.Message], cuts: list[int]) -> None:
     """The same messages come out whatever sizes the stream arrives in."""
     stream = b"".join(m.encode() for m in messages)
-    framer = p.Framer()
+    framer = wire.Framer()
     got: list[p.Message] = []
     pos = 0
     i = 0
@@ -94,9 +95,9 @@ def test_documented_byte_layouts() -> None:
     assert p.ReadyForQuery("I").encode() == b"Z\x00\x00\x00\x05I"
     assert p.Execute("", 0).encode() == b"E\x00\x00\x00\x09\x00\x00\x00\x00\x00"
     assert p.BackendKeyData(42, b"\x01\x02\x03\x04").encode() == b"K\x00\x00\x00\x0c\x00\x00\x00\x2a\x01\x02\x03\x04"
-    assert p.SSLRequest().encode() == struct.pack("!ii", 8, 80877103)
-    assert p.GSSENCRequest().encode() == struct.pack("!ii", 8, 80877104)
-    assert p.CancelRequest(7, b"abcd").encode() == struct.pack("!iii", 16, 80877102, 7) + b"abcd"
+    assert wire.SSLRequest().encode() == struct.pack("!ii", 8, 80877103)
+    assert wire.GSSENCRequest().encode() == struct.pack("!ii", 8, 80877104)
+    assert wire.CancelRequest(7, b"abcd").encode() == struct.pack("!iii", 16, 80877102, 7) + b"abcd"
     assert p.DataRow((b"1", None)).encode() == b"D\x00\x00\x00\x0f\x00\x02\x00\x00\x00\x011\xff\xff\xff\xff"
     auth = p.decode_backend(b"R", struct.pack("!i", 10) + b"SCRAM-SHA-256\0SCRAM-SHA-256-PLUS\0\0")
     assert isinstance(auth, p.Authentication) and auth.mechanisms == ("SCRAM-SHA-256", "SCRAM-SHA-256-PLUS")
@@ -104,32 +105,34 @@ def test_documented_byte_layouts() -> None:
         b"p\x00\x00\x00\x1fSCRAM-SHA-256\x00\x00\x00\x00\x09n,,n=,r=x")
 
 
-@given(st.lists(st.tuples(texts.filter(bool), texts), max_size=5), st.sampled_from([p.PROTOCOL_3_0, p.PROTOCOL_3_2]))
+@given(st.lists(st.tuples(texts.filter(bool), texts), max_size=5), st.sampled_from([wire.PROTOCOL_3_0, wire.PROTOCOL_3_2]))
 def test_startup_round_trip(params: list[tuple[str, str]], version: int) -> None:
-    message = p.StartupMessage(version, (("user", "alice"), *params))
-    framer = p.Framer(initial=True)
+    message = wire.StartupMessage(version, (("user", "alice"), *params))
+    framer = wire.Framer(initial=True)
     [(type_byte, payload)] = framer.feed(message.encode())
     assert type_byte == b""
-    assert p.decode_initial(payload) == message
+    assert wire.decode_initial(payload) == message
     assert message.get("user") == "alice"
 
 
-@pytest.mark.parametrize("message", [p.SSLRequest(), p.GSSENCRequest(), p.CancelRequest(-5, b"\x00" * 4),
-                                     p.CancelRequest(1 << 30, bytes(range(32)))])
-def test_initial_requests_round_trip(message: p.InitialMessage) -> None:
-    [(_, payload)] = p.Framer(initial=True).feed(message.encode())
-    assert p.decode_initial(payload) == message
+@pytest.mark.parametrize("message", [wire.SSLRequest(), wire.GSSENCRequest(), wire.CancelRequest(-5, b"\x00" * 4),
+                                     wire.CancelRequest(1 << 30, bytes(range(32)))])
+def test_initial_requests_round_trip(message: wire.InitialMessage) -> None:
+    [(_, payload)] = wire.Framer(initial=True).feed(message.encode())
+    assert wire.decode_initial(payload) == message
 
 
 def test_ssl_request_then_startup_on_one_stream() -> None:
     """After 'N' to an SSLRequest the client sends its startup message, again untyped."""
-    framer = p.Framer(initial=True)
-    [(_, first)] = framer.feed(p.SSLRequest().encode())
-    assert p.decode_initial(first) == p.SSLRequest()
+    framer = wire.Framer(initial=True)
+    [(_, first)] = framer.feed(wire.SSLRequest().encode())
+    assert wire.decode_initial(first) == wire.SSLRequest()
     framer.expect_initial()
-    startup = p.StartupMessage(p.PROTOCOL_3_0, (("user", "u"), ("database", "d")))
+    startup = wire.StartupMessage(wire.PROTOCOL_3_0, (("user", "u"), ("database", "d")))
     [(_, second)] = framer.feed(startup.encode() + p.Query("x").encode()[:3])
-    assert p.decode_initial(second) == startup
+    assert wire.decode_initial(second) == startup
+    framer.expect_typed()
+    assert framer.feed(b"") == []
     assert framer.feed(p.Query("x").encode()[3:]) == [(b"Q", b"x\0")]
 
 
@@ -139,32 +142,32 @@ def test_ssl_request_then_startup_on_one_stream() -> None:
     (struct.pack("!i", -1), "invalid length of startup packet: -1"),
 ])
 def test_startup_length_checked(data: bytes, message: str) -> None:
-    with pytest.raises(p.ProtocolViolation, match=message):
-        p.Framer(initial=True).feed(data)
+    with pytest.raises(wire.ProtocolViolation, match=message):
+        wire.Framer(initial=True).feed(data)
 
 
 @pytest.mark.parametrize(("payload", "message"), [
     (struct.pack("!i", 2 << 16) + b"user\0x\0\0", "unsupported frontend protocol 2.0"),
-    (struct.pack("!i", p.PROTOCOL_3_0) + b"database\0x\0\0", "no PostgreSQL user name"),
-    (struct.pack("!i", p.PROTOCOL_3_0) + b"user\0x", "string without terminator"),
-    (struct.pack("!i", p.PROTOCOL_3_0) + b"user\0\xff\xfe\0\0", "not UTF-8"),
-    (struct.pack("!ii", p.CANCEL_REQUEST_CODE, 1) + b"ab", "cancel request: key of 2 bytes"),
-    (struct.pack("!i", p.SSL_REQUEST_CODE) + b"x", "trailing bytes"),
+    (struct.pack("!i", wire.PROTOCOL_3_0) + b"database\0x\0\0", "no PostgreSQL user name"),
+    (struct.pack("!i", wire.PROTOCOL_3_0) + b"user\0x", "string without terminator"),
+    (struct.pack("!i", wire.PROTOCOL_3_0) + b"user\0\xff\xfe\0\0", "not UTF-8"),
+    (struct.pack("!ii", wire.CANCEL_REQUEST_CODE, 1) + b"ab", "cancel request: key of 2 bytes"),
+    (struct.pack("!i", wire.SSL_REQUEST_CODE) + b"x", "trailing bytes"),
 ])
 def test_bad_startup_packets(payload: bytes, message: str) -> None:
-    with pytest.raises(p.ProtocolViolation, match=message):
-        p.decode_initial(payload)
+    with pytest.raises(wire.ProtocolViolation, match=message):
+        wire.decode_initial(payload)
 
 
 def test_oversized_and_undersized_messages() -> None:
     # a Sync may not be larger than the small-message limit, a Query may (up to 1 GB)
-    with pytest.raises(p.ProtocolViolation, match=r"invalid message length 10005 for message type b'S'"):
-        p.Framer(limit=p.frontend_limit).feed(b"S" + struct.pack("!i", 10_005))
-    assert p.Framer(limit=p.frontend_limit).feed(b"Q" + struct.pack("!i", 20_000)) == []
-    with pytest.raises(p.ProtocolViolation, match="invalid message length 1073741824"):
-        p.Framer(limit=p.frontend_limit).feed(b"Q" + struct.pack("!i", 1 << 30))
-    with pytest.raises(p.ProtocolViolation, match="invalid message length 3"):
-        p.Framer().feed(b"Z" + struct.pack("!i", 3))
+    with pytest.raises(wire.ProtocolViolation, match=r"invalid message length 10005 for message type b'S'"):
+        wire.Framer(limit=wire.frontend_limit).feed(b"S" + struct.pack("!i", 10_005))
+    assert wire.Framer(limit=wire.frontend_limit).feed(b"Q" + struct.pack("!i", 20_000)) == []
+    with pytest.raises(wire.ProtocolViolation, match="invalid message length 1073741824"):
+        wire.Framer(limit=wire.frontend_limit).feed(b"Q" + struct.pack("!i", 1 << 30))
+    with pytest.raises(wire.ProtocolViolation, match="invalid message length 3"):
+        wire.Framer().feed(b"Z" + struct.pack("!i", 3))
 
 
 @pytest.mark.parametrize(("type_byte", "payload", "message"), [
@@ -177,14 +180,14 @@ def test_oversized_and_undersized_messages() -> None:
     (b"E", b"\0\0\0", "truncated"),
 ])
 def test_malformed_frontend_messages(type_byte: bytes, payload: bytes, message: str) -> None:
-    with pytest.raises(p.ProtocolViolation, match=message):
+    with pytest.raises(wire.ProtocolViolation, match=message):
         p.decode_frontend(type_byte, payload)
 
 
 @given(st.binary(max_size=64), st.sampled_from(sorted(p.FRONTEND)))
 def test_garbage_never_crashes(payload: bytes, type_byte: bytes) -> None:
     """Any payload either decodes or raises ProtocolViolation; nothing else escapes."""
-    with contextlib.suppress(p.ProtocolViolation):
+    with contextlib.suppress(wire.ProtocolViolation):
         p.decode_frontend(type_byte, payload)
 
 

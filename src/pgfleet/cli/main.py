@@ -548,6 +548,11 @@ def render_bench(report: dict[str, Any]) -> Table:
     return table
 
 
+from .router import router as _router_group  # noqa: E402 - registered after the root group exists
+
+cli.add_command(_router_group)
+
+
 def main() -> None:
     cli(obj={})
 
