@@ -197,3 +197,25 @@ def test_error_response_fields() -> None:
     assert isinstance(decoded, p.ErrorResponse)
     assert (decoded.sqlstate, decoded.message, decoded.field("S"), decoded.field("H")) == (
         "08P01", "invalid message", "FATAL", "reconnect")
+
+
+@given(st.lists(FRONTEND_MESSAGES, min_size=1, max_size=8), st.lists(st.integers(1, 50), min_size=1, max_size=20))
+def test_scan_sees_the_types_feed_sees(messages: list[p.Message], cuts: list[int]) -> None:
+    """The relay's payload-free scan finds the same message types, whatever the chunking."""
+    stream = b"".join(m.encode() for m in messages)
+    scanner = wire.Framer(limit=wire.frontend_limit)
+    types: list[bytes] = []
+    pos = i = 0
+    while pos < len(stream):
+        types += scanner.scan(stream[pos:pos + cuts[i % len(cuts)]])
+        pos += cuts[i % len(cuts)]
+        i += 1
+    assert types == [m.TYPE for m in messages]
+    assert scanner.buffered == 0
+
+
+def test_scan_checks_lengths() -> None:
+    scanner = wire.Framer(limit=wire.frontend_limit)
+    assert scanner.scan(wire.frame(b"Q", b"SELECT 1\0")[:7]) == [b"Q"]
+    with pytest.raises(wire.ProtocolViolation, match="invalid message length 99999 for message type b'S'"):
+        wire.Framer(limit=wire.frontend_limit).scan(b"S" + struct.pack("!i", 99_999))

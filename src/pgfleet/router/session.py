@@ -152,7 +152,7 @@ class ClientSession(asyncio.Protocol):
             if self.phase is Phase.STARTUP:
                 self._startup(data)
             elif self.phase is not Phase.CLOSED:
-                self._from_client(self.framer.feed(data), data)
+                self._from_client(self.framer.scan(data), data)
         except wire.ProtocolViolation as exc:
             self.context.stats.protocol_errors += 1
             self.refuse(exc.sqlstate, str(exc))
@@ -189,7 +189,7 @@ class ClientSession(asyncio.Protocol):
                 messages = self.framer.feed(b"")
         if self.phase is Phase.CONNECTING and self.framer.buffered:
             rest = self.framer.take_buffer()
-            self._from_client(self.framer.feed(rest), rest)
+            self._from_client(self.framer.scan(rest), rest)
 
     def _initial(self, message: wire.InitialMessage, payload: bytes) -> None:
         if isinstance(message, wire.SSLRequest | wire.GSSENCRequest):
@@ -207,9 +207,9 @@ class ClientSession(asyncio.Protocol):
             self.phase = Phase.CONNECTING
             self.context.spawn(self._connect())
 
-    def _from_client(self, messages: list[tuple[bytes, bytes]], raw: bytes) -> None:
+    def _from_client(self, types: list[bytes], raw: bytes) -> None:
         stats = self.context.stats
-        for type_byte, _ in messages:
+        for type_byte in types:
             if type_byte == b"Q":
                 stats.queries += 1
             elif type_byte == b"E":

@@ -195,10 +195,11 @@ class Framer:
     largest length allowed for a type byte (frontend: small messages such as Sync may not exceed 10000
     bytes, as in the server)."""
 
-    __slots__ = ("_buf", "_limit", "_typed")
+    __slots__ = ("_buf", "_limit", "_skip", "_typed")
 
     def __init__(self, *, initial: bool = False, limit: Callable[[int], int] | None = None) -> None:
         self._buf = bytearray()
+        self._skip = 0  # scan(): bytes of the current message still to come
         self._typed = not initial
         self._limit = limit or (lambda _t: MAX_MESSAGE_LENGTH)
 
@@ -246,6 +247,32 @@ class Framer:
         if pos:
             del buf[:pos]
         return out
+
+    def scan(self, data: bytes) -> list[bytes]:
+        """The type bytes of the messages that start in ``data``, with the same length checks as
+        :meth:`feed` but without keeping payloads (a relay forwards the bytes as they came). For the typed
+        phase only; do not mix with :meth:`feed` on the same stream afterwards."""
+        if self._buf:  # a header split across chunks (rare): join it with what follows
+            data = bytes(self._buf) + data
+            self._buf.clear()
+        pos, n = 0, len(data)
+        if self._skip:
+            if self._skip >= n:
+                self._skip -= n
+                return []
+            pos, self._skip = self._skip, 0
+        types: list[bytes] = []
+        while n - pos >= 5:
+            type_byte, length = _HEADER.unpack_from(data, pos)
+            if length < 4 or length > self._limit(type_byte[0]):
+                raise ProtocolViolation(f"invalid message length {length} for message type {type_byte!r}")
+            types.append(type_byte)
+            pos += 1 + length
+        if pos > n:
+            self._skip = pos - n
+        elif pos < n:
+            self._buf += data[pos:]
+        return types
 
     def expect_initial(self) -> None:
         """After answering SSLRequest/GSSENCRequest the client sends another untyped first message."""
