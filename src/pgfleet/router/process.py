@@ -18,7 +18,10 @@ from pathlib import Path
 from ..cluster.local import LocalCluster
 from ..errors import RouterError
 from ..node.ports import claim_port, claim_ports, release_ports
+from .backend import WorkerLogin
+from .routing import Routing
 from .session import Address
+from .snapshot import RoutingTopology
 
 PID_FILE = "router.pid"
 LOG_FILE = "router.log"
@@ -160,3 +163,24 @@ def read_status(local: LocalCluster) -> RouterStatus | None:
                         clients_active=int(data.get("clients_active", 0)), clients_total=int(data.get("clients_total", 0)),
                         queries=int(data.get("queries", 0)), executes=int(data.get("executes", 0)),
                         cancels=int(data.get("cancels", 0)), protocol_errors=int(data.get("protocol_errors", 0)))
+
+
+def local_routing(local: LocalCluster) -> Routing:
+    """Routing for a local cluster: the catalog read from the coordinator, workers reached as the
+    cluster superuser with the passwords of cluster.json (re-read after a failover)."""
+    from ..execute.connect import connect
+    from .topology import load_routing_topology
+
+    address = coordinator_address(local)
+
+    def load() -> RoutingTopology:
+        address()  # re-reads cluster.json when it changed
+        with connect(local.endpoint("coord"), timeout=5) as conn:
+            return load_routing_topology(conn)
+
+    def login(node: str) -> WorkerLogin:
+        address()
+        ep = local.endpoint(node)
+        return WorkerLogin(ep.host, ep.port, ep.user, ep.password or "", ep.dbname)
+
+    return Routing(load_topology=load, login=login, dbname=local.spec.dbname)

@@ -17,11 +17,13 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import NodeError
+from .routing import Routing
 from .session import Address, ClientSession, RouterContext
 
 log = logging.getLogger(__name__)
 
 STATUS_INTERVAL = 1.0
+TOPOLOGY_REFRESH = 2.0  # seconds between catalog reads (a distribute/undistribute is seen within this)
 
 
 @dataclass(frozen=True)
@@ -32,6 +34,7 @@ class RouterConfig:
     process_index: int = 0
     peers: Mapping[int, Address] = field(default_factory=dict)
     status_file: Path | None = None
+    routing: Routing | None = None  # None: relay everything to the coordinator
 
 
 def _run_loop(main: Coroutine[Any, Any, None]) -> None:
@@ -48,12 +51,16 @@ class RouterServer:
     def __init__(self, config: RouterConfig) -> None:
         self.config = config
         self.context = RouterContext(upstream=config.upstream, process_index=config.process_index,
-                                     peers=config.peers)
+                                     peers=config.peers, routing=config.routing)
         self.started = time.time()
         self._server: asyncio.Server | None = None
 
     async def start(self) -> None:
         loop = asyncio.get_running_loop()
+        routing = self.config.routing
+        if routing is not None:
+            await asyncio.to_thread(routing.refresh)
+            self.context.spawn(self._refresh_routing(routing))
         try:
             self._server = await loop.create_server(lambda: ClientSession(self.context), self.config.host,
                                                     self.config.port, reuse_address=True)
@@ -61,6 +68,11 @@ class RouterServer:
             raise NodeError(f"the router cannot listen on {self.config.host}:{self.config.port}: {exc.strerror}",
                             hint="choose another --port") from None
         log.info("router listening on %s:%d", self.config.host, self.config.port)
+
+    async def _refresh_routing(self, routing: Routing) -> None:
+        while True:
+            await asyncio.sleep(TOPOLOGY_REFRESH)
+            await asyncio.to_thread(routing.refresh)
 
     async def serve(self, stop: asyncio.Event) -> None:
         await self.start()
@@ -73,6 +85,8 @@ class RouterServer:
             await self.close()
 
     async def close(self) -> None:
+        for task in list(self.context.tasks):
+            task.cancel()
         if self._server is not None:
             self._server.close()
             for session in list(self.context.sessions.values()):
@@ -84,6 +98,7 @@ class RouterServer:
     def status(self) -> dict[str, Any]:
         host, port = self.config.upstream()
         return {"pid": os.getpid(), "host": self.config.host, "port": self.config.port,
+                "routing": self.config.routing is not None,
                 "process_index": self.config.process_index, "coordinator": f"{host}:{port}",
                 "started": self.started, "updated": time.time(), **asdict(self.context.stats)}
 

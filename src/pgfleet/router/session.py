@@ -23,7 +23,10 @@ from typing import cast
 
 from . import protocol as p
 from . import wire
+from .analyze import Shard
+from .backend import BackendError, WorkerConnection
 from .keys import CancelKey, KeyAllocator, process_of
+from .routing import Routing, decide, parse_search_path
 
 log = logging.getLogger(__name__)
 
@@ -41,6 +44,9 @@ class RouterStats:
     executes: int = 0  # extended-protocol Execute messages
     cancels: int = 0  # cancel requests forwarded to a server or a peer router process
     protocol_errors: int = 0
+    routed: int = 0  # statements sent straight to a worker
+    routing_fallbacks: int = 0  # routable statements sent to the coordinator after all (worker refused the role, …)
+    pinned_sessions: int = 0  # sessions kept on the coordinator because of session state
 
 
 @dataclass
@@ -54,6 +60,7 @@ class RouterContext:
     sessions: dict[int, ClientSession] = field(default_factory=dict)  # by the router's process id
     keys: KeyAllocator = field(init=False)
     tasks: set[asyncio.Task[None]] = field(default_factory=set)
+    routing: Routing | None = None  # None: every statement goes to the coordinator
 
     def __post_init__(self) -> None:
         self.keys = KeyAllocator(self.process_index)
@@ -140,6 +147,15 @@ class ClientSession(asyncio.Protocol):
         self.server_key: CancelKey | None = None
         self.user = ""
         self.database = ""
+        # routing to workers (simple protocol, autocommit, single shard)
+        self.startup_params: tuple[tuple[str, str], ...] = ()
+        self.reported: dict[str, str] = {}  # ParameterStatus of the coordinator at startup
+        self.search_path: tuple[str, ...] = ()
+        self.pinned = context.routing is None  # True: everything goes to the coordinator from now on
+        self.busy = False  # a routed statement is running: client bytes wait in ``held``
+        self.held: list[bytes] = []
+        self.outstanding = 0  # Query messages sent to the coordinator and not yet answered
+        self.workers: dict[str, WorkerConnection] = {}
 
     # --- client side ------------------------------------------------------------------------------
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
@@ -152,7 +168,13 @@ class ClientSession(asyncio.Protocol):
             if self.phase is Phase.STARTUP:
                 self._startup(data)
             elif self.phase is not Phase.CLOSED:
-                self._from_client(self.framer.scan(data), data)
+                if self.busy:
+                    self.held.append(data)
+                    return
+                types = self.framer.scan(data)
+                if not self.pinned and self.phase is Phase.RELAY and self._try_route(types, data):
+                    return
+                self._from_client(types, data)
         except wire.ProtocolViolation as exc:
             self.context.stats.protocol_errors += 1
             self.refuse(exc.sqlstate, str(exc))
@@ -162,6 +184,9 @@ class ClientSession(asyncio.Protocol):
         if self.client_key is not None:
             self.context.sessions.pop(self.client_key.process_id, None)
             self.context.keys.release(self.client_key.process_id)
+        for conn in self.workers.values():
+            conn.close()
+        self.workers.clear()
         self._close()
 
     def pause_writing(self) -> None:
@@ -203,6 +228,10 @@ class ClientSession(asyncio.Protocol):
             self.startup = wire.int32(len(payload) + 4) + payload
             self.user = message.get("user") or ""
             self.database = message.get("database") or self.user
+            self.startup_params = message.parameters
+            routing = self.context.routing
+            if routing is None or self.database != routing.dbname or message.get("replication") is not None:
+                self.pin()
             self.framer.expect_typed()
             self.phase = Phase.CONNECTING
             self.context.spawn(self._connect())
@@ -212,6 +241,7 @@ class ClientSession(asyncio.Protocol):
         for type_byte in types:
             if type_byte == b"Q":
                 stats.queries += 1
+                self.outstanding += 1
             elif type_byte == b"E":
                 stats.executes += 1
         if self.phase is Phase.CONNECTING:
@@ -241,6 +271,11 @@ class ClientSession(asyncio.Protocol):
 
     def from_server(self, data: bytes) -> None:
         if self.phase is Phase.RELAY:
+            if not self.pinned:  # follow ReadyForQuery: routing needs an idle session
+                try:
+                    self.outstanding = max(0, self.outstanding - self.server_framer.scan(data).count(b"Z"))
+                except wire.ProtocolViolation:
+                    self.pin()
             self._write(data)
             return
         try:
@@ -251,14 +286,98 @@ class ClientSession(asyncio.Protocol):
                     out.append(self._replace_key(payload))
                     continue
                 out.append(wire.frame(type_byte, payload))
+                if type_byte == b"S" and self.phase is Phase.AUTH:
+                    status = p.decode_backend(type_byte, payload)
+                    assert isinstance(status, p.ParameterStatus)
+                    self.reported[status.name] = status.value
                 if type_byte == b"Z":
                     self.phase = Phase.RELAY  # everything after the first ReadyForQuery goes through untouched
+                    self._relay_started(payload)
             if self.phase is Phase.RELAY:
                 out.append(self.server_framer.take_buffer())
             self._write(b"".join(out))
         except wire.ProtocolViolation as exc:
             log.warning("invalid message from the coordinator: %s", exc)
             self.refuse(wire.PROTOCOL_VIOLATION, f"pgfleet router: invalid message from the coordinator: {exc}")
+
+    # --- routing -----------------------------------------------------------------------------------
+    def pin(self) -> None:
+        if not self.pinned:
+            self.pinned = True
+            if self.phase is Phase.RELAY:
+                self.context.stats.pinned_sessions += 1
+
+    def _relay_started(self, ready: bytes) -> None:
+        self.server_framer.last_status = ready[:1]
+        self.search_path = parse_search_path(self.reported.get("search_path", ""), self.user)
+        if self.reported.get("client_encoding") != "UTF8" or self.reported.get("standard_conforming_strings") != "on":
+            self.pin()
+
+    def _try_route(self, types: list[bytes], data: bytes) -> bool:
+        """Send one Query straight to a worker when it is provably single-shard and the session is idle
+        and stateless; keep the session on the coordinator from the first message that may carry state."""
+        routing = self.context.routing
+        if types == [b"X"] or not types:
+            return False
+        if routing is None or types != [b"Q"] or not self.framer.at_boundary or self.outstanding \
+                or self.server_framer.last_status != b"I":
+            self.pin()  # extended protocol, COPY, pipelined queries: the coordinator's from now on
+            return False
+        try:
+            sql = data[5:-1].decode()
+        except UnicodeDecodeError:
+            return False
+        decision = decide(sql, routing.topology, self.search_path)
+        if not decision.keeps_state:
+            self.pin()
+            return False
+        if not isinstance(decision.route, Shard):
+            return False
+        self.busy = True
+        self.context.stats.queries += 1
+        self.context.spawn(self._run_routed(decision.route, data))
+        return True
+
+    def _worker_settings(self) -> tuple[tuple[str, str], ...]:
+        """The client's startup settings and the coordinator's reported ones, for a worker connection."""
+        settings = {k: v for k, v in self.startup_params if k not in ("user", "database", "replication",
+                                                                   "application_name") and not k.startswith("_pq_.")}
+        for name in ("DateStyle", "IntervalStyle", "TimeZone", "search_path", "client_encoding"):
+            if name in self.reported:
+                settings[name] = self.reported[name]
+        return tuple(settings.items())
+
+    async def _run_routed(self, route: Shard, raw: bytes) -> None:
+        routing = self.context.routing
+        assert routing is not None
+        ok, messages = False, list[tuple[bytes, bytes]]()
+        try:
+            conn = self.workers.get(route.node)
+            if conn is None or conn.broken:
+                conn = await WorkerConnection.open(routing.login(route.node), self._worker_settings())
+                self.workers[route.node] = conn
+            ok, messages = await conn.run_as(self.user, route.sql)
+        except BackendError as exc:
+            log.warning("routing to %s failed, sending the statement to the coordinator: %s", route.node, exc)
+            broken = self.workers.pop(route.node, None)
+            if broken is not None:
+                broken.close()
+        if self.phase is Phase.CLOSED:
+            return
+        if ok:
+            self.context.stats.routed += 1
+            self._write(b"".join(wire.frame(t, b) for t, b in messages))
+        else:
+            self.context.stats.routing_fallbacks += 1
+            self.context.stats.queries -= 1  # counted again on the way to the coordinator
+            self._from_client([b"Q"], raw)
+        self.busy = False
+        held, self.held = self.held, []
+        for i, chunk in enumerate(held):
+            if self.busy:
+                self.held.extend(held[i:])
+                break
+            self.data_received(chunk)
 
     def _replace_key(self, payload: bytes) -> bytes:
         message = p.decode_backend(b"K", payload)

@@ -195,11 +195,12 @@ class Framer:
     largest length allowed for a type byte (frontend: small messages such as Sync may not exceed 10000
     bytes, as in the server)."""
 
-    __slots__ = ("_buf", "_limit", "_skip", "_typed")
+    __slots__ = ("_buf", "_limit", "_skip", "_typed", "last_status")
 
     def __init__(self, *, initial: bool = False, limit: Callable[[int], int] | None = None) -> None:
         self._buf = bytearray()
         self._skip = 0  # scan(): bytes of the current message still to come
+        self.last_status = b""  # scan(): status of the last ReadyForQuery seen (I, T or E)
         self._typed = not initial
         self._limit = limit or (lambda _t: MAX_MESSAGE_LENGTH)
 
@@ -209,6 +210,11 @@ class Framer:
     @property
     def buffered(self) -> int:
         return len(self._buf)
+
+    @property
+    def at_boundary(self) -> bool:
+        """Whether everything scanned so far ended exactly at a message boundary."""
+        return not self._buf and not self._skip
 
     def take_buffer(self) -> bytes:
         """The bytes not yet framed (handed on unread, e.g. when switching to a raw relay)."""
@@ -266,6 +272,10 @@ class Framer:
             type_byte, length = _HEADER.unpack_from(data, pos)
             if length < 4 or length > self._limit(type_byte[0]):
                 raise ProtocolViolation(f"invalid message length {length} for message type {type_byte!r}")
+            if type_byte == b"Z":
+                if n - pos < 6:
+                    break  # keep ReadyForQuery whole, for its status
+                self.last_status = data[pos + 5:pos + 6]
             types.append(type_byte)
             pos += 1 + length
         if pos > n:
