@@ -312,6 +312,10 @@ class ClientSession(asyncio.Protocol):
         self.search_path = parse_search_path(self.reported.get("search_path", ""), self.user)
         if self.reported.get("client_encoding") != "UTF8" or self.reported.get("standard_conforming_strings") != "on":
             self.pin()
+        # Until roles, grants and row-level security are known to be the same on the workers, only a
+        # superuser's statements are routed: privileges and policies do not apply to it anywhere.
+        if self.reported.get("is_superuser") != "on":
+            self.pin()
 
     def _try_route(self, types: list[bytes], data: bytes) -> bool:
         """Send one Query straight to a worker when it is provably single-shard and the session is idle
