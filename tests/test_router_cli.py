@@ -18,7 +18,7 @@ pytestmark = pytest.mark.cluster
 def test_router_start_status_stop(cluster: LocalCluster) -> None:
     directory = cluster.directory
     assert json.loads(pgfleet_cli("router", "status", "--json", directory=directory).stdout) == {"running": False}
-    started = pgfleet_cli("router", "start", directory=directory)
+    started = pgfleet_cli("router", "start", "--route", directory=directory)
     try:
         assert started.returncode == 0, started.stderr
         dsn = started.stdout.strip()
@@ -38,7 +38,7 @@ def test_router_start_status_stop(cluster: LocalCluster) -> None:
             time.sleep(1.2)  # the status file is refreshed every second
             state = json.loads(pgfleet_cli("router", "status", "--json", directory=directory).stdout)
             assert state["clients_active"] == 1 and state["queries"] + state["executes"] >= 2 and state["cancels"] == 1
-            assert state["coordinator"] == f"127.0.0.1:{cluster.spec.coordinator.port}"
+            assert state["coordinator"] == f"127.0.0.1:{cluster.spec.coordinator.port}" and state["routing"] is True
         table = pgfleet_cli("router", "status", directory=directory).stdout
         assert "clients total" in table
     finally:

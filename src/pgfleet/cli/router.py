@@ -28,13 +28,15 @@ def router() -> None:
 
 @router.command("start")
 @click.option("--port", type=int, help="Port on 127.0.0.1 (default: the first free port from 6432).")
+@click.option("--route", is_flag=True,
+              help="Send single-shard statements (simple protocol, autocommit, superuser sessions) straight to the workers.")
 @click.pass_context
-def start(ctx: click.Context, port: int | None) -> None:
+def start(ctx: click.Context, port: int | None, route: bool) -> None:
     """Start the router in the background (nothing happens when it already runs)."""
     from ..router.process import dsn, start_background
 
     local = _local(ctx)
-    proc, started = start_background(local, port)
+    proc, started = start_background(local, port, route=route)
     if not started and port is not None and port != proc.port:
         click.echo(f"router already running on port {proc.port} (pid {proc.pid}); stop it first to change the port", err=True)
     else:
@@ -76,15 +78,16 @@ def status(ctx: click.Context, as_json: bool) -> None:
 @router.command("run", hidden=True)
 @click.option("--port", type=int, required=True)
 @click.option("--process-index", default=0, show_default=True, type=int)
+@click.option("--route", is_flag=True)
 @click.pass_context
-def run(ctx: click.Context, port: int, process_index: int) -> None:
+def run(ctx: click.Context, port: int, process_index: int, route: bool) -> None:
     """Serve in the foreground until SIGTERM (what 'router start' runs in the background)."""
     import logging
 
-    from ..router.process import STATUS_FILE, coordinator_address
+    from ..router.process import STATUS_FILE, coordinator_address, local_routing
     from ..router.server import RouterConfig, run_forever
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
     local = _local(ctx)
     run_forever(RouterConfig(port=port, upstream=coordinator_address(local), process_index=process_index,
-                             status_file=local.directory / STATUS_FILE))
+                             status_file=local.directory / STATUS_FILE, routing=local_routing(local) if route else None))

@@ -43,10 +43,14 @@ class RouterStatus:
     port: int
     coordinator: str
     uptime_seconds: float
+    routing: bool
     clients_active: int
     clients_total: int
     queries: int
     executes: int
+    routed: int
+    routing_fallbacks: int
+    pinned_sessions: int
     cancels: int
     protocol_errors: int
 
@@ -98,7 +102,7 @@ def dsn(local: LocalCluster, port: int) -> str:
     return f"postgresql://{local.spec.superuser}@127.0.0.1:{port}/{local.spec.dbname}?passfile={local.directory / PASSFILE}"
 
 
-def start_background(local: LocalCluster, port: int | None = None) -> tuple[RouterProcess, bool]:
+def start_background(local: LocalCluster, port: int | None = None, *, route: bool = False) -> tuple[RouterProcess, bool]:
     """Start the router unless it runs; return it and whether it was started now."""
     current = running(local)
     if current is not None:
@@ -111,7 +115,8 @@ def start_background(local: LocalCluster, port: int | None = None) -> tuple[Rout
     with open(log_path, "a") as log:
         proc = subprocess.Popen(
             [sys.executable, "-m", "pgfleet.cli.main", "--dir", str(local.directory), "router", "run",
-             "--port", str(port)], stdin=subprocess.DEVNULL, stdout=log, stderr=log, start_new_session=True)
+             "--port", str(port), *(["--route"] if route else [])],
+            stdin=subprocess.DEVNULL, stdout=log, stderr=log, start_new_session=True)
     (local.directory / PID_FILE).write_text(f"{proc.pid} {port}\n")
     deadline = time.monotonic() + START_TIMEOUT
     while not _accepts(port):
@@ -160,6 +165,9 @@ def read_status(local: LocalCluster) -> RouterStatus | None:
         data = {}
     return RouterStatus(pid=current.pid, port=current.port, coordinator=str(data.get("coordinator", "?")),
                         uptime_seconds=round(time.time() - float(data.get("started", time.time())), 1),
+                        routing=bool(data.get("routing", False)), routed=int(data.get("routed", 0)),
+                        routing_fallbacks=int(data.get("routing_fallbacks", 0)),
+                        pinned_sessions=int(data.get("pinned_sessions", 0)),
                         clients_active=int(data.get("clients_active", 0)), clients_total=int(data.get("clients_total", 0)),
                         queries=int(data.get("queries", 0)), executes=int(data.get("executes", 0)),
                         cancels=int(data.get("cancels", 0)), protocol_errors=int(data.get("protocol_errors", 0)))
