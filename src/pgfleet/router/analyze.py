@@ -15,7 +15,7 @@ the key of a table so pinned — and everything else in it is known to be harmle
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import TypeVar
 
@@ -83,17 +83,23 @@ class Prepared:
     insert_rows: tuple[tuple[KeyValue, tuple[int, int]], ...] = ()  # multi-row INSERT: key and text span per row
     values_span: tuple[int, int] = (0, 0)
 
-    def bind(self, params: Sequence[str | None] = ()) -> Route:
+    def bind(self, params: Sequence[str | None] = (), *, original: str | None = None,
+             position: Callable[[int], int] | None = None) -> Route:
+        """The route for these parameter values. ``original`` and ``position``: the statement this one was
+        normalized from (constants made parameters, see routing) and how offsets here map to offsets there;
+        the rewrite then applies to the original text."""
         try:
-            return self._bind(params)
+            if original is not None and len(self.insert_rows) > 1:
+                raise Refuse("a multi-row INSERT is analyzed from its own text")
+            return self._bind(params, original, position)
         except (Refuse, NotPlaced) as exc:
             return Coordinator(str(exc))
 
-    def _bind(self, params: Sequence[str | None]) -> Route:
+    def _bind(self, params: Sequence[str | None], original: str | None, position: Callable[[int], int] | None) -> Route:
         if self.insert_rows:
-            return self._bind_insert(params)
+            return self._bind_insert(params, original, position)
         index = self._shard_index(params)
-        return self._route(index, self.sql)
+        return self._route(index, self.sql if original is None else original, position)
 
     def _shard_index(self, params: Sequence[str | None]) -> int:
         indexes: dict[int, int] = {}
@@ -122,7 +128,7 @@ class Prepared:
             raise Refuse("the statement reads or writes more than one shard")
         return found.pop()
 
-    def _route(self, index: int, text: str) -> Shard:
+    def _route(self, index: int, text: str, position: Callable[[int], int] | None = None) -> Shard:
         distributed = [r for r in self.refs if not r.table.is_reference]
         groups = {r.table.colocation_id for r in distributed}
         if len(groups) != 1:
@@ -145,18 +151,21 @@ class Prepared:
                 assert shard is not None
                 schema, table = shard.schema, shard.table
             start, end = name_span(self.sql, ref.node.location or 0)
+            if position is not None:
+                start, end = position(start), position(end)
             replacement = qualified(schema, table) + ("" if ref.has_alias else " AS " + qualified(ref.alias))
             edits.append(Edit(start, end, replacement))
         ids = tuple(sorted({s.shard_id for s in shards if s is not None}))
         return Shard(node=node, shard_index=index, shard_ids=ids, sql=apply_edits(text, edits))
 
-    def _bind_insert(self, params: Sequence[str | None]) -> Route:
+    def _bind_insert(self, params: Sequence[str | None], original: str | None,
+                     position: Callable[[int], int] | None) -> Route:
         [target] = self.refs
         by_index: dict[int, list[int]] = {}
         for number, (key, _) in enumerate(self.insert_rows):
             by_index.setdefault(shard_index(target.table, key, params), []).append(number)
         if len(by_index) == 1:
-            return self._route(next(iter(by_index)), self.sql)
+            return self._route(next(iter(by_index)), self.sql if original is None else original, position)
         if any(isinstance(k, Param) for k, _ in self.insert_rows):
             raise Refuse("a multi-row INSERT with parameters over several shards")
         parts = []

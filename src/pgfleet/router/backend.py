@@ -66,7 +66,8 @@ class _Scram:
 
 
 class WorkerConnection:
-    def __init__(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+    def __init__(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter, user: str) -> None:
+        self.user = user  # the login role
         self.reader = reader
         self.writer = writer
         self.broken = False
@@ -77,7 +78,7 @@ class WorkerConnection:
             reader, writer = await asyncio.wait_for(asyncio.open_connection(login.host, login.port), CONNECT_TIMEOUT)
         except (OSError, TimeoutError) as exc:
             raise BackendError(f"cannot connect to {login.host}:{login.port}: {exc}") from None
-        conn = cls(reader, writer)
+        conn = cls(reader, writer, login.user)
         params = (("user", login.user), ("database", login.database), ("application_name", "pgfleet router"), *settings)
         writer.write(wire.StartupMessage(wire.PROTOCOL_3_0, params).encode())
         scram: _Scram | None = None
@@ -113,14 +114,12 @@ class WorkerConnection:
     async def run_as(self, role: str, sql: str) -> tuple[bool, list[tuple[bytes, bytes]]]:
         """Run ``sql`` under ``role``; (whether the role could be set, the statement's messages up to and
         including ReadyForQuery, without those of SET ROLE and RESET ROLE)."""
+        if role == self.user:  # already that role: one statement, no role switch
+            self.writer.write(p.Query(sql).encode())
+            return True, await self._until_ready()
         text = f"SET ROLE {qualified(role)};\n{sql}\n;\nRESET ROLE"  # the newline ends a trailing -- comment
         self.writer.write(p.Query(text).encode())
-        messages: list[tuple[bytes, bytes]] = []
-        while True:
-            type_byte, payload = await self.read()
-            messages.append((type_byte, payload))
-            if type_byte == b"Z":
-                break
+        messages = await self._until_ready()
         first = messages[0]
         if first[0] == b"E":
             return False, messages  # the role does not exist on the worker, or may not be set
@@ -131,6 +130,14 @@ class WorkerConnection:
         if len(body) >= 2 and body[-2] == (b"C", b"RESET\0"):
             del body[-2]
         return True, body
+
+    async def _until_ready(self) -> list[tuple[bytes, bytes]]:
+        messages: list[tuple[bytes, bytes]] = []
+        while True:
+            type_byte, payload = await self.read()
+            messages.append((type_byte, payload))
+            if type_byte == b"Z":
+                return messages
 
     def close(self) -> None:
         if not self.writer.is_closing():

@@ -331,7 +331,7 @@ class ClientSession(asyncio.Protocol):
             sql = data[5:-1].decode()
         except UnicodeDecodeError:
             return False
-        decision = decide(sql, routing.topology, self.search_path)
+        decision = decide(sql, routing.topology, self.search_path, routing.cache)
         if not decision.keeps_state:
             self.pin()
             return False

@@ -53,9 +53,13 @@ def shard_index(table: RoutedTable, key: KeyValue, params: Sequence[str | None])
         if not integer:
             raise NotPlaced(f"no client-side hash for key type {table.key_type or '?'}")
         value = _integer(text, table.key_type)
+        remainders: dict[int, int] = {}  # by modulus: one hash per key
         for shard in table.shards:
-            if shard.modulus and hashing.remainder(value, shard.modulus, table.key_type) == shard.remainder:
-                return shard.index
+            if shard.modulus:
+                if shard.modulus not in remainders:
+                    remainders[shard.modulus] = hashing.remainder(value, shard.modulus, table.key_type)
+                if remainders[shard.modulus] == shard.remainder:
+                    return shard.index
     elif table.method == "range":
         if not integer:
             raise NotPlaced(f"range bounds of type {table.key_type or '?'} are compared on the coordinator")
