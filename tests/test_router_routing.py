@@ -140,3 +140,33 @@ def test_a_role_without_privilege_is_refused(cluster: LocalCluster, router: Rout
         assert run(conn, "SELECT current_user")[0] == [(role,)]
     # not a superuser: its statements stay on the coordinator, whose privileges and policies decide
     assert (stats.routed, stats.pinned_sessions) == (0, 1)
+
+
+def test_cancel_reaches_the_worker_running_a_routed_statement(cluster: LocalCluster, router: RouterServer,
+                                                              data: str) -> None:
+    import threading
+    import time
+
+    from pgfleet.execute.connect import connect as connect_node
+    from pgfleet.router.analyze import Shard, analyze
+
+    routing = router.config.routing
+    assert routing is not None
+    statement = "UPDATE t SET val = 0 WHERE id = 1"
+    route = analyze(statement, routing.topology, search_path=(data, "public"))
+    assert isinstance(route, Shard)
+    shard = next(s for s in routing.topology.table(data, "t").shards if s.index == route.shard_index)  # type: ignore[union-attr]
+    with connect_node(cluster.endpoint(route.node), autocommit=False) as locker, \
+            connect(cluster, router.config.port, data) as conn:
+        locker.execute(sql.SQL("SELECT 1 FROM {} WHERE id = 1 FOR UPDATE").format(sql.Identifier(shard.schema, shard.table)))
+        routed = router.context.stats.routed
+        timer = threading.Timer(0.5, conn.cancel_safe)
+        start = time.monotonic()
+        timer.start()
+        with pytest.raises(psycopg.errors.QueryCanceled):
+            run(conn, statement)  # waits for the worker's row lock until cancelled
+        timer.join()
+        assert time.monotonic() - start < 5
+        assert router.context.stats.routed == routed + 1
+        locker.rollback()
+        assert run(conn, statement)[2] == "UPDATE 1"

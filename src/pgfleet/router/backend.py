@@ -68,6 +68,8 @@ class _Scram:
 class WorkerConnection:
     def __init__(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter, user: str) -> None:
         self.user = user  # the login role
+        self.address = writer.get_extra_info("peername")[:2]
+        self.cancel_key: tuple[int, bytes] | None = None  # the worker backend's, to cancel a routed statement
         self.reader = reader
         self.writer = writer
         self.broken = False
@@ -97,6 +99,8 @@ class WorkerConnection:
                     scram.verify(message.data)
                 elif message.code != 0:
                     raise BackendError(f"unsupported authentication request {message.code} from {login.host}:{login.port}")
+            elif isinstance(message, p.BackendKeyData):
+                conn.cancel_key = (message.process_id, message.secret)
             elif isinstance(message, p.ReadyForQuery):
                 return conn
 

@@ -87,6 +87,10 @@ class RouterContext:
             log.info("cancel request with an unknown key: ignored")  # as the server does, silently
             return
         self.stats.cancels += 1
+        worker = session.running_on
+        if worker is not None and worker.cancel_key is not None:  # a routed statement: cancel it on its worker
+            self.spawn(send_cancel(worker.address, wire.CancelRequest(*worker.cancel_key)))
+            return
         self.spawn(send_cancel(session.address, wire.CancelRequest(session.server_key.process_id, session.server_key.secret)))
 
 
@@ -156,6 +160,7 @@ class ClientSession(asyncio.Protocol):
         self.held: list[bytes] = []
         self.outstanding = 0  # Query messages sent to the coordinator and not yet answered
         self.workers: dict[str, WorkerConnection] = {}
+        self.running_on: WorkerConnection | None = None  # the worker running this session's routed statement
 
     # --- client side ------------------------------------------------------------------------------
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
@@ -360,7 +365,11 @@ class ClientSession(asyncio.Protocol):
             if conn is None or conn.broken:
                 conn = await WorkerConnection.open(routing.login(route.node), self._worker_settings())
                 self.workers[route.node] = conn
-            ok, messages = await conn.run_as(self.user, route.sql)
+            self.running_on = conn
+            try:
+                ok, messages = await conn.run_as(self.user, route.sql)
+            finally:
+                self.running_on = None
         except BackendError as exc:
             log.warning("routing to %s failed, sending the statement to the coordinator: %s", route.node, exc)
             broken = self.workers.pop(route.node, None)
