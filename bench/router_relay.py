@@ -41,13 +41,17 @@ def tps(local: LocalCluster, port: int, args: list[str]) -> float:
     return float(match.group(1))
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+def arguments(description: str | None, report: str) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=description, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--duration", type=int, default=5, help="seconds per pgbench run")
     parser.add_argument("--reps", type=int, default=3, help="interleaved repetitions per case")
     parser.add_argument("--scale", type=int, default=10, help="pgbench scale")
-    parser.add_argument("--out", default="bench/results", help="directory for router_relay.json")
-    args = parser.parse_args()
+    parser.add_argument("--out", default="bench/results", help=f"directory for {report}")
+    return parser.parse_args()
+
+
+def main() -> None:
+    args = arguments(__doc__, "router_relay.json")
 
     base = Path(tempfile.mkdtemp(prefix="pgfleet-relay-", dir="/tmp"))
     base.chmod(0o755)

@@ -11,7 +11,6 @@ uses the extended protocol, which this router step still relays to the coordinat
 
 from __future__ import annotations
 
-import argparse
 import json
 import statistics
 import sys
@@ -19,7 +18,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from router_relay import pgbench, tps
+from router_relay import arguments, pgbench, tps
 
 from pgfleet.cluster.fleet import Fleet
 from pgfleet.cluster.local import LocalCluster
@@ -30,12 +29,7 @@ CASES = [(1, "simple"), (4, "simple"), (4, "prepared")]
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--duration", type=int, default=5, help="seconds per pgbench run")
-    parser.add_argument("--reps", type=int, default=3, help="interleaved repetitions per case")
-    parser.add_argument("--scale", type=int, default=10, help="pgbench scale")
-    parser.add_argument("--out", default="bench/results", help="directory for router_routed.json")
-    args = parser.parse_args()
+    args = arguments(__doc__, "router_routed.json")
 
     base = Path(tempfile.mkdtemp(prefix="pgfleet-routed-", dir="/tmp"))
     base.chmod(0o755)

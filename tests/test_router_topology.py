@@ -7,37 +7,17 @@ from __future__ import annotations
 from typing import Any
 
 import pytest
+import test_fastpath
 
 from pgfleet.cluster.fleet import Fleet
 from pgfleet.cluster.local import LocalCluster
 from pgfleet.execute.connect import connect
 from pgfleet.router.analyze import Coordinator, Shard, Split, analyze
 from pgfleet.router.topology import load_routing_topology
-from pgfleet.spec import DistributeSpec, HashSpec, ListShard, ListSpec, QualifiedName, ReferenceSpec, parse_range_bounds
 
 pytestmark = pytest.mark.cluster
 
-
-@pytest.fixture
-def data(fleet: Fleet, schema: str) -> str:
-    conn = fleet.conn()
-    conn.execute("CREATE TABLE t (id bigint PRIMARY KEY, grp int, val int)")
-    conn.execute("INSERT INTO t SELECT g, g % 10, g % 97 FROM generate_series(1, 500) g")
-    conn.execute("CREATE TABLE items (t_id bigint, n int, qty int, PRIMARY KEY (t_id, n))")
-    conn.execute("INSERT INTO items SELECT g, n, n * 2 FROM generate_series(1, 500) g, generate_series(1, 3) n")
-    conn.execute("CREATE TABLE grps (grp int PRIMARY KEY, label text)")
-    conn.execute("INSERT INTO grps SELECT g, 'g' || g FROM generate_series(0, 9) g")
-    conn.execute("CREATE TABLE r (id int PRIMARY KEY, v text)")
-    conn.execute("INSERT INTO r SELECT g, 'v' || g FROM generate_series(1, 3000) g")
-    conn.execute("CREATE TABLE sites (id int, city text NOT NULL, v int)")
-    conn.execute("INSERT INTO sites SELECT g, (ARRAY['paris','lagos','rome'])[1 + g % 3], g FROM generate_series(1, 30) g")
-    fleet.distribute(DistributeSpec(QualifiedName(schema, "t"), "id", HashSpec(8)))
-    fleet.distribute(DistributeSpec(QualifiedName(schema, "items"), "t_id", colocate_with=QualifiedName(schema, "t")))
-    fleet.reference(ReferenceSpec(QualifiedName(schema, "grps")))
-    fleet.distribute(DistributeSpec(QualifiedName(schema, "r"), "id", parse_range_bounds("min,1000,2000,max")))
-    fleet.distribute(DistributeSpec(QualifiedName(schema, "sites"), "city", ListSpec((
-        ListShard(("paris", "rome"), "w1"), ListShard(("lagos",), "w2")))))
-    return schema
+data = test_fastpath.data  # the tables of the fast-path tests: t, items, grps (reference), r (range), sites (list)
 
 
 def on_node(cluster: LocalCluster, node: str, sql: str) -> list[tuple[Any, ...]]:
@@ -80,12 +60,12 @@ def test_list_and_search_path(fleet: Fleet, cluster: LocalCluster, data: str) ->
 
 def test_split_insert_lands_where_the_coordinator_reads(fleet: Fleet, cluster: LocalCluster, data: str) -> None:
     topology = load_routing_topology(fleet.conn())
-    keys = list(range(1001, 1013))
+    keys = list(range(10001, 10013))
     sql = "INSERT INTO t (id, grp, val) VALUES " + ", ".join(f"({k}, 1, {k % 5})" for k in keys)
     route = analyze(sql, topology, search_path=(data, "public"))
     assert isinstance(route, Split) and len(route.parts) > 1
     for shard, rows in route.parts:
         with connect(cluster.endpoint(shard.node)) as conn:
             assert conn.execute(shard.sql.encode()).rowcount == len(rows)
-    got = fleet.conn().execute("SELECT id, val FROM t WHERE id > 1000 ORDER BY id").fetchall()
+    got = fleet.conn().execute("SELECT id, val FROM t WHERE id > 10000 ORDER BY id").fetchall()
     assert got == [(k, k % 5) for k in keys]

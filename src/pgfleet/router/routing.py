@@ -167,41 +167,14 @@ def session_neutral(sql: str) -> bool:
 
 
 def parse_search_path(value: str, user: str) -> tuple[str, ...]:
-    """The schemas of a reported search_path (``"$user", public``), ``$user`` replaced by the user."""
-    schemas: list[str] = []
-    for raw in _split_identifiers(value):
-        name = user if raw == "$user" else raw
-        schemas.append(name)
-    return tuple(schemas)
-
-
-def _split_identifiers(value: str) -> list[str]:
-    out: list[str] = []
-    i, n = 0, len(value)
-    while i < n:
-        while i < n and value[i] in " \t\n,":
-            i += 1
-        if i >= n:
-            break
-        if value[i] == '"':
-            j, buf = i + 1, []
-            while j < n:
-                if value[j] == '"':
-                    if j + 1 < n and value[j + 1] == '"':
-                        buf.append('"')
-                        j += 2
-                        continue
-                    break
-                buf.append(value[j])
-                j += 1
-            out.append("".join(buf))
-            i = j + 1
-        else:
-            j = i
-            while j < n and value[j] not in ",":
-                j += 1
-            out.append(value[i:j].strip().lower())
-            i = j
-    return out
-
-
+    """The schemas of a reported search_path (``"$user", public``), ``$user`` replaced by the user; the
+    list is read by PostgreSQL's own parser, as ``SET search_path = …`` would read it."""
+    if not value.strip():
+        return ()
+    try:
+        [stmt] = parse_sql(f"SET search_path = {value}")
+    except (ParseError, ValueError):
+        return ()  # nothing resolves: every unqualified name goes to the coordinator
+    args = stmt.stmt.args if isinstance(stmt.stmt, ast.VariableSetStmt) else None
+    names = [a.val.sval for a in args or () if isinstance(a, ast.A_Const) and isinstance(a.val, ast.String)]
+    return tuple(user if name == "$user" else name for name in names if name)
