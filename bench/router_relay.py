@@ -50,11 +50,16 @@ def arguments(description: str | None, report: str) -> argparse.Namespace:
     return parser.parse_args()
 
 
+def scratch(prefix: str) -> Path:
+    """A directory under /tmp the server account can traverse."""
+    base = Path(tempfile.mkdtemp(prefix=prefix, dir="/tmp"))
+    base.chmod(0o755)
+    return base
+
+
 def main() -> None:
     args = arguments(__doc__, "router_relay.json")
-
-    base = Path(tempfile.mkdtemp(prefix="pgfleet-relay-", dir="/tmp"))
-    base.chmod(0o755)
+    base = scratch("pgfleet-relay-")
     started = time.monotonic()
     local = LocalCluster.create(base / "cluster", workers=0, fast=True)
     try:

@@ -14,11 +14,10 @@ from __future__ import annotations
 import json
 import statistics
 import sys
-import tempfile
 import time
 from pathlib import Path
 
-from router_relay import arguments, pgbench, tps
+from router_relay import arguments, pgbench, scratch, tps
 
 from pgfleet.cluster.fleet import Fleet
 from pgfleet.cluster.local import LocalCluster
@@ -31,8 +30,7 @@ CASES = [(1, "simple"), (4, "simple"), (4, "prepared")]
 def main() -> None:
     args = arguments(__doc__, "router_routed.json")
 
-    base = Path(tempfile.mkdtemp(prefix="pgfleet-routed-", dir="/tmp"))
-    base.chmod(0o755)
+    base = scratch("pgfleet-routed-")
     started = time.monotonic()
     single = LocalCluster.create(base / "single", workers=0, fast=True)
     fleet_local = LocalCluster.create(base / "fleet", workers=2, fast=True)

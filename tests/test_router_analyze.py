@@ -2,40 +2,55 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import pytest
 
 from pgfleet import hashing
 from pgfleet.router.analyze import Coordinator, Route, Shard, Split, analyze
-from pgfleet.router.snapshot import RoutedTable, RoutingTopology, ShardPlacement
+from pgfleet.router.snapshot import RoutedTable, RoutingTopology
+from pgfleet.spec import QualifiedName
+from pgfleet.topology.model import Shard as CatalogShard
 
 NODES = ("w1", "w2")
 
 
+def placement(index: int, shard_id: int, node: str, schema: str, table: str, **bounds: Any) -> CatalogShard:
+    return CatalogShard(shard_id=shard_id, table_oid=0, index=index, node=node, shard_schema=schema, shard_table=table,
+                        foreign_schema="pgfleet_shards", foreign_table=f"{table}_{shard_id}", **bounds)
+
+
+def table(schema: str, name: str, method: str, key: str | None, key_type: str, colocation: int | None,
+          columns: tuple[str, ...], shards: tuple[CatalogShard, ...]) -> RoutedTable:
+    return RoutedTable(oid=0, name=QualifiedName(schema, name), method=method, key=key, colocation_id=colocation,
+                       shards=shards, key_type=key_type, columns=columns)
+
+
 def hash_table(name: str, key: str, key_type: str, columns: tuple[str, ...], colocation: int, first_id: int,
                modulus: int = 4) -> RoutedTable:
-    shards = tuple(ShardPlacement(index=i, shard_id=first_id + i, node=NODES[i % 2], schema="public",
-                                  table=f"{name}_{first_id + i}", modulus=modulus, remainder=i) for i in range(modulus))
-    return RoutedTable("public", name, "hash", key, key_type, colocation, columns, shards)
+    shards = tuple(placement(i, first_id + i, NODES[i % 2], "public", f"{name}_{first_id + i}", modulus=modulus, remainder=i)
+                   for i in range(modulus))
+    return table("public", name, "hash", key, key_type, colocation, columns, shards)
 
 
 ORDERS = hash_table("orders", "id", "bigint", ("id", "customer", "amount", "note"), 1, 100)
 ITEMS = hash_table("items", "order_id", "bigint", ("order_id", "sku", "qty"), 1, 200)
 ACCOUNTS = hash_table("accounts", "aid", "integer", ("aid", "balance"), 4, 300)
 MIXED = hash_table("Mixed Case", "Key", "integer", ("Key", "val"), 5, 400)
-EVENTS = RoutedTable("public", "events", "range", "ts_id", "integer", 2, ("ts_id", "kind"), (
-    ShardPlacement(0, 500, "w1", "public", "events_500", upper="100"),
-    ShardPlacement(1, 501, "w2", "public", "events_501", lower="100", upper="200"),
-    ShardPlacement(2, 502, "w1", "public", "events_502", lower="200")))
-SITES = RoutedTable("public", "sites", "list", "city", "text", 3, ("city", "name"), (
-    ShardPlacement(0, 600, "w1", "geo", "sites_600", values=("Paris", "Lyon")),
-    ShardPlacement(1, 601, "w2", "geo", "sites_601", values=("Lagos",))))
-COUNTRIES = RoutedTable("public", "countries", "reference", None, "", None, ("code", "name"), (
-    ShardPlacement(0, 700, "w1", "public", "countries"), ShardPlacement(0, 701, "w2", "public", "countries")))
+EVENTS = table("public", "events", "range", "ts_id", "integer", 2, ("ts_id", "kind"), (
+    placement(0, 500, "w1", "public", "events_500", upper="100"),
+    placement(1, 501, "w2", "public", "events_501", lower="100", upper="200"),
+    placement(2, 502, "w1", "public", "events_502", lower="200")))
+SITES = table("public", "sites", "list", "city", "text", 3, ("city", "name"), (
+    placement(0, 600, "w1", "geo", "sites_600", values=("Paris", "Lyon")),
+    placement(1, 601, "w2", "geo", "sites_601", values=("Lagos",))))
+COUNTRIES = table("public", "countries", "reference", None, "", None, ("code", "name"), (
+    placement(0, 700, "w1", "public", "countries"), placement(0, 701, "w2", "public", "countries")))
 
 TOPOLOGY = RoutingTopology(
     tables=(ORDERS, ITEMS, ACCOUNTS, MIXED, EVENTS, SITES, COUNTRIES),
     relations=frozenset({("other", "orders"), ("public", "local_t"), ("pg_catalog", "pg_class"),
-                         *((t.schema, t.name) for t in (ORDERS, ITEMS, ACCOUNTS, MIXED, EVENTS, SITES, COUNTRIES))}))
+                         *((t.schema, t.relname) for t in (ORDERS, ITEMS, ACCOUNTS, MIXED, EVENTS, SITES, COUNTRIES))}))
 
 
 def index_of(key: int, key_type: str = "bigint") -> int:
@@ -43,7 +58,7 @@ def index_of(key: int, key_type: str = "bigint") -> int:
 
 
 def shard_name(table: RoutedTable, key: int) -> str:
-    return f'"public"."{table.name}_{table.shard(index_of(key, table.key_type)).shard_id}"'  # type: ignore[union-attr]
+    return f'"public"."{table.relname}_{table.shard(index_of(key, table.key_type)).shard_id}"'  # type: ignore[union-attr]
 
 
 def route(sql: str, *params: str | None, **kwargs: object) -> Route:
@@ -114,7 +129,7 @@ def test_range_and_list_bounds() -> None:
     assert isinstance(lagos, Shard) and (lagos.node, lagos.sql) == (
         "w2", "SELECT name FROM \"geo\".\"sites_601\" AS \"sites\" WHERE city = 'Lagos'")
     assert isinstance(route("SELECT * FROM sites WHERE city IN ('Paris', 'Lyon')"), Shard)
-    assert route("SELECT * FROM sites WHERE city = 'Berlin'") == Coordinator("no shard of sites holds the key 'Berlin'")
+    assert route("SELECT * FROM sites WHERE city = 'Berlin'") == Coordinator("no shard of public.sites holds the key 'Berlin'")
 
 
 def test_quoted_identifiers() -> None:
@@ -122,7 +137,7 @@ def test_quoted_identifiers() -> None:
     assert isinstance(result, Shard)
     assert result.sql == f'SELECT val FROM {shard_name(MIXED, 3)} AS "Mixed Case" WHERE "Key" = 3'
     assert route('SELECT val FROM "Mixed Case" WHERE key = 3') == Coordinator(
-        "Mixed Case is not restricted to one shard by its key Key "
+        'public."Mixed Case" is not restricted to one shard by its key Key '
         "(equality to a constant or parameter, or to a co-located pinned key)")
     assert route('SELECT * FROM "ORDERS" WHERE id = 5') == Coordinator("relation ORDERS is not known to the router")
 
@@ -155,7 +170,7 @@ NOT_ROUTED = [
     ("SELECT * FROM orders WHERE id = ANY($1)", ("{1}",), "orders is not restricted to one shard"),
     ("SELECT * FROM orders WHERE id = 5.5", (), "'5.5' is not an integer"),
     ("SELECT * FROM orders WHERE id = $1", (), "parameter $1 has no value"),
-    ("SELECT * FROM orders WHERE id = $1", (None,), "NULL key for orders"),
+    ("SELECT * FROM orders WHERE id = $1", (None,), "NULL key for public.orders"),
     ("SELECT * FROM orders WHERE id = 1 AND id = 2", (), "contradictory conditions"),
     ("SELECT nextval('s') FROM orders WHERE id = 1", (), "function nextval may have side effects"),
     ("SELECT pg_sleep(1) FROM orders WHERE id = 1", (), "function pg_sleep may have side effects"),
@@ -181,9 +196,9 @@ NOT_ROUTED = [
     ("INSERT INTO orders (id) VALUES (DEFAULT)", (), "the key id of an inserted row is not a constant"),
     ("INSERT INTO orders SELECT * FROM orders WHERE id = 1", (), "INSERT without a VALUES list"),
     ("INSERT INTO orders (id) VALUES ($1), ($2)", ("1", "2"), "a multi-row INSERT with parameters over several shards"),
-    ("INSERT INTO countries VALUES ('fr', 'France')", (), "writes to reference table countries"),
+    ("INSERT INTO countries VALUES ('fr', 'France')", (), "writes to reference table public.countries"),
     ("UPDATE orders SET id = 6 WHERE id = 5", (), "UPDATE of the distribution key id"),
-    ("UPDATE countries SET name = 'x' WHERE code = 'fr'", (), "writes to reference table countries"),
+    ("UPDATE countries SET name = 'x' WHERE code = 'fr'", (), "writes to reference table public.countries"),
     ("DELETE FROM orders WHERE amount > 3", (), "orders is not restricted"),
     ("CREATE TABLE x (i int)", (), "CreateStmt is not routed"),
     ("SELEC 1", (), "does not parse here"),

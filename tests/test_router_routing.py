@@ -158,7 +158,8 @@ def test_cancel_reaches_the_worker_running_a_routed_statement(cluster: LocalClus
     shard = next(s for s in routing.topology.table(data, "t").shards if s.index == route.shard_index)  # type: ignore[union-attr]
     with connect_node(cluster.endpoint(route.node), autocommit=False) as locker, \
             connect(cluster, router.config.port, data) as conn:
-        locker.execute(sql.SQL("SELECT 1 FROM {} WHERE id = 1 FOR UPDATE").format(sql.Identifier(shard.schema, shard.table)))
+        shard_table = sql.Identifier(shard.shard_schema, shard.shard_table)
+        locker.execute(sql.SQL("SELECT 1 FROM {} WHERE id = 1 FOR UPDATE").format(shard_table))
         routed = router.context.stats.routed
         timer = threading.Timer(0.5, conn.cancel_safe)
         start = time.monotonic()

@@ -145,11 +145,11 @@ class Prepared:
             if ref.table.is_reference:
                 if not any(s.node == node for s in ref.table.shards):
                     raise Refuse(f"reference table {ref.table.name} has no copy on {node}")
-                schema, table = ref.table.schema, ref.table.name
+                schema, table = ref.table.schema, ref.table.relname
             else:
                 shard = ref.table.shard(index)
                 assert shard is not None
-                schema, table = shard.schema, shard.table
+                schema, table = shard.shard_schema, shard.shard_table
             start, end = name_span(self.sql, ref.node.location or 0)
             if position is not None:
                 start, end = position(start), position(end)

@@ -7,40 +7,32 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+from ..topology.model import DistTable, Shard
+
 INTEGER_TYPES = frozenset({"smallint", "integer", "bigint"})
 TEXT_TYPES = frozenset({"text", "character varying", "character"})
 
 
 @dataclass(frozen=True)
-class ShardPlacement:
-    index: int  # position in the table, shared by co-located tables
-    shard_id: int
-    node: str
-    schema: str  # the shard table on the worker
-    table: str
-    modulus: int | None = None
-    remainder: int | None = None
-    lower: str | None = None  # range: inclusive lower bound, None = MINVALUE
-    upper: str | None = None  # range: exclusive upper bound, None = MAXVALUE
-    values: tuple[str, ...] = ()  # list
+class RoutedTable(DistTable):
+    """A distributed or reference table as routing sees it: the catalog's snapshot, its key type and columns."""
 
+    key_type: str = ""  # format_type of the key without typmod ('' for reference tables)
+    columns: tuple[str, ...] = ()  # in table order
 
-@dataclass(frozen=True)
-class RoutedTable:
-    schema: str
-    name: str
-    method: str  # hash | range | list | reference
-    key: str | None
-    key_type: str  # format_type of the key without typmod ('' for reference tables)
-    colocation_id: int | None
-    columns: tuple[str, ...]  # in table order
-    shards: tuple[ShardPlacement, ...] = ()
+    @property
+    def schema(self) -> str:
+        return self.name.schema or "public"
+
+    @property
+    def relname(self) -> str:
+        return self.name.name
 
     @property
     def is_reference(self) -> bool:
         return self.method == "reference"
 
-    def shard(self, index: int) -> ShardPlacement | None:
+    def shard(self, index: int) -> Shard | None:
         return next((s for s in self.shards if s.index == index), None)
 
 
@@ -50,7 +42,7 @@ class RoutingTopology:
     relations: frozenset[tuple[str, str]] = field(default=frozenset())  # every (schema, name) on the coordinator
 
     def table(self, schema: str, name: str) -> RoutedTable | None:
-        return next((t for t in self.tables if t.schema == schema and t.name == name), None)
+        return next((t for t in self.tables if t.schema == schema and t.relname == name), None)
 
     def exists(self, schema: str, name: str) -> bool:
         return (schema, name) in self.relations or self.table(schema, name) is not None

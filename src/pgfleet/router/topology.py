@@ -6,9 +6,11 @@ statement could name, so that name resolution through search_path sees what Post
 
 from __future__ import annotations
 
+from dataclasses import fields
+
 from ..execute.connect import Conn
 from ..topology.read import read_topology
-from .snapshot import RoutedTable, RoutingTopology, ShardPlacement
+from .snapshot import RoutedTable, RoutingTopology
 
 _COLUMNS = """
 SELECT a.attrelid::bigint, a.attname, format_type(a.atttypid, NULL)
@@ -35,12 +37,7 @@ def load_routing_topology(conn: Conn) -> RoutingTopology:
     for t in topo.tables:
         cols = columns.get(t.oid, [])
         key_type = next((typ for name, typ in cols if name == t.key), "")
-        shards = tuple(
-            ShardPlacement(index=s.index, shard_id=s.shard_id, node=s.node, schema=s.shard_schema, table=s.shard_table,
-                           modulus=s.modulus, remainder=s.remainder, lower=s.lower, upper=s.upper, values=s.values)
-            for s in t.shards)
-        schema = t.name.schema or "public"
-        tables.append(RoutedTable(schema=schema, name=t.name.name, method=t.method, key=t.key, key_type=key_type,
-                                  colocation_id=t.colocation_id, columns=tuple(n for n, _ in cols), shards=shards))
+        catalog = {f.name: getattr(t, f.name) for f in fields(t)}
+        tables.append(RoutedTable(**catalog, key_type=key_type, columns=tuple(n for n, _ in cols)))
     relations = frozenset((str(r[0]), str(r[1])) for r in conn.execute(_RELATIONS).fetchall())
     return RoutingTopology(tables=tuple(tables), relations=relations)
