@@ -171,3 +171,31 @@ def test_cancel_reaches_the_worker_running_a_routed_statement(cluster: LocalClus
         assert router.context.stats.routed == routed + 1
         locker.rollback()
         assert run(conn, statement)[2] == "UPDATE 1"
+
+
+def test_a_query_split_across_packets_is_not_misread(cluster: LocalCluster, router: RouterServer, data: str) -> None:
+    """The tail of a Query that began in an earlier packet must never be taken for a whole statement."""
+    import asyncio
+
+    from pgfleet.router import protocol as p
+    from pgfleet.router.backend import WorkerConnection, WorkerLogin
+
+    async def scenario() -> list[p.Message]:
+        login = WorkerLogin("127.0.0.1", router.config.port, cluster.spec.superuser, cluster.spec.coordinator.password,
+                            cluster.spec.dbname)
+        conn = await WorkerConnection.open(login, (("search_path", f"{data},public"),))
+        query = p.Query("123SELECT * FROM t WHERE id = 1").encode()
+        conn.writer.write(query[:3])  # part of the header only; the tail, read as a message, is a routable SELECT
+        await conn.writer.drain()
+        await asyncio.sleep(0.3)
+        conn.writer.write(query[3:])
+        messages = [p.decode_backend(t, b) for t, b in await asyncio.wait_for(conn._until_ready(), 10)]
+        conn.writer.write(p.Query("SELECT 'in sync'").encode())
+        messages += [p.decode_backend(t, b) for t, b in await asyncio.wait_for(conn._until_ready(), 10)]
+        conn.close()
+        return messages
+
+    messages = asyncio.run(scenario())
+    errors = [m for m in messages if isinstance(m, p.ErrorResponse)]
+    assert [e.sqlstate for e in errors] == ["42601"]  # the coordinator's syntax error for the real statement
+    assert p.DataRow((b"in sync",)) in messages

@@ -176,8 +176,9 @@ class ClientSession(asyncio.Protocol):
                 if self.busy:
                     self.held.append(data)
                     return
+                whole = self.framer.at_boundary  # this chunk starts a message (checked with the end below)
                 types = self.framer.scan(data)
-                if not self.pinned and self.phase is Phase.RELAY and self._try_route(types, data):
+                if not self.pinned and self.phase is Phase.RELAY and self._try_route(types, data, whole):
                     return
                 self._from_client(types, data)
         except wire.ProtocolViolation as exc:
@@ -322,21 +323,26 @@ class ClientSession(asyncio.Protocol):
         if self.reported.get("is_superuser") != "on":
             self.pin()
 
-    def _try_route(self, types: list[bytes], data: bytes) -> bool:
+    def _try_route(self, types: list[bytes], data: bytes, starts_message: bool) -> bool:
         """Send one Query straight to a worker when it is provably single-shard and the session is idle
         and stateless; keep the session on the coordinator from the first message that may carry state."""
         routing = self.context.routing
         if types == [b"X"] or not types:
             return False
-        if routing is None or types != [b"Q"] or not self.framer.at_boundary or self.outstanding \
-                or self.server_framer.last_status != b"I":
+        if routing is None or types != [b"Q"] or not starts_message or not self.framer.at_boundary \
+                or self.outstanding or self.server_framer.last_status != b"I":
             self.pin()  # extended protocol, COPY, pipelined queries: the coordinator's from now on
             return False
         try:
             sql = data[5:-1].decode()
         except UnicodeDecodeError:
             return False
-        decision = decide(sql, routing.topology, self.search_path, routing.cache)
+        try:
+            decision = decide(sql, routing.topology, self.search_path, routing.cache)
+        except Exception:  # a bug in analysis must not lose the client's statement: the coordinator runs it
+            log.exception("routing analysis failed; the session stays on the coordinator")
+            self.pin()
+            return False
         if not decision.keeps_state:
             self.pin()
             return False
