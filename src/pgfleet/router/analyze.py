@@ -82,6 +82,7 @@ class Prepared:
     links: tuple[tuple[TableRef, TableRef], ...]  # (restricted, other): restricted.key = other.key
     insert_rows: tuple[tuple[KeyValue, tuple[int, int]], ...] = ()  # multi-row INSERT: key and text span per row
     values_span: tuple[int, int] = (0, 0)
+    _placements: dict[int, tuple[str, tuple[int, ...], list[Edit]]] = field(default_factory=dict, compare=False, repr=False)
 
     def bind(self, params: Sequence[str | None] = (), *, original: str | None = None,
              position: Callable[[int], int] | None = None) -> Route:
@@ -129,6 +130,16 @@ class Prepared:
         return found.pop()
 
     def _route(self, index: int, text: str, position: Callable[[int], int] | None = None) -> Shard:
+        placed = self._placements.get(index)
+        if placed is None:
+            placed = self._placements[index] = self._place(index)
+        node, ids, edits = placed
+        if position is not None:
+            edits = [Edit(position(e.start), position(e.end), e.text) for e in edits]
+        return Shard(node=node, shard_index=index, shard_ids=ids, sql=apply_edits(text, edits))
+
+    def _place(self, index: int) -> tuple[str, tuple[int, ...], list[Edit]]:
+        """The node, shard ids and name replacements (offsets in ``self.sql``) for shard ``index``."""
         distributed = [r for r in self.refs if not r.table.is_reference]
         groups = {r.table.colocation_id for r in distributed}
         if len(groups) != 1:
@@ -151,12 +162,10 @@ class Prepared:
                 assert shard is not None
                 schema, table = shard.shard_schema, shard.shard_table
             start, end = name_span(self.sql, ref.node.location or 0)
-            if position is not None:
-                start, end = position(start), position(end)
             replacement = qualified(schema, table) + ("" if ref.has_alias else " AS " + qualified(ref.alias))
             edits.append(Edit(start, end, replacement))
         ids = tuple(sorted({s.shard_id for s in shards if s is not None}))
-        return Shard(node=node, shard_index=index, shard_ids=ids, sql=apply_edits(text, edits))
+        return node, ids, edits
 
     def _bind_insert(self, params: Sequence[str | None], original: str | None,
                      position: Callable[[int], int] | None) -> Route:

@@ -65,6 +65,7 @@ def apply_edits(text: str, edits: Iterable[Edit]) -> str:
     return text
 
 
+@functools.lru_cache(maxsize=4096)
 def qualified(*parts: str) -> str:
     """A quoted, dotted identifier (psycopg's quoting)."""
     return sql.Identifier(*parts).as_string()
