@@ -47,3 +47,7 @@ class NodeError(PgfleetError):
 
 class ClusterError(PgfleetError):
     """The local cluster directory or its file is missing or broken."""
+
+
+class RouterError(PgfleetError):
+    """The router could not start, stop or serve."""

@@ -1,0 +1,95 @@
+"""The router's relay overhead: pgbench -S (select-only) straight to a PostgreSQL server vs through the
+pgfleet router in front of it, in the same run, interleaved, 1 and 4 clients, simple and prepared.
+
+    .venv/bin/python bench/router_relay.py [--duration 5] [--reps 3] [--scale 10] [--out bench/results]
+
+It creates a throw-away local cluster (one coordinator, no workers, fast settings) under /tmp, runs
+``pgbench -i`` there, starts the router as its own process (``pgfleet router start``) and prints the
+median tps of each side and the ratio router / direct. The router relays every statement to that
+same server here, so the ratio is the cost of the relay alone.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import re
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+from pgfleet.cluster.local import LocalCluster
+from pgfleet.proc import run
+from pgfleet.router.process import start_background, stop_background
+
+CASES = [(1, "simple"), (4, "simple"), (1, "prepared"), (4, "prepared")]
+
+
+def pgbench(local: LocalCluster, port: int, args: list[str]) -> str:
+    argv = [local.binaries.path("pgbench"), "-h", "127.0.0.1", "-p", str(port), "-U", local.spec.superuser, *args,
+            local.spec.dbname]
+    return run(argv, env={"PGPASSWORD": local.spec.coordinator.password}, timeout=600, what="pgbench").stdout
+
+
+def tps(local: LocalCluster, port: int, args: list[str]) -> float:
+    out = pgbench(local, port, args)
+    match = re.search(r"tps = ([\d.]+)", out)
+    if not match:
+        raise RuntimeError(f"no tps in pgbench output: {out[-300:]}")
+    return float(match.group(1))
+
+
+def arguments(description: str | None, report: str) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=description, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--duration", type=int, default=5, help="seconds per pgbench run")
+    parser.add_argument("--reps", type=int, default=3, help="interleaved repetitions per case")
+    parser.add_argument("--scale", type=int, default=10, help="pgbench scale")
+    parser.add_argument("--out", default="bench/results", help=f"directory for {report}")
+    return parser.parse_args()
+
+
+def scratch(prefix: str) -> Path:
+    """A directory under /tmp the server account can traverse."""
+    base = Path(tempfile.mkdtemp(prefix=prefix, dir="/tmp"))
+    base.chmod(0o755)
+    return base
+
+
+def main() -> None:
+    args = arguments(__doc__, "router_relay.json")
+    base = scratch("pgfleet-relay-")
+    started = time.monotonic()
+    local = LocalCluster.create(base / "cluster", workers=0, fast=True)
+    try:
+        direct = local.spec.coordinator.port
+        pgbench(local, direct, ["-i", "-q", "-s", str(args.scale)])
+        proc, _ = start_background(local)
+        results = []
+        for clients, mode in CASES:
+            common = ["-n", "-S", "-M", mode, "-c", str(clients), "-j", str(min(clients, 2)), "-T", str(args.duration)]
+            sides: dict[str, list[float]] = {"direct": [], "router": []}
+            for _ in range(args.reps):
+                sides["direct"].append(tps(local, direct, common))
+                sides["router"].append(tps(local, proc.port, common))
+            row = {"clients": clients, "mode": mode, "direct_tps": statistics.median(sides["direct"]),
+                   "router_tps": statistics.median(sides["router"]), "runs": sides}
+            row["ratio"] = round(row["router_tps"] / row["direct_tps"], 3)  # type: ignore[operator]
+            results.append(row)
+            print(f"pgbench -S -M {mode:8} -c {clients}: direct {row['direct_tps']:9.0f} tps, "
+                  f"router {row['router_tps']:9.0f} tps, ratio {row['ratio']:.3f}", flush=True)
+        stop_background(local)
+    finally:
+        stop_background(local)
+        local.destroy()
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    report = {"duration": args.duration, "reps": args.reps, "scale": args.scale, "results": results,
+              "elapsed_seconds": round(time.monotonic() - started)}
+    (out / "router_relay.json").write_text(json.dumps(report, indent=2) + "\n")
+    print(f"raw results: {out / 'router_relay.json'} ({report['elapsed_seconds']} s)", file=sys.stderr)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,1 @@
+"""The pgfleet router: a PostgreSQL wire-protocol endpoint in front of the coordinator and the workers."""

@@ -1,0 +1,522 @@
+"""Where a statement can run: pure analysis of SQL text against a :class:`RoutingTopology`.
+
+``prepare(sql, topology, search_path)`` parses once (pglast, the PostgreSQL 18 parser) and either
+refuses (:class:`Coordinator` with the reason) or returns a :class:`Prepared` whose ``bind(params)``
+gives the route for parameter values: :class:`Shard` (one worker, the statement rewritten so that table
+names become the shard tables — by parse-tree positions, never string search), :class:`Split` (a
+multi-row INSERT cut into one INSERT per shard) or :class:`Coordinator`.
+
+Conservative by construction: a statement is routed only when every distributed table in it is proven
+to read or write rows of one shard of one co-location group — by its key equal to a constant or a
+parameter (or an IN list within one shard) in an AND-ed condition of its own query level, or equal to
+the key of a table so pinned — and everything else in it is known to be harmless on a worker
+(reference tables, built-in functions without side effects). Anything else goes to the coordinator.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import TypeVar
+
+from pglast import ast, enums, parse_sql
+from pglast.parser import ParseError
+
+from .rewrite import Edit, apply_edits, name_span, qualified, values_rows
+from .shardmap import KeyValue, NotPlaced, Param, shard_index
+from .snapshot import RoutedTable, RoutingTopology
+from .walk import SAFE_FUNCTIONS, children
+
+
+@dataclass(frozen=True)
+class Coordinator:
+    reason: str
+
+
+@dataclass(frozen=True)
+class Shard:
+    node: str
+    shard_index: int
+    shard_ids: tuple[int, ...]  # the shards the statement touches (one per distributed table)
+    sql: str
+
+
+@dataclass(frozen=True)
+class Split:
+    """A multi-row INSERT over several shards: one part per shard, with the row numbers it carries."""
+
+    parts: tuple[tuple[Shard, tuple[int, ...]], ...]
+
+
+Route = Coordinator | Shard | Split
+
+
+_N = TypeVar("_N")
+
+
+class Refuse(Exception):
+    """Internal: the statement goes to the coordinator, for this reason."""
+
+
+@dataclass(eq=False)
+class TableRef:
+    table: RoutedTable
+    alias: str
+    node: ast.RangeVar
+    level: int
+    has_alias: bool
+
+
+@dataclass
+class Scope:
+    level: int
+    parent: Scope | None
+    refs: list[TableRef] = field(default_factory=list)
+
+
+@dataclass(frozen=True)
+class Prepared:
+    sql: str
+    refs: tuple[TableRef, ...]
+    pins: tuple[tuple[TableRef, tuple[KeyValue, ...]], ...]  # key IN (values) / key = value
+    links: tuple[tuple[TableRef, TableRef], ...]  # (restricted, other): restricted.key = other.key
+    insert_rows: tuple[tuple[KeyValue, tuple[int, int]], ...] = ()  # multi-row INSERT: key and text span per row
+    values_span: tuple[int, int] = (0, 0)
+    _placements: dict[int, tuple[str, tuple[int, ...], list[Edit]]] = field(default_factory=dict, compare=False, repr=False)
+
+    def bind(self, params: Sequence[str | None] = (), *, original: str | None = None,
+             position: Callable[[int], int] | None = None) -> Route:
+        """The route for these parameter values. ``original`` and ``position``: the statement this one was
+        normalized from (constants made parameters, see routing) and how offsets here map to offsets there;
+        the rewrite then applies to the original text."""
+        try:
+            if original is not None and len(self.insert_rows) > 1:
+                raise Refuse("a multi-row INSERT is analyzed from its own text")
+            return self._bind(params, original, position)
+        except (Refuse, NotPlaced) as exc:
+            return Coordinator(str(exc))
+
+    def _bind(self, params: Sequence[str | None], original: str | None, position: Callable[[int], int] | None) -> Route:
+        if self.insert_rows:
+            return self._bind_insert(params, original, position)
+        index = self._shard_index(params)
+        return self._route(index, self.sql if original is None else original, position)
+
+    def _shard_index(self, params: Sequence[str | None]) -> int:
+        indexes: dict[int, int] = {}
+        pending = [r for r in self.refs if not r.table.is_reference]
+        for ref, values in self.pins:
+            found = {shard_index(ref.table, v, params) for v in values}
+            if len(found) != 1:
+                raise Refuse(f"the values for {ref.table.name}.{ref.table.key} fall in several shards")
+            index = found.pop()
+            if indexes.setdefault(id(ref), index) != index:
+                raise Refuse(f"contradictory conditions on {ref.table.name}.{ref.table.key}")
+        changed = True
+        while changed:
+            changed = False
+            for restricted, other in self.links:
+                if id(other) in indexes and id(restricted) not in indexes:
+                    indexes[id(restricted)] = indexes[id(other)]
+                    changed = True
+        unpinned = [r for r in pending if id(r) not in indexes]
+        if unpinned:
+            t = unpinned[0].table
+            raise Refuse(f"{t.name} is not restricted to one shard by its key {t.key} "
+                         "(equality to a constant or parameter, or to a co-located pinned key)")
+        found = {indexes[id(r)] for r in pending}
+        if len(found) != 1:
+            raise Refuse("the statement reads or writes more than one shard")
+        return found.pop()
+
+    def _route(self, index: int, text: str, position: Callable[[int], int] | None = None) -> Shard:
+        placed = self._placements.get(index)
+        if placed is None:
+            placed = self._placements[index] = self._place(index)
+        node, ids, edits = placed
+        if position is not None:
+            edits = [Edit(position(e.start), position(e.end), e.text) for e in edits]
+        return Shard(node=node, shard_index=index, shard_ids=ids, sql=apply_edits(text, edits))
+
+    def _place(self, index: int) -> tuple[str, tuple[int, ...], list[Edit]]:
+        """The node, shard ids and name replacements (offsets in ``self.sql``) for shard ``index``."""
+        distributed = [r for r in self.refs if not r.table.is_reference]
+        groups = {r.table.colocation_id for r in distributed}
+        if len(groups) != 1:
+            raise Refuse("tables of different co-location groups")
+        shards = [r.table.shard(index) for r in distributed]
+        if any(s is None for s in shards):
+            raise Refuse(f"no shard {index} in every table")
+        nodes = {s.node for s in shards if s is not None}
+        if len(nodes) != 1:
+            raise Refuse("the co-located shards are on different nodes")
+        node = nodes.pop()
+        edits = []
+        for ref in self.refs:
+            if ref.table.is_reference:
+                if not any(s.node == node for s in ref.table.shards):
+                    raise Refuse(f"reference table {ref.table.name} has no copy on {node}")
+                schema, table = ref.table.schema, ref.table.relname
+            else:
+                shard = ref.table.shard(index)
+                assert shard is not None
+                schema, table = shard.shard_schema, shard.shard_table
+            start, end = name_span(self.sql, ref.node.location or 0)
+            replacement = qualified(schema, table) + ("" if ref.has_alias else " AS " + qualified(ref.alias))
+            edits.append(Edit(start, end, replacement))
+        ids = tuple(sorted({s.shard_id for s in shards if s is not None}))
+        return node, ids, edits
+
+    def _bind_insert(self, params: Sequence[str | None], original: str | None,
+                     position: Callable[[int], int] | None) -> Route:
+        [target] = self.refs
+        by_index: dict[int, list[int]] = {}
+        for number, (key, _) in enumerate(self.insert_rows):
+            by_index.setdefault(shard_index(target.table, key, params), []).append(number)
+        if len(by_index) == 1:
+            return self._route(next(iter(by_index)), self.sql if original is None else original, position)
+        if any(isinstance(k, Param) for k, _ in self.insert_rows):
+            raise Refuse("a multi-row INSERT with parameters over several shards")
+        parts = []
+        start, end = self.values_span
+        for index, numbers in sorted(by_index.items()):
+            rows = ", ".join(self.sql[self.insert_rows[n][1][0]:self.insert_rows[n][1][1]] for n in numbers)
+            text = self.sql[:start] + rows + self.sql[end:]
+            # the table name comes before the VALUES list: its position is the same in ``text``
+            parts.append((self._route(index, text), tuple(numbers)))
+        return Split(tuple(parts))
+
+
+def analyze(sql: str, topology: RoutingTopology, *, search_path: Sequence[str] = ("public",),
+            temp_names: frozenset[str] = frozenset(), params: Sequence[str | None] = ()) -> Route:
+    """The route of one statement with these parameter values (text form; None = NULL)."""
+    prepared = prepare(sql, topology, search_path=search_path, temp_names=temp_names)
+    return prepared if isinstance(prepared, Coordinator) else prepared.bind(params)
+
+
+def prepare(sql: str, topology: RoutingTopology, *, search_path: Sequence[str] = ("public",),
+            temp_names: frozenset[str] = frozenset()) -> Prepared | Coordinator:
+    """``search_path``: the session's effective schemas in order ($user already substituted);
+    ``temp_names``: the session's temporary relations, which shadow every schema."""
+    try:
+        stmts = parse_sql(sql)
+    except ParseError as exc:
+        return Coordinator(f"does not parse here ({exc}); the coordinator reports the error")
+    if len(stmts) != 1:
+        return Coordinator("not exactly one statement" if stmts else "empty statement")
+    try:
+        return _Analyzer(sql, topology, tuple(search_path), temp_names).statement(_need(stmts[0].stmt))
+    except Refuse as exc:
+        return Coordinator(str(exc))
+
+
+class _Analyzer:
+    def __init__(self, sql: str, topology: RoutingTopology, search_path: tuple[str, ...], temp_names: frozenset[str]) -> None:
+        self.sql = sql
+        self.topology = topology
+        self.search_path = search_path
+        self.temp_names = temp_names
+        self.refs: list[TableRef] = []
+        self.pins: list[tuple[TableRef, tuple[KeyValue, ...]]] = []
+        self.links: list[tuple[TableRef, TableRef]] = []
+        self.levels = 0
+
+    # --- statements ---------------------------------------------------------------------------------
+    def statement(self, stmt: ast.Node) -> Prepared:
+        if isinstance(stmt, ast.SelectStmt):
+            self.select(stmt, None)
+        elif isinstance(stmt, ast.InsertStmt):
+            return self.insert(stmt)
+        elif isinstance(stmt, ast.UpdateStmt | ast.DeleteStmt):
+            self.modify(stmt)
+        else:
+            raise Refuse(f"{type(stmt).__name__} is not routed")
+        if not any(not r.table.is_reference for r in self.refs):
+            raise Refuse("no distributed table")
+        return Prepared(self.sql, tuple(self.refs), tuple(self.pins), tuple(self.links))
+
+    def select(self, stmt: ast.SelectStmt, parent: Scope | None) -> None:
+        if stmt.withClause is not None:
+            raise Refuse("WITH queries are not routed")
+        if stmt.op != enums.SetOperation.SETOP_NONE:
+            raise Refuse("set operations (UNION, INTERSECT, EXCEPT) are not routed")
+        if stmt.valuesLists:
+            raise Refuse("VALUES lists are not routed")
+        if stmt.intoClause is not None:
+            raise Refuse("SELECT INTO creates a table")
+        scope = self.scope(parent)
+        for item in stmt.fromClause or ():
+            self.from_item(item, scope)
+        if stmt.lockingClause and any(r.table.is_reference for r in scope.refs):
+            raise Refuse("row locks on a reference table would lock one copy only")
+        self.restrict(stmt.whereClause, scope, scope.refs)
+        for name in ("targetList", "whereClause", "groupClause", "havingClause", "sortClause", "windowClause",
+                     "distinctClause", "limitCount", "limitOffset"):
+            self.expressions(getattr(stmt, name), scope)
+
+    def modify(self, stmt: ast.UpdateStmt | ast.DeleteStmt) -> None:
+        if stmt.withClause is not None:
+            raise Refuse("WITH queries are not routed")
+        scope = self.scope(None)
+        target = self.table_ref(_need(stmt.relation), scope)
+        if target.table.is_reference:
+            raise Refuse(f"writes to reference table {target.table.name} go to every copy")
+        extra = stmt.fromClause if isinstance(stmt, ast.UpdateStmt) else stmt.usingClause
+        for item in extra or ():
+            self.from_item(item, scope)
+        if isinstance(stmt, ast.UpdateStmt):
+            for res in stmt.targetList or ():
+                if res.name == target.table.key:
+                    raise Refuse(f"UPDATE of the distribution key {target.table.key} moves rows between shards")
+            self.expressions(stmt.targetList, scope)
+        if stmt.whereClause is not None and isinstance(stmt.whereClause, ast.CurrentOfExpr):
+            raise Refuse("WHERE CURRENT OF a cursor")
+        self.restrict(stmt.whereClause, scope, scope.refs)
+        self.expressions(stmt.whereClause, scope)
+        self.expressions(stmt.returningClause, scope)
+
+    def insert(self, stmt: ast.InsertStmt) -> Prepared:
+        if stmt.withClause is not None:
+            raise Refuse("WITH queries are not routed")
+        scope = self.scope(None)
+        relation = _need(stmt.relation)
+        target = self.table_ref(relation, scope)
+        table = target.table
+        if table.is_reference:
+            raise Refuse(f"writes to reference table {table.name} go to every copy")
+        select = stmt.selectStmt
+        if not isinstance(select, ast.SelectStmt) or not select.valuesLists or select.fromClause:
+            raise Refuse("INSERT without a VALUES list (DEFAULT VALUES, INSERT … SELECT) is not routed")
+        columns = [c.name for c in stmt.cols] if stmt.cols else list(table.columns)
+        if table.key not in columns:
+            raise Refuse(f"INSERT without the distribution key {table.key} (its default is computed on the coordinator)")
+        position = columns.index(table.key)
+        keys: list[KeyValue] = []
+        for row in select.valuesLists:
+            if position >= len(row):
+                raise Refuse("a VALUES row without the key")
+            keys.append(self.constant(row[position], f"the key {table.key} of an inserted row"))
+            self.expressions(row, scope)
+        if stmt.onConflictClause is not None:
+            # EXCLUDED names the proposed row: a table of the statement, never rewritten
+            conflict = self.scope(scope)
+            conflict.refs.append(TableRef(table, "excluded", relation, conflict.level, True))
+            self.expressions(stmt.onConflictClause, conflict)
+        self.expressions(stmt.returningClause, scope)
+        spans, values_span = values_rows(self.sql, relation.location or 0)
+        if len(spans) != len(keys):
+            raise Refuse("could not delimit the VALUES rows")
+        return Prepared(self.sql, (target,), (), (), tuple(zip(keys, spans, strict=True)), values_span)
+
+    # --- FROM ---------------------------------------------------------------------------------------
+    def scope(self, parent: Scope | None) -> Scope:
+        self.levels += 1
+        return Scope(self.levels, parent)
+
+    def from_item(self, item: ast.Node, scope: Scope) -> list[TableRef]:
+        if isinstance(item, ast.RangeVar):
+            return [self.table_ref(item, scope)]
+        if isinstance(item, ast.JoinExpr):
+            if item.isNatural:
+                raise Refuse("NATURAL joins are not routed")
+            left = self.from_item(_need(item.larg), scope)
+            right = self.from_item(_need(item.rarg), scope)
+            kind = item.jointype
+            if kind == enums.JoinType.JOIN_FULL:
+                raise Refuse("FULL JOIN is not routed")
+            if kind == enums.JoinType.JOIN_INNER:
+                restricted = left + right
+            elif kind == enums.JoinType.JOIN_LEFT:
+                restricted = right
+            elif kind == enums.JoinType.JOIN_RIGHT:
+                restricted = left
+            else:
+                raise Refuse(f"join type {kind} is not routed")
+            if item.usingClause:
+                for name in item.usingClause:
+                    self.using_link(name.sval, left, right, restricted)
+            self.restrict(item.quals, scope, restricted, constants=kind == enums.JoinType.JOIN_INNER)
+            self.expressions(item.quals, scope)
+            if item.alias is not None:
+                raise Refuse("aliased joins are not routed")
+            return left + right
+        raise Refuse(f"{type(item).__name__} in FROM is not routed")
+
+    def table_ref(self, node: ast.RangeVar, scope: Scope) -> TableRef:
+        if node.catalogname:
+            raise Refuse("database-qualified table names are not routed")
+        table = self.resolve(node)
+        alias = (node.alias.aliasname if node.alias is not None else node.relname) or ""
+        if node.alias is not None and node.alias.colnames:
+            raise Refuse("column aliases on a table are not routed")
+        if any(r.alias == alias for r in scope.refs):
+            raise Refuse(f"table name {alias} used twice at one level")
+        ref = TableRef(table, alias, node, scope.level, node.alias is not None)
+        scope.refs.append(ref)
+        self.refs.append(ref)
+        return ref
+
+    def resolve(self, node: ast.RangeVar) -> RoutedTable:
+        name = node.relname or ""
+        if node.schemaname:
+            schemas: tuple[str, ...] = (node.schemaname,)
+        else:
+            if name in self.temp_names:
+                raise Refuse(f"{name} is a temporary table of this session")
+            schemas = self.search_path if "pg_catalog" in self.search_path else ("pg_catalog", *self.search_path)
+        for schema in schemas:
+            if schema in ("pg_temp",) or schema.startswith("pg_temp_"):
+                continue
+            table = self.topology.table(schema, name)
+            if table is not None:
+                return table
+            if self.topology.exists(schema, name):
+                raise Refuse(f"{schema}.{name} is not a distributed or reference table")
+        raise Refuse(f"relation {name} is not known to the router")
+
+    # --- conditions ---------------------------------------------------------------------------------
+    def restrict(self, expr: ast.Node | None, scope: Scope, restricted: Sequence[TableRef], *, constants: bool = True) -> None:
+        """Pins and links from the AND-ed conditions ``expr`` that restrict the rows of ``restricted``."""
+        for cond in _conjuncts(expr):
+            if not isinstance(cond, ast.A_Expr) or cond.name is None or len(cond.name) != 1 or cond.name[0].sval != "=":
+                continue
+            lexpr, rexpr = cond.lexpr, cond.rexpr
+            if cond.kind == enums.A_Expr_Kind.AEXPR_OP and isinstance(lexpr, ast.Node) and isinstance(rexpr, ast.Node):
+                left, right = self.key_ref(lexpr, scope), self.key_ref(rexpr, scope)
+                if left is not None and right is not None:
+                    for a, b in ((left, right), (right, left)):
+                        if a in restricted and _same_key_type(a, b):
+                            self.links.append((a, b))
+                elif constants:
+                    for key, other in ((left, rexpr), (right, lexpr)):
+                        if key is not None and key in restricted and (value := self.maybe_constant(other)) is not None:
+                            self.pins.append((key, (value,)))
+            elif cond.kind == enums.A_Expr_Kind.AEXPR_IN and constants:
+                key = self.key_ref(lexpr if isinstance(lexpr, ast.Node) else None, scope)
+                if key is not None and key in restricted and isinstance(rexpr, tuple | list):
+                    values = [self.maybe_constant(v) for v in rexpr]
+                    if all(v is not None for v in values):
+                        self.pins.append((key, tuple(v for v in values if v is not None)))
+
+    def using_link(self, column: str, left: list[TableRef], right: list[TableRef], restricted: Sequence[TableRef]) -> None:
+        a = [r for r in left if column in r.table.columns]
+        b = [r for r in right if column in r.table.columns]
+        if len(a) == 1 and len(b) == 1 and a[0].table.key == column == b[0].table.key:
+            for x, y in ((a[0], b[0]), (b[0], a[0])):
+                if x in restricted and _same_key_type(x, y):
+                    self.links.append((x, y))
+
+    def key_ref(self, expr: ast.Node | None, scope: Scope) -> TableRef | None:
+        """The table whose distribution key ``expr`` is (a column reference), else None."""
+        if not isinstance(expr, ast.ColumnRef):
+            return None
+        found = self.column(expr, scope)
+        if found is None:
+            return None
+        ref, column = found
+        return ref if column == ref.table.key and not ref.table.is_reference else None
+
+    def column(self, expr: ast.ColumnRef, scope: Scope) -> tuple[TableRef, str] | None:
+        fields = expr.fields or ()
+        if len(fields) > 2:
+            raise Refuse("schema-qualified column references are not routed")
+        if isinstance(fields[-1], ast.A_Star):
+            if len(fields) == 2:
+                self.alias_ref(fields[0].sval, scope)
+            return None
+        name = fields[-1].sval
+        if len(fields) == 2:
+            ref = self.alias_ref(fields[0].sval, scope)
+            if name not in ref.table.columns:
+                raise Refuse(f"{ref.alias}.{name}: not a column the router knows")
+            return ref, name
+        level: Scope | None = scope
+        while level is not None:
+            owners = [r for r in level.refs if name in r.table.columns]
+            if len(owners) > 1:
+                raise Refuse(f"column reference {name} is ambiguous")
+            if owners:
+                return owners[0], name
+            if any(r.alias == name for r in level.refs):
+                raise Refuse(f"whole-row reference {name} is not routed")
+            level = level.parent
+        return None  # e.g. an output column name in ORDER BY: PostgreSQL resolves it, no table involved
+
+    def alias_ref(self, alias: str, scope: Scope) -> TableRef:
+        level: Scope | None = scope
+        while level is not None:
+            for ref in level.refs:
+                if ref.alias == alias:
+                    return ref
+            level = level.parent
+        raise Refuse(f"missing FROM-clause entry for {alias} (the coordinator reports it)")
+
+    def maybe_constant(self, expr: ast.Node | None) -> KeyValue | None:
+        try:
+            return self.constant(expr, "")
+        except Refuse:
+            return None
+
+    def constant(self, expr: ast.Node | None, what: str) -> KeyValue:
+        if isinstance(expr, ast.TypeCast):
+            expr = expr.arg
+        if isinstance(expr, ast.ParamRef):
+            return Param(expr.number or 0)
+        if isinstance(expr, ast.A_Const):
+            if expr.isnull:
+                return None
+            val = expr.val
+            if isinstance(val, ast.Integer):
+                return str(val.ival)
+            if isinstance(val, ast.String):
+                return val.sval
+            if isinstance(val, ast.Float):
+                return val.fval
+        raise Refuse(f"{what or 'a value'} is not a constant or a parameter")
+
+    # --- everything else ----------------------------------------------------------------------------
+    def expressions(self, node: object, scope: Scope) -> None:
+        """Check every expression below ``node``: known columns, harmless functions, subqueries routed too."""
+        if node is None:
+            return
+        if isinstance(node, tuple | list):
+            for item in node:
+                self.expressions(item, scope)
+            return
+        if not isinstance(node, ast.Node):
+            return
+        if isinstance(node, ast.SubLink):
+            if not isinstance(node.subselect, ast.SelectStmt):
+                raise Refuse("a subquery that is not a SELECT")
+            self.select(node.subselect, scope)
+            self.expressions(node.testexpr, scope)
+            return
+        if isinstance(node, ast.FuncCall):
+            name = ".".join(n.sval for n in node.funcname or ())
+            if name.removeprefix("pg_catalog.") not in SAFE_FUNCTIONS:
+                raise Refuse(f"function {name} may have side effects or read other tables")
+        elif isinstance(node, ast.ColumnRef):
+            self.column(node, scope)
+            return
+        elif isinstance(node, ast.RangeVar | ast.RangeSubselect | ast.RangeFunction | ast.SelectStmt):
+            raise Refuse(f"{type(node).__name__} inside an expression is not routed")
+        for child in children(node):
+            self.expressions(child, scope)
+
+
+def _conjuncts(expr: ast.Node | None) -> list[ast.Node]:
+    if expr is None:
+        return []
+    if isinstance(expr, ast.BoolExpr) and expr.boolop == enums.BoolExprType.AND_EXPR:
+        return [c for arg in expr.args or () for c in _conjuncts(arg)]
+    return [expr]
+
+
+def _same_key_type(a: TableRef, b: TableRef) -> bool:
+    return a.table.colocation_id == b.table.colocation_id and a.table.key_type == b.table.key_type
+
+
+def _need(node: _N | None) -> _N:
+    if node is None:
+        raise Refuse("an incomplete parse tree")
+    return node

@@ -1,0 +1,180 @@
+"""Routing to workers for one router process: the current topology snapshot, how to log in to a worker,
+and the per-statement decision for a session (route it, relay it, or keep the session on the
+coordinator from now on because the statement may change session state the router does not carry)."""
+
+from __future__ import annotations
+
+import functools
+import logging
+import re
+from collections import OrderedDict
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+from pglast import ast, parse_sql
+from pglast.parser import ParseError, scan
+
+from .analyze import Coordinator, Prepared, Route, Shard, analyze, prepare
+from .backend import WorkerLogin
+from .snapshot import RoutingTopology
+from .walk import SAFE_FUNCTIONS, children
+
+log = logging.getLogger(__name__)
+
+DML = (ast.SelectStmt, ast.InsertStmt, ast.UpdateStmt, ast.DeleteStmt)
+
+
+@dataclass
+class Routing:
+    load_topology: Callable[[], RoutingTopology]  # reads the catalog (blocking: run it in a thread)
+    login: Callable[[str], WorkerLogin]  # a worker node's current primary, as the cluster superuser
+    dbname: str  # the database the distributed tables live in
+    topology: RoutingTopology = field(default_factory=lambda: RoutingTopology(tables=()))
+    cache: PreparedCache = field(default_factory=lambda: PreparedCache())  # noqa: PLW0108 - defined below
+
+    def refresh(self) -> None:
+        try:
+            fresh = self.load_topology()
+            if fresh != self.topology:
+                self.topology = fresh
+        except Exception as exc:  # the coordinator may be down or failing over: keep the last snapshot
+            log.warning("could not refresh the routing topology: %s", str(exc).splitlines()[0] if str(exc) else exc)
+
+
+@dataclass(frozen=True)
+class Decision:
+    route: Route
+    keeps_state: bool  # False: the statement may change session state; the session stays on the coordinator
+
+
+def decide(sql: str, topology: RoutingTopology, search_path: tuple[str, ...],
+           cache: PreparedCache | None = None) -> Decision:
+    route = cache.route(sql, topology, search_path) if cache is not None else None
+    if route is None:
+        route = analyze(sql, topology, search_path=search_path)
+    if isinstance(route, Shard):  # routed statements are single DML calling only SAFE_FUNCTIONS: neutral
+        return Decision(route, True)
+    if not session_neutral(sql):
+        return Decision(Coordinator("may change session state"), False)
+    return Decision(route, True)
+
+
+@dataclass(frozen=True)
+class Normalized:
+    """A statement with its simple constants replaced by parameters ($1, $2, …), so that statements that
+    differ only in constants share one analysis."""
+
+    text: str
+    values: tuple[str, ...]  # the constants, in text form, as parameter values
+    shifts: tuple[tuple[int, int], ...]  # (offset in ``text`` after a placeholder, its growth in the original)
+
+    def position(self, offset: int) -> int:
+        """An offset in ``text`` that is not inside a placeholder, mapped to the original statement."""
+        return offset + sum(grow for at, grow in self.shifts if at <= offset)
+
+
+_PLAIN_STRING = re.compile(r"'(?:[^']|'')*'")
+
+
+def normalize(sql: str) -> Normalized | None:
+    """None when the statement has parameters already or a constant that is not plain."""
+    try:
+        tokens = scan(sql)
+    except ParseError:
+        return None
+    parts: list[str] = []
+    values: list[str] = []
+    shifts: list[tuple[int, int]] = []
+    last = length = 0
+    for token in tokens:
+        if token.name == "PARAM":
+            return None
+        if token.name not in ("ICONST", "FCONST", "SCONST"):
+            continue
+        raw = sql[token.start:token.end + 1]
+        if token.name == "SCONST":
+            if not _PLAIN_STRING.fullmatch(raw):
+                return None  # E'', U&'', $$…$$, continued strings: analyzed from their own text
+            value = raw[1:-1].replace("''", "'")
+        else:
+            value = raw
+        placeholder = f"${len(values) + 1}"
+        parts += [sql[last:token.start], placeholder]
+        length += token.start - last + len(placeholder)
+        shifts.append((length, len(raw) - len(placeholder)))
+        values.append(value)
+        last = token.end + 1
+    parts.append(sql[last:])
+    return Normalized("".join(parts), tuple(values), tuple(shifts))
+
+
+class PreparedCache:
+    """Analyses of normalized statements for one topology snapshot and search_path."""
+
+    def __init__(self, size: int = 2048) -> None:
+        self.size = size
+        self._entries: OrderedDict[tuple[str, tuple[str, ...]], Prepared | Coordinator] = OrderedDict()
+        self._topology: RoutingTopology | None = None
+
+    def route(self, sql: str, topology: RoutingTopology, search_path: tuple[str, ...]) -> Route | None:
+        """The route of ``sql`` from a cached analysis; None when it cannot be normalized."""
+        if topology is not self._topology:
+            self._entries.clear()
+            self._topology = topology
+        norm = normalize(sql)
+        if norm is None or not norm.values:
+            return None
+        key = (norm.text, search_path)
+        prepared = self._entries.get(key)
+        if prepared is None:
+            prepared = prepare(norm.text, topology, search_path=search_path)
+            self._entries[key] = prepared
+            if len(self._entries) > self.size:
+                self._entries.popitem(last=False)
+        else:
+            self._entries.move_to_end(key)
+        if isinstance(prepared, Coordinator):
+            return None  # decided from the statement's own text (a constant may route where a parameter cannot)
+        route = prepared.bind(norm.values, original=sql, position=norm.position)
+        return None if isinstance(route, Coordinator) else route  # likewise (e.g. -5 is an expression on $1)
+
+
+@functools.lru_cache(maxsize=1024)
+def session_neutral(sql: str) -> bool:
+    """True when the statement is one SELECT/INSERT/UPDATE/DELETE calling only built-in functions without
+    side effects: it cannot change settings, roles, temporary tables, cursors, prepared statements,
+    listeners or locks that outlive it."""
+    try:
+        stmts = parse_sql(sql)
+    except ParseError:
+        return True  # the coordinator reports the syntax error; nothing changes
+    if len(stmts) != 1 or not isinstance(stmts[0].stmt, DML):
+        return False
+    stack: list[object] = [stmts[0].stmt]
+    while stack:
+        node = stack.pop()
+        if isinstance(node, tuple | list):
+            stack.extend(node)
+        elif isinstance(node, ast.Node):
+            if isinstance(node, ast.FuncCall):
+                name = ".".join(n.sval for n in node.funcname or ())
+                if name.removeprefix("pg_catalog.") not in SAFE_FUNCTIONS:
+                    return False
+            if isinstance(node, ast.IntoClause):
+                return False
+            stack.extend(children(node))
+    return True
+
+
+def parse_search_path(value: str, user: str) -> tuple[str, ...]:
+    """The schemas of a reported search_path (``"$user", public``), ``$user`` replaced by the user; the
+    list is read by PostgreSQL's own parser, as ``SET search_path = …`` would read it."""
+    if not value.strip():
+        return ()
+    try:
+        [stmt] = parse_sql(f"SET search_path = {value}")
+    except (ParseError, ValueError):
+        return ()  # nothing resolves: every unqualified name goes to the coordinator
+    args = stmt.stmt.args if isinstance(stmt.stmt, ast.VariableSetStmt) else None
+    names = [a.val.sval for a in args or () if isinstance(a, ast.A_Const) and isinstance(a.val, ast.String)]
+    return tuple(user if name == "$user" else name for name in names if name)

@@ -1,0 +1,159 @@
+"""The router's TCP server: an asyncio (uvloop when installed) listener on loopback, one
+:class:`ClientSession` per client, a status file refreshed every second for ``pgfleet router status``."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+import os
+import signal
+import threading
+import time
+from collections.abc import Callable, Coroutine, Iterator, Mapping
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+from ..errors import NodeError
+from .routing import Routing
+from .session import Address, ClientSession, RouterContext
+
+log = logging.getLogger(__name__)
+
+STATUS_INTERVAL = 1.0
+TOPOLOGY_REFRESH = 2.0  # seconds between catalog reads (a distribute/undistribute is seen within this)
+
+
+@dataclass(frozen=True)
+class RouterConfig:
+    port: int
+    upstream: Callable[[], Address]  # the coordinator's current address
+    host: str = "127.0.0.1"
+    process_index: int = 0
+    peers: Mapping[int, Address] = field(default_factory=dict)
+    status_file: Path | None = None
+    routing: Routing | None = None  # None: relay everything to the coordinator
+
+
+def _run_loop(main: Coroutine[Any, Any, None]) -> None:
+    try:
+        import uvloop
+    except ImportError:  # pragma: no cover - uvloop is a dependency on every platform pgfleet runs servers on
+        asyncio.run(main)
+        return
+    with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:
+        runner.run(main)
+
+
+class RouterServer:
+    def __init__(self, config: RouterConfig) -> None:
+        self.config = config
+        self.context = RouterContext(upstream=config.upstream, process_index=config.process_index,
+                                     peers=config.peers, routing=config.routing)
+        self.started = time.time()
+        self._server: asyncio.Server | None = None
+
+    async def start(self) -> None:
+        loop = asyncio.get_running_loop()
+        routing = self.config.routing
+        if routing is not None:
+            await asyncio.to_thread(routing.refresh)
+            self.context.spawn(self._refresh_routing(routing))
+        try:
+            self._server = await loop.create_server(lambda: ClientSession(self.context), self.config.host,
+                                                    self.config.port, reuse_address=True)
+        except OSError as exc:
+            raise NodeError(f"the router cannot listen on {self.config.host}:{self.config.port}: {exc.strerror}",
+                            hint="choose another --port") from None
+        log.info("router listening on %s:%d", self.config.host, self.config.port)
+
+    async def _refresh_routing(self, routing: Routing) -> None:
+        while True:
+            await asyncio.sleep(TOPOLOGY_REFRESH)
+            await asyncio.to_thread(routing.refresh)
+
+    async def serve(self, stop: asyncio.Event) -> None:
+        await self.start()
+        try:
+            while not stop.is_set():
+                self.write_status()
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(stop.wait(), STATUS_INTERVAL)
+        finally:
+            await self.close()
+
+    async def close(self) -> None:
+        for task in list(self.context.tasks):
+            task.cancel()
+        if self._server is not None:
+            self._server.close()
+            for session in list(self.context.sessions.values()):
+                session.refuse("57P01", "terminating connection due to administrator command (pgfleet router stopped)")
+            await self._server.wait_closed()
+        if self.config.status_file is not None:
+            self.config.status_file.unlink(missing_ok=True)
+
+    def status(self) -> dict[str, Any]:
+        host, port = self.config.upstream()
+        return {"pid": os.getpid(), "host": self.config.host, "port": self.config.port,
+                "routing": self.config.routing is not None,
+                "process_index": self.config.process_index, "coordinator": f"{host}:{port}",
+                "started": self.started, "updated": time.time(), **asdict(self.context.stats)}
+
+    def write_status(self) -> None:
+        path = self.config.status_file
+        if path is None:
+            return
+        tmp = path.with_suffix(".tmp")
+        tmp.write_text(json.dumps(self.status()) + "\n")
+        os.replace(tmp, path)
+
+
+def run_forever(config: RouterConfig) -> None:
+    """Serve until SIGTERM or SIGINT (the foreground 'pgfleet router run')."""
+
+    async def main() -> None:
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, stop.set)
+        await RouterServer(config).serve(stop)
+
+    _run_loop(main())
+
+
+@contextlib.contextmanager
+def serve_in_thread(config: RouterConfig, timeout: float = 10.0) -> Iterator[RouterServer]:
+    """A router on its own event loop in a background thread (tests, benchmarks); stopped on exit."""
+    server = RouterServer(config)
+    ready = threading.Event()
+    failure: list[BaseException] = []
+    holder: dict[str, Any] = {}
+
+    async def main() -> None:
+        stop = asyncio.Event()
+        holder["loop"], holder["stop"] = asyncio.get_running_loop(), stop
+        try:
+            await server.start()
+        except BaseException as exc:
+            failure.append(exc)
+            ready.set()
+            return
+        ready.set()
+        await stop.wait()
+        await server.close()
+
+    thread = threading.Thread(target=_run_loop, args=(main(),), name="pgfleet-router", daemon=True)
+    thread.start()
+    if not ready.wait(timeout):
+        raise NodeError("the router did not start in time")
+    if failure:
+        thread.join(timeout)
+        raise failure[0]
+    try:
+        yield server
+    finally:
+        holder["loop"].call_soon_threadsafe(holder["stop"].set)
+        thread.join(timeout)

@@ -1,0 +1,431 @@
+"""One client connection of the router.
+
+Phases: STARTUP (SSLRequest/GSSENCRequest answered 'N', a CancelRequest forwarded, the startup message
+kept), CONNECTING (a connection to the coordinator opens; what the client sends meanwhile is kept),
+AUTH (the startup message and the whole authentication exchange relayed: the coordinator decides, the
+router stores no password; the coordinator's BackendKeyData is replaced by the router's own key), then
+RELAY from the first ReadyForQuery on: server bytes go to the client untouched, client bytes are framed
+(to count statements and enforce message limits) and sent on as they came.
+
+Both sides are asyncio protocols (no stream wrappers, one write per chunk) with flow control: when one
+side's send buffer is full, reading from the other side pauses.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import enum
+import hmac
+import logging
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from typing import cast
+
+from . import protocol as p
+from . import wire
+from .analyze import Shard
+from .backend import BackendError, WorkerConnection
+from .keys import CancelKey, KeyAllocator, process_of
+from .routing import Routing, decide, parse_search_path
+
+log = logging.getLogger(__name__)
+
+CANNOT_CONNECT = "08006"  # connection_failure
+CANCEL_TIMEOUT = 5.0
+
+Address = tuple[str, int]
+
+
+@dataclass
+class RouterStats:
+    clients_total: int = 0
+    clients_active: int = 0
+    queries: int = 0  # simple-protocol Query messages
+    executes: int = 0  # extended-protocol Execute messages
+    cancels: int = 0  # cancel requests forwarded to a server or a peer router process
+    protocol_errors: int = 0
+    routed: int = 0  # statements sent straight to a worker
+    routing_fallbacks: int = 0  # routable statements sent to the coordinator after all (worker refused the role, …)
+    pinned_sessions: int = 0  # sessions kept on the coordinator because of session state
+
+
+@dataclass
+class RouterContext:
+    """What every session of one router process shares."""
+
+    upstream: Callable[[], Address]  # the coordinator's address now (asked for each new client)
+    process_index: int = 0
+    peers: Mapping[int, Address] = field(default_factory=dict)  # other router processes, by index
+    stats: RouterStats = field(default_factory=RouterStats)
+    sessions: dict[int, ClientSession] = field(default_factory=dict)  # by the router's process id
+    keys: KeyAllocator = field(init=False)
+    tasks: set[asyncio.Task[None]] = field(default_factory=set)
+    routing: Routing | None = None  # None: every statement goes to the coordinator
+
+    def __post_init__(self) -> None:
+        self.keys = KeyAllocator(self.process_index)
+
+    def spawn(self, coro: object) -> None:
+        task: asyncio.Task[None] = asyncio.get_running_loop().create_task(coro)  # type: ignore[arg-type]
+        self.tasks.add(task)
+        task.add_done_callback(self.tasks.discard)
+
+    def cancel(self, request: wire.CancelRequest) -> None:
+        """Forward a client's cancel to the server running its query, or to the router process holding it."""
+        owner = process_of(request.process_id)
+        if owner != self.process_index:
+            peer = self.peers.get(owner)
+            if peer is None:
+                log.info("cancel request for router process %d, which is not known here: ignored", owner)
+                return
+            self.stats.cancels += 1
+            self.spawn(send_cancel(peer, request))
+            return
+        session = self.sessions.get(request.process_id)
+        if session is None or session.client_key is None or session.server_key is None or session.address is None \
+                or not hmac.compare_digest(session.client_key.secret, request.secret):
+            log.info("cancel request with an unknown key: ignored")  # as the server does, silently
+            return
+        self.stats.cancels += 1
+        worker = session.running_on
+        if worker is not None and worker.cancel_key is not None:  # a routed statement: cancel it on its worker
+            self.spawn(send_cancel(worker.address, wire.CancelRequest(*worker.cancel_key)))
+            return
+        self.spawn(send_cancel(session.address, wire.CancelRequest(session.server_key.process_id, session.server_key.secret)))
+
+
+async def send_cancel(address: Address, request: wire.CancelRequest) -> None:
+    try:
+        reader, writer = await asyncio.wait_for(asyncio.open_connection(*address), CANCEL_TIMEOUT)
+        writer.write(request.encode())
+        await writer.drain()
+        await asyncio.wait_for(reader.read(), CANCEL_TIMEOUT)  # the server closes after reading it
+        writer.close()
+    except (OSError, TimeoutError) as exc:
+        log.warning("could not forward a cancel request to %s:%d: %s", *address, exc)
+
+
+class Phase(enum.Enum):
+    STARTUP = 1
+    CONNECTING = 2
+    AUTH = 3
+    RELAY = 4
+    CLOSED = 5
+
+
+class ServerSide(asyncio.Protocol):
+    """The session's connection to the coordinator."""
+
+    def __init__(self, session: ClientSession) -> None:
+        self.session = session
+        self.transport: asyncio.Transport | None = None
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = cast(asyncio.Transport, transport)  # uvloop's transports are not its subclasses
+
+    def data_received(self, data: bytes) -> None:
+        self.session.from_server(data)
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.session.server_lost()
+
+    def pause_writing(self) -> None:
+        self.session.pause_client()
+
+    def resume_writing(self) -> None:
+        self.session.resume_client()
+
+
+class ClientSession(asyncio.Protocol):
+    def __init__(self, context: RouterContext) -> None:
+        self.context = context
+        self.phase = Phase.STARTUP
+        self.client: asyncio.Transport | None = None
+        self.server: ServerSide | None = None
+        self.framer = wire.Framer(initial=True, limit=wire.frontend_limit)
+        self.server_framer = wire.Framer()
+        self.startup: bytes = b""
+        self.pending: list[bytes] = []
+        self.address: Address | None = None
+        self.client_key: CancelKey | None = None
+        self.server_key: CancelKey | None = None
+        self.user = ""
+        self.database = ""
+        # routing to workers (simple protocol, autocommit, single shard)
+        self.startup_params: tuple[tuple[str, str], ...] = ()
+        self.reported: dict[str, str] = {}  # ParameterStatus of the coordinator at startup
+        self.search_path: tuple[str, ...] = ()
+        self.pinned = context.routing is None  # True: everything goes to the coordinator from now on
+        self.busy = False  # a routed statement is running: client bytes wait in ``held``
+        self.held: list[bytes] = []
+        self.outstanding = 0  # Query messages sent to the coordinator and not yet answered
+        self.workers: dict[str, WorkerConnection] = {}
+        self.running_on: WorkerConnection | None = None  # the worker running this session's routed statement
+
+    # --- client side ------------------------------------------------------------------------------
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.client = cast(asyncio.Transport, transport)
+        self.context.stats.clients_total += 1
+        self.context.stats.clients_active += 1
+
+    def data_received(self, data: bytes) -> None:
+        try:
+            if self.phase is Phase.STARTUP:
+                self._startup(data)
+            elif self.phase is not Phase.CLOSED:
+                if self.busy:
+                    self.held.append(data)
+                    return
+                whole = self.framer.at_boundary  # this chunk starts a message (checked with the end below)
+                types = self.framer.scan(data)
+                if not self.pinned and self.phase is Phase.RELAY and self._try_route(types, data, whole):
+                    return
+                self._from_client(types, data)
+        except wire.ProtocolViolation as exc:
+            self.context.stats.protocol_errors += 1
+            self.refuse(exc.sqlstate, str(exc))
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.context.stats.clients_active -= 1
+        if self.client_key is not None:
+            self.context.sessions.pop(self.client_key.process_id, None)
+            self.context.keys.release(self.client_key.process_id)
+        for conn in self.workers.values():
+            conn.close()
+        self.workers.clear()
+        self._close()
+
+    def pause_writing(self) -> None:
+        if self.server and self.server.transport:
+            self.server.transport.pause_reading()
+
+    def resume_writing(self) -> None:
+        if self.server and self.server.transport:
+            self.server.transport.resume_reading()
+
+    def pause_client(self) -> None:
+        if self.client:
+            self.client.pause_reading()
+
+    def resume_client(self) -> None:
+        if self.client:
+            self.client.resume_reading()
+
+    def _startup(self, data: bytes) -> None:
+        messages = self.framer.feed(data)
+        while messages and self.phase is Phase.STARTUP:
+            [(_, payload)] = messages
+            self._initial(wire.decode_initial(payload), payload)
+            if self.phase is Phase.STARTUP:
+                messages = self.framer.feed(b"")
+        if self.phase is Phase.CONNECTING and self.framer.buffered:
+            rest = self.framer.take_buffer()
+            self._from_client(self.framer.scan(rest), rest)
+
+    def _initial(self, message: wire.InitialMessage, payload: bytes) -> None:
+        if isinstance(message, wire.SSLRequest | wire.GSSENCRequest):
+            self._write(b"N")  # no TLS / GSS encryption (yet): the client goes on in plain text
+            self.framer.expect_initial()
+        elif isinstance(message, wire.CancelRequest):
+            self.context.cancel(message)
+            self.phase = Phase.CLOSED
+            self._close()
+        else:
+            self.startup = wire.int32(len(payload) + 4) + payload
+            self.user = message.get("user") or ""
+            self.database = message.get("database") or self.user
+            self.startup_params = message.parameters
+            routing = self.context.routing
+            if routing is None or self.database != routing.dbname or message.get("replication") is not None:
+                self.pin()
+            self.framer.expect_typed()
+            self.phase = Phase.CONNECTING
+            self.context.spawn(self._connect())
+
+    def _from_client(self, types: list[bytes], raw: bytes) -> None:
+        stats = self.context.stats
+        for type_byte in types:
+            if type_byte == b"Q":
+                stats.queries += 1
+                self.outstanding += 1
+            elif type_byte == b"E":
+                stats.executes += 1
+        if self.phase is Phase.CONNECTING:
+            self.pending.append(raw)
+        elif self.server and self.server.transport:
+            self.server.transport.write(raw)
+
+    # --- server side ------------------------------------------------------------------------------
+    async def _connect(self) -> None:
+        loop = asyncio.get_running_loop()
+        host, port = self.address = self.context.upstream()
+        try:
+            _, server = await loop.create_connection(lambda: ServerSide(self), host, port)
+        except OSError as exc:
+            self.refuse(CANNOT_CONNECT, f"pgfleet router: cannot connect to the coordinator at {host}:{port}: "
+                        f"{exc.strerror or exc}", hint="start the cluster ('pgfleet up') or check its state with 'pgfleet status'")
+            return
+        if self.phase is Phase.CLOSED:
+            assert server.transport is not None
+            server.transport.close()
+            return
+        self.server = server
+        self.phase = Phase.AUTH
+        assert server.transport is not None
+        server.transport.write(self.startup + b"".join(self.pending))
+        self.pending.clear()
+
+    def from_server(self, data: bytes) -> None:
+        if self.phase is Phase.RELAY:
+            if not self.pinned:  # follow ReadyForQuery: routing needs an idle session
+                try:
+                    self.outstanding = max(0, self.outstanding - self.server_framer.scan(data).count(b"Z"))
+                except wire.ProtocolViolation:
+                    self.pin()
+            self._write(data)
+            return
+        try:
+            messages = self.server_framer.feed(data)
+            out: list[bytes] = []
+            for type_byte, payload in messages:
+                if type_byte == b"K" and self.phase is Phase.AUTH:
+                    out.append(self._replace_key(payload))
+                    continue
+                out.append(wire.frame(type_byte, payload))
+                if type_byte == b"S" and self.phase is Phase.AUTH:
+                    status = p.decode_backend(type_byte, payload)
+                    assert isinstance(status, p.ParameterStatus)
+                    self.reported[status.name] = status.value
+                if type_byte == b"Z":
+                    self.phase = Phase.RELAY  # everything after the first ReadyForQuery goes through untouched
+                    self._relay_started(payload)
+            if self.phase is Phase.RELAY:
+                out.append(self.server_framer.take_buffer())
+            self._write(b"".join(out))
+        except wire.ProtocolViolation as exc:
+            log.warning("invalid message from the coordinator: %s", exc)
+            self.refuse(wire.PROTOCOL_VIOLATION, f"pgfleet router: invalid message from the coordinator: {exc}")
+
+    # --- routing -----------------------------------------------------------------------------------
+    def pin(self) -> None:
+        if not self.pinned:
+            self.pinned = True
+            if self.phase is Phase.RELAY:
+                self.context.stats.pinned_sessions += 1
+
+    def _relay_started(self, ready: bytes) -> None:
+        self.server_framer.last_status = ready[:1]
+        self.search_path = parse_search_path(self.reported.get("search_path", ""), self.user)
+        if self.reported.get("client_encoding") != "UTF8" or self.reported.get("standard_conforming_strings") != "on":
+            self.pin()
+        # Until roles, grants and row-level security are known to be the same on the workers, only a
+        # superuser's statements are routed: privileges and policies do not apply to it anywhere.
+        if self.reported.get("is_superuser") != "on":
+            self.pin()
+
+    def _try_route(self, types: list[bytes], data: bytes, starts_message: bool) -> bool:
+        """Send one Query straight to a worker when it is provably single-shard and the session is idle
+        and stateless; keep the session on the coordinator from the first message that may carry state."""
+        routing = self.context.routing
+        if types == [b"X"] or not types:
+            return False
+        if routing is None or types != [b"Q"] or not starts_message or not self.framer.at_boundary \
+                or self.outstanding or self.server_framer.last_status != b"I":
+            self.pin()  # extended protocol, COPY, pipelined queries: the coordinator's from now on
+            return False
+        try:
+            sql = data[5:-1].decode()
+        except UnicodeDecodeError:
+            return False
+        try:
+            decision = decide(sql, routing.topology, self.search_path, routing.cache)
+        except Exception:  # a bug in analysis must not lose the client's statement: the coordinator runs it
+            log.exception("routing analysis failed; the session stays on the coordinator")
+            self.pin()
+            return False
+        if not decision.keeps_state:
+            self.pin()
+            return False
+        if not isinstance(decision.route, Shard):
+            return False
+        self.busy = True
+        self.context.stats.queries += 1
+        self.context.spawn(self._run_routed(decision.route, data))
+        return True
+
+    def _worker_settings(self) -> tuple[tuple[str, str], ...]:
+        """The client's startup settings and the coordinator's reported ones, for a worker connection."""
+        settings = {k: v for k, v in self.startup_params if k not in ("user", "database", "replication",
+                                                                   "application_name") and not k.startswith("_pq_.")}
+        for name in ("DateStyle", "IntervalStyle", "TimeZone", "search_path", "client_encoding"):
+            if name in self.reported:
+                settings[name] = self.reported[name]
+        return tuple(settings.items())
+
+    async def _run_routed(self, route: Shard, raw: bytes) -> None:
+        routing = self.context.routing
+        assert routing is not None
+        ok, messages = False, list[tuple[bytes, bytes]]()
+        try:
+            conn = self.workers.get(route.node)
+            if conn is None or conn.broken:
+                conn = await WorkerConnection.open(routing.login(route.node), self._worker_settings())
+                self.workers[route.node] = conn
+            self.running_on = conn
+            try:
+                ok, messages = await conn.run_as(self.user, route.sql)
+            finally:
+                self.running_on = None
+        except BackendError as exc:
+            log.warning("routing to %s failed, sending the statement to the coordinator: %s", route.node, exc)
+            broken = self.workers.pop(route.node, None)
+            if broken is not None:
+                broken.close()
+        if self.phase is Phase.CLOSED:
+            return
+        if ok:
+            self.context.stats.routed += 1
+            self._write(b"".join(wire.frame(t, b) for t, b in messages))
+        else:
+            self.context.stats.routing_fallbacks += 1
+            self.context.stats.queries -= 1  # counted again on the way to the coordinator
+            self._from_client([b"Q"], raw)
+        self.busy = False
+        held, self.held = self.held, []
+        for i, chunk in enumerate(held):
+            if self.busy:
+                self.held.extend(held[i:])
+                break
+            self.data_received(chunk)
+
+    def _replace_key(self, payload: bytes) -> bytes:
+        message = p.decode_backend(b"K", payload)
+        assert isinstance(message, p.BackendKeyData)
+        self.server_key = CancelKey(message.process_id, message.secret)
+        self.client_key = self.context.keys.allocate(len(message.secret))
+        self.context.sessions[self.client_key.process_id] = self
+        return p.BackendKeyData(self.client_key.process_id, self.client_key.secret).encode()
+
+    def server_lost(self) -> None:
+        if self.phase is not Phase.CLOSED:
+            self.phase = Phase.CLOSED
+            if self.client:
+                self.client.close()  # what was written is sent first
+
+    # --- ending -----------------------------------------------------------------------------------
+    def _write(self, data: bytes) -> None:
+        if self.client and not self.client.is_closing():
+            self.client.write(data)
+
+    def refuse(self, sqlstate: str, message: str, hint: str | None = None) -> None:
+        """Tell the client what went wrong (an ErrorResponse), then close both connections."""
+        self._write(p.error_response(sqlstate, message, hint=hint).encode())
+        self.phase = Phase.CLOSED
+        self._close()
+
+    def _close(self) -> None:
+        self.phase = Phase.CLOSED
+        if self.client and not self.client.is_closing():
+            self.client.close()
+        if self.server and self.server.transport and not self.server.transport.is_closing():
+            self.server.transport.close()

@@ -1,0 +1,48 @@
+"""What the router's analysis knows of the cluster: a frozen snapshot of the distributed and reference
+tables (method, key, key type, columns, shards with bounds and placements, co-location group) and the
+names of every other relation that name resolution can meet. Built by :mod:`.topology` from the
+catalog; pure data here, so routing decisions are tested without servers."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from ..topology.model import DistTable, Shard
+
+INTEGER_TYPES = frozenset({"smallint", "integer", "bigint"})
+TEXT_TYPES = frozenset({"text", "character varying", "character"})
+
+
+@dataclass(frozen=True)
+class RoutedTable(DistTable):
+    """A distributed or reference table as routing sees it: the catalog's snapshot, its key type and columns."""
+
+    key_type: str = ""  # format_type of the key without typmod ('' for reference tables)
+    columns: tuple[str, ...] = ()  # in table order
+
+    @property
+    def schema(self) -> str:
+        return self.name.schema or "public"
+
+    @property
+    def relname(self) -> str:
+        return self.name.name
+
+    @property
+    def is_reference(self) -> bool:
+        return self.method == "reference"
+
+    def shard(self, index: int) -> Shard | None:
+        return next((s for s in self.shards if s.index == index), None)
+
+
+@dataclass(frozen=True)
+class RoutingTopology:
+    tables: tuple[RoutedTable, ...]
+    relations: frozenset[tuple[str, str]] = field(default=frozenset())  # every (schema, name) on the coordinator
+
+    def table(self, schema: str, name: str) -> RoutedTable | None:
+        return next((t for t in self.tables if t.schema == schema and t.relname == name), None)
+
+    def exists(self, schema: str, name: str) -> bool:
+        return (schema, name) in self.relations or self.table(schema, name) is not None

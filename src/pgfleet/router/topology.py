@@ -1,0 +1,43 @@
+"""Build the router's :class:`RoutingTopology` from the coordinator's catalog (reads only).
+
+The distributed and reference tables come from :func:`pgfleet.topology.read.read_topology`; this adds
+what routing needs on top: each table's columns and key type, and the names of every relation a
+statement could name, so that name resolution through search_path sees what PostgreSQL sees."""
+
+from __future__ import annotations
+
+from dataclasses import fields
+
+from ..execute.connect import Conn
+from ..topology.read import read_topology
+from .snapshot import RoutedTable, RoutingTopology
+
+_COLUMNS = """
+SELECT a.attrelid::bigint, a.attname, format_type(a.atttypid, NULL)
+FROM pg_attribute a
+WHERE a.attrelid = ANY(%s::oid[]) AND a.attnum > 0 AND NOT a.attisdropped
+ORDER BY a.attrelid, a.attnum
+"""
+
+# Everything FROM can name: tables, views, materialized views, foreign and partitioned tables, sequences.
+_RELATIONS = """
+SELECT n.nspname, c.relname FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
+WHERE c.relkind IN ('r', 'v', 'm', 'f', 'p', 'S') AND n.nspname NOT LIKE 'pg\\_temp\\_%%'
+  AND n.nspname NOT LIKE 'pg\\_toast%%'
+"""
+
+
+def load_routing_topology(conn: Conn) -> RoutingTopology:
+    topo = read_topology(conn)
+    oids = [t.oid for t in topo.tables]
+    columns: dict[int, list[tuple[str, str]]] = {}
+    for oid, name, type_name in conn.execute(_COLUMNS, (oids,)).fetchall():
+        columns.setdefault(int(oid), []).append((str(name), str(type_name)))
+    tables = []
+    for t in topo.tables:
+        cols = columns.get(t.oid, [])
+        key_type = next((typ for name, typ in cols if name == t.key), "")
+        catalog = {f.name: getattr(t, f.name) for f in fields(t)}
+        tables.append(RoutedTable(**catalog, key_type=key_type, columns=tuple(n for n, _ in cols)))
+    relations = frozenset((str(r[0]), str(r[1])) for r in conn.execute(_RELATIONS).fetchall())
+    return RoutingTopology(tables=tuple(tables), relations=relations)

@@ -1,0 +1,33 @@
+"""Walking pglast parse trees, and the functions a routed statement may call."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+from pglast import ast
+
+# Built-in functions without side effects that read no table: evaluated on a worker they give what the
+# coordinator would. Anything else (nextval, set_config, pg_sleep, advisory locks, user functions, …)
+# keeps the statement on the coordinator.
+SAFE_FUNCTIONS = frozenset({
+    "count", "sum", "avg", "min", "max", "bool_and", "bool_or", "every", "string_agg", "array_agg", "json_agg",
+    "jsonb_agg", "stddev", "variance", "row_number", "rank", "dense_rank", "lag", "lead", "first_value",
+    "last_value", "abs", "round", "trunc", "floor", "ceil", "ceiling", "mod", "power", "sqrt", "lower", "upper",
+    "length", "char_length", "octet_length", "substr", "substring", "concat", "concat_ws", "trim", "btrim", "ltrim",
+    "rtrim", "replace", "left", "right", "lpad", "rpad", "position", "strpos", "md5", "format", "to_char",
+    "to_number", "to_date", "to_timestamp", "date_trunc", "date_part", "extract", "age", "now",
+    "make_date", "make_interval", "json_build_object", "jsonb_build_object", "json_build_array",
+    "jsonb_build_array", "to_json", "to_jsonb", "jsonb_set", "array_length", "cardinality", "unnest",
+    "array_position", "starts_with", "split_part", "regexp_replace", "regexp_match", "initcap", "reverse",
+    "repeat", "sign", "greatest", "least", "num_nonnulls", "num_nulls",
+})
+
+
+def children(node: ast.Node) -> Iterator[object]:
+    """The direct children of a node (nodes, and tuples of nodes), skipping scalar fields."""
+    for name in getattr(type(node), "__slots__", ()):
+        if name == "location":
+            continue
+        value = getattr(node, name, None)
+        if isinstance(value, ast.Node | tuple | list):
+            yield value

@@ -1,0 +1,65 @@
+"""The router's per-statement decision: statements that differ only in constants share one cached
+analysis, and the cached route is exactly the route of the statement analyzed on its own."""
+
+from __future__ import annotations
+
+import pytest
+from test_router_analyze import NOT_ROUTED, ROUTED, TOPOLOGY
+
+from pgfleet.router.analyze import Coordinator, Shard, analyze
+from pgfleet.router.routing import PreparedCache, decide, normalize, parse_search_path, session_neutral
+
+STATEMENTS = [sql for sql, params, *_ in ROUTED + NOT_ROUTED if not params] + [
+    "SELECT 'it''s', amount FROM orders WHERE id = 5",
+    "SELECT E'x\\ny', amount FROM orders WHERE id = 5",
+    "SELECT $$dollar$$, amount FROM orders WHERE id = 5",
+    "SELECT 'a' 'b' FROM orders WHERE id = 5",
+    "SELECT 12345678901234567890 AS big, amount FROM orders WHERE id = 5",
+    "SELECT * FROM orders WHERE id = -5",
+    "SELECT * FROM orders WHERE id = 5 ORDER BY 1 LIMIT 2",
+    "SELECT interval '1 day', amount FROM orders WHERE id = 5",
+    "SELECT * FROM sites WHERE city = 'Lagos' AND name = 'x'",
+    "INSERT INTO orders (id, note) VALUES (5, 'five') RETURNING id",
+]
+
+
+@pytest.mark.parametrize("sql", STATEMENTS)
+def test_cached_route_equals_direct_analysis(sql: str) -> None:
+    cache = PreparedCache()
+    direct = analyze(sql, TOPOLOGY, search_path=("public",))
+    for _ in range(2):  # a miss, then a hit
+        decision = decide(sql, TOPOLOGY, ("public",), cache)
+        if decision.keeps_state:
+            assert decision.route == direct
+        else:  # kept on the coordinator for its session effects, whatever the analysis said
+            assert isinstance(decision.route, Coordinator) and isinstance(direct, Coordinator)
+
+
+def test_statements_differing_in_constants_share_one_analysis() -> None:
+    cache = PreparedCache()
+    for key in range(1, 50):
+        sql = f"SELECT 'label {key}' AS l, amount FROM orders WHERE id = {key}"
+        route = decide(sql, TOPOLOGY, ("public",), cache).route
+        assert isinstance(route, Shard)
+        assert route == analyze(sql, TOPOLOGY, search_path=("public",))
+    assert len(cache._entries) == 1
+
+
+def test_normalize() -> None:
+    norm = normalize("SELECT 'a''b', x FROM t WHERE k = 42 AND f = 1.5")
+    assert norm is not None
+    assert (norm.text, norm.values) == ("SELECT $1, x FROM t WHERE k = $2 AND f = $3", ("a'b", "42", "1.5"))
+    assert norm.position(norm.text.index("t WHERE")) == "SELECT 'a''b', x FROM t WHERE k = 42 AND f = 1.5".index("t WHERE")
+    assert normalize("SELECT E'x' FROM t") is None
+    assert normalize("SELECT $1") is None
+
+
+def test_session_state_and_search_path() -> None:
+    assert session_neutral("SELECT * FROM orders WHERE id = 1")
+    for sql in ("SET search_path = x", "BEGIN", "SELECT set_config('a.b', 'c', false)", "LISTEN x",
+                "CREATE TEMP TABLE x (i int)", "PREPARE p AS SELECT 1", "SELECT pg_advisory_lock(1)",
+                "SELECT * INTO x FROM orders", "DECLARE c CURSOR FOR SELECT 1", "SELECT 1; SELECT 2"):
+        assert not session_neutral(sql), sql
+        assert decide(sql, TOPOLOGY, ("public",)).keeps_state is False
+    assert decide("SELECT 1/0", TOPOLOGY, ("public",)) .route == Coordinator("no distributed table")
+    assert parse_search_path('"$user", public, "My Schema", Other', "alice") == ("alice", "public", "My Schema", "other")
