@@ -389,6 +389,19 @@ def export_cmd(ctx: click.Context, file: str) -> None:
     out.print(f"topology written to {file}: {len(data['nodes'])} nodes, {len(data['tables'])} tables")
 
 
+@cli.command("dump")
+@click.argument("file", type=click.Path(dir_okay=False))
+@click.pass_context
+def dump_cmd(ctx: click.Context, file: str) -> None:
+    """Write the whole logical database to FILE (pg_dump custom format) for pg_restore into one plain server."""
+    from ..cluster.logical_dump import dump
+
+    with open_fleet(ctx) as fleet, progress_bar("dump") as bar:
+        result = dump(fleet, Path(file), bar)
+    out.print(f"dump written to {result.path}: {result.tables} distributed tables as plain tables "
+              f"({result.rows} rows), {_size(result.bytes)}; load it with pg_restore -d DBNAME {file}")
+
+
 @cli.command("import")
 @click.argument("file", type=click.Path(dir_okay=False))
 @click.pass_context
