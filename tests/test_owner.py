@@ -91,7 +91,7 @@ def test_owner_alters_indexes_and_drops_a_distributed_table(fleet: Fleet, schema
         # nothing beyond: no connection of its own to a worker (dblink is revoked from PUBLIC, and the
         # owner's mapping gives no USAGE on the foreign server)
         with pytest.raises(psycopg.errors.InsufficientPrivilege,
-                           match="permission denied for (function dblink_connect|foreign server pgfleet_w1)"):
+                           match=r"permission denied for (function dblink_connect|foreign server pgfleet_w1)"):
             conn.execute("SELECT public.dblink_connect('mine', 'pgfleet_w1')")
     with _connect_as(fleet, bob, roles[bob], schema) as conn, \
             pytest.raises(psycopg.errors.InsufficientPrivilege, match="permission denied for table owned"):

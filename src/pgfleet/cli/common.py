@@ -91,3 +91,13 @@ def progress_bar(label: str) -> Iterator[Callable[[str, int, int], None]]:
             bar.update(tasks[phase], completed=done, total=max(total, 1))
 
         yield update
+
+
+def human_size(n: int) -> str:
+    """Bytes as B / kB / MB / GB / TB, for tables."""
+    size = float(n)
+    for unit in ("B", "kB", "MB", "GB", "TB"):
+        if size < 1024 or unit == "TB":
+            return f"{size:.0f} {unit}" if unit == "B" else f"{size:.1f} {unit}"
+        size /= 1024
+    return str(n)

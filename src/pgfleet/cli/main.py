@@ -17,7 +17,7 @@ from ..cluster.fleet import Fleet, Status
 from ..cluster.local import LocalCluster
 from ..errors import PgfleetError
 from . import bench, clients, ha, router, tables
-from .common import DIR_HELP, FleetGroup, cluster_dir, err, open_fleet, out
+from .common import DIR_HELP, FleetGroup, cluster_dir, err, human_size, open_fleet, out
 
 if TYPE_CHECKING:
     from ..ha.standby import StandbyStatus
@@ -161,7 +161,7 @@ def _render_status(report: Status, replicas: list[StandbyStatus]) -> None:
     for n in report.nodes:
         health = f"[green]up[/] {n.latency_ms} ms" if n.healthy else f"[red]down[/] {n.error or ''}"
         nodes.add_row(n.name, n.role, n.address, n.kind, health, n.version, str(n.shards),
-                      _size(n.bytes) if n.bytes is not None else "")
+                      human_size(n.bytes) if n.bytes is not None else "")
     out.print(nodes)
     if report.tables:
         tables = Table(title="tables")
@@ -169,14 +169,14 @@ def _render_status(report: Status, replicas: list[StandbyStatus]) -> None:
             tables.add_column(col)
         for t in report.tables:
             tables.add_row(t.name, t.method, t.key or "", str(t.shards), ", ".join(t.nodes),
-                           ", ".join(t.colocated_with), _size(t.bytes) if t.bytes is not None else "?")
+                           ", ".join(t.colocated_with), human_size(t.bytes) if t.bytes is not None else "?")
         out.print(tables)
         shards = Table(title="shards")
         for col in ("table", "shard", "node", "size"):
             shards.add_column(col)
         for t in report.tables:
             for s in t.shard_sizes:
-                shards.add_row(t.name, s.shard, s.node, _size(s.bytes) if s.bytes is not None else "?")
+                shards.add_row(t.name, s.shard, s.node, human_size(s.bytes) if s.bytes is not None else "?")
         out.print(shards)
     if replicas:
         reps = Table(title="standbys")
@@ -192,15 +192,6 @@ def _render_status(report: Status, replicas: list[StandbyStatus]) -> None:
                 out.print(f"[yellow]{r.note}[/]", highlight=False)
     for op in report.unfinished:
         out.print(f"[yellow]unfinished operation:[/] {op} — run it again to clean up and retry")
-
-
-def _size(n: int) -> str:
-    size = float(n)
-    for unit in ("B", "kB", "MB", "GB", "TB"):
-        if size < 1024 or unit == "TB":
-            return f"{size:.0f} {unit}" if unit == "B" else f"{size:.1f} {unit}"
-        size /= 1024
-    return str(n)
 
 
 @cli.command()

@@ -17,7 +17,7 @@ from ..execute import Endpoint
 from ..spec import DistributeSpec, HashSpec, ReferenceSpec, parse_list_arg, parse_name, parse_range_bounds
 from ..spec.distribution import parse_column
 from ..topology.read import resolve_table
-from .common import err, open_fleet, out, progress_bar
+from .common import err, human_size, open_fleet, out, progress_bar
 
 
 @click.command()
@@ -176,4 +176,17 @@ def import_cmd(ctx: click.Context, file: str) -> None:
 
 
 
-COMMANDS = (distribute, reference, load_cmd, node, export_cmd, import_cmd)
+@click.command("dump")
+@click.argument("file", type=click.Path(dir_okay=False))
+@click.pass_context
+def dump_cmd(ctx: click.Context, file: str) -> None:
+    """Write the whole logical database to FILE (pg_dump custom format) for pg_restore into one plain server."""
+    from ..cluster.logical_dump import dump
+
+    with open_fleet(ctx) as fleet, progress_bar("dump") as bar:
+        result = dump(fleet, Path(file), bar)
+    out.print(f"dump written to {result.path}: {result.tables} distributed tables as plain tables "
+              f"({result.rows} rows), {human_size(result.bytes)}; load it with pg_restore -d DBNAME {file}")
+
+
+COMMANDS = (distribute, reference, load_cmd, node, export_cmd, import_cmd, dump_cmd)

@@ -21,6 +21,8 @@ from ..spec import DistributeSpec, ReferenceSpec
 from ..topology.model import Node, Topology
 from ..topology.read import catalog_installed, read_node, read_topology
 from .local import LocalCluster
+from .worker_credentials import (PASSFILE_OPTION, move_mapping_passwords, passfile_name, read_password,
+                                 remove_password, store_password)
 
 log = logging.getLogger(__name__)
 
@@ -143,15 +145,17 @@ class Fleet:
         return read_topology(conn)
 
     def endpoint(self, node: Node) -> Endpoint:
-        """How to reach ``node``: address from the catalog, credentials from its user mapping."""
+        """How to reach ``node``: address from the catalog, user from its user mapping, password from its
+        passfile in the coordinator's data directory (from the mapping for clusters made before passfiles)."""
         if node.role == "coordinator":
             return self.coordinator
+        password = read_password(self.conn(), node.server_name)
         row = self.conn().execute(
             "SELECT umoptions FROM pg_user_mappings WHERE srvname = %s AND usename IN (current_user, 'public') "
             "ORDER BY usename = 'public' LIMIT 1", (node.server_name,)).fetchone()
         options = dict(o.split("=", 1) for o in (row[0] if row and row[0] else []))
         return Endpoint(name=node.name, host=node.host, port=node.port, dbname=node.dbname,
-                        user=options.get("user", node.username), password=options.get("password"))
+                        user=options.get("user", node.username), password=password or options.get("password"))
 
     def current_endpoint(self, name: str) -> Endpoint | None:
         """The catalog's address of node ``name`` now (it changes when a standby is promoted)."""
@@ -198,6 +202,7 @@ class Fleet:
                     "VALUES (%s, 'coordinator', %s, %s, %s, %s, %s) ON CONFLICT (name) DO NOTHING",
                     (self.coordinator.name, self.coordinator.host, self.coordinator.port, self.coordinator.dbname,
                      self.coordinator.user, "local" if self.local else "external"))
+                move_mapping_passwords(conn)
         except psycopg.Error as exc:
             raise ExecuteError(f"installing the pgfleet catalog failed: {describe_error(exc)}",
                                node=self.coordinator.name,
@@ -241,10 +246,12 @@ class Fleet:
         options = [("host", endpoint.host), ("port", str(endpoint.port)), ("dbname", endpoint.dbname),
                    *SERVER_OPTIONS]
         user_options = [("user", endpoint.user)]
-        if endpoint.password:
-            user_options.append(("password", endpoint.password))
+        if endpoint.password:  # the password goes to a passfile in the coordinator's data directory
+            options.append((PASSFILE_OPTION, passfile_name(node.server_name)))
         conn = self.conn()
         try:
+            if endpoint.password:
+                self._store_password(node.server_name, endpoint.password)
             with conn.transaction():
                 conn.execute(sql.SQL("CREATE SERVER {} FOREIGN DATA WRAPPER postgres_fdw OPTIONS ({})").format(
                     sql.Identifier(node.server_name),
@@ -257,7 +264,11 @@ class Fleet:
                     "INSERT INTO pgfleet.nodes (name, role, host, port, dbname, username, kind) "
                     "VALUES (%s, 'worker', %s, %s, %s, %s, %s)",
                     (name, endpoint.host, endpoint.port, endpoint.dbname, endpoint.user, kind))
-        except psycopg.Error as exc:
+        except (psycopg.Error, ExecuteError) as exc:
+            if endpoint.password:
+                self._remove_password(node.server_name)
+            if isinstance(exc, ExecuteError):
+                raise
             raise ExecuteError(f"registering node {name} failed: {describe_error(exc)}") from None
         from .distribute import add_reference_copies
 
@@ -275,6 +286,37 @@ class Fleet:
             conn.execute("DELETE FROM pgfleet.shards WHERE node = %s", (node.name,))
             conn.execute(sql.SQL("DROP SERVER IF EXISTS {} CASCADE").format(sql.Identifier(node.server_name)))
             conn.execute("DELETE FROM pgfleet.nodes WHERE name = %s", (node.name,))
+        self._remove_password(node.server_name)
+
+    def _coordinator_standbys(self) -> list[Endpoint]:
+        """The local coordinator's other members: a standby promoted later needs the same passfiles."""
+        if self.local is None:
+            return []
+        coord = self.local.spec.coordinator
+        return [self.local.member_endpoint(m.name) for m in self.local.spec.members(coord.group_name)
+                if m.name != coord.name]
+
+    def _store_password(self, server_name: str, password: str) -> None:
+        store_password(self.conn(), server_name, password)
+        for ep in self._coordinator_standbys():
+            try:
+                with connect(ep) as sconn:
+                    store_password(sconn, server_name, password)
+            except (psycopg.Error, ExecuteError, NodeError) as exc:
+                log.warning("coordinator member %s did not get the passfile of %s (%s): after a failover to it, "
+                            "copy %s from the primary's data directory into its own", ep.name, server_name, exc,
+                            passfile_name(server_name))
+
+    def _remove_password(self, server_name: str) -> None:
+        for ep in [self.coordinator, *self._coordinator_standbys()]:
+            try:
+                if ep is self.coordinator:
+                    remove_password(self.conn(), server_name)
+                else:
+                    with connect(ep) as sconn:
+                        remove_password(sconn, server_name)
+            except (psycopg.Error, NodeError) as exc:
+                log.warning("could not remove the passfile of %s on %s: %s", server_name, ep.name, exc)
 
     # --- distribution -----------------------------------------------------------------------------
     def distribute(self, spec: DistributeSpec, progress: Progress | None = None) -> int:

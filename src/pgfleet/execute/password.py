@@ -61,6 +61,11 @@ def passfile_password(path: Path, host: str, port: int, dbname: str, user: str) 
         text = path.read_text()
     except OSError as exc:
         raise SpecError(f"cannot read the passfile {path}: {exc.strerror}") from None
+    return passfile_text_password(text, host, port, dbname, user)
+
+
+def passfile_text_password(text: str, host: str, port: int, dbname: str, user: str) -> str | None:
+    """The password of the first line of passfile ``text`` that matches (``*`` matches anything), or None."""
     for raw in text.splitlines():
         if not raw.strip() or raw.lstrip().startswith("#"):
             continue
@@ -88,3 +93,8 @@ def find_password(params: Mapping[str, object], env: Mapping[str, str], *, host:
     if named and not path.exists():
         raise SpecError(f"the passfile {path} does not exist")
     return FoundPassword(None, "none")
+
+
+def passfile_escape(text: str) -> str:
+    """``text`` as one field of a passfile line (``\\`` and ``:`` escaped by a backslash)."""
+    return text.replace("\\", "\\\\").replace(":", "\\:")

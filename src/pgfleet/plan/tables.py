@@ -9,13 +9,13 @@ from __future__ import annotations
 
 import hashlib
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 from psycopg import sql
 
 from ..errors import SpecError
 from ..spec import QualifiedName
-from ..topology.model import Column, Constraint, Shard, TableDef
+from ..topology.model import Column, Constraint, Index, Shard, TableDef
 
 # PostgreSQL's hash partitioning: partition = (hash(key, HASH_PARTITION_SEED) + 0x49a0f4dd15e5a5e3) mod 2^64
 # mod modulus, with the hash read as unsigned (see compute_partition_hash_value and hash_combine64).
@@ -265,3 +265,23 @@ def catalog_rows(table_oid_expr: sql.Composable, name: QualifiedName, method: st
             sql.Literal(list(s.values)) if s.values else sql.SQL("NULL"))
         for s in shards)
     return CatalogRows(table_insert, inserts)
+
+
+def plain_table_ddl(table: TableDef, target: QualifiedName) -> sql.Composed:
+    """A plain table with ``table``'s columns (defaults, generated columns, no identity) and checks."""
+    elements: list[sql.Composable] = [_column_sql(replace(c, identity=""), for_shard=False) for c in table.columns]
+    for con in check_constraints(table):
+        elements.append(sql.SQL("CONSTRAINT {} {}").format(sql.Identifier(con.name), sql.SQL(con.definition)))
+    return sql.SQL("CREATE TABLE {} ({})").format(ident(target), sql.SQL(", ").join(elements))
+
+
+def keys_and_indexes_ddl(constraints: Sequence[Constraint], indexes: Sequence[Index],
+                         target: QualifiedName) -> list[sql.Composed]:
+    """Primary keys, uniques and exclusions, then the other indexes, on ``target`` (names as given)."""
+    statements = [sql.SQL("ALTER TABLE {} ADD CONSTRAINT {} {}").format(
+        ident(target), sql.Identifier(con.name), sql.SQL(con.definition))
+        for con in constraints if con.kind in ("p", "u", "x")]
+    statements += [sql.SQL("CREATE {}INDEX {} ON {} {}").format(
+        sql.SQL("UNIQUE " if index.unique else ""), sql.Identifier(index.name), ident(target),
+        sql.SQL(index.using_tail.strip())) for index in indexes if not index.constraint]
+    return statements

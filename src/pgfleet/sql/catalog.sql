@@ -269,9 +269,11 @@ BEGIN
                JOIN pg_user_mapping um ON um.umserver = fs.oid AND um.umuser = (SELECT oid FROM pg_roles WHERE rolname = current_user)
                WHERE s.relid = p_relid AND NOT r.rolsuper
                  AND NOT EXISTS (SELECT 1 FROM pg_user_mapping m WHERE m.umserver = fs.oid AND m.umuser IN (t.relowner, 0)) LOOP
+        -- the password is in the server's passfile: postgres_fdw lets a non-superuser use it only so
         EXECUTE format('CREATE USER MAPPING FOR %I SERVER %I OPTIONS (%s)', srv.rolname, srv.srvname,
                        (SELECT string_agg(format('%I %L', split_part(o, '=', 1), substr(o, strpos(o, '=') + 1)), ', ')
-                        FROM unnest(srv.umoptions) AS o));
+                        FROM unnest(srv.umoptions) AS o WHERE o NOT LIKE 'password\_required=%')
+                       || ', password_required ''false''');
     END LOOP;
     FOR ft IN SELECT s.foreign_schema, s.foreign_table, r.rolname
               FROM pgfleet.shards s
