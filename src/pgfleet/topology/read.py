@@ -66,8 +66,9 @@ WHERE d.refobjid = %s AND d.classid = 'pg_rewrite'::regclass AND v.oid <> %s
 """
 
 _REFERENCING = """
-SELECT conrelid::regclass::text || '.' || conname FROM pg_constraint
-WHERE contype = 'f' AND confrelid = %s AND conrelid <> %s
+SELECT format('%%I.%%I.%%I', n.nspname, c.relname, f.conname) FROM pg_constraint f
+JOIN pg_class c ON c.oid = f.conrelid JOIN pg_namespace n ON n.oid = c.relnamespace
+WHERE f.contype = 'f' AND f.confrelid = %s AND f.conrelid <> %s ORDER BY 1
 """
 
 _ACL = """
