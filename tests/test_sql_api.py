@@ -162,3 +162,40 @@ def test_only_the_owner_may_distribute(fleet: Fleet, schema: str) -> None:
         conn.execute(b"DROP TABLE IF EXISTS t")
         conn.execute(b"DROP OWNED BY api_owner, api_other")  # their user mappings and schema grants
         conn.execute(b"DROP ROLE api_owner; DROP ROLE api_other")
+
+
+def test_undistribute_table_brings_rows_and_keys_back(fleet: Fleet, cluster: LocalCluster, schema: str) -> None:
+    conn = fleet.conn()
+    for t in ("plain", "dist"):
+        conn.execute(SETUP.format(t=t, n=200).encode())
+    conn.execute(b"CREATE UNIQUE INDEX dist_grp_id ON dist (id, grp)")
+    conn.execute(b"CREATE UNIQUE INDEX plain_grp_id ON plain (id, grp)")
+    conn.execute(b"SELECT pgfleet.distribute_table('dist', 'id', 4)")
+    conn.execute(b"INSERT INTO dist (grp, at) VALUES (1, '2025-01-01'); INSERT INTO plain (grp, at) VALUES (1, '2025-01-01')")
+    with conn.transaction(force_rollback=True):
+        conn.execute(b"SELECT pgfleet.undistribute_table('dist')")
+    assert len(_shards_on_workers(fleet, cluster, schema)) == 4  # rolled back: still distributed
+    with conn.transaction():
+        assert conn.execute(b"SELECT pgfleet.undistribute_table('dist')").fetchone() == (201,)
+    assert _shards_on_workers(fleet, cluster, schema) == []
+    assert conn.execute(b"SELECT relkind FROM pg_class WHERE oid = 'dist'::regclass").fetchone() == ("r",)
+    assert conn.execute(b"SELECT count(*) FROM pgfleet.tables WHERE relid = 'dist'::regclass").fetchone() == (0,)
+    _same(conn)
+    shape = ("SELECT regexp_replace(indexrelid::regclass::text, '^{t}_', ''), indisprimary, indisunique, "
+             "indkey::text FROM pg_index WHERE indrelid = '{t}'::regclass ORDER BY 1")
+    assert conn.execute(shape.format(t="dist").encode()).fetchall() == \
+        conn.execute(shape.format(t="plain").encode()).fetchall()
+    for t in ("plain", "dist"):  # the identity goes on where it was
+        conn.execute(f"INSERT INTO {t} (grp, at) VALUES (2, '2025-01-01')".encode())
+    _same(conn)
+
+
+def test_reference_table_undone(fleet: Fleet, cluster: LocalCluster, schema: str) -> None:
+    conn = fleet.conn()
+    conn.execute(b"CREATE TABLE c (code text PRIMARY KEY); INSERT INTO c VALUES ('a'), ('b')")
+    conn.execute(b"SELECT pgfleet.reference_table('c')")
+    assert len(_shards_on_workers(fleet, cluster, schema)) == 2
+    assert conn.execute(b"SELECT pgfleet.undistribute_table('c')").fetchone() == (2,)
+    assert _shards_on_workers(fleet, cluster, schema) == []
+    conn.execute(b"INSERT INTO c VALUES ('z')")  # no triggers left that would look for copies
+    assert conn.execute(b"SELECT count(*) FROM c").fetchone() == (3,)

@@ -466,6 +466,125 @@ BEGIN
     RETURN n;
 END $$;
 
+-- A worker statement that drops a shard table only if it carries this shard's marker (as
+-- cluster/distribute.py _drop_marked): never a table pgfleet did not create.
+CREATE OR REPLACE FUNCTION pgfleet.drop_shard_sql(p_schema text, p_table text, p_shard_id bigint) RETURNS text
+LANGUAGE sql IMMUTABLE AS $$
+    SELECT format('DO %L', format('BEGIN IF obj_description(to_regclass(%L), ''pg_class'') = %L THEN DROP TABLE %I.%I; END IF; END',
+                                  format('%I.%I', p_schema, p_table), 'pgfleet shard ' || p_shard_id, p_schema, p_table))
+$$;
+
+-- Undo distribute_table / reference_table (or the CLI's): the rows come back into a plain table on the
+-- coordinator, checked by count and checksum against the shards; the shards or copies are dropped at
+-- COMMIT. A distributed table gets back the primary key, unique constraints and indexes its first shard
+-- has (names without the shard suffix). Small tables only, as above.
+-- The rows come over this session's links, not through the foreign partitions: postgres_fdw keeps its
+-- remote transactions (and their locks on the shards) open until after flush_queue(), whose DROP TABLE
+-- at COMMIT would wait for them for ever.
+CREATE OR REPLACE FUNCTION pgfleet.undistribute_table(p_table regclass) RETURNS bigint
+LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pgfleet, public
+SET DateStyle = 'ISO, YMD' SET IntervalStyle = 'postgres' SET extra_float_digits = 3 SET TimeZone = 'UTC' AS $$
+DECLARE
+    internal text := coalesce(current_setting('pgfleet.internal', true), '');
+    schema text := (SELECT n.nspname FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace WHERE c.oid = p_table);
+    staging text := 'pgfleet_staging_' || p_table::oid;
+    owner_oid oid := (SELECT relowner FROM pg_class WHERE oid = p_table);
+    t record;
+    sh record;
+    d record;
+    shard_rows bigint;
+    shard_sum numeric;
+    total bigint := 0;
+    total_sum numeric := 0;
+    n bigint;
+    checksum numeric;
+    cols text;
+    coldefs text;
+    suffix text;
+    sum_sql constant text := 'SELECT count(*), coalesce(sum(hashtextextended(t::text, 0)::numeric), 0) FROM %s t';
+BEGIN
+    IF NOT pg_has_role(session_user, owner_oid, 'MEMBER') THEN
+        RAISE EXCEPTION 'must be owner of table % to undistribute it', p_table USING ERRCODE = 'insufficient_privilege',
+            HINT = format('connect as %I (the owner) or as a superuser', pg_get_userbyid(owner_oid));
+    END IF;
+    SELECT * INTO t FROM pgfleet.tables WHERE relid = p_table;
+    IF NOT FOUND THEN
+        RAISE EXCEPTION '% is neither distributed nor a reference table', p_table USING ERRCODE = 'object_not_in_prerequisite_state',
+            HINT = 'nothing to undo';
+    END IF;
+    EXECUTE format('LOCK TABLE %s IN EXCLUSIVE MODE', p_table);
+    IF t.method = 'reference' THEN
+        EXECUTE format('SELECT count(*) FROM %s', p_table) INTO n;
+        PERFORM set_config('pgfleet.internal', 'on', true);
+        FOR sh IN SELECT * FROM pgfleet.shards WHERE relid = p_table ORDER BY shard_id LOOP
+            PERFORM pgfleet.queue_statement(sh.node, pgfleet.drop_shard_sql(sh.shard_schema, sh.shard_table, sh.shard_id));
+            EXECUTE format('DROP FOREIGN TABLE IF EXISTS %I.%I', sh.foreign_schema, sh.foreign_table);
+        END LOOP;
+        FOREACH suffix IN ARRAY ARRAY['insert', 'update', 'delete', 'truncate'] LOOP
+            EXECUTE format('DROP TRIGGER IF EXISTS %I ON %s', 'pgfleet_ref_' || suffix, p_table);
+        END LOOP;
+        DELETE FROM pgfleet.tables WHERE relid = p_table;
+        PERFORM set_config('pgfleet.internal', internal, true);
+        RETURN n;
+    END IF;
+    SELECT string_agg(format('%I', attname), ', ' ORDER BY attnum),
+           string_agg(format('%I %s', attname, format_type(atttypid, atttypmod)), ', ' ORDER BY attnum)
+    INTO cols, coldefs FROM pg_attribute
+    WHERE attrelid = p_table AND attnum > 0 AND NOT attisdropped AND attgenerated = '';
+    FOR sh IN SELECT * FROM pgfleet.shards WHERE relid = p_table ORDER BY shard_index LOOP
+        PERFORM pgfleet.worker_link(sh.node);
+        PERFORM dblink_exec('pgfleet_' || sh.node, 'SET DateStyle = ''ISO, YMD''; SET IntervalStyle = postgres; '
+                            'SET extra_float_digits = 3; SET TimeZone = ''UTC''');
+        SELECT r.c, r.s INTO shard_rows, shard_sum FROM dblink('pgfleet_' || sh.node,
+            format(sum_sql, format('(SELECT %s FROM %I.%I)', cols, sh.shard_schema, sh.shard_table))) AS r(c bigint, s numeric);
+        PERFORM dblink_exec('pgfleet_' || sh.node, 'RESET DateStyle; RESET IntervalStyle; RESET extra_float_digits; RESET TimeZone');
+        total := total + shard_rows;
+        total_sum := total_sum + shard_sum;
+        IF total > pgfleet.sql_api_row_limit() THEN
+            RAISE EXCEPTION '% has more than % rows, too many to undistribute it inside a transaction', p_table,
+                pgfleet.sql_api_row_limit() USING ERRCODE = 'program_limit_exceeded',
+                HINT = format('use the CLI, which moves rows in batches with progress: pgfleet undistribute %s', p_table);
+        END IF;
+    END LOOP;
+    PERFORM set_config('pgfleet.internal', 'on', true);
+    EXECUTE format('CREATE TABLE %I.%I (LIKE %s INCLUDING DEFAULTS INCLUDING IDENTITY INCLUDING GENERATED '
+                   'INCLUDING CONSTRAINTS)', schema, staging, p_table);
+    FOR sh IN SELECT * FROM pgfleet.shards WHERE relid = p_table ORDER BY shard_index LOOP
+        EXECUTE format('INSERT INTO %I.%I (%s) OVERRIDING SYSTEM VALUE SELECT * FROM dblink(%L, %L) AS r(%s)',
+                       schema, staging, cols, 'pgfleet_' || sh.node,
+                       format('SELECT %s FROM %I.%I', cols, sh.shard_schema, sh.shard_table), coldefs);
+        PERFORM pgfleet.queue_statement(sh.node, pgfleet.drop_shard_sql(sh.shard_schema, sh.shard_table, sh.shard_id));
+    END LOOP;
+    EXECUTE format(sum_sql, format('(SELECT %s FROM %I.%I)', cols, schema, staging)) INTO n, checksum;
+    IF n <> total OR checksum <> total_sum THEN
+        RAISE EXCEPTION 'verification of % failed: the shards have % rows, the copy %', p_table, total, n
+            USING ERRCODE = 'data_corrupted', HINT = 'nothing was changed; run it again';
+    END IF;
+    -- constraints and indexes as the first shard has them
+    SELECT * INTO sh FROM pgfleet.shards WHERE relid = p_table ORDER BY shard_index LIMIT 1;
+    suffix := '_' || sh.shard_id;
+    FOR d IN SELECT * FROM dblink('pgfleet_' || sh.node, format(
+                 'SELECT c.conname::text, pg_get_constraintdef(c.oid), NULL, false FROM pg_constraint c '
+                 'WHERE c.conrelid = %L::regclass AND c.contype IN (''p'', ''u'') '
+                 'UNION ALL SELECT ic.relname::text, NULL, substring(pg_get_indexdef(i.indexrelid) FROM '' USING .*$''), i.indisunique '
+                 'FROM pg_index i JOIN pg_class ic ON ic.oid = i.indexrelid WHERE i.indrelid = %L::regclass '
+                 'AND NOT EXISTS (SELECT FROM pg_constraint c WHERE c.conindid = i.indexrelid)',
+                 format('%I.%I', sh.shard_schema, sh.shard_table), format('%I.%I', sh.shard_schema, sh.shard_table)))
+             AS r(name text, condef text, tail text, uniq bool) LOOP
+        d.name := CASE WHEN right(d.name, length(suffix)) = suffix THEN left(d.name, -length(suffix)) ELSE d.name END;
+        IF d.condef IS NOT NULL THEN
+            EXECUTE format('ALTER TABLE %I.%I ADD CONSTRAINT %I %s', schema, staging, d.name, d.condef);
+        ELSE
+            EXECUTE format('CREATE %sINDEX %I ON %I.%I %s', CASE WHEN d.uniq THEN 'UNIQUE ' ELSE '' END, d.name,
+                           schema, staging, btrim(d.tail));
+        END IF;
+    END LOOP;
+    DELETE FROM pgfleet.tables WHERE relid = p_table;
+    PERFORM pgfleet.swap_tables(p_table, format('%I.%I', schema, staging)::regclass);
+    PERFORM set_config('pgfleet.internal', internal, true);
+    RETURN n;
+END $$;
+
 -- Any role may call the API (each call checks that the caller owns the table), so PUBLIC gets USAGE on
 -- the schema: the catalog tables stay unreadable (no grants), and every SECURITY DEFINER function of the
 -- schema but the API is kept from PUBLIC (they were unreachable without USAGE; the triggers that call
