@@ -199,3 +199,27 @@ def test_reference_table_undone(fleet: Fleet, cluster: LocalCluster, schema: str
     assert _shards_on_workers(fleet, cluster, schema) == []
     conn.execute(b"INSERT INTO c VALUES ('z')")  # no triggers left that would look for copies
     assert conn.execute(b"SELECT count(*) FROM c").fetchone() == (3,)
+
+
+def test_commit_that_fails_on_a_worker_changes_nothing(fleet: Fleet, cluster: LocalCluster, schema: str) -> None:
+    """A shard that cannot be created at COMMIT aborts the whole transaction, the coordinator's part too."""
+    conn = fleet.conn()
+    conn.execute(SETUP.format(t="dist", n=30).encode())
+    row = conn.execute(b"SELECT last_value + 1 FROM pgfleet.shard_id_seq").fetchone()
+    assert row is not None
+    with psycopg.connect(cluster.endpoint("w2").conninfo(), autocommit=True) as w:
+        w.execute(f'CREATE SCHEMA IF NOT EXISTS "{schema}"'.encode())
+        for sid in range(int(row[0]), int(row[0]) + 8):  # a table of that name exists, not pgfleet's
+            w.execute(f'CREATE TABLE "{schema}".dist_{sid} (x int)'.encode())
+    try:
+        with pytest.raises(psycopg.errors.DuplicateTable) as err, conn.transaction():
+            conn.execute(b"SELECT pgfleet.distribute_table('dist', 'id', 4)")
+        assert "changes could not be applied on node w2" in err.value.diag.message_primary
+        assert conn.execute(b"SELECT relkind FROM pg_class WHERE oid = 'dist'::regclass").fetchone() == ("r",)
+        assert conn.execute(b"SELECT count(*) FROM dist").fetchone() == (30,)
+        assert conn.execute(b"SELECT count(*) FROM pgfleet.tables WHERE table_name = 'dist'").fetchone() == (0,)
+        on_w1 = [s for s in _shards_on_workers(fleet, cluster, schema) if s.startswith("w1:")]
+        assert on_w1 == []  # w1's part was prepared, then rolled back
+    finally:
+        with psycopg.connect(cluster.endpoint("w2").conninfo(), autocommit=True) as w:
+            w.execute(f'DROP SCHEMA "{schema}" CASCADE'.encode())
