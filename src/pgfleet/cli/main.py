@@ -582,6 +582,11 @@ def render_bench(report: dict[str, Any]) -> Table:
     return table
 
 
+from .reshape import register as _register_reshape  # noqa: E402  (its commands use this module's helpers)
+
+_register_reshape(cli)
+
+
 def main() -> None:
     cli(obj={})
 

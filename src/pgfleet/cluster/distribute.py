@@ -155,7 +155,8 @@ def _prepare(fleet: Fleet, name: QualifiedName) -> TableDef:
     existing = topo.table(oid)
     if existing is not None:
         raise SpecError(f"{existing.name} is already a {existing.method} table",
-                        hint="undistribute is not supported yet; create a new table to change its distribution")
+                        hint=f"undo it first (pgfleet undistribute {existing.name}); "
+                             "to change the shard count of a hash table use pgfleet reshard")
     cleanup_leftovers(fleet, oid)
     return table_def(conn, oid)
 

@@ -65,7 +65,9 @@ BEGIN
     SELECT array_agg(format('%I %s', a.attname, format_type(a.atttypid, a.atttypmod))
                      || CASE WHEN a.attcollation <> t.typcollation AND a.attcollation <> 0
                              THEN format(' COLLATE %I.%I', cn.nspname, co.collname) ELSE '' END
-                     || CASE WHEN d.adbin IS NOT NULL AND a.attgenerated = '' AND a.attidentity = ''
+                     || CASE WHEN a.attgenerated = 's' AND p_rule IS NOT NULL  -- postgres_fdw does not send them
+                             THEN ' GENERATED ALWAYS AS (' || pg_get_expr(d.adbin, d.adrelid) || ') STORED'
+                             WHEN d.adbin IS NOT NULL AND a.attgenerated = '' AND a.attidentity = ''
                                   AND pg_get_expr(d.adbin, d.adrelid) NOT LIKE '%nextval(%'
                              THEN ' DEFAULT ' || pg_get_expr(d.adbin, d.adrelid) ELSE '' END
                      || CASE WHEN a.attnotnull THEN ' NOT NULL' ELSE '' END ORDER BY a.attnum)
@@ -238,16 +240,24 @@ $$;
 
 -- Queue, for the shard p_schema.p_table on p_node, the rows of p_source that satisfy p_where, then a
 -- check of the shard's row count and checksum against what was sent (under pinned output settings).
-CREATE OR REPLACE FUNCTION pgfleet.queue_rows(p_node text, p_source oid, p_where text, p_schema text, p_table text)
+-- Stored generated columns travel only to reference copies (p_with_generated): shards compute them.
+CREATE OR REPLACE FUNCTION pgfleet.queue_rows(p_node text, p_source oid, p_where text, p_schema text, p_table text,
+                                             p_with_generated bool)
 RETURNS bigint LANGUAGE plpgsql SET search_path = pg_catalog, pgfleet AS $$
 DECLARE
-    codec pgfleet.row_codecs := pgfleet.codec_of(p_source, false);
+    codec pgfleet.row_codecs;
     rows jsonb;
     n bigint;
     checksum numeric;
     batch jsonb;
     sum_sql constant text := 'SELECT count(*), coalesce(sum(hashtextextended(%s::text, 0)::numeric), 0) FROM %s n';
 BEGIN
+    SELECT NULL, NULL, 'ARRAY[' || string_agg(format('n.%I::text', attname), ', ' ORDER BY attnum) || ']',
+           string_agg(format('%I', attname), ', ' ORDER BY attnum),
+           string_agg(format('(r->>%s)::%s', pos - 1, format_type(atttypid, atttypmod)), ', ' ORDER BY attnum)
+    INTO codec
+    FROM (SELECT *, row_number() OVER (ORDER BY attnum) AS pos FROM pg_attribute
+          WHERE attrelid = p_source AND attnum > 0 AND NOT attisdropped AND (p_with_generated OR attgenerated = '')) a;
     EXECUTE format('SELECT jsonb_agg(%s) FROM %s n WHERE %s', codec.texts, p_source::regclass, p_where) INTO rows;
     EXECUTE format(sum_sql || ' WHERE %s', codec.texts, p_source::regclass, p_where) INTO n, checksum;
     FOR batch IN SELECT pgfleet.json_batches(rows, 5000) WHERE rows IS NOT NULL LOOP
@@ -395,7 +405,7 @@ BEGIN
                                     foreign_table, modulus, remainder)
         VALUES (sid, p_table, i, node, schema, shard_name, 'pgfleet_shards', shard_name, count, i);
         PERFORM pgfleet.queue_statement(node, pgfleet.shard_table_sql(p_table, schema, shard_name, sid, rule));
-        moved := moved + pgfleet.queue_rows(node, p_table, rule, schema, shard_name);
+        moved := moved + pgfleet.queue_rows(node, p_table, rule, schema, shard_name, false);
     END LOOP;
     IF colocate_with IS NOT NULL THEN
         FOR shard_name IN SELECT s.foreign_table FROM pgfleet.shards s JOIN pg_foreign_table f
@@ -446,7 +456,7 @@ BEGIN
         sid := nextval('pgfleet.shard_id_seq');
         foreign_name := pgfleet.shard_object_name(name, sid);
         PERFORM pgfleet.queue_statement(node, pgfleet.shard_table_sql(p_table, schema, name, sid, NULL));
-        PERFORM pgfleet.queue_rows(node, p_table, 'true', schema, name);
+        PERFORM pgfleet.queue_rows(node, p_table, 'true', schema, name, true);
         EXECUTE format('CREATE FOREIGN TABLE %I.%I (%s) SERVER %I OPTIONS (schema_name %L, table_name %L)',
                        'pgfleet_shards', foreign_name, columns, 'pgfleet_' || node, schema, name);
         INSERT INTO pgfleet.shards (shard_id, relid, shard_index, node, shard_schema, shard_table, foreign_schema, foreign_table)
@@ -603,4 +613,4 @@ GRANT USAGE ON SCHEMA pgfleet TO PUBLIC;
 
 -- The helpers act with the caller's rights and are for the functions above only.
 REVOKE EXECUTE ON FUNCTION pgfleet.api_check_table(oid, text), pgfleet.queue_statement(text, text),
-    pgfleet.queue_rows(text, oid, text, text, text), pgfleet.swap_tables(oid, oid) FROM PUBLIC;
+    pgfleet.queue_rows(text, oid, text, text, text, bool), pgfleet.swap_tables(oid, oid) FROM PUBLIC;
