@@ -223,3 +223,24 @@ def test_commit_that_fails_on_a_worker_changes_nothing(fleet: Fleet, cluster: Lo
     finally:
         with psycopg.connect(cluster.endpoint("w2").conninfo(), autocommit=True) as w:
             w.execute(f'DROP SCHEMA "{schema}" CASCADE'.encode())
+
+
+def test_null_keys_and_other_key_types(fleet: Fleet, schema: str) -> None:
+    """Rows with a NULL key land where PostgreSQL puts them (remainder 0); text and uuid keys hash as in the CLI."""
+    conn = fleet.conn()
+    ddl = "CREATE TABLE {t} (k text, u uuid DEFAULT gen_random_uuid(), v int)"
+    for t in ("plain", "dist", "dist2"):
+        conn.execute(ddl.format(t=t).encode())
+        conn.execute(f"INSERT INTO {t} (k, v) SELECT CASE WHEN g % 10 = 0 THEN NULL ELSE 'k' || g END, g "
+                     f"FROM generate_series(1, 100) g".encode())
+    with conn.transaction():
+        assert conn.execute(b"SELECT pgfleet.distribute_table('dist', 'k', 3)").fetchone() == (100,)
+        assert conn.execute(b"SELECT pgfleet.distribute_table('dist2', 'u', 5)").fetchone() == (100,)
+    q = "SELECT k, v FROM {t} ORDER BY v"
+    for t in ("dist", "dist2"):
+        assert conn.execute(q.format(t=t).encode()).fetchall() == conn.execute(q.format(t="plain").encode()).fetchall()
+    assert conn.execute(b"SELECT count(*) FROM dist WHERE k IS NULL").fetchone() == (10,)
+    for t in ("plain", "dist", "dist2"):  # new rows (NULL keys too) route through the coordinator as before
+        conn.execute(f"INSERT INTO {t} (k, v) VALUES (NULL, 1000), ('new', 1001)".encode())
+    for t in ("dist", "dist2"):
+        assert conn.execute(q.format(t=t).encode()).fetchall() == conn.execute(q.format(t="plain").encode()).fetchall()

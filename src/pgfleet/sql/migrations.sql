@@ -332,6 +332,7 @@ DECLARE
     workers text[];
     count int;
     moved bigint := 0;
+    total bigint;
     sid bigint;
     shard_name text;
     node text;
@@ -405,8 +406,15 @@ BEGIN
                                     foreign_table, modulus, remainder)
         VALUES (sid, p_table, i, node, schema, shard_name, 'pgfleet_shards', shard_name, count, i);
         PERFORM pgfleet.queue_statement(node, pgfleet.shard_table_sql(p_table, schema, shard_name, sid, rule));
-        moved := moved + pgfleet.queue_rows(node, p_table, rule, schema, shard_name, false);
+        -- PostgreSQL's hash partitioning puts NULL keys in remainder 0; the rule lets them pass anywhere
+        moved := moved + pgfleet.queue_rows(node, p_table, CASE WHEN i = 0 THEN format('(%s) OR %I IS NULL', rule, p_key)
+                                                                 ELSE rule END, schema, shard_name, false);
     END LOOP;
+    EXECUTE format('SELECT count(*) FROM %s', p_table) INTO total;
+    IF moved <> total THEN
+        RAISE EXCEPTION 'pgfleet: % rows of % would go to no shard', total - moved, p_table USING ERRCODE = 'internal_error',
+            HINT = 'nothing was changed; report this with the table definition';
+    END IF;
     IF colocate_with IS NOT NULL THEN
         FOR shard_name IN SELECT s.foreign_table FROM pgfleet.shards s JOIN pg_foreign_table f
                               ON f.ftrelid = format('%I.%I', s.foreign_schema, s.foreign_table)::regclass
