@@ -244,3 +244,20 @@ def test_null_keys_and_other_key_types(fleet: Fleet, schema: str) -> None:
         conn.execute(f"INSERT INTO {t} (k, v) VALUES (NULL, 1000), ('new', 1001)".encode())
     for t in ("dist", "dist2"):
         assert conn.execute(q.format(t=t).encode()).fetchall() == conn.execute(q.format(t="plain").encode()).fetchall()
+
+
+def test_undistribute_after_reading_the_shards_is_refused_not_hung(fleet: Fleet, schema: str) -> None:
+    """Dropping shards at COMMIT would wait for the locks of postgres_fdw's open remote transaction for ever."""
+    conn = fleet.conn()
+    conn.execute(b"CREATE TABLE t (id int PRIMARY KEY); INSERT INTO t SELECT generate_series(1, 10)")
+    conn.execute(b"SELECT pgfleet.distribute_table('t', 'id', 2)")
+    conn.execute(b"SET statement_timeout = '20s'")
+    try:
+        with pytest.raises(psycopg.errors.ObjectInUse) as err, conn.transaction():
+            assert conn.execute(b"SELECT count(*) FROM t").fetchone() == (10,)
+            conn.execute(b"SELECT pgfleet.undistribute_table('t')")
+        assert err.value.diag.message_hint
+        with conn.transaction():  # in a transaction of its own it works
+            assert conn.execute(b"SELECT pgfleet.undistribute_table('t')").fetchone() == (10,)
+    finally:
+        conn.execute(b"RESET statement_timeout")

@@ -530,6 +530,19 @@ BEGIN
         RAISE EXCEPTION '% is neither distributed nor a reference table', p_table USING ERRCODE = 'object_not_in_prerequisite_state',
             HINT = 'nothing to undo';
     END IF;
+    -- The shards are dropped at COMMIT; a remote transaction this session's postgres_fdw keeps open on
+    -- one of their workers (the table was read or written through its shards earlier in this
+    -- transaction) would hold locks the DROP waits for until after that COMMIT: it would never end.
+    BEGIN
+        IF EXISTS (SELECT FROM postgres_fdw_get_connections() c JOIN pgfleet.shards s ON c.server_name = 'pgfleet_' || s.node
+                   WHERE s.relid = p_table AND c.used_in_xact) THEN
+            RAISE EXCEPTION 'this transaction has already used the shards of % (or others on their workers)', p_table
+                USING ERRCODE = 'object_in_use',
+                      HINT = 'call pgfleet.undistribute_table at the start of a transaction, or in one of its own';
+        END IF;
+    EXCEPTION WHEN undefined_column THEN  -- postgres_fdw before 1.2 (PostgreSQL 17) cannot tell
+        NULL;
+    END;
     EXECUTE format('LOCK TABLE %s IN EXCLUSIVE MODE', p_table);
     IF t.method = 'reference' THEN
         EXECUTE format('SELECT count(*) FROM %s', p_table) INTO n;
