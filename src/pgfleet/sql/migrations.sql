@@ -15,7 +15,9 @@
 
 CREATE OR REPLACE FUNCTION pgfleet.sql_api_row_limit() RETURNS bigint LANGUAGE sql IMMUTABLE AS 'SELECT 10000::bigint';
 
--- The extended hash function of the key type's default hash opclass (topology/read.py: hash_function).
+-- The extended hash support function (amproc 2) of the key type's default hash opclass, NULL if none:
+-- PostgreSQL's hash partitioning computes the partition from exactly this function, and each shard's
+-- rule calls it on its worker. topology/read.py hash_function calls this one.
 CREATE OR REPLACE FUNCTION pgfleet.key_hash_function(p_type regtype) RETURNS text
 LANGUAGE sql STABLE SET search_path = pg_catalog AS $$
     SELECT p.amproc::regproc::text
@@ -231,6 +233,19 @@ BEGIN
     RETURN n;
 END $$;
 
+-- The workers, in the order shards are placed on them; p_message if there are none.
+CREATE OR REPLACE FUNCTION pgfleet.api_workers(p_message text) RETURNS text[]
+LANGUAGE plpgsql STABLE SET search_path = pg_catalog, pgfleet AS $$
+DECLARE
+    workers text[] := ARRAY(SELECT n.name FROM pgfleet.nodes n WHERE n.role = 'worker' ORDER BY n.added_at, n.name);
+BEGIN
+    IF cardinality(workers) = 0 THEN
+        RAISE EXCEPTION '%', p_message USING ERRCODE = 'object_not_in_prerequisite_state',
+            HINT = 'add one with ''pgfleet node add'' or ''pgfleet up --workers N''';
+    END IF;
+    RETURN workers;
+END $$;
+
 -- Queue p_statement for p_node in this transaction; the transaction's first row fires flush_queue().
 CREATE OR REPLACE FUNCTION pgfleet.queue_statement(p_node text, p_statement text) RETURNS void
 LANGUAGE sql SET search_path = pg_catalog, pgfleet AS $$
@@ -377,11 +392,7 @@ BEGIN
             RAISE EXCEPTION 'shard count % is out of range', count USING ERRCODE = 'invalid_parameter_value', HINT = 'use 1..4096';
         END IF;
     END IF;
-    workers := ARRAY(SELECT n.name FROM pgfleet.nodes n WHERE n.role = 'worker' ORDER BY n.added_at, n.name);
-    IF cardinality(workers) = 0 THEN
-        RAISE EXCEPTION 'there are no workers to place shards on' USING ERRCODE = 'object_not_in_prerequisite_state',
-            HINT = 'add one with ''pgfleet node add'' or ''pgfleet up --workers N''';
-    END IF;
+    workers := pgfleet.api_workers('there are no workers to place shards on');
     PERFORM set_config('pgfleet.internal', 'on', true);
     EXECUTE format('CREATE TABLE %I.%I (LIKE %s INCLUDING DEFAULTS INCLUDING IDENTITY INCLUDING GENERATED '
                    'INCLUDING CONSTRAINTS) PARTITION BY HASH (%I)', schema, staging, p_table, p_key);
@@ -451,11 +462,7 @@ DECLARE
 BEGIN
     n := pgfleet.api_check_table(p_table, 'make it a reference table');
     PERFORM pgfleet.check_table_shape(p_table, true);
-    workers := ARRAY(SELECT w.name FROM pgfleet.nodes w WHERE w.role = 'worker' ORDER BY w.added_at, w.name);
-    IF cardinality(workers) = 0 THEN
-        RAISE EXCEPTION 'there are no workers to copy a reference table to' USING ERRCODE = 'object_not_in_prerequisite_state',
-            HINT = 'add one with ''pgfleet node add'' or ''pgfleet up --workers N''';
-    END IF;
+    workers := pgfleet.api_workers('there are no workers to copy a reference table to');
     PERFORM set_config('pgfleet.internal', 'on', true);
     INSERT INTO pgfleet.tables (relid, schema_name, table_name, method) VALUES (p_table, schema, name, 'reference');
     SELECT string_agg(format('%I %s', attname, format_type(atttypid, atttypmod)), ', ' ORDER BY attnum) INTO columns
