@@ -155,7 +155,8 @@ def _prepare(fleet: Fleet, name: QualifiedName) -> TableDef:
     existing = topo.table(oid)
     if existing is not None:
         raise SpecError(f"{existing.name} is already a {existing.method} table",
-                        hint="undistribute is not supported yet; create a new table to change its distribution")
+                        hint=f"undo it first (pgfleet undistribute {existing.name}); "
+                             "to change the shard count of a hash table use pgfleet reshard")
     cleanup_leftovers(fleet, oid)
     return table_def(conn, oid)
 
@@ -247,15 +248,7 @@ def _swap(conn: Conn, table: TableDef, staging: QualifiedName) -> None:
         "SELECT s.oid::regclass::text, a.attname FROM pg_depend d JOIN pg_class s ON s.oid = d.objid "
         "JOIN pg_attribute a ON a.attrelid = d.refobjid AND a.attnum = d.refobjsubid "
         "WHERE d.refobjid = %s AND d.deptype = 'a' AND s.relkind = 'S'", (table.oid,)).fetchall()
-    restarts = []
-    for col in table.columns:
-        if col.identity:
-            row = conn.execute("SELECT last_value, is_called FROM pg_sequences WHERE "
-                               "format('%%I.%%I', schemaname, sequencename)::regclass = "
-                               "pg_get_serial_sequence(%s, %s)::regclass",
-                               (str(table.name), col.name)).fetchone()
-            if row and row[0] is not None:
-                restarts.append((col.name, int(str(row[0])) + (1 if row[1] else 0)))
+    restarts = [(col.name, next_identity_value(conn, table.name, col.name)) for col in table.columns if col.identity]
     conn.execute(sql.SQL("ALTER TABLE {} RENAME TO {}").format(tables.ident(table.name), sql.Identifier(old_name)))
     conn.execute(sql.SQL("ALTER TABLE {} RENAME TO {}").format(tables.ident(staging),
                                                                sql.Identifier(table.name.name)))
@@ -272,6 +265,20 @@ def _swap(conn: Conn, table: TableDef, staging: QualifiedName) -> None:
         conn.execute(sql.SQL("GRANT {} ON {} TO {}").format(sql.SQL(privilege), tables.ident(new),
                                                             sql.SQL(grantee)))
     conn.execute(sql.SQL("DROP TABLE {}").format(sql.Identifier(schema, old_name)))
+
+
+def next_identity_value(conn: Conn, table: QualifiedName, column: str) -> int:
+    """The value the identity sequence of ``column`` hands out next: its own last_value and is_called
+    (pg_sequences has no is_called, and its last_value is NULL before the first nextval)."""
+    row = conn.execute("SELECT n.nspname, c.relname, s.seqincrement FROM pg_class c "
+                       "JOIN pg_namespace n ON n.oid = c.relnamespace JOIN pg_sequence s ON s.seqrelid = c.oid "
+                       "WHERE c.oid = pg_get_serial_sequence(%s, %s)::regclass",
+                       (str(table), column)).fetchone()
+    assert row is not None, f"identity column {column} of {table} has no sequence"
+    state = conn.execute(sql.SQL("SELECT last_value, is_called FROM {}").format(
+        sql.Identifier(str(row[0]), str(row[1])))).fetchone()
+    assert state is not None
+    return int(str(state[0])) + (int(str(row[2])) if state[1] else 0)
 
 
 def distribute(fleet: Fleet, spec: DistributeSpec, progress: Progress | None = None) -> int:

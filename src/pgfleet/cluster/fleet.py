@@ -17,7 +17,7 @@ from psycopg import sql
 from ..errors import ExecuteError, NodeError, SpecError, TopologyError
 from ..execute import Endpoint, connect, describe_error
 from ..execute.connect import Conn
-from ..spec import DistributeSpec, ReferenceSpec
+from ..spec import DistributeSpec, QualifiedName, ReferenceSpec
 from ..topology.model import Node, Topology
 from ..topology.read import catalog_installed, read_node, read_topology
 from .local import LocalCluster
@@ -44,8 +44,9 @@ COORDINATOR_SETTINGS: tuple[tuple[str, str], ...] = (
     ("enable_partitionwise_join", "on"),
 )
 
-# The catalog (tables, DDL triggers) and how writes reach the workers (reference triggers, flush_queue).
-CATALOG_FILES = ("catalog.sql", "worker_writes.sql")
+# The catalog (tables, DDL triggers), how writes reach the workers (reference triggers, flush_queue) and
+# the SQL API for migrations (distribute_table, reference_table, undistribute_table).
+CATALOG_FILES = ("catalog.sql", "worker_writes.sql", "migrations.sql")
 
 Progress = Callable[[str, int, int], None]  # (phase, done, total)
 
@@ -328,6 +329,16 @@ class Fleet:
         from .distribute import make_reference
 
         return make_reference(self, spec, progress)
+
+    def undistribute(self, table: QualifiedName, progress: Progress | None = None) -> int:
+        from .undistribute import undistribute
+
+        return undistribute(self, table, progress)
+
+    def reshard(self, table: QualifiedName, shard_count: int, progress: Progress | None = None) -> int:
+        from .undistribute import reshard
+
+        return reshard(self, table, shard_count, progress)
 
     # --- status -----------------------------------------------------------------------------------
     def status(self) -> Status:

@@ -114,13 +114,17 @@ def partition_bound(shard: Shard) -> sql.Composed:
     return sql.SQL("FOR VALUES FROM ({}) TO ({})").format(low, high)
 
 
-def _column_sql(col: Column, *, for_shard: bool) -> sql.Composed:
+def _column_sql(col: Column, *, for_shard: bool, computes_generated: bool = False) -> sql.Composed:
     parts: list[sql.Composable] = [sql.Identifier(col.name), sql.SQL(col.type)]
     if col.collation:
         parts.append(sql.SQL("COLLATE " + col.collation))
     if for_shard:
-        # Shards hold values computed by the coordinator: no sequences, identities or generated columns.
-        if col.default is not None and not col.sequence_default and not col.generated:
+        # Shards hold values computed by the coordinator: no sequences or identities. Stored generated
+        # columns are the exception on shards (``computes_generated``): postgres_fdw does not send their
+        # values, the remote table is expected to compute them. Reference copies receive every value.
+        if col.generated == "s" and col.default is not None and computes_generated:
+            parts.append(sql.SQL(f"GENERATED ALWAYS AS ({col.default}) STORED"))
+        elif col.default is not None and not col.sequence_default and not col.generated:
             parts.append(sql.SQL("DEFAULT " + col.default))
     else:
         if col.generated == "s" and col.default is not None:
@@ -158,7 +162,8 @@ def shard_table_ddl(table: TableDef, target: QualifiedName, *, rule: sql.Composa
     def renamed(name: str) -> str:
         return shard_object_name(name, shard_id) if rename_objects and shard_id is not None else name
 
-    elements: list[sql.Composable] = [_column_sql(c, for_shard=True) for c in table.columns]
+    elements: list[sql.Composable] = [_column_sql(c, for_shard=True, computes_generated=rule is not None)
+                                      for c in table.columns]
     for con in check_constraints(table):
         elements.append(sql.SQL("CONSTRAINT {} {}").format(sql.Identifier(con.name), sql.SQL(con.definition)))
     if rule is not None:

@@ -66,8 +66,9 @@ WHERE d.refobjid = %s AND d.classid = 'pg_rewrite'::regclass AND v.oid <> %s
 """
 
 _REFERENCING = """
-SELECT conrelid::regclass::text || '.' || conname FROM pg_constraint
-WHERE contype = 'f' AND confrelid = %s AND conrelid <> %s
+SELECT format('%%I.%%I.%%I', n.nspname, c.relname, f.conname) FROM pg_constraint f
+JOIN pg_class c ON c.oid = f.conrelid JOIN pg_namespace n ON n.oid = c.relnamespace
+WHERE f.contype = 'f' AND f.confrelid = %s AND f.conrelid <> %s ORDER BY 1
 """
 
 _ACL = """
@@ -105,22 +106,8 @@ def hash_function(conn: Conn, type_name: str) -> str:
     PostgreSQL's hash partitioning computes the partition from exactly this function with the seed
     HASH_PARTITION_SEED; the same function, called on a worker, lets each shard check its own rule.
     """
-    row = conn.execute(
-        """
-        SELECT p.amproc::regproc::text
-        FROM pg_opclass c
-        JOIN pg_am am ON am.oid = c.opcmethod AND am.amname = 'hash'
-        JOIN pg_amproc p ON p.amprocfamily = c.opcfamily AND p.amprocnum = 2
-             AND p.amproclefttype = c.opcintype AND p.amprocrighttype = c.opcintype
-        WHERE c.opcdefault
-          AND (c.opcintype = %s::regtype OR c.opcintype =
-               (SELECT CASE WHEN t.typtype = 'd' THEN t.typbasetype END FROM pg_type t WHERE t.oid = %s::regtype)
-               OR (%s::regtype IN ('character varying'::regtype, 'character'::regtype, 'name'::regtype)
-                   AND c.opcintype = 'text'::regtype))
-        ORDER BY (c.opcintype = %s::regtype) DESC
-        LIMIT 1
-        """, (type_name, type_name, type_name, type_name)).fetchone()
-    if row is None:
+    row = conn.execute("SELECT pgfleet.key_hash_function(%s::regtype)", (type_name,)).fetchone()  # sql/migrations.sql
+    if row is None or row[0] is None:
         raise SpecError(f"type {type_name} has no hash function, so it cannot be a hash distribution key",
                         hint="distribute by range or list instead, or choose another key column")
     return str(row[0])
