@@ -437,7 +437,6 @@ BEGIN
     RETURN NULL;
 END $$;
 
-DROP FUNCTION IF EXISTS pgfleet.link_transaction(xid8, text, text);
 DROP TRIGGER IF EXISTS flush_ddl ON pgfleet.ddl_queue;
 DROP FUNCTION IF EXISTS pgfleet.flush_ddl();
 DROP TRIGGER IF EXISTS flush_queue ON pgfleet.ddl_queue;
