@@ -309,3 +309,39 @@ def test_a_role_that_may_write_the_table_cannot_borrow_the_links(fleet: Fleet, s
         conn.execute("RESET ROLE")
         conn.execute(sql.SQL("DROP OWNED BY pgfleet_test_app"))
         conn.execute("DROP ROLE pgfleet_test_app")
+
+
+def _noted_statements(conn: psycopg.Connection[tuple[object, ...]], node: str) -> list[str]:
+    """The prepared statements the session believes its link to ``node`` has."""
+    row = conn.execute("SELECT current_setting(%s, true)", (f"pgfleet.prepared_{node}",)).fetchone()
+    return sorted((row[0] or "").split()) if row else []
+
+
+def test_each_write_shape_is_prepared_once_per_link_and_a_stale_note_is_repaired(
+        fleet: Fleet, schema: str, second: psycopg.Connection[tuple[object, ...]]) -> None:
+    _numbered(fleet, schema)
+    second.execute("UPDATE ref SET v = 1 WHERE id = 1")  # opens the links and prepares the UPDATE's shape
+    update = _noted_statements(second, "w1")
+    assert len(update) == 1 and update[0].startswith("pgfleet_") and _noted_statements(second, "w2") == update
+    second.execute("UPDATE ref SET v = 2 WHERE id = 2")  # the same shape: EXECUTE only
+    assert _noted_statements(second, "w1") == update
+    # a note that claims too little: the link gets PREPARE for a name it has (42P05), and a new link
+    second.execute("SET pgfleet.prepared_w1 = ''")
+    second.execute("UPDATE ref SET v = 3 WHERE id = 3")
+    assert _noted_statements(second, "w1") == update
+    # a note that claims too much: the link gets EXECUTE for a name it lacks (26000), and a new link
+    other = fleet.conn()
+    other.execute("DELETE FROM ref WHERE id = 9")
+    delete = [name for name in _noted_statements(other, "w2") if name not in update]
+    assert len(delete) == 1
+    second.execute("SELECT set_config('pgfleet.prepared_w2', current_setting('pgfleet.prepared_w2') || ' ' || %s, false)",
+                   (delete[0],))
+    second.execute("DELETE FROM ref WHERE id = 10")
+    assert _noted_statements(second, "w2") == delete  # the new link has prepared only what it ran
+    # a changed column list is a new shape, prepared on first use
+    before = _noted_statements(second, "w1")
+    second.execute("ALTER TABLE ref ADD COLUMN note text")
+    second.execute("UPDATE ref SET note = 'n' WHERE id = 4")
+    assert len(set(_noted_statements(second, "w1")) - set(before)) == 1
+    assert ("(4,0,n)",) in _assert_copies_equal(fleet, schema)
+    assert _prepared_xacts(fleet) == {"w1": [], "w2": []}

@@ -97,6 +97,10 @@ CREATE TABLE IF NOT EXISTS pgfleet.ddl_queue (
 );
 -- Only a transaction's first queued row (flush) fires flush_queue(), which applies all of them.
 ALTER TABLE pgfleet.ddl_queue ADD COLUMN IF NOT EXISTS flush bool NOT NULL DEFAULT true;
+-- A reference-table write runs on the workers as EXECUTE <prepared>(rows); prepare is the PREPARE
+-- statement flush_queue() sends first on a link that has not prepared that name yet.
+ALTER TABLE pgfleet.ddl_queue ADD COLUMN IF NOT EXISTS prepared text;
+ALTER TABLE pgfleet.ddl_queue ADD COLUMN IF NOT EXISTS prepare text;
 CREATE INDEX IF NOT EXISTS ddl_queue_xid ON pgfleet.ddl_queue (xid);
 COMMENT ON TABLE pgfleet.ddl_queue IS
     'pgfleet: statements for the workers (DDL and reference-table writes), applied at COMMIT by flush_queue()';

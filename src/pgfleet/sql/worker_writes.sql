@@ -44,19 +44,37 @@ LANGUAGE sql IMMUTABLE AS $$
     WHERE jsonb_array_length(p_rows) > p_size GROUP BY (i - 1) / p_size
 $$;
 
--- Queue, for every copy of p_relid, p_template with the copy's schema and table as %1$I.%2$I and
--- p_rows as %3$L.
+-- Queue, for every copy of p_relid, p_template with the copy's schema and table as %1$I.%2$I and the
+-- rows as %3$s, in statements of at most 5000 rows (a bulk write becomes several statements). With
+-- rows, the copy runs it as a prepared statement (named after its text, so a new column list is a new
+-- name) with the rows as its parameter: the workers parse and plan each shape once per link, not once
+-- per write. Called by reference_replicate() only, whose owner and search_path it runs with.
 CREATE OR REPLACE FUNCTION pgfleet.queue_for_copies(p_relid oid, p_template text, p_rows jsonb)
-RETURNS void LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pgfleet AS $$
+RETURNS void LANGUAGE plpgsql AS $$
 DECLARE
+    batch_rows constant int := 5000;  -- rows per statement
     -- Only the transaction's first row fires flush_queue(). A rolled-back savepoint takes its rows
     -- with it, so the next row is the first again.
     first bool := NOT EXISTS (SELECT FROM pgfleet.ddl_queue WHERE xid = pg_current_xact_id());
+    batch jsonb;
 BEGIN
-    INSERT INTO pgfleet.ddl_queue (node, statement, flush)
-    SELECT s.node, format(p_template, s.shard_schema, s.shard_table, p_rows::text),
-           first AND row_number() OVER (ORDER BY s.node) = 1
-    FROM pgfleet.shards s WHERE s.relid = p_relid ORDER BY s.node;
+    IF p_rows IS NULL THEN
+        INSERT INTO pgfleet.ddl_queue (node, statement, flush)
+        SELECT s.node, format(p_template, s.shard_schema, s.shard_table), first AND row_number() OVER (ORDER BY s.node) = 1
+        FROM pgfleet.shards s WHERE s.relid = p_relid ORDER BY s.node;
+        RETURN;
+    END IF;
+    FOREACH batch IN ARRAY CASE WHEN jsonb_array_length(p_rows) <= batch_rows THEN ARRAY[p_rows]
+                                ELSE ARRAY(SELECT pgfleet.json_batches(p_rows, batch_rows)) END LOOP
+        INSERT INTO pgfleet.ddl_queue (node, statement, prepared, prepare, flush)
+        SELECT s.node, format('EXECUTE %I(%L)', p.name, batch::text), p.name,
+               format('PREPARE %I(jsonb) AS %s', p.name, p.body), first AND row_number() OVER (ORDER BY s.node) = 1
+        FROM pgfleet.shards s
+        CROSS JOIN LATERAL (SELECT format(p_template, s.shard_schema, s.shard_table, '$1') AS body) b
+        CROSS JOIN LATERAL (SELECT 'pgfleet_' || md5(b.body) AS name, b.body) p
+        WHERE s.relid = p_relid ORDER BY s.node;
+        first := false;
+    END LOOP;
 END $$;
 
 -- The SET clauses pin the text output of values (as postgres_fdw does for what it sends), so the
@@ -65,13 +83,11 @@ CREATE OR REPLACE FUNCTION pgfleet.reference_replicate() RETURNS trigger
 LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pgfleet
 SET DateStyle = 'ISO, YMD' SET IntervalStyle = 'postgres' SET extra_float_digits = 3 AS $$
 DECLARE
-    batch_rows constant int := 5000;  -- rows per statement: a bulk write becomes several statements
     key_codec pgfleet.row_codecs;
     all_codec pgfleet.row_codecs;
     old_keys jsonb;
     new_rows jsonb;
     same_keys bool;
-    batch jsonb;
 BEGIN
     IF TG_OP = 'TRUNCATE' THEN
         PERFORM pgfleet.queue_for_copies(TG_RELID, 'TRUNCATE %1$I.%2$I', NULL);
@@ -87,13 +103,13 @@ BEGIN
         EXECUTE format('SELECT (SELECT jsonb_agg(%1$s) FROM pgfleet_old n), (SELECT jsonb_agg(%2$s) FROM pgfleet_new n), '
                        'NOT EXISTS (SELECT %1$s FROM pgfleet_old n EXCEPT SELECT %1$s FROM pgfleet_new n)',
                        key_codec.texts, all_codec.texts) INTO old_keys, new_rows, same_keys;
-        IF same_keys THEN  -- no key changed: the copies update in place (HOT, no new index entries)
-            FOR batch IN SELECT pgfleet.json_batches(new_rows, batch_rows) LOOP
-                PERFORM pgfleet.queue_for_copies(TG_RELID,
-                    'UPDATE %1$I.%2$I c SET (' || replace(all_codec.names, '%', '%%') || ') = ROW('
-                    || replace(all_codec.casts, '%', '%%') || ') FROM jsonb_array_elements(%3$L) r WHERE '
-                    || replace(all_codec.match, '%', '%%'), batch);
-            END LOOP;
+        IF same_keys AND new_rows IS NULL THEN
+            RETURN NULL;  -- no row was updated
+        ELSIF same_keys THEN  -- no key changed: the copies update in place (HOT, no new index entries)
+            PERFORM pgfleet.queue_for_copies(TG_RELID,
+                'UPDATE %1$I.%2$I c SET (' || replace(all_codec.names, '%', '%%') || ') = ROW('
+                || replace(all_codec.casts, '%', '%%') || ') FROM jsonb_array_elements(%3$s) r WHERE '
+                || replace(all_codec.match, '%', '%%'), new_rows);
             RETURN NULL;
         END IF;
     ELSIF TG_OP = 'DELETE' THEN
@@ -102,16 +118,16 @@ BEGIN
         EXECUTE format('SELECT jsonb_agg(%s) FROM pgfleet_new n', all_codec.texts) INTO new_rows;
     END IF;
     -- DELETE, INSERT, and an UPDATE that changed keys: delete the old keys, insert the new rows
-    FOR batch IN SELECT pgfleet.json_batches(old_keys, batch_rows) LOOP
+    IF old_keys IS NOT NULL THEN
         PERFORM pgfleet.queue_for_copies(TG_RELID,
-            'DELETE FROM %1$I.%2$I c USING jsonb_array_elements(%3$L) r WHERE ' || replace(key_codec.match, '%', '%%'),
-            batch);
-    END LOOP;
-    FOR batch IN SELECT pgfleet.json_batches(new_rows, batch_rows) LOOP
+            'DELETE FROM %1$I.%2$I c USING jsonb_array_elements(%3$s) r WHERE ' || replace(key_codec.match, '%', '%%'),
+            old_keys);
+    END IF;
+    IF new_rows IS NOT NULL THEN
         PERFORM pgfleet.queue_for_copies(TG_RELID,
             'INSERT INTO %1$I.%2$I (' || replace(all_codec.names, '%', '%%') || ') SELECT '
-            || replace(all_codec.casts, '%', '%%') || ' FROM jsonb_array_elements(%3$L) r', batch);
-    END LOOP;
+            || replace(all_codec.casts, '%', '%%') || ' FROM jsonb_array_elements(%3$s) r', new_rows);
+    END IF;
     RETURN NULL;
 END $$;
 
@@ -140,6 +156,7 @@ BEGIN
         PERFORM dblink_disconnect(link);
     END IF;
     PERFORM dblink_connect(link, link);
+    PERFORM set_config('pgfleet.prepared_' || p_node, '', false);  -- a new link has prepared nothing
     SELECT t INTO two_phase FROM dblink(link, 'SELECT current_setting(''max_prepared_transactions'')::int > 0') AS r(t bool);
     PERFORM set_config('pgfleet.two_phase_' || p_node, two_phase::text, false);
     IF two_phase THEN
@@ -214,67 +231,147 @@ EXCEPTION WHEN OTHERS THEN
     RETURN ARRAY[state, msg];
 END $$;
 
+-- Per worker, the statements transaction p_xid queued for it, in order, each prepared statement's
+-- PREPARE before its first EXECUTE unless the link has it already (the session setting
+-- pgfleet.prepared_<node>: a hint, as it reverts with an aborted transaction; a stale one fails with
+-- 26000/42P05 and flush_queue resends on a new link); and the names this text prepares.
+-- (Schema-qualified and without SET clauses, so that it is inlined into flush_queue's query.)
+CREATE OR REPLACE FUNCTION pgfleet.link_batches(p_xid xid8)
+RETURNS TABLE (node text, statements text, prepares text) LANGUAGE sql STABLE AS $$
+    SELECT q.node,
+           pg_catalog.string_agg(CASE WHEN q.to_prepare THEN q.prepare || '; ' ELSE '' END || q.statement, '; ' ORDER BY q.id),
+           pg_catalog.string_agg(CASE WHEN q.to_prepare THEN ' ' || q.prepared END, '')
+    FROM (SELECT d.id, d.node, d.statement, d.prepare, d.prepared,
+                 d.prepared IS NOT NULL AND pg_catalog.row_number() OVER (PARTITION BY d.node, d.prepared ORDER BY d.id) = 1
+                 AND pg_catalog.strpos(coalesce(pg_catalog.current_setting('pgfleet.prepared_' || d.node, true), ''),
+                                       d.prepared) = 0 AS to_prepare
+          FROM pgfleet.ddl_queue d WHERE d.xid = p_xid) q
+    GROUP BY q.node
+$$;
+
 -- The deferred constraint trigger on the queue: runs the transaction's queued statements on the
 -- workers at COMMIT (see above). DDL and reference-table writes share the queue, so they reach a
--- worker in the order the transaction made them.
+-- worker in the order the transaction made them. Each phase runs in one exception block for all
+-- workers (a block is a subtransaction); after a failure at worker i it resumes at worker i + 1.
 CREATE OR REPLACE FUNCTION pgfleet.flush_queue() RETURNS trigger
 LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pgfleet, public AS $$
 DECLARE
     me xid8 := pg_current_xact_id();
     nodes text[];
-    queries text[];
+    links text[];
+    open_links text[] := coalesce(dblink_get_connections(), '{}');
+    n int;
+    batches text[];
+    prepares text[];
     gids text[] := '{}';
     reused bool[] := '{}';
     states text[] := '{}';    -- NULL: fine so far; else the SQLSTATE of the node's failure
     messages text[] := '{}';
     err text[];
+    two_phase text;
+    batch text;
+    prepared text;
     i int;
     failed int;
 BEGIN
-    SELECT array_agg(q.node ORDER BY q.node), array_agg(q.batch ORDER BY q.node) INTO nodes, queries
-    FROM (SELECT node, string_agg(statement, '; ' ORDER BY id) AS batch FROM pgfleet.ddl_queue
-          WHERE xid = me GROUP BY node) q;
+    SELECT array_agg(DISTINCT node ORDER BY node) INTO nodes FROM pgfleet.ddl_queue WHERE xid = me;
     IF nodes IS NULL THEN
         RETURN NULL;  -- an earlier firing in this transaction flushed everything
     END IF;
-    DELETE FROM pgfleet.ddl_queue WHERE xid = me;
+    n := cardinality(nodes);
+    links := ARRAY(SELECT 'pgfleet_' || x FROM unnest(nodes) AS x);
+    -- 0. a link per worker (opened only when the session has none), and whether it takes PREPARE
+    FOR i IN 1 .. n LOOP
+        reused[i] := links[i] = ANY (open_links);
+        two_phase := current_setting('pgfleet.two_phase_' || nodes[i], true);
+        IF NOT reused[i] OR coalesce(two_phase, '') = '' THEN
+            BEGIN
+                PERFORM pgfleet.worker_link(nodes[i]);
+                two_phase := pgfleet.worker_two_phase(nodes[i]);
+            EXCEPTION WHEN OTHERS THEN
+                states[i] := SQLSTATE;
+                messages[i] := SQLERRM;
+                reused[i] := false;
+            END;
+        END IF;
+        gids[i] := CASE WHEN two_phase::bool THEN format('pgfleet_xact_%s_%s', me, nodes[i]) END;
+    END LOOP;
+    SELECT array_agg(b.statements ORDER BY b.node), array_agg(b.prepares ORDER BY b.node) INTO batches, prepares
+    FROM pgfleet.link_batches(me) b;
     -- 1. send each worker its transaction, all before waiting for any
-    FOR i IN 1 .. cardinality(nodes) LOOP
+    i := 1;
+    WHILE i <= n LOOP
         BEGIN
-            reused[i] := NOT pgfleet.worker_link(nodes[i]);
-            gids[i] := CASE WHEN pgfleet.worker_two_phase(nodes[i]) THEN format('pgfleet_xact_%s_%s', me, nodes[i]) END;
-            queries[i] := 'BEGIN ISOLATION LEVEL READ COMMITTED; ' || queries[i] || '; '
-                          || coalesce(format('PREPARE TRANSACTION %L', gids[i]), 'COMMIT');
-            err := pgfleet.link_send(nodes[i], queries[i], false);
+            WHILE i <= n LOOP
+                IF states[i] IS NULL AND dblink_send_query(links[i], 'BEGIN ISOLATION LEVEL READ COMMITTED; ' || batches[i]
+                        || '; ' || coalesce(format('PREPARE TRANSACTION %L', gids[i]), 'COMMIT')) <> 1 THEN
+                    RAISE EXCEPTION USING ERRCODE = 'connection_failure', MESSAGE = dblink_error_message(links[i]);
+                END IF;
+                i := i + 1;
+            END LOOP;
+        EXCEPTION WHEN OTHERS THEN
+            states[i] := SQLSTATE;
+            messages[i] := SQLERRM;
+            IF links[i] = ANY (coalesce(dblink_get_connections(), '{}')) THEN
+                PERFORM dblink_disconnect(links[i]);
+            END IF;
+            i := i + 1;
+        END;
+    END LOOP;
+    -- 2. collect: one result per statement, then an empty one. A link whose query failed is closed:
+    --    the worker rolls back what it had not prepared.
+    i := 1;
+    WHILE i <= n LOOP
+        BEGIN
+            WHILE i <= n LOOP
+                IF states[i] IS NULL THEN
+                    LOOP
+                        EXIT WHEN NOT EXISTS (SELECT FROM dblink_get_result(links[i]) AS r(status text));
+                    END LOOP;
+                END IF;
+                i := i + 1;
+            END LOOP;
+        EXCEPTION WHEN OTHERS THEN
+            states[i] := SQLSTATE;
+            messages[i] := SQLERRM;
+            PERFORM dblink_disconnect(links[i]);
+            i := i + 1;
+        END;
+    END LOOP;
+    -- 3. A link that was open before this transaction may have died since (worker restarted or failed
+    --    over), and a link may lack a prepared statement the session believed it had: such a worker
+    --    gets a new link and the transaction once more. That is safe: nothing a failed link sent was
+    --    committed, and a prepared transaction's name can be used only once.
+    FOR i IN 1 .. n LOOP
+        CONTINUE WHEN states[i] IS NULL OR NOT ((left(states[i], 2) = '08' AND reused[i]) OR states[i] IN ('26000', '42P05'));
+        BEGIN
+            PERFORM pgfleet.worker_link(nodes[i], true);
+            SELECT b.statements, b.prepares INTO batch, prepared FROM pgfleet.link_batches(me) b WHERE b.node = nodes[i];
+            batches[i] := batch;
+            prepares[i] := prepared;
+            err := pgfleet.link_send(nodes[i], 'BEGIN ISOLATION LEVEL READ COMMITTED; ' || batches[i] || '; '
+                                     || coalesce(format('PREPARE TRANSACTION %L', gids[i]), 'COMMIT'), false);
         EXCEPTION WHEN OTHERS THEN
             err := ARRAY[SQLSTATE, SQLERRM];
-            reused[i] := false;
         END;
-        states[i] := err[1];
-        messages[i] := err[2];
-    END LOOP;
-    -- 2. collect. A link that was open before this transaction may have died since (worker restarted
-    --    or failed over): it is reopened and the transaction sent once more. That is safe: nothing a
-    --    dead link sent was committed, and a prepared transaction's name can be used only once.
-    FOR i IN 1 .. cardinality(nodes) LOOP
-        err := CASE WHEN states[i] IS NULL THEN pgfleet.link_wait(nodes[i]) ELSE ARRAY[states[i], messages[i]] END;
-        IF err IS NOT NULL AND left(err[1], 2) = '08' AND reused[i] THEN
-            err := pgfleet.link_send(nodes[i], queries[i], true);
-            IF err IS NULL THEN
-                err := pgfleet.link_wait(nodes[i]);
-            END IF;
+        IF err IS NULL THEN
+            err := pgfleet.link_wait(nodes[i]);
         END IF;
         states[i] := err[1];
         messages[i] := err[2];
     END LOOP;
-    SELECT min(k) INTO failed FROM generate_subscripts(nodes, 1) k WHERE states[k] IS NOT NULL;
+    FOR i IN 1 .. n LOOP
+        failed := i;
+        EXIT WHEN states[i] IS NOT NULL;
+        failed := NULL;
+    END LOOP;
     IF failed IS NOT NULL THEN
-        -- 3a. roll back what was prepared. A worker that cannot be told keeps its prepared transaction
+        -- 4a. roll back what was prepared. A worker that cannot be told keeps its prepared transaction
         --     until a link to it opens again; worker_link rolls it back then (this transaction aborted).
-        FOR i IN 1 .. cardinality(nodes) LOOP
+        FOR i IN 1 .. n LOOP
             CONTINUE WHEN states[i] IS NOT NULL OR gids[i] IS NULL;
             BEGIN
-                PERFORM dblink_exec('pgfleet_' || nodes[i], format('ROLLBACK PREPARED %L', gids[i]));
+                PERFORM dblink_exec(links[i], format('ROLLBACK PREPARED %L', gids[i]));
             EXCEPTION WHEN OTHERS THEN
                 RAISE WARNING 'pgfleet: could not roll back prepared transaction % on node %: %', gids[i], nodes[i], SQLERRM;
             END;
@@ -284,20 +381,58 @@ BEGIN
                   HINT = 'Nothing was changed on the coordinator or the workers; start the node (pgfleet up / '
                          'pgfleet status) or remove the cause, and run the transaction again.';
     END IF;
-    -- 3b. every worker has prepared: commit them all (sent to all, then collected)
-    FOR i IN 1 .. cardinality(nodes) LOOP
-        CONTINUE WHEN gids[i] IS NULL;
-        err := pgfleet.link_send(nodes[i], format('COMMIT PREPARED %L', gids[i]), false);
-        states[i] := err[1];
-        messages[i] := err[2];
-    END LOOP;
-    FOR i IN 1 .. cardinality(nodes) LOOP
-        CONTINUE WHEN gids[i] IS NULL;
-        err := CASE WHEN states[i] IS NULL THEN pgfleet.link_wait(nodes[i]) ELSE ARRAY[states[i], messages[i]] END;
-        IF err IS NOT NULL THEN  -- the worker keeps it prepared; worker_link commits it on the next link
-            RAISE WARNING 'pgfleet: node % has not committed prepared transaction % yet: %', nodes[i], gids[i], err[2]
-                USING HINT = 'It is committed when a session next connects to the node.';
+    -- The links now have this transaction's prepared statements (kept even if the transaction aborts
+    -- later; the setting then reverts, and a repeated PREPARE is caught by step 3).
+    FOR i IN 1 .. n LOOP
+        IF prepares[i] IS NOT NULL THEN
+            PERFORM set_config('pgfleet.prepared_' || nodes[i],
+                               coalesce(current_setting('pgfleet.prepared_' || nodes[i], true), '') || prepares[i], false);
         END IF;
+    END LOOP;
+    DELETE FROM pgfleet.ddl_queue WHERE xid = me;
+    -- 4b. every worker has prepared: commit them all (sent to all, then collected)
+    i := 1;
+    WHILE i <= n LOOP
+        BEGIN
+            WHILE i <= n LOOP
+                IF gids[i] IS NOT NULL THEN
+                    IF dblink_send_query(links[i], format('COMMIT PREPARED %L', gids[i])) <> 1 THEN
+                        RAISE EXCEPTION USING ERRCODE = 'connection_failure', MESSAGE = dblink_error_message(links[i]);
+                    END IF;
+                END IF;
+                i := i + 1;
+            END LOOP;
+        EXCEPTION WHEN OTHERS THEN
+            states[i] := SQLSTATE;
+            messages[i] := SQLERRM;
+            i := i + 1;
+        END;
+    END LOOP;
+    i := 1;
+    WHILE i <= n LOOP
+        BEGIN
+            WHILE i <= n LOOP
+                IF gids[i] IS NOT NULL AND states[i] IS NULL THEN
+                    LOOP
+                        EXIT WHEN NOT EXISTS (SELECT FROM dblink_get_result(links[i]) AS r(status text));
+                    END LOOP;
+                END IF;
+                i := i + 1;
+            END LOOP;
+        EXCEPTION WHEN OTHERS THEN
+            states[i] := SQLSTATE;
+            messages[i] := SQLERRM;
+            i := i + 1;
+        END;
+    END LOOP;
+    FOR i IN 1 .. n LOOP
+        CONTINUE WHEN gids[i] IS NULL OR states[i] IS NULL;
+        -- the worker keeps it prepared; worker_link commits it on the next link
+        IF links[i] = ANY (coalesce(dblink_get_connections(), '{}')) THEN
+            PERFORM dblink_disconnect(links[i]);
+        END IF;
+        RAISE WARNING 'pgfleet: node % has not committed prepared transaction % yet: %', nodes[i], gids[i], messages[i]
+            USING HINT = 'It is committed when a session next connects to the node.';
     END LOOP;
     RETURN NULL;
 END $$;
@@ -316,5 +451,5 @@ WHERE t.method = 'reference';
 
 -- These run SQL on the workers as the catalog's owner: for pgfleet's triggers only.
 REVOKE EXECUTE ON FUNCTION pgfleet.worker_link(text, bool), pgfleet.worker_two_phase(text),
-    pgfleet.link_wait(text), pgfleet.link_send(text, text, bool),
+    pgfleet.link_wait(text), pgfleet.link_send(text, text, bool), pgfleet.link_batches(xid8),
     pgfleet.queue_for_copies(oid, text, jsonb) FROM PUBLIC;
