@@ -178,6 +178,7 @@ def test_a_query_split_across_packets_is_not_misread(cluster: LocalCluster, rout
     import asyncio
 
     from pgfleet.router import protocol as p
+    from pgfleet.router import wire
     from pgfleet.router.backend import WorkerConnection, WorkerLogin
 
     async def scenario() -> list[p.Message]:
@@ -185,13 +186,15 @@ def test_a_query_split_across_packets_is_not_misread(cluster: LocalCluster, rout
                             cluster.spec.dbname)
         conn = await WorkerConnection.open(login, (("search_path", f"{data},public"),))
         query = p.Query("123SELECT * FROM t WHERE id = 1").encode()
-        conn.writer.write(query[:3])  # part of the header only; the tail, read as a message, is a routable SELECT
-        await conn.writer.drain()
+        reply: asyncio.Future[bytes | None] = asyncio.get_running_loop().create_future()
+        conn.send(query[:3], reply.set_result)  # part of the header only; the tail, read as a message, is a routable SELECT
         await asyncio.sleep(0.3)
-        conn.writer.write(query[3:])
-        messages = [p.decode_backend(t, b) for t, b in await asyncio.wait_for(conn._until_ready(), 10)]
-        conn.writer.write(p.Query("SELECT 'in sync'").encode())
-        messages += [p.decode_backend(t, b) for t, b in await asyncio.wait_for(conn._until_ready(), 10)]
+        assert conn.transport is not None
+        conn.transport.write(query[3:])
+        first = await asyncio.wait_for(reply, 10)
+        assert first is not None
+        messages = [p.decode_backend(t, b) for t, b in wire.Framer().feed(first)]
+        messages += [p.decode_backend(t, b) for t, b in await asyncio.wait_for(conn.request("SELECT 'in sync'"), 10)]
         conn.close()
         return messages
 

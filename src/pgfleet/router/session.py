@@ -350,7 +350,7 @@ class ClientSession(asyncio.Protocol):
             return False
         self.busy = True
         self.context.stats.queries += 1
-        self.context.spawn(self._run_routed(decision.route, data))
+        self._route(decision.route, data)
         return True
 
     def _worker_settings(self) -> tuple[tuple[str, str], ...]:
@@ -362,10 +362,34 @@ class ClientSession(asyncio.Protocol):
                 settings[name] = self.reported[name]
         return tuple(settings.items())
 
+    def _route(self, route: Shard, raw: bytes) -> None:
+        conn = self.workers.get(route.node)
+        if conn is None or conn.broken or conn.user != self.user:
+            self.context.spawn(self._run_routed(route, raw))
+            return
+        self.running_on = conn
+        try:  # the hot path: no task, the reply's bytes go to the client as they came
+            conn.send(p.Query(route.sql).encode(), lambda reply: self._routed_reply(route, raw, reply))
+        except BackendError as exc:
+            self._routed_reply(route, raw, None, exc)
+
+    def _routed_reply(self, route: Shard, raw: bytes, reply: bytes | None, exc: Exception | None = None) -> None:
+        self.running_on = None
+        if reply is None:
+            self._drop_worker(route, exc or BackendError("worker connection lost"))
+        self._routed_done(reply, raw)
+
+    def _drop_worker(self, route: Shard, exc: Exception) -> None:
+        log.warning("routing to %s failed, sending the statement to the coordinator: %s", route.node, exc)
+        broken = self.workers.pop(route.node, None)
+        if broken is not None:
+            broken.close()
+
     async def _run_routed(self, route: Shard, raw: bytes) -> None:
+        """Open the worker connection first, or run under another role than the login role."""
         routing = self.context.routing
         assert routing is not None
-        ok, messages = False, list[tuple[bytes, bytes]]()
+        reply: bytes | None = None
         try:
             conn = self.workers.get(route.node)
             if conn is None or conn.broken:
@@ -376,16 +400,20 @@ class ClientSession(asyncio.Protocol):
                 ok, messages = await conn.run_as(self.user, route.sql)
             finally:
                 self.running_on = None
+            if ok:
+                reply = b"".join(wire.frame(t, b) for t, b in messages)
         except BackendError as exc:
-            log.warning("routing to %s failed, sending the statement to the coordinator: %s", route.node, exc)
-            broken = self.workers.pop(route.node, None)
-            if broken is not None:
-                broken.close()
+            self._drop_worker(route, exc)
+        self._routed_done(reply, raw)
+
+    def _routed_done(self, reply: bytes | None, raw: bytes) -> None:
+        """A routed statement's reply to the client, or the statement to the coordinator when it could not
+        run on the worker; then what the client sent meanwhile."""
         if self.phase is Phase.CLOSED:
             return
-        if ok:
+        if reply is not None:
             self.context.stats.routed += 1
-            self._write(b"".join(wire.frame(t, b) for t, b in messages))
+            self._write(reply)
         else:
             self.context.stats.routing_fallbacks += 1
             self.context.stats.queries -= 1  # counted again on the way to the coordinator
