@@ -42,7 +42,7 @@ class RouterStats:
     clients_active: int = 0
     queries: int = 0  # simple-protocol Query messages
     executes: int = 0  # extended-protocol Execute messages
-    cancels: int = 0  # cancel requests forwarded to a server or a peer router process
+    cancels: int = 0  # cancel requests forwarded to a server (counted by the process holding the session)
     protocol_errors: int = 0
     routed: int = 0  # statements sent straight to a worker
     routing_fallbacks: int = 0  # routable statements sent to the coordinator after all (worker refused the role, …)
@@ -78,7 +78,6 @@ class RouterContext:
             if peer is None:
                 log.info("cancel request for router process %d, which is not known here: ignored", owner)
                 return
-            self.stats.cancels += 1
             self.spawn(send_cancel(peer, request))
             return
         session = self.sessions.get(request.process_id)
