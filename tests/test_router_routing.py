@@ -202,3 +202,29 @@ def test_a_query_split_across_packets_is_not_misread(cluster: LocalCluster, rout
     errors = [m for m in messages if isinstance(m, p.ErrorResponse)]
     assert [e.sqlstate for e in errors] == ["42601"]  # the coordinator's syntax error for the real statement
     assert p.DataRow((b"in sync",)) in messages
+
+
+def test_a_worker_connection_ended_while_idle_is_opened_again(cluster: LocalCluster, router: RouterServer,
+                                                              data: str) -> None:
+    """The worker ends the router's idle connection (restart, pg_terminate_backend): the next routed
+    statement opens a new one and still runs on the worker, not on the coordinator."""
+    import time
+
+    from pgfleet.execute.connect import connect as connect_node
+    from pgfleet.router.analyze import Shard, analyze
+
+    routing = router.config.routing
+    assert routing is not None
+    route = analyze("SELECT * FROM t WHERE id = 1", routing.topology, search_path=(data, "public"))
+    assert isinstance(route, Shard)
+    with connect(cluster, router.config.port, data) as conn:
+        expected = run(conn, "SELECT * FROM t WHERE id = 1")
+        with connect_node(cluster.endpoint(route.node), autocommit=True) as admin:
+            ended = admin.execute("SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity "
+                                  "WHERE application_name = 'pgfleet router'").fetchone()
+        assert ended is not None and ended[0] >= 1
+        time.sleep(0.5)  # the worker's FATAL message and end of connection reach the router
+        stats = router.context.stats
+        routed, fallbacks = stats.routed, stats.routing_fallbacks
+        assert run(conn, "SELECT * FROM t WHERE id = 1") == expected
+        assert (stats.routed, stats.routing_fallbacks) == (routed + 1, fallbacks)
