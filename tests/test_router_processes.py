@@ -30,6 +30,7 @@ def test_processes_share_the_port_and_forward_cancels(cluster: LocalCluster) -> 
     try:
         proc = running(cluster)
         assert proc is not None and len(proc.pids) == 2 and len(proc.peer_ports) == 2
+        assert f"2 processes: pids {proc.pids[0]}, {proc.pids[1]}" in started.stderr
         conns = [psycopg.connect(started.stdout.strip(), autocommit=True) for _ in range(16)]
         try:
             for conn in conns:

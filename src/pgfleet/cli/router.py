@@ -41,7 +41,10 @@ def start(ctx: click.Context, port: int | None, route: bool, processes: int | No
     if not started and port is not None and port != proc.port:
         click.echo(f"router already running on port {proc.port} (pid {proc.pid}); stop it first to change the port", err=True)
     else:
-        click.echo(f"router {'started' if started else 'already running'} on port {proc.port} (pid {proc.pid})", err=True)
+        count = len(proc.pids) or 1
+        several = f", {count} processes: pids {', '.join(map(str, proc.pids))}" if count > 1 else ""
+        click.echo(f"router {'started' if started else 'already running'} on port {proc.port} (pid {proc.pid}{several})",
+                   err=True)
     click.echo(dsn(local, proc.port))
 
 
