@@ -228,3 +228,44 @@ def test_a_worker_connection_ended_while_idle_is_opened_again(cluster: LocalClus
         routed, fallbacks = stats.routed, stats.routing_fallbacks
         assert run(conn, "SELECT * FROM t WHERE id = 1") == expected
         assert (stats.routed, stats.routing_fallbacks) == (routed + 1, fallbacks)
+
+
+def test_a_statement_in_flight_when_the_worker_connection_breaks_gets_an_error(
+        cluster: LocalCluster, router: RouterServer, data: str) -> None:
+    """A routed write whose worker connection breaks while it runs may have taken effect there: the
+    client gets an error, and the statement is not run a second time on the coordinator."""
+    import threading
+
+    from pgfleet.execute.connect import connect as connect_node
+    from pgfleet.router.analyze import Shard, analyze
+
+    routing = router.config.routing
+    assert routing is not None
+    statement = "UPDATE t SET val = val + 1 WHERE id = 1 RETURNING val"
+    route = analyze(statement, routing.topology, search_path=(data, "public"))
+    assert isinstance(route, Shard)
+    shard = next(s for s in routing.topology.table(data, "t").shards if s.index == route.shard_index)  # type: ignore[union-attr]
+    with connect_node(cluster.endpoint(route.node), autocommit=False) as locker, \
+            connect_node(cluster.endpoint(route.node), autocommit=True) as admin, \
+            connect(cluster, router.config.port, data) as conn:
+        before = run(conn, "SELECT val FROM t WHERE id = 1")[0]
+        locker.execute(sql.SQL("SELECT 1 FROM {} WHERE id = 1 FOR UPDATE").format(
+            sql.Identifier(shard.shard_schema, shard.shard_table)))
+        fallbacks = router.context.stats.routing_fallbacks
+
+        def end_the_routers_worker_backend() -> None:
+            admin.execute("SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
+                          "WHERE application_name = 'pgfleet router' AND wait_event_type = 'Lock'")
+
+        killer = threading.Timer(0.5, end_the_routers_worker_backend)
+        releaser = threading.Timer(2.0, locker.rollback)  # a statement re-run on the coordinator gets the row then
+        killer.start()
+        releaser.start()
+        try:
+            with pytest.raises(psycopg.OperationalError, match="may or may not have taken effect"):
+                run(conn, statement)  # waits for the row lock until its worker backend ends
+        finally:
+            killer.join()
+            releaser.join()
+        assert router.context.stats.routing_fallbacks == fallbacks
+        assert run(conn, "SELECT val FROM t WHERE id = 1")[0] == before  # ran nowhere: the worker's was rolled back

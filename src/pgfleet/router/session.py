@@ -93,6 +93,15 @@ class RouterContext:
         self.spawn(send_cancel(session.address, wire.CancelRequest(session.server_key.process_id, session.server_key.secret)))
 
 
+def lost_in_flight(node: str) -> bytes:
+    """What the client gets when the worker connection broke while its routed statement ran: an error
+    and an idle session (the statement may or may not have run there, so it is not run again)."""
+    error = p.error_response(CANNOT_CONNECT, f"pgfleet router: the connection to worker {node} was lost while "
+                             "it ran this statement; it may or may not have taken effect", severity="ERROR",
+                             hint="check the row, then retry")
+    return error.encode() + p.ReadyForQuery("I").encode()
+
+
 async def send_cancel(address: Address, request: wire.CancelRequest) -> None:
     try:
         reader, writer = await asyncio.wait_for(asyncio.open_connection(*address), CANCEL_TIMEOUT)
@@ -369,13 +378,16 @@ class ClientSession(asyncio.Protocol):
         self.running_on = conn
         try:  # the hot path: no task, the reply's bytes go to the client as they came
             conn.send(p.Query(route.sql).encode(), lambda reply: self._routed_reply(route, raw, reply))
-        except BackendError as exc:
-            self._routed_reply(route, raw, None, exc)
+        except BackendError as exc:  # not sent: the coordinator runs it
+            self.running_on = None
+            self._drop_worker(route, exc)
+            self._routed_done(None, raw)
 
-    def _routed_reply(self, route: Shard, raw: bytes, reply: bytes | None, exc: Exception | None = None) -> None:
+    def _routed_reply(self, route: Shard, raw: bytes, reply: bytes | None) -> None:
         self.running_on = None
-        if reply is None:
-            self._drop_worker(route, exc or BackendError("worker connection lost"))
+        if reply is None:  # sent, and the connection broke: it may have run, so it is not run again
+            self._drop_worker(route, BackendError("worker connection lost"))
+            reply = lost_in_flight(route.node)
         self._routed_done(reply, raw)
 
     def _drop_worker(self, route: Shard, exc: Exception) -> None:
@@ -394,15 +406,20 @@ class ClientSession(asyncio.Protocol):
             if conn is None or conn.broken:
                 conn = await WorkerConnection.open(routing.login(route.node), self._worker_settings())
                 self.workers[route.node] = conn
-            self.running_on = conn
-            try:
-                ok, messages = await conn.run_as(self.user, route.sql)
-            finally:
-                self.running_on = None
+        except BackendError as exc:  # not sent: the coordinator runs it
+            self._drop_worker(route, exc)
+            self._routed_done(None, raw)
+            return
+        self.running_on = conn
+        try:
+            ok, messages = await conn.run_as(self.user, route.sql)
             if ok:
                 reply = b"".join(wire.frame(t, b) for t, b in messages)
-        except BackendError as exc:
+        except BackendError as exc:  # sent, and the connection broke: it may have run
             self._drop_worker(route, exc)
+            reply = lost_in_flight(route.node)
+        finally:
+            self.running_on = None
         self._routed_done(reply, raw)
 
     def _routed_done(self, reply: bytes | None, raw: bytes) -> None:
