@@ -5,13 +5,16 @@ the same run, with pgbench as the client on every side.
 
 Two throw-away local clusters under /tmp: a single server (the baseline) and a fleet (coordinator + 2
 workers) where pgbench_accounts is hash-distributed by aid over 8 shards; the router runs with
-``--route`` in its own process. ``-M simple`` statements are routed to the workers; ``-M prepared``
-uses the extended protocol, which this router step still relays to the coordinator.
+``--route`` in its own process(es): 1 process for every case, then 2 (``--processes 2``) for the
+4-client simple case. ``-M simple`` statements are routed to the workers; ``-M prepared`` uses the
+extended protocol, which the router still relays to the coordinator. Router CPU per statement is the
+CPU time of the router processes during the router's pgbench runs over the transactions they made.
 """
 
 from __future__ import annotations
 
 import json
+import os
 import statistics
 import sys
 import time
@@ -24,7 +27,16 @@ from pgfleet.cluster.local import LocalCluster
 from pgfleet.router.process import read_status, start_background, stop_background
 from pgfleet.spec import DistributeSpec, HashSpec, QualifiedName
 
-CASES = [(1, "simple"), (4, "simple"), (4, "prepared")]
+CASES = [(1, 1, "simple"), (1, 4, "simple"), (1, 4, "prepared"), (2, 4, "simple")]  # (router processes, clients, mode)
+
+
+def cpu_seconds(pids: tuple[int, ...]) -> float:
+    """User + system CPU time of these processes so far."""
+    ticks = 0
+    for pid in pids:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+        ticks += int(fields[11]) + int(fields[12])
+    return ticks / os.sysconf("SC_CLK_TCK")
 
 
 def main() -> None:
@@ -34,7 +46,7 @@ def main() -> None:
     started = time.monotonic()
     single = LocalCluster.create(base / "single", workers=0, fast=True)
     fleet_local = LocalCluster.create(base / "fleet", workers=2, fast=True)
-    results = []
+    results: list[dict[str, object]] = []
     try:
         with Fleet(fleet_local.endpoint("coord"), fleet_local) as fleet:
             fleet.register_local_workers()
@@ -42,24 +54,36 @@ def main() -> None:
                 pgbench(local, local.spec.coordinator.port, ["-i", "-q", "-s", str(args.scale)])
             fleet.distribute(DistributeSpec(QualifiedName("public", "pgbench_accounts"), "aid", HashSpec(8)))
             fleet.conn().execute("VACUUM ANALYZE")
-        proc, _ = start_background(fleet_local, route=True)
-        for clients, mode in CASES:
+        routed, running = 0, 0
+        for processes, clients, mode in CASES:
+            if processes != running:  # (re)start the router with this many processes
+                if running:
+                    routed += _routed(fleet_local)
+                    stop_background(fleet_local)
+                proc, _ = start_background(fleet_local, route=True, processes=processes)
+                running = processes
             common = ["-n", "-S", "-M", mode, "-c", str(clients), "-j", str(min(clients, 2)), "-T", str(args.duration)]
             sides: dict[str, list[float]] = {"single": [], "coordinator": [], "router": []}
+            cpu = transactions = 0.0
             for _ in range(args.reps):
                 sides["single"].append(tps(single, single.spec.coordinator.port, common))
                 sides["coordinator"].append(tps(fleet_local, fleet_local.spec.coordinator.port, common))
+                before = cpu_seconds(proc.pids)
                 sides["router"].append(tps(fleet_local, proc.port, common))
+                cpu += cpu_seconds(proc.pids) - before
+                transactions += sides["router"][-1] * args.duration
             medians = {k: statistics.median(v) for k, v in sides.items()}
-            row = {"clients": clients, "mode": mode, **{f"{k}_tps": v for k, v in medians.items()},
+            row = {"processes": processes, "clients": clients, "mode": mode,
+                   **{f"{k}_tps": v for k, v in medians.items()},
                    "coordinator_ratio": round(medians["coordinator"] / medians["single"], 3),
-                   "router_ratio": round(medians["router"] / medians["single"], 3), "runs": sides}
+                   "router_ratio": round(medians["router"] / medians["single"], 3),
+                   "router_cpu_us_per_statement": round(cpu / transactions * 1e6, 1), "runs": sides}
             results.append(row)
-            print(f"pgbench -S -M {mode:8} -c {clients}: single {medians['single']:8.0f}  coordinator "
-                  f"{medians['coordinator']:8.0f} ({row['coordinator_ratio']:.3f})  router {medians['router']:8.0f} "
-                  f"({row['router_ratio']:.3f})", flush=True)
-        status = read_status(fleet_local)
-        routed = status.routed if status else 0
+            print(f"pgbench -S -M {mode:8} -c {clients} (router x{processes}): single {medians['single']:8.0f}  "
+                  f"coordinator {medians['coordinator']:8.0f} ({row['coordinator_ratio']:.3f})  router "
+                  f"{medians['router']:8.0f} ({row['router_ratio']:.3f}), router CPU "
+                  f"{row['router_cpu_us_per_statement']} us/statement", flush=True)
+        routed += _routed(fleet_local)
     finally:
         stop_background(fleet_local)
         fleet_local.destroy()
@@ -71,6 +95,12 @@ def main() -> None:
     (out / "router_routed.json").write_text(json.dumps(report, indent=2) + "\n")
     print(f"statements routed: {routed}; raw results: {out / 'router_routed.json'} ({report['elapsed_seconds']} s)",
           file=sys.stderr)
+
+
+def _routed(local: LocalCluster) -> int:
+    time.sleep(1.2)  # the status files are written every second
+    status = read_status(local)
+    return status.routed if status else 0
 
 
 if __name__ == "__main__":

@@ -7,6 +7,7 @@ import pytest
 from test_router_analyze import NOT_ROUTED, ROUTED, TOPOLOGY
 
 from pgfleet.router.analyze import Coordinator, Shard, analyze
+from pgfleet.router.snapshot import RoutingTopology
 from pgfleet.router.routing import PreparedCache, decide, normalize, parse_search_path, session_neutral
 
 STATEMENTS = [sql for sql, params, *_ in ROUTED + NOT_ROUTED if not params] + [
@@ -63,3 +64,15 @@ def test_session_state_and_search_path() -> None:
         assert decide(sql, TOPOLOGY, ("public",)).keeps_state is False
     assert decide("SELECT 1/0", TOPOLOGY, ("public",)) .route == Coordinator("no distributed table")
     assert parse_search_path('"$user", public, "My Schema", Other', "alice") == ("alice", "public", "My Schema", "other")
+
+
+def test_the_same_text_is_decided_once_per_topology() -> None:
+    cache = PreparedCache(exact_size=2)
+    sql = "SELECT * FROM orders WHERE id = 5"
+    first = decide(sql, TOPOLOGY, ("public",), cache)
+    assert decide(sql, TOPOLOGY, ("public",), cache) is first  # by exact text: no scan, no bind
+    assert decide(sql, TOPOLOGY, ("other", "public"), cache) is not first  # another search_path: its own entry
+    decide("SELECT * FROM orders WHERE id = 6", TOPOLOGY, ("public",), cache)  # evicts the oldest
+    assert decide(sql, TOPOLOGY, ("public",), cache) is not first and decide(sql, TOPOLOGY, ("public",), cache) == first
+    moved = RoutingTopology(tables=TOPOLOGY.tables[:1])  # a new snapshot: decisions are made again
+    assert decide(sql, moved, ("public",), cache) is not first

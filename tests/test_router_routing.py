@@ -178,6 +178,7 @@ def test_a_query_split_across_packets_is_not_misread(cluster: LocalCluster, rout
     import asyncio
 
     from pgfleet.router import protocol as p
+    from pgfleet.router import wire
     from pgfleet.router.backend import WorkerConnection, WorkerLogin
 
     async def scenario() -> list[p.Message]:
@@ -185,13 +186,15 @@ def test_a_query_split_across_packets_is_not_misread(cluster: LocalCluster, rout
                             cluster.spec.dbname)
         conn = await WorkerConnection.open(login, (("search_path", f"{data},public"),))
         query = p.Query("123SELECT * FROM t WHERE id = 1").encode()
-        conn.writer.write(query[:3])  # part of the header only; the tail, read as a message, is a routable SELECT
-        await conn.writer.drain()
+        reply: asyncio.Future[bytes | None] = asyncio.get_running_loop().create_future()
+        conn.send(query[:3], reply.set_result)  # part of the header only; the tail, read as a message, is a routable SELECT
         await asyncio.sleep(0.3)
-        conn.writer.write(query[3:])
-        messages = [p.decode_backend(t, b) for t, b in await asyncio.wait_for(conn._until_ready(), 10)]
-        conn.writer.write(p.Query("SELECT 'in sync'").encode())
-        messages += [p.decode_backend(t, b) for t, b in await asyncio.wait_for(conn._until_ready(), 10)]
+        assert conn.transport is not None
+        conn.transport.write(query[3:])
+        first = await asyncio.wait_for(reply, 10)
+        assert first is not None
+        messages = [p.decode_backend(t, b) for t, b in wire.Framer().feed(first)]
+        messages += [p.decode_backend(t, b) for t, b in await asyncio.wait_for(conn.request("SELECT 'in sync'"), 10)]
         conn.close()
         return messages
 
@@ -199,3 +202,70 @@ def test_a_query_split_across_packets_is_not_misread(cluster: LocalCluster, rout
     errors = [m for m in messages if isinstance(m, p.ErrorResponse)]
     assert [e.sqlstate for e in errors] == ["42601"]  # the coordinator's syntax error for the real statement
     assert p.DataRow((b"in sync",)) in messages
+
+
+def test_a_worker_connection_ended_while_idle_is_opened_again(cluster: LocalCluster, router: RouterServer,
+                                                              data: str) -> None:
+    """The worker ends the router's idle connection (restart, pg_terminate_backend): the next routed
+    statement opens a new one and still runs on the worker, not on the coordinator."""
+    import time
+
+    from pgfleet.execute.connect import connect as connect_node
+    from pgfleet.router.analyze import Shard, analyze
+
+    routing = router.config.routing
+    assert routing is not None
+    route = analyze("SELECT * FROM t WHERE id = 1", routing.topology, search_path=(data, "public"))
+    assert isinstance(route, Shard)
+    with connect(cluster, router.config.port, data) as conn:
+        expected = run(conn, "SELECT * FROM t WHERE id = 1")
+        with connect_node(cluster.endpoint(route.node), autocommit=True) as admin:
+            ended = admin.execute("SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity "
+                                  "WHERE application_name = 'pgfleet router'").fetchone()
+        assert ended is not None and ended[0] >= 1
+        time.sleep(0.5)  # the worker's FATAL message and end of connection reach the router
+        stats = router.context.stats
+        routed, fallbacks = stats.routed, stats.routing_fallbacks
+        assert run(conn, "SELECT * FROM t WHERE id = 1") == expected
+        assert (stats.routed, stats.routing_fallbacks) == (routed + 1, fallbacks)
+
+
+def test_a_statement_in_flight_when_the_worker_connection_breaks_gets_an_error(
+        cluster: LocalCluster, router: RouterServer, data: str) -> None:
+    """A routed write whose worker connection breaks while it runs may have taken effect there: the
+    client gets an error, and the statement is not run a second time on the coordinator."""
+    import threading
+
+    from pgfleet.execute.connect import connect as connect_node
+    from pgfleet.router.analyze import Shard, analyze
+
+    routing = router.config.routing
+    assert routing is not None
+    statement = "UPDATE t SET val = val + 1 WHERE id = 1 RETURNING val"
+    route = analyze(statement, routing.topology, search_path=(data, "public"))
+    assert isinstance(route, Shard)
+    shard = next(s for s in routing.topology.table(data, "t").shards if s.index == route.shard_index)  # type: ignore[union-attr]
+    with connect_node(cluster.endpoint(route.node), autocommit=False) as locker, \
+            connect_node(cluster.endpoint(route.node), autocommit=True) as admin, \
+            connect(cluster, router.config.port, data) as conn:
+        before = run(conn, "SELECT val FROM t WHERE id = 1")[0]
+        locker.execute(sql.SQL("SELECT 1 FROM {} WHERE id = 1 FOR UPDATE").format(
+            sql.Identifier(shard.shard_schema, shard.shard_table)))
+        fallbacks = router.context.stats.routing_fallbacks
+
+        def end_the_routers_worker_backend() -> None:
+            admin.execute("SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
+                          "WHERE application_name = 'pgfleet router' AND wait_event_type = 'Lock'")
+
+        killer = threading.Timer(0.5, end_the_routers_worker_backend)
+        releaser = threading.Timer(2.0, locker.rollback)  # a statement re-run on the coordinator gets the row then
+        killer.start()
+        releaser.start()
+        try:
+            with pytest.raises(psycopg.OperationalError, match="may or may not have taken effect"):
+                run(conn, statement)  # waits for the row lock until its worker backend ends
+        finally:
+            killer.join()
+            releaser.join()
+        assert router.context.stats.routing_fallbacks == fallbacks
+        assert run(conn, "SELECT val FROM t WHERE id = 1")[0] == before  # ran nowhere: the worker's was rolled back

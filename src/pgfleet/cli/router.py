@@ -29,17 +29,22 @@ def router() -> None:
 @click.option("--port", type=int, help="Port on 127.0.0.1 (default: the first free port from 6432).")
 @click.option("--route", is_flag=True,
               help="Send single-shard statements (simple protocol, autocommit, superuser sessions) straight to the workers.")
+@click.option("--processes", type=int, default=None,
+              help="Router processes accepting on the port (default: the number of cores).")
 @click.pass_context
-def start(ctx: click.Context, port: int | None, route: bool) -> None:
+def start(ctx: click.Context, port: int | None, route: bool, processes: int | None) -> None:
     """Start the router in the background (nothing happens when it already runs)."""
-    from ..router.process import dsn, start_background
+    from ..router.process import default_processes, dsn, start_background
 
     local = _local(ctx)
-    proc, started = start_background(local, port, route=route)
+    proc, started = start_background(local, port, route=route, processes=default_processes() if processes is None else processes)
     if not started and port is not None and port != proc.port:
         click.echo(f"router already running on port {proc.port} (pid {proc.pid}); stop it first to change the port", err=True)
     else:
-        click.echo(f"router {'started' if started else 'already running'} on port {proc.port} (pid {proc.pid})", err=True)
+        count = len(proc.pids) or 1
+        several = f", {count} processes: pids {', '.join(map(str, proc.pids))}" if count > 1 else ""
+        click.echo(f"router {'started' if started else 'already running'} on port {proc.port} (pid {proc.pid}{several})",
+                   err=True)
     click.echo(dsn(local, proc.port))
 
 
@@ -78,18 +83,23 @@ def status(ctx: click.Context, as_json: bool) -> None:
 @click.option("--port", type=int, required=True)
 @click.option("--process-index", default=0, show_default=True, type=int)
 @click.option("--route", is_flag=True)
+@click.option("--peer-ports", default="", help="Each process's own port, by index (several processes).")
 @click.pass_context
-def run(ctx: click.Context, port: int, process_index: int, route: bool) -> None:
+def run(ctx: click.Context, port: int, process_index: int, route: bool, peer_ports: str) -> None:
     """Serve in the foreground until SIGTERM (what 'router start' runs in the background)."""
     import logging
 
-    from ..router.process import STATUS_FILE, coordinator_address, local_routing
+    from ..router.process import coordinator_address, local_routing, status_file
     from ..router.server import RouterConfig, run_forever
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
     local = _local(ctx)
+    ports = [int(p) for p in peer_ports.split(",") if p]
+    peers = {i: ("127.0.0.1", p) for i, p in enumerate(ports) if i != process_index}
     run_forever(RouterConfig(port=port, upstream=coordinator_address(local), process_index=process_index,
-                             status_file=local.directory / STATUS_FILE, routing=local_routing(local) if route else None))
+                             peers=peers, reuse_port=bool(ports), peer_port=ports[process_index] if ports else None,
+                             status_file=status_file(local, process_index),
+                             routing=local_routing(local) if route else None))
 
 
 COMMANDS = (router,)

@@ -1,18 +1,23 @@
-"""The router's own connections to workers: the wire protocol over asyncio streams, authenticated with
+"""The router's own connections to workers: the wire protocol as an asyncio protocol, authenticated with
 SCRAM-SHA-256 as the cluster superuser (its password comes from the cluster's files, in memory only).
 
-A routed statement runs as ``SET ROLE <client user>; <statement>; RESET ROLE`` in one simple Query, so it
-has the client's privileges and runs in one implicit transaction: if the statement fails, the
+A routed statement's reply is collected as the bytes that came (scanned only to find ReadyForQuery) and
+written to the client in one piece. For a client that is the login role itself, the statement is sent
+as it is, in one round trip. Otherwise it runs as ``SET ROLE <client user>; <statement>; RESET ROLE`` in
+one simple Query, so it has the client's privileges and runs in one implicit transaction: if the statement fails, the
 transaction aborts and the role change is undone with it."""
 
 from __future__ import annotations
 
 import asyncio
 import base64
+import collections
 import hashlib
 import hmac
 import os
+from collections.abc import Callable
 from dataclasses import dataclass
+from typing import cast
 
 from . import protocol as p
 from . import wire
@@ -65,65 +70,162 @@ class _Scram:
             raise BackendError("SCRAM: the server's signature does not match")
 
 
-class WorkerConnection:
-    def __init__(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter, user: str) -> None:
+class WorkerConnection(asyncio.Protocol):
+    """One connection to a worker, as an asyncio protocol: messages are read during the handshake, and a
+    routed statement's reply is collected as the bytes that came (scanned for ReadyForQuery, not decoded)
+    and handed on in one piece."""
+
+    def __init__(self, user: str) -> None:
         self.user = user  # the login role
-        self.address = writer.get_extra_info("peername")[:2]
+        self.address: tuple[str, int] = ("", 0)
         self.cancel_key: tuple[int, bytes] | None = None  # the worker backend's, to cancel a routed statement
-        self.reader = reader
-        self.writer = writer
+        self.transport: asyncio.Transport | None = None
         self.broken = False
+        self._framer = wire.Framer()
+        self._handshake = True  # messages are decoded until the first ReadyForQuery
+        self._messages: collections.deque[tuple[bytes, bytes]] = collections.deque()
+        self._waiter: asyncio.Future[None] | None = None
+        self._reply: list[bytes] = []
+        self._ready_seen = False
+        self._done: Callable[[bytes | None], None] | None = None
 
     @classmethod
     async def open(cls, login: WorkerLogin, settings: tuple[tuple[str, str], ...] = ()) -> WorkerConnection:
+        loop = asyncio.get_running_loop()
         try:
-            reader, writer = await asyncio.wait_for(asyncio.open_connection(login.host, login.port), CONNECT_TIMEOUT)
+            _, conn = await asyncio.wait_for(
+                loop.create_connection(lambda: cls(login.user), login.host, login.port), CONNECT_TIMEOUT)
         except (OSError, TimeoutError) as exc:
             raise BackendError(f"cannot connect to {login.host}:{login.port}: {exc}") from None
-        conn = cls(reader, writer, login.user)
+        try:
+            await asyncio.wait_for(conn._authenticate(login, settings), CONNECT_TIMEOUT)
+        except BaseException:
+            conn.close()
+            raise
+        return conn
+
+    async def _authenticate(self, login: WorkerLogin, settings: tuple[tuple[str, str], ...]) -> None:
         params = (("user", login.user), ("database", login.database), ("application_name", "pgfleet router"), *settings)
-        writer.write(wire.StartupMessage(wire.PROTOCOL_3_0, params).encode())
+        self._send(wire.StartupMessage(wire.PROTOCOL_3_0, params).encode())
         scram: _Scram | None = None
         while True:
-            type_byte, payload = await conn.read()
+            type_byte, payload = await self.read()
             message = p.decode_backend(type_byte, payload)
             if isinstance(message, p.ErrorResponse):
                 raise BackendError(f"{login.host}:{login.port}: {message.message}")
             if isinstance(message, p.Authentication):
                 if message.code == 10:
                     scram = _Scram(login.password)
-                    writer.write(p.sasl_initial_response("SCRAM-SHA-256", scram.first()).encode())
+                    self._send(p.sasl_initial_response("SCRAM-SHA-256", scram.first()).encode())
                 elif message.code == 11 and scram is not None:
-                    writer.write(p.AuthResponse(scram.final(message.data)).encode())
+                    self._send(p.AuthResponse(scram.final(message.data)).encode())
                 elif message.code == 12 and scram is not None:
                     scram.verify(message.data)
                 elif message.code != 0:
                     raise BackendError(f"unsupported authentication request {message.code} from {login.host}:{login.port}")
             elif isinstance(message, p.BackendKeyData):
-                conn.cancel_key = (message.process_id, message.secret)
+                self.cancel_key = (message.process_id, message.secret)
             elif isinstance(message, p.ReadyForQuery):
-                return conn
+                if self._messages or self._framer.buffered:
+                    raise BackendError(f"{login.host}:{login.port} sent messages after ReadyForQuery")
+                self._handshake = False
+                return
+
+    # --- asyncio.Protocol ---------------------------------------------------------------------------
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = cast(asyncio.Transport, transport)
+        peer = transport.get_extra_info("peername")
+        self.address = (peer[0], peer[1]) if peer else ("", 0)
+
+    def data_received(self, data: bytes) -> None:
+        try:
+            if self._handshake:
+                self._messages.extend(self._framer.feed(data))
+                self._wake()
+                return
+            if self._done is None:  # nothing asked: the server is ending the session (or misbehaving)
+                self._fail()
+                return
+            types = self._framer.scan(data)
+        except wire.ProtocolViolation:
+            self._fail()
+            return
+        self._reply.append(data)
+        if b"Z" in types:
+            self._ready_seen = True
+        if self._ready_seen and self._framer.at_boundary:
+            reply, done = b"".join(self._reply), self._done
+            self._reply, self._done, self._ready_seen = [], None, False
+            done(reply)
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.broken = True
+        self._fail()
+
+    def _fail(self) -> None:
+        self.broken = True
+        self._wake()
+        done, self._done = self._done, None
+        self._reply = []
+        if self.transport is not None and not self.transport.is_closing():
+            self.transport.close()
+        if done is not None:
+            done(None)
+
+    def _wake(self) -> None:
+        if self._waiter is not None and not self._waiter.done():
+            self._waiter.set_result(None)
+
+    def _send(self, data: bytes) -> None:
+        if self.transport is None or self.transport.is_closing():
+            self.broken = True
+            raise BackendError("worker connection lost")
+        self.transport.write(data)
+
+    # --- use ------------------------------------------------------------------------------------------
+    def send(self, request: bytes, done: Callable[[bytes | None], None]) -> None:
+        """Send complete messages ending in a Sync or a Query; ``done`` gets every reply byte up to and
+        including ReadyForQuery, or None when the connection broke (then nothing of the reply is kept)."""
+        if self._done is not None or self._handshake:
+            raise BackendError("the worker connection is busy")
+        self._done = done
+        try:
+            self._send(request)
+        except BackendError:
+            self._done = None
+            raise
 
     async def read(self) -> tuple[bytes, bytes]:
-        try:
-            header = await self.reader.readexactly(5)
-            length = int.from_bytes(header[1:5], "big", signed=True)
-            if length < 4:
-                raise BackendError(f"invalid message length {length} from a worker")
-            return header[:1], await self.reader.readexactly(length - 4)
-        except (OSError, asyncio.IncompleteReadError) as exc:
-            self.broken = True
-            raise BackendError(f"worker connection lost: {exc}") from None
+        """The next message of the handshake."""
+        while not self._messages:
+            if self.broken:
+                raise BackendError("worker connection lost")
+            self._waiter = asyncio.get_running_loop().create_future()
+            await self._waiter
+            self._waiter = None
+        return self._messages.popleft()
+
+    async def request(self, sql: str) -> list[tuple[bytes, bytes]]:
+        """Run one simple Query; its messages up to and including ReadyForQuery."""
+        future: asyncio.Future[bytes | None] = asyncio.get_running_loop().create_future()
+
+        def done(reply: bytes | None) -> None:
+            if not future.done():
+                future.set_result(reply)
+
+        self.send(p.Query(sql).encode(), done)
+        reply = await future
+        if reply is None:
+            raise BackendError("worker connection lost")
+        return wire.Framer().feed(reply)
 
     async def run_as(self, role: str, sql: str) -> tuple[bool, list[tuple[bytes, bytes]]]:
         """Run ``sql`` under ``role``; (whether the role could be set, the statement's messages up to and
         including ReadyForQuery, without those of SET ROLE and RESET ROLE)."""
         if role == self.user:  # already that role: one statement, no role switch
-            self.writer.write(p.Query(sql).encode())
-            return True, await self._until_ready()
+            return True, await self.request(sql)
         text = f"SET ROLE {qualified(role)};\n{sql}\n;\nRESET ROLE"  # the newline ends a trailing -- comment
-        self.writer.write(p.Query(text).encode())
-        messages = await self._until_ready()
+        messages = await self.request(text)
         first = messages[0]
         if first[0] == b"E":
             return False, messages  # the role does not exist on the worker, or may not be set
@@ -135,15 +237,7 @@ class WorkerConnection:
             del body[-2]
         return True, body
 
-    async def _until_ready(self) -> list[tuple[bytes, bytes]]:
-        messages: list[tuple[bytes, bytes]] = []
-        while True:
-            type_byte, payload = await self.read()
-            messages.append((type_byte, payload))
-            if type_byte == b"Z":
-                return messages
-
     def close(self) -> None:
-        if not self.writer.is_closing():
-            self.writer.write(p.Terminate().encode())
-            self.writer.close()
+        if self.transport is not None and not self.transport.is_closing():
+            self.transport.write(p.Terminate().encode())
+            self.transport.close()

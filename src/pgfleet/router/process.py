@@ -19,6 +19,7 @@ from ..cluster.local import LocalCluster
 from ..errors import RouterError
 from ..node.ports import claim_port, claim_ports, release_ports
 from .backend import WorkerLogin
+from .keys import MAX_PROCESS_INDEX
 from .routing import Routing
 from .session import Address
 from .snapshot import RoutingTopology
@@ -33,14 +34,17 @@ START_TIMEOUT = 15.0
 
 @dataclass(frozen=True)
 class RouterProcess:
-    pid: int
-    port: int
+    pid: int  # process 0's
+    port: int  # the port every process accepts on
+    pids: tuple[int, ...] = ()  # every process, by index
+    peer_ports: tuple[int, ...] = ()  # each process's own port (cancel requests forwarded between them)
 
 
 @dataclass(frozen=True)
 class RouterStatus:
     pid: int
     port: int
+    processes: int
     coordinator: str
     uptime_seconds: float
     routing: bool
@@ -72,13 +76,21 @@ def coordinator_address(local: LocalCluster) -> Callable[[], Address]:
 
 
 def running(local: LocalCluster) -> RouterProcess | None:
+    """The router when its first process is alive. The pid file has one line per process: pid, shared
+    port, and the process's own port when there are several."""
     try:
-        pid_text, port_text = (local.directory / PID_FILE).read_text().split()
-        pid, port = int(pid_text), int(port_text)
-        os.kill(pid, 0)
-    except (OSError, ValueError):
+        rows = [line.split() for line in (local.directory / PID_FILE).read_text().splitlines() if line.strip()]
+        pids = tuple(int(row[0]) for row in rows)
+        port = int(rows[0][1])
+        peer_ports = tuple(int(row[2]) for row in rows if len(row) > 2)
+        os.kill(pids[0], 0)
+    except (OSError, ValueError, IndexError):
         return None
-    return RouterProcess(pid, port)
+    return RouterProcess(pids[0], port, pids, peer_ports)
+
+
+def status_file(local: LocalCluster, index: int) -> Path:
+    return local.directory / (STATUS_FILE if index == 0 else f"router.{index}.json")
 
 
 def _accepts(port: int) -> bool:
@@ -102,8 +114,16 @@ def dsn(local: LocalCluster, port: int) -> str:
     return f"postgresql://{local.spec.superuser}@127.0.0.1:{port}/{local.spec.dbname}?passfile={local.directory / PASSFILE}"
 
 
-def start_background(local: LocalCluster, port: int | None = None, *, route: bool = False) -> tuple[RouterProcess, bool]:
-    """Start the router unless it runs; return it and whether it was started now."""
+def default_processes() -> int:
+    return max(1, os.cpu_count() or 1)
+
+
+def start_background(local: LocalCluster, port: int | None = None, *, route: bool = False,
+                     processes: int = 1) -> tuple[RouterProcess, bool]:
+    """Start the router unless it runs; return it and whether it was started now. With ``processes``
+    above 1, that many processes accept on the same port (SO_REUSEPORT), each also on its own port."""
+    if not 1 <= processes <= MAX_PROCESS_INDEX + 1:
+        raise RouterError(f"--processes {processes} is out of range", hint=f"use 1..{MAX_PROCESS_INDEX + 1}")
     current = running(local)
     if current is not None:
         return current, False
@@ -111,66 +131,87 @@ def start_background(local: LocalCluster, port: int | None = None, *, route: boo
         claim_port(port, local.directory)
     else:
         port = claim_ports(1, local.directory, start=FIRST_PORT)[0]
+    peer_ports = claim_ports(processes, local.directory, start=port + 1) if processes > 1 else []
+    claimed = [port, *peer_ports]
     log_path = local.directory / LOG_FILE
+    procs: list[subprocess.Popen[bytes]] = []
     with open(log_path, "a") as log:
-        proc = subprocess.Popen(
-            [sys.executable, "-m", "pgfleet.cli.main", "--dir", str(local.directory), "router", "run",
-             "--port", str(port), *(["--route"] if route else [])],
-            stdin=subprocess.DEVNULL, stdout=log, stderr=log, start_new_session=True)
-    (local.directory / PID_FILE).write_text(f"{proc.pid} {port}\n")
+        for index in range(processes):
+            extra = ["--process-index", str(index), "--peer-ports", ",".join(map(str, peer_ports))] if peer_ports else []
+            procs.append(subprocess.Popen(
+                [sys.executable, "-m", "pgfleet.cli.main", "--dir", str(local.directory), "router", "run",
+                 "--port", str(port), *(["--route"] if route else []), *extra],
+                stdin=subprocess.DEVNULL, stdout=log, stderr=log, start_new_session=True))
+    rows = [f"{proc.pid} {port}" + (f" {peer_ports[i]}" if peer_ports else "") for i, proc in enumerate(procs)]
+    (local.directory / PID_FILE).write_text("\n".join(rows) + "\n")
     deadline = time.monotonic() + START_TIMEOUT
-    while not _accepts(port):
-        if proc.poll() is not None or time.monotonic() > deadline:
-            with contextlib.suppress(OSError):
-                proc.kill()
+    while not all(_accepts(p) for p in (peer_ports or [port])):
+        if any(proc.poll() is not None for proc in procs) or time.monotonic() > deadline:
+            for proc in procs:
+                with contextlib.suppress(OSError):
+                    proc.kill()
             (local.directory / PID_FILE).unlink(missing_ok=True)
-            release_ports([port], local.directory)
+            release_ports(claimed, local.directory)
             tail = log_path.read_text().strip().splitlines()[-3:]
             raise RouterError(f"the router did not start on port {port}" + (f": {' / '.join(tail)}" if tail else ""),
                               hint=f"see {log_path}")
         time.sleep(0.05)
     _write_passfile(local, port)
-    return RouterProcess(proc.pid, port), True
+    return RouterProcess(procs[0].pid, port, tuple(p.pid for p in procs), tuple(peer_ports)), True
+
+
+def _wait_gone(pid: int, deadline: float) -> bool:
+    while time.monotonic() < deadline:
+        with contextlib.suppress(ChildProcessError):
+            os.waitpid(pid, os.WNOHANG)
+        try:
+            os.kill(pid, 0)
+        except OSError:
+            return True
+        time.sleep(0.05)
+    return False
 
 
 def stop_background(local: LocalCluster, wait: float = 10.0) -> bool:
     current = running(local)
     if current is None:
         return False
-    os.kill(current.pid, signal.SIGTERM)
+    pids = current.pids or (current.pid,)
+    for pid in pids:
+        with contextlib.suppress(OSError):
+            os.kill(pid, signal.SIGTERM)
     deadline = time.monotonic() + wait
-    while time.monotonic() < deadline:
-        with contextlib.suppress(ChildProcessError):
-            os.waitpid(current.pid, os.WNOHANG)
-        try:
-            os.kill(current.pid, 0)
-        except OSError:
-            break
-        time.sleep(0.05)
-    else:
-        os.kill(current.pid, signal.SIGKILL)
+    for index, pid in enumerate(pids):
+        if not _wait_gone(pid, deadline):
+            with contextlib.suppress(OSError):
+                os.kill(pid, signal.SIGKILL)
+        status_file(local, index).unlink(missing_ok=True)
     (local.directory / PID_FILE).unlink(missing_ok=True)
-    (local.directory / STATUS_FILE).unlink(missing_ok=True)
-    release_ports([current.port], local.directory)
+    release_ports([current.port, *current.peer_ports], local.directory)
     return True
 
 
+COUNTERS = ("clients_active", "clients_total", "queries", "executes", "routed", "routing_fallbacks",
+            "pinned_sessions", "cancels", "protocol_errors")
+
+
 def read_status(local: LocalCluster) -> RouterStatus | None:
+    """The router's state, its counters summed over its processes."""
     current = running(local)
     if current is None:
         return None
-    try:
-        data = json.loads((local.directory / STATUS_FILE).read_text())
-    except (OSError, ValueError):
-        data = {}
-    return RouterStatus(pid=current.pid, port=current.port, coordinator=str(data.get("coordinator", "?")),
-                        uptime_seconds=round(time.time() - float(data.get("started", time.time())), 1),
-                        routing=bool(data.get("routing", False)), routed=int(data.get("routed", 0)),
-                        routing_fallbacks=int(data.get("routing_fallbacks", 0)),
-                        pinned_sessions=int(data.get("pinned_sessions", 0)),
-                        clients_active=int(data.get("clients_active", 0)), clients_total=int(data.get("clients_total", 0)),
-                        queries=int(data.get("queries", 0)), executes=int(data.get("executes", 0)),
-                        cancels=int(data.get("cancels", 0)), protocol_errors=int(data.get("protocol_errors", 0)))
+    files: list[dict[str, object]] = []
+    for index in range(len(current.pids) or 1):
+        try:
+            files.append(json.loads(status_file(local, index).read_text()))
+        except (OSError, ValueError):
+            files.append({})
+    first = files[0]
+    totals = {name: sum(int(str(f.get(name, 0))) for f in files) for name in COUNTERS}
+    return RouterStatus(pid=current.pid, port=current.port, processes=len(current.pids) or 1,
+                        coordinator=str(first.get("coordinator", "?")),
+                        uptime_seconds=round(time.time() - float(str(first.get("started", time.time()))), 1),
+                        routing=bool(first.get("routing", False)), **totals)
 
 
 def local_routing(local: LocalCluster) -> Routing:

@@ -49,6 +49,17 @@ class Decision:
 
 def decide(sql: str, topology: RoutingTopology, search_path: tuple[str, ...],
            cache: PreparedCache | None = None) -> Decision:
+    if cache is None:
+        return _decide(sql, topology, search_path, None)
+    known = cache.decision(sql, topology, search_path)  # the same text seen before: no scan at all
+    if known is None:
+        known = _decide(sql, topology, search_path, cache)
+        cache.remember(sql, search_path, known)
+    return known
+
+
+def _decide(sql: str, topology: RoutingTopology, search_path: tuple[str, ...],
+            cache: PreparedCache | None) -> Decision:
     route = cache.route(sql, topology, search_path) if cache is not None else None
     if route is None:
         route = analyze(sql, topology, search_path=search_path)
@@ -109,18 +120,34 @@ def normalize(sql: str) -> Normalized | None:
 
 
 class PreparedCache:
-    """Analyses of normalized statements for one topology snapshot and search_path."""
+    """Analyses of normalized statements, and decisions by exact statement text, for one topology
+    snapshot (both are emptied when it changes) and search_path."""
 
-    def __init__(self, size: int = 2048) -> None:
+    def __init__(self, size: int = 2048, exact_size: int = 8192) -> None:
         self.size = size
+        self.exact_size = exact_size
         self._entries: OrderedDict[tuple[str, tuple[str, ...]], Prepared | Coordinator] = OrderedDict()
+        self._exact: dict[tuple[str, tuple[str, ...]], Decision] = {}
         self._topology: RoutingTopology | None = None
+
+    def _check(self, topology: RoutingTopology) -> None:
+        if topology is not self._topology:
+            self._entries.clear()
+            self._exact.clear()
+            self._topology = topology
+
+    def decision(self, sql: str, topology: RoutingTopology, search_path: tuple[str, ...]) -> Decision | None:
+        self._check(topology)
+        return self._exact.get((sql, search_path))
+
+    def remember(self, sql: str, search_path: tuple[str, ...], decision: Decision) -> None:
+        if len(self._exact) >= self.exact_size:
+            del self._exact[next(iter(self._exact))]  # the oldest entry (insertion order)
+        self._exact[(sql, search_path)] = decision
 
     def route(self, sql: str, topology: RoutingTopology, search_path: tuple[str, ...]) -> Route | None:
         """The route of ``sql`` from a cached analysis; None when it cannot be normalized."""
-        if topology is not self._topology:
-            self._entries.clear()
-            self._topology = topology
+        self._check(topology)
         norm = normalize(sql)
         if norm is None or not norm.values:
             return None

@@ -35,6 +35,8 @@ class RouterConfig:
     peers: Mapping[int, Address] = field(default_factory=dict)
     status_file: Path | None = None
     routing: Routing | None = None  # None: relay everything to the coordinator
+    reuse_port: bool = False  # several router processes accept on ``port`` (SO_REUSEPORT)
+    peer_port: int | None = None  # this process's own port, where the others forward cancel requests
 
 
 def _run_loop(main: Coroutine[Any, Any, None]) -> None:
@@ -53,7 +55,7 @@ class RouterServer:
         self.context = RouterContext(upstream=config.upstream, process_index=config.process_index,
                                      peers=config.peers, routing=config.routing)
         self.started = time.time()
-        self._server: asyncio.Server | None = None
+        self._servers: list[asyncio.Server] = []
 
     async def start(self) -> None:
         loop = asyncio.get_running_loop()
@@ -61,13 +63,21 @@ class RouterServer:
         if routing is not None:
             await asyncio.to_thread(routing.refresh)
             self.context.spawn(self._refresh_routing(routing))
-        try:
-            self._server = await loop.create_server(lambda: ClientSession(self.context), self.config.host,
-                                                    self.config.port, reuse_address=True)
-        except OSError as exc:
-            raise NodeError(f"the router cannot listen on {self.config.host}:{self.config.port}: {exc.strerror}",
-                            hint="choose another --port") from None
-        log.info("router listening on %s:%d", self.config.host, self.config.port)
+        ports = [(self.config.port, self.config.reuse_port)]
+        if self.config.peer_port is not None:
+            ports.append((self.config.peer_port, False))
+        for port, reuse_port in ports:
+            try:
+                self._servers.append(await loop.create_server(
+                    lambda: ClientSession(self.context), self.config.host, port, reuse_address=True,
+                    reuse_port=reuse_port or None))
+            except OSError as exc:
+                for server in self._servers:
+                    server.close()
+                raise NodeError(f"the router cannot listen on {self.config.host}:{port}: {exc.strerror}",
+                                hint="choose another --port") from None
+        log.info("router process %d listening on %s:%d%s", self.config.process_index, self.config.host,
+                 self.config.port, "" if self.config.peer_port is None else f" and :{self.config.peer_port}")
 
     async def _refresh_routing(self, routing: Routing) -> None:
         while True:
@@ -87,11 +97,13 @@ class RouterServer:
     async def close(self) -> None:
         for task in list(self.context.tasks):
             task.cancel()
-        if self._server is not None:
-            self._server.close()
+        for server in self._servers:
+            server.close()
+        if self._servers:
             for session in list(self.context.sessions.values()):
                 session.refuse("57P01", "terminating connection due to administrator command (pgfleet router stopped)")
-            await self._server.wait_closed()
+        for server in self._servers:
+            await server.wait_closed()
         if self.config.status_file is not None:
             self.config.status_file.unlink(missing_ok=True)
 

@@ -42,7 +42,7 @@ class RouterStats:
     clients_active: int = 0
     queries: int = 0  # simple-protocol Query messages
     executes: int = 0  # extended-protocol Execute messages
-    cancels: int = 0  # cancel requests forwarded to a server or a peer router process
+    cancels: int = 0  # cancel requests forwarded to a server (counted by the process holding the session)
     protocol_errors: int = 0
     routed: int = 0  # statements sent straight to a worker
     routing_fallbacks: int = 0  # routable statements sent to the coordinator after all (worker refused the role, …)
@@ -78,7 +78,6 @@ class RouterContext:
             if peer is None:
                 log.info("cancel request for router process %d, which is not known here: ignored", owner)
                 return
-            self.stats.cancels += 1
             self.spawn(send_cancel(peer, request))
             return
         session = self.sessions.get(request.process_id)
@@ -92,6 +91,15 @@ class RouterContext:
             self.spawn(send_cancel(worker.address, wire.CancelRequest(*worker.cancel_key)))
             return
         self.spawn(send_cancel(session.address, wire.CancelRequest(session.server_key.process_id, session.server_key.secret)))
+
+
+def lost_in_flight(node: str) -> bytes:
+    """What the client gets when the worker connection broke while its routed statement ran: an error
+    and an idle session (the statement may or may not have run there, so it is not run again)."""
+    error = p.error_response(CANNOT_CONNECT, f"pgfleet router: the connection to worker {node} was lost while "
+                             "it ran this statement; it may or may not have taken effect", severity="ERROR",
+                             hint="check the row, then retry")
+    return error.encode() + p.ReadyForQuery("I").encode()
 
 
 async def send_cancel(address: Address, request: wire.CancelRequest) -> None:
@@ -350,7 +358,7 @@ class ClientSession(asyncio.Protocol):
             return False
         self.busy = True
         self.context.stats.queries += 1
-        self.context.spawn(self._run_routed(decision.route, data))
+        self._route(decision.route, data)
         return True
 
     def _worker_settings(self) -> tuple[tuple[str, str], ...]:
@@ -362,30 +370,66 @@ class ClientSession(asyncio.Protocol):
                 settings[name] = self.reported[name]
         return tuple(settings.items())
 
+    def _route(self, route: Shard, raw: bytes) -> None:
+        conn = self.workers.get(route.node)
+        if conn is None or conn.broken or conn.user != self.user:
+            self.context.spawn(self._run_routed(route, raw))
+            return
+        self.running_on = conn
+        try:  # the hot path: no task, the reply's bytes go to the client as they came
+            conn.send(p.Query(route.sql).encode(), lambda reply: self._routed_reply(route, raw, reply))
+        except BackendError as exc:  # not sent: the coordinator runs it
+            self.running_on = None
+            self._drop_worker(route, exc)
+            self._routed_done(None, raw)
+
+    def _routed_reply(self, route: Shard, raw: bytes, reply: bytes | None) -> None:
+        self.running_on = None
+        if reply is None:  # sent, and the connection broke: it may have run, so it is not run again
+            self._drop_worker(route, BackendError("worker connection lost"))
+            reply = lost_in_flight(route.node)
+        self._routed_done(reply, raw)
+
+    def _drop_worker(self, route: Shard, exc: Exception) -> None:
+        log.warning("routing to %s failed, sending the statement to the coordinator: %s", route.node, exc)
+        broken = self.workers.pop(route.node, None)
+        if broken is not None:
+            broken.close()
+
     async def _run_routed(self, route: Shard, raw: bytes) -> None:
+        """Open the worker connection first, or run under another role than the login role."""
         routing = self.context.routing
         assert routing is not None
-        ok, messages = False, list[tuple[bytes, bytes]]()
+        reply: bytes | None = None
         try:
             conn = self.workers.get(route.node)
             if conn is None or conn.broken:
                 conn = await WorkerConnection.open(routing.login(route.node), self._worker_settings())
                 self.workers[route.node] = conn
-            self.running_on = conn
-            try:
-                ok, messages = await conn.run_as(self.user, route.sql)
-            finally:
-                self.running_on = None
-        except BackendError as exc:
-            log.warning("routing to %s failed, sending the statement to the coordinator: %s", route.node, exc)
-            broken = self.workers.pop(route.node, None)
-            if broken is not None:
-                broken.close()
+        except BackendError as exc:  # not sent: the coordinator runs it
+            self._drop_worker(route, exc)
+            self._routed_done(None, raw)
+            return
+        self.running_on = conn
+        try:
+            ok, messages = await conn.run_as(self.user, route.sql)
+            if ok:
+                reply = b"".join(wire.frame(t, b) for t, b in messages)
+        except BackendError as exc:  # sent, and the connection broke: it may have run
+            self._drop_worker(route, exc)
+            reply = lost_in_flight(route.node)
+        finally:
+            self.running_on = None
+        self._routed_done(reply, raw)
+
+    def _routed_done(self, reply: bytes | None, raw: bytes) -> None:
+        """A routed statement's reply to the client, or the statement to the coordinator when it could not
+        run on the worker; then what the client sent meanwhile."""
         if self.phase is Phase.CLOSED:
             return
-        if ok:
+        if reply is not None:
             self.context.stats.routed += 1
-            self._write(b"".join(wire.frame(t, b) for t, b in messages))
+            self._write(reply)
         else:
             self.context.stats.routing_fallbacks += 1
             self.context.stats.queries -= 1  # counted again on the way to the coordinator
