@@ -118,3 +118,32 @@ def test_ddl_with_a_worker_down_is_refused_and_both_agree(fleet: Fleet, cluster:
     conn.execute("ALTER TABLE t ADD COLUMN b int")
     for cols in _shard_columns(fleet, schema, "t").values():
         assert cols == ["id", "a", "b"]
+
+
+def test_read_then_alter_in_one_transaction_fails_instead_of_waiting_for_ever(fleet: Fleet, cluster: LocalCluster,
+                                                                              schema: str) -> None:
+    """The workers' DDL runs at COMMIT on another connection than the transaction's postgres_fdw reads,
+    whose locks last until after it: it used to wait for ever. Now one clear error, nothing applied."""
+    setup = fleet.conn()
+    setup.execute("CREATE TABLE readalter (id bigint PRIMARY KEY, v text)")
+    setup.execute("INSERT INTO readalter SELECT g, 'v' FROM generate_series(1, 50) g")
+    fleet.distribute(DistributeSpec(QualifiedName(schema, "readalter"), "id", HashSpec(4)))
+    before = _shard_columns(fleet, schema, "readalter")
+    conn = psycopg.connect(cluster.endpoint("coord").conninfo())
+    try:
+        conn.execute(sql.SQL("SET search_path = {}").format(sql.Identifier(schema)))
+        conn.execute("SET statement_timeout = '60s'")
+        conn.commit()
+        assert conn.execute("SELECT count(*) FROM readalter").fetchone() == (50,)
+        conn.execute("ALTER TABLE readalter ADD COLUMN extra int")
+        with pytest.raises(psycopg.errors.LockNotAvailable, match="own earlier statements") as caught:
+            conn.commit()
+        assert caught.value.diag.message_hint and "Commit the statements" in caught.value.diag.message_hint
+    finally:
+        conn.close()
+    assert _shard_columns(fleet, schema, "readalter") == before
+    cols = setup.execute("SELECT attname FROM pg_attribute WHERE attrelid = 'readalter'::regclass AND attnum > 0 "
+                         "AND NOT attisdropped ORDER BY attnum").fetchall()
+    assert [c[0] for c in cols] == ["id", "v"]
+    setup.execute("ALTER TABLE readalter ADD COLUMN extra int")  # in a transaction of its own it works
+    assert all(c[-1] == "extra" for c in _shard_columns(fleet, schema, "readalter").values())

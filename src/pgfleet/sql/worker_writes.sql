@@ -249,6 +249,10 @@ RETURNS TABLE (node text, statements text, prepares text) LANGUAGE sql STABLE AS
     GROUP BY q.node
 $$;
 
+-- How long a worker's part of a commit may wait for a lock when the same transaction already used
+-- that worker through postgres_fdw (whose remote transaction ends only after the flush).
+CREATE OR REPLACE FUNCTION pgfleet.lock_wait_limit() RETURNS text LANGUAGE sql IMMUTABLE AS $$ SELECT '5s' $$;
+
 -- The deferred constraint trigger on the queue: runs the transaction's queued statements on the
 -- workers at COMMIT (see above). DDL and reference-table writes share the queue, so they reach a
 -- worker in the order the transaction made them. Each phase runs in one exception block for all
@@ -273,6 +277,8 @@ DECLARE
     prepared text;
     i int;
     failed int;
+    fdw_used text[];          -- foreign servers this transaction already used through postgres_fdw
+    heads text[] := '{}';     -- how each worker's transaction begins
 BEGIN
     SELECT array_agg(DISTINCT node ORDER BY node) INTO nodes FROM pgfleet.ddl_queue WHERE xid = me;
     IF nodes IS NULL THEN
@@ -298,12 +304,25 @@ BEGIN
     END LOOP;
     SELECT array_agg(b.statements ORDER BY b.node), array_agg(b.prepares ORDER BY b.node) INTO batches, prepares
     FROM pgfleet.link_batches(me) b;
+    -- A worker that this transaction already used through postgres_fdw has a remote transaction open
+    -- until after this flush: its locks (e.g. a read of the table a queued ALTER changes) would make the
+    -- link wait for ever. There the link's transaction waits for a lock at most lock_wait_limit().
+    IF EXISTS (SELECT FROM pg_proc WHERE proname = 'postgres_fdw_get_connections' AND 'used_in_xact' = ANY (proargnames)) THEN
+        EXECUTE 'SELECT coalesce(array_agg(server_name::text), ''{}'') FROM postgres_fdw_get_connections() WHERE used_in_xact'
+            INTO fdw_used;
+    ELSE
+        EXECUTE 'SELECT coalesce(array_agg(server_name::text), ''{}'') FROM postgres_fdw_get_connections()' INTO fdw_used;
+    END IF;
+    FOR i IN 1 .. n LOOP
+        heads[i] := 'BEGIN ISOLATION LEVEL READ COMMITTED; ' || CASE WHEN links[i] = ANY (fdw_used)
+            THEN format('SET LOCAL lock_timeout = %L; ', pgfleet.lock_wait_limit()) ELSE '' END;
+    END LOOP;
     -- 1. send each worker its transaction, all before waiting for any
     i := 1;
     WHILE i <= n LOOP
         BEGIN
             WHILE i <= n LOOP
-                IF states[i] IS NULL AND dblink_send_query(links[i], 'BEGIN ISOLATION LEVEL READ COMMITTED; ' || batches[i]
+                IF states[i] IS NULL AND dblink_send_query(links[i], heads[i] || batches[i]
                         || '; ' || coalesce(format('PREPARE TRANSACTION %L', gids[i]), 'COMMIT')) <> 1 THEN
                     RAISE EXCEPTION USING ERRCODE = 'connection_failure', MESSAGE = dblink_error_message(links[i]);
                 END IF;
@@ -349,7 +368,7 @@ BEGIN
             SELECT b.statements, b.prepares INTO batch, prepared FROM pgfleet.link_batches(me) b WHERE b.node = nodes[i];
             batches[i] := batch;
             prepares[i] := prepared;
-            err := pgfleet.link_send(nodes[i], 'BEGIN ISOLATION LEVEL READ COMMITTED; ' || batches[i] || '; '
+            err := pgfleet.link_send(nodes[i], heads[i] || batches[i] || '; '
                                      || coalesce(format('PREPARE TRANSACTION %L', gids[i]), 'COMMIT'), false);
         EXCEPTION WHEN OTHERS THEN
             err := ARRAY[SQLSTATE, SQLERRM];
@@ -376,6 +395,14 @@ BEGIN
                 RAISE WARNING 'pgfleet: could not roll back prepared transaction % on node %: %', gids[i], nodes[i], SQLERRM;
             END;
         END LOOP;
+        IF states[failed] = '55P03' AND heads[failed] LIKE '%lock_timeout%' THEN
+            RAISE EXCEPTION 'pgfleet: changes could not be applied on node %: they waited more than % for a lock, which this '
+                            'transaction''s own earlier statements on that node may hold until COMMIT (%)',
+                            nodes[failed], pgfleet.lock_wait_limit(), messages[failed]
+                USING ERRCODE = '55P03',
+                      HINT = 'Nothing was changed. Commit the statements that read or wrote the table first, then run '
+                             'the DDL (or the write) in a transaction of its own.';
+        END IF;
         RAISE EXCEPTION 'pgfleet: changes could not be applied on node %: %', nodes[failed], messages[failed]
             USING ERRCODE = states[failed],
                   HINT = 'Nothing was changed on the coordinator or the workers; start the node (pgfleet up / '
