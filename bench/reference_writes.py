@@ -17,7 +17,7 @@ import statistics
 import tempfile
 from pathlib import Path
 
-from pgfleet.bench import run_pgbench
+from pgfleet.pgbench import run_pgbench
 from pgfleet.cluster.fleet import Fleet
 from pgfleet.cluster.local import LocalCluster
 from pgfleet.spec import DistributeSpec, HashSpec, QualifiedName, ReferenceSpec

@@ -13,7 +13,7 @@ import psycopg
 import pytest
 from psycopg import sql
 
-from pgfleet.bench import run_pgbench
+from pgfleet.pgbench import run_pgbench
 from pgfleet.cluster.fleet import Fleet
 from pgfleet.cluster.local import LocalCluster
 from pgfleet.spec import DistributeSpec, HashSpec, QualifiedName, ReferenceSpec

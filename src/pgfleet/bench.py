@@ -12,10 +12,8 @@ from __future__ import annotations
 import json
 import os
 import platform
-import re
 import statistics
 import tempfile
-import threading
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
@@ -31,8 +29,11 @@ from .cluster.local import LocalCluster
 from .cluster.loader import load_copy
 from .cluster.router import Router, ShardPool, aggregate, fanout, load, table_shards
 from .execute.connect import Conn, connect
-from .proc import run
 from .spec import DistributeSpec, HashSpec, QualifiedName, parse_range_bounds
+from .bench_chart import chart
+from .bench_data import ROW_SELECT, generate_into_shards
+from .bench_timing import client_loop, copy_out, secs, timed
+from .pgbench import run_pgbench
 
 Say = Callable[[str], None]
 
@@ -97,153 +98,6 @@ class Result:
 
 
 # --- helpers -------------------------------------------------------------------------------------------
-def run_pgbench(local: LocalCluster, node: str, args: list[str], script: str | None = None) -> dict[str, float]:
-    """Run pgbench against ``node`` of ``local`` (password in the environment, never in argv)."""
-    ep = local.endpoint(node)
-    argv = [local.binaries.path("pgbench"), "-h", ep.host, "-p", str(ep.port), "-U", ep.user, *args]
-    env = {"PGPASSWORD": ep.password or "", "PGDATABASE": ep.dbname}
-    if script is not None:
-        with tempfile.NamedTemporaryFile("w", suffix=".sql", delete=False) as handle:
-            handle.write(script)
-        argv += ["-f", handle.name]
-    try:
-        out = run(argv, env=env, timeout=600, what="pgbench").stdout
-    finally:
-        if script is not None:
-            os.unlink(handle.name)
-    return _pgbench_numbers(out)
-
-
-def _pgbench_numbers(out: str) -> dict[str, float]:
-    """tps and average latency (0 when absent), and the transactions processed and failed when reported."""
-    patterns = {"tps": r"tps = ([\d.]+)", "latency_ms": r"latency average = ([\d.]+) ms",
-                "transactions": r"number of transactions actually processed: (\d+)",
-                "failed": r"number of failed transactions: (\d+)"}
-    numbers = {"tps": 0.0, "latency_ms": 0.0}
-    for name, pattern in patterns.items():
-        if m := re.search(pattern, out):
-            numbers[name] = float(m.group(1))
-    return numbers
-
-
-def _secs(duration: float) -> str:
-    return str(max(1, round(duration)))
-
-
-def _timed(fn: Callable[[], object]) -> float:
-    start = time.perf_counter()
-    fn()
-    return time.perf_counter() - start
-
-
-def _client_loop(make: Callable[[], Callable[[int], object]], clients: int, duration: float, keys: int) -> float:
-    """Operations per second of ``clients`` threads, each calling its own op(key) for ``duration``."""
-    import random
-
-    counts = [0] * clients
-    barrier = threading.Barrier(clients)
-
-    def worker(i: int) -> None:
-        op = make()
-        rng = random.Random(i)
-        barrier.wait()  # the clock starts when every client is connected
-        stop = time.perf_counter() + duration
-        n = 0
-        while time.perf_counter() < stop:
-            op(rng.randint(1, keys))
-            n += 1
-        counts[i] = n
-
-    errors: list[BaseException] = []
-
-    def guarded(i: int) -> None:
-        try:
-            worker(i)
-        except BaseException as exc:  # re-raised below, in the caller's thread
-            errors.append(exc)
-            barrier.abort()
-
-    threads = [threading.Thread(target=guarded, args=(i,)) for i in range(clients)]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join()
-    real = [e for e in errors if not isinstance(e, threading.BrokenBarrierError)]
-    if real or errors:
-        raise (real or errors)[0]
-    return sum(counts) / duration
-
-
-def _copy_out(conn: Conn, query: sql.Composable) -> int:
-    size = 0
-    with conn.cursor().copy(sql.SQL("COPY ({}) TO STDOUT").format(query)) as cp:
-        for chunk in cp:
-            size += len(chunk)
-    return size
-
-
-def _generate_into_shards(fleet: Fleet, table: str, select: str, modulus: int) -> None:
-    """Bulk-load generated rows straight into a hash-distributed table's shards, in parallel.
-
-    On each worker a throw-away partitioned parent with the same hash layout gets the worker's shards
-    and empty stand-ins for the other shards attached; ``INSERT … SELECT`` then routes natively, and the
-    stand-ins (the other workers' rows) are dropped. Only for loading benchmark data.
-    """
-    topo = fleet.topology()
-    row = fleet.conn().execute("SELECT to_regclass(%s)::oid", (table,)).fetchone()
-    dist = topo.table(int(str(row[0])))  # type: ignore[index]
-    assert dist is not None and dist.key is not None
-
-    key = dist.key
-
-    def on_worker(node: str) -> None:
-        mine = {s.remainder: s for s in dist.shards if s.node == node}
-        first = next(iter(mine.values()))
-        worker = topo.node(node)
-        assert worker is not None
-        with fleet.worker_conn(worker) as conn:
-            parent = sql.Identifier(first.shard_schema, f"pgfleet_gen_{dist.oid}")
-            conn.execute(sql.SQL("DROP TABLE IF EXISTS {} CASCADE").format(parent))
-            conn.execute(sql.SQL("CREATE TABLE {} (LIKE {}) PARTITION BY HASH ({})").format(
-                parent, sql.Identifier(first.shard_schema, first.shard_table), sql.Identifier(key)))
-            for rem in range(modulus):
-                bound = sql.SQL("FOR VALUES WITH (MODULUS {}, REMAINDER {})").format(sql.Literal(modulus), sql.Literal(rem))
-                if rem in mine:
-                    target = sql.Identifier(mine[rem].shard_schema, mine[rem].shard_table)
-                    conn.execute(sql.SQL("ALTER TABLE {} ATTACH PARTITION {} {}").format(parent, target, bound))
-                else:
-                    stand_in = sql.Identifier(first.shard_schema, f"pgfleet_gen_{dist.oid}_{rem}")
-                    conn.execute(sql.SQL("CREATE UNLOGGED TABLE {} PARTITION OF {} {}").format(stand_in, parent, bound))
-            conn.execute(sql.SQL("INSERT INTO {} {}").format(parent, sql.SQL(select)))
-            for shard in mine.values():
-                conn.execute(sql.SQL("ALTER TABLE {} DETACH PARTITION {}").format(
-                    parent, sql.Identifier(shard.shard_schema, shard.shard_table)))
-            conn.execute(sql.SQL("DROP TABLE {} CASCADE").format(parent))
-            for shard in mine.values():
-                conn.execute(sql.SQL("VACUUM ANALYZE {}").format(sql.Identifier(shard.shard_schema, shard.shard_table)))
-
-    nodes = sorted({s.node for s in dist.shards})
-    errors: list[BaseException] = []
-
-    def guarded(node: str) -> None:
-        try:
-            on_worker(node)
-        except BaseException as exc:  # re-raised in the calling thread
-            errors.append(exc)
-
-    threads = [threading.Thread(target=guarded, args=(n,)) for n in nodes]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join()
-    if errors:
-        raise errors[0]
-    fleet.conn().execute(sql.SQL("ANALYZE {}").format(sql.SQL(table)))
-
-
-ROW_SELECT = "SELECT g, g % 1000, (g * 7) % 100000, md5(g::text) FROM generate_series(1, {n}) g"
-
-
 # --- the run -------------------------------------------------------------------------------------------
 class Bench:
     def __init__(self, cfg: Config, workdir: Path, say: Say) -> None:
@@ -270,7 +124,7 @@ class Bench:
         self.b.execute("VACUUM ANALYZE t")
         self.f.execute(create)
         self.fleet.distribute(DistributeSpec(QualifiedName("public", "t"), "id", HashSpec(self.cfg.shards)))
-        _generate_into_shards(self.fleet, "public.t", ROW_SELECT.format(n=n), self.cfg.shards)
+        generate_into_shards(self.fleet, "public.t", ROW_SELECT.format(n=n), self.cfg.shards)
         for conn in (self.b, self.f):
             conn.execute("CREATE TABLE t2 (id bigint PRIMARY KEY, grp int, val int, pad text)")
         self.fleet.distribute(DistributeSpec(QualifiedName("public", "t2"), "id",
@@ -312,7 +166,7 @@ class Bench:
 
         def bench(local: LocalCluster, clients: int, mode: str, key: str) -> Callable[[], float]:
             return lambda: run_pgbench(local, "coord", ["-n", "-c", str(clients), "-j", str(min(clients, 2)),
-                                                     "-T", _secs(d), "-M", mode], script)[key]
+                                                     "-T", secs(d), "-M", mode], script)[key]
 
         router_ep = self.base.endpoint("coord")
 
@@ -333,40 +187,40 @@ class Bench:
                                   fast_path=f"Router{'(simple=True)' if simple else ''}, 4 Python threads; its ratio "
                                             "is against the same Python client on the single server"))
             self.interleave(res, bench(self.base, 4, mode, "tps"), bench(self.fleet_local, 4, mode, "tps"),
-                            partial(_client_loop, partial(fast_client, simple), 4, d, n),
-                            partial(_client_loop, partial(base_client, simple), 4, d, n))
+                            partial(client_loop, partial(fast_client, simple), 4, d, n),
+                            partial(client_loop, partial(base_client, simple), 4, d, n))
         res = self.add(Result("point lookup, 1 client, latency", "ms", 2.4, "2.0–2.4×",
                               fast_path="Router, 1 Python thread; its ratio is against the same Python client on "
                                         "the single server"))
         self.interleave(res, bench(self.base, 1, "prepared", "latency_ms"),
                         bench(self.fleet_local, 1, "prepared", "latency_ms"),
-                        lambda: 1000.0 / _client_loop(fast_client, 1, d, n),
-                        lambda: 1000.0 / _client_loop(base_client, 1, d, n))
+                        lambda: 1000.0 / client_loop(fast_client, 1, d, n),
+                        lambda: 1000.0 / client_loop(base_client, 1, d, n))
 
         upd = f"\\set id random(1, {n})\nUPDATE t SET val = val + 1 WHERE id = :id;\n"
         res = self.add(Result("single-row UPDATE by key, 1 client", "ms", None, "(not in issue table)"))
-        one = ["-n", "-c", "1", "-T", _secs(d), "-M", "prepared"]
+        one = ["-n", "-c", "1", "-T", secs(d), "-M", "prepared"]
         self.interleave(res, lambda: run_pgbench(self.base, "coord", one, upd)["latency_ms"],
                         lambda: run_pgbench(self.fleet_local, "coord", one, upd)["latency_ms"])
 
     def scans(self) -> None:
         b, f = self.b, self.f
         res = self.add(Result("count(*) over all rows", "s", 1.5, "1.5×", fast_path="per-shard count on the workers, summed"))
-        self.interleave(res, lambda: _timed(lambda: b.execute("SELECT count(*) FROM t").fetchone()),
-                        lambda: _timed(lambda: f.execute("SELECT count(*) FROM t").fetchone()),
-                        lambda: _timed(lambda: aggregate(self.fleet, "public.t", [("count", None)], pool=self.pool)))
+        self.interleave(res, lambda: timed(lambda: b.execute("SELECT count(*) FROM t").fetchone()),
+                        lambda: timed(lambda: f.execute("SELECT count(*) FROM t").fetchone()),
+                        lambda: timed(lambda: aggregate(self.fleet, "public.t", [("count", None)], pool=self.pool)))
         q = "SELECT grp, sum(val) FROM t GROUP BY grp"
         res = self.add(Result("GROUP BY non-key column with sum()", "s", 1.4, "1.4×",
                               fast_path="per-shard GROUP BY on the workers, combined"))
-        self.interleave(res, lambda: _timed(lambda: b.execute(q).fetchall()),
-                        lambda: _timed(lambda: f.execute(q).fetchall()),
-                        lambda: _timed(lambda: aggregate(self.fleet, "public.t", [("sum", "val")], group_by=["grp"],
+        self.interleave(res, lambda: timed(lambda: b.execute(q).fetchall()),
+                        lambda: timed(lambda: f.execute(q).fetchall()),
+                        lambda: timed(lambda: aggregate(self.fleet, "public.t", [("sum", "val")], group_by=["grp"],
                                                                 pool=self.pool)))
         res = self.add(Result("fetch every row (COPY out)", "s", 3.6, "3.6×",
                               fast_path="parallel COPY out of every shard"))
-        self.interleave(res, lambda: _timed(lambda: _copy_out(b, sql.SQL("SELECT * FROM t"))),
-                        lambda: _timed(lambda: _copy_out(f, sql.SQL("SELECT * FROM t"))),
-                        lambda: _timed(self._parallel_copy_out))
+        self.interleave(res, lambda: timed(lambda: copy_out(b, sql.SQL("SELECT * FROM t"))),
+                        lambda: timed(lambda: copy_out(f, sql.SQL("SELECT * FROM t"))),
+                        lambda: timed(self._parallel_copy_out))
         join = "SELECT count(*), sum(b.val) FROM t a JOIN t2 b USING (id)"
         self.f.execute("TRUNCATE t2")
         fanout(self.fleet, "INSERT INTO {t2} SELECT * FROM {t} WHERE id % 4 = 0", {"t2": "public.t2", "t": "public.t"},
@@ -377,9 +231,9 @@ class Bench:
             conn.execute("ANALYZE t2")
         res = self.add(Result("co-located join (t ⋈ t2 on the key), count + sum", "s", None, "(not in issue table)",
                               fast_path="per-shard-pair join on the workers, summed"))
-        self.interleave(res, lambda: _timed(lambda: b.execute(join).fetchone()),
-                        lambda: _timed(lambda: f.execute(join).fetchone()),
-                        lambda: _timed(lambda: fanout(self.fleet, "SELECT count(*), sum(b.val) FROM {a} a JOIN {b} b USING (id)",
+        self.interleave(res, lambda: timed(lambda: b.execute(join).fetchone()),
+                        lambda: timed(lambda: f.execute(join).fetchone()),
+                        lambda: timed(lambda: fanout(self.fleet, "SELECT count(*), sum(b.val) FROM {a} a JOIN {b} b USING (id)",
                                                       {"a": "public.t", "b": "public.t2"}, pool=self.pool)))
 
     def _parallel_copy_out(self) -> None:
@@ -388,7 +242,7 @@ class Bench:
 
         def one(shard: Any) -> int:
             with self.pool.conn(shard.node) as c:
-                return _copy_out(c, sql.SQL("SELECT * FROM {}").format(sql.Identifier(shard.shard_schema, shard.shard_table)))
+                return copy_out(c, sql.SQL("SELECT * FROM {}").format(sql.Identifier(shard.shard_schema, shard.shard_table)))
 
         from concurrent.futures import ThreadPoolExecutor
 
@@ -412,12 +266,12 @@ class Bench:
         def ins(conn: Conn) -> Callable[[], float]:
             def go() -> float:
                 self._fresh_t2(conn)
-                return _timed(lambda: conn.execute("INSERT INTO t2 SELECT * FROM t WHERE id <= %s", (n,)))
+                return timed(lambda: conn.execute("INSERT INTO t2 SELECT * FROM t WHERE id <= %s", (n,)))
             return go
 
         def ins_fast() -> float:
             self._fresh_t2(self.f)
-            return _timed(lambda: fanout(self.fleet, "INSERT INTO {t2} SELECT * FROM {t} WHERE id <= %s",
+            return timed(lambda: fanout(self.fleet, "INSERT INTO {t2} SELECT * FROM {t} WHERE id <= %s",
                                          {"t2": "public.t2", "t": "public.t"}, [n], write=True, pool=self.pool))
 
         res = self.add(Result(f"INSERT … SELECT {n:,} rows", "s", 0.60, "0.60×",
@@ -434,12 +288,12 @@ class Bench:
                     with conn.cursor().copy("COPY t2 (id, grp, val, pad) FROM STDIN") as cp:
                         for pos in range(0, len(text), 1 << 20):
                             cp.write(text[pos:pos + (1 << 20)])
-                return _timed(body)
+                return timed(body)
             return go
 
         def copy_text_fast() -> float:
             self._fresh_t2(self.f)
-            return _timed(lambda: load_copy(self.fleet, "public.t2", text, pool=self.pool))
+            return timed(lambda: load_copy(self.fleet, "public.t2", text, pool=self.pool))
 
         res = self.add(Result(f"COPY {n:,} rows", "s", 1.15, "1.15×",
                               fast_path="only the key of each record read in the client (numpy), records sent "
@@ -455,12 +309,12 @@ class Bench:
                     with conn.cursor().copy("COPY t2 (id, grp, val, pad) FROM STDIN") as cp:
                         for r in rows:
                             cp.write_row(r)
-                return _timed(body)
+                return timed(body)
             return go
 
         def copy_fast() -> float:
             self._fresh_t2(self.f)
-            return _timed(lambda: load(self.fleet, "public.t2", rows, ["id", "grp", "val", "pad"], pool=self.pool))
+            return timed(lambda: load(self.fleet, "public.t2", rows, ["id", "grp", "val", "pad"], pool=self.pool))
 
         res = self.add(Result(f"COPY {n:,} rows from Python tuples", "s", None, "(not in issue table)",
                               fast_path="rows routed in the client, formatted by psycopg (write_row), parallel COPY, "
@@ -468,7 +322,7 @@ class Bench:
         self.interleave(res, copy(b), copy(f), copy_fast)
 
     def tpcb(self) -> None:
-        d = _secs(self.cfg.duration)
+        d = secs(self.cfg.duration)
         res = self.add(Result("pgbench TPC-B-like, 4 clients", "tps", None, "(not in issue table)",
                               note="pgbench_accounts range-distributed over 8 shards; branches, tellers, history "
                                    "stay on the coordinator"))
@@ -476,7 +330,7 @@ class Bench:
                         lambda: run_pgbench(self.fleet_local, "coord", ["-n", "-c", "4", "-j", "2", "-T", d])["tps"])
 
     def growth(self) -> None:
-        d = _secs(self.cfg.duration)
+        d = secs(self.cfg.duration)
         keys = 100_000
         growth: dict[str, Any] = {"lookup_latency_ms": {}, "count_seconds": {}, "worker_connections": {}}
         base_script = f"\\set id random(1, {keys})\nSELECT val FROM t WHERE id = :id;\n"
@@ -486,7 +340,7 @@ class Bench:
             name = f"s{count}"
             self.f.execute(sql.SQL("CREATE TABLE {} (id bigint PRIMARY KEY, val int)").format(sql.Identifier(name)))
             self.fleet.distribute(DistributeSpec(QualifiedName("public", name), "id", HashSpec(count)))
-            _generate_into_shards(self.fleet, f"public.{name}", f"SELECT g, g FROM generate_series(1, {keys}) g", count)
+            generate_into_shards(self.fleet, f"public.{name}", f"SELECT g, g FROM generate_series(1, {keys}) g", count)
             script = f"\\set id random(1, {keys})\nSELECT val FROM {name} WHERE id = :id;\n"
             growth["lookup_latency_ms"][count] = run_pgbench(self.fleet_local, "coord",
                                                           ["-n", "-c", "1", "-T", d, "-M", "prepared"], script)["latency_ms"]
@@ -499,7 +353,7 @@ class Bench:
                 sql.Identifier(name), sql.Literal(size)))
             self.b.execute(sql.SQL("VACUUM ANALYZE {}").format(sql.Identifier(name)))
             self.fleet.distribute(DistributeSpec(QualifiedName("public", name), "id", HashSpec(self.cfg.shards)))
-            _generate_into_shards(self.fleet, f"public.{name}", f"SELECT g, g FROM generate_series(1, {size}) g",
+            generate_into_shards(self.fleet, f"public.{name}", f"SELECT g, g FROM generate_series(1, {size}) g",
                                   self.cfg.shards)
             q = sql.SQL("SELECT count(*) FROM {}").format(sql.Identifier(name))
             b_samples: list[float] = []
@@ -507,9 +361,9 @@ class Bench:
             fast_samples: list[float] = []
             table = f"public.{name}"
             for _ in range(self.cfg.reps):
-                b_samples.append(_timed(partial(self.b.execute, q)))
-                f_samples.append(_timed(partial(self.f.execute, q)))
-                fast_samples.append(_timed(partial(aggregate, self.fleet, table, [("count", None)], pool=self.pool)))
+                b_samples.append(timed(partial(self.b.execute, q)))
+                f_samples.append(timed(partial(self.f.execute, q)))
+                fast_samples.append(timed(partial(aggregate, self.fleet, table, [("count", None)], pool=self.pool)))
             b, f, fast = (statistics.median(x) for x in (b_samples, f_samples, fast_samples))
             growth["count_seconds"][size] = {"single": b, "fleet": f, "fast": fast}
             self.say(f"  count(*) at {size:,} rows: single {b:.3f} s, fleet {f:.3f} s, fast path {fast:.3f} s")
@@ -580,38 +434,3 @@ def run_bench(cfg: Config, out_dir: Path, say: Say, workdir: Path | None = None,
     (out_dir / "bench.json").write_text(json.dumps(report, indent=2, default=str) + "\n")
     chart(report, out_dir / "bench.png")
     return report
-
-
-def chart(report: dict[str, Any], path: Path) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    rows = [r for r in report["results"] if r["fleet_ratio"] is not None]
-    labels = [r["workload"] for r in rows]
-    # Normalise so that "higher is better" everywhere: baseline/fleet for times, fleet/baseline for tps.
-    def goodness(r: dict[str, Any], key: str) -> float:
-        v = r[key]
-        if v is None:
-            return 0.0
-        return float(v) if r["unit"] == "tps" else 1.0 / float(v)
-
-    fig, ax = plt.subplots(figsize=(11, 0.55 * len(rows) + 1.5))
-    y = range(len(rows))
-    ax.barh([i - 0.2 for i in y], [goodness(r, "fleet_ratio") for r in rows], height=0.4, label="fleet via coordinator")
-    ax.barh([i + 0.2 for i in y], [goodness(r, "fast_ratio") for r in rows], height=0.4, label="fleet fast path")
-    for i, r in enumerate(rows):
-        if r["target"]:
-            t = r["target"] if r["unit"] == "tps" else 1.0 / r["target"]
-            ax.plot([t, t], [i - 0.45, i + 0.45], color="black", linewidth=2)
-    ax.axvline(1.0, color="grey", linestyle=":")
-    ax.set_yticks(list(y))
-    ax.set_yticklabels(labels, fontsize=8)
-    ax.invert_yaxis()
-    ax.set_xscale("log")
-    ax.set_xlabel("speed relative to one PostgreSQL server (higher is better; black bar = Citus target)")
-    ax.legend(loc="lower right", fontsize=8)
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
