@@ -11,7 +11,8 @@ import pytest
 
 from pgfleet.cluster.fleet import Fleet
 from pgfleet.cluster.loader import load_copy
-from pgfleet.cluster.router import Router, aggregate, load
+from pgfleet.cluster.aggregate import aggregate
+from pgfleet.cluster.router import Router, load
 from pgfleet.copytext import CopyFormat
 from pgfleet.errors import SpecError
 from pgfleet.spec import (

@@ -26,7 +26,8 @@ from pgfleet.ha.monitor import Monitor
 from pgfleet.ha.rejoin import rejoin
 from pgfleet.ha.standby import add_standby, replication_status
 from pgfleet.cluster.local import LocalCluster
-from pgfleet.cluster.router import Router, ShardPool, aggregate
+from pgfleet.cluster.aggregate import aggregate
+from pgfleet.cluster.router import Router, ShardPool
 from pgfleet.errors import SpecError, TopologyError
 from pgfleet.spec import DistributeSpec, HashSpec, QualifiedName
 from typing import Any, Self

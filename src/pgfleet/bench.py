@@ -27,7 +27,8 @@ from psycopg import sql
 from .cluster.fleet import Fleet
 from .cluster.local import LocalCluster
 from .cluster.loader import load_copy
-from .cluster.router import Router, ShardPool, aggregate, fanout, load, table_shards
+from .cluster.aggregate import aggregate
+from .cluster.router import Router, ShardPool, fanout, load, table_shards
 from .execute.connect import Conn, connect
 from .spec import DistributeSpec, HashSpec, QualifiedName, parse_range_bounds
 from .bench_chart import chart

@@ -37,7 +37,7 @@ from ..spec import QualifiedName, parse_name
 from ..topology.model import DistTable, Shard
 from ..topology.read import column_type, resolve_table, table_columns
 from .fleet import Fleet
-from .router import ShardPool, _pool_or_temporary
+from .router import ShardPool, pool_or_temporary
 
 log = logging.getLogger(__name__)
 
@@ -246,7 +246,7 @@ def _load_into_shards(fleet: Fleet, dist: DistTable, source: bytes | BinaryIO, c
     prepared: list[tuple[str, str]] = []
     quiet = _AbortedCopies()
     psycopg_log = logging.getLogger("psycopg")
-    with _pool_or_temporary(fleet, pool) as shard_pool:
+    with pool_or_temporary(fleet, pool) as shard_pool:
         with ExitStack() as conns:
             psycopg_log.addFilter(quiet)
             conns.callback(psycopg_log.removeFilter, quiet)
