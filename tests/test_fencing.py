@@ -14,6 +14,7 @@ import pytest
 
 from conftest import pgfleet_cli
 from pgfleet.cluster.local import LocalCluster
+from pgfleet.errors import NodeError
 from pgfleet.ha.events import read_events
 from pgfleet.ha.monitor_proc import stop_background
 from test_ha import RogueWriter, Writer, _promoted, _shard_of, ha_cluster, missing, running_monitor, wait_for
@@ -92,7 +93,10 @@ def test_failed_over_primaries_stay_fenced(base_dir: Path) -> None:
         # Started by hand, past 'up' and without its standby.signal: the monitor fences it again at once.
         server = local.server("w1")
         (server.datadir / "standby.signal").unlink()
-        server.start()
+        try:
+            server.start()
+        except NodeError as exc:  # the monitor can fence it before 'pg_ctl start -w' sees it ready
+            assert "shutdown request" in str(exc), exc
         wait_for(lambda: any(e.kind == "rogue-primary-fenced" for e in read_events(local)), 10,
                  "the monitor to fence the rogue primary", local)
         rogue_events = [e for e in read_events(local) if e.kind == "rogue-primary-fenced"]
