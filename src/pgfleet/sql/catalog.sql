@@ -118,6 +118,20 @@ BEGIN
     END LOOP;
 END $$;
 
+-- Two-phase commits over several nodes (the router's multi-node transactions): a row here, committed
+-- on the coordinator after every participant PREPAREd and before any COMMIT PREPARED, is the durable
+-- decision to commit the prepared transactions named gid on the listed nodes. Recovery commits a
+-- prepared pgfleet transaction whose gid is here and rolls back one whose gid is not (once its
+-- coordinator transaction can no longer commit). A backup takes this table in EXCLUSIVE mode while it
+-- creates the restore point on every node, so no commit decision falls between the nodes' points.
+CREATE TABLE IF NOT EXISTS pgfleet.commit_decisions (
+    gid        text PRIMARY KEY,
+    nodes      text[] NOT NULL,
+    decided_at timestamptz NOT NULL DEFAULT now()
+);
+COMMENT ON TABLE pgfleet.commit_decisions IS
+    'pgfleet: durable commit decisions of multi-node transactions (two-phase commit), kept until every node committed';
+
 -- Long operations (distribute, reference): a row per attempt, so that an interrupted one is visible
 -- and its leftovers can be removed.
 CREATE TABLE IF NOT EXISTS pgfleet.operations (
