@@ -118,19 +118,23 @@ BEGIN
     END LOOP;
 END $$;
 
--- Two-phase commits over several nodes (the router's multi-node transactions): a row here, committed
--- on the coordinator after every participant PREPAREd and before any COMMIT PREPARED, is the durable
--- decision to commit the prepared transactions named gid on the listed nodes. Recovery commits a
--- prepared pgfleet transaction whose gid is here and rolls back one whose gid is not (once its
--- coordinator transaction can no longer commit). A backup takes this table in EXCLUSIVE mode while it
--- creates the restore point on every node, so no commit decision falls between the nodes' points.
+-- Two-phase commits over several nodes (the router's multi-node transactions). Prepared transactions
+-- on the workers are named 'pgfleet_…' (gid). The decision for a gid is the committed row here:
+-- outcome 'commit' is written by the transaction's owner after every participant PREPAREd and before
+-- any COMMIT PREPARED; recovery, finding a prepared pgfleet gid with no row, inserts outcome 'abort'
+-- with ON CONFLICT DO NOTHING (which waits for an owner's decision in flight), so a late owner's
+-- decision fails on the primary key instead of half-committing. Recovery then commits or rolls back
+-- the prepared transactions by the row, and deletes rows whose gid is prepared nowhere.
+-- A backup takes this table in EXCLUSIVE mode while it creates the restore point on every node, so
+-- no commit decision falls between the nodes' points.
 CREATE TABLE IF NOT EXISTS pgfleet.commit_decisions (
     gid        text PRIMARY KEY,
-    nodes      text[] NOT NULL,
+    outcome    text NOT NULL DEFAULT 'commit' CHECK (outcome IN ('commit', 'abort')),
+    nodes      text[] NOT NULL DEFAULT '{}',
     decided_at timestamptz NOT NULL DEFAULT now()
 );
 COMMENT ON TABLE pgfleet.commit_decisions IS
-    'pgfleet: durable commit decisions of multi-node transactions (two-phase commit), kept until every node committed';
+    'pgfleet: durable decisions of multi-node two-phase commits, kept until every node has applied them';
 
 -- Long operations (distribute, reference): a row per attempt, so that an interrupted one is visible
 -- and its leftovers can be removed.
