@@ -39,6 +39,18 @@ class WorkerLogin:
     database: str
 
 
+CANNOT_CONNECT = "08006"  # connection_failure
+
+
+def lost_in_flight(node: str) -> bytes:
+    """What the client gets when the worker connection broke while its routed statement ran: an error
+    and an idle session (the statement may or may not have run there, so it is not run again)."""
+    error = p.error_response(CANNOT_CONNECT, f"pgfleet router: the connection to worker {node} was lost while "
+                             "it ran this statement; it may or may not have taken effect", severity="ERROR",
+                             hint="check the row, then retry")
+    return error.encode() + p.ReadyForQuery("I").encode()
+
+
 class _Scram:
     """Client side of SCRAM-SHA-256 without channel binding (RFC 5802/7677)."""
 
@@ -88,6 +100,7 @@ class WorkerConnection(asyncio.Protocol):
         self._reply: list[bytes] = []
         self._ready_seen = False
         self._done: Callable[[bytes | None], None] | None = None
+        self.statements: dict[tuple[str, tuple[int, ...]], str] = {}  # (text, parameter types) -> name parsed here
 
     @classmethod
     async def open(cls, login: WorkerLogin, settings: tuple[tuple[str, str], ...] = ()) -> WorkerConnection:

@@ -145,21 +145,27 @@ class PreparedCache:
             del self._exact[next(iter(self._exact))]  # the oldest entry (insertion order)
         self._exact[(sql, search_path)] = decision
 
+    def prepared(self, sql: str, topology: RoutingTopology, search_path: tuple[str, ...]) -> Prepared | Coordinator:
+        """The analysis of a statement with parameters ($n) as the client wrote it (extended protocol)."""
+        self._check(topology)
+        key = (sql, search_path)
+        prepared = self._entries.get(key)
+        if prepared is None:
+            prepared = prepare(sql, topology, search_path=search_path)
+            self._entries[key] = prepared
+            if len(self._entries) > self.size:
+                self._entries.popitem(last=False)
+        else:
+            self._entries.move_to_end(key)
+        return prepared
+
     def route(self, sql: str, topology: RoutingTopology, search_path: tuple[str, ...]) -> Route | None:
         """The route of ``sql`` from a cached analysis; None when it cannot be normalized."""
         self._check(topology)
         norm = normalize(sql)
         if norm is None or not norm.values:
             return None
-        key = (norm.text, search_path)
-        prepared = self._entries.get(key)
-        if prepared is None:
-            prepared = prepare(norm.text, topology, search_path=search_path)
-            self._entries[key] = prepared
-            if len(self._entries) > self.size:
-                self._entries.popitem(last=False)
-        else:
-            self._entries.move_to_end(key)
+        prepared = self.prepared(norm.text, topology, search_path)
         if isinstance(prepared, Coordinator):
             return None  # decided from the statement's own text (a constant may route where a parameter cannot)
         route = prepared.bind(norm.values, original=sql, position=norm.position)

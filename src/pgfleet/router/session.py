@@ -24,13 +24,13 @@ from typing import cast
 from . import protocol as p
 from . import wire
 from .analyze import Shard
-from .backend import BackendError, WorkerConnection
+from .backend import CANNOT_CONNECT, BackendError, WorkerConnection, lost_in_flight
+from .extended import ExtendedRouter
 from .keys import CancelKey, KeyAllocator, process_of
 from .routing import Routing, decide, parse_search_path
 
 log = logging.getLogger(__name__)
 
-CANNOT_CONNECT = "08006"  # connection_failure
 CANCEL_TIMEOUT = 5.0
 
 Address = tuple[str, int]
@@ -91,15 +91,6 @@ class RouterContext:
             self.spawn(send_cancel(worker.address, wire.CancelRequest(*worker.cancel_key)))
             return
         self.spawn(send_cancel(session.address, wire.CancelRequest(session.server_key.process_id, session.server_key.secret)))
-
-
-def lost_in_flight(node: str) -> bytes:
-    """What the client gets when the worker connection broke while its routed statement ran: an error
-    and an idle session (the statement may or may not have run there, so it is not run again)."""
-    error = p.error_response(CANNOT_CONNECT, f"pgfleet router: the connection to worker {node} was lost while "
-                             "it ran this statement; it may or may not have taken effect", severity="ERROR",
-                             hint="check the row, then retry")
-    return error.encode() + p.ReadyForQuery("I").encode()
 
 
 async def send_cancel(address: Address, request: wire.CancelRequest) -> None:
@@ -169,6 +160,7 @@ class ClientSession(asyncio.Protocol):
         self.outstanding = 0  # Query messages sent to the coordinator and not yet answered
         self.workers: dict[str, WorkerConnection] = {}
         self.running_on: WorkerConnection | None = None  # the worker running this session's routed statement
+        self.extended = ExtendedRouter(self)  # extended-protocol batches, from the first one on
 
     # --- client side ------------------------------------------------------------------------------
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
@@ -185,6 +177,9 @@ class ClientSession(asyncio.Protocol):
                     self.held.append(data)
                     return
                 whole = self.framer.at_boundary  # this chunk starts a message (checked with the end below)
+                if not self.pinned and self.phase is Phase.RELAY and self.extended.takes(data, whole):
+                    self.extended.client_data(data)
+                    return
                 types = self.framer.scan(data)
                 if not self.pinned and self.phase is Phase.RELAY and self._try_route(types, data, whole):
                     return
@@ -258,6 +253,8 @@ class ClientSession(asyncio.Protocol):
                 self.outstanding += 1
             elif type_byte == b"E":
                 stats.executes += 1
+            elif type_byte == b"S":
+                self.outstanding += 1
         if self.phase is Phase.CONNECTING:
             self.pending.append(raw)
         elif self.server and self.server.transport:
@@ -285,9 +282,16 @@ class ClientSession(asyncio.Protocol):
 
     def from_server(self, data: bytes) -> None:
         if self.phase is Phase.RELAY:
+            if self.extended.capture is not None:  # the router's own exchange for a batch
+                rest = self.extended.server_data(data)
+                if not rest:
+                    return
+                data = rest
             if not self.pinned:  # follow ReadyForQuery: routing needs an idle session
                 try:
-                    self.outstanding = max(0, self.outstanding - self.server_framer.scan(data).count(b"Z"))
+                    types = self.server_framer.scan(data)
+                    self.outstanding = max(0, self.outstanding - types.count(b"Z"))
+                    self.extended.statements.replies(types)
                 except wire.ProtocolViolation:
                     self.pin()
             self._write(data)
@@ -434,6 +438,10 @@ class ClientSession(asyncio.Protocol):
             self.context.stats.routing_fallbacks += 1
             self.context.stats.queries -= 1  # counted again on the way to the coordinator
             self._from_client([b"Q"], raw)
+        self.resume()
+
+    def resume(self) -> None:
+        """The routed statement is answered: what the client sent meanwhile, in order."""
         self.busy = False
         held, self.held = self.held, []
         for i, chunk in enumerate(held):

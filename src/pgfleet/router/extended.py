@@ -1,0 +1,345 @@
+"""Routing of extended-protocol batches (Parse/Bind/Describe/Execute/Sync) for one client session.
+
+From a session's first extended-protocol message on (while it is not pinned), its client bytes come
+here as whole messages. Messages are kept until Sync; the batch then either goes to the coordinator as
+it came, or, when the session is idle (autocommit, nothing owed by the coordinator), the shape is one
+Bind/Execute of the unnamed portal (:func:`.batches.classify`) and the Bind's values place the
+statement on one shard, runs on the owning worker:
+
+1. Parse and Describe-statement messages before the Bind go to the coordinator, with a Describe of the
+   bound statement and a Sync of the router's own (one round trip, skipped when the statement is known
+   and described: a prepared statement's later executions, or the unnamed statement parsed again with
+   the same text). The coordinator answers the client's Parse (ParseComplete or its error); its
+   ParameterDescription and RowDescription are kept with the statement. So every statement a Bind can
+   name exists on the coordinator, and a batch that is not routed after all goes there from the Bind on.
+2. The worker gets Parse of the rewritten statement (once per worker connection and text, with the
+   coordinator's parameter types, under a name the router chooses), the client's Bind renamed to it,
+   Describe portal, Execute and Sync. Its reply goes to the client with the worker's ParseComplete
+   dropped and the coordinator's RowDescription (see :func:`.batches.client_reply`); errors are the
+   worker's, an error at Bind skipping to Sync as in PostgreSQL.
+
+A Flush before Sync sends what came so far to the coordinator and the rest of that batch follows it
+there (the client waits for replies); batches with several Executes, named portals or Close go there
+too. Statements that may change session state (SET, PREPARE, BEGIN, …) pin the session at their Parse.
+"""
+
+from __future__ import annotations
+
+import itertools
+import logging
+from collections.abc import Callable
+from typing import TYPE_CHECKING
+
+from . import protocol as p
+from . import wire
+from .analyze import Coordinator, Prepared, Shard
+from .backend import BackendError, WorkerConnection, lost_in_flight
+from .batches import (
+    PARSE_COMPLETE,
+    Message,
+    Plan,
+    Statement,
+    Statements,
+    classify,
+    client_reply,
+    parameter_values,
+)
+from .routing import session_neutral
+
+if TYPE_CHECKING:
+    from .session import ClientSession
+
+log = logging.getLogger(__name__)
+
+BATCH_TYPES = frozenset(b"PBDECHS")  # Parse Bind Describe Execute Close Flush Sync
+MAX_BATCH = 64  # messages kept before a Sync; a longer batch goes to the coordinator as it comes
+MAX_WORKER_STATEMENTS = 1000  # named statements per worker connection; then the unnamed one, parsed each time
+_names = itertools.count(1)
+
+
+def _frames(messages: list[Message] | tuple[Message, ...]) -> bytes:
+    return b"".join(wire.frame(t, payload) for t, payload in messages)
+
+
+class Capture:
+    """The coordinator's reply to the router's own Parse/Describe/Sync, read whole up to ReadyForQuery."""
+
+    def __init__(self, done: Callable[[list[Message]], None]) -> None:
+        self.framer = wire.Framer()
+        self.messages: list[Message] = []
+        self.done = done
+
+    def feed(self, data: bytes) -> bytes | None:
+        """None while the reply is incomplete; then what came after it (normally nothing)."""
+        messages = self.framer.feed(data)
+        for i, (type_byte, _) in enumerate(messages):
+            if type_byte == b"Z":
+                self.messages += messages[:i + 1]
+                return _frames(messages[i + 1:]) + self.framer.take_buffer()
+        self.messages += messages
+        return None
+
+
+class ExtendedRouter:
+    def __init__(self, session: ClientSession) -> None:
+        self.session = session
+        self.active = False  # client bytes come here (until the session is pinned)
+        self.framer = wire.Framer(limit=wire.frontend_limit)
+        self.batch: list[Message] = []
+        self.forwarding = False  # the rest of this batch goes to the coordinator as it comes (after a Flush)
+        self.statements = Statements()
+        self.capture: Capture | None = None
+
+    # --- client side ---------------------------------------------------------------------------------
+    def takes(self, data: bytes, at_boundary: bool) -> bool:
+        """Whether these client bytes are this router's: from the first extended-protocol message on."""
+        if not self.active and at_boundary and data and data[0] in BATCH_TYPES:
+            self.active = True
+            self.statements.owed(self.session.outstanding)
+        return self.active
+
+    def client_data(self, data: bytes) -> None:
+        self._process(self.framer.feed(data))
+
+    def _process(self, messages: list[Message]) -> None:
+        session = self.session
+        for i, (type_byte, payload) in enumerate(messages):
+            if session.busy:  # a batch runs: the rest waits, in order
+                session.held.insert(0, _frames(messages[i:]) + self.framer.take_buffer())
+                return
+            if not self._message(type_byte, payload):
+                session.pin()
+                self._release(messages[i:])
+                return
+            if session.pinned:  # by a Query the session forwarded
+                self._release(messages[i + 1:])
+                return
+
+    def _message(self, type_byte: bytes, payload: bytes) -> bool:
+        """Take one message; False when the session must be pinned before it."""
+        if type_byte == b"Q" and not self.batch and not self.forwarding:
+            raw = wire.frame(type_byte, payload)
+            if not self.session._try_route([b"Q"], raw, True):
+                self.session._from_client([b"Q"], raw)
+                self.statements.sent(type_byte, payload)
+            return True
+        if type_byte[0] not in BATCH_TYPES:
+            return False  # COPY data, a function call, Terminate, a Query inside a batch
+        if type_byte == b"P":
+            parse = p.decode_frontend(type_byte, payload)
+            assert isinstance(parse, p.Parse)
+            if not session_neutral(parse.sql):
+                return False
+        if self.forwarding:
+            self._to_coordinator([(type_byte, payload)])
+            self.forwarding = type_byte != b"S"
+            return True
+        self.batch.append((type_byte, payload))
+        if type_byte == b"S":
+            self._complete()
+        elif type_byte == b"H" or len(self.batch) >= MAX_BATCH:
+            self._to_coordinator(self.batch)
+            self.batch, self.forwarding = [], True
+        return True
+
+    def _release(self, rest: list[Message]) -> None:
+        """The session is pinned: what is kept here and what follows go to the coordinator as bytes."""
+        raw = _frames(self.batch) + _frames(rest) + self.framer.take_buffer()
+        self.batch, self.active, self.forwarding = [], False, False
+        if raw:
+            self.session._from_client(self.session.framer.scan(raw), raw)
+
+    def _to_coordinator(self, messages: list[Message] | tuple[Message, ...]) -> None:
+        raw = _frames(messages)
+        self.session._from_client([t for t, _ in messages], raw)
+        for type_byte, payload in messages:
+            self.statements.sent(type_byte, payload)
+
+    # --- server side ---------------------------------------------------------------------------------
+    def server_data(self, data: bytes) -> bytes | None:
+        """Coordinator bytes while the router's own exchange runs; what is not part of it is returned."""
+        assert self.capture is not None
+        rest = self.capture.feed(data)
+        if rest is not None:
+            capture, self.capture = self.capture, None
+            capture.done(capture.messages)
+        return rest
+
+    # --- a complete batch ----------------------------------------------------------------------------
+    def _idle(self) -> bool:
+        session = self.session
+        return (not session.outstanding and session.server_framer.last_status == b"I" and self.statements.settled
+                and self.capture is None)
+
+    def _complete(self) -> None:
+        batch, self.batch = self.batch, []
+        try:
+            self._start(batch)
+        except Exception:  # a bug in analysis must not lose the client's batch: the coordinator runs it
+            log.exception("routing analysis failed; the session stays on the coordinator")
+            self.session.pin()
+            self.batch = batch
+
+    def _start(self, batch: list[Message]) -> None:
+        routing = self.session.context.routing
+        plan = classify(batch) if routing is not None and self._idle() else None
+        statement = plan.statement(self.statements) if plan is not None else None
+        if plan is None or statement is None or routing is None:
+            self._to_coordinator(batch)
+            return
+        prepared = routing.cache.prepared(statement.sql, routing.topology, self.session.search_path)
+        if isinstance(prepared, Coordinator):
+            self._to_coordinator(batch)
+            return
+        known = self.statements.get(plan.bind.statement)
+        if not plan.prefix and known is not None and known.described:
+            self._run(plan, batch, prepared, known, b"", exchanged=False)
+        elif self._parsed_again(plan, known):
+            assert known is not None
+            self._run(plan, batch, prepared, known, PARSE_COMPLETE, exchanged=False)
+        elif all(f == 0 for f in plan.bind.param_formats) and \
+                not isinstance(prepared.bind(parameter_values(plan.bind, ())), Shard):
+            self._to_coordinator(batch)  # text values that do not place it: no need to ask the coordinator
+        else:
+            self._exchange(plan, batch, prepared)
+
+    @staticmethod
+    def _parsed_again(plan: Plan, known: Statement | None) -> bool:
+        """The unnamed statement parsed again as it is on the coordinator: answered here, as re-parsing
+        the same text there would leave the same statement."""
+        if len(plan.prefix) != 1 or known is None or not known.described:
+            return False
+        parse = plan.prefix[0]
+        return (isinstance(parse, p.Parse) and parse.name == "" == plan.bind.statement and parse.sql == known.sql
+                and parse.param_types == known.client_types)
+
+    def _exchange(self, plan: Plan, batch: list[Message], prepared: Prepared) -> None:
+        """The client's Parse/Describe messages and a Describe of the bound statement, on the coordinator."""
+        session = self.session
+        session.busy = True
+        request = _frames(batch[:len(plan.prefix)]) + p.Describe("S", plan.bind.statement).encode() + p.Sync().encode()
+        self.capture = Capture(lambda messages: self._exchanged(plan, batch, prepared, messages))
+        assert session.server is not None and session.server.transport is not None
+        session.server.transport.write(request)
+
+    def _exchanged(self, plan: Plan, batch: list[Message], prepared: Prepared, messages: list[Message]) -> None:
+        parses = [m for m in plan.prefix if isinstance(m, p.Parse)]
+        if any(t == b"E" for t, _ in messages):  # the coordinator refused a Parse: its error ends the batch
+            confirmed = sum(1 for t, _ in messages if t == b"1")
+            for parse in parses[:confirmed]:
+                self.statements.set(parse.name, Statement(parse.sql, parse.param_types))
+            if len(parses) > confirmed and parses[confirmed].name == "":
+                self.statements.drop("")
+            self.session._write(_frames(messages))
+            self.session.resume()
+            return
+        for parse in parses:
+            self.statements.set(parse.name, Statement(parse.sql, parse.param_types))
+        at = max(i for i, (t, _) in enumerate(messages) if t == b"t")
+        params = p.decode_backend(*messages[at])
+        columns = p.decode_backend(*messages[at + 1])
+        assert isinstance(params, p.ParameterDescription)
+        fields = columns.fields if isinstance(columns, p.RowDescription) else ()
+        statement = plan.statement(self.statements)
+        assert statement is not None
+        statement = Statement(statement.sql, statement.client_types, params.type_oids, fields)
+        self.statements.set(plan.bind.statement, statement)
+        answered = _frames([m for i, m in enumerate(messages[:-1]) if i not in (at, at + 1)])
+        self._run(plan, batch, prepared, statement, answered, exchanged=True)
+
+    def _fallback(self, plan: Plan, batch: list[Message], answered: bytes, exchanged: bool) -> None:
+        """Not routed after all: to the coordinator from the Bind on when its statement messages ran there."""
+        if exchanged:
+            self.session._write(answered)
+            self._to_coordinator(plan.tail)
+        else:
+            self._to_coordinator(batch)
+        if self.session.busy:
+            self.session.resume()
+
+    # --- on the worker --------------------------------------------------------------------------------
+    def _run(self, plan: Plan, batch: list[Message], prepared: Prepared, statement: Statement, answered: bytes,
+             *, exchanged: bool) -> None:
+        session = self.session
+        types = statement.param_types
+        if types is None or not statement.portable or len(types) != len(plan.bind.params):
+            self._fallback(plan, batch, answered, exchanged)
+            return
+        route = prepared.bind(parameter_values(plan.bind, types))
+        if not isinstance(route, Shard):
+            self._fallback(plan, batch, answered, exchanged)
+            return
+        conn = session.workers.get(route.node)
+        if conn is not None and not conn.broken and conn.user != session.user:
+            self._fallback(plan, batch, answered, exchanged)  # statements run as the login role only
+            return
+        session.busy = True
+        if conn is not None and not conn.broken:
+            self._send(conn, plan, batch, route, statement, answered, exchanged)
+        else:
+            session.context.spawn(self._open_then_send(plan, batch, route, statement, answered, exchanged))
+
+    async def _open_then_send(self, plan: Plan, batch: list[Message], route: Shard, statement: Statement,
+                              answered: bytes, exchanged: bool) -> None:
+        session = self.session
+        routing = session.context.routing
+        assert routing is not None
+        try:
+            conn = await WorkerConnection.open(routing.login(route.node), session._worker_settings())
+        except BackendError as exc:
+            log.warning("routing to %s failed, sending the statement to the coordinator: %s", route.node, exc)
+            session.context.stats.routing_fallbacks += 1
+            self._fallback(plan, batch, answered, exchanged)
+            return
+        old = session.workers.get(route.node)
+        if old is not None:
+            old.close()
+        session.workers[route.node] = conn
+        self._send(conn, plan, batch, route, statement, answered, exchanged)
+
+    def _send(self, conn: WorkerConnection, plan: Plan, batch: list[Message], route: Shard, statement: Statement,
+              answered: bytes, exchanged: bool) -> None:
+        session = self.session
+        if conn.user != session.user:  # statements run as the login role; another role stays on the coordinator
+            self._fallback(plan, batch, answered, exchanged)
+            return
+        assert statement.param_types is not None
+        key = (route.sql, statement.param_types)
+        name = conn.statements.get(key)
+        parse = name is None
+        if name is None:
+            name = f"pgfleet_{next(_names)}" if len(conn.statements) < MAX_WORKER_STATEMENTS else ""
+        bind_payload = plan.tail[0][1]
+        skip = len(plan.bind.statement.encode()) + 2  # the (empty) portal name and the client's statement name
+        request = b"".join((
+            p.Parse(name, route.sql, statement.param_types).encode() if parse else b"",
+            wire.frame(b"B", b"\0" + wire.cstr(name) + bind_payload[skip:]),
+            _frames(plan.tail[1:])))
+
+        def done(reply: bytes | None) -> None:
+            session.running_on = None
+            stats = session.context.stats
+            stats.executes += 1
+            stats.routed += 1
+            if reply is None:  # sent, and the connection broke: it may have run, so it is not run again
+                log.warning("the connection to worker %s was lost while it ran a routed statement", route.node)
+                if session.workers.get(route.node) is conn:
+                    del session.workers[route.node]
+                session._write(answered + lost_in_flight(route.node))
+            else:
+                out, parsed = client_reply(reply, parsed=parse, statement=statement, bind=plan.bind)
+                if parse and parsed and name:
+                    conn.statements[key] = name
+                session._write(answered + out)
+            session.resume()
+
+        session.running_on = conn
+        try:
+            conn.send(request, done)
+        except BackendError as exc:  # not sent: the coordinator runs it
+            session.running_on = None
+            log.warning("routing to %s failed, sending the statement to the coordinator: %s", route.node, exc)
+            session.workers.pop(route.node, None)
+            conn.close()
+            session.context.stats.routing_fallbacks += 1
+            self._fallback(plan, batch, answered, exchanged)
