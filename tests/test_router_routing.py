@@ -113,9 +113,11 @@ def test_session_state_keeps_the_session_on_the_coordinator(cluster: LocalCluste
         assert rows == [("2024-01-01 18:00:00+09",)]  # the coordinator applied the session's time zone
         assert stats.routed == routed and stats.pinned_sessions == 1
     with connect(cluster, router.config.port, data) as conn:
-        conn.execute("SELECT note FROM t WHERE id = %s", (9,))  # extended protocol: not routed, and pins
-        assert run(conn, "SELECT note FROM t WHERE id = 9")[0] == [("n9",)]
-        assert stats.routed == routed and stats.pinned_sessions == 2
+        assert conn.execute("SELECT note FROM t WHERE id = %s", (9,)).fetchall() == [("n9",)]  # extended: routed
+        assert stats.routed == routed + 1
+        conn.execute("SET TimeZone = 'Asia/Tokyo'")  # the extended protocol's SET pins the session as well
+        assert conn.execute("SELECT at::text FROM t WHERE id = %s", (9,)).fetchall() == [("2024-01-01 18:00:00+09",)]
+        assert stats.routed == routed + 1 and stats.pinned_sessions == 2
 
 
 @pytest.fixture
