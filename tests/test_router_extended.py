@@ -3,13 +3,21 @@ router: single-shard ones run on the owning worker and return what the coordinat
 
 from __future__ import annotations
 
+import tempfile
+from collections.abc import Iterator
 from typing import Any
 
 import psycopg
 import pytest
 
+from pgfleet.cluster.fleet import Fleet
 from pgfleet.cluster.local import LocalCluster
-from pgfleet.router.server import RouterServer
+from pgfleet.node.ports import claim_ports, release_ports
+from pgfleet.pgbench import run_pgbench
+from pgfleet.proc import run
+from pgfleet.router.process import local_routing
+from pgfleet.router.server import RouterConfig, RouterServer, serve_in_thread
+from pgfleet.spec import DistributeSpec, HashSpec, QualifiedName
 from test_router_routing import connect, data, router  # noqa: F401 - fixtures
 
 pytestmark = pytest.mark.cluster
@@ -98,3 +106,57 @@ def test_pipeline_and_executemany(cluster: LocalCluster, router: RouterServer, d
             results.append(conn.execute("SELECT note FROM t WHERE id = %s", (base,)).fetchall())
             conn.execute("DELETE FROM t WHERE id >= %s AND id < %s", (base, base + 5))
         assert results[0] == results[2] and results[1] == results[3] == [("piped",)]
+
+
+CHECKED_SELECT = """\\set aid random(1, 100000 * :scale)
+SELECT abalance AS got FROM pgbench_accounts WHERE aid = :aid \\gset
+\\if :got != :aid
+SELECT 1 / 0;
+\\endif
+"""
+
+
+@pytest.fixture
+def accounts(fleet: Fleet, cluster: LocalCluster) -> Iterator[None]:
+    """pgbench's tables, pgbench_accounts hash-distributed by aid; every abalance set to its aid."""
+    conn = fleet.conn()
+    conn.execute("DROP TABLE IF EXISTS public.pgbench_accounts, public.pgbench_branches, public.pgbench_tellers, "
+                 "public.pgbench_history")
+    run_pgbench(cluster, "coord", ["-i", "-q", "-I", "dtgp", "-s", "1"])
+    conn.execute("UPDATE public.pgbench_accounts SET abalance = aid")
+    fleet.distribute(DistributeSpec(QualifiedName("public", "pgbench_accounts"), "aid", HashSpec(4)))
+    yield
+    conn.execute("DROP TABLE public.pgbench_accounts, public.pgbench_branches, public.pgbench_tellers, "
+                 "public.pgbench_history")
+
+
+@pytest.fixture
+def bench_router(cluster: LocalCluster, accounts: None) -> Iterator[RouterServer]:
+    [port] = claim_ports(1, cluster.directory, start=6700)
+    upstream = ("127.0.0.1", cluster.spec.coordinator.port)
+    try:
+        with serve_in_thread(RouterConfig(port=port, upstream=lambda: upstream, routing=local_routing(cluster))) as server:
+            yield server
+    finally:
+        release_ports([port], cluster.directory)
+
+
+@pytest.mark.parametrize("mode", ["extended", "prepared"])
+def test_pgbench_select_only_is_routed(cluster: LocalCluster, bench_router: RouterServer, mode: str) -> None:
+    stats = bench_router.context.stats
+    port = str(bench_router.config.port)
+    env = {"PGPASSWORD": cluster.spec.coordinator.password}
+    common = [cluster.binaries.path("pgbench"), "-h", "127.0.0.1", "-p", port, "-U", cluster.spec.superuser,
+              "-n", "-M", mode, "-c", "2", "-j", "2", "-t", "300"]
+    # every row read is checked (a wrong row divides by zero; a missing one fails \gset): pgbench exits non-zero
+    with tempfile.NamedTemporaryFile("w", suffix=".sql") as script:
+        script.write(CHECKED_SELECT)
+        script.flush()
+        out = run([*common, "-f", script.name, cluster.spec.dbname], env=env, timeout=120, what="pgbench").stdout
+    assert "number of transactions actually processed: 600/600" in out
+    assert "number of failed transactions: 0" in out
+    assert stats.routed >= 600
+    routed = stats.routed
+    out = run([*common, "-S", cluster.spec.dbname], env=env, timeout=120, what="pgbench").stdout
+    assert "number of transactions actually processed: 600/600" in out
+    assert stats.routed - routed == 600

@@ -123,6 +123,9 @@ class ExtendedRouter:
                 self.session._from_client([b"Q"], raw)
                 self.statements.sent(type_byte, payload)
             return True
+        if type_byte == b"X" and not self.batch and not self.forwarding:
+            self.session._from_client([type_byte], wire.frame(type_byte, payload))  # Terminate: the session ends
+            return True
         if type_byte[0] not in BATCH_TYPES:
             return False  # COPY data, a function call, Terminate, a Query inside a batch
         if type_byte == b"P":
