@@ -3,6 +3,8 @@ router: single-shard ones run on the owning worker and return what the coordinat
 
 from __future__ import annotations
 
+import asyncio
+import struct
 import tempfile
 from collections.abc import Iterator
 from typing import Any
@@ -15,6 +17,9 @@ from pgfleet.cluster.local import LocalCluster
 from pgfleet.node.ports import claim_ports, release_ports
 from pgfleet.pgbench import run_pgbench
 from pgfleet.proc import run
+from pgfleet.router import protocol as p
+from pgfleet.router import wire
+from pgfleet.router.backend import WorkerConnection, WorkerLogin
 from pgfleet.router.process import local_routing
 from pgfleet.router.server import RouterConfig, RouterServer, serve_in_thread
 from pgfleet.spec import DistributeSpec, HashSpec, QualifiedName
@@ -160,3 +165,87 @@ def test_pgbench_select_only_is_routed(cluster: LocalCluster, bench_router: Rout
     out = run([*common, "-S", cluster.spec.dbname], env=env, timeout=120, what="pgbench").stdout
     assert "number of transactions actually processed: 600/600" in out
     assert stats.routed - routed == 600
+
+
+def _comparable(reply: bytes) -> list[tuple[bytes, bytes]]:
+    """A reply's messages; errors reduced to SQLSTATE and message (the source line differs by server)."""
+    out = []
+    for type_byte, payload in wire.Framer().feed(reply):
+        error = p.decode_backend(type_byte, payload) if type_byte == b"E" else None
+        assert error is None or isinstance(error, p.ErrorResponse)
+        out.append((type_byte, payload if error is None else f"{error.sqlstate} {error.message}".encode()))
+    return out
+
+
+def _bind(statement: str, *params: bytes | None, formats: tuple[int, ...] = (), results: tuple[int, ...] = ()) -> bytes:
+    return p.Bind("", statement, formats, params, results).encode()
+
+
+DESCRIBE_EXECUTE_SYNC = p.Describe("P", "").encode() + p.Execute("", 0).encode() + p.Sync().encode()
+SELECT_BY_ID = "SELECT id, note, val FROM t WHERE id = $1"
+# (batch, routed): what the client sends up to a Sync, and whether the router runs it on a worker
+PROTOCOL_BATCHES: list[tuple[bytes, bool]] = [
+    (p.Parse("", SELECT_BY_ID).encode() + _bind("", b"5") + DESCRIBE_EXECUTE_SYNC, True),
+    (p.Parse("", SELECT_BY_ID).encode() + _bind("", b"6") + DESCRIBE_EXECUTE_SYNC, True),  # parsed again
+    (p.Parse("s1", SELECT_BY_ID, (20,)).encode() + p.Sync().encode(), False),
+    (_bind("s1", struct.pack("!q", 7), formats=(1,), results=(1,)) + DESCRIBE_EXECUTE_SYNC, True),  # binary
+    (p.Parse("s1", "SELECT 'other'").encode() + p.Sync().encode(), False),  # already exists: an error
+    (_bind("s1", b"8") + DESCRIBE_EXECUTE_SYNC, True),  # still the first statement
+    (p.Describe("S", "s1").encode() + _bind("s1", b"9") + p.Execute("", 0).encode() + p.Sync().encode(), True),
+    (_bind("s1", b"9", b"10") + DESCRIBE_EXECUTE_SYNC, False),  # wrong number of parameters
+    (_bind("s1", b"not a number") + DESCRIBE_EXECUTE_SYNC, False),
+    (_bind("s1", None) + DESCRIBE_EXECUTE_SYNC, False),  # NULL key
+    (p.Close("S", "s1").encode() + p.Sync().encode(), False),
+    (_bind("s1", b"8") + DESCRIBE_EXECUTE_SYNC, False),  # closed: does not exist
+    (p.Parse("", "SELEKT 1").encode() + _bind("") + DESCRIBE_EXECUTE_SYNC, False),  # syntax error
+    (_bind("", b"5") + DESCRIBE_EXECUTE_SYNC, False),  # the failed Parse left no unnamed statement
+    (p.Parse("s2", "SELECT 100 / (id - $2), note FROM t WHERE id = $1").encode() + _bind("s2", b"11", b"11")
+     + DESCRIBE_EXECUTE_SYNC, True),  # division by zero on the worker
+    (_bind("s2", b"12", b"11") + DESCRIBE_EXECUTE_SYNC, True),
+    (p.Parse("", SELECT_BY_ID).encode() + p.Flush().encode(), False),  # a Flush: to the coordinator
+    (_bind("", b"13") + DESCRIBE_EXECUTE_SYNC, False),  # ... with the rest of its batch
+    (_bind("", b"14") + DESCRIBE_EXECUTE_SYNC, True),
+    (p.Parse("", "SELECT * FROM t WHERE id = ANY($1)").encode() + _bind("", b"{1,2}") + DESCRIBE_EXECUTE_SYNC, False),
+    (p.Parse("", "UPDATE t SET note = $2 WHERE id = $1 RETURNING note").encode() + _bind("", b"15", b"fifteen")
+     + DESCRIBE_EXECUTE_SYNC, True),
+]
+
+
+def test_replies_are_the_coordinators_byte_for_byte(cluster: LocalCluster, router: RouterServer, data: str) -> None:  # noqa: F811
+    """The same batches on one session through the router and on one straight to the coordinator."""
+    stats = router.context.stats
+
+    async def replies(port: int) -> list[list[tuple[bytes, bytes]]]:
+        login = WorkerLogin("127.0.0.1", port, cluster.spec.superuser, cluster.spec.coordinator.password,
+                            cluster.spec.dbname)
+        conn = await WorkerConnection.open(login, (("search_path", f"{data},public"),))
+        out = []
+        flushed: asyncio.Future[bytes | None] | None = None
+        for batch, routed in PROTOCOL_BATCHES:
+            before = stats.routed
+            future: asyncio.Future[bytes | None] = asyncio.get_running_loop().create_future()
+            if flushed is not None:  # the rest of a batch whose first part came with a Flush
+                assert conn.transport is not None
+                conn.transport.write(batch)
+                future, flushed = flushed, None
+            else:
+                conn.send(batch, future.set_result)
+            if batch.endswith(p.Flush().encode()):  # the client waits for ParseComplete, then goes on
+                await asyncio.sleep(0.3)
+                out.append([])
+                flushed = future
+                continue
+            reply = await asyncio.wait_for(future, 10)
+            assert reply is not None
+            out.append(_comparable(reply))
+            if port == router.config.port:
+                assert stats.routed - before == routed, (batch, out[-1])
+        conn.close()
+        return out
+
+    via_router = asyncio.run(replies(router.config.port))
+    direct = asyncio.run(replies(cluster.spec.coordinator.port))
+    for (batch, _), got, expected in zip(PROTOCOL_BATCHES, via_router, direct, strict=True):
+        assert got == expected, batch
+    assert [t for t, _ in direct[5]] == [b"2", b"T", b"D", b"C", b"Z"]
+    assert any(t == b"E" for t, _ in direct[4]) and any(t == b"E" for t, _ in direct[14])
