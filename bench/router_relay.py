@@ -47,6 +47,7 @@ def arguments(description: str | None, report: str) -> argparse.Namespace:
     parser.add_argument("--reps", type=int, default=3, help="interleaved repetitions per case")
     parser.add_argument("--scale", type=int, default=10, help="pgbench scale")
     parser.add_argument("--out", default="bench/results", help=f"directory for {report}")
+    parser.add_argument("--modes", default="simple,extended,prepared", help="pgbench -M modes to run, comma-separated")
     return parser.parse_args()
 
 
@@ -67,7 +68,7 @@ def main() -> None:
         pgbench(local, direct, ["-i", "-q", "-s", str(args.scale)])
         proc, _ = start_background(local)
         results = []
-        for clients, mode in CASES:
+        for clients, mode in [case for case in CASES if case[1] in args.modes.split(",")]:
             common = ["-n", "-S", "-M", mode, "-c", str(clients), "-j", str(min(clients, 2)), "-T", str(args.duration)]
             sides: dict[str, list[float]] = {"direct": [], "router": []}
             for _ in range(args.reps):

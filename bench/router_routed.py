@@ -2,13 +2,15 @@
 the same run, with pgbench as the client on every side.
 
     .venv/bin/python bench/router_routed.py [--duration 5] [--reps 3] [--scale 10] [--out bench/results]
+                                            [--modes simple,extended,prepared]
 
 Two throw-away local clusters under /tmp: a single server (the baseline) and a fleet (coordinator + 2
 workers) where pgbench_accounts is hash-distributed by aid over 8 shards; the router runs with
 ``--route`` in its own process(es): 1 process for every case, then 2 (``--processes 2``) for the
-4-client simple case. ``-M simple`` statements are routed to the workers; ``-M prepared`` uses the
-extended protocol, which the router still relays to the coordinator. Router CPU per statement is the
-CPU time of the router processes during the router's pgbench runs over the transactions they made.
+4-client simple case. Every mode is routed to the workers: ``-M simple`` statements by their text,
+``-M extended`` and ``-M prepared`` (the extended protocol) by their Bind's values. Router CPU per
+statement is the CPU time of the router processes during the router's pgbench runs over the
+transactions they made. ``--modes`` runs only the cases of these modes.
 """
 
 from __future__ import annotations
@@ -27,7 +29,8 @@ from pgfleet.cluster.local import LocalCluster
 from pgfleet.router.process import read_status, start_background, stop_background
 from pgfleet.spec import DistributeSpec, HashSpec, QualifiedName
 
-CASES = [(1, 1, "simple"), (1, 4, "simple"), (1, 4, "prepared"), (2, 4, "simple")]  # (router processes, clients, mode)
+# (router processes, clients, mode)
+CASES = [(1, 1, "simple"), (1, 4, "simple"), (1, 4, "prepared"), (1, 4, "extended"), (2, 4, "simple")]
 
 
 def cpu_seconds(pids: tuple[int, ...]) -> float:
@@ -55,7 +58,7 @@ def main() -> None:
             fleet.distribute(DistributeSpec(QualifiedName("public", "pgbench_accounts"), "aid", HashSpec(8)))
             fleet.conn().execute("VACUUM ANALYZE")
         routed, running = 0, 0
-        for processes, clients, mode in CASES:
+        for processes, clients, mode in [case for case in CASES if case[2] in args.modes.split(",")]:
             if processes != running:  # (re)start the router with this many processes
                 if running:
                     routed += _routed(fleet_local)

@@ -14,6 +14,7 @@ from pgfleet.router.batches import (
     classify,
     client_reply,
     parameter_values,
+    read_bind,
 )
 from pgfleet.router.shardmap import NotPlaced
 
@@ -127,3 +128,21 @@ def test_client_reply_drops_the_workers_parse_complete_and_describes_as_the_coor
     assert client_reply(error, parsed=True, statement=statement, bind=bind) == (error, False)
     no_describe = p.BindComplete().encode() + rest
     assert client_reply(no_describe, parsed=False, statement=statement, bind=bind) == (no_describe, True)
+
+
+@pytest.mark.parametrize("bind", [
+    BIND, p.Bind("", "s1", (1, 0), (struct.pack("!q", 5), None, b""), (1,)), p.Bind("", "é", (), (), ()),
+])
+def test_read_bind_reads_what_the_codec_writes(bind: p.Bind) -> None:
+    assert read_bind(bind.payload()) == p.decode_frontend(b"B", bind.payload()) == bind
+
+
+@pytest.mark.parametrize("payload", [
+    p.Bind("c1", "", (), (), ()).payload(),  # a named portal
+    BIND.payload()[:-1],  # truncated
+    BIND.payload() + b"\0",  # trailing bytes
+    b"\0s\0\0\0\0\x01\x00\x00\x00\x09ab\0\0",  # a value longer than the message
+    b"\0\xff\0\0\0\0\0\0\0",  # a name that is not UTF-8
+])
+def test_read_bind_refuses_what_it_does_not_route(payload: bytes) -> None:
+    assert read_bind(payload) is None

@@ -11,6 +11,7 @@ integer and text types); :func:`client_reply` turns a worker's reply into the co
 
 from __future__ import annotations
 
+import functools
 import struct
 from collections import deque
 from collections.abc import Iterator, Sequence
@@ -66,37 +67,71 @@ class Plan:
         return known.get(self.bind.statement)
 
 
+_DESCRIBE_UNNAMED_PORTAL = b"P\0"
+_I16 = struct.Struct("!h")
+_I32 = struct.Struct("!i")
+
+
+def read_bind(payload: bytes) -> p.Bind | None:
+    """A Bind of the unnamed portal, read fast (this is on every routed statement's path); None for a
+    named portal or a malformed message (the coordinator reports it)."""
+    try:
+        if payload[0] != 0:
+            return None
+        end = payload.index(0, 1)
+        statement = payload[1:end].decode()
+        pos = end + 1
+        (n,) = _I16.unpack_from(payload, pos)
+        formats = struct.unpack_from(f"!{n}h", payload, pos + 2)
+        pos += 2 + 2 * n
+        (n,) = _I16.unpack_from(payload, pos)
+        pos += 2
+        params: list[bytes | None] = []
+        for _ in range(n):
+            (length,) = _I32.unpack_from(payload, pos)
+            pos += 4
+            if length < 0:
+                params.append(None)
+            else:
+                if pos + length > len(payload):
+                    return None
+                params.append(payload[pos:pos + length])
+                pos += length
+        (n,) = _I16.unpack_from(payload, pos)
+        results = struct.unpack_from(f"!{n}h", payload, pos + 2)
+        if pos + 2 + 2 * n != len(payload):
+            return None
+    except (IndexError, ValueError, struct.error):  # UnicodeDecodeError is a ValueError
+        return None
+    return p.Bind("", statement, formats, tuple(params), results)
+
+
 def classify(batch: Sequence[Message]) -> Plan | None:
     """The plan of a batch ending in Sync, or None when it goes to the coordinator as it came (several
     Executes, named portals, Close, a Describe of a portal before its Bind, …)."""
-    if len(batch) < 3 or batch[-1][0] != b"S":
+    n = len(batch)
+    if n < 3 or batch[-1][0] != b"S" or batch[-2][0] != b"E":
         return None
-    types = [t for t, _ in batch[:-1]]
-    try:
-        at = types.index(b"B")
-    except ValueError:
+    execute_payload = batch[-2][1]
+    if execute_payload[:1] != b"\0" or len(execute_payload) != 5:
+        return None  # a named portal (or malformed)
+    describe = batch[-3][0] == b"D"
+    at = n - 4 if describe else n - 3
+    if at < 0 or batch[at][0] != b"B" or (describe and batch[-3][1] != _DESCRIBE_UNNAMED_PORTAL):
+        return None
+    bind = read_bind(batch[at][1])
+    if bind is None:
         return None
     prefix: list[p.Parse | p.Describe] = []
     for type_byte, payload in batch[:at]:
+        if type_byte not in (b"P", b"D"):
+            return None
         message = p.decode_frontend(type_byte, payload)
-        if not isinstance(message, p.Parse) and not (isinstance(message, p.Describe) and message.kind == "S"):
+        if isinstance(message, p.Describe) and message.kind != "S":
             return None
+        assert isinstance(message, p.Parse | p.Describe)
         prefix.append(message)
-    rest = types[at:]
-    if rest not in ([b"B", b"E"], [b"B", b"D", b"E"]):
-        return None
-    bind = p.decode_frontend(*batch[at])
-    execute = p.decode_frontend(*batch[-2])
-    assert isinstance(bind, p.Bind) and isinstance(execute, p.Execute)
-    if bind.portal or execute.portal:
-        return None
-    describe = rest[1] == b"D"
-    if describe:
-        portal = p.decode_frontend(*batch[at + 1])
-        assert isinstance(portal, p.Describe)
-        if portal.kind != "P" or portal.name:
-            return None
-    return Plan(tuple(prefix), bind, describe, execute, tuple(batch[at:]))
+    return Plan(tuple(prefix), bind, describe, p.Execute("", _I32.unpack_from(execute_payload, 1)[0]), tuple(batch[at:]))
 
 
 # --- statements as the coordinator has them ------------------------------------------------------------
@@ -154,6 +189,8 @@ class Statements:
 
     def replies(self, types: Sequence[bytes]) -> None:
         """Types of the coordinator's messages, in order."""
+        if not self._records:
+            return
         for type_byte in types:
             if type_byte in (b"1", b"3") and self._records:
                 record = self._records[0]
@@ -220,7 +257,8 @@ def parameter_values(bind: p.Bind, types: Sequence[int]) -> ParameterValues:
     return ParameterValues(bind, types)
 
 
-def row_description(columns: Sequence[p.Field], result_formats: Sequence[int]) -> bytes:
+@functools.lru_cache(maxsize=256)
+def row_description(columns: tuple[p.Field, ...], result_formats: tuple[int, ...]) -> bytes:
     """The coordinator's RowDescription of a statement for a portal with these result formats."""
     if not result_formats:
         fields = tuple(columns)
