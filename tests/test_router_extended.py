@@ -106,6 +106,13 @@ def test_pipeline_and_executemany(cluster: LocalCluster, router: RouterServer, d
             with conn.pipeline():
                 cursors = [conn.execute("SELECT grp, note FROM t WHERE id = %s", (base + i,)) for i in range(5)]
                 cursors.append(conn.execute("UPDATE t SET note = %s WHERE id = %s RETURNING grp", ("piped", base)))
+            before = router.context.stats.routed
+            with conn.pipeline() as pipeline:  # one statement per Sync, sent before the first is answered
+                for i in range(5):
+                    cursors.append(conn.execute("SELECT note FROM t WHERE id = %s", (base + i,), prepare=i > 2))
+                    pipeline.sync()
+            if conn is via_router:  # those not sent behind a Flush (psycopg's choice) run on the workers
+                assert router.context.stats.routed > before
             results.append([c.fetchall() for c in cursors])
             # a pipeline then a single statement: the session goes on, routed again when idle
             results.append(conn.execute("SELECT note FROM t WHERE id = %s", (base,)).fetchall())

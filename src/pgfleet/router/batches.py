@@ -106,6 +106,14 @@ def read_bind(payload: bytes) -> p.Bind | None:
     return p.Bind("", statement, formats, tuple(params), results)
 
 
+@functools.lru_cache(maxsize=512)
+def read_parse(payload: bytes) -> p.Parse:
+    """A Parse message (the same ones come again and again: -M extended parses before every execution)."""
+    message = p.decode_frontend(b"P", payload)
+    assert isinstance(message, p.Parse)
+    return message
+
+
 def classify(batch: Sequence[Message]) -> Plan | None:
     """The plan of a batch ending in Sync, or None when it goes to the coordinator as it came (several
     Executes, named portals, Close, a Describe of a portal before its Bind, …)."""
@@ -126,7 +134,7 @@ def classify(batch: Sequence[Message]) -> Plan | None:
     for type_byte, payload in batch[:at]:
         if type_byte not in (b"P", b"D"):
             return None
-        message = p.decode_frontend(type_byte, payload)
+        message = read_parse(payload) if type_byte == b"P" else p.decode_frontend(type_byte, payload)
         if isinstance(message, p.Describe) and message.kind != "S":
             return None
         assert isinstance(message, p.Parse | p.Describe)

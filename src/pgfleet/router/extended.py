@@ -43,6 +43,7 @@ from .batches import (
     classify,
     client_reply,
     parameter_values,
+    read_parse,
 )
 from .routing import session_neutral
 
@@ -128,11 +129,8 @@ class ExtendedRouter:
             return True
         if type_byte[0] not in BATCH_TYPES:
             return False  # COPY data, a function call, Terminate, a Query inside a batch
-        if type_byte == b"P":
-            parse = p.decode_frontend(type_byte, payload)
-            assert isinstance(parse, p.Parse)
-            if not session_neutral(parse.sql):
-                return False
+        if type_byte == b"P" and not session_neutral(read_parse(payload).sql):
+            return False
         if self.forwarding:
             self._to_coordinator([(type_byte, payload)])
             self.forwarding = type_byte != b"S"
