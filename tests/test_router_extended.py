@@ -256,3 +256,61 @@ def test_replies_are_the_coordinators_byte_for_byte(cluster: LocalCluster, route
         assert got == expected, batch
     assert [t for t, _ in direct[5]] == [b"2", b"T", b"D", b"C", b"Z"]
     assert any(t == b"E" for t, _ in direct[4]) and any(t == b"E" for t, _ in direct[14])
+
+
+def test_cancel_reaches_the_worker_running_a_routed_batch(cluster: LocalCluster, router: RouterServer,  # noqa: F811
+                                                          data: str) -> None:  # noqa: F811
+    import threading
+    import time
+
+    from psycopg import sql
+
+    from pgfleet.execute.connect import connect as connect_node
+    from pgfleet.router.analyze import Shard, analyze
+
+    routing = router.config.routing
+    assert routing is not None
+    route = analyze("UPDATE t SET val = 0 WHERE id = $1", routing.topology, search_path=(data, "public"), params=("1",))
+    assert isinstance(route, Shard)
+    table = routing.topology.table(data, "t")
+    assert table is not None
+    shard = next(s for s in table.shards if s.index == route.shard_index)
+    with connect_node(cluster.endpoint(route.node), autocommit=False) as locker, \
+            connect(cluster, router.config.port, data) as conn:
+        locker.execute(sql.SQL("SELECT 1 FROM {} WHERE id = 1 FOR UPDATE").format(
+            sql.Identifier(shard.shard_schema, shard.shard_table)))
+        routed = router.context.stats.routed
+        timer = threading.Timer(0.5, conn.cancel_safe)
+        start = time.monotonic()
+        timer.start()
+        with pytest.raises(psycopg.errors.QueryCanceled):
+            conn.execute("UPDATE t SET val = %s WHERE id = %s", (0, 1), prepare=True)  # waits for the row lock
+        timer.join()
+        assert time.monotonic() - start < 5
+        assert router.context.stats.routed == routed + 1
+        locker.rollback()
+        assert conn.execute("UPDATE t SET val = %s WHERE id = %s", (0, 1), prepare=True).rowcount == 1
+        assert router.context.stats.routed == routed + 2
+
+
+def test_a_worker_connection_ended_while_idle_is_opened_again(cluster: LocalCluster, router: RouterServer,  # noqa: F811
+                                                               data: str) -> None:  # noqa: F811
+    """Its statements were parsed on the old connection: the new one parses them again."""
+    import time
+
+    from pgfleet.execute.connect import connect as connect_node
+
+    stats = router.context.stats
+    with connect(cluster, router.config.port, data) as conn:
+        statement = "SELECT note FROM t WHERE id = %s"
+        keys = range(1, 11)  # on both workers
+        assert [conn.execute(statement, (k,), prepare=True).fetchone() for k in keys] == [(f"n{k}",) for k in keys]
+        routed = stats.routed
+        for node in ("w1", "w2"):
+            with connect_node(cluster.endpoint(node), autocommit=True) as admin:
+                ended = admin.execute("SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity "
+                                      "WHERE application_name = 'pgfleet router'").fetchone()
+                assert ended == (1,)
+        time.sleep(0.5)  # the router reads the end of both connections before the next statement
+        assert [conn.execute(statement, (k,), prepare=True).fetchone() for k in keys] == [(f"n{k}",) for k in keys]
+        assert stats.routed == routed + len(keys)
