@@ -44,8 +44,9 @@ class Statement:
 
     @property
     def portable(self) -> bool:
-        """Whether its parameter and result types are built-in: the same OIDs on every server."""
-        assert self.param_types is not None and self.columns is not None
+        """Whether it is described with built-in parameter and result types: the same OIDs on every server."""
+        if self.param_types is None or self.columns is None:
+            return False
         return all(t < FIRST_USER_OID for t in self.param_types) and all(f.type_oid < FIRST_USER_OID for f in self.columns)
 
 

@@ -53,6 +53,7 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 BATCH_TYPES = frozenset(b"PBDECHS")  # Parse Bind Describe Execute Close Flush Sync
+INTERNAL_ERROR = "XX000"
 MAX_BATCH = 64  # messages kept before a Sync; a longer batch goes to the coordinator as it comes
 MAX_WORKER_STATEMENTS = 1000  # named statements per worker connection; then the unnamed one, parsed each time
 _names = itertools.count(1)
@@ -128,7 +129,7 @@ class ExtendedRouter:
             self.session._from_client([type_byte], wire.frame(type_byte, payload))  # Terminate: the session ends
             return True
         if type_byte[0] not in BATCH_TYPES:
-            return False  # COPY data, a function call, Terminate, a Query inside a batch
+            return False  # COPY data, a function call, a Query or Terminate inside a batch
         if type_byte == b"P" and not session_neutral(read_parse(payload).sql):
             return False
         if self.forwarding:
@@ -163,7 +164,13 @@ class ExtendedRouter:
         rest = self.capture.feed(data)
         if rest is not None:
             capture, self.capture = self.capture, None
-            capture.done(capture.messages)
+            try:
+                capture.done(capture.messages)
+            except Exception:  # the client waits for this batch's reply, which cannot be made: say so and end
+                log.exception("routing an extended-protocol batch failed after the coordinator answered")
+                self.session.refuse(INTERNAL_ERROR, "pgfleet router: internal error while routing this statement",
+                                    hint="see the router's log; the session can reconnect")
+                return None
         return rest
 
     # --- a complete batch ----------------------------------------------------------------------------
