@@ -157,7 +157,7 @@ class ClientSession(asyncio.Protocol):
         self.pinned = context.routing is None  # True: everything goes to the coordinator from now on
         self.busy = False  # a routed statement is running: client bytes wait in ``held``
         self.held: list[bytes] = []
-        self.outstanding = 0  # Query messages sent to the coordinator and not yet answered
+        self.outstanding = 0  # Query and Sync messages sent to the coordinator and not yet answered
         self.workers: dict[str, WorkerConnection] = {}
         self.running_on: WorkerConnection | None = None  # the worker running this session's routed statement
         self.extended = ExtendedRouter(self)  # extended-protocol batches, from the first one on
