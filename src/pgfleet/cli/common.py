@@ -11,7 +11,8 @@ from typing import Any, NoReturn
 import click
 import psycopg
 from rich.console import Console
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+from rich.progress import (BarColumn, DownloadColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn,
+                           TimeRemainingColumn, TransferSpeedColumn)
 
 from ..cluster.fleet import Fleet
 from ..cluster.local import default_dir
@@ -89,6 +90,21 @@ def progress_bar(label: str) -> Iterator[Callable[[str, int, int], None]]:
             if phase not in tasks:
                 tasks[phase] = bar.add_task(f"{label}: {names.get(phase, phase)}", total=max(total, 1))
             bar.update(tasks[phase], completed=done, total=max(total, 1))
+
+        yield update
+
+
+@contextmanager
+def bytes_progress(label: str) -> Iterator[Callable[[str, int, int], None]]:
+    """A bar per item (a node) with bytes done, speed and the time left: ``update(item, done, total)``."""
+    with Progress(TextColumn("{task.description}"), BarColumn(), DownloadColumn(), TransferSpeedColumn(),
+                  TimeRemainingColumn(), console=err, transient=False, disable=not err.is_terminal) as bar:
+        tasks: dict[str, Any] = {}
+
+        def update(item: str, done: int, total: int) -> None:
+            if item not in tasks:
+                tasks[item] = bar.add_task(f"{label} {item}", total=max(total, 1))
+            bar.update(tasks[item], completed=done, total=max(total, 1))
 
         yield update
 
