@@ -310,3 +310,47 @@ def test_backup_refuses_a_directory_with_files(fleet: Fleet, cluster: LocalClust
     slots = fleet.conn().execute("SELECT count(*) FROM pg_replication_slots WHERE slot_name LIKE 'pgfleet_backup%'"
                                  ).fetchone()
     assert slots == (0,)
+
+
+@pytest.mark.slow
+def test_archive_restores_to_a_later_restore_point_by_name_or_time(
+        fleet: Fleet, cluster: LocalCluster, schema: str, restored_dirs: tuple[Path, Path]) -> None:
+    backup_dir, new_dir = restored_dirs
+    _setup_accounts(fleet, schema)
+    conn = fleet.conn()
+    done = pgfleet_cli("backup", str(backup_dir), "--archive", directory=cluster.directory)
+    assert done.returncode == 0, done.stderr
+    try:
+        conn.execute("UPDATE accounts SET balance = 1 WHERE id = 1")
+        conn.execute("INSERT INTO ledger VALUES (1, 1)")
+        done = pgfleet_cli("restore-point", "after_one", directory=cluster.directory)
+        assert done.returncode == 0, done.stderr
+        time.sleep(0.2)
+        between = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime()) + f".{int(time.time() * 1000) % 1000:03d}"
+        time.sleep(0.2)
+        conn.execute("UPDATE accounts SET balance = 2 WHERE id = 2")
+        conn.execute("INSERT INTO ledger VALUES (2, 2)")
+        done = pgfleet_cli("restore-point", "after_two", directory=cluster.directory)
+        assert done.returncode == 0, done.stderr
+        assert pgfleet_cli("restore-point", "after_two", directory=cluster.directory).returncode == 1
+    finally:
+        stopped = pgfleet_cli("archive-stop", directory=cluster.directory)
+    assert stopped.returncode == 0 and "w1" in stopped.stdout, stopped.stderr
+    assert fleet.conn().execute("SELECT count(*) FROM pg_replication_slots WHERE slot_name LIKE 'pgfleet_archive%'"
+                                ).fetchone() == (0,)
+
+    done = pgfleet_cli("restore", str(backup_dir), "--dir", str(new_dir), "--target-name", "nope")
+    assert done.returncode == 1 and "after_one" in done.stderr and not new_dir.exists()
+    done = pgfleet_cli("restore", str(backup_dir), "--dir", str(new_dir), "--target-time", between)
+    assert done.returncode == 0, done.stderr
+    assert "at after_one" in done.stdout
+    with _restored_fleet(new_dir) as rfleet:
+        rconn = rfleet.conn()
+        rconn.execute(f'SET search_path = "{schema}"'.encode())
+        balances = dict(rconn.execute("SELECT id, balance FROM accounts WHERE id <= 2").fetchall())
+        assert balances == {1: 1, 2: START_BALANCE}
+        assert rconn.execute("SELECT array_agg(id) FROM ledger").fetchone() == ([1],)
+        restored = LocalCluster.load(new_dir)
+        for worker in ("w1", "w2"):
+            with connect(restored.endpoint(worker)) as wconn:
+                assert wconn.execute(f'SELECT array_agg(id) FROM "{schema}".ledger'.encode()).fetchone() == ([1],)

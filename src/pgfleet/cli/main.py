@@ -103,6 +103,10 @@ def down(ctx: click.Context, destroy: bool) -> None:
     if stop_background(local):
         err.print("  monitor stopped")
     if destroy:
+        from ..cluster.archive import stop_archivers
+
+        if stop_archivers(local):
+            err.print("  WAL archivers stopped")
         local.destroy()
         out.print(f"cluster in {local.directory} stopped and deleted")
         return

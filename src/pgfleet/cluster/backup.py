@@ -33,6 +33,7 @@ from ..node import binaries as binmod
 from ..node.backup_tools import base_backup, receive_wal, sha256_of, tree_size
 from ..topology import Node
 from ..topology.read import read_topology
+from .archive import read_archivers, record_point, start_archivers
 from .backup_manifest import MANIFEST_NAME, BackupManifest, NodeBackup, WalFile
 from .fleet import Fleet
 from .restore_point import ConsistentPoint, create_consistent_point
@@ -49,10 +50,17 @@ class BackupResult:
 
 
 def backup(fleet: Fleet, directory: Path, *, progress: Progress | None = None,
-           say: Callable[[str], None] | None = None, lock_wait: float = 30.0) -> BackupResult:
-    """Back up the whole fleet into ``directory`` (new or empty) at one consistent point."""
+           say: Callable[[str], None] | None = None, lock_wait: float = 30.0, archive: bool = False) -> BackupResult:
+    """Back up the whole fleet into ``directory`` (new or empty) at one consistent point; with ``archive``,
+    keep archiving every node's WAL into it afterwards (archive.py)."""
     tell = say or (lambda _msg: None)
     directory = directory.absolute()
+    if archive and fleet.local is None:
+        raise SpecError("--archive needs a local cluster (its archivers log in with the cluster's passfile)",
+                        hint="back up without --archive")
+    if archive and fleet.local is not None and read_archivers(fleet.local):
+        raise SpecError("a WAL archive is already running for this cluster",
+                        hint="stop it first with 'pgfleet archive-stop'")
     created = _prepare_directory(directory)
     bins = fleet.local.binaries if fleet.local is not None else binmod.find()
     topo = read_topology(fleet.conn())
@@ -60,7 +68,7 @@ def backup(fleet: Fleet, directory: Path, *, progress: Progress | None = None,
     endpoints.update({n.name: fleet.endpoint(n) for n in topo.nodes if n.role == "worker"})
     roles = {fleet.coordinator.name: "coordinator", **{n.name: "worker" for n in topo.nodes if n.role == "worker"}}
     started = time.monotonic()
-    slot = f"pgfleet_backup_{secrets.token_hex(4)}"
+    slot = f"pgfleet_{'archive' if archive else 'backup'}_{secrets.token_hex(4)}"
     point_name = "pgfleet_" + dt.datetime.now(dt.UTC).strftime("%Y%m%dT%H%M%S_%fZ")
     conns: dict[str, Conn] = {}
     try:
@@ -80,16 +88,22 @@ def backup(fleet: Fleet, directory: Path, *, progress: Progress | None = None,
             tell(f"WAL of {name} up to {lsns[name]}")
             receive_wal(bins, ep, directory / "wal" / name, slot=slot, end_lsn=lsns[name])
         manifest = _manifest(fleet, directory, endpoints, roles, conns, point, topo.nodes,
-                             seconds=time.monotonic() - started)
+                             seconds=time.monotonic() - started, archive=archive)
         manifest.write(directory)
+        record_point(directory, point)
+        if archive and fleet.local is not None:
+            tell("WAL archiving goes on: 'pgfleet restore-point NAME' makes later points, 'pgfleet archive-stop' ends it")
+            start_archivers(fleet.local, directory, endpoints, slot, bins)
     except BaseException:
         _remove_partial(directory, created)
+        archive = False  # the slots go with the failed backup
         raise
     finally:
         for conn in conns.values():
-            with contextlib.suppress(psycopg.Error):
-                conn.execute("SELECT pg_drop_replication_slot(slot_name) FROM pg_replication_slots "
-                             "WHERE slot_name = %s", (slot,))
+            if not archive:
+                with contextlib.suppress(psycopg.Error):
+                    conn.execute("SELECT pg_drop_replication_slot(slot_name) FROM pg_replication_slots "
+                                 "WHERE slot_name = %s", (slot,))
             conn.close()
     return BackupResult(manifest, directory)
 
@@ -103,7 +117,7 @@ def _for_node(progress: Progress | None, node: str) -> Callable[[int, int], None
 
 def _manifest(fleet: Fleet, directory: Path, endpoints: dict[str, Endpoint], roles: dict[str, str],
               conns: dict[str, Conn], point: ConsistentPoint, catalog: tuple[Node, ...],
-              seconds: float) -> BackupManifest:
+              seconds: float, archive: bool) -> BackupManifest:
     lsns = dict(point.lsns)
     nodes = []
     for name, ep in endpoints.items():
@@ -118,7 +132,7 @@ def _manifest(fleet: Fleet, directory: Path, endpoints: dict[str, Endpoint], rol
         restore_point=point.name, superuser=fleet.coordinator.user, dbname=fleet.coordinator.dbname,
         fast=bool(fleet.local and fleet.local.spec.fast), held_ms=round(point.held_ms, 2),
         waited_ms=round(point.waited_ms, 2), seconds=round(seconds, 2), nodes=tuple(nodes),
-        catalog_nodes=catalog)
+        catalog_nodes=catalog, archive=archive)
 
 
 def _prepare_directory(directory: Path) -> bool:

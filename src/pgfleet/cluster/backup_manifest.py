@@ -53,6 +53,7 @@ class BackupManifest:
     seconds: float  # how long the backup took
     nodes: tuple[NodeBackup, ...]
     catalog_nodes: tuple[Node, ...]  # pgfleet.nodes at backup time
+    archive: bool = False  # WAL archiving into wal/<node> went on after the backup (restore_points.json)
     format: int = FORMAT
 
     def node(self, name: str) -> NodeBackup:

@@ -31,11 +31,12 @@ from ..errors import ClusterError, PgfleetError, SpecError
 from ..execute.connect import Conn
 from ..execute.password import passfile_escape
 from ..node import binaries as binmod
-from ..node.backup_tools import sha256_of, verify_backup
+from ..node.backup_tools import sha256_of, verify_backup, wal_for_restore
 from ..node.osuser import check_traversable, give_to, server_account
 from ..node.ports import claim_ports, release_ports
 from ..node.recovery import install_copy, open_up, private_conn, recover_privately, set_password
 from ..node.server import LocalServer
+from .archive import RestorePoint, choose_point
 from .backup_manifest import BackupManifest
 from .in_doubt import Settled, settle_prepared
 from .local import ClusterFile, LocalCluster, LocalNode
@@ -46,6 +47,7 @@ from .worker_credentials import passfile_name
 class RestoreResult:
     cluster: LocalCluster
     manifest: BackupManifest
+    point: RestorePoint
     settled: tuple[Settled, ...]
     seconds: float
 
@@ -58,6 +60,8 @@ def verify(manifest: BackupManifest, backup_dir: Path, bins: binmod.Binaries,
             say(f"verify {node.name}")
         verify_backup(bins, backup_dir / "nodes" / node.name, node.name)
         for wal in node.wal:
+            if manifest.archive and wal.name.endswith(".partial"):
+                continue  # the archiver went on writing it (PostgreSQL checks each record's CRC on replay)
             path = backup_dir / "wal" / node.name / wal.name
             if not path.is_file() or sha256_of(path) != wal.sha256:
                 raise SpecError(f"WAL file {path} is missing or damaged (checksum differs from the manifest)",
@@ -65,11 +69,16 @@ def verify(manifest: BackupManifest, backup_dir: Path, bins: binmod.Binaries,
 
 
 def restore(backup_dir: Path, new_dir: Path, *, say: Callable[[str], None] | None = None,
-            pg_bin: str | None = None) -> RestoreResult:
+            pg_bin: str | None = None, target_name: str | None = None, target_time: str | None = None) -> RestoreResult:
+    """Restore to the backup's own point, or (archived backups) to a later restore point: ``target_name``,
+    or the last one at or before ``target_time``."""
     tell = say or (lambda _msg: None)
     started = time.monotonic()
     backup_dir = backup_dir.absolute()
     manifest = BackupManifest.read(backup_dir)
+    base = RestorePoint(manifest.restore_point, manifest.created_at, tuple((n.name, n.restore_lsn)
+                                                                           for n in manifest.nodes), manifest.held_ms)
+    target = choose_point(backup_dir, base, name=target_name, at=target_time)
     for node in manifest.nodes:
         if (node.user, node.dbname) != (manifest.superuser, manifest.dbname):
             raise SpecError(f"node {node.name} was reached as {node.user} on database {node.dbname}, the coordinator "
@@ -101,10 +110,9 @@ def restore(backup_dir: Path, new_dir: Path, *, say: Callable[[str], None] | Non
         for node in ordered:
             tell(f"copy {node.name} ({node.data_bytes + node.wal_bytes} bytes)")
             server = cluster.server(node.name)
-            install_copy(server, backup_dir / "nodes" / node.name,
-                         [backup_dir / "wal" / node.name / w.name for w in node.wal])
+            install_copy(server, backup_dir / "nodes" / node.name, wal_for_restore(backup_dir / "wal" / node.name))
         _write_worker_passfiles(cluster.server(manifest.coordinator.name), nodes)
-        settled = _recover(cluster, manifest, socket_dir, servers, tell)
+        settled = _recover(cluster, manifest, target.name, socket_dir, servers, tell)
         for server in servers:
             tell(f"start {server.name} (port {server.port})")
             open_up(server, fast=manifest.fast)
@@ -122,7 +130,7 @@ def restore(backup_dir: Path, new_dir: Path, *, say: Callable[[str], None] | Non
         raise
     finally:
         shutil.rmtree(socket_dir, ignore_errors=True)
-    return RestoreResult(cluster, manifest, tuple(settled), time.monotonic() - started)
+    return RestoreResult(cluster, manifest, target, tuple(settled), time.monotonic() - started)
 
 
 def _write_worker_passfiles(coordinator: LocalServer, nodes: tuple[LocalNode, ...]) -> None:
@@ -135,17 +143,17 @@ def _write_worker_passfiles(coordinator: LocalServer, nodes: tuple[LocalNode, ..
                                    f"*:*:*:*:{passfile_escape(node.password)}\n")  # 0600, the server's
 
 
-def _recover(cluster: LocalCluster, manifest: BackupManifest, socket_dir: Path, servers: list[LocalServer],
-             tell: Callable[[str], None]) -> list[Settled]:
+def _recover(cluster: LocalCluster, manifest: BackupManifest, point: str, socket_dir: Path,
+             servers: list[LocalServer], tell: Callable[[str], None]) -> list[Settled]:
     """Recover every node privately (workers first), repoint the coordinator, settle prepared transactions.
     ``servers`` receives each server as it starts (for the caller's clean-up)."""
     conns: dict[str, Conn] = {}
     try:
         for node in [*manifest.workers, manifest.coordinator]:
             server = cluster.server(node.name)
-            tell(f"recover {node.name} to {manifest.restore_point}")
+            tell(f"recover {node.name} to {point}")
             servers.append(server)
-            recover_privately(server, socket_dir, manifest.restore_point, fast=manifest.fast)
+            recover_privately(server, socket_dir, point, fast=manifest.fast)
             conn = private_conn(server, socket_dir, manifest.superuser, manifest.dbname)
             conns[node.name] = conn
             set_password(conn, manifest.superuser, cluster.node(node.name).password)

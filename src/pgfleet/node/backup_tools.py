@@ -13,7 +13,7 @@ from pathlib import Path
 
 from ..execute import Endpoint
 from ..execute.password import passfile_escape
-from ..proc import run
+from ..proc import run, spawn
 from .binaries import Binaries
 
 # pg_basebackup --progress updates: "1234/5678 kB (21%), 0/1 tablespace"
@@ -53,15 +53,32 @@ def base_backup(bins: Binaries, ep: Endpoint, target: Path, *, timeout: float = 
 
 def receive_wal(bins: Binaries, ep: Endpoint, target: Path, *, slot: str, end_lsn: str,
                 timeout: float = 3600) -> None:
-    """pg_receivewal from ``slot`` (which holds the WAL since before the base backup) up to ``end_lsn``;
-    the last, unfinished segment loses its ``.partial`` suffix (it holds everything up to ``end_lsn``)."""
+    """pg_receivewal from ``slot`` (which holds the WAL since before the base backup) up to ``end_lsn``. The
+    last, unfinished segment keeps its ``.partial`` suffix (an archiver resumes it); a restore drops it."""
     target.mkdir(parents=True, exist_ok=True)
     with passfile_for(ep) as passfile:
         run([bins.path("pg_receivewal"), *_conn_args(ep), "-D", str(target), "-S", slot, f"--endpos={end_lsn}",
              "--no-loop", "--no-password"],
             env={"PGPASSFILE": str(passfile)}, timeout=timeout, what="pg_receivewal", node=ep.name)
-    for partial in target.glob("*.partial"):
-        partial.rename(partial.with_suffix(""))
+
+
+def start_receiver(bins: Binaries, ep: Endpoint, target: Path, *, slot: str, passfile: Path, log_path: Path) -> int:
+    """A detached pg_receivewal that archives ``ep``'s WAL from ``slot`` into ``target`` until stopped
+    (it reconnects by itself when the server goes away); its pid. ``passfile`` must outlive it."""
+    return spawn([bins.path("pg_receivewal"), *_conn_args(ep), "-D", str(target), "-S", slot, "--synchronous",
+                  "--no-password"], log_path=str(log_path), env={"PGPASSFILE": str(passfile)},
+                 what="pg_receivewal", node=ep.name)
+
+
+def wal_for_restore(wal_dir: Path) -> dict[str, Path]:
+    """The WAL files to put into a restored pg_wal, by the name they must have there: a ``.partial``
+    segment under its plain name, unless the complete segment is there too."""
+    files = {p.name: p for p in sorted(wal_dir.iterdir()) if p.is_file()} if wal_dir.is_dir() else {}
+    chosen = {n: p for n, p in files.items() if not n.endswith(".partial")}
+    for name, path in files.items():
+        if name.endswith(".partial"):
+            chosen.setdefault(name.removesuffix(".partial"), path)
+    return chosen
 
 
 def verify_backup(bins: Binaries, datadir: Path, node: str, timeout: float = 3600) -> None:

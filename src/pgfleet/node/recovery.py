@@ -44,8 +44,9 @@ def own_tree(path: Path, run_as: RunAs | None) -> None:
             os.chown(os.path.join(root, name), run_as.uid, run_as.gid, follow_symlinks=False)
 
 
-def install_copy(server: LocalServer, data: Path, wal: list[Path]) -> None:
-    """Copy a base backup (``data``) and the WAL files after it into the server's (new) data directory."""
+def install_copy(server: LocalServer, data: Path, wal: dict[str, Path]) -> None:
+    """Copy a base backup (``data``) and the WAL files after it (by their name in pg_wal) into the server's
+    (new) data directory."""
     if server.datadir.exists():
         raise NodeError(f"data directory {server.datadir} already exists", node=server.name)
     server.home.mkdir(parents=True, exist_ok=True)
@@ -54,8 +55,8 @@ def install_copy(server: LocalServer, data: Path, wal: list[Path]) -> None:
     for name in DROPPED:
         (server.datadir / name).unlink(missing_ok=True)
     wal_dir = server.datadir / "pg_wal"
-    for path in wal:
-        shutil.copyfile(path, wal_dir / path.name)  # the received WAL goes further than the backup's own
+    for name, path in wal.items():
+        shutil.copyfile(path, wal_dir / name)  # the received WAL goes further than the backup's own
     own_tree(server.datadir, server.run_as)
     os.chmod(server.datadir, 0o700)
 
