@@ -29,7 +29,7 @@ def backup_cmd(ctx: click.Context, directory: str, lock_wait: float, archive: bo
     size = sum(n.data_bytes + n.wal_bytes for n in m.nodes)
     out.print(f"backup of {len(m.nodes)} nodes in {result.directory}: {human_size(size)} in {m.seconds:.1f} s; "
               f"restore point {m.restore_point} (commits held {m.held_ms:.1f} ms); "
-              f"restore it with: pgfleet restore {result.directory} --dir NEW", highlight=False)
+              f"restore it with: pgfleet restore {result.directory} --dir NEW", highlight=False, soft_wrap=True)
 
 
 @click.command("restore")
@@ -49,7 +49,7 @@ def restore_cmd(ctx: click.Context, backup_dir: str, target_name: str | None, ta
     settled = ", ".join(f"{s.gid} on {s.node}: {s.outcome}" for s in result.settled) or "none"
     out.print(f"restored {len(result.manifest.nodes)} nodes into {target} at {result.point.name} "
               f"in {result.seconds:.1f} s; prepared transactions settled: {settled}; "
-              f"connect with: pgfleet --dir {target} psql", highlight=False)
+              f"connect with: pgfleet --dir {target} psql", highlight=False, soft_wrap=True)
 
 
 @click.command("restore-point")
@@ -64,7 +64,7 @@ def restore_point_cmd(ctx: click.Context, name: str, lock_wait: float) -> None:
     with open_fleet(ctx) as fleet:
         point = add_restore_point(fleet, name, lock_wait=lock_wait)
     out.print(f"restore point {point.name} at {point.created_at} (commits held {point.held_ms:.1f} ms); "
-              f"restore it with: pgfleet restore BACKUP_DIR --target-name {point.name} --dir NEW", highlight=False)
+              f"restore it with: pgfleet restore BACKUP_DIR --target-name {point.name} --dir NEW", highlight=False, soft_wrap=True)
 
 
 @click.command("archive-stop")
@@ -76,7 +76,7 @@ def archive_stop_cmd(ctx: click.Context) -> None:
 
     stopped = stop_archivers(LocalCluster.load(cluster_dir(ctx)))
     out.print(f"stopped the archivers of {', '.join(a.node for a in stopped)}" if stopped
-              else "no WAL archive was running", highlight=False)
+              else "no WAL archive was running", highlight=False, soft_wrap=True)
 
 
 COMMANDS = (backup_cmd, restore_cmd, restore_point_cmd, archive_stop_cmd)
