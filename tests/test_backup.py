@@ -354,3 +354,18 @@ def test_archive_restores_to_a_later_restore_point_by_name_or_time(
         for worker in ("w1", "w2"):
             with connect(restored.endpoint(worker)) as wconn:
                 assert wconn.execute(f'SELECT array_agg(id) FROM "{schema}".ledger'.encode()).fetchone() == ([1],)
+
+
+def test_backup_with_a_worker_down_fails_whole(fleet: Fleet, cluster: LocalCluster, base_dir: Path) -> None:
+    target = base_dir / "backup-worker-down"
+    cluster.server("w2").stop()
+    try:
+        done = pgfleet_cli("backup", str(target), directory=cluster.directory)
+    finally:
+        cluster.start()
+    assert done.returncode == 1
+    assert "node w2" in done.stderr and "start the node" in done.stderr and len(done.stderr.strip().splitlines()) == 1
+    assert not target.exists()
+    for node in ("coord", "w1", "w2"):
+        with connect(cluster.endpoint(node)) as conn:
+            assert conn.execute("SELECT count(*) FROM pg_replication_slots").fetchone() == (0,)

@@ -23,7 +23,7 @@ from pathlib import Path
 
 import psycopg
 
-from ..errors import ExecuteError, SpecError
+from ..errors import ExecuteError, PgfleetError, SpecError
 from ..execute import Endpoint
 from ..execute.connect import connect
 from ..node import binaries as binmod
@@ -94,7 +94,7 @@ def stop_archivers(local: LocalCluster, wait: float = 10.0) -> list[Archiver]:
                 os.waitpid(a.pid, os.WNOHANG)
         time.sleep(0.1)
     for a in archivers:
-        with contextlib.suppress(psycopg.Error, ExecuteError, Exception), connect(local.endpoint(a.node)) as conn:
+        with contextlib.suppress(psycopg.Error, PgfleetError), connect(local.endpoint(a.node)) as conn:
             conn.execute("SELECT pg_drop_replication_slot(slot_name) FROM pg_replication_slots "
                          "WHERE slot_name = %s AND NOT active", (a.slot,))
     (local.directory / ARCHIVERS).unlink(missing_ok=True)
@@ -157,7 +157,8 @@ def add_restore_point(fleet: Fleet, name: str, *, lock_wait: float = 30.0, archi
 
 def choose_point(backup_dir: Path, base: RestorePoint, *, name: str | None, at: str | None) -> RestorePoint:
     """The restore point a restore goes to: by name, or the last one at or before time ``at``."""
-    points = [base, *(p for p in read_points(backup_dir) if p.name != base.name)]
+    recorded = read_points(backup_dir)  # the base point with the time it was made, when recorded
+    points = recorded if any(p.name == base.name for p in recorded) else [base, *recorded]
     if name is not None:
         for p in points:
             if p.name == name:

@@ -28,6 +28,19 @@ from ..execute.connect import Conn
 
 ATTEMPT_LOCK_TIMEOUT = "50ms"  # how long writers may queue behind one attempt to lock
 
+# One round trip: every distributed and reference table by oid (a renamed one too), then the decisions
+# (in the order writers take them: a table, then flush_queue's ROW EXCLUSIVE on the decisions).
+LOCK_ALL = """
+DO $$
+DECLARE
+    r regclass;
+BEGIN
+    FOR r IN SELECT t.relid::regclass FROM pgfleet.tables t JOIN pg_class c ON c.oid = t.relid ORDER BY t.relid LOOP
+        EXECUTE format('LOCK TABLE ONLY %s IN EXCLUSIVE MODE', r);
+    END LOOP;
+    LOCK TABLE pgfleet.commit_decisions IN EXCLUSIVE MODE;
+END $$"""
+
 
 @dataclass(frozen=True)
 class ConsistentPoint:
@@ -49,11 +62,7 @@ def create_consistent_point(coordinator: Conn, workers: Mapping[str, Conn], name
         coordinator.execute("BEGIN")
         try:
             coordinator.execute(sql.SQL("SET LOCAL lock_timeout = {}").format(sql.Literal(ATTEMPT_LOCK_TIMEOUT)))
-            tables = [sql.Identifier(str(s), str(t)) for s, t in coordinator.execute(
-                "SELECT schema_name, table_name FROM pgfleet.tables ORDER BY relid").fetchall()]
-            tables.append(sql.Identifier("pgfleet", "commit_decisions"))
-            for table in tables:  # tables first, the decisions last: flush_queue takes them in this order
-                coordinator.execute(sql.SQL("LOCK TABLE ONLY {} IN EXCLUSIVE MODE").format(table))
+            coordinator.execute(LOCK_ALL)
             locked = time.monotonic()
         except psycopg.errors.LockNotAvailable:
             coordinator.execute("ROLLBACK")
