@@ -191,72 +191,6 @@ def _coordinator_xid(conn: Conn, commit: bool) -> int:
     return int(row[0])
 
 
-@pytest.mark.slow
-def test_restore_equals_source_at_restore_point_and_settles_prepared(
-        fleet: Fleet, cluster: LocalCluster, schema: str, restored_dirs: tuple[Path, Path]) -> None:
-    backup_dir, new_dir = restored_dirs
-    _setup_accounts(fleet, schema)
-    conn = fleet.conn()
-    conn.execute("INSERT INTO ledger SELECT g, g FROM generate_series(1, 50) g")
-    keys = {k: _node_of(conn, schema, k) for k in (1, 2, 3, 4)}
-    commit_xid, abort_xid = _coordinator_xid(conn, True), _coordinator_xid(conn, False)
-    gids = {1: ("pgfleet_router_t1", 7), 2: ("pgfleet_router_t2", 100),
-            3: (f"pgfleet_xact_{commit_xid}_{keys[3][0]}", 11), 4: (f"pgfleet_xact_{abort_xid}_{keys[4][0]}", 1000)}
-    conn.execute("INSERT INTO pgfleet.commit_decisions (gid, outcome, nodes) VALUES (%s, 'commit', %s)",
-                 (gids[1][0], [keys[1][0]]))
-    worker_conns: list[Conn] = []
-    try:
-        for key, (gid, delta) in gids.items():
-            node, shard = keys[key]
-            wconn = connect(cluster.endpoint(node))
-            worker_conns.append(wconn)
-            _prepare_on_worker(wconn, shard, key, delta, gid)
-        recorded = _summary(conn), _summary(conn, "ledger", "amount")
-        done = pgfleet_cli("backup", str(backup_dir), directory=cluster.directory)
-        assert done.returncode == 0, done.stderr
-    finally:
-        for wconn in worker_conns:
-            wconn.close()
-        for node in ("w1", "w2"):
-            with connect(cluster.endpoint(node)) as wconn:
-                for (gid,) in wconn.execute("SELECT gid FROM pg_prepared_xacts WHERE gid LIKE 'pgfleet\\_%'"
-                                            ).fetchall():
-                    wconn.execute(f"ROLLBACK PREPARED '{gid}'".encode())
-        conn.execute("DELETE FROM pgfleet.commit_decisions WHERE gid LIKE 'pgfleet\\_router\\_t%'")
-    conn.execute("UPDATE accounts SET balance = 0 WHERE id > 100")  # after the backup: not in the restore
-    conn.execute("DELETE FROM ledger WHERE id > 25")
-
-    done = pgfleet_cli("restore", str(backup_dir), "--dir", str(new_dir))
-    assert done.returncode == 0, done.stderr
-    assert "pgfleet_router_t1 on" in done.stdout
-    with _restored_fleet(new_dir) as rfleet:
-        rconn = rfleet.conn()
-        rconn.execute(f'SET search_path = "{schema}"'.encode())
-        assert _summary(rconn, "ledger", "amount") == recorded[1]
-        count, total, _ = _summary(rconn)
-        # the decided commits (router decision row 'commit', committed coordinator xid) applied; the others not
-        assert (count, total) == (recorded[0][0], recorded[0][1] + 7 + 11)
-        balances = dict(rconn.execute("SELECT id, balance FROM accounts WHERE id <= 4").fetchall())
-        assert balances == {1: START_BALANCE + 7, 2: START_BALANCE, 3: START_BALANCE + 11, 4: START_BALANCE}
-        restored = LocalCluster.load(new_dir)
-        for node in ("w1", "w2"):
-            with connect(restored.endpoint(node)) as wconn:
-                assert wconn.execute("SELECT count(*) FROM pg_prepared_xacts").fetchone() == (0,)
-        assert rconn.execute("SELECT count(*) FROM pgfleet.commit_decisions").fetchone() == (0,)
-        # apart from the settled transactions, the rows are those of the source at the restore point
-        rows = rconn.execute("SELECT count(*) FROM accounts WHERE id > 100 AND balance = 0").fetchone()
-        assert rows == (0,)
-
-    shutil.rmtree(new_dir)
-    damaged = next((backup_dir / "wal" / "w1").iterdir())
-    with damaged.open("r+b") as handle:
-        handle.seek(100)
-        handle.write(b"\xff\xff\xff\xff")
-    done = pgfleet_cli("restore", str(backup_dir), "--dir", str(new_dir))
-    assert done.returncode == 1
-    assert "missing or damaged" in done.stderr and not new_dir.exists()
-
-
 def test_flush_queue_waits_for_a_backups_restore_point(fleet: Fleet, cluster: LocalCluster, schema: str) -> None:
     """A reference write's two-phase commit on the workers cannot run while a backup holds the decisions."""
     conn = fleet.conn()
@@ -312,50 +246,6 @@ def test_backup_refuses_a_directory_with_files(fleet: Fleet, cluster: LocalClust
     assert slots == (0,)
 
 
-@pytest.mark.slow
-def test_archive_restores_to_a_later_restore_point_by_name_or_time(
-        fleet: Fleet, cluster: LocalCluster, schema: str, restored_dirs: tuple[Path, Path]) -> None:
-    backup_dir, new_dir = restored_dirs
-    _setup_accounts(fleet, schema)
-    conn = fleet.conn()
-    done = pgfleet_cli("backup", str(backup_dir), "--archive", directory=cluster.directory)
-    assert done.returncode == 0, done.stderr
-    try:
-        conn.execute("UPDATE accounts SET balance = 1 WHERE id = 1")
-        conn.execute("INSERT INTO ledger VALUES (1, 1)")
-        done = pgfleet_cli("restore-point", "after_one", directory=cluster.directory)
-        assert done.returncode == 0, done.stderr
-        time.sleep(0.2)
-        between = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime()) + f".{int(time.time() * 1000) % 1000:03d}"
-        time.sleep(0.2)
-        conn.execute("UPDATE accounts SET balance = 2 WHERE id = 2")
-        conn.execute("INSERT INTO ledger VALUES (2, 2)")
-        done = pgfleet_cli("restore-point", "after_two", directory=cluster.directory)
-        assert done.returncode == 0, done.stderr
-        assert pgfleet_cli("restore-point", "after_two", directory=cluster.directory).returncode == 1
-    finally:
-        stopped = pgfleet_cli("archive-stop", directory=cluster.directory)
-    assert stopped.returncode == 0 and "w1" in stopped.stdout, stopped.stderr
-    assert fleet.conn().execute("SELECT count(*) FROM pg_replication_slots WHERE slot_name LIKE 'pgfleet_archive%'"
-                                ).fetchone() == (0,)
-
-    done = pgfleet_cli("restore", str(backup_dir), "--dir", str(new_dir), "--target-name", "nope")
-    assert done.returncode == 1 and "after_one" in done.stderr and not new_dir.exists()
-    done = pgfleet_cli("restore", str(backup_dir), "--dir", str(new_dir), "--target-time", between)
-    assert done.returncode == 0, done.stderr
-    assert "at after_one" in done.stdout
-    with _restored_fleet(new_dir) as rfleet:
-        rconn = rfleet.conn()
-        rconn.execute(f'SET search_path = "{schema}"'.encode())
-        balances = dict(rconn.execute("SELECT id, balance FROM accounts WHERE id <= 2").fetchall())
-        assert balances == {1: 1, 2: START_BALANCE}
-        assert rconn.execute("SELECT array_agg(id) FROM ledger").fetchone() == ([1],)
-        restored = LocalCluster.load(new_dir)
-        for worker in ("w1", "w2"):
-            with connect(restored.endpoint(worker)) as wconn:
-                assert wconn.execute(f'SELECT array_agg(id) FROM "{schema}".ledger'.encode()).fetchone() == ([1],)
-
-
 def test_backup_with_a_worker_down_fails_whole(fleet: Fleet, cluster: LocalCluster, base_dir: Path) -> None:
     target = base_dir / "backup-worker-down"
     cluster.server("w2").stop()
@@ -369,3 +259,97 @@ def test_backup_with_a_worker_down_fails_whole(fleet: Fleet, cluster: LocalClust
     for node in ("coord", "w1", "w2"):
         with connect(cluster.endpoint(node)) as conn:
             assert conn.execute("SELECT count(*) FROM pg_replication_slots").fetchone() == (0,)
+
+
+def _prepare_in_doubt(conn: Conn, cluster: LocalCluster, schema: str) -> list[Conn]:
+    """Prepared pgfleet transactions on the workers as a crash would leave them: keys 1..4 get +7 (router
+    gid, decision 'commit'), +100 (router gid, no decision), +11 (flush gid of a committed coordinator
+    transaction), +1000 (flush gid of an aborted one)."""
+    keys = {k: _node_of(conn, schema, k) for k in (1, 2, 3, 4)}
+    commit_xid, abort_xid = _coordinator_xid(conn, True), _coordinator_xid(conn, False)
+    gids = {1: ("pgfleet_router_t1", 7), 2: ("pgfleet_router_t2", 100),
+            3: (f"pgfleet_xact_{commit_xid}_{keys[3][0]}", 11), 4: (f"pgfleet_xact_{abort_xid}_{keys[4][0]}", 1000)}
+    conn.execute("INSERT INTO pgfleet.commit_decisions (gid, outcome, nodes) VALUES (%s, 'commit', %s)",
+                 (gids[1][0], [keys[1][0]]))
+    conns = []
+    for key, (gid, delta) in gids.items():
+        node, shard = keys[key]
+        wconn = connect(cluster.endpoint(node))
+        conns.append(wconn)
+        _prepare_on_worker(wconn, shard, key, delta, gid)
+    return conns
+
+
+def _forget_in_doubt(conn: Conn, cluster: LocalCluster, conns: list[Conn]) -> None:
+    for wconn in conns:
+        wconn.close()
+    for node in ("w1", "w2"):
+        with connect(cluster.endpoint(node)) as wconn:
+            for (gid,) in wconn.execute("SELECT gid FROM pg_prepared_xacts WHERE gid LIKE 'pgfleet\\_%'").fetchall():
+                wconn.execute(f"ROLLBACK PREPARED '{gid}'".encode())
+    conn.execute("DELETE FROM pgfleet.commit_decisions WHERE gid LIKE 'pgfleet\\_router\\_t%'")
+
+
+@pytest.mark.slow
+def test_archive_restore_equals_the_source_at_a_later_point_and_settles_prepared(
+        fleet: Fleet, cluster: LocalCluster, schema: str, restored_dirs: tuple[Path, Path]) -> None:
+    backup_dir, new_dir = restored_dirs
+    _setup_accounts(fleet, schema)
+    conn = fleet.conn()
+    conn.execute("INSERT INTO ledger SELECT g, g FROM generate_series(1, 50) g")
+    in_doubt = _prepare_in_doubt(conn, cluster, schema)
+    try:
+        done = pgfleet_cli("backup", str(backup_dir), "--archive", directory=cluster.directory)
+        assert done.returncode == 0, done.stderr
+        try:
+            conn.execute("UPDATE accounts SET balance = 5 WHERE id = 5")
+            conn.execute("INSERT INTO ledger VALUES (51, 51)")
+            recorded = _summary(conn), _summary(conn, "ledger", "amount")  # quiet: what after_one must hold
+            done = pgfleet_cli("restore-point", "after_one", directory=cluster.directory)
+            assert done.returncode == 0, done.stderr
+            time.sleep(0.2)
+            between = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime()) + f".{int(time.time() * 1000) % 1000:03d}"
+            time.sleep(0.2)
+            conn.execute("UPDATE accounts SET balance = 6 WHERE id = 6")
+            conn.execute("DELETE FROM ledger WHERE id > 25")
+            done = pgfleet_cli("restore-point", "after_two", directory=cluster.directory)
+            assert done.returncode == 0, done.stderr
+            assert pgfleet_cli("restore-point", "after_two", directory=cluster.directory).returncode == 1
+        finally:
+            stopped = pgfleet_cli("archive-stop", directory=cluster.directory)
+    finally:
+        _forget_in_doubt(conn, cluster, in_doubt)
+    assert stopped.returncode == 0 and "w1" in stopped.stdout, stopped.stderr
+    assert conn.execute("SELECT count(*) FROM pg_replication_slots WHERE slot_name LIKE 'pgfleet_archive%'"
+                        ).fetchone() == (0,)
+
+    done = pgfleet_cli("restore", str(backup_dir), "--dir", str(new_dir), "--target-name", "nope")
+    assert done.returncode == 1 and "after_one" in done.stderr and not new_dir.exists()
+    done = pgfleet_cli("restore", str(backup_dir), "--dir", str(new_dir), "--target-time", between)
+    assert done.returncode == 0, done.stderr
+    assert "at after_one" in done.stdout and "pgfleet_router_t1 on" in done.stdout
+    restored = LocalCluster.load(new_dir)
+    with _restored_fleet(new_dir) as rfleet:
+        rconn = rfleet.conn()
+        rconn.execute(f'SET search_path = "{schema}"'.encode())
+        assert _summary(rconn, "ledger", "amount") == recorded[1]
+        # the decided commits (decision row 'commit', committed coordinator xid) applied; the others not
+        assert _summary(rconn)[:2] == (recorded[0][0], recorded[0][1] + 7 + 11)
+        balances = dict(rconn.execute("SELECT id, balance FROM accounts WHERE id <= 6").fetchall())
+        assert balances == {1: START_BALANCE + 7, 2: START_BALANCE, 3: START_BALANCE + 11, 4: START_BALANCE,
+                            5: 5, 6: START_BALANCE}
+        assert rconn.execute("SELECT count(*) FROM pgfleet.commit_decisions").fetchone() == (0,)
+        for worker in ("w1", "w2"):
+            with connect(restored.endpoint(worker)) as wconn:
+                assert wconn.execute("SELECT count(*) FROM pg_prepared_xacts").fetchone() == (0,)
+                assert _summary(wconn, f'"{schema}".ledger', "amount") == recorded[1]
+
+    restored.destroy()
+    manifest = json.loads((backup_dir / "pgfleet-backup.json").read_text())
+    complete = next(w["name"] for w in manifest["nodes"][1]["wal"] if not w["name"].endswith(".partial"))
+    with (backup_dir / "wal" / manifest["nodes"][1]["name"] / complete).open("r+b") as handle:
+        handle.seek(100)
+        handle.write(b"\xff\xff\xff\xff")
+    done = pgfleet_cli("restore", str(backup_dir), "--dir", str(new_dir))
+    assert done.returncode == 1
+    assert "missing or damaged" in done.stderr and not new_dir.exists()
