@@ -1,7 +1,8 @@
 """``pgfleet backup DIR``: a physical backup of every node's primary and the WAL up to one cluster-wide
 consistent point, while the cluster takes writes.
 
-1. On every node a physical replication slot (``pgfleet_backup_<token>``) keeps the WAL from now on.
+1. On every node a CHECKPOINT, then a physical replication slot (``pgfleet_backup_<token>``) that keeps the
+   WAL from that checkpoint on.
 2. pg_basebackup of each node in turn into ``DIR/nodes/<node>`` (its WAL streamed in, SHA-256 manifest).
 3. The consistent point (restore_point.py): commits held, a restore point on every node, released.
 4. pg_receivewal from each slot up to that node's restore point into ``DIR/wal/<node>``.
@@ -74,7 +75,8 @@ def backup(fleet: Fleet, directory: Path, *, progress: Progress | None = None,
     try:
         for name, ep in endpoints.items():
             conns[name] = connect(ep)
-        for conn in conns.values():
+        for conn in conns.values():  # the slot keeps WAL from the last checkpoint's redo: make that now
+            conn.execute("CHECKPOINT")
             conn.execute("SELECT pg_create_physical_replication_slot(%s, true)", (slot,))
         for name, ep in endpoints.items():
             tell(f"base backup of {name} ({ep.host}:{ep.port})")
