@@ -130,3 +130,21 @@ def _run_reading_stderr(argv: Sequence[str], on_progress: Callable[[str], None],
         reader.join(5)
         out = proc.stdout.read().decode(errors="replace")
         return subprocess.CompletedProcess(list(argv), proc.returncode, out, kept.decode(errors="replace"))
+
+
+def spawn(argv: Sequence[str], *, log_path: str, env: Mapping[str, str] | None = None,
+          what: str | None = None, node: str | None = None) -> int:
+    """Start ``argv`` detached (own session, stdin closed, output appended to ``log_path``); its pid.
+
+    For long-running helpers that outlive pgfleet's command (the WAL archivers)."""
+    full_env = dict(os.environ)
+    full_env.update(env or {})
+    label = what or os.path.basename(argv[0])
+    log.debug("spawn %s", " ".join(argv))
+    try:
+        with open(log_path, "ab") as out:
+            proc = subprocess.Popen(list(argv), stdin=subprocess.DEVNULL, stdout=out, stderr=out, env=full_env,
+                                    start_new_session=True)
+    except OSError as exc:
+        raise NodeError(f"{label}: cannot start {argv[0]} ({exc.strerror})", node=node) from None
+    return proc.pid

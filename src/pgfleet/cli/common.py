@@ -4,14 +4,15 @@ from __future__ import annotations
 
 import sys
 from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from contextlib import AbstractContextManager, contextmanager
 from pathlib import Path
 from typing import Any, NoReturn
 
 import click
 import psycopg
 from rich.console import Console
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+from rich.progress import (BarColumn, DownloadColumn, MofNCompleteColumn, Progress, ProgressColumn, TextColumn,
+                           TimeElapsedColumn, TimeRemainingColumn, TransferSpeedColumn)
 
 from ..cluster.fleet import Fleet
 from ..cluster.local import default_dir
@@ -79,18 +80,29 @@ def open_fleet(ctx: click.Context) -> Iterator[Fleet]:
 
 
 @contextmanager
-def progress_bar(label: str) -> Iterator[Callable[[str, int, int], None]]:
-    names = {"shards": "creating shards", "copy": "moving rows", "verify": "verifying", "swap": "switching over"}
-    with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
-                  console=err, transient=False, disable=not err.is_terminal) as bar:
+def _bars(describe: Callable[[str], str], *columns: ProgressColumn) -> Iterator[Callable[[str, int, int], None]]:
+    """A bar per key, made on its first update: ``update(key, done, total)``."""
+    with Progress(TextColumn("{task.description}"), BarColumn(), *columns, console=err, transient=False,
+                  disable=not err.is_terminal) as bar:
         tasks: dict[str, Any] = {}
 
-        def update(phase: str, done: int, total: int) -> None:
-            if phase not in tasks:
-                tasks[phase] = bar.add_task(f"{label}: {names.get(phase, phase)}", total=max(total, 1))
-            bar.update(tasks[phase], completed=done, total=max(total, 1))
+        def update(key: str, done: int, total: int) -> None:
+            if key not in tasks:
+                tasks[key] = bar.add_task(describe(key), total=max(total, 1))
+            bar.update(tasks[key], completed=done, total=max(total, 1))
 
         yield update
+
+
+def progress_bar(label: str) -> AbstractContextManager[Callable[[str, int, int], None]]:
+    """A bar per phase of an operation (rows, shards): done of total, time elapsed."""
+    names = {"shards": "creating shards", "copy": "moving rows", "verify": "verifying", "swap": "switching over"}
+    return _bars(lambda phase: f"{label}: {names.get(phase, phase)}", MofNCompleteColumn(), TimeElapsedColumn())
+
+
+def bytes_progress(label: str) -> AbstractContextManager[Callable[[str, int, int], None]]:
+    """A bar per item (a node) with bytes done, speed and the time left: ``update(item, done, total)``."""
+    return _bars(lambda item: f"{label} {item}", DownloadColumn(), TransferSpeedColumn(), TimeRemainingColumn())
 
 
 def human_size(n: int) -> str:

@@ -16,7 +16,7 @@ from .. import __version__
 from ..cluster.fleet import Fleet, Status
 from ..cluster.local import LocalCluster
 from ..errors import PgfleetError
-from . import bench, clients, ha, reshape, router, tables
+from . import backup, bench, clients, ha, reshape, router, tables
 from .common import DIR_HELP, FleetGroup, cluster_dir, err, human_size, open_fleet, out
 
 if TYPE_CHECKING:
@@ -103,6 +103,10 @@ def down(ctx: click.Context, destroy: bool) -> None:
     if stop_background(local):
         err.print("  monitor stopped")
     if destroy:
+        from ..cluster.archive import stop_archivers
+
+        if stop_archivers(local):
+            err.print("  WAL archivers stopped")
         local.destroy()
         out.print(f"cluster in {local.directory} stopped and deleted")
         return
@@ -205,7 +209,7 @@ def demo(ctx: click.Context) -> None:
 
 
 tables.node.add_command(ha.node_rejoin)
-for family in (clients, tables, reshape, ha, bench, router):
+for family in (clients, tables, reshape, ha, bench, router, backup):
     for command in family.COMMANDS:
         cli.add_command(command)  # FleetGroup gives each (and its sub-commands) --dir
 

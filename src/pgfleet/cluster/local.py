@@ -231,6 +231,10 @@ class LocalCluster:
             handle.write("\n".join(lines) + "\n")
         os.chmod(passfile, 0o600)
 
+    def save(self) -> None:
+        """Write cluster.json and the pgpass file (a cluster assembled by a restore)."""
+        self._write_files()
+
     def add_member(self, node: LocalNode) -> None:
         self.spec = replace(self.spec, nodes=(*self.spec.nodes, node))
         self._write_files()

@@ -284,6 +284,9 @@ BEGIN
     IF nodes IS NULL THEN
         RETURN NULL;  -- an earlier firing in this transaction flushed everything
     END IF;
+    -- Conflicts with the EXCLUSIVE lock a backup holds while it creates its restore points (cluster/
+    -- restore_point.py), so no restore point falls between the workers' commits and the coordinator's.
+    LOCK TABLE pgfleet.commit_decisions IN ROW EXCLUSIVE MODE;
     n := cardinality(nodes);
     links := ARRAY(SELECT 'pgfleet_' || x FROM unnest(nodes) AS x);
     -- 0. a link per worker (opened only when the session has none), and whether it takes PREPARE
