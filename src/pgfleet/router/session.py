@@ -17,16 +17,19 @@ import asyncio
 import enum
 import hmac
 import logging
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Coroutine, Mapping
 from dataclasses import dataclass, field
-from typing import cast
+from typing import Any, cast
 
 from . import protocol as p
 from . import wire
 from .analyze import Shard
 from .backend import BackendError, WorkerConnection
 from .keys import CancelKey, KeyAllocator, process_of
-from .routing import Routing, decide, parse_search_path
+from .routing import Decision, Routing, decide, parse_search_path
+from .stats import RouterStats
+from .twophase import DecisionStore, GidMaker
+from .txn import ReplySkipper, TransactionControl, TwoPhase
 
 log = logging.getLogger(__name__)
 
@@ -34,19 +37,6 @@ CANNOT_CONNECT = "08006"  # connection_failure
 CANCEL_TIMEOUT = 5.0
 
 Address = tuple[str, int]
-
-
-@dataclass
-class RouterStats:
-    clients_total: int = 0
-    clients_active: int = 0
-    queries: int = 0  # simple-protocol Query messages
-    executes: int = 0  # extended-protocol Execute messages
-    cancels: int = 0  # cancel requests forwarded to a server (counted by the process holding the session)
-    protocol_errors: int = 0
-    routed: int = 0  # statements sent straight to a worker
-    routing_fallbacks: int = 0  # routable statements sent to the coordinator after all (worker refused the role, …)
-    pinned_sessions: int = 0  # sessions kept on the coordinator because of session state
 
 
 @dataclass
@@ -61,9 +51,12 @@ class RouterContext:
     keys: KeyAllocator = field(init=False)
     tasks: set[asyncio.Task[None]] = field(default_factory=set)
     routing: Routing | None = None  # None: every statement goes to the coordinator
+    twophase: TwoPhase | None = field(init=False, default=None)  # multi-worker commits (routing with a coordinator login)
 
     def __post_init__(self) -> None:
         self.keys = KeyAllocator(self.process_index)
+        if self.routing is not None and self.routing.coordinator_login is not None:
+            self.twophase = TwoPhase(GidMaker(self.process_index), DecisionStore(self.routing.coordinator_login))
 
     def spawn(self, coro: object) -> None:
         task: asyncio.Task[None] = asyncio.get_running_loop().create_task(coro)  # type: ignore[arg-type]
@@ -169,6 +162,10 @@ class ClientSession(asyncio.Protocol):
         self.outstanding = 0  # Query messages sent to the coordinator and not yet answered
         self.workers: dict[str, WorkerConnection] = {}
         self.running_on: WorkerConnection | None = None  # the worker running this session's routed statement
+        self.transactions = TransactionControl(self, context.stats, context.twophase)
+        self.coordinator_txn = False  # the router began a transaction on the coordinator: relay until it ends
+        self.skipper: ReplySkipper | None = None  # drops the coordinator's answer to that BEGIN
+        self.partial: list[bytes] = []  # a Query split over several reads, inside a transaction
 
     # --- client side ------------------------------------------------------------------------------
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
@@ -184,8 +181,15 @@ class ClientSession(asyncio.Protocol):
                 if self.busy:
                     self.held.append(data)
                     return
-                whole = self.framer.at_boundary  # this chunk starts a message (checked with the end below)
+                whole = self.framer.at_boundary and not self.partial  # this chunk starts a message
                 types = self.framer.scan(data)
+                if self.partial or (self.transactions.txn is not None and types == [b"Q"] and whole
+                                    and not self.framer.at_boundary):
+                    self.partial.append(data)  # inside a transaction a Query is only handled whole
+                    if not self.framer.at_boundary:
+                        return
+                    data, types, whole = b"".join(self.partial), [b"Q"], True
+                    self.partial.clear()
                 if not self.pinned and self.phase is Phase.RELAY and self._try_route(types, data, whole):
                     return
                 self._from_client(types, data)
@@ -285,6 +289,12 @@ class ClientSession(asyncio.Protocol):
 
     def from_server(self, data: bytes) -> None:
         if self.phase is Phase.RELAY:
+            if self.skipper is not None:
+                data = self.skipper.feed(data)
+                if self.skipper.done:
+                    self.skipper = None
+                if not data:
+                    return
             if not self.pinned:  # follow ReadyForQuery: routing needs an idle session
                 try:
                     self.outstanding = max(0, self.outstanding - self.server_framer.scan(data).count(b"Z"))
@@ -315,11 +325,12 @@ class ClientSession(asyncio.Protocol):
             self.refuse(wire.PROTOCOL_VIOLATION, f"pgfleet router: invalid message from the coordinator: {exc}")
 
     # --- routing -----------------------------------------------------------------------------------
-    def pin(self) -> None:
+    def pin(self) -> bool:
         if not self.pinned:
             self.pinned = True
             if self.phase is Phase.RELAY:
                 self.context.stats.pinned_sessions += 1
+        return False
 
     def _relay_started(self, ready: bytes) -> None:
         self.server_framer.last_status = ready[:1]
@@ -338,13 +349,20 @@ class ClientSession(asyncio.Protocol):
         if types == [b"X"] or not types:
             return False
         if routing is None or types != [b"Q"] or not starts_message or not self.framer.at_boundary \
-                or self.outstanding or self.server_framer.last_status != b"I":
-            self.pin()  # extended protocol, COPY, pipelined queries: the coordinator's from now on
-            return False
+                or self.outstanding:
+            return self.transactions.unsupported() or self.pin()  # extended protocol, COPY, pipelining
+        if self.server_framer.last_status != b"I":
+            if self.coordinator_txn:
+                return False  # a transaction the router began on the coordinator: it ends there
+            return self.pin()
+        self.coordinator_txn = False
         try:
-            sql = data[5:-1].decode()
+            sql = data[5:-1].decode(errors="strict" if self.transactions.txn is None else "replace")
         except UnicodeDecodeError:
             return False
+        if self.transactions.handle(sql, data):
+            self.context.stats.queries += 1
+            return True
         try:
             decision = decide(sql, routing.topology, self.search_path, routing.cache)
         except Exception:  # a bug in analysis must not lose the client's statement: the coordinator runs it
@@ -392,20 +410,13 @@ class ClientSession(asyncio.Protocol):
 
     def _drop_worker(self, route: Shard, exc: Exception) -> None:
         log.warning("routing to %s failed, sending the statement to the coordinator: %s", route.node, exc)
-        broken = self.workers.pop(route.node, None)
-        if broken is not None:
-            broken.close()
+        self.drop_worker(route.node)
 
     async def _run_routed(self, route: Shard, raw: bytes) -> None:
         """Open the worker connection first, or run under another role than the login role."""
-        routing = self.context.routing
-        assert routing is not None
         reply: bytes | None = None
         try:
-            conn = self.workers.get(route.node)
-            if conn is None or conn.broken:
-                conn = await WorkerConnection.open(routing.login(route.node), self._worker_settings())
-                self.workers[route.node] = conn
+            conn = await self.worker(route.node)
         except BackendError as exc:  # not sent: the coordinator runs it
             self._drop_worker(route, exc)
             self._routed_done(None, raw)
@@ -434,6 +445,43 @@ class ClientSession(asyncio.Protocol):
             self.context.stats.routing_fallbacks += 1
             self.context.stats.queries -= 1  # counted again on the way to the coordinator
             self._from_client([b"Q"], raw)
+        self.resume()
+
+    # --- hooks of the transaction state machine (txn.Host) -------------------------------------------------
+    def route(self, sql: str) -> Decision | None:
+        routing = self.context.routing
+        assert routing is not None
+        try:
+            return decide(sql, routing.topology, self.search_path, routing.cache)
+        except Exception:
+            log.exception("routing analysis failed; the statement goes to the coordinator")
+            return None
+
+    async def worker(self, node: str) -> WorkerConnection:
+        conn = self.workers.get(node)
+        if conn is None or conn.broken:
+            assert self.context.routing is not None
+            conn = await WorkerConnection.open(self.context.routing.login(node), self._worker_settings())
+            self.workers[node] = conn
+        return conn
+
+    def drop_worker(self, node: str) -> None:
+        broken = self.workers.pop(node, None)
+        if broken is not None:
+            broken.close()
+
+    def to_coordinator(self, setup: str, raw: bytes) -> None:
+        self.skipper = ReplySkipper()
+        self.coordinator_txn = True
+        self.outstanding += 1  # the setup's ReadyForQuery is not counted
+        if self.server and self.server.transport:
+            self.server.transport.write(p.Query(setup).encode() + raw)
+
+    def spawn(self, coro: Coroutine[Any, Any, None]) -> None:
+        self.busy = True
+        self.context.spawn(coro)
+
+    def resume(self) -> None:
         self.busy = False
         held, self.held = self.held, []
         for i, chunk in enumerate(held):
@@ -460,6 +508,8 @@ class ClientSession(asyncio.Protocol):
     def _write(self, data: bytes) -> None:
         if self.client and not self.client.is_closing():
             self.client.write(data)
+
+    write = _write
 
     def refuse(self, sqlstate: str, message: str, hint: str | None = None) -> None:
         """Tell the client what went wrong (an ErrorResponse), then close both connections."""
