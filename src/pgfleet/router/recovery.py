@@ -90,7 +90,7 @@ def plan(prepared: Mapping[str, Iterable[Prepared]], decisions: Mapping[str, Out
 class Report:
     committed: int = 0
     aborted: int = 0
-    in_doubt: int = 0  # prepared router transactions still there after the pass (young ones, failures)
+    in_doubt: int = 0  # prepared router transactions older than min_age still there after the pass
     deleted: int = 0
     errors: list[str] = field(default_factory=list)
 
@@ -151,7 +151,8 @@ def recover_once(coordinator: Callable[[], Conn], worker: Callable[[str], Conn],
             if todo.delete:
                 report.deleted = coord.execute("DELETE FROM pgfleet.commit_decisions WHERE gid = ANY(%s)",
                                                (list(todo.delete),)).rowcount
-            report.in_doubt = sum(len(x) for x in prepared.values()) - report.committed - report.aborted
+            old = sum(1 for xacts in prepared.values() for x in xacts if x.age >= min_age)
+            report.in_doubt = old - report.committed - report.aborted
         finally:
             for conn in conns.values():
                 conn.close()

@@ -407,6 +407,8 @@ class ReplySkipper:
 
     def feed(self, data: bytes) -> bytes:
         """What follows the skipped answer in ``data`` (b'' while it is still coming)."""
+        if self.done:
+            return data
         buf = self._buf + data
         pos = 0
         while len(buf) - pos >= 5:
