@@ -129,6 +129,18 @@ def test_isolation_level_is_the_clients(cluster: LocalCluster, router: RouterSer
         with pytest.raises(psycopg.errors.ReadOnlySqlTransaction):
             run(conn, f"UPDATE acct SET balance = 0 WHERE id = {key}")
         run(conn, "ROLLBACK")
+    # the session's default from its start-up options applies to a plain BEGIN
+    with psycopg.connect(host="127.0.0.1", port=router.config.port, dbname=cluster.spec.dbname,
+                         user=cluster.spec.superuser, password=cluster.spec.coordinator.password, autocommit=True,
+                         options=f"-c search_path={accounts},public -c default_transaction_isolation=repeatable\\ read"
+                         ) as conn, connect(cluster, cluster.spec.coordinator.port, accounts) as other:
+        run(conn, "BEGIN")
+        first = balance(conn, key)
+        run(other, f"UPDATE acct SET balance = balance + 1 WHERE id = {key}")
+        assert balance(conn, key) == first
+        run(conn, "COMMIT")
+        assert balance(conn, key) == first + 1
+    assert router.context.stats.worker_transactions == 5 and router.context.stats.pinned_sessions == 0
 
 
 def test_failed_transaction_and_savepoints(cluster: LocalCluster, router: RouterServer, accounts: str) -> None:

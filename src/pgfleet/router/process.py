@@ -21,7 +21,7 @@ from ..node.ports import claim_port, claim_ports, release_ports
 from .backend import WorkerLogin
 from .keys import MAX_PROCESS_INDEX
 from .routing import Routing
-from .session import Address
+from .context import Address
 from .snapshot import RoutingTopology
 
 PID_FILE = "router.pid"

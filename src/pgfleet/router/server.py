@@ -19,7 +19,8 @@ from typing import Any
 from ..errors import NodeError
 from . import recovery
 from .routing import Routing
-from .session import Address, ClientSession, RouterContext
+from .context import Address, RouterContext
+from .session import ClientSession
 
 log = logging.getLogger(__name__)
 

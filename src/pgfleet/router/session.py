@@ -15,96 +15,20 @@ from __future__ import annotations
 
 import asyncio
 import enum
-import hmac
 import logging
-from collections.abc import Callable, Coroutine, Mapping
-from dataclasses import dataclass, field
+from collections.abc import Coroutine
 from typing import Any, cast
 
 from . import protocol as p
 from . import wire
 from .analyze import Shard
 from .backend import BackendError, WorkerConnection
-from .keys import CancelKey, KeyAllocator, process_of
-from .routing import Decision, Routing, decide, parse_search_path
-from .stats import RouterStats
-from .twophase import DecisionStore, GidMaker
-from .txn import ReplySkipper, TransactionControl, TwoPhase
+from .context import CANNOT_CONNECT, Address, RouterContext, lost_in_flight
+from .keys import CancelKey
+from .routing import Decision, decide, parse_search_path
+from .txn import ReplySkipper, TransactionControl
 
 log = logging.getLogger(__name__)
-
-CANNOT_CONNECT = "08006"  # connection_failure
-CANCEL_TIMEOUT = 5.0
-
-Address = tuple[str, int]
-
-
-@dataclass
-class RouterContext:
-    """What every session of one router process shares."""
-
-    upstream: Callable[[], Address]  # the coordinator's address now (asked for each new client)
-    process_index: int = 0
-    peers: Mapping[int, Address] = field(default_factory=dict)  # other router processes, by index
-    stats: RouterStats = field(default_factory=RouterStats)
-    sessions: dict[int, ClientSession] = field(default_factory=dict)  # by the router's process id
-    keys: KeyAllocator = field(init=False)
-    tasks: set[asyncio.Task[None]] = field(default_factory=set)
-    routing: Routing | None = None  # None: every statement goes to the coordinator
-    twophase: TwoPhase | None = field(init=False, default=None)  # multi-worker commits (routing with a coordinator login)
-
-    def __post_init__(self) -> None:
-        self.keys = KeyAllocator(self.process_index)
-        if self.routing is not None and self.routing.coordinator_login is not None:
-            self.twophase = TwoPhase(GidMaker(self.process_index), DecisionStore(self.routing.coordinator_login))
-
-    def spawn(self, coro: object) -> None:
-        task: asyncio.Task[None] = asyncio.get_running_loop().create_task(coro)  # type: ignore[arg-type]
-        self.tasks.add(task)
-        task.add_done_callback(self.tasks.discard)
-
-    def cancel(self, request: wire.CancelRequest) -> None:
-        """Forward a client's cancel to the server running its query, or to the router process holding it."""
-        owner = process_of(request.process_id)
-        if owner != self.process_index:
-            peer = self.peers.get(owner)
-            if peer is None:
-                log.info("cancel request for router process %d, which is not known here: ignored", owner)
-                return
-            self.spawn(send_cancel(peer, request))
-            return
-        session = self.sessions.get(request.process_id)
-        if session is None or session.client_key is None or session.server_key is None or session.address is None \
-                or not hmac.compare_digest(session.client_key.secret, request.secret):
-            log.info("cancel request with an unknown key: ignored")  # as the server does, silently
-            return
-        self.stats.cancels += 1
-        worker = session.running_on
-        if worker is not None and worker.cancel_key is not None:  # a routed statement: cancel it on its worker
-            self.spawn(send_cancel(worker.address, wire.CancelRequest(*worker.cancel_key)))
-            return
-        self.spawn(send_cancel(session.address, wire.CancelRequest(session.server_key.process_id, session.server_key.secret)))
-
-
-def lost_in_flight(node: str) -> bytes:
-    """What the client gets when the worker connection broke while its routed statement ran: an error
-    and an idle session (the statement may or may not have run there, so it is not run again)."""
-    error = p.error_response(CANNOT_CONNECT, f"pgfleet router: the connection to worker {node} was lost while "
-                             "it ran this statement; it may or may not have taken effect", severity="ERROR",
-                             hint="check the row, then retry")
-    return error.encode() + p.ReadyForQuery("I").encode()
-
-
-async def send_cancel(address: Address, request: wire.CancelRequest) -> None:
-    try:
-        reader, writer = await asyncio.wait_for(asyncio.open_connection(*address), CANCEL_TIMEOUT)
-        writer.write(request.encode())
-        await writer.drain()
-        await asyncio.wait_for(reader.read(), CANCEL_TIMEOUT)  # the server closes after reading it
-        writer.close()
-    except (OSError, TimeoutError) as exc:
-        log.warning("could not forward a cancel request to %s:%d: %s", *address, exc)
-
 
 class Phase(enum.Enum):
     STARTUP = 1
