@@ -3,6 +3,7 @@ commit, with the semantics of one server (failed transactions, savepoints, refus
 
 from __future__ import annotations
 
+import contextlib
 import threading
 import time
 from collections.abc import Iterator
@@ -37,17 +38,24 @@ def accounts(fleet: Fleet, schema: str) -> str:
     return schema
 
 
-@pytest.fixture
-def router(cluster: LocalCluster, accounts: str) -> Iterator[RouterServer]:
+@contextlib.contextmanager
+def routing_router(cluster: LocalCluster, recovery_min_age: float = 1.0) -> Iterator[RouterServer]:
+    """A router in a thread whose recovery passes run every half second."""
     [port] = claim_ports(1, cluster.directory, start=6700)
     upstream = ("127.0.0.1", cluster.spec.coordinator.port)
     config = RouterConfig(port=port, upstream=lambda: upstream, routing=local_routing(cluster),
-                          recovery_interval=0.5, recovery_min_age=1.0)
+                          recovery_interval=0.5, recovery_min_age=recovery_min_age)
     try:
         with serve_in_thread(config) as server:
             yield server
     finally:
         release_ports([port], cluster.directory)
+
+
+@pytest.fixture
+def router(cluster: LocalCluster, accounts: str) -> Iterator[RouterServer]:
+    with routing_router(cluster) as server:
+        yield server
 
 
 def connect(cluster: LocalCluster, port: int, schema: str) -> psycopg.Connection[Any]:

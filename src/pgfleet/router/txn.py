@@ -293,9 +293,10 @@ class TransactionControl:
             self.txn = None
             failure = next((e for r in replies if r is not None and (e := first_error(r)) is not None), None)
             lost = [node for node, reply in zip(nodes, replies, strict=True) if reply is None]
+            refused = [node for node, ok in zip(nodes, prepared, strict=True) if not ok]
             self.host.write((failure.encode() if failure is not None else error(
                 CONNECTION_FAILURE if lost else TRANSACTION_ROLLBACK,
-                f"pgfleet router: the transaction could not be prepared on worker {', '.join(lost) or '?'}; "
+                f"pgfleet router: the transaction could not be prepared on worker {', '.join(refused)}; "
                 "it was rolled back", "retry the transaction")) + ready("I"))
             return
         outcome, why = await twophase.decisions.record_commit(gid, nodes)
