@@ -5,6 +5,7 @@ is on both sides or on neither, the total is conserved, and no prepared transact
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import threading
@@ -14,6 +15,7 @@ from typing import Any
 
 import psycopg
 import pytest
+from conftest import pgfleet_cli
 from test_router_txn import (
     ACCOUNTS,
     BALANCE,
@@ -154,6 +156,17 @@ def test_router_killed_before_the_decision(cluster: LocalCluster, router: Router
     proc, _ = start_background(cluster, route=True)
     try:
         time.sleep(2.5)  # its topology: read at start, the table was distributed before
+        with connect(cluster, proc.port, accounts) as conn:  # one transaction on one worker, one on both
+            for keys in ((here, here), (here, there)):
+                run(conn, "BEGIN")
+                for key in keys:
+                    run(conn, f"UPDATE acct SET note = 'x' WHERE id = {key}")
+                run(conn, "COMMIT")
+        time.sleep(1.2)  # the status files are written every second
+        status = pgfleet_cli("router", "status", "--json", directory=cluster.directory)
+        counters = json.loads(status.stdout)
+        assert (counters["worker_transactions"], counters["two_phase_commits"], counters["in_doubt"]) == (1, 1, 0)
+        assert "two phase commits" in pgfleet_cli("router", "status", directory=cluster.directory).stdout
         holder = hold_decisions(cluster)
         transfer = Transfer(cluster, proc.port, accounts, here, there)
         try:
