@@ -110,6 +110,13 @@ def test_one_worker_commit_and_rollback(cluster: LocalCluster, router: RouterSer
         assert balance(conn, a) == 0  # the transaction sees its own write
         run(conn, "ROLLBACK")
         assert balance(direct, a) == BALANCE - 10
+        notices: list[str] = []
+        conn.add_notice_handler(lambda d: notices.append(f"{d.sqlstate} {d.message_primary}"))
+        run(conn, "ROLLBACK")  # no transaction: the server's warning, and the session is not pinned
+        run(conn, "BEGIN")
+        run(conn, "BEGIN")
+        run(conn, "COMMIT")
+        assert notices == ["25P01 there is no transaction in progress", "25001 there is already a transaction in progress"]
     assert stats.worker_transactions == 2 and stats.two_phase_commits == 0 and stats.coordinator_transactions == 0
     assert stats.pinned_sessions == 0
 

@@ -40,6 +40,7 @@ log = logging.getLogger(__name__)
 NOT_SUPPORTED = "0A000"
 IN_FAILED_TRANSACTION = "25P02"
 ACTIVE_TRANSACTION = "25001"
+NO_TRANSACTION = "25P01"
 NO_SAVEPOINT = "3B001"
 CONNECTION_FAILURE = "08006"
 TRANSACTION_ROLLBACK = "40000"
@@ -83,6 +84,10 @@ def error(sqlstate: str, message: str, hint: str | None = None) -> bytes:
     return p.error_response(sqlstate, message, severity="ERROR", hint=hint).encode()
 
 
+def warning(sqlstate: str, message: str) -> bytes:
+    return p.NoticeResponse((("S", "WARNING"), ("V", "WARNING"), ("C", sqlstate), ("M", message))).encode()
+
+
 def ready(status: str) -> bytes:
     return p.ReadyForQuery(status).encode()
 
@@ -114,6 +119,10 @@ class TransactionControl:
         ctl = control(text)
         txn = self.txn
         if txn is None:
+            if ctl is not None and ctl.kind in (Kind.COMMIT, Kind.ROLLBACK) and not ctl.chain:
+                self.host.write(warning(NO_TRANSACTION, "there is no transaction in progress") + complete(ctl.tag)
+                                + ready("I"))  # as the server answers it, without pinning the session
+                return True
             if ctl is None or ctl.kind is not Kind.BEGIN:
                 return False
             self.txn = Transaction(ctl.options)
@@ -177,9 +186,8 @@ class TransactionControl:
         elif txn.failed and kind is not Kind.ROLLBACK_TO:
             self._aborted()
         elif kind is Kind.BEGIN:
-            warning = p.NoticeResponse((("S", "WARNING"), ("V", "WARNING"), ("C", ACTIVE_TRANSACTION),
-                                        ("M", "there is already a transaction in progress"))).encode()
-            self.host.write(warning + complete(ctl.tag) + ready("T"))
+            self.host.write(warning(ACTIVE_TRANSACTION, "there is already a transaction in progress")
+                            + complete(ctl.tag) + ready("T"))
         elif kind is Kind.SET_TRANSACTION:
             if txn.participants:
                 self._fail(txn, NOT_SUPPORTED, "pgfleet router: SET TRANSACTION after the transaction's first "
