@@ -121,6 +121,18 @@ def test_one_worker_commit_and_rollback(cluster: LocalCluster, router: RouterSer
     assert stats.pinned_sessions == 0
 
 
+def test_a_large_statement_in_a_transaction(cluster: LocalCluster, router: RouterServer, accounts: str) -> None:
+    """A Query longer than one read reaches the router in pieces: inside a transaction it is routed whole."""
+    with connect(cluster, router.config.port, accounts) as conn, \
+            connect(cluster, cluster.spec.coordinator.port, accounts) as direct:
+        run(conn, "BEGIN")
+        run(conn, "UPDATE acct SET note = 'small' WHERE id = 1")
+        run(conn, f"UPDATE acct SET note = '{'x' * 300_000}' WHERE id = 1")
+        run(conn, "COMMIT")
+        assert run(direct, "SELECT length(note) FROM acct WHERE id = 1") == [(300_000,)]
+    assert router.context.stats.worker_transactions == 1 and router.context.stats.pinned_sessions == 0
+
+
 def test_isolation_level_is_the_clients(cluster: LocalCluster, router: RouterServer, accounts: str) -> None:
     """READ COMMITTED sees a commit made between two statements; REPEATABLE READ does not."""
     key = 3

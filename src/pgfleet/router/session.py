@@ -89,7 +89,7 @@ class ClientSession(asyncio.Protocol):
         self.transactions = TransactionControl(self, context.stats, context.twophase)
         self.coordinator_txn = False  # the router began a transaction on the coordinator: relay until it ends
         self.skipper: ReplySkipper | None = None  # drops the coordinator's answer to that BEGIN
-        self.partial: list[bytes] = []  # a Query split over several reads, inside a transaction
+        self.partial: list[tuple[bytes, list[bytes]]] = []  # reads of messages not yet whole, in a transaction
 
     # --- client side ------------------------------------------------------------------------------
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
@@ -105,14 +105,13 @@ class ClientSession(asyncio.Protocol):
                 if self.busy:
                     self.held.append(data)
                     return
-                whole = self.framer.at_boundary and not self.partial  # this chunk starts a message
+                whole = self.framer.at_boundary  # this chunk starts a message (checked with the end below)
                 types = self.framer.scan(data)
-                if self.partial or (self.transactions.txn is not None and types == [b"Q"] and whole
-                                    and not self.framer.at_boundary):
-                    self.partial.append(data)  # inside a transaction a Query is only handled whole
+                if self.partial or (self.transactions.txn is not None and whole and not self.framer.at_boundary):
+                    self.partial.append((data, types))  # inside a transaction messages are handled whole
                     if not self.framer.at_boundary:
                         return
-                    data, types, whole = b"".join(self.partial), [b"Q"], True
+                    data, types, whole = b"".join(d for d, _ in self.partial), [t for _, ts in self.partial for t in ts], True
                     self.partial.clear()
                 if not self.pinned and self.phase is Phase.RELAY and self._try_route(types, data, whole):
                     return
