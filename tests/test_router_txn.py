@@ -235,7 +235,23 @@ def test_coordinator_statement_after_worker_write_is_refused(cluster: LocalClust
         routed = router.context.stats.routed
         assert balance(conn, 5) == BALANCE - 1  # back to routing after the coordinator's transaction
         assert router.context.stats.routed == routed + 1
-    assert router.context.stats.coordinator_transactions == 1 and router.context.stats.pinned_sessions == 0
+        # only plain SELECTs on a worker so far: in READ COMMITTED the transaction moves to the coordinator
+        run(conn, "BEGIN")
+        assert balance(conn, 5) == BALANCE - 1
+        run(conn, "SAVEPOINT before_sum")
+        assert run(conn, "SELECT sum(balance) FROM acct") == [(ACCOUNTS * BALANCE,)]
+        run(conn, "UPDATE acct SET balance = balance + 1 WHERE id = 5")
+        run(conn, "ROLLBACK TO SAVEPOINT before_sum")  # the savepoint was replayed on the coordinator
+        run(conn, "UPDATE acct SET balance = balance + 2 WHERE id = 5")
+        run(conn, "COMMIT")
+        assert balance(direct, 5) == BALANCE + 1
+        # in REPEATABLE READ the snapshot is the worker's: refused
+        run(conn, "BEGIN ISOLATION LEVEL REPEATABLE READ")
+        assert balance(conn, 5) == BALANCE + 1
+        with pytest.raises(psycopg.errors.FeatureNotSupported, match="snapshot"):
+            run(conn, "SELECT sum(balance) FROM acct")
+        run(conn, "ROLLBACK")
+    assert router.context.stats.coordinator_transactions == 2 and router.context.stats.pinned_sessions == 0
 
 
 def test_extended_protocol_in_a_transaction(cluster: LocalCluster, router: RouterServer, accounts: str) -> None:

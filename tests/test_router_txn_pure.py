@@ -9,7 +9,7 @@ from pgfleet.router import protocol as p
 from pgfleet.router.recovery import Outcome, Prepared, plan
 from pgfleet.router.twophase import GID_PREFIX, GidMaker
 from pgfleet.router.txn import ReplySkipper, without_setup
-from pgfleet.router.txnstmt import BeginOptions, Kind, control
+from pgfleet.router.txnstmt import BeginOptions, Kind, control, reads_only
 
 
 @pytest.mark.parametrize(("sql", "kind", "tag", "begin"), [
@@ -99,3 +99,16 @@ def test_reply_skipper_and_setup_stripping() -> None:
     failed = p.CommandComplete("BEGIN").encode() + p.error_response("42704", "role x", severity="ERROR").encode() \
         + p.ReadyForQuery("E").encode()
     assert without_setup(failed, 2).startswith(b"E")  # the setup's error stays: the statement did not run
+
+
+@pytest.mark.parametrize(("sql", "expected"), [
+    ("SELECT * FROM t WHERE id = 1", True),
+    ("select a from t where id = 1 order by a limit 1", True),
+    ("SELECT * FROM t WHERE id = 1 FOR UPDATE", False),
+    ("SELECT * FROM t WHERE id = 1 FOR KEY SHARE", False),
+    ("UPDATE t SET a = 1 WHERE id = 1", False),
+    ("WITH x AS (DELETE FROM t WHERE id = 1 RETURNING *) SELECT * FROM x", False),
+    ("SELECT 1 UNION SELECT 2", False),
+])
+def test_reads_only(sql: str, expected: bool) -> None:
+    assert reads_only(sql) is expected

@@ -13,8 +13,10 @@ itself and only remembered. The first statement decides where the transaction ru
 Semantics as on one server: an error makes the transaction failed (ReadyForQuery 'E'; further statements
 get 25P02 until ROLLBACK or ROLLBACK TO SAVEPOINT), SAVEPOINT / RELEASE / ROLLBACK TO go to every
 participant, COMMIT of a failed transaction answers ROLLBACK. A statement that needs the coordinator
-once the transaction runs on workers is refused with 0A000 (the transaction becomes failed), as is a
-Query string with several statements: the router never gives a stale or partial view."""
+once the transaction wrote on a worker (or holds a REPEATABLE READ snapshot there) is refused with 0A000
+(the transaction becomes failed), as is a Query string with several statements: the router never gives
+a stale or partial view. After plain SELECTs only, in READ COMMITTED, the transaction moves to the
+coordinator instead."""
 
 from __future__ import annotations
 
@@ -33,7 +35,7 @@ from .routing import Decision
 from .stats import RouterStats
 from .twophase import Decision as Outcome
 from .twophase import DecisionStore, GidMaker, first_error, literal, messages, run_everywhere, status_of, tags
-from .txnstmt import BeginOptions, Control, Kind, control
+from .txnstmt import BeginOptions, Control, Kind, control, reads_only
 
 log = logging.getLogger(__name__)
 
@@ -78,6 +80,7 @@ class Transaction:
     participants: dict[str, WorkerConnection] = field(default_factory=dict)  # by node, in joining order
     savepoints: list[str] = field(default_factory=list)
     failed: bool = False
+    wrote: bool = False  # a statement on a worker may have written or locked rows
 
 
 def error(sqlstate: str, message: str, hint: str | None = None) -> bytes:
@@ -337,18 +340,42 @@ class TransactionControl:
             if route.node not in txn.participants and txn.participants and self.twophase is None:
                 self._fail(txn, NOT_SUPPORTED, "pgfleet router: this router cannot commit over several workers")
                 return
-            self._background(lambda: self._on_worker(txn, route, raw))
+            self._background(lambda: self._on_worker(txn, route, text, raw))
         elif not txn.participants:
             if decision is None or not decision.keeps_state:
                 self.host.pin()  # it may change session state: the coordinator's from now on
             self._to_coordinator(txn, raw)
+        elif txn.wrote:
+            self._needs_coordinator(txn, decision, "wrote on")
         else:
-            reason = getattr(decision.route, "reason", "") if decision is not None else ""
-            self._fail(txn, NOT_SUPPORTED,
-                       f"pgfleet router: this transaction runs on worker {', '.join(txn.participants)}; this statement "
-                       f"needs the coordinator{f' ({reason})' if reason else ''} and cannot join it",
-                       "run it in its own transaction, or as the first statement of a transaction (which then runs "
-                       "on the coordinator); send one statement per Query in a transaction")
+            self._background(lambda: self._move_to_coordinator(txn, decision, raw))
+
+    def _needs_coordinator(self, txn: Transaction, decision: Decision | None, what: str) -> None:
+        reason = getattr(decision.route, "reason", "") if decision is not None else ""
+        self._fail(txn, NOT_SUPPORTED,
+                   f"pgfleet router: this transaction {what} worker {', '.join(txn.participants)}; this statement "
+                   f"needs the coordinator{f' ({reason})' if reason else ''} and cannot join it",
+                   "run it in its own transaction, or as the first statement of a transaction (which then runs "
+                   "on the coordinator); send one statement per Query in a transaction")
+
+    async def _move_to_coordinator(self, txn: Transaction, decision: Decision | None, raw: bytes) -> None:
+        """Only plain SELECTs ran on the workers: in READ COMMITTED (a new snapshot per statement anyway) the
+        transaction moves to the coordinator, its worker parts ended. In REPEATABLE READ or SERIALIZABLE
+        its snapshot is on the workers: refused."""
+        node, conn = next(iter(txn.participants.items()))
+        try:
+            reply = await conn.exchange("SHOW transaction_isolation")
+        except BackendError:
+            await self._lost(txn, node)
+            return
+        rows = [p.decode_backend(t, payload) for t, payload in messages(reply) if t == b"D"]
+        level = rows[0].values[0] if rows and isinstance(rows[0], p.DataRow) and rows[0].values else None
+        if level not in (b"read committed", b"read uncommitted"):
+            self._needs_coordinator(txn, decision, "holds its snapshot (repeatable read or serializable) on")
+            return
+        await self._rollback_all(txn)  # plain SELECTs: nothing to keep
+        txn.participants.clear()
+        self._to_coordinator(txn, raw)
 
     def _to_coordinator(self, txn: Transaction, raw: bytes) -> None:
         setup = [txn.options.begin(), *(f"SAVEPOINT {sql.Identifier(s).as_string()}" for s in txn.savepoints)]
@@ -364,7 +391,7 @@ class TransactionControl:
         setup += [f"SAVEPOINT {sql.Identifier(s).as_string()}" for s in txn.savepoints]
         return setup
 
-    async def _on_worker(self, txn: Transaction, route: Shard, raw: bytes) -> None:
+    async def _on_worker(self, txn: Transaction, route: Shard, route_text: str, raw: bytes) -> None:
         conn = txn.participants.get(route.node)
         setup: list[str] = []
         if conn is None:
@@ -392,6 +419,8 @@ class TransactionControl:
             txn.participants[route.node] = conn
             reply = without_setup(reply, len(setup))
         self.stats.routed += 1
+        if not reads_only(route_text):
+            txn.wrote = True
         if status_of(reply) == b"E":
             txn.failed = True
         self.host.write(reply)

@@ -124,3 +124,17 @@ def _options(items: tuple[ast.Node, ...] | None) -> BeginOptions:
             deferrable = bool(value.ival)
     return BeginOptions(isolation, read_only, deferrable)
 
+
+
+@functools.lru_cache(maxsize=1024)
+def reads_only(sql: str) -> bool:
+    """Whether a (routed) statement is one plain SELECT: no FOR UPDATE/SHARE, no WITH, no INTO. Such a
+    statement leaves nothing on its worker that a later statement elsewhere could contradict."""
+    try:
+        stmts = parse_sql(sql)
+    except ParseError:
+        return False
+    if len(stmts) != 1 or not isinstance(stmts[0].stmt, ast.SelectStmt):
+        return False
+    select = stmts[0].stmt
+    return not (select.lockingClause or select.withClause or select.intoClause or select.larg or select.rarg)
