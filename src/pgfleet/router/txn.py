@@ -47,6 +47,7 @@ NO_SAVEPOINT = "3B001"
 CONNECTION_FAILURE = "08006"
 TRANSACTION_ROLLBACK = "40000"
 COMPLETION_UNKNOWN = "40003"
+UNCHECKED_LIMIT = 64  # statements kept unparsed before checking whether they wrote
 
 
 class Host(Protocol):
@@ -81,6 +82,14 @@ class Transaction:
     savepoints: list[str] = field(default_factory=list)
     failed: bool = False
     wrote: bool = False  # a statement on a worker may have written or locked rows
+    unchecked: list[str] = field(default_factory=list)  # statements run on workers, not yet checked for writes
+
+    def has_written(self) -> bool:
+        """Whether a statement run on a worker may have written or locked rows (parsed only when asked)."""
+        if not self.wrote and self.unchecked:
+            self.wrote = not all(reads_only(text) for text in self.unchecked)
+            self.unchecked.clear()
+        return self.wrote
 
 
 def error(sqlstate: str, message: str, hint: str | None = None) -> bytes:
@@ -345,7 +354,7 @@ class TransactionControl:
             if decision is None or not decision.keeps_state:
                 self.host.pin()  # it may change session state: the coordinator's from now on
             self._to_coordinator(txn, raw)
-        elif txn.wrote:
+        elif txn.has_written():
             self._needs_coordinator(txn, decision, "wrote on")
         else:
             self._background(lambda: self._move_to_coordinator(txn, decision, raw))
@@ -419,8 +428,10 @@ class TransactionControl:
             txn.participants[route.node] = conn
             reply = without_setup(reply, len(setup))
         self.stats.routed += 1
-        if not reads_only(route_text):
-            txn.wrote = True
+        if not txn.wrote:
+            txn.unchecked.append(route_text)
+            if len(txn.unchecked) > UNCHECKED_LIMIT:
+                txn.has_written()
         if status_of(reply) == b"E":
             txn.failed = True
         self.host.write(reply)
