@@ -251,7 +251,14 @@ def test_coordinator_statement_after_worker_write_is_refused(cluster: LocalClust
         with pytest.raises(psycopg.errors.FeatureNotSupported, match="snapshot"):
             run(conn, "SELECT sum(balance) FROM acct")
         run(conn, "ROLLBACK")
-    assert router.context.stats.coordinator_transactions == 2 and router.context.stats.pinned_sessions == 0
+        assert router.context.stats.coordinator_transactions == 2 and router.context.stats.pinned_sessions == 0
+        # a statement that may change session state moves the transaction too, and pins the session
+        run(conn, "BEGIN")
+        assert balance(conn, 5) == BALANCE + 1
+        run(conn, "SET LOCAL work_mem = '8MB'")
+        assert run(conn, "SHOW work_mem") == [("8MB",)]
+        run(conn, "COMMIT")
+    assert router.context.stats.coordinator_transactions == 3 and router.context.stats.pinned_sessions == 1
 
 
 def test_extended_protocol_in_a_transaction(cluster: LocalCluster, router: RouterServer, accounts: str) -> None:

@@ -351,9 +351,7 @@ class TransactionControl:
                 return
             self._background(lambda: self._on_worker(txn, route, text, raw))
         elif not txn.participants:
-            if decision is None or not decision.keeps_state:
-                self.host.pin()  # it may change session state: the coordinator's from now on
-            self._to_coordinator(txn, raw)
+            self._coordinator_takes(txn, decision, raw)
         elif txn.has_written():
             self._needs_coordinator(txn, decision, "wrote on")
         else:
@@ -384,6 +382,11 @@ class TransactionControl:
             return
         await self._rollback_all(txn)  # plain SELECTs: nothing to keep
         txn.participants.clear()
+        self._coordinator_takes(txn, decision, raw)
+
+    def _coordinator_takes(self, txn: Transaction, decision: Decision | None, raw: bytes) -> None:
+        if decision is None or not decision.keeps_state:
+            self.host.pin()  # it may change session state: the coordinator's from now on
         self._to_coordinator(txn, raw)
 
     def _to_coordinator(self, txn: Transaction, raw: bytes) -> None:
