@@ -18,7 +18,7 @@ from pgfleet.router import wire
 from pgfleet.router.backend import WorkerConnection, WorkerLogin
 from pgfleet.router.keys import process_of
 from pgfleet.router.process import running
-from pgfleet.router.session import send_cancel
+from pgfleet.router.context import send_cancel
 
 pytestmark = pytest.mark.cluster
 

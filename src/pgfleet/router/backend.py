@@ -218,8 +218,8 @@ class WorkerConnection(asyncio.Protocol):
             self._waiter = None
         return self._messages.popleft()
 
-    async def request(self, sql: str) -> list[tuple[bytes, bytes]]:
-        """Run one simple Query; its messages up to and including ReadyForQuery."""
+    async def exchange(self, sql: str) -> bytes:
+        """Run one simple Query; every reply byte up to and including ReadyForQuery, as it came."""
         future: asyncio.Future[bytes | None] = asyncio.get_running_loop().create_future()
 
         def done(reply: bytes | None) -> None:
@@ -230,7 +230,11 @@ class WorkerConnection(asyncio.Protocol):
         reply = await future
         if reply is None:
             raise BackendError("worker connection lost")
-        return wire.Framer().feed(reply)
+        return reply
+
+    async def request(self, sql: str) -> list[tuple[bytes, bytes]]:
+        """Run one simple Query; its messages up to and including ReadyForQuery."""
+        return wire.Framer().feed(await self.exchange(sql))
 
     async def run_as(self, role: str, sql: str) -> tuple[bool, list[tuple[bytes, bytes]]]:
         """Run ``sql`` under ``role``; (whether the role could be set, the statement's messages up to and

@@ -130,6 +130,11 @@ class ExtendedRouter:
             return True
         if type_byte[0] not in BATCH_TYPES:
             return False  # COPY data, a function call, a Query or Terminate inside a batch
+        if not self.batch and not self.forwarding and (self.session.transactions.txn is not None
+                                                         or self.session.coordinator_txn):
+            # in a transaction the router runs, the transaction machine moves it to the coordinator (False:
+            # pinned, relayed there) or, when it runs on workers, refuses it and ends the session (True)
+            return self.session.transactions.unsupported()
         if type_byte == b"P" and not session_neutral(read_parse(payload).sql):
             return False
         if self.forwarding:

@@ -21,7 +21,7 @@ from ..node.ports import claim_port, claim_ports, release_ports
 from .backend import WorkerLogin
 from .keys import MAX_PROCESS_INDEX
 from .routing import Routing
-from .session import Address
+from .context import Address
 from .snapshot import RoutingTopology
 
 PID_FILE = "router.pid"
@@ -57,6 +57,12 @@ class RouterStatus:
     pinned_sessions: int
     cancels: int
     protocol_errors: int
+    worker_transactions: int
+    coordinator_transactions: int
+    two_phase_commits: int
+    recovered_commits: int
+    recovered_aborts: int
+    in_doubt: int
 
 
 def coordinator_address(local: LocalCluster) -> Callable[[], Address]:
@@ -192,7 +198,8 @@ def stop_background(local: LocalCluster, wait: float = 10.0) -> bool:
 
 
 COUNTERS = ("clients_active", "clients_total", "queries", "executes", "routed", "routing_fallbacks",
-            "pinned_sessions", "cancels", "protocol_errors")
+            "pinned_sessions", "cancels", "protocol_errors", "worker_transactions", "coordinator_transactions",
+            "two_phase_commits", "recovered_commits", "recovered_aborts", "in_doubt")
 
 
 def read_status(local: LocalCluster) -> RouterStatus | None:
@@ -232,4 +239,5 @@ def local_routing(local: LocalCluster) -> Routing:
         ep = local.endpoint(node)
         return WorkerLogin(ep.host, ep.port, ep.user, ep.password or "", ep.dbname)
 
-    return Routing(load_topology=load, login=login, dbname=local.spec.dbname)
+    return Routing(load_topology=load, login=login, dbname=local.spec.dbname,
+                   coordinator_login=lambda: login(local.spec.coordinator.group_name))

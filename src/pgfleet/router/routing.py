@@ -31,6 +31,9 @@ class Routing:
     dbname: str  # the database the distributed tables live in
     topology: RoutingTopology = field(default_factory=lambda: RoutingTopology(tables=()))
     cache: PreparedCache = field(default_factory=lambda: PreparedCache())  # noqa: PLW0108 - defined below
+    # the coordinator as the cluster superuser: commit decisions of multi-worker transactions and recovery
+    # (None: a transaction stays on one worker; joining a second one is refused)
+    coordinator_login: Callable[[], WorkerLogin] | None = None
 
     def refresh(self) -> None:
         try:

@@ -17,8 +17,10 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import NodeError
+from . import recovery
 from .routing import Routing
-from .session import Address, ClientSession, RouterContext
+from .context import Address, RouterContext
+from .session import ClientSession
 
 log = logging.getLogger(__name__)
 
@@ -37,6 +39,8 @@ class RouterConfig:
     routing: Routing | None = None  # None: relay everything to the coordinator
     reuse_port: bool = False  # several router processes accept on ``port`` (SO_REUSEPORT)
     peer_port: int | None = None  # this process's own port, where the others forward cancel requests
+    recovery_interval: float = recovery.INTERVAL  # seconds between recovery passes (process 0)
+    recovery_min_age: float = recovery.MIN_AGE  # prepared transactions younger than this are left to their owner
 
 
 def _run_loop(main: Coroutine[Any, Any, None]) -> None:
@@ -63,6 +67,8 @@ class RouterServer:
         if routing is not None:
             await asyncio.to_thread(routing.refresh)
             self.context.spawn(self._refresh_routing(routing))
+            if routing.coordinator_login is not None and self.config.process_index == 0:
+                self.context.spawn(self._recover(routing))
         ports = [(self.config.port, self.config.reuse_port)]
         if self.config.peer_port is not None:
             ports.append((self.config.peer_port, False))
@@ -84,6 +90,28 @@ class RouterServer:
             await asyncio.sleep(TOPOLOGY_REFRESH)
             await asyncio.to_thread(routing.refresh)
 
+    async def _recover(self, routing: Routing) -> None:
+        """Finish the two-phase commits their owners left (process 0 only), at start and every few seconds."""
+        assert routing.coordinator_login is not None
+        coordinator = recovery.connector(routing.coordinator_login)
+        stats = self.context.stats
+
+        def worker(node: str) -> recovery.Conn:
+            return recovery.connector(lambda: routing.login(node))()
+
+        while True:
+            try:
+                report = await asyncio.to_thread(recovery.recover_once, coordinator, worker,
+                                                 min_age=self.config.recovery_min_age)
+                stats.recovered_commits += report.committed
+                stats.recovered_aborts += report.aborted
+                stats.in_doubt = report.in_doubt
+                for problem in report.errors:
+                    log.warning("recovery: %s", problem.splitlines()[0] if problem else problem)
+            except Exception as exc:  # the coordinator is down or failing over: the next pass retries
+                log.warning("recovery pass failed: %s", str(exc).splitlines()[0] if str(exc) else exc)
+            await asyncio.sleep(self.config.recovery_interval)
+
     async def serve(self, stop: asyncio.Event) -> None:
         await self.start()
         try:
@@ -104,6 +132,8 @@ class RouterServer:
                 session.refuse("57P01", "terminating connection due to administrator command (pgfleet router stopped)")
         for server in self._servers:
             await server.wait_closed()
+        if self.context.twophase is not None:
+            self.context.twophase.decisions.close()
         if self.config.status_file is not None:
             self.config.status_file.unlink(missing_ok=True)
 

@@ -15,94 +15,22 @@ from __future__ import annotations
 
 import asyncio
 import enum
-import hmac
 import logging
-from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field
-from typing import cast
+from collections.abc import Coroutine
+from typing import Any, cast
 
 from . import protocol as p
 from . import wire
 from .analyze import Shard
-from .backend import CANNOT_CONNECT, BackendError, WorkerConnection, lost_in_flight
+from .backend import BackendError, WorkerConnection
+from .backend import CANNOT_CONNECT, lost_in_flight
+from .context import Address, RouterContext
 from .extended import ExtendedRouter
-from .keys import CancelKey, KeyAllocator, process_of
-from .routing import Routing, decide, parse_search_path
+from .keys import CancelKey
+from .routing import Decision, decide, parse_search_path
+from .txn import ReplySkipper, TransactionControl
 
 log = logging.getLogger(__name__)
-
-CANCEL_TIMEOUT = 5.0
-
-Address = tuple[str, int]
-
-
-@dataclass
-class RouterStats:
-    clients_total: int = 0
-    clients_active: int = 0
-    queries: int = 0  # simple-protocol Query messages
-    executes: int = 0  # extended-protocol Execute messages
-    cancels: int = 0  # cancel requests forwarded to a server (counted by the process holding the session)
-    protocol_errors: int = 0
-    routed: int = 0  # statements sent straight to a worker
-    routing_fallbacks: int = 0  # routable statements sent to the coordinator after all (worker refused the role, …)
-    pinned_sessions: int = 0  # sessions kept on the coordinator because of session state
-
-
-@dataclass
-class RouterContext:
-    """What every session of one router process shares."""
-
-    upstream: Callable[[], Address]  # the coordinator's address now (asked for each new client)
-    process_index: int = 0
-    peers: Mapping[int, Address] = field(default_factory=dict)  # other router processes, by index
-    stats: RouterStats = field(default_factory=RouterStats)
-    sessions: dict[int, ClientSession] = field(default_factory=dict)  # by the router's process id
-    keys: KeyAllocator = field(init=False)
-    tasks: set[asyncio.Task[None]] = field(default_factory=set)
-    routing: Routing | None = None  # None: every statement goes to the coordinator
-
-    def __post_init__(self) -> None:
-        self.keys = KeyAllocator(self.process_index)
-
-    def spawn(self, coro: object) -> None:
-        task: asyncio.Task[None] = asyncio.get_running_loop().create_task(coro)  # type: ignore[arg-type]
-        self.tasks.add(task)
-        task.add_done_callback(self.tasks.discard)
-
-    def cancel(self, request: wire.CancelRequest) -> None:
-        """Forward a client's cancel to the server running its query, or to the router process holding it."""
-        owner = process_of(request.process_id)
-        if owner != self.process_index:
-            peer = self.peers.get(owner)
-            if peer is None:
-                log.info("cancel request for router process %d, which is not known here: ignored", owner)
-                return
-            self.spawn(send_cancel(peer, request))
-            return
-        session = self.sessions.get(request.process_id)
-        if session is None or session.client_key is None or session.server_key is None or session.address is None \
-                or not hmac.compare_digest(session.client_key.secret, request.secret):
-            log.info("cancel request with an unknown key: ignored")  # as the server does, silently
-            return
-        self.stats.cancels += 1
-        worker = session.running_on
-        if worker is not None and worker.cancel_key is not None:  # a routed statement: cancel it on its worker
-            self.spawn(send_cancel(worker.address, wire.CancelRequest(*worker.cancel_key)))
-            return
-        self.spawn(send_cancel(session.address, wire.CancelRequest(session.server_key.process_id, session.server_key.secret)))
-
-
-async def send_cancel(address: Address, request: wire.CancelRequest) -> None:
-    try:
-        reader, writer = await asyncio.wait_for(asyncio.open_connection(*address), CANCEL_TIMEOUT)
-        writer.write(request.encode())
-        await writer.drain()
-        await asyncio.wait_for(reader.read(), CANCEL_TIMEOUT)  # the server closes after reading it
-        writer.close()
-    except (OSError, TimeoutError) as exc:
-        log.warning("could not forward a cancel request to %s:%d: %s", *address, exc)
-
 
 class Phase(enum.Enum):
     STARTUP = 1
@@ -161,6 +89,10 @@ class ClientSession(asyncio.Protocol):
         self.workers: dict[str, WorkerConnection] = {}
         self.running_on: WorkerConnection | None = None  # the worker running this session's routed statement
         self.extended = ExtendedRouter(self)  # extended-protocol batches, from the first one on
+        self.transactions = TransactionControl(self, context.stats, context.twophase)
+        self.coordinator_txn = False  # the router began a transaction on the coordinator: relay until it ends
+        self.skipper: ReplySkipper | None = None  # drops the coordinator's answer to that BEGIN
+        self.partial: list[tuple[bytes, list[bytes]]] = []  # reads of messages not yet whole, in a transaction
 
     # --- client side ------------------------------------------------------------------------------
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
@@ -181,6 +113,12 @@ class ClientSession(asyncio.Protocol):
                     self.extended.client_data(data)
                     return
                 types = self.framer.scan(data)
+                if self.partial or (self.transactions.txn is not None and whole and not self.framer.at_boundary):
+                    self.partial.append((data, types))  # inside a transaction messages are handled whole
+                    if not self.framer.at_boundary:
+                        return
+                    data, types, whole = b"".join(d for d, _ in self.partial), [t for _, ts in self.partial for t in ts], True
+                    self.partial.clear()
                 if not self.pinned and self.phase is Phase.RELAY and self._try_route(types, data, whole):
                     return
                 self._from_client(types, data)
@@ -287,6 +225,12 @@ class ClientSession(asyncio.Protocol):
                 if not rest:
                     return
                 data = rest
+            if self.skipper is not None:
+                data = self.skipper.feed(data)
+                if self.skipper.done:
+                    self.skipper = None
+                if not data:
+                    return
             if not self.pinned:  # follow ReadyForQuery: routing needs an idle session
                 try:
                     types = self.server_framer.scan(data)
@@ -319,11 +263,12 @@ class ClientSession(asyncio.Protocol):
             self.refuse(wire.PROTOCOL_VIOLATION, f"pgfleet router: invalid message from the coordinator: {exc}")
 
     # --- routing -----------------------------------------------------------------------------------
-    def pin(self) -> None:
+    def pin(self) -> bool:
         if not self.pinned:
             self.pinned = True
             if self.phase is Phase.RELAY:
                 self.context.stats.pinned_sessions += 1
+        return False
 
     def _relay_started(self, ready: bytes) -> None:
         self.server_framer.last_status = ready[:1]
@@ -342,13 +287,20 @@ class ClientSession(asyncio.Protocol):
         if types == [b"X"] or not types:
             return False
         if routing is None or types != [b"Q"] or not starts_message or not self.framer.at_boundary \
-                or self.outstanding or self.server_framer.last_status != b"I":
-            self.pin()  # extended protocol, COPY, pipelined queries: the coordinator's from now on
-            return False
+                or self.outstanding:
+            return self.transactions.unsupported() or self.pin()  # extended protocol, COPY, pipelining
+        if self.server_framer.last_status != b"I":
+            if self.coordinator_txn:
+                return False  # a transaction the router began on the coordinator: it ends there
+            return self.pin()
+        self.coordinator_txn = False
         try:
-            sql = data[5:-1].decode()
+            sql = data[5:-1].decode(errors="strict" if self.transactions.txn is None else "replace")
         except UnicodeDecodeError:
             return False
+        if self.transactions.handle(sql, data):
+            self.context.stats.queries += 1
+            return True
         try:
             decision = decide(sql, routing.topology, self.search_path, routing.cache)
         except Exception:  # a bug in analysis must not lose the client's statement: the coordinator runs it
@@ -396,20 +348,13 @@ class ClientSession(asyncio.Protocol):
 
     def _drop_worker(self, route: Shard, exc: Exception) -> None:
         log.warning("routing to %s failed, sending the statement to the coordinator: %s", route.node, exc)
-        broken = self.workers.pop(route.node, None)
-        if broken is not None:
-            broken.close()
+        self.drop_worker(route.node)
 
     async def _run_routed(self, route: Shard, raw: bytes) -> None:
         """Open the worker connection first, or run under another role than the login role."""
-        routing = self.context.routing
-        assert routing is not None
         reply: bytes | None = None
         try:
-            conn = self.workers.get(route.node)
-            if conn is None or conn.broken:
-                conn = await WorkerConnection.open(routing.login(route.node), self._worker_settings())
-                self.workers[route.node] = conn
+            conn = await self.worker(route.node)
         except BackendError as exc:  # not sent: the coordinator runs it
             self._drop_worker(route, exc)
             self._routed_done(None, raw)
@@ -440,6 +385,40 @@ class ClientSession(asyncio.Protocol):
             self._from_client([b"Q"], raw)
         self.resume()
 
+    # --- hooks of the transaction state machine (txn.Host) -------------------------------------------------
+    def route(self, sql: str) -> Decision | None:
+        routing = self.context.routing
+        assert routing is not None
+        try:
+            return decide(sql, routing.topology, self.search_path, routing.cache)
+        except Exception:
+            log.exception("routing analysis failed; the statement goes to the coordinator")
+            return None
+
+    async def worker(self, node: str) -> WorkerConnection:
+        conn = self.workers.get(node)
+        if conn is None or conn.broken:
+            assert self.context.routing is not None
+            conn = await WorkerConnection.open(self.context.routing.login(node), self._worker_settings())
+            self.workers[node] = conn
+        return conn
+
+    def drop_worker(self, node: str) -> None:
+        broken = self.workers.pop(node, None)
+        if broken is not None:
+            broken.close()
+
+    def to_coordinator(self, setup: str, raw: bytes) -> None:
+        self.skipper = ReplySkipper()
+        self.coordinator_txn = True
+        self.outstanding += 1  # the setup's ReadyForQuery is not counted
+        if self.server and self.server.transport:
+            self.server.transport.write(p.Query(setup).encode() + raw)
+
+    def spawn(self, coro: Coroutine[Any, Any, None]) -> None:
+        self.busy = True
+        self.context.spawn(coro)
+
     def resume(self) -> None:
         """The routed statement is answered: what the client sent meanwhile, in order."""
         self.busy = False
@@ -468,6 +447,8 @@ class ClientSession(asyncio.Protocol):
     def _write(self, data: bytes) -> None:
         if self.client and not self.client.is_closing():
             self.client.write(data)
+
+    write = _write
 
     def refuse(self, sqlstate: str, message: str, hint: str | None = None) -> None:
         """Tell the client what went wrong (an ErrorResponse), then close both connections."""

@@ -1,0 +1,141 @@
+"""Two-phase commit of a router transaction over several workers, and the router's own superuser
+connections to the coordinator where the decision is recorded.
+
+Protocol (``pgfleet.commit_decisions``, see catalog.sql): PREPARE TRANSACTION '<gid>' on every
+participant; any failure → ROLLBACK PREPARED where it was prepared, the client gets the error. Then the
+owner INSERTs the decision row (outcome 'commit') in its own autocommit transaction on the coordinator:
+once that committed, the transaction is committed. Then COMMIT PREPARED on every participant; one that
+fails (a worker died) is finished by recovery (:mod:`.recovery`) from the row. The row is left for
+recovery to delete in batches (one coordinator round trip per commit, not two).
+
+A decision INSERT that fails on the primary key means recovery found the prepared transactions first
+and decided 'abort': the owner rolls back. A decision whose answer was lost (the coordinator went away
+after the INSERT was sent) is unknown to the owner: the prepared transactions stay for recovery, which
+reads the row or, when there is none, writes 'abort'; the client gets 40003."""
+
+from __future__ import annotations
+
+import asyncio
+import enum
+import itertools
+import logging
+import os
+import time
+from collections.abc import Callable, Sequence
+
+from psycopg import sql
+
+from . import protocol as p
+from . import wire
+from .backend import BackendError, WorkerConnection, WorkerLogin
+
+log = logging.getLogger(__name__)
+
+GID_PREFIX = "pgfleet_rt_"  # 'pgfleet_xact_' is the coordinator's own DDL/reference-write two-phase commits
+IDLE_DECISION_CONNECTIONS = 4
+UNIQUE_VIOLATION = "23505"
+
+
+def literal(value: str | Sequence[str]) -> str:
+    """A string or text[] literal for SQL the router sends itself (standard_conforming_strings on)."""
+    return sql.Literal(value if isinstance(value, str) else list(value)).as_string(None)
+
+
+class GidMaker:
+    """Global ids of prepared transactions naming the router process (index, pid, start) and a counter."""
+
+    def __init__(self, process_index: int) -> None:
+        self.prefix = f"{GID_PREFIX}{process_index}_{os.getpid()}_{int(time.time()):x}_"
+        self._counter = itertools.count(1)
+
+    def next(self) -> str:
+        return f"{self.prefix}{next(self._counter)}"
+
+
+# --- replies ------------------------------------------------------------------------------------------
+def messages(reply: bytes) -> list[tuple[bytes, bytes]]:
+    return wire.Framer().feed(reply)
+
+
+def first_error(reply: bytes) -> p.ErrorResponse | None:
+    for type_byte, payload in messages(reply):
+        if type_byte == b"E":
+            message = p.decode_backend(type_byte, payload)
+            assert isinstance(message, p.ErrorResponse)
+            return message
+    return None
+
+
+def tags(reply: bytes) -> list[str]:
+    return [payload[:-1].decode() for type_byte, payload in messages(reply) if type_byte == b"C"]
+
+
+def status_of(reply: bytes) -> bytes:
+    """The transaction status of a reply that ends in ReadyForQuery (I, T or E)."""
+    return reply[-1:]
+
+
+# --- decisions --------------------------------------------------------------------------------------------
+class Decision(enum.Enum):
+    COMMITTED = "committed"  # the row is committed: the transaction is committed
+    REFUSED = "refused"  # the row is not there (recovery decided 'abort', or the INSERT failed): roll back
+    UNKNOWN = "unknown"  # sent, answer lost: recovery decides
+
+
+class DecisionStore:
+    """Router-owned superuser connections to the coordinator (a few kept idle), for decision rows."""
+
+    def __init__(self, login: Callable[[], WorkerLogin]) -> None:
+        self.login = login
+        self._idle: list[WorkerConnection] = []
+
+    async def _acquire(self) -> WorkerConnection:
+        while self._idle:
+            conn = self._idle.pop()
+            if not conn.broken:
+                return conn
+        return await WorkerConnection.open(self.login())
+
+    def _release(self, conn: WorkerConnection) -> None:
+        if conn.broken or len(self._idle) >= IDLE_DECISION_CONNECTIONS:
+            conn.close()
+        else:
+            self._idle.append(conn)
+
+    async def record_commit(self, gid: str, nodes: Sequence[str]) -> tuple[Decision, str]:
+        """Insert the 'commit' row for ``gid``; the outcome and, unless committed, why."""
+        try:
+            conn = await self._acquire()
+        except BackendError as exc:
+            return Decision.REFUSED, f"cannot reach the coordinator to record the commit decision: {exc}"
+        statement = (f"INSERT INTO pgfleet.commit_decisions (gid, outcome, nodes) "
+                     f"VALUES ({literal(gid)}, 'commit', {literal(nodes)}::text[])")
+        try:
+            reply = await conn.exchange(statement)
+        except BackendError as exc:
+            conn.close()
+            return Decision.UNKNOWN, f"the coordinator connection was lost while recording the commit decision: {exc}"
+        self._release(conn)
+        error = first_error(reply)
+        if error is None:
+            return Decision.COMMITTED, ""
+        if error.sqlstate == UNIQUE_VIOLATION:
+            return Decision.REFUSED, "recovery aborted this transaction while its commit was delayed"
+        return Decision.REFUSED, f"could not record the commit decision: {error.message}"
+
+    def close(self) -> None:
+        for conn in self._idle:
+            conn.close()
+        self._idle.clear()
+
+
+async def run_everywhere(conns: Sequence[WorkerConnection], statement: str) -> list[bytes | None]:
+    """``statement`` on every connection at once; each reply, None where the connection broke."""
+
+    async def one(conn: WorkerConnection) -> bytes | None:
+        try:
+            return await conn.exchange(statement)
+        except BackendError:
+            return None
+
+    return list(await asyncio.gather(*(one(conn) for conn in conns)))

@@ -1,0 +1,477 @@
+"""Client transactions through the router (simple protocol), one state machine per session.
+
+BEGIN / START TRANSACTION (and SET TRANSACTION before the first statement) is answered by the router
+itself and only remembered. The first statement decides where the transaction runs:
+
+* single-shard (routable) → on that worker, as ``BEGIN <options>; [SET LOCAL ROLE …;] <statement>`` in one
+  round trip; a later statement routed to another worker joins that worker the same way, replaying the
+  open savepoints after its BEGIN. COMMIT: a plain COMMIT with one participant, two-phase commit
+  (:mod:`.twophase`) with several.
+* not routable → the coordinator gets ``BEGIN <options>; <savepoints>`` (its answer is swallowed) and the
+  statement, and the whole transaction stays there (the session relays until the coordinator is idle).
+
+Semantics as on one server: an error makes the transaction failed (ReadyForQuery 'E'; further statements
+get 25P02 until ROLLBACK or ROLLBACK TO SAVEPOINT), SAVEPOINT / RELEASE / ROLLBACK TO go to every
+participant, COMMIT of a failed transaction answers ROLLBACK. A statement that needs the coordinator
+once the transaction wrote on a worker (or holds a REPEATABLE READ snapshot there) is refused with 0A000
+(the transaction becomes failed), as is a Query string with several statements: the router never gives
+a stale or partial view. After plain SELECTs only, in READ COMMITTED, the transaction moves to the
+coordinator instead."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable, Coroutine
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+from psycopg import sql
+
+from . import protocol as p
+from . import wire
+from .analyze import Shard
+from .backend import BackendError, WorkerConnection
+from .routing import Decision
+from .stats import RouterStats
+from .twophase import Decision as Outcome
+from .twophase import DecisionStore, GidMaker, first_error, literal, messages, run_everywhere, status_of, tags
+from .txnstmt import BeginOptions, Control, Kind, control, reads_only
+
+log = logging.getLogger(__name__)
+
+NOT_SUPPORTED = "0A000"
+IN_FAILED_TRANSACTION = "25P02"
+ACTIVE_TRANSACTION = "25001"
+NO_TRANSACTION = "25P01"
+NO_SAVEPOINT = "3B001"
+CONNECTION_FAILURE = "08006"
+TRANSACTION_ROLLBACK = "40000"
+COMPLETION_UNKNOWN = "40003"
+UNCHECKED_LIMIT = 64  # statements kept unparsed before checking whether they wrote
+
+
+class Host(Protocol):
+    """What the state machine needs of its client session."""
+
+    user: str
+    running_on: WorkerConnection | None
+
+    def write(self, data: bytes) -> None: ...  # to the client
+    def pin(self) -> bool: ...  # always False
+    def route(self, sql: str) -> Decision | None: ...  # None: analysis failed
+    async def worker(self, node: str) -> WorkerConnection: ...
+    def drop_worker(self, node: str) -> None: ...
+    def to_coordinator(self, setup: str, raw: bytes) -> None: ...  # setup's answer is not relayed
+    def spawn(self, coro: Coroutine[Any, Any, None]) -> None: ...
+    def resume(self) -> None: ...  # the statement is answered: go on with what the client sent meanwhile
+    def refuse(self, sqlstate: str, message: str, hint: str | None = None) -> None: ...  # error, then close
+
+
+@dataclass
+class TwoPhase:
+    """What the sessions of one router process share for multi-worker commits."""
+
+    gids: GidMaker
+    decisions: DecisionStore
+
+
+@dataclass
+class Transaction:
+    options: BeginOptions
+    participants: dict[str, WorkerConnection] = field(default_factory=dict)  # by node, in joining order
+    savepoints: list[str] = field(default_factory=list)
+    failed: bool = False
+    wrote: bool = False  # a statement on a worker may have written or locked rows
+    unchecked: list[str] = field(default_factory=list)  # statements run on workers, not yet checked for writes
+
+    def has_written(self) -> bool:
+        """Whether a statement run on a worker may have written or locked rows (parsed only when asked)."""
+        if not self.wrote and self.unchecked:
+            self.wrote = not all(reads_only(text) for text in self.unchecked)
+            self.unchecked.clear()
+        return self.wrote
+
+
+def error(sqlstate: str, message: str, hint: str | None = None) -> bytes:
+    return p.error_response(sqlstate, message, severity="ERROR", hint=hint).encode()
+
+
+def warning(sqlstate: str, message: str) -> bytes:
+    return p.NoticeResponse((("S", "WARNING"), ("V", "WARNING"), ("C", sqlstate), ("M", message))).encode()
+
+
+def ready(status: str) -> bytes:
+    return p.ReadyForQuery(status).encode()
+
+
+def complete(tag: str) -> bytes:
+    return p.CommandComplete(tag).encode()
+
+
+def without_setup(reply: bytes, count: int) -> bytes:
+    """A reply without the CommandComplete messages of the first ``count`` statements (BEGIN, SET LOCAL
+    ROLE, SAVEPOINTs); an error among them stays (the statement after it did not run)."""
+    out = messages(reply)
+    skipped = 0
+    while skipped < count and out and out[0][0] == b"C":
+        out.pop(0)
+        skipped += 1
+    return b"".join(wire.frame(t, payload) for t, payload in out) if skipped else reply
+
+
+class TransactionControl:
+    def __init__(self, host: Host, stats: RouterStats, twophase: TwoPhase | None) -> None:
+        self.host = host
+        self.stats = stats
+        self.twophase = twophase
+        self.txn: Transaction | None = None
+
+    def handle(self, text: str, raw: bytes) -> bool:
+        """Take a Query the session got while idle; False: not a transaction matter (autocommit path)."""
+        ctl = control(text)
+        txn = self.txn
+        if txn is None:
+            if ctl is not None and ctl.kind in (Kind.COMMIT, Kind.ROLLBACK) and not ctl.chain:
+                self.host.write(warning(NO_TRANSACTION, "there is no transaction in progress") + complete(ctl.tag)
+                                + ready("I"))  # as the server answers it, without pinning the session
+                return True
+            if ctl is None or ctl.kind is not Kind.BEGIN:
+                return False
+            self.txn = Transaction(ctl.options)
+            self.host.write(complete(ctl.tag) + ready("T"))
+        elif ctl is not None:
+            self._control(txn, ctl, text, raw)
+        elif txn.failed:
+            self._aborted()
+        else:
+            self._statement(txn, text, raw)
+        return True
+
+    def unsupported(self) -> bool:
+        """The client sent something else than one whole Query (extended protocol, COPY, pipelining). A
+        transaction that has not run anything yet moves to the coordinator (False: relay it there); one
+        that runs on workers cannot take it: the session ends, which rolls the transaction back (True)."""
+        txn = self.txn
+        if txn is None:
+            return False
+        if not txn.participants:
+            self._to_coordinator(txn, b"")
+            return False
+        self.txn = None
+        self.host.refuse(NOT_SUPPORTED, "pgfleet router: extended-protocol, COPY or pipelined messages in a transaction "
+                         f"that runs on worker {', '.join(txn.participants)} are not supported; the transaction was "
+                         "rolled back", hint="use the simple protocol (one Query at a time) in such transactions")
+        return True
+
+    def _aborted(self) -> None:
+        self.host.write(error(IN_FAILED_TRANSACTION, "current transaction is aborted, commands ignored until end "
+                              "of transaction block") + ready("E"))
+
+    def _fail(self, txn: Transaction, sqlstate: str, message: str, hint: str | None = None) -> None:
+        txn.failed = True
+        self.host.write(error(sqlstate, message, hint) + ready("E"))
+
+    def _background(self, work: Callable[[], Coroutine[Any, Any, None]]) -> None:
+        """Run ``work`` while the session holds the client's next messages; resume after it in any case."""
+        async def run() -> None:
+            try:
+                await work()
+            except Exception:
+                log.exception("transaction handling failed; the transaction is rolled back")
+                txn, self.txn = self.txn, None
+                if txn is not None:
+                    await run_everywhere(list(txn.participants.values()), "ROLLBACK")
+                self.host.write(error("XX000", "pgfleet router: internal error in transaction handling; the "
+                                      "transaction was rolled back", "see the router's log") + ready("I"))
+            finally:
+                self.host.resume()
+
+        self.host.spawn(run())
+
+    # --- transaction-control statements -------------------------------------------------------------
+    def _control(self, txn: Transaction, ctl: Control, text: str, raw: bytes) -> None:
+        kind = ctl.kind
+        if kind is Kind.COMMIT:
+            self._background(lambda: self._commit(txn, ctl))
+        elif kind is Kind.ROLLBACK:
+            self._background(lambda: self._rollback(txn, ctl))
+        elif txn.failed and kind is not Kind.ROLLBACK_TO:
+            self._aborted()
+        elif kind is Kind.BEGIN:
+            self.host.write(warning(ACTIVE_TRANSACTION, "there is already a transaction in progress")
+                            + complete(ctl.tag) + ready("T"))
+        elif kind is Kind.SET_TRANSACTION:
+            if txn.participants:
+                self._fail(txn, NOT_SUPPORTED, "pgfleet router: SET TRANSACTION after the transaction's first "
+                           "statement is not supported", "put the transaction modes in BEGIN")
+            else:
+                txn.options = txn.options.merged(ctl.options)
+                self.host.write(complete(ctl.tag) + ready("T"))
+        elif kind is Kind.TWO_PHASE:
+            if txn.participants:
+                self._fail(txn, NOT_SUPPORTED, f"pgfleet router: {ctl.tag} in a transaction that runs on workers "
+                           "is not supported", "the router commits such transactions itself: use COMMIT")
+            else:
+                self._to_coordinator(txn, raw)
+        elif kind in (Kind.RELEASE, Kind.ROLLBACK_TO) and ctl.savepoint not in txn.savepoints:
+            self._fail(txn, NO_SAVEPOINT, f'savepoint "{ctl.savepoint}" does not exist')
+        elif txn.participants:
+            self._background(lambda: self._savepoint_everywhere(txn, ctl, text))
+        else:
+            self._apply_savepoint(txn, ctl)
+            self.host.write(complete(ctl.tag) + ready("T"))
+
+    @staticmethod
+    def _apply_savepoint(txn: Transaction, ctl: Control) -> None:
+        names = txn.savepoints
+        if ctl.kind is Kind.SAVEPOINT:
+            names.append(ctl.savepoint)
+            return
+        last = len(names) - 1 - names[::-1].index(ctl.savepoint)
+        if ctl.kind is Kind.RELEASE:
+            del names[last:]
+        else:  # ROLLBACK TO keeps the savepoint itself
+            del names[last + 1:]
+            txn.failed = False
+
+    async def _savepoint_everywhere(self, txn: Transaction, ctl: Control, text: str) -> None:
+        nodes = list(txn.participants)
+        replies = await run_everywhere(list(txn.participants.values()), text)
+        for node, reply in zip(nodes, replies, strict=True):
+            if reply is None:
+                await self._lost(txn, node)
+                return
+        failure = next((e for r in replies if r is not None and (e := first_error(r)) is not None), None)
+        if failure is not None:
+            txn.failed = True
+            self.host.write(failure.encode() + ready("E"))
+            return
+        self._apply_savepoint(txn, ctl)
+        self.host.write(complete(ctl.tag) + ready("T"))
+
+    def _end(self, txn: Transaction, ctl: Control, tag: str) -> None:
+        """The transaction is over; COMMIT / ROLLBACK AND CHAIN starts the next with the same modes."""
+        self.txn = Transaction(txn.options) if ctl.chain else None
+        self.host.write(complete(tag) + ready("T" if ctl.chain else "I"))
+
+    async def _rollback(self, txn: Transaction, ctl: Control) -> None:
+        if txn.participants:
+            if len(txn.participants) == 1:
+                self.stats.worker_transactions += 1
+            await self._rollback_all(txn)
+        self._end(txn, ctl, "ROLLBACK")
+
+    async def _rollback_all(self, txn: Transaction) -> None:
+        nodes = list(txn.participants)
+        replies = await run_everywhere(list(txn.participants.values()), "ROLLBACK")
+        for node, reply in zip(nodes, replies, strict=True):
+            if reply is None:
+                self.host.drop_worker(node)  # its transaction ends with the connection
+
+    async def _commit(self, txn: Transaction, ctl: Control) -> None:
+        if txn.failed:
+            await self._rollback_all(txn)
+            self._end(txn, ctl, "ROLLBACK")
+        elif not txn.participants:
+            self._end(txn, ctl, "COMMIT")
+        elif len(txn.participants) == 1:
+            [(node, conn)] = txn.participants.items()
+            self.stats.worker_transactions += 1
+            try:
+                reply = await conn.exchange("COMMIT")
+            except BackendError:
+                self.host.drop_worker(node)
+                self.txn = None
+                self.host.write(error(CONNECTION_FAILURE, f"pgfleet router: the connection to worker {node} was lost "
+                                      "during COMMIT; the transaction may or may not have committed",
+                                      "check the rows, then retry") + ready("I"))
+                return
+            failure = first_error(reply)
+            if failure is not None:  # a deferred constraint, a serialization failure: rolled back
+                self.txn = None
+                self.host.write(failure.encode() + ready("I"))
+            else:
+                self._end(txn, ctl, tags(reply)[-1] if tags(reply) else "COMMIT")
+        elif self.twophase is None:  # joining a second worker is refused then; kept for safety
+            await self._rollback_all(txn)
+            self.txn = None
+            self.host.write(error(NOT_SUPPORTED, "pgfleet router: no two-phase commit here") + ready("I"))
+        else:
+            await self._two_phase(txn, ctl, self.twophase)
+
+    async def _two_phase(self, txn: Transaction, ctl: Control, twophase: TwoPhase) -> None:
+        gid = twophase.gids.next()
+        nodes = list(txn.participants)
+        conns = list(txn.participants.values())
+        replies = await run_everywhere(conns, f"PREPARE TRANSACTION {literal(gid)}")
+        prepared = [r is not None and tags(r) == ["PREPARE TRANSACTION"] for r in replies]
+        if not all(prepared):
+            await run_everywhere([c for c, ok in zip(conns, prepared, strict=True) if ok], f"ROLLBACK PREPARED {literal(gid)}")
+            for node, reply in zip(nodes, replies, strict=True):
+                if reply is None:
+                    self.host.drop_worker(node)  # recovery rolls back what it may have prepared
+            self.txn = None
+            failure = next((e for r in replies if r is not None and (e := first_error(r)) is not None), None)
+            lost = [node for node, reply in zip(nodes, replies, strict=True) if reply is None]
+            refused = [node for node, ok in zip(nodes, prepared, strict=True) if not ok]
+            self.host.write((failure.encode() if failure is not None else error(
+                CONNECTION_FAILURE if lost else TRANSACTION_ROLLBACK,
+                f"pgfleet router: the transaction could not be prepared on worker {', '.join(refused)}; "
+                "it was rolled back", "retry the transaction")) + ready("I"))
+            return
+        outcome, why = await twophase.decisions.record_commit(gid, nodes)
+        if outcome is Outcome.COMMITTED:
+            self.stats.two_phase_commits += 1
+            replies = await run_everywhere(conns, f"COMMIT PREPARED {literal(gid)}")
+            for node, reply in zip(nodes, replies, strict=True):
+                if reply is None or first_error(reply) is not None:
+                    log.warning("COMMIT PREPARED %s on %s failed; recovery will commit it", gid, node)
+                    if reply is None:
+                        self.host.drop_worker(node)
+            self._end(txn, ctl, "COMMIT")  # decided: durable, recovery finishes what is left
+        elif outcome is Outcome.REFUSED:
+            await run_everywhere(conns, f"ROLLBACK PREPARED {literal(gid)}")
+            self.txn = None
+            self.host.write(error(TRANSACTION_ROLLBACK, f"pgfleet router: the transaction was rolled back: {why}",
+                                  "retry the transaction") + ready("I"))
+        else:
+            self.txn = None
+            self.host.write(error(COMPLETION_UNKNOWN, f"pgfleet router: {why}; the transaction's outcome is unknown "
+                                  "until recovery reads the decision (commit if it was recorded, else abort)",
+                                  "pgfleet recovery finishes it within seconds of the coordinator being back; "
+                                  "check the rows before retrying") + ready("I"))
+
+    # --- other statements ----------------------------------------------------------------------------
+    def _statement(self, txn: Transaction, text: str, raw: bytes) -> None:
+        decision = self.host.route(text)
+        if decision is not None and decision.keeps_state and isinstance(decision.route, Shard):
+            route = decision.route
+            if route.node not in txn.participants and txn.participants and self.twophase is None:
+                self._fail(txn, NOT_SUPPORTED, "pgfleet router: this router cannot commit over several workers")
+                return
+            self._background(lambda: self._on_worker(txn, route, text, raw))
+        elif not txn.participants:
+            self._coordinator_takes(txn, decision, raw)
+        elif txn.has_written():
+            self._needs_coordinator(txn, decision, "wrote on")
+        else:
+            self._background(lambda: self._move_to_coordinator(txn, decision, raw))
+
+    def _needs_coordinator(self, txn: Transaction, decision: Decision | None, what: str) -> None:
+        reason = getattr(decision.route, "reason", "") if decision is not None else ""
+        self._fail(txn, NOT_SUPPORTED,
+                   f"pgfleet router: this transaction {what} worker {', '.join(txn.participants)}; this statement "
+                   f"needs the coordinator{f' ({reason})' if reason else ''} and cannot join it",
+                   "run it in its own transaction, or as the first statement of a transaction (which then runs "
+                   "on the coordinator); send one statement per Query in a transaction")
+
+    async def _move_to_coordinator(self, txn: Transaction, decision: Decision | None, raw: bytes) -> None:
+        """Only plain SELECTs ran on the workers: in READ COMMITTED (a new snapshot per statement anyway) the
+        transaction moves to the coordinator, its worker parts ended. In REPEATABLE READ or SERIALIZABLE
+        its snapshot is on the workers: refused."""
+        node, conn = next(iter(txn.participants.items()))
+        try:
+            reply = await conn.exchange("SHOW transaction_isolation")
+        except BackendError:
+            await self._lost(txn, node)
+            return
+        rows = [p.decode_backend(t, payload) for t, payload in messages(reply) if t == b"D"]
+        level = rows[0].values[0] if rows and isinstance(rows[0], p.DataRow) and rows[0].values else None
+        if level not in (b"read committed", b"read uncommitted"):
+            self._needs_coordinator(txn, decision, "holds its snapshot (repeatable read or serializable) on")
+            return
+        await self._rollback_all(txn)  # plain SELECTs: nothing to keep
+        txn.participants.clear()
+        self._coordinator_takes(txn, decision, raw)
+
+    def _coordinator_takes(self, txn: Transaction, decision: Decision | None, raw: bytes) -> None:
+        if decision is None or not decision.keeps_state:
+            self.host.pin()  # it may change session state: the coordinator's from now on
+        self._to_coordinator(txn, raw)
+
+    def _to_coordinator(self, txn: Transaction, raw: bytes) -> None:
+        setup = [txn.options.begin(), *(f"SAVEPOINT {sql.Identifier(s).as_string()}" for s in txn.savepoints)]
+        self.txn = None  # the coordinator has it from now on
+        self.stats.coordinator_transactions += 1
+        self.host.to_coordinator("; ".join(setup), raw)
+
+    def _setup(self, txn: Transaction, conn: WorkerConnection) -> list[str]:
+        """What a joining worker runs before the statement: BEGIN, the session's role, the savepoints."""
+        setup = [txn.options.begin()]
+        if self.host.user != conn.user:
+            setup.append(f"SET LOCAL ROLE {sql.Identifier(self.host.user).as_string()}")
+        setup += [f"SAVEPOINT {sql.Identifier(s).as_string()}" for s in txn.savepoints]
+        return setup
+
+    async def _on_worker(self, txn: Transaction, route: Shard, route_text: str, raw: bytes) -> None:
+        conn = txn.participants.get(route.node)
+        setup: list[str] = []
+        if conn is None:
+            try:
+                conn = await self.host.worker(route.node)
+            except BackendError as exc:
+                if not txn.participants:  # nothing ran yet: the coordinator takes the transaction
+                    log.warning("cannot reach %s, the transaction goes to the coordinator: %s", route.node, exc)
+                    self._to_coordinator(txn, raw)
+                else:
+                    self._fail(txn, CONNECTION_FAILURE, f"pgfleet router: cannot connect to worker {route.node}: {exc}",
+                               "roll back (to a savepoint) and retry")
+                return
+            setup = self._setup(txn, conn)
+        self.host.running_on = conn
+        try:
+            text = ";\n".join([*setup, route.sql]) if setup else route.sql  # the statement last: a -- comment ends it
+            reply = await conn.exchange(text)
+        except BackendError:
+            await self._lost(txn, route.node)
+            return
+        finally:
+            self.host.running_on = None
+        if setup:
+            txn.participants[route.node] = conn
+            reply = without_setup(reply, len(setup))
+        self.stats.routed += 1
+        if not txn.wrote:
+            txn.unchecked.append(route_text)
+            if len(txn.unchecked) > UNCHECKED_LIMIT:
+                txn.has_written()
+        if status_of(reply) == b"E":
+            txn.failed = True
+        self.host.write(reply)
+
+    async def _lost(self, txn: Transaction, node: str) -> None:
+        """A participant's connection broke: its transaction is gone, so is the client's."""
+        self.host.drop_worker(node)
+        txn.participants.pop(node, None)
+        await self._rollback_all(txn)
+        self.txn = None
+        self.host.write(error(CONNECTION_FAILURE, f"pgfleet router: the connection to worker {node} was lost during "
+                              "the transaction; the transaction was rolled back", "retry the transaction") + ready("I"))
+
+
+class ReplySkipper:
+    """Drops the coordinator's answer to the setup Query (up to and including its ReadyForQuery) from the
+    bytes relayed to the client."""
+
+    def __init__(self) -> None:
+        self._buf = b""
+        self.done = False
+
+    def feed(self, data: bytes) -> bytes:
+        """What follows the skipped answer in ``data`` (b'' while it is still coming)."""
+        if self.done:
+            return data
+        buf = self._buf + data
+        pos = 0
+        while len(buf) - pos >= 5:
+            length = int.from_bytes(buf[pos + 1:pos + 5], "big")
+            if len(buf) - pos < 1 + length:
+                break
+            type_byte = buf[pos:pos + 1]
+            pos += 1 + length
+            if type_byte == b"Z":
+                self.done = True
+                self._buf = b""
+                return buf[pos:]
+        self._buf = buf[pos:]
+        return b""
