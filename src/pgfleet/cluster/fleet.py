@@ -261,6 +261,7 @@ class Fleet:
                     sql.Identifier(node.server_name),
                     sql.SQL(", ").join(sql.SQL("{} {}").format(sql.Identifier(k), sql.Literal(v))
                                        for k, v in user_options)))
+                conn.execute("SELECT pgfleet.ensure_public_mappings()")  # every role, by its grants (catalog.sql)
                 conn.execute(
                     "INSERT INTO pgfleet.nodes (name, role, host, port, dbname, username, kind) "
                     "VALUES (%s, 'worker', %s, %s, %s, %s, %s)",

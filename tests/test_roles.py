@@ -1,0 +1,120 @@
+"""Roles other than the owner use distributed and reference tables by their grants on the coordinator:
+table and column privileges and row-level security apply as on one server, and no role gains a way to
+the workers through pgfleet."""
+
+from __future__ import annotations
+
+import secrets
+from collections.abc import Iterator
+
+import psycopg
+import pytest
+from psycopg import sql
+
+from pgfleet.cluster.fleet import Fleet
+from pgfleet.spec import DistributeSpec, HashSpec, QualifiedName, ReferenceSpec
+
+READER, STRANGER = "pgfleet_test_reader", "pgfleet_test_stranger"
+
+
+def drop_role(fleet: Fleet, role: str) -> None:
+    conn = fleet.conn()
+    if conn.execute("SELECT 1 FROM pg_roles WHERE rolname = %s", (role,)).fetchone():
+        conn.execute(sql.SQL("DROP OWNED BY {} CASCADE").format(sql.Identifier(role)))
+        conn.execute(sql.SQL("DROP ROLE {}").format(sql.Identifier(role)))
+
+
+@pytest.fixture
+def logins(fleet: Fleet, schema: str) -> Iterator[dict[str, str]]:
+    """LOGIN roles with USAGE and CREATE on the test schema (and nothing else); dropped afterwards."""
+    passwords = {}
+    for role in (READER, STRANGER):
+        drop_role(fleet, role)
+        passwords[role] = secrets.token_hex(12)
+        fleet.conn().execute(sql.SQL("CREATE ROLE {} LOGIN PASSWORD {}").format(sql.Identifier(role),
+                                                                               sql.Literal(passwords[role])))
+        fleet.conn().execute(sql.SQL("GRANT USAGE, CREATE ON SCHEMA {} TO {}").format(sql.Identifier(schema),
+                                                                                     sql.Identifier(role)))
+    yield passwords
+    fleet.conn().execute(sql.SQL("DROP SCHEMA IF EXISTS {} CASCADE").format(sql.Identifier(schema)))
+    for role in (READER, STRANGER):
+        drop_role(fleet, role)
+
+
+def connect_as(fleet: Fleet, role: str, password: str, schema: str, *, port: int | None = None,
+               ) -> psycopg.Connection[tuple[object, ...]]:
+    ep = fleet.coordinator
+    conn = psycopg.connect(host=ep.host, port=port or ep.port, dbname=ep.dbname, user=role, password=password,
+                           autocommit=True)
+    conn.execute(sql.SQL("SET search_path = {}").format(sql.Identifier(schema)))
+    return conn
+
+
+def make_tables(fleet: Fleet, schema: str) -> None:
+    """items (distributed, 8 rows), colors (reference), both owned by the superuser."""
+    conn = fleet.conn()
+    conn.execute("CREATE TABLE items (id bigint PRIMARY KEY, name text, secret text)")
+    conn.execute("INSERT INTO items SELECT g, 'n' || g, 's' || g FROM generate_series(1, 8) g")
+    conn.execute("CREATE TABLE colors (id int PRIMARY KEY, name text)")
+    conn.execute("INSERT INTO colors VALUES (1, 'red'), (2, 'blue')")
+    fleet.distribute(DistributeSpec(QualifiedName(schema, "items"), "id", HashSpec(4)))
+    fleet.reference(ReferenceSpec(QualifiedName(schema, "colors")))
+
+
+def test_privileges_are_the_coordinators(fleet: Fleet, schema: str, logins: dict[str, str]) -> None:
+    make_tables(fleet, schema)
+    conn = fleet.conn()
+    conn.execute(sql.SQL("GRANT SELECT ON items, colors TO {}").format(sql.Identifier(READER)))
+    conn.execute(sql.SQL("GRANT INSERT (id, name) ON items TO {}").format(sql.Identifier(READER)))
+    with connect_as(fleet, READER, logins[READER], schema) as reader:
+        assert reader.execute("SELECT count(*), sum(id) FROM items").fetchone() == (8, 36)
+        assert reader.execute("SELECT name FROM items WHERE id = 3").fetchone() == ("n3",)
+        assert reader.execute("SELECT name FROM colors WHERE id = 2").fetchone() == ("blue",)
+        reader.execute("INSERT INTO items (id, name) VALUES (9, 'n9')")  # its column privileges
+        with pytest.raises(psycopg.errors.InsufficientPrivilege, match="permission denied for table items"):
+            reader.execute("INSERT INTO items (id, name, secret) VALUES (10, 'n10', 'x')")
+        with pytest.raises(psycopg.errors.InsufficientPrivilege, match="permission denied for table items"):
+            reader.execute("DELETE FROM items WHERE id = 9")
+        with pytest.raises(psycopg.errors.InsufficientPrivilege, match="permission denied for table colors"):
+            reader.execute("UPDATE colors SET name = 'green' WHERE id = 1")
+    with connect_as(fleet, STRANGER, logins[STRANGER], schema) as stranger:
+        for table in ("items", "colors"):
+            with pytest.raises(psycopg.errors.InsufficientPrivilege, match=f"permission denied for table {table}"):
+                stranger.execute(sql.SQL("SELECT * FROM {}").format(sql.Identifier(table)))
+    assert conn.execute("SELECT count(*) FROM items").fetchone() == (9,)
+
+
+def test_column_privileges_and_row_level_security(fleet: Fleet, schema: str, logins: dict[str, str]) -> None:
+    make_tables(fleet, schema)
+    conn = fleet.conn()
+    conn.execute(sql.SQL("GRANT SELECT (id, name) ON items TO {}").format(sql.Identifier(READER)))
+    with connect_as(fleet, READER, logins[READER], schema) as reader:
+        assert reader.execute("SELECT id, name FROM items WHERE id = 5").fetchone() == (5, "n5")
+        with pytest.raises(psycopg.errors.InsufficientPrivilege, match="permission denied for table items"):
+            reader.execute("SELECT secret FROM items WHERE id = 5")
+        conn.execute("ALTER TABLE items ENABLE ROW LEVEL SECURITY")
+        conn.execute(sql.SQL("CREATE POLICY low ON items FOR SELECT TO {} USING (id <= 3)").format(
+            sql.Identifier(READER)))
+        assert reader.execute("SELECT array_agg(id ORDER BY id) FROM items").fetchone() == ([1, 2, 3],)
+        assert reader.execute("SELECT count(*) FROM items WHERE id = 5").fetchone() == (0,)
+    assert conn.execute("SELECT count(*) FROM items").fetchone() == (8,)  # the owner is not subject to it
+
+
+def test_no_way_to_the_workers_through_pgfleet(fleet: Fleet, schema: str, logins: dict[str, str]) -> None:
+    """The mapping FOR PUBLIC works only through pgfleet's foreign tables: no USAGE on the servers for anyone."""
+    make_tables(fleet, schema)
+    conn = fleet.conn()
+    servers = conn.execute("SELECT srvname, srvacl FROM pg_foreign_server WHERE srvname LIKE 'pgfleet%'").fetchall()
+    assert servers and all(acl is None for _, acl in servers)
+    with connect_as(fleet, READER, logins[READER], schema) as reader:
+        for statement in ("CREATE FOREIGN TABLE mine (id bigint) SERVER pgfleet_w1",
+                          "IMPORT FOREIGN SCHEMA public FROM SERVER pgfleet_w1 INTO {schema}",
+                          "CREATE USER MAPPING FOR CURRENT_USER SERVER pgfleet_w1 OPTIONS (user 'postgres')"):
+            with pytest.raises(psycopg.errors.InsufficientPrivilege, match="permission denied for foreign server pgfleet_w1"):
+                reader.execute(sql.SQL(statement).format(schema=sql.Identifier(schema)))
+        with pytest.raises(psycopg.errors.InsufficientPrivilege, match="must be owner of foreign server pgfleet_w1"):
+            reader.execute("ALTER USER MAPPING FOR PUBLIC SERVER pgfleet_w1 OPTIONS (SET user 'other')")
+        with pytest.raises(psycopg.errors.InsufficientPrivilege, match="permission denied for schema pgfleet_shards"):
+            reader.execute("SELECT * FROM pgfleet_shards.nothing")
+        with pytest.raises(psycopg.errors.InsufficientPrivilege, match="permission denied for function dblink"):
+            reader.execute("SELECT public.dblink_connect('x', 'pgfleet_w1')")
