@@ -118,3 +118,78 @@ def test_no_way_to_the_workers_through_pgfleet(fleet: Fleet, schema: str, logins
             reader.execute("SELECT * FROM pgfleet_shards.nothing")
         with pytest.raises(psycopg.errors.InsufficientPrivilege, match="permission denied for function dblink"):
             reader.execute("SELECT public.dblink_connect('x', 'pgfleet_w1')")
+
+
+def on_workers(fleet: Fleet, query: str, params: tuple[object, ...] = ()) -> set[tuple[object, ...]]:
+    """The distinct rows ``query`` returns over every worker."""
+    rows: set[tuple[object, ...]] = set()
+    for node in fleet.topology().workers:
+        with fleet.worker_conn(node) as w:
+            rows.update(tuple(r) for r in w.execute(query.encode(), params).fetchall())
+    return rows
+
+
+def shard_privileges(fleet: Fleet, schema: str, table: str, role: str, privilege: str) -> set[bool]:
+    """has_table_privilege(role, shard, privilege) over every shard table of ``table``."""
+    found: set[bool] = set()
+    dist = next(t for t in fleet.topology().tables if t.name == QualifiedName(schema, table))
+    for shard in dist.shards:
+        node = fleet.topology().node(shard.node)
+        assert node is not None
+        with fleet.worker_conn(node) as w:
+            row = w.execute("SELECT has_table_privilege(%s, %s::regclass, %s)",
+                            (role, sql.Identifier(shard.shard_schema, shard.shard_table).as_string(w), privilege)).fetchone()
+            assert row is not None
+            found.add(bool(row[0]))
+    return found
+
+
+def test_roles_and_grants_reach_the_shards(fleet: Fleet, schema: str, logins: dict[str, str]) -> None:
+    from pgfleet.cluster.privileges import sync_roles
+
+    conn = fleet.conn()
+    conn.execute("CREATE TABLE items (id bigint PRIMARY KEY, name text, secret text)")
+    conn.execute("CREATE TABLE colors (id int PRIMARY KEY, name text)")
+    reader = sql.Identifier(READER)
+    conn.execute(sql.SQL("GRANT SELECT (id, name) ON items TO {}").format(reader))  # before distributing
+    fleet.distribute(DistributeSpec(QualifiedName(schema, "items"), "id", HashSpec(4)))
+    fleet.reference(ReferenceSpec(QualifiedName(schema, "colors")))
+    # the column privilege survived the distribution on the coordinator and reached every shard
+    assert conn.execute("SELECT has_column_privilege(%s, 'items', 'name', 'SELECT'), "
+                        "has_column_privilege(%s, 'items', 'secret', 'SELECT')", (READER, READER)).fetchone() == (True, False)
+    assert on_workers(fleet, "SELECT rolcanlogin, shobj_description(oid, 'pg_authid') FROM pg_roles WHERE rolname = %s",
+                      (READER,)) == {(False, "pgfleet: copy of a coordinator role")}
+    dist = next(t for t in fleet.topology().tables if t.name == QualifiedName(schema, "items"))
+    for shard in dist.shards:
+        rows = on_workers(fleet, "SELECT has_column_privilege(%s, to_regclass(%s), 'name', 'SELECT'), "
+                                 "has_column_privilege(%s, to_regclass(%s), 'secret', 'SELECT') WHERE to_regclass(%s) IS NOT NULL",
+                          (READER, f"{schema}.{shard.shard_table}") * 2 + (f"{schema}.{shard.shard_table}",))
+        assert rows == {(True, False)}
+    # GRANT and REVOKE after distribution, on a distributed and a reference table
+    assert shard_privileges(fleet, schema, "colors", READER, "SELECT") == {False}
+    conn.execute(sql.SQL("GRANT SELECT, INSERT ON items, colors TO {}").format(reader))
+    assert shard_privileges(fleet, schema, "items", READER, "INSERT") == {True}
+    assert shard_privileges(fleet, schema, "colors", READER, "SELECT") == {True}
+    conn.execute(sql.SQL("REVOKE INSERT ON items FROM {}").format(reader))
+    assert shard_privileges(fleet, schema, "items", READER, "INSERT") == {False}
+    assert shard_privileges(fleet, schema, "items", READER, "SELECT") == {True}
+    # a group role: the grant to the group, and the membership, reach the workers
+    conn.execute(sql.SQL("REVOKE ALL ON colors FROM {}").format(reader))
+    drop_role(fleet, "pgfleet_test_group")
+    conn.execute("CREATE ROLE pgfleet_test_group")
+    try:
+        conn.execute(sql.SQL("GRANT pgfleet_test_group TO {}").format(reader))
+        conn.execute("GRANT UPDATE ON colors TO pgfleet_test_group")
+        assert shard_privileges(fleet, schema, "colors", READER, "UPDATE") == {True}
+        conn.execute(sql.SQL("REVOKE pgfleet_test_group FROM {}").format(reader))  # no event trigger for roles
+        sync_roles(fleet)
+        assert shard_privileges(fleet, schema, "colors", READER, "UPDATE") == {False}
+        # ALTER TABLE … OWNER TO reaches the shards
+        conn.execute(sql.SQL("ALTER TABLE items OWNER TO {}").format(reader))
+        assert on_workers(fleet, "SELECT DISTINCT pg_get_userbyid(relowner) FROM pg_class WHERE relname LIKE 'items\\_%%' "
+                                 "AND relnamespace = %s::regnamespace AND relkind = 'r'", (schema,)) == {(READER,)}
+        conn.execute("ALTER TABLE items OWNER TO CURRENT_USER")
+    finally:
+        drop_role(fleet, "pgfleet_test_group")
+    sync_roles(fleet)  # a role dropped on the coordinator goes from the workers too
+    assert on_workers(fleet, "SELECT rolname FROM pg_roles WHERE rolname = 'pgfleet_test_group'") == set()

@@ -28,6 +28,7 @@ from ..plan import layout, tables
 from ..spec import DistributeSpec, ListSpec, QualifiedName, RangeSpec, ReferenceSpec
 from ..topology.model import Shard, TableDef
 from ..topology.read import hash_function, resolve_table, table_def
+from .privileges import apply_privileges
 from .bounds import check_bounds
 from .fleet import Fleet
 from .statistics import analyze_shards
@@ -260,10 +261,8 @@ def _swap(conn: Conn, table: TableDef, staging: QualifiedName) -> None:
         conn.execute(sql.SQL("ALTER TABLE {} ALTER COLUMN {} RESTART WITH {}").format(
             tables.ident(new), sql.Identifier(col_name), sql.Literal(value)))
     conn.execute(sql.SQL("ALTER TABLE {} OWNER TO {}").format(tables.ident(new), sql.Identifier(table.owner)))
-    for entry in table.acl:
-        privilege, grantee = entry.split("\t", 1)
-        conn.execute(sql.SQL("GRANT {} ON {} TO {}").format(sql.SQL(privilege), tables.ident(new),
-                                                            sql.SQL(grantee)))
+    conn.execute(sql.SQL("SELECT pgfleet.copy_privileges({}, {}::regclass)").format(  # with column privileges
+        sql.Literal(table.oid), sql.Literal(str(new))))
     conn.execute(sql.SQL("DROP TABLE {}").format(sql.Identifier(schema, old_name)))
 
 
@@ -339,6 +338,7 @@ def _distribute(fleet: Fleet, spec: DistributeSpec, progress: Progress | None) -
                 lambda sh: tables.shard_table_ddl(table, sh.shard_name, rule=tables.shard_rule(key.name, sh, hashfn),
                                                   shard_id=sh.shard_id),
                 f"shards of {table.name}", created)
+            apply_privileges(conn, wconns, shards, table.oid)
             say("shards", len(shards), len(shards))
             node_by_name = {n.name: n for n in topo.nodes}
             try:
@@ -379,6 +379,8 @@ def _distribute(fleet: Fleet, spec: DistributeSpec, progress: Progress | None) -
                 lock.execute(ins)
             lock.execute("SELECT pgfleet.snapshot_columns(%s)", (int(str(new_oid[0])),))
             lock.execute("SELECT pgfleet.align_owners(%s)", (int(str(new_oid[0])),))
+            lock.execute("UPDATE pgfleet.tables SET acl_signature = pgfleet.acl_signature(relid) WHERE relid = %s",
+                         (int(str(new_oid[0])),))  # the shards got these privileges (apply_privileges)
             lock.execute(sql.SQL("ANALYZE {}").format(tables.ident(table.name)))
             lock.commit()
             say("swap", 1, 1)
@@ -474,6 +476,7 @@ def _copy_reference(fleet: Fleet, table: TableDef, workers: list[str], *, new_ta
                                lambda sh: tables.shard_table_ddl(table, sh.shard_name, rule=None, rename_objects=False,
                                                                  shard_id=sh.shard_id),
                                f"the copy of {table.name}", created)
+            apply_privileges(conn, wconns, shards, table.oid)
             lock = fleet.new_coordinator_conn()
             lock.autocommit = False
             _set_internal(lock)
@@ -514,6 +517,9 @@ def _copy_reference(fleet: Fleet, table: TableDef, workers: list[str], *, new_ta
             for ins in rows.shard_inserts:
                 lock.execute(ins)
             lock.execute("SELECT pgfleet.align_owners(%s)", (table.oid,))
+            if new_table:
+                lock.execute("UPDATE pgfleet.tables SET acl_signature = pgfleet.acl_signature(relid) WHERE relid = %s",
+                             (table.oid,))
             lock.commit()
         except BaseException:
             if lock is not None:

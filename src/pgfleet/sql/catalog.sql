@@ -38,6 +38,9 @@ CREATE TABLE IF NOT EXISTS pgfleet.tables (
     created_at    timestamptz NOT NULL DEFAULT now()
 );
 
+-- The owner and privileges the shards were given (grants.sql: acl_signature); NULL before they were.
+ALTER TABLE pgfleet.tables ADD COLUMN IF NOT EXISTS acl_signature text;
+
 CREATE SEQUENCE IF NOT EXISTS pgfleet.shard_id_seq START 102000;
 
 CREATE TABLE IF NOT EXISTS pgfleet.shards (
@@ -410,6 +413,11 @@ BEGIN
             END LOOP;
         END IF;
     END LOOP;
+    -- owners and privileges of the shards follow the coordinator's (grants.sql)
+    IF EXISTS (SELECT FROM pg_event_trigger_ddl_commands()
+               WHERE command_tag IN ('GRANT', 'REVOKE', 'ALTER TABLE', 'DROP OWNED')) THEN
+        PERFORM pgfleet.queue_changed_privileges();
+    END IF;
 END $$;
 
 CREATE OR REPLACE FUNCTION pgfleet.on_sql_drop() RETURNS event_trigger
@@ -453,7 +461,8 @@ END $$;
 
 DROP EVENT TRIGGER IF EXISTS pgfleet_ddl_end;
 CREATE EVENT TRIGGER pgfleet_ddl_end ON ddl_command_end
-    WHEN TAG IN ('ALTER TABLE', 'CREATE INDEX') EXECUTE FUNCTION pgfleet.on_ddl_end();
+    WHEN TAG IN ('ALTER TABLE', 'CREATE INDEX', 'GRANT', 'REVOKE', 'DROP OWNED')
+    EXECUTE FUNCTION pgfleet.on_ddl_end();
 DROP EVENT TRIGGER IF EXISTS pgfleet_sql_drop;
 -- No tag filter: DROP SCHEMA … CASCADE and DROP OWNED drop tables too.
 CREATE EVENT TRIGGER pgfleet_sql_drop ON sql_drop EXECUTE FUNCTION pgfleet.on_sql_drop();

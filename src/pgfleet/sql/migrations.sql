@@ -322,12 +322,7 @@ BEGIN
     IF cardinality(restarts) > 0 THEN
         EXECUTE format('ALTER TABLE %I.%I %s', schema, name, array_to_string(restarts, ', '));
     END IF;
-    FOR r IN SELECT a.privilege_type, a.is_grantable, CASE WHEN a.grantee = 0 THEN 'PUBLIC' ELSE quote_ident(g.rolname) END AS grantee
-             FROM pg_class c CROSS JOIN LATERAL aclexplode(c.relacl) a LEFT JOIN pg_roles g ON g.oid = a.grantee
-             WHERE c.oid = p_old AND a.grantee <> c.relowner LOOP
-        EXECUTE format('GRANT %s ON %I.%I TO %s%s', r.privilege_type, schema, name, r.grantee,
-                       CASE WHEN r.is_grantable THEN ' WITH GRANT OPTION' ELSE '' END);
-    END LOOP;
+    PERFORM pgfleet.copy_privileges(p_old, p_new);  -- table and column privileges (grants.sql)
     EXECUTE format('DROP TABLE %s', p_old::regclass);
 END $$;
 
@@ -441,6 +436,7 @@ BEGIN
     DELETE FROM pgfleet.tables WHERE relid = p_table;
     PERFORM pgfleet.snapshot_columns(new_oid);
     PERFORM pgfleet.align_owners(new_oid);
+    PERFORM pgfleet.queue_privileges(new_oid);  -- roles and privileges on the new shards, after them
     PERFORM set_config('pgfleet.internal', internal, true);
     RETURN moved;
 END $$;
@@ -487,6 +483,7 @@ BEGIN
     END LOOP;
     PERFORM pgfleet.snapshot_columns(p_table);
     PERFORM pgfleet.align_owners(p_table);
+    PERFORM pgfleet.queue_privileges(p_table);
     PERFORM set_config('pgfleet.internal', internal, true);
     RETURN n;
 END $$;
