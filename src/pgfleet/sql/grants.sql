@@ -92,8 +92,9 @@ CREATE OR REPLACE FUNCTION pgfleet.acl_signature(p_relid oid) RETURNS text
 LANGUAGE sql STABLE SET search_path = pg_catalog AS $$
     SELECT md5(concat_ws('|', pg_get_userbyid(c.relowner), c.relacl::text,
                          (SELECT string_agg(a.attname || '=' || a.attacl::text, ',' ORDER BY a.attnum)
-                          FROM pg_attribute a WHERE a.attrelid = c.oid AND a.attacl IS NOT NULL AND NOT a.attisdropped)))
-    FROM pg_class c WHERE c.oid = p_relid
+                          FROM pg_attribute a WHERE a.attrelid = c.oid AND a.attacl IS NOT NULL AND NOT a.attisdropped),
+                         'schema', n.nspacl::text))
+    FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace WHERE c.oid = p_relid
 $$;
 
 -- A fingerprint of roles_spec(), and whether some table's privileges differ from those its shards got
@@ -109,6 +110,10 @@ CREATE OR REPLACE FUNCTION pgfleet.acl_spec(p_relid oid) RETURNS jsonb
 LANGUAGE sql STABLE SET search_path = pg_catalog AS $$
     SELECT jsonb_build_object(
         'owner', pg_get_userbyid(c.relowner),
+        'usage', coalesce((  -- roles with USAGE on the table's schema
+            SELECT jsonb_agg(DISTINCT CASE WHEN a.grantee = 0 THEN 'PUBLIC' ELSE pg_get_userbyid(a.grantee) END)
+            FROM pg_namespace n CROSS JOIN LATERAL aclexplode(n.nspacl) a
+            WHERE n.oid = c.relnamespace AND a.privilege_type = 'USAGE' AND a.grantee <> n.nspowner), '[]'),
         'grants', coalesce((
             SELECT jsonb_agg(jsonb_build_object('grantee', CASE WHEN x.grantee = 0 THEN 'PUBLIC' ELSE quote_ident(pg_get_userbyid(x.grantee)) END,
                                                 'role', CASE WHEN x.grantee = 0 THEN NULL ELSE pg_get_userbyid(x.grantee) END,
@@ -142,6 +147,20 @@ BEGIN
        AND (SELECT pg_get_userbyid(relowner) FROM pg_class WHERE oid = rel) <> spec->>'owner' THEN
         EXECUTE format('ALTER TABLE %%s OWNER TO %%I', tbl, spec->>'owner');
     END IF;
+    -- USAGE on the schema as on the coordinator, for the coordinator's roles (a worker's own roles keep theirs)
+    FOR g IN SELECT a.grantee FROM pg_namespace n CROSS JOIN LATERAL aclexplode(n.nspacl) a
+             WHERE n.oid = (SELECT relnamespace FROM pg_class WHERE oid = rel) AND a.privilege_type = 'USAGE'
+               AND a.grantee <> n.nspowner
+               AND (a.grantee = 0 OR shobj_description(a.grantee, 'pg_authid') = %L)
+               AND NOT (spec->'usage') ? CASE WHEN a.grantee = 0 THEN 'PUBLIC' ELSE pg_get_userbyid(a.grantee) END LOOP
+        EXECUTE format('REVOKE USAGE ON SCHEMA %%I FROM %%s', %L,
+                       CASE WHEN g.grantee = 0 THEN 'PUBLIC' ELSE quote_ident(pg_get_userbyid(g.grantee)) END);
+    END LOOP;
+    FOR g IN SELECT e #>> '{}' AS grantee FROM jsonb_array_elements(spec->'usage') e
+             WHERE e #>> '{}' = 'PUBLIC' OR to_regrole(quote_ident(e #>> '{}')) IS NOT NULL LOOP
+        EXECUTE format('GRANT USAGE ON SCHEMA %%I TO %%s', %L,
+                       CASE WHEN g.grantee = 'PUBLIC' THEN 'PUBLIC' ELSE quote_ident(g.grantee) END);
+    END LOOP;
     FOR g IN SELECT DISTINCT a.grantee
              FROM (SELECT relacl AS acl, relowner FROM pg_class WHERE oid = rel
                    UNION ALL
@@ -161,7 +180,7 @@ BEGIN
                        CASE WHEN g.grantable THEN ' WITH GRANT OPTION' ELSE '' END);
     END LOOP;
 END
-$body$, pgfleet.acl_spec(p_relid)::text, format('%I.%I', p_schema, p_table)))
+$body$, pgfleet.acl_spec(p_relid)::text, format('%I.%I', p_schema, p_table), pgfleet.role_marker(), p_schema, p_schema))
 $$;
 
 -- Queue, for p_relid's shards, the role sync (once per worker and transaction) and the privileges, and
