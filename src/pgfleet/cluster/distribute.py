@@ -31,6 +31,7 @@ from ..topology.read import hash_function, resolve_table, table_def
 from .privileges import apply_privileges
 from .bounds import check_bounds
 from .fleet import Fleet
+from .foreign_keys import check_foreign_keys, enforce_foreign_keys
 from .statistics import analyze_shards
 
 log = logging.getLogger(__name__)
@@ -319,6 +320,7 @@ def _distribute(fleet: Fleet, spec: DistributeSpec, progress: Progress | None) -
         assert spec.method is not None
         count = layout.shard_count(spec.method)
     layout.check_nodes(spec, workers)
+    foreign_keys = check_foreign_keys(conn, table.oid, key.name, colocation_id)
     shard_ids = _alloc_ids(conn, count)
     shards = layout.layout_shards(table, spec, workers, shard_ids, colocated)
     schema = table.name.schema or "public"
@@ -381,6 +383,7 @@ def _distribute(fleet: Fleet, spec: DistributeSpec, progress: Progress | None) -
             lock.execute("SELECT pgfleet.align_owners(%s)", (int(str(new_oid[0])),))
             lock.execute("UPDATE pgfleet.tables SET acl_signature = pgfleet.acl_signature(relid) WHERE relid = %s",
                          (int(str(new_oid[0])),))  # the shards got these privileges (apply_privileges)
+            enforce_foreign_keys(lock, int(str(new_oid[0])), foreign_keys)  # on the shards at COMMIT
             lock.execute(sql.SQL("ANALYZE {}").format(tables.ident(table.name)))
             lock.commit()
             say("swap", 1, 1)

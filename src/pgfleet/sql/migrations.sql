@@ -130,20 +130,17 @@ BEGIN
             USING ERRCODE = 'feature_not_supported',
                   HINT = 'use a built-in type (text with a CHECK instead of an enum or domain)';
     END IF;
-    SELECT conname, contype INTO bad FROM pg_constraint WHERE conrelid = p_relid AND contype IN ('f', 'x')
-    ORDER BY contype, conname LIMIT 1;
-    IF FOUND AND bad.contype = 'f' THEN
-        RAISE EXCEPTION 'foreign key % of % cannot be enforced across shards', bad.conname, name
-            USING ERRCODE = 'feature_not_supported',
-                  HINT = format('drop it (ALTER TABLE %s DROP CONSTRAINT %I) and run again', name, bad.conname);
-    ELSIF FOUND THEN
+    -- foreign keys: pgfleet.check_foreign_key (foreign_keys.sql) decides
+    SELECT conname, contype INTO bad FROM pg_constraint WHERE conrelid = p_relid AND contype = 'x'
+    ORDER BY conname LIMIT 1;
+    IF FOUND THEN
         RAISE EXCEPTION 'exclusion constraint % of % cannot be enforced on a %', bad.conname, name, what
             USING ERRCODE = 'feature_not_supported', HINT = 'drop it and run again';
     END IF;
     SELECT format('%I.%I.%I', n.nspname, c.relname, f.conname) AS fk INTO bad FROM pg_constraint f
     JOIN pg_class c ON c.oid = f.conrelid JOIN pg_namespace n ON n.oid = c.relnamespace
     WHERE f.contype = 'f' AND f.confrelid = p_relid AND f.conrelid <> p_relid ORDER BY 1 LIMIT 1;
-    IF FOUND THEN
+    IF FOUND AND NOT p_reference THEN  -- a reference table stays a plain table on the coordinator
         RAISE EXCEPTION 'foreign key % references %', bad.fk, name USING ERRCODE = 'feature_not_supported',
             HINT = 'drop that foreign key first; keys across shards are not enforced';
     END IF;
@@ -349,6 +346,8 @@ DECLARE
     rule text;
     new_oid oid;
     i int;
+    fks pgfleet.foreign_keys[];
+    fk pgfleet.foreign_keys;
 BEGIN
     PERFORM pgfleet.api_check_table(p_table, 'distribute it');
     PERFORM pgfleet.check_table_shape(p_table, false);
@@ -388,6 +387,8 @@ BEGIN
         END IF;
     END IF;
     workers := pgfleet.api_workers('there are no workers to place shards on');
+    PERFORM pgfleet.check_foreign_key(p_table, p_key, colocation, f) FROM pgfleet.foreign_keys_of(p_table) f;
+    fks := ARRAY(SELECT f FROM pgfleet.foreign_keys_of(p_table) f);
     PERFORM set_config('pgfleet.internal', 'on', true);
     EXECUTE format('CREATE TABLE %I.%I (LIKE %s INCLUDING DEFAULTS INCLUDING IDENTITY INCLUDING GENERATED '
                    'INCLUDING CONSTRAINTS) PARTITION BY HASH (%I)', schema, staging, p_table, p_key);
@@ -437,6 +438,10 @@ BEGIN
     PERFORM pgfleet.snapshot_columns(new_oid);
     PERFORM pgfleet.align_owners(new_oid);
     PERFORM pgfleet.queue_privileges(new_oid);  -- roles and privileges on the new shards, after them
+    FOREACH fk IN ARRAY fks LOOP  -- the table's foreign keys, now on its shards
+        fk.relid := new_oid;
+        PERFORM pgfleet.enforce_foreign_key(fk);
+    END LOOP;
     PERFORM set_config('pgfleet.internal', internal, true);
     RETURN moved;
 END $$;
@@ -534,6 +539,7 @@ BEGIN
         RAISE EXCEPTION '% is neither distributed nor a reference table', p_table USING ERRCODE = 'object_not_in_prerequisite_state',
             HINT = 'nothing to undo';
     END IF;
+    PERFORM pgfleet.check_not_referenced(p_table);
     -- The shards are dropped at COMMIT; a remote transaction this session's postgres_fdw keeps open on
     -- one of their workers (the table was read or written through its shards earlier in this
     -- transaction) would hold locks the DROP waits for until after that COMMIT: it would never end.
@@ -614,6 +620,7 @@ BEGIN
                            schema, staging, btrim(d.tail));
         END IF;
     END LOOP;
+    PERFORM pgfleet.restore_foreign_keys(p_table, format('%I.%I', schema, staging)::regclass);
     DELETE FROM pgfleet.tables WHERE relid = p_table;
     PERFORM pgfleet.swap_tables(p_table, format('%I.%I', schema, staging)::regclass);
     PERFORM set_config('pgfleet.internal', internal, true);
@@ -630,7 +637,8 @@ DECLARE
 BEGIN
     FOR f IN SELECT p.oid::regprocedure FROM pg_proc p
              WHERE p.pronamespace = 'pgfleet'::regnamespace AND p.prosecdef AND p.prokind = 'f'
-               AND p.proname NOT IN ('distribute_table', 'reference_table', 'undistribute_table') LOOP
+               AND p.proname NOT IN ('distribute_table', 'reference_table', 'undistribute_table',
+                                     'add_foreign_key', 'drop_foreign_key') LOOP
         EXECUTE format('REVOKE EXECUTE ON FUNCTION %s FROM PUBLIC', f);
     END LOOP;
 END $$;
