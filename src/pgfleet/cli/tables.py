@@ -23,16 +23,22 @@ from .common import err, human_size, open_fleet, out, progress_bar
 
 @click.command()
 @click.argument("table")
-@click.option("--key", required=True, help="Distribution column.")
+@click.argument("key_column", required=False, metavar="[KEY]")
+@click.option("--key", help="Distribution column (or give it after TABLE).")
 @click.option("--shards", type=int, help="Hash distribution into this many shards (default 8).")
 @click.option("--bounds", help="Range distribution: comma-separated bounds, min/max for open ends.")
 @click.option("--list", "lists", multiple=True, help="List distribution: VALUE[,VALUE…]=NODE, once per site.")
 @click.option("--colocate-with", help="Place shards with this distributed table's shards.")
 @click.option("--nodes", help="Comma-separated workers to place shards on (default: all).")
 @click.pass_context
-def distribute(ctx: click.Context, table: str, key: str, shards: int | None, bounds: str | None,
-               lists: tuple[str, ...], colocate_with: str | None, nodes: str | None) -> None:
-    """Spread TABLE over the workers by hash, range or list; its rows move into the shards."""
+def distribute(ctx: click.Context, table: str, key_column: str | None, key: str | None, shards: int | None,
+               bounds: str | None, lists: tuple[str, ...], colocate_with: str | None, nodes: str | None) -> None:
+    """Spread TABLE over the workers by hash, range or list on KEY; its rows move into the shards."""
+    if key_column is not None and key is not None and key_column != key:
+        raise SpecError(f"two distribution keys given: {key_column} and --key {key}", hint="give the key once")
+    key = key or key_column
+    if key is None:
+        raise SpecError(f"no distribution key for {table}", hint=f"pgfleet distribute {table} KEY (or --key KEY)")
     chosen = [o for o, v in (("--shards", shards), ("--bounds", bounds), ("--list", lists)) if v]
     if len(chosen) > 1:
         raise SpecError(f"{' and '.join(chosen)} exclude each other", hint="choose one distribution method")

@@ -103,9 +103,17 @@ class Fleet:
 
     # --- opening ----------------------------------------------------------------------------------
     @classmethod
-    def open(cls, directory: Path) -> Fleet:
+    def open(cls, directory: Path, database: str | None = None) -> Fleet:
+        """The local cluster in ``directory``; ``database``: another database of its coordinator, made
+        ready for distributed tables on first use (cluster/databases.py)."""
         local = LocalCluster.load(directory)
-        return cls(local.endpoint(local.spec.coordinator.name), local)
+        fleet = cls(local.endpoint(local.spec.coordinator.name), local)
+        if database is None or database == fleet.coordinator.dbname:
+            return fleet
+        from .databases import attach_database
+
+        with fleet:
+            return attach_database(fleet, database)
 
     @classmethod
     def from_dsn(cls, dsn: str) -> Fleet:

@@ -4,10 +4,12 @@ switchover (a planned role swap that loses no commit)."""
 from __future__ import annotations
 
 import time
+from dataclasses import replace
 
 import psycopg
 from psycopg import sql
 
+from ..cluster.databases import catalog_databases
 from ..cluster.local import LocalCluster, LocalNode
 from ..errors import PgfleetError, SpecError, TopologyError
 from ..plan.failover import StandbySeen, best_standby
@@ -34,12 +36,13 @@ def _repoint(local: LocalCluster, group: str, new: LocalNode) -> None:
     deadline = time.monotonic() + 30
     while True:
         try:
-            with connect_to(coord, timeout=2) as conn, conn.transaction():
-                conn.execute("UPDATE pgfleet.nodes SET host = %s, port = %s WHERE name = %s",
-                             ("127.0.0.1", new.port, group))
-                if new.role == "worker":
-                    conn.execute(sql.SQL("ALTER SERVER {} OPTIONS (SET host {}, SET port {})").format(
-                        sql.Identifier(f"pgfleet_{group}"), sql.Literal("127.0.0.1"), sql.Literal(str(new.port))))
+            for dbname in catalog_databases(coord):  # each database with distributed tables has its own catalog
+                with connect_to(replace(coord, dbname=dbname), timeout=2) as conn, conn.transaction():
+                    conn.execute("UPDATE pgfleet.nodes SET host = %s, port = %s WHERE name = %s",
+                                 ("127.0.0.1", new.port, group))
+                    if new.role == "worker":
+                        conn.execute(sql.SQL("ALTER SERVER {} OPTIONS (SET host {}, SET port {})").format(
+                            sql.Identifier(f"pgfleet_{group}"), sql.Literal("127.0.0.1"), sql.Literal(str(new.port))))
             return
         except (PgfleetError, psycopg.Error) as exc:
             if time.monotonic() > deadline:
