@@ -21,6 +21,7 @@ from dataclasses import replace
 
 import psycopg
 from psycopg import sql
+from psycopg.types.json import Jsonb
 
 from ..errors import ExecuteError, PgfleetError, SpecError, TopologyError
 from ..execute.connect import CANONICAL_SETTINGS, Conn, describe_error
@@ -365,6 +366,7 @@ def _distribute(fleet: Fleet, spec: DistributeSpec, progress: Progress | None) -
             _verify(fleet, source_sum, shards, f"{table.name}", say)
             analyze_shards(wconns, shards)  # before the coordinator's ANALYZE of the parent reads them
             say("swap", 0, 1)
+            index_defs = lock.execute("SELECT pgfleet.index_defs(%s)", (table.oid,)).fetchone()
             _swap(lock, table, staging)
             if colocation_id is None:
                 row = lock.execute("INSERT INTO pgfleet.colocation_groups (method, key_type, shard_count) "
@@ -384,6 +386,7 @@ def _distribute(fleet: Fleet, spec: DistributeSpec, progress: Progress | None) -
             lock.execute("UPDATE pgfleet.tables SET acl_signature = pgfleet.acl_signature(relid) WHERE relid = %s",
                          (int(str(new_oid[0])),))  # the shards got these privileges (apply_privileges)
             enforce_foreign_keys(lock, int(str(new_oid[0])), foreign_keys)  # on the shards at COMMIT
+            lock.execute("SELECT pgfleet.adopt_indexes(%s, %s)", (int(str(new_oid[0])), Jsonb(index_defs[0] if index_defs else [])))
             lock.execute(sql.SQL("ANALYZE {}").format(tables.ident(table.name)))
             lock.commit()
             say("swap", 1, 1)
@@ -517,6 +520,7 @@ def _copy_reference(fleet: Fleet, table: TableDef, workers: list[str], *, new_ta
                     lock.execute(stmt)
                 lock.execute(rows.table_insert)
                 lock.execute("SELECT pgfleet.snapshot_columns(%s)", (table.oid,))
+                lock.execute("SELECT pgfleet.adopt_indexes(%s, pgfleet.index_defs(%s))", (table.oid, table.oid))
             for ins in rows.shard_inserts:
                 lock.execute(ins)
             lock.execute("SELECT pgfleet.align_owners(%s)", (table.oid,))

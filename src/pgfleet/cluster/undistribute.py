@@ -85,6 +85,7 @@ def _undistribute(fleet: Fleet, dist: DistTable, say: Progress) -> int:
                                hint="nothing was changed; run the command again")
         say("verify", 1, 1)
         say("swap", 0, 1)
+        lock.execute("SELECT pgfleet.drop_parent_indexes(%s)", (dist.oid,))  # their names go to the plain table
         _restore_keys(fleet, lock, dist, staging)
         for shard in dist.shards:
             lock.execute("SELECT pgfleet.queue_statement(%s, pgfleet.drop_shard_sql(%s, %s, %s))",

@@ -363,21 +363,83 @@ BEGIN
     END IF;
 END $$;
 
+-- The non-unique indexes of p_relid that back no constraint, as [{name, tail}] (tail: "USING …" of
+-- pg_get_indexdef). Unique ones stay on the shards only: PostgreSQL cannot build a unique index on a
+-- partitioned table whose partitions are foreign.
+CREATE OR REPLACE FUNCTION pgfleet.index_defs(p_relid oid) RETURNS jsonb
+LANGUAGE sql STABLE SET search_path = pg_catalog AS $$
+    SELECT coalesce(jsonb_agg(jsonb_build_object('name', c.relname::text,
+                                                 'tail', substring(pg_get_indexdef(i.indexrelid) FROM ' USING .*$'))
+                              ORDER BY c.relname), '[]')
+    FROM pg_index i JOIN pg_class c ON c.oid = i.indexrelid
+    WHERE i.indrelid = p_relid AND NOT i.indisunique
+      AND NOT EXISTS (SELECT FROM pg_constraint k WHERE k.conindid = i.indexrelid)
+$$;
+
+-- After distribute / reference: the indexes p_defs (index_defs of the original table) on the
+-- coordinator's table, so they are listed (\d, pg_indexes), renamed and dropped there as on one server
+-- and the DDL triggers carry that to the shards. A distributed table's parent gets them as partitioned
+-- indexes (its foreign partitions have none: the shards have theirs). Run with pgfleet.internal on.
+CREATE OR REPLACE FUNCTION pgfleet.adopt_indexes(p_relid oid, p_defs jsonb) RETURNS void
+LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pgfleet AS $$
+DECLARE
+    d record;
+BEGIN
+    FOR d IN SELECT e->>'name' AS name, e->>'tail' AS tail FROM jsonb_array_elements(p_defs) e LOOP
+        IF (SELECT relkind FROM pg_class WHERE oid = p_relid) = 'p' THEN
+            EXECUTE format('CREATE INDEX IF NOT EXISTS %I ON %s %s', d.name, p_relid::regclass, d.tail);
+        END IF;
+        INSERT INTO pgfleet.indexes (indexrelid, relid, index_name)
+        SELECT i.indexrelid, p_relid, d.name FROM pg_index i JOIN pg_class c ON c.oid = i.indexrelid
+        WHERE i.indrelid = p_relid AND c.relname = d.name
+        ON CONFLICT DO NOTHING;
+    END LOOP;
+END $$;
+
+-- Undistribute: the parent's own indexes go before the plain table takes their names (the shards'
+-- go with the shards). Run with pgfleet.internal on.
+CREATE OR REPLACE FUNCTION pgfleet.drop_parent_indexes(p_relid oid) RETURNS void
+LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pgfleet AS $$
+DECLARE
+    ix oid;
+BEGIN
+    FOR ix IN SELECT i.indexrelid FROM pgfleet.indexes i JOIN pg_class c ON c.oid = i.relid
+              WHERE i.relid = p_relid AND c.relkind = 'p' LOOP
+        EXECUTE format('DROP INDEX %s', ix::regclass);
+    END LOOP;
+END $$;
+
 CREATE OR REPLACE FUNCTION pgfleet.on_ddl_end() RETURNS event_trigger
 LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pgfleet AS $$
 DECLARE
     cmd record;
     t record;
     sh record;
+    ix record;
     act text;
     tbl oid;
     tail text;
+    new_name text;
 BEGIN
     IF coalesce(current_setting('pgfleet.internal', true), '') = 'on' THEN
         RETURN;
     END IF;
     FOR cmd IN SELECT * FROM pg_event_trigger_ddl_commands() LOOP
-        IF cmd.command_tag = 'ALTER TABLE' AND cmd.classid = 'pg_class'::regclass THEN
+        IF cmd.command_tag IN ('ALTER INDEX', 'ALTER TABLE') AND cmd.classid = 'pg_class'::regclass
+           AND EXISTS (SELECT FROM pgfleet.indexes WHERE indexrelid = cmd.objid) THEN
+            -- ALTER INDEX … RENAME (also spelled ALTER TABLE … RENAME): the shards' indexes follow
+            SELECT i.*, t2.method INTO ix FROM pgfleet.indexes i JOIN pgfleet.tables t2 USING (relid)
+            WHERE i.indexrelid = cmd.objid;
+            new_name := (SELECT relname FROM pg_class WHERE oid = cmd.objid);
+            CONTINUE WHEN new_name = ix.index_name;
+            FOR sh IN SELECT * FROM pgfleet.shards WHERE relid = ix.relid ORDER BY shard_id LOOP
+                INSERT INTO pgfleet.ddl_queue (node, statement)
+                VALUES (sh.node, format('ALTER INDEX IF EXISTS %I.%I RENAME TO %I', sh.shard_schema,
+                                        pgfleet.shard_index_name(ix.index_name, sh.shard_id, ix.method),
+                                        pgfleet.shard_index_name(new_name, sh.shard_id, ix.method)));
+            END LOOP;
+            UPDATE pgfleet.indexes SET index_name = new_name WHERE indexrelid = cmd.objid;
+        ELSIF cmd.command_tag = 'ALTER TABLE' AND cmd.classid = 'pg_class'::regclass THEN
             SELECT * INTO t FROM pgfleet.tables WHERE relid = cmd.objid;
             CONTINUE WHEN NOT FOUND;
             UPDATE pgfleet.tables SET schema_name = n.nspname, table_name = c.relname
@@ -461,7 +523,7 @@ END $$;
 
 DROP EVENT TRIGGER IF EXISTS pgfleet_ddl_end;
 CREATE EVENT TRIGGER pgfleet_ddl_end ON ddl_command_end
-    WHEN TAG IN ('ALTER TABLE', 'CREATE INDEX', 'GRANT', 'REVOKE', 'DROP OWNED')
+    WHEN TAG IN ('ALTER TABLE', 'ALTER INDEX', 'CREATE INDEX', 'GRANT', 'REVOKE', 'DROP OWNED')
     EXECUTE FUNCTION pgfleet.on_ddl_end();
 DROP EVENT TRIGGER IF EXISTS pgfleet_sql_drop;
 -- No tag filter: DROP SCHEMA … CASCADE and DROP OWNED drop tables too.

@@ -348,6 +348,7 @@ DECLARE
     i int;
     fks pgfleet.foreign_keys[];
     fk pgfleet.foreign_keys;
+    indexes jsonb;
 BEGIN
     PERFORM pgfleet.api_check_table(p_table, 'distribute it');
     PERFORM pgfleet.check_table_shape(p_table, false);
@@ -429,6 +430,7 @@ BEGIN
             EXECUTE format('ALTER FOREIGN TABLE %I.%I OPTIONS (ADD use_remote_estimate ''true'')', 'pgfleet_shards', shard_name);
         END LOOP;
     END IF;
+    indexes := pgfleet.index_defs(p_table);
     PERFORM pgfleet.swap_tables(p_table, new_oid);
     -- ON UPDATE of the primary key is not declared: move the rows by hand
     INSERT INTO pgfleet.tables (relid, schema_name, table_name, method, key_column, colocation_id)
@@ -442,6 +444,7 @@ BEGIN
         fk.relid := new_oid;
         PERFORM pgfleet.enforce_foreign_key(fk);
     END LOOP;
+    PERFORM pgfleet.adopt_indexes(new_oid, indexes);
     PERFORM set_config('pgfleet.internal', internal, true);
     RETURN moved;
 END $$;
@@ -487,6 +490,7 @@ BEGIN
                               'REFERENCING OLD TABLE AS pgfleet_old', ''])[i]);
     END LOOP;
     PERFORM pgfleet.snapshot_columns(p_table);
+    PERFORM pgfleet.adopt_indexes(p_table, pgfleet.index_defs(p_table));
     PERFORM pgfleet.align_owners(p_table);
     PERFORM pgfleet.queue_privileges(p_table);
     PERFORM set_config('pgfleet.internal', internal, true);
@@ -601,6 +605,7 @@ BEGIN
         RAISE EXCEPTION 'verification of % failed: the shards have % rows, the copy %', p_table, total, n
             USING ERRCODE = 'data_corrupted', HINT = 'nothing was changed; run it again';
     END IF;
+    PERFORM pgfleet.drop_parent_indexes(p_table);  -- their names go to the plain table's
     -- constraints and indexes as the first shard has them
     SELECT * INTO sh FROM pgfleet.shards WHERE relid = p_table ORDER BY shard_index LIMIT 1;
     suffix := '_' || sh.shard_id;
