@@ -5,22 +5,17 @@ from __future__ import annotations
 
 import pytest
 
+from conftest import shard_rows
 from pgfleet.cluster.fleet import Fleet
 from pgfleet.spec import DistributeSpec, HashSpec, QualifiedName, ReferenceSpec
 
 
 def shard_indexes(fleet: Fleet, schema: str, table: str) -> set[str]:
-    """Index names over the shard tables (or copies) of ``table``, with the shard suffix taken off."""
-    dist = next(t for t in fleet.topology().tables if t.name == QualifiedName(schema, table))
-    names: set[str] = set()
-    for shard in dist.shards:
-        node = fleet.topology().node(shard.node)
-        assert node is not None
-        with fleet.worker_conn(node) as w:
-            for (name,) in w.execute("SELECT indexrelid::regclass::text FROM pg_index WHERE indrelid = %s::regclass",
-                                     (f'"{shard.shard_schema}"."{shard.shard_table}"',)).fetchall():
-                names.add(str(name).split(".")[-1].strip('"').removesuffix(f"_{shard.shard_id}"))
-    return names
+    """Index names over the shard tables (or copies) of ``table``, without the shard suffix."""
+    return {str(r[0]) for r in shard_rows(
+        fleet, QualifiedName(schema, table),
+        "SELECT regexp_replace(c.relname, '_[0-9]+$', '') FROM pg_index i JOIN pg_class c ON c.oid = i.indexrelid "
+        "WHERE i.indrelid = %(shard)s::regclass")}
 
 
 def coordinator_indexes(fleet: Fleet, table: str) -> set[str]:

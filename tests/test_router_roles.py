@@ -10,23 +10,16 @@ import psycopg
 import pytest
 from psycopg import sql
 
+from conftest import routing_router
 from pgfleet.cluster.fleet import Fleet
 from pgfleet.cluster.local import LocalCluster
-from pgfleet.node.ports import claim_ports, release_ports
-from pgfleet.router.process import local_routing
-from pgfleet.router.server import RouterConfig, RouterServer, serve_in_thread
+from pgfleet.router.server import RouterServer
 from pgfleet.spec import DistributeSpec, HashSpec, QualifiedName, ReferenceSpec
+from test_roles import drop_role
 
 pytestmark = pytest.mark.cluster
 
 APP, PASSWORD = "pgfleet_test_app", "app pw 1"
-
-
-def _drop_role(fleet: Fleet, role: str) -> None:
-    conn = fleet.conn()
-    if conn.execute("SELECT 1 FROM pg_roles WHERE rolname = %s", (role,)).fetchone():
-        conn.execute(sql.SQL("DROP OWNED BY {} CASCADE").format(sql.Identifier(role)))
-        conn.execute(sql.SQL("DROP ROLE {}").format(sql.Identifier(role)))
 
 
 @pytest.fixture
@@ -34,7 +27,7 @@ def data(fleet: Fleet, schema: str) -> Iterator[str]:
     """t (SELECT for app), u (SELECT on two columns for app), grps (reference, nothing for app), s (SELECT
     for app, row-level security: only ids up to 3)."""
     conn = fleet.conn()
-    _drop_role(fleet, APP)
+    drop_role(fleet, APP)
     conn.execute(sql.SQL("CREATE ROLE {} LOGIN PASSWORD {}").format(sql.Identifier(APP), sql.Literal(PASSWORD)))
     for name in ("t", "u", "s"):
         conn.execute(sql.SQL("CREATE TABLE {} (id bigint PRIMARY KEY, grp int, note text)").format(sql.Identifier(name)))
@@ -53,18 +46,13 @@ def data(fleet: Fleet, schema: str) -> Iterator[str]:
     conn.execute(sql.SQL("CREATE POLICY low ON s FOR SELECT TO {} USING (id <= 3)").format(app))
     yield schema
     conn.execute(sql.SQL("DROP SCHEMA IF EXISTS {} CASCADE").format(sql.Identifier(schema)))
-    _drop_role(fleet, APP)
+    drop_role(fleet, APP)
 
 
 @pytest.fixture
 def router(cluster: LocalCluster, data: str) -> Iterator[RouterServer]:
-    [port] = claim_ports(1, cluster.directory, start=6700)
-    upstream = ("127.0.0.1", cluster.spec.coordinator.port)
-    try:
-        with serve_in_thread(RouterConfig(port=port, upstream=lambda: upstream, routing=local_routing(cluster))) as server:
-            yield server
-    finally:
-        release_ports([port], cluster.directory)
+    with routing_router(cluster) as server:
+        yield server
 
 
 def connect(cluster: LocalCluster, port: int, schema: str, user: str, password: str) -> psycopg.Connection[Any]:

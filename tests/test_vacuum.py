@@ -4,7 +4,6 @@ also what the router will intercept) and `pgfleet vacuum` / `pgfleet analyze` on
 from __future__ import annotations
 
 import pytest
-from psycopg import sql
 
 from pgfleet.cluster.fleet import Fleet
 from pgfleet.cluster.vacuum import maintain
@@ -12,7 +11,7 @@ from pgfleet.errors import SpecError
 from pgfleet.plan.vacuum import Maintenance
 from pgfleet.router.vacuum import intercept
 from pgfleet.spec import DistributeSpec, HashSpec, QualifiedName, ReferenceSpec
-from conftest import pgfleet_cli
+from conftest import pgfleet_cli, shard_rows
 from test_router_analyze import COUNTRIES, ORDERS, TOPOLOGY
 
 
@@ -58,20 +57,10 @@ def test_options_are_checked() -> None:
         Maintenance(options=(("full", "1; DROP TABLE x"),))
 
 
-def _shard_stats(fleet: Fleet, table: QualifiedName) -> set[tuple[bool, bool, int]]:
+def _shard_stats(fleet: Fleet, table: QualifiedName) -> set[tuple[object, ...]]:
     """(vacuumed, analyzed, dead tuples) of every shard of ``table``."""
-    found = set()
-    dist = next(t for t in fleet.topology().tables if t.name == table)
-    for shard in dist.shards:
-        node = fleet.topology().node(shard.node)
-        assert node is not None
-        with fleet.worker_conn(node) as w:
-            row = w.execute("SELECT last_vacuum IS NOT NULL, last_analyze IS NOT NULL, n_dead_tup FROM pg_stat_user_tables "
-                            "WHERE relid = %s::regclass",
-                            (sql.Identifier(shard.shard_schema, shard.shard_table).as_string(w),)).fetchone()
-            assert row is not None
-            found.add((bool(row[0]), bool(row[1]), int(row[2])))
-    return found
+    return shard_rows(fleet, table, "SELECT last_vacuum IS NOT NULL, last_analyze IS NOT NULL, n_dead_tup "
+                                    "FROM pg_stat_user_tables WHERE relid = %(shard)s::regclass")
 
 
 def test_vacuum_reaches_every_shard_without_warnings(fleet: Fleet, schema: str) -> None:
