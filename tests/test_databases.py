@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import secrets
 from collections.abc import Iterator
+from dataclasses import replace
 
 import psycopg
 import pytest
@@ -15,6 +16,7 @@ from pgfleet.cluster.databases import catalog_databases
 from pgfleet.cluster.fleet import Fleet
 from pgfleet.cluster.local import LocalCluster
 from pgfleet.errors import SpecError
+from pgfleet.ha.failover import _repoint
 
 
 @pytest.fixture
@@ -54,6 +56,17 @@ def test_pgbench_tables_in_another_database(fleet: Fleet, cluster: LocalCluster,
     assert bench_db in catalog_databases(fleet.coordinator) and "postgres" in catalog_databases(fleet.coordinator)
     with Fleet.open(cluster.directory, bench_db) as other:
         assert {t.name.name for t in other.topology().tables} == {"pgbench_accounts", "pgbench_branches"}
+    # a failover repoints the foreign server in every database with a catalog, not only the main one
+    w1 = cluster.node("w1")
+    try:
+        _repoint(cluster, "w1", replace(w1, port=1))
+        for dbname in ("postgres", bench_db):
+            with psycopg.connect(cluster.endpoint("coord").conninfo(), dbname=dbname, autocommit=True) as conn:
+                assert conn.execute("SELECT port FROM pgfleet.nodes WHERE name = 'w1'").fetchone() == (1,)
+                assert conn.execute("SELECT 'port=1' = ANY (srvoptions) FROM pg_foreign_server "
+                                    "WHERE srvname = 'pgfleet_w1'").fetchone() == (True,)
+    finally:
+        _repoint(cluster, "w1", w1)
 
 
 def test_a_database_that_does_not_exist(cluster: LocalCluster) -> None:
