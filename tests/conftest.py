@@ -10,14 +10,20 @@ import shutil
 import subprocess
 import sys
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
 from pathlib import Path
 
 import psycopg
 import pytest
+from psycopg import sql
 
 from pgfleet.cluster.fleet import Fleet
 from pgfleet.cluster.local import LocalCluster
+from pgfleet.node.ports import claim_ports, release_ports
+from pgfleet.router.process import local_routing
+from pgfleet.router.server import RouterConfig, RouterServer, serve_in_thread
+from pgfleet.spec import QualifiedName
 
 _CLUSTERS: list[LocalCluster] = []
 
@@ -69,6 +75,34 @@ def schema(fleet: Fleet, request: pytest.FixtureRequest) -> Iterator[str]:
         fleet.conn().execute(f'DROP SCHEMA IF EXISTS "{name}" CASCADE'.encode())
     except psycopg.Error:
         pass
+
+
+@contextmanager
+def routing_router(cluster: LocalCluster) -> Iterator[RouterServer]:
+    """A router in this process with --route, in front of ``cluster``'s coordinator."""
+    [port] = claim_ports(1, cluster.directory, start=6700)
+    upstream = ("127.0.0.1", cluster.spec.coordinator.port)
+    try:
+        with serve_in_thread(RouterConfig(port=port, upstream=lambda: upstream, routing=local_routing(cluster))) as server:
+            yield server
+    finally:
+        release_ports([port], cluster.directory)
+
+
+def shard_rows(fleet: Fleet, table: QualifiedName, query: str,
+               params: Mapping[str, object] | None = None) -> set[tuple[object, ...]]:
+    """The distinct rows ``query`` returns on the worker of each shard (or copy) of ``table``, with
+    ``%(shard)s`` the shard table's qualified name."""
+    topo = fleet.topology()
+    dist = next(t for t in topo.tables if t.name == table)
+    rows: set[tuple[object, ...]] = set()
+    for shard in dist.shards:
+        node = topo.node(shard.node)
+        assert node is not None
+        with fleet.worker_conn(node) as w:
+            name = sql.Identifier(shard.shard_schema, shard.shard_table).as_string(w)
+            rows.update(tuple(r) for r in w.execute(query.encode(), {**(params or {}), "shard": name}).fetchall())
+    return rows
 
 
 def pgfleet_cli(*args: str, directory: Path | None = None, env: dict[str, str] | None = None,

@@ -118,9 +118,13 @@ def test_unique_constraint_without_key_is_refused_with_reason() -> None:
 def test_shape_checks() -> None:
     from dataclasses import replace
 
-    with pytest.raises(SpecError, match="foreign key"):
-        check_table_shape(replace(PRODUCTS, constraints=(Constraint("fk", "f", "FOREIGN KEY (x) REFERENCES y(id)"),)),
-                          reference=False)
+    # its own foreign keys are the catalog's to judge (pgfleet.check_foreign_key); one that references it
+    # is refused for a distributed table, and fine for a reference table (a plain table on the coordinator)
+    check_table_shape(replace(PRODUCTS, constraints=(Constraint("fk", "f", "FOREIGN KEY (x) REFERENCES y(id)"),)),
+                      reference=False)
+    with pytest.raises(SpecError, match=r"foreign key public\.c\.fk references"):
+        check_table_shape(replace(PRODUCTS, referencing_fks=("public.c.fk",)), reference=False)
+    check_table_shape(replace(PRODUCTS, referencing_fks=("public.c.fk",)), reference=True)
     with pytest.raises(SpecError, match="exists only on the coordinator"):
         check_table_shape(replace(PRODUCTS, columns=(Column(1, "mood", "mood", "public", False, None, None),)),
                           reference=False)

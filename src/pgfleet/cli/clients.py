@@ -7,7 +7,7 @@ import os
 import click
 
 from ..cluster.local import LocalCluster
-from .common import cluster_dir
+from .common import cluster_dir, database_name
 
 # program -> what it is for, in its --help
 PROGRAMS = {
@@ -29,7 +29,7 @@ def client_command(program: str) -> click.Command:
         local = LocalCluster.load(cluster_dir(ctx))
         ep = local.endpoint(node or local.spec.coordinator.name)
         env = {k: v for k, v in os.environ.items() if k not in ("PGPASSWORD", "PGSERVICE", "PGSERVICEFILE")}
-        env.update(PGHOST=ep.host, PGPORT=str(ep.port), PGUSER=ep.user, PGDATABASE=ep.dbname,
+        env.update(PGHOST=ep.host, PGPORT=str(ep.port), PGUSER=ep.user, PGDATABASE=database_name(ctx) or ep.dbname,
                    PGPASSFILE=str(local.passfile))
         exe = local.binaries.path(program)
         os.execve(exe, [exe, *ctx.args], env)  # replaces pgfleet: the terminal, signals and exit code are its

@@ -37,11 +37,24 @@ def _remember_dir(ctx: click.Context, _param: click.Parameter, value: str | None
         ctx.find_root().ensure_object(dict)["dir"] = value
 
 
+DATABASE_HELP = ("Database of the coordinator (default: the cluster's, postgres); made ready for distributed "
+                 "tables on first use. Accepted before or after the command.")
+
+
+def _remember_database(ctx: click.Context, _param: click.Parameter, value: str | None) -> None:
+    if value is not None:
+        ctx.find_root().ensure_object(dict)["database"] = value
+
+
 def accept_dir(command: click.Command) -> None:
-    """Give ``command`` (and, for a group, every command in it) its own --dir, same meaning as the root's."""
+    """Give ``command`` (and, for a group, every command in it) its own --dir and --database, same meaning
+    as the root's."""
     if not any(isinstance(p, click.Option) and "--dir" in p.opts for p in command.params):
         command.params.append(click.Option(["--dir", "after_dir"], type=click.Path(file_okay=False),
                                            expose_value=False, callback=_remember_dir, help=DIR_HELP))
+    if not any(isinstance(p, click.Option) and "--database" in p.opts for p in command.params):
+        command.params.append(click.Option(["--database", "after_database"], expose_value=False,
+                                           callback=_remember_database, help=DATABASE_HELP))
     if isinstance(command, click.Group):
         for sub in command.commands.values():
             accept_dir(sub)
@@ -66,13 +79,19 @@ class FleetGroup(click.Group):
             fail("interrupted", 130)
 
 
+def database_name(ctx: click.Context) -> str | None:
+    """The coordinator database given with --database (None: the cluster's main database)."""
+    root = ctx.find_root()
+    return str(root.obj["database"]) if root.obj and root.obj.get("database") else None
+
+
 def cluster_dir(ctx: click.Context) -> Path:
     return Path(ctx.obj["dir"]) if ctx.obj.get("dir") else default_dir()
 
 
 @contextmanager
 def open_fleet(ctx: click.Context) -> Iterator[Fleet]:
-    fleet = Fleet.open(cluster_dir(ctx))
+    fleet = Fleet.open(cluster_dir(ctx), database_name(ctx))
     try:
         yield fleet
     finally:

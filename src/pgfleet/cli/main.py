@@ -17,7 +17,7 @@ from ..cluster.fleet import Fleet, Status
 from ..cluster.local import LocalCluster
 from ..errors import PgfleetError
 from . import backup, bench, clients, ha, reshape, router, tables
-from .common import DIR_HELP, FleetGroup, cluster_dir, err, human_size, open_fleet, out
+from .common import DATABASE_HELP, DIR_HELP, FleetGroup, cluster_dir, err, human_size, open_fleet, out
 
 if TYPE_CHECKING:
     from ..ha.standby import StandbyStatus
@@ -26,12 +26,14 @@ if TYPE_CHECKING:
 @click.group(cls=FleetGroup)
 @click.version_option(__version__, prog_name="pgfleet")
 @click.option("--dir", "directory", envvar="PGFLEET_DIR", type=click.Path(file_okay=False), help=DIR_HELP)
+@click.option("--database", envvar="PGFLEET_DATABASE", help=DATABASE_HELP)
 @click.option("-v", "--verbose", is_flag=True, help="Log what pgfleet does.")
 @click.pass_context
-def cli(ctx: click.Context, directory: str | None, verbose: bool) -> None:
+def cli(ctx: click.Context, directory: str | None, database: str | None, verbose: bool) -> None:
     """pgfleet: distributed PostgreSQL from stock parts."""
     ctx.ensure_object(dict)
     ctx.obj["dir"] = directory
+    ctx.obj["database"] = database
     if verbose:
         import logging
 

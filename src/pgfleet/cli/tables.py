@@ -1,4 +1,4 @@
-"""Tables and nodes: distribute, reference, load, export/import, node add/list."""
+"""Tables and nodes: distribute, reference, load, vacuum/analyze, export/import, node add/list."""
 
 from __future__ import annotations
 
@@ -6,6 +6,7 @@ import json
 import os
 import sys
 from pathlib import Path
+from collections.abc import Sequence
 from typing import Any
 
 import click
@@ -22,16 +23,22 @@ from .common import err, human_size, open_fleet, out, progress_bar
 
 @click.command()
 @click.argument("table")
-@click.option("--key", required=True, help="Distribution column.")
+@click.argument("key_column", required=False, metavar="[KEY]")
+@click.option("--key", help="Distribution column (or give it after TABLE).")
 @click.option("--shards", type=int, help="Hash distribution into this many shards (default 8).")
 @click.option("--bounds", help="Range distribution: comma-separated bounds, min/max for open ends.")
 @click.option("--list", "lists", multiple=True, help="List distribution: VALUE[,VALUE…]=NODE, once per site.")
 @click.option("--colocate-with", help="Place shards with this distributed table's shards.")
 @click.option("--nodes", help="Comma-separated workers to place shards on (default: all).")
 @click.pass_context
-def distribute(ctx: click.Context, table: str, key: str, shards: int | None, bounds: str | None,
-               lists: tuple[str, ...], colocate_with: str | None, nodes: str | None) -> None:
-    """Spread TABLE over the workers by hash, range or list; its rows move into the shards."""
+def distribute(ctx: click.Context, table: str, key_column: str | None, key: str | None, shards: int | None,
+               bounds: str | None, lists: tuple[str, ...], colocate_with: str | None, nodes: str | None) -> None:
+    """Spread TABLE over the workers by hash, range or list on KEY; its rows move into the shards."""
+    if key_column is not None and key is not None and key_column != key:
+        raise SpecError(f"two distribution keys given: {key_column} and --key {key}", hint="give the key once")
+    key = key or key_column
+    if key is None:
+        raise SpecError(f"no distribution key for {table}", hint=f"pgfleet distribute {table} KEY (or --key KEY)")
     chosen = [o for o, v in (("--shards", shards), ("--bounds", bounds), ("--list", lists)) if v]
     if len(chosen) > 1:
         raise SpecError(f"{' and '.join(chosen)} exclude each other", hint="choose one distribution method")
@@ -189,4 +196,35 @@ def dump_cmd(ctx: click.Context, file: str) -> None:
               f"({result.rows} rows), {human_size(result.bytes)}; load it with pg_restore -d DBNAME {file}")
 
 
-COMMANDS = (distribute, reference, load_cmd, node, export_cmd, import_cmd, dump_cmd)
+def _maintain(ctx: click.Context, vacuum: bool, tables: tuple[str, ...], options: Sequence[tuple[str, str | None]]) -> None:
+    from ..cluster.vacuum import maintain
+    from ..plan.vacuum import Maintenance
+
+    command = Maintenance(vacuum=vacuum, options=tuple(options))
+    with open_fleet(ctx) as fleet:
+        result = maintain(fleet, command, [parse_name(t) for t in tables])
+    verb = "vacuumed" if vacuum else "analyzed"
+    out.print(f"{verb} {', '.join(result.tables) or 'no table'} ({result.statements} statements on shards and coordinator)")
+
+
+@click.command("vacuum")
+@click.argument("tables", nargs=-1)
+@click.option("--full", is_flag=True, help="VACUUM FULL: rewrite each shard (locks it meanwhile).")
+@click.option("--freeze", is_flag=True, help="VACUUM FREEZE.")
+@click.option("--analyze", is_flag=True, help="Also gather statistics (shards first, then the coordinator).")
+@click.pass_context
+def vacuum_cmd(ctx: click.Context, tables: tuple[str, ...], full: bool, freeze: bool, analyze: bool) -> None:
+    """VACUUM distributed and reference TABLES (default: all of them) on every shard and copy."""
+    options = [(name, None) for name, on in (("full", full), ("freeze", freeze), ("analyze", analyze)) if on]
+    _maintain(ctx, True, tables, options)
+
+
+@click.command("analyze")
+@click.argument("tables", nargs=-1)
+@click.pass_context
+def analyze_cmd(ctx: click.Context, tables: tuple[str, ...]) -> None:
+    """ANALYZE distributed and reference TABLES (default: all of them): every shard, then the coordinator."""
+    _maintain(ctx, False, tables, [])
+
+
+COMMANDS = (distribute, reference, load_cmd, vacuum_cmd, analyze_cmd, node, export_cmd, import_cmd, dump_cmd)

@@ -21,6 +21,7 @@ from dataclasses import replace
 
 import psycopg
 from psycopg import sql
+from psycopg.types.json import Jsonb
 
 from ..errors import ExecuteError, PgfleetError, SpecError, TopologyError
 from ..execute.connect import CANONICAL_SETTINGS, Conn, describe_error
@@ -28,8 +29,10 @@ from ..plan import layout, tables
 from ..spec import DistributeSpec, ListSpec, QualifiedName, RangeSpec, ReferenceSpec
 from ..topology.model import Shard, TableDef
 from ..topology.read import hash_function, resolve_table, table_def
+from .privileges import apply_privileges
 from .bounds import check_bounds
 from .fleet import Fleet
+from .foreign_keys import check_foreign_keys, enforce_foreign_keys
 from .statistics import analyze_shards
 
 log = logging.getLogger(__name__)
@@ -260,10 +263,8 @@ def _swap(conn: Conn, table: TableDef, staging: QualifiedName) -> None:
         conn.execute(sql.SQL("ALTER TABLE {} ALTER COLUMN {} RESTART WITH {}").format(
             tables.ident(new), sql.Identifier(col_name), sql.Literal(value)))
     conn.execute(sql.SQL("ALTER TABLE {} OWNER TO {}").format(tables.ident(new), sql.Identifier(table.owner)))
-    for entry in table.acl:
-        privilege, grantee = entry.split("\t", 1)
-        conn.execute(sql.SQL("GRANT {} ON {} TO {}").format(sql.SQL(privilege), tables.ident(new),
-                                                            sql.SQL(grantee)))
+    conn.execute(sql.SQL("SELECT pgfleet.copy_privileges({}, {}::regclass)").format(  # with column privileges
+        sql.Literal(table.oid), sql.Literal(str(new))))
     conn.execute(sql.SQL("DROP TABLE {}").format(sql.Identifier(schema, old_name)))
 
 
@@ -320,6 +321,7 @@ def _distribute(fleet: Fleet, spec: DistributeSpec, progress: Progress | None) -
         assert spec.method is not None
         count = layout.shard_count(spec.method)
     layout.check_nodes(spec, workers)
+    foreign_keys = check_foreign_keys(conn, table.oid, key.name, colocation_id)
     shard_ids = _alloc_ids(conn, count)
     shards = layout.layout_shards(table, spec, workers, shard_ids, colocated)
     schema = table.name.schema or "public"
@@ -339,6 +341,7 @@ def _distribute(fleet: Fleet, spec: DistributeSpec, progress: Progress | None) -
                 lambda sh: tables.shard_table_ddl(table, sh.shard_name, rule=tables.shard_rule(key.name, sh, hashfn),
                                                   shard_id=sh.shard_id),
                 f"shards of {table.name}", created)
+            apply_privileges(conn, wconns, shards, table.oid)
             say("shards", len(shards), len(shards))
             node_by_name = {n.name: n for n in topo.nodes}
             try:
@@ -363,6 +366,7 @@ def _distribute(fleet: Fleet, spec: DistributeSpec, progress: Progress | None) -
             _verify(fleet, source_sum, shards, f"{table.name}", say)
             analyze_shards(wconns, shards)  # before the coordinator's ANALYZE of the parent reads them
             say("swap", 0, 1)
+            index_defs = lock.execute("SELECT pgfleet.index_defs(%s)", (table.oid,)).fetchone()
             _swap(lock, table, staging)
             if colocation_id is None:
                 row = lock.execute("INSERT INTO pgfleet.colocation_groups (method, key_type, shard_count) "
@@ -379,6 +383,10 @@ def _distribute(fleet: Fleet, spec: DistributeSpec, progress: Progress | None) -
                 lock.execute(ins)
             lock.execute("SELECT pgfleet.snapshot_columns(%s)", (int(str(new_oid[0])),))
             lock.execute("SELECT pgfleet.align_owners(%s)", (int(str(new_oid[0])),))
+            lock.execute("UPDATE pgfleet.tables SET acl_signature = pgfleet.acl_signature(relid) WHERE relid = %s",
+                         (int(str(new_oid[0])),))  # the shards got these privileges (apply_privileges)
+            enforce_foreign_keys(lock, int(str(new_oid[0])), foreign_keys)  # on the shards at COMMIT
+            lock.execute("SELECT pgfleet.adopt_indexes(%s, %s)", (int(str(new_oid[0])), Jsonb(index_defs[0] if index_defs else [])))
             lock.execute(sql.SQL("ANALYZE {}").format(tables.ident(table.name)))
             lock.commit()
             say("swap", 1, 1)
@@ -474,6 +482,7 @@ def _copy_reference(fleet: Fleet, table: TableDef, workers: list[str], *, new_ta
                                lambda sh: tables.shard_table_ddl(table, sh.shard_name, rule=None, rename_objects=False,
                                                                  shard_id=sh.shard_id),
                                f"the copy of {table.name}", created)
+            apply_privileges(conn, wconns, shards, table.oid)
             lock = fleet.new_coordinator_conn()
             lock.autocommit = False
             _set_internal(lock)
@@ -511,9 +520,13 @@ def _copy_reference(fleet: Fleet, table: TableDef, workers: list[str], *, new_ta
                     lock.execute(stmt)
                 lock.execute(rows.table_insert)
                 lock.execute("SELECT pgfleet.snapshot_columns(%s)", (table.oid,))
+                lock.execute("SELECT pgfleet.adopt_indexes(%s, pgfleet.index_defs(%s))", (table.oid, table.oid))
             for ins in rows.shard_inserts:
                 lock.execute(ins)
             lock.execute("SELECT pgfleet.align_owners(%s)", (table.oid,))
+            if new_table:
+                lock.execute("UPDATE pgfleet.tables SET acl_signature = pgfleet.acl_signature(relid) WHERE relid = %s",
+                             (table.oid,))
             lock.commit()
         except BaseException:
             if lock is not None:

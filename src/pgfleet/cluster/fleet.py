@@ -44,9 +44,12 @@ COORDINATOR_SETTINGS: tuple[tuple[str, str], ...] = (
     ("enable_partitionwise_join", "on"),
 )
 
-# The catalog (tables, DDL triggers), how writes reach the workers (reference triggers, flush_queue) and
-# the SQL API for migrations (distribute_table, reference_table, undistribute_table).
-CATALOG_FILES = ("catalog.sql", "worker_writes.sql", "migrations.sql")
+# The catalog (tables, DDL triggers), indexes, roles and privileges on the workers, foreign keys on the shards,
+# how writes reach the workers
+# (reference triggers, flush_queue) and the SQL API for migrations (distribute_table, reference_table,
+# undistribute_table).
+CATALOG_FILES = ("catalog.sql", "indexes.sql", "grants.sql", "foreign_keys.sql", "worker_writes.sql",
+                 "migrations.sql")
 
 Progress = Callable[[str, int, int], None]  # (phase, done, total)
 
@@ -101,9 +104,17 @@ class Fleet:
 
     # --- opening ----------------------------------------------------------------------------------
     @classmethod
-    def open(cls, directory: Path) -> Fleet:
+    def open(cls, directory: Path, database: str | None = None) -> Fleet:
+        """The local cluster in ``directory``; ``database``: another database of its coordinator, made
+        ready for distributed tables on first use (cluster/databases.py)."""
         local = LocalCluster.load(directory)
-        return cls(local.endpoint(local.spec.coordinator.name), local)
+        fleet = cls(local.endpoint(local.spec.coordinator.name), local)
+        if database is None or database == fleet.coordinator.dbname:
+            return fleet
+        from .databases import attach_database
+
+        with fleet:
+            return attach_database(fleet, database)
 
     @classmethod
     def from_dsn(cls, dsn: str) -> Fleet:
@@ -261,6 +272,7 @@ class Fleet:
                     sql.Identifier(node.server_name),
                     sql.SQL(", ").join(sql.SQL("{} {}").format(sql.Identifier(k), sql.Literal(v))
                                        for k, v in user_options)))
+                conn.execute("SELECT pgfleet.ensure_public_mappings()")  # every role, by its grants (catalog.sql)
                 conn.execute(
                     "INSERT INTO pgfleet.nodes (name, role, host, port, dbname, username, kind) "
                     "VALUES (%s, 'worker', %s, %s, %s, %s, %s)",

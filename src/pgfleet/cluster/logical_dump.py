@@ -95,7 +95,8 @@ def parse_toc(listing: str) -> list[TocEntry]:
 
 def _dropped(entry: TocEntry, parents: set[tuple[str, str]], members: set[str]) -> bool:
     """Whether an archive entry belongs to pgfleet's machinery rather than to the logical database
-    (``members``: "FUNCTION name(args)" of the functions of postgres_fdw and dblink, for their grants)."""
+    (``parents``: the distributed tables' parents and their indexes; ``members``: "FUNCTION name(args)" of
+    the functions of postgres_fdw and dblink, for their grants)."""
     words = entry.tag.split(" ")
     if entry.kind in ("ACL", "COMMENT") and any(entry.tag.startswith(m + " ") for m in members):
         return True
@@ -109,7 +110,7 @@ def _dropped(entry: TocEntry, parents: set[tuple[str, str]], members: set[str]) 
         return True
     if entry.kind == "TRIGGER" and len(words) > 1 and words[1].startswith("pgfleet_"):
         return True
-    return entry.kind == "TABLE" and (entry.schema, words[0]) in parents
+    return entry.kind in ("TABLE", "INDEX") and (entry.schema, words[0]) in parents
 
 
 def _binaries(fleet: Fleet) -> binmod.Binaries:
@@ -191,6 +192,11 @@ def dump(fleet: Fleet, path: Path, progress: Progress | None = None, *, timeout:
     topo = fleet.topology()
     distributed = [t for t in topo.tables if t.method != "reference"]
     parents = {(t.name.schema or "public", t.name.name) for t in distributed}
+    # the parents' own (partitioned) indexes: each table gets its indexes from its shards
+    parents |= {(str(r[0]), str(r[1])) for r in fleet.conn().execute(
+        "SELECT n.nspname, c.relname FROM pg_index i JOIN pg_class c ON c.oid = i.indexrelid "
+        "JOIN pg_namespace n ON n.oid = c.relnamespace WHERE i.indrelid = ANY (%s)", ([t.oid for t in distributed],)
+    ).fetchall()}
     foreign_schemas = sorted({s.foreign_schema for t in distributed for s in t.shards})
     # identity sequences of distributed tables come with their table (ALTER TABLE … ADD GENERATED)
     identity = {(str(r[0]), str(r[1])) for r in fleet.conn().execute(

@@ -27,6 +27,7 @@ from ..topology.model import DistTable
 from ..topology.read import resolve_table, table_def
 from .distribute import Progress, _canonical, _noop, _set_internal, _table_lock
 from .fleet import Fleet
+from .foreign_keys import check_not_referenced
 
 log = logging.getLogger(__name__)
 
@@ -62,6 +63,7 @@ def undistribute(fleet: Fleet, name: QualifiedName, progress: Progress | None = 
 
 
 def _undistribute(fleet: Fleet, dist: DistTable, say: Progress) -> int:
+    check_not_referenced(fleet.conn(), dist.oid)
     lock = fleet.new_coordinator_conn()
     try:
         lock.autocommit = False
@@ -83,10 +85,13 @@ def _undistribute(fleet: Fleet, dist: DistTable, say: Progress) -> int:
                                hint="nothing was changed; run the command again")
         say("verify", 1, 1)
         say("swap", 0, 1)
+        lock.execute("SELECT pgfleet.drop_parent_indexes(%s)", (dist.oid,))  # their names go to the plain table
         _restore_keys(fleet, lock, dist, staging)
         for shard in dist.shards:
             lock.execute("SELECT pgfleet.queue_statement(%s, pgfleet.drop_shard_sql(%s, %s, %s))",
                          (shard.node, shard.shard_schema, shard.shard_table, shard.shard_id))
+        lock.execute("SELECT pgfleet.restore_foreign_keys(%s, %s::regclass)",
+                     (dist.oid, tables.ident(staging).as_string(lock)))
         lock.execute("DELETE FROM pgfleet.tables WHERE relid = %s", (dist.oid,))
         lock.execute("SELECT pgfleet.swap_tables(%s, %s::regclass)", (dist.oid, tables.ident(staging).as_string(lock)))
         lock.commit()  # flush_queue() drops the shards on the workers, two-phase, or nothing commits

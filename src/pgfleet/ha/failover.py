@@ -4,12 +4,15 @@ switchover (a planned role swap that loses no commit)."""
 from __future__ import annotations
 
 import time
+from dataclasses import replace
 
 import psycopg
 from psycopg import sql
 
+from ..cluster.databases import catalog_databases
 from ..cluster.local import LocalCluster, LocalNode
 from ..errors import PgfleetError, SpecError, TopologyError
+from ..execute import Endpoint
 from ..plan.failover import StandbySeen, best_standby
 from .events import record
 from .fence import fence
@@ -29,22 +32,32 @@ def _replay_lsn(local: LocalCluster, member: str) -> int | None:
 
 
 def _repoint(local: LocalCluster, group: str, new: LocalNode) -> None:
-    """Tell the coordinator where ``group``'s primary is now (foreign server and catalog)."""
+    """Tell the coordinator where ``group``'s primary is now (foreign server and catalog): in its main
+    database first, then in every other database that holds a pgfleet catalog (cluster/databases.py)."""
     coord = local.endpoint(local.spec.coordinator.group_name)
     deadline = time.monotonic() + 30
+    pending: list[str] | None = None  # the other databases, once the main one is done
     while True:
         try:
-            with connect_to(coord, timeout=2) as conn, conn.transaction():
-                conn.execute("UPDATE pgfleet.nodes SET host = %s, port = %s WHERE name = %s",
-                             ("127.0.0.1", new.port, group))
-                if new.role == "worker":
-                    conn.execute(sql.SQL("ALTER SERVER {} OPTIONS (SET host {}, SET port {})").format(
-                        sql.Identifier(f"pgfleet_{group}"), sql.Literal("127.0.0.1"), sql.Literal(str(new.port))))
+            if pending is None:
+                _repoint_database(coord, group, new)
+                pending = [d for d in catalog_databases(coord) if d != coord.dbname]
+            while pending:
+                _repoint_database(replace(coord, dbname=pending[0]), group, new)
+                pending.pop(0)
             return
         except (PgfleetError, psycopg.Error) as exc:
             if time.monotonic() > deadline:
                 raise TopologyError(f"could not repoint the coordinator to {new.name}: {exc}") from None
             time.sleep(0.3)
+
+
+def _repoint_database(coord: Endpoint, group: str, new: LocalNode) -> None:
+    with connect_to(coord, timeout=2) as conn, conn.transaction():
+        conn.execute("UPDATE pgfleet.nodes SET host = %s, port = %s WHERE name = %s", ("127.0.0.1", new.port, group))
+        if new.role == "worker":
+            conn.execute(sql.SQL("ALTER SERVER {} OPTIONS (SET host {}, SET port {})").format(
+                sql.Identifier(f"pgfleet_{group}"), sql.Literal("127.0.0.1"), sql.Literal(str(new.port))))
 
 
 def _follow(local: LocalCluster, group: str, new: LocalNode, members: list[LocalNode], old: str) -> None:

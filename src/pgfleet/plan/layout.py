@@ -32,14 +32,11 @@ def check_table_shape(table: TableDef, *, reference: bool) -> None:
         if col.type_schema not in BUILTIN_SCHEMAS:
             raise SpecError(f"column {col.name} of {table.name} has type {col.type}, which exists only on the coordinator",
                             hint="use a built-in type (text with a CHECK instead of an enum or domain)")
-    for con in table.constraints:
-        if con.kind == "f":
-            raise SpecError(f"foreign key {con.name} of {table.name} cannot be enforced across shards",
-                            hint=f"drop it (ALTER TABLE {table.name} DROP CONSTRAINT {con.name}) and run again")
+    for con in table.constraints:  # foreign keys: pgfleet.check_foreign_key (sql/foreign_keys.sql) decides
         if con.kind == "x":
             raise SpecError(f"exclusion constraint {con.name} of {table.name} cannot be enforced on a {what}",
                             hint="drop it and run again")
-    if table.referencing_fks:
+    if table.referencing_fks and not reference:  # a reference table stays a plain table on the coordinator
         raise SpecError(f"foreign key {table.referencing_fks[0]} references {table.name}",
                         hint="drop that foreign key first; keys across shards are not enforced")
     if table.dependent_views:

@@ -369,6 +369,8 @@ class _Analyzer:
                 continue
             table = self.topology.table(schema, name)
             if table is not None:
+                if table.row_security:
+                    raise Refuse(f"{schema}.{name} has row-level security: the coordinator applies its policies")
                 return table
             if self.topology.exists(schema, name):
                 raise Refuse(f"{schema}.{name} is not a distributed or reference table")

@@ -239,5 +239,12 @@ def local_routing(local: LocalCluster) -> Routing:
         ep = local.endpoint(node)
         return WorkerLogin(ep.host, ep.port, ep.user, ep.password or "", ep.dbname)
 
-    return Routing(load_topology=load, login=login, dbname=local.spec.dbname,
+    def sync_roles() -> None:
+        from ..cluster.fleet import Fleet
+        from ..cluster.privileges import sync_roles as copy_roles
+
+        with Fleet(local.endpoint("coord"), local) as fleet:
+            copy_roles(fleet)
+
+    return Routing(load_topology=load, login=login, dbname=local.spec.dbname, sync_roles=sync_roles,
                    coordinator_login=lambda: login(local.spec.coordinator.group_name))

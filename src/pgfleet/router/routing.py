@@ -34,10 +34,25 @@ class Routing:
     # the coordinator as the cluster superuser: commit decisions of multi-worker transactions and recovery
     # (None: a transaction stays on one worker; joining a second one is refused)
     coordinator_login: Callable[[], WorkerLogin] | None = None
+    # copies the coordinator's roles and privileges to the workers (Fleet.sync_roles); None: not needed
+    sync_roles: Callable[[], None] | None = None
+    roles_synced: str | None = None  # the roles fingerprint last copied to the workers
+
+    @property
+    def roles_current(self) -> bool:
+        """The workers have the roles of the current snapshot: sessions of any role may be routed."""
+        return self.sync_roles is None or self.roles_synced == self.topology.roles_fingerprint
 
     def refresh(self) -> None:
         try:
             fresh = self.load_topology()
+            if self.sync_roles is not None and fresh.roles_fingerprint != self.roles_synced:
+                try:
+                    self.sync_roles()
+                    fresh = self.load_topology()  # the privileges it queued changed the fingerprint
+                    self.roles_synced = fresh.roles_fingerprint
+                except Exception as exc:  # a worker is down: only superuser sessions are routed meanwhile
+                    log.warning("could not copy roles to the workers: %s", str(exc).splitlines()[0] if str(exc) else exc)
             if fresh != self.topology:
                 self.topology = fresh
         except Exception as exc:  # the coordinator may be down or failing over: keep the last snapshot

@@ -21,7 +21,7 @@ from typing import Any, cast
 
 from . import protocol as p
 from . import wire
-from .analyze import Shard
+from .analyze import Coordinator, Shard
 from .backend import BackendError, WorkerConnection
 from .backend import CANNOT_CONNECT, lost_in_flight
 from .context import Address, RouterContext
@@ -31,6 +31,20 @@ from .routing import Decision, decide, parse_search_path
 from .txn import ReplySkipper, TransactionControl
 
 log = logging.getLogger(__name__)
+
+INSUFFICIENT_PRIVILEGE = "42501"
+
+
+def denied(messages: list[tuple[bytes, bytes]]) -> bool:
+    """The worker refused the statement for lack of a privilege (42501). It ran in one implicit transaction
+    that the error aborted, so the coordinator runs it again and answers with its own message."""
+    for type_byte, body in messages:
+        if type_byte == b"E":
+            error = p.decode_backend(type_byte, body)
+            if isinstance(error, p.ErrorResponse) and error.sqlstate == INSUFFICIENT_PRIVILEGE:
+                return True
+    return False
+
 
 class Phase(enum.Enum):
     STARTUP = 1
@@ -88,6 +102,7 @@ class ClientSession(asyncio.Protocol):
         self.outstanding = 0  # Query and Sync messages sent to the coordinator and not yet answered
         self.workers: dict[str, WorkerConnection] = {}
         self.running_on: WorkerConnection | None = None  # the worker running this session's routed statement
+        self.superuser = False  # the login role is a superuser (reported by the coordinator)
         self.extended = ExtendedRouter(self)  # extended-protocol batches, from the first one on
         self.transactions = TransactionControl(self, context.stats, context.twophase)
         self.coordinator_txn = False  # the router began a transaction on the coordinator: relay until it ends
@@ -275,10 +290,9 @@ class ClientSession(asyncio.Protocol):
         self.search_path = parse_search_path(self.reported.get("search_path", ""), self.user)
         if self.reported.get("client_encoding") != "UTF8" or self.reported.get("standard_conforming_strings") != "on":
             self.pin()
-        # Until roles, grants and row-level security are known to be the same on the workers, only a
-        # superuser's statements are routed: privileges and policies do not apply to it anywhere.
-        if self.reported.get("is_superuser") != "on":
-            self.pin()
+        # Any role is routed: its roles, memberships and privileges are on the workers (sql/grants.sql)
+        # and tables with row-level security are not routed. A superuser runs as the router's login.
+        self.superuser = self.reported.get("is_superuser") == "on"
 
     def _try_route(self, types: list[bytes], data: bytes, starts_message: bool) -> bool:
         """Send one Query straight to a worker when it is provably single-shard and the session is idle
@@ -312,6 +326,8 @@ class ClientSession(asyncio.Protocol):
             return False
         if not isinstance(decision.route, Shard):
             return False
+        if not self.superuser and not routing.roles_current:
+            return False  # the workers do not have the coordinator's roles yet
         self.busy = True
         self.context.stats.queries += 1
         self._route(decision.route, data)
@@ -328,7 +344,7 @@ class ClientSession(asyncio.Protocol):
 
     def _route(self, route: Shard, raw: bytes) -> None:
         conn = self.workers.get(route.node)
-        if conn is None or conn.broken or conn.user != self.user:
+        if conn is None or conn.broken or self.role_on(conn) != conn.user:
             self.context.spawn(self._run_routed(route, raw))
             return
         self.running_on = conn
@@ -361,8 +377,8 @@ class ClientSession(asyncio.Protocol):
             return
         self.running_on = conn
         try:
-            ok, messages = await conn.run_as(self.user, route.sql)
-            if ok:
+            ok, messages = await conn.run_as(self.role_on(conn), route.sql)
+            if ok and not denied(messages):  # refused on the worker: the coordinator says so in its own words
                 reply = b"".join(wire.frame(t, b) for t, b in messages)
         except BackendError as exc:  # sent, and the connection broke: it may have run
             self._drop_worker(route, exc)
@@ -370,6 +386,11 @@ class ClientSession(asyncio.Protocol):
         finally:
             self.running_on = None
         self._routed_done(reply, raw)
+
+    def role_on(self, conn: WorkerConnection) -> str:
+        """The role a routed statement runs as: the client's, or for a superuser the router's login (the
+        workers' copies of coordinator roles are not superusers)."""
+        return conn.user if self.superuser else self.user
 
     def _routed_done(self, reply: bytes | None, raw: bytes) -> None:
         """A routed statement's reply to the client, or the statement to the coordinator when it could not
@@ -389,6 +410,8 @@ class ClientSession(asyncio.Protocol):
     def route(self, sql: str) -> Decision | None:
         routing = self.context.routing
         assert routing is not None
+        if not self.superuser and not routing.roles_current:
+            return Decision(Coordinator("the workers do not have the coordinator's roles yet"), True)
         try:
             return decide(sql, routing.topology, self.search_path, routing.cache)
         except Exception:

@@ -19,6 +19,7 @@ class RoutedTable(DistTable):
 
     key_type: str = ""  # format_type of the key without typmod ('' for reference tables)
     columns: tuple[str, ...] = ()  # in table order
+    row_security: bool = False  # relrowsecurity: its policies are the coordinator's, so it is never routed
 
     @property
     def schema(self) -> str:
@@ -40,6 +41,7 @@ class RoutedTable(DistTable):
 class RoutingTopology:
     tables: tuple[RoutedTable, ...]
     relations: frozenset[tuple[str, str]] = field(default=frozenset())  # every (schema, name) on the coordinator
+    roles_fingerprint: str = ""  # pgfleet.roles_fingerprint(): the coordinator's roles, memberships, privileges
 
     def table(self, schema: str, name: str) -> RoutedTable | None:
         return next((t for t in self.tables if t.schema == schema and t.relname == name), None)

@@ -1,7 +1,8 @@
 """Build the router's :class:`RoutingTopology` from the coordinator's catalog (reads only).
 
 The distributed and reference tables come from :func:`pgfleet.topology.read.read_topology`; this adds
-what routing needs on top: each table's columns and key type, and the names of every relation a
+what routing needs on top: each table's columns and key type, whether it has row-level security, the
+fingerprint of the coordinator's roles and privileges, and the names of every relation a
 statement could name, so that name resolution through search_path sees what PostgreSQL sees."""
 
 from __future__ import annotations
@@ -19,6 +20,8 @@ WHERE a.attrelid = ANY(%s::oid[]) AND a.attnum > 0 AND NOT a.attisdropped
 ORDER BY a.attrelid, a.attnum
 """
 
+_ROW_SECURITY = "SELECT oid::bigint FROM pg_class WHERE oid = ANY(%s::oid[]) AND relrowsecurity"
+
 # Everything FROM can name: tables, views, materialized views, foreign and partitioned tables, sequences.
 _RELATIONS = """
 SELECT n.nspname, c.relname FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
@@ -34,10 +37,13 @@ def load_routing_topology(conn: Conn) -> RoutingTopology:
     for oid, name, type_name in conn.execute(_COLUMNS, (oids,)).fetchall():
         columns.setdefault(int(oid), []).append((str(name), str(type_name)))
     tables = []
+    secured = {int(r[0]) for r in conn.execute(_ROW_SECURITY, (oids,)).fetchall()}
     for t in topo.tables:
         cols = columns.get(t.oid, [])
         key_type = next((typ for name, typ in cols if name == t.key), "")
         catalog = {f.name: getattr(t, f.name) for f in fields(t)}
-        tables.append(RoutedTable(**catalog, key_type=key_type, columns=tuple(n for n, _ in cols)))
+        tables.append(RoutedTable(**catalog, key_type=key_type, columns=tuple(n for n, _ in cols),
+                                  row_security=t.oid in secured))
     relations = frozenset((str(r[0]), str(r[1])) for r in conn.execute(_RELATIONS).fetchall())
-    return RoutingTopology(tables=tuple(tables), relations=relations)
+    row = conn.execute("SELECT pgfleet.roles_fingerprint()").fetchone()
+    return RoutingTopology(tables=tuple(tables), relations=relations, roles_fingerprint=str(row[0]) if row else "")

@@ -57,6 +57,7 @@ class Host(Protocol):
     running_on: WorkerConnection | None
 
     def write(self, data: bytes) -> None: ...  # to the client
+    def role_on(self, conn: WorkerConnection) -> str: ...  # the role statements run as on that connection
     def pin(self) -> bool: ...  # always False
     def route(self, sql: str) -> Decision | None: ...  # None: analysis failed
     async def worker(self, node: str) -> WorkerConnection: ...
@@ -398,8 +399,9 @@ class TransactionControl:
     def _setup(self, txn: Transaction, conn: WorkerConnection) -> list[str]:
         """What a joining worker runs before the statement: BEGIN, the session's role, the savepoints."""
         setup = [txn.options.begin()]
-        if self.host.user != conn.user:
-            setup.append(f"SET LOCAL ROLE {sql.Identifier(self.host.user).as_string()}")
+        role = self.host.role_on(conn)
+        if role != conn.user:
+            setup.append(f"SET LOCAL ROLE {sql.Identifier(role).as_string()}")
         setup += [f"SAVEPOINT {sql.Identifier(s).as_string()}" for s in txn.savepoints]
         return setup
 

@@ -38,6 +38,9 @@ CREATE TABLE IF NOT EXISTS pgfleet.tables (
     created_at    timestamptz NOT NULL DEFAULT now()
 );
 
+-- The owner and privileges the shards were given (grants.sql: acl_signature); NULL before they were.
+ALTER TABLE pgfleet.tables ADD COLUMN IF NOT EXISTS acl_signature text;
+
 CREATE SEQUENCE IF NOT EXISTS pgfleet.shard_id_seq START 102000;
 
 CREATE TABLE IF NOT EXISTS pgfleet.shards (
@@ -268,35 +271,49 @@ RETURNS text LANGUAGE sql IMMUTABLE AS $$
     SELECT CASE WHEN p_method = 'reference' THEN p_index ELSE pgfleet.shard_object_name(p_index, p_shard_id) END
 $$;
 
+-- Every role reaches the workers through one user mapping FOR PUBLIC per worker server, with the user
+-- of pgfleet's own mapping and password_required 'false' (only a superuser may set it): the password
+-- stays in the server's passfile, which postgres_fdw reads for a non-superuser only so. Privileges stay
+-- the coordinator's: a query through a distributed table is checked there (table and column privileges,
+-- row-level security of the parent), and the mapping is usable only through foreign tables, which live in
+-- pgfleet_shards (no USAGE for PUBLIC). No role gets USAGE on the servers, so none can create its own
+-- foreign table, IMPORT FOREIGN SCHEMA or open a dblink link through them (dblink is revoked too).
+-- Idempotent; called at install, by Fleet.add_node and by align_owners.
+CREATE OR REPLACE FUNCTION pgfleet.ensure_public_mappings() RETURNS void
+LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pgfleet AS $$
+DECLARE
+    srv record;
+BEGIN
+    FOR srv IN SELECT fs.srvname, um.umoptions
+               FROM pg_foreign_server fs
+               JOIN pg_foreign_data_wrapper w ON w.oid = fs.srvfdw AND w.fdwname = 'postgres_fdw'
+               JOIN pg_user_mapping um ON um.umserver = fs.oid
+                                      AND um.umuser = (SELECT oid FROM pg_roles WHERE rolname = current_user)
+               WHERE fs.srvname LIKE 'pgfleet\_%'
+                 AND NOT EXISTS (SELECT FROM pg_user_mapping m WHERE m.umserver = fs.oid AND m.umuser = 0) LOOP
+        EXECUTE format('CREATE USER MAPPING FOR PUBLIC SERVER %I OPTIONS (%s)', srv.srvname,
+                       concat_ws(', ', (SELECT string_agg(format('%I %L', split_part(o, '=', 1), substr(o, strpos(o, '=') + 1)), ', ')
+                                        FROM unnest(srv.umoptions) AS o
+                                        WHERE o NOT LIKE 'password\_required=%' AND o NOT LIKE 'password=%'),
+                                 'password_required ''false'''));
+    END LOOP;
+END $$;
+REVOKE EXECUTE ON FUNCTION pgfleet.ensure_public_mappings() FROM PUBLIC;
+SELECT pgfleet.ensure_public_mappings();
+
 -- The coordinator's foreign tables of a table's shards belong to the table's owner: ALTER TABLE on a
 -- partitioned table recurses into its partitions and checks ownership of each, so the owner of a
--- distributed table can change it as on one server. postgres_fdw reaches a worker with the user mapping
--- of the querying role (and ANALYZE with the owner's), so the owner gets a mapping with the credentials
--- pgfleet uses, on each server that holds a shard. Only through foreign tables it may already use on the
--- coordinator: it gets no USAGE on the servers (no dblink, no new foreign tables) and none on
--- pgfleet_shards. Called after distribute/reference and by the DDL trigger (ALTER TABLE … OWNER TO).
--- The shard tables on the workers keep the mapped account as owner.
+-- distributed table can change it as on one server. postgres_fdw reaches a worker through the mapping
+-- FOR PUBLIC above (owners in clusters made by older versions may still have their own, made the same
+-- way). The owner gets no USAGE on the servers and none on pgfleet_shards. Called after
+-- distribute/reference and by the DDL trigger (ALTER TABLE … OWNER TO).
 CREATE OR REPLACE FUNCTION pgfleet.align_owners(p_relid oid) RETURNS void
 LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pgfleet AS $$
 DECLARE
     ft record;
-    srv record;
     internal text := coalesce(current_setting('pgfleet.internal', true), '');
 BEGIN
-    FOR srv IN SELECT DISTINCT fs.oid AS srvid, fs.srvname, t.relowner, r.rolname, um.umoptions
-               FROM pgfleet.shards s
-               JOIN pg_class t ON t.oid = s.relid
-               JOIN pg_roles r ON r.oid = t.relowner
-               JOIN pg_foreign_server fs ON fs.srvname = 'pgfleet_' || s.node
-               JOIN pg_user_mapping um ON um.umserver = fs.oid AND um.umuser = (SELECT oid FROM pg_roles WHERE rolname = current_user)
-               WHERE s.relid = p_relid AND NOT r.rolsuper
-                 AND NOT EXISTS (SELECT 1 FROM pg_user_mapping m WHERE m.umserver = fs.oid AND m.umuser IN (t.relowner, 0)) LOOP
-        -- the password is in the server's passfile: postgres_fdw lets a non-superuser use it only so
-        EXECUTE format('CREATE USER MAPPING FOR %I SERVER %I OPTIONS (%s)', srv.rolname, srv.srvname,
-                       (SELECT string_agg(format('%I %L', split_part(o, '=', 1), substr(o, strpos(o, '=') + 1)), ', ')
-                        FROM unnest(srv.umoptions) AS o WHERE o NOT LIKE 'password\_required=%')
-                       || ', password_required ''false''');
-    END LOOP;
+    PERFORM pgfleet.ensure_public_mappings();
     FOR ft IN SELECT s.foreign_schema, s.foreign_table, r.rolname
               FROM pgfleet.shards s
               JOIN pg_class t ON t.oid = s.relid
@@ -352,15 +369,31 @@ DECLARE
     cmd record;
     t record;
     sh record;
+    ix record;
     act text;
     tbl oid;
     tail text;
+    new_name text;
 BEGIN
     IF coalesce(current_setting('pgfleet.internal', true), '') = 'on' THEN
         RETURN;
     END IF;
     FOR cmd IN SELECT * FROM pg_event_trigger_ddl_commands() LOOP
-        IF cmd.command_tag = 'ALTER TABLE' AND cmd.classid = 'pg_class'::regclass THEN
+        IF cmd.command_tag IN ('ALTER INDEX', 'ALTER TABLE') AND cmd.classid = 'pg_class'::regclass
+           AND EXISTS (SELECT FROM pgfleet.indexes WHERE indexrelid = cmd.objid) THEN
+            -- ALTER INDEX … RENAME (also spelled ALTER TABLE … RENAME): the shards' indexes follow
+            SELECT i.*, t2.method INTO ix FROM pgfleet.indexes i JOIN pgfleet.tables t2 USING (relid)
+            WHERE i.indexrelid = cmd.objid;
+            new_name := (SELECT relname FROM pg_class WHERE oid = cmd.objid);
+            CONTINUE WHEN new_name = ix.index_name;
+            FOR sh IN SELECT * FROM pgfleet.shards WHERE relid = ix.relid ORDER BY shard_id LOOP
+                INSERT INTO pgfleet.ddl_queue (node, statement)
+                VALUES (sh.node, format('ALTER INDEX IF EXISTS %I.%I RENAME TO %I', sh.shard_schema,
+                                        pgfleet.shard_index_name(ix.index_name, sh.shard_id, ix.method),
+                                        pgfleet.shard_index_name(new_name, sh.shard_id, ix.method)));
+            END LOOP;
+            UPDATE pgfleet.indexes SET index_name = new_name WHERE indexrelid = cmd.objid;
+        ELSIF cmd.command_tag = 'ALTER TABLE' AND cmd.classid = 'pg_class'::regclass THEN
             SELECT * INTO t FROM pgfleet.tables WHERE relid = cmd.objid;
             CONTINUE WHEN NOT FOUND;
             UPDATE pgfleet.tables SET schema_name = n.nspname, table_name = c.relname
@@ -396,6 +429,11 @@ BEGIN
             END LOOP;
         END IF;
     END LOOP;
+    -- owners and privileges of the shards follow the coordinator's (grants.sql)
+    IF EXISTS (SELECT FROM pg_event_trigger_ddl_commands()
+               WHERE command_tag IN ('GRANT', 'REVOKE', 'ALTER TABLE', 'DROP OWNED')) THEN
+        PERFORM pgfleet.queue_changed_privileges();
+    END IF;
 END $$;
 
 CREATE OR REPLACE FUNCTION pgfleet.on_sql_drop() RETURNS event_trigger
@@ -439,7 +477,8 @@ END $$;
 
 DROP EVENT TRIGGER IF EXISTS pgfleet_ddl_end;
 CREATE EVENT TRIGGER pgfleet_ddl_end ON ddl_command_end
-    WHEN TAG IN ('ALTER TABLE', 'CREATE INDEX') EXECUTE FUNCTION pgfleet.on_ddl_end();
+    WHEN TAG IN ('ALTER TABLE', 'ALTER INDEX', 'CREATE INDEX', 'GRANT', 'REVOKE', 'DROP OWNED')
+    EXECUTE FUNCTION pgfleet.on_ddl_end();
 DROP EVENT TRIGGER IF EXISTS pgfleet_sql_drop;
 -- No tag filter: DROP SCHEMA … CASCADE and DROP OWNED drop tables too.
 CREATE EVENT TRIGGER pgfleet_sql_drop ON sql_drop EXECUTE FUNCTION pgfleet.on_sql_drop();

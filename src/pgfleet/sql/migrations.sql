@@ -130,20 +130,17 @@ BEGIN
             USING ERRCODE = 'feature_not_supported',
                   HINT = 'use a built-in type (text with a CHECK instead of an enum or domain)';
     END IF;
-    SELECT conname, contype INTO bad FROM pg_constraint WHERE conrelid = p_relid AND contype IN ('f', 'x')
-    ORDER BY contype, conname LIMIT 1;
-    IF FOUND AND bad.contype = 'f' THEN
-        RAISE EXCEPTION 'foreign key % of % cannot be enforced across shards', bad.conname, name
-            USING ERRCODE = 'feature_not_supported',
-                  HINT = format('drop it (ALTER TABLE %s DROP CONSTRAINT %I) and run again', name, bad.conname);
-    ELSIF FOUND THEN
+    -- foreign keys: pgfleet.check_foreign_key (foreign_keys.sql) decides
+    SELECT conname, contype INTO bad FROM pg_constraint WHERE conrelid = p_relid AND contype = 'x'
+    ORDER BY conname LIMIT 1;
+    IF FOUND THEN
         RAISE EXCEPTION 'exclusion constraint % of % cannot be enforced on a %', bad.conname, name, what
             USING ERRCODE = 'feature_not_supported', HINT = 'drop it and run again';
     END IF;
     SELECT format('%I.%I.%I', n.nspname, c.relname, f.conname) AS fk INTO bad FROM pg_constraint f
     JOIN pg_class c ON c.oid = f.conrelid JOIN pg_namespace n ON n.oid = c.relnamespace
     WHERE f.contype = 'f' AND f.confrelid = p_relid AND f.conrelid <> p_relid ORDER BY 1 LIMIT 1;
-    IF FOUND THEN
+    IF FOUND AND NOT p_reference THEN  -- a reference table stays a plain table on the coordinator
         RAISE EXCEPTION 'foreign key % references %', bad.fk, name USING ERRCODE = 'feature_not_supported',
             HINT = 'drop that foreign key first; keys across shards are not enforced';
     END IF;
@@ -322,12 +319,7 @@ BEGIN
     IF cardinality(restarts) > 0 THEN
         EXECUTE format('ALTER TABLE %I.%I %s', schema, name, array_to_string(restarts, ', '));
     END IF;
-    FOR r IN SELECT a.privilege_type, a.is_grantable, CASE WHEN a.grantee = 0 THEN 'PUBLIC' ELSE quote_ident(g.rolname) END AS grantee
-             FROM pg_class c CROSS JOIN LATERAL aclexplode(c.relacl) a LEFT JOIN pg_roles g ON g.oid = a.grantee
-             WHERE c.oid = p_old AND a.grantee <> c.relowner LOOP
-        EXECUTE format('GRANT %s ON %I.%I TO %s%s', r.privilege_type, schema, name, r.grantee,
-                       CASE WHEN r.is_grantable THEN ' WITH GRANT OPTION' ELSE '' END);
-    END LOOP;
+    PERFORM pgfleet.copy_privileges(p_old, p_new);  -- table and column privileges (grants.sql)
     EXECUTE format('DROP TABLE %s', p_old::regclass);
 END $$;
 
@@ -354,6 +346,9 @@ DECLARE
     rule text;
     new_oid oid;
     i int;
+    fks pgfleet.foreign_keys[];
+    fk pgfleet.foreign_keys;
+    indexes jsonb;
 BEGIN
     PERFORM pgfleet.api_check_table(p_table, 'distribute it');
     PERFORM pgfleet.check_table_shape(p_table, false);
@@ -393,6 +388,8 @@ BEGIN
         END IF;
     END IF;
     workers := pgfleet.api_workers('there are no workers to place shards on');
+    PERFORM pgfleet.check_foreign_key(p_table, p_key, colocation, f) FROM pgfleet.foreign_keys_of(p_table) f;
+    fks := ARRAY(SELECT f FROM pgfleet.foreign_keys_of(p_table) f);
     PERFORM set_config('pgfleet.internal', 'on', true);
     EXECUTE format('CREATE TABLE %I.%I (LIKE %s INCLUDING DEFAULTS INCLUDING IDENTITY INCLUDING GENERATED '
                    'INCLUDING CONSTRAINTS) PARTITION BY HASH (%I)', schema, staging, p_table, p_key);
@@ -433,6 +430,7 @@ BEGIN
             EXECUTE format('ALTER FOREIGN TABLE %I.%I OPTIONS (ADD use_remote_estimate ''true'')', 'pgfleet_shards', shard_name);
         END LOOP;
     END IF;
+    indexes := pgfleet.index_defs(p_table);
     PERFORM pgfleet.swap_tables(p_table, new_oid);
     -- ON UPDATE of the primary key is not declared: move the rows by hand
     INSERT INTO pgfleet.tables (relid, schema_name, table_name, method, key_column, colocation_id)
@@ -441,6 +439,12 @@ BEGIN
     DELETE FROM pgfleet.tables WHERE relid = p_table;
     PERFORM pgfleet.snapshot_columns(new_oid);
     PERFORM pgfleet.align_owners(new_oid);
+    PERFORM pgfleet.queue_privileges(new_oid);  -- roles and privileges on the new shards, after them
+    FOREACH fk IN ARRAY fks LOOP  -- the table's foreign keys, now on its shards
+        fk.relid := new_oid;
+        PERFORM pgfleet.enforce_foreign_key(fk);
+    END LOOP;
+    PERFORM pgfleet.adopt_indexes(new_oid, indexes);
     PERFORM set_config('pgfleet.internal', internal, true);
     RETURN moved;
 END $$;
@@ -486,7 +490,9 @@ BEGIN
                               'REFERENCING OLD TABLE AS pgfleet_old', ''])[i]);
     END LOOP;
     PERFORM pgfleet.snapshot_columns(p_table);
+    PERFORM pgfleet.adopt_indexes(p_table, pgfleet.index_defs(p_table));
     PERFORM pgfleet.align_owners(p_table);
+    PERFORM pgfleet.queue_privileges(p_table);
     PERFORM set_config('pgfleet.internal', internal, true);
     RETURN n;
 END $$;
@@ -537,6 +543,7 @@ BEGIN
         RAISE EXCEPTION '% is neither distributed nor a reference table', p_table USING ERRCODE = 'object_not_in_prerequisite_state',
             HINT = 'nothing to undo';
     END IF;
+    PERFORM pgfleet.check_not_referenced(p_table);
     -- The shards are dropped at COMMIT; a remote transaction this session's postgres_fdw keeps open on
     -- one of their workers (the table was read or written through its shards earlier in this
     -- transaction) would hold locks the DROP waits for until after that COMMIT: it would never end.
@@ -598,6 +605,7 @@ BEGIN
         RAISE EXCEPTION 'verification of % failed: the shards have % rows, the copy %', p_table, total, n
             USING ERRCODE = 'data_corrupted', HINT = 'nothing was changed; run it again';
     END IF;
+    PERFORM pgfleet.drop_parent_indexes(p_table);  -- their names go to the plain table's
     -- constraints and indexes as the first shard has them
     SELECT * INTO sh FROM pgfleet.shards WHERE relid = p_table ORDER BY shard_index LIMIT 1;
     suffix := '_' || sh.shard_id;
@@ -617,6 +625,7 @@ BEGIN
                            schema, staging, btrim(d.tail));
         END IF;
     END LOOP;
+    PERFORM pgfleet.restore_foreign_keys(p_table, format('%I.%I', schema, staging)::regclass);
     DELETE FROM pgfleet.tables WHERE relid = p_table;
     PERFORM pgfleet.swap_tables(p_table, format('%I.%I', schema, staging)::regclass);
     PERFORM set_config('pgfleet.internal', internal, true);
@@ -633,7 +642,8 @@ DECLARE
 BEGIN
     FOR f IN SELECT p.oid::regprocedure FROM pg_proc p
              WHERE p.pronamespace = 'pgfleet'::regnamespace AND p.prosecdef AND p.prokind = 'f'
-               AND p.proname NOT IN ('distribute_table', 'reference_table', 'undistribute_table') LOOP
+               AND p.proname NOT IN ('distribute_table', 'reference_table', 'undistribute_table',
+                                     'add_foreign_key', 'drop_foreign_key') LOOP
         EXECUTE format('REVOKE EXECUTE ON FUNCTION %s FROM PUBLIC', f);
     END LOOP;
 END $$;

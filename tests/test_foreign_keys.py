@@ -1,0 +1,99 @@
+"""Foreign keys of distributed tables are enforced on the workers, shard by shard: to a reference table
+(present when the table is distributed), and between co-located tables on their keys
+(pgfleet.add_foreign_key); one that cannot be enforced is refused, saying what would make it work."""
+
+from __future__ import annotations
+
+import psycopg
+import pytest
+
+from pgfleet.cluster.fleet import Fleet
+from pgfleet.errors import SpecError
+from pgfleet.spec import DistributeSpec, HashSpec, QualifiedName, ReferenceSpec
+
+
+def test_a_key_to_a_reference_table_is_enforced_on_the_shards(fleet: Fleet, schema: str) -> None:
+    conn = fleet.conn()
+    conn.execute("CREATE TABLE countries (code text PRIMARY KEY, name text)")
+    conn.execute("INSERT INTO countries VALUES ('FR', 'France'), ('NG', 'Nigeria')")
+    conn.execute("CREATE TABLE orders (id bigint PRIMARY KEY, country text REFERENCES countries ON DELETE RESTRICT)")
+    conn.execute("INSERT INTO orders SELECT g, CASE WHEN g % 2 = 0 THEN 'FR' ELSE 'NG' END FROM generate_series(1, 50) g")
+    fleet.reference(ReferenceSpec(QualifiedName(schema, "countries")))  # referenced by a plain table: fine
+    fleet.distribute(DistributeSpec(QualifiedName(schema, "orders"), "id", HashSpec(4)))
+    assert conn.execute("SELECT name, columns, on_delete FROM pgfleet.foreign_keys "
+                        "WHERE relid = 'orders'::regclass").fetchall() == [("orders_country_fkey", ["country"], "RESTRICT")]
+    conn.execute("INSERT INTO orders VALUES (51, 'FR')")
+    with pytest.raises(psycopg.errors.ForeignKeyViolation, match="orders_country_fkey"):
+        conn.execute("INSERT INTO orders VALUES (52, 'XX')")
+    with pytest.raises(psycopg.errors.ForeignKeyViolation, match="orders_country_fkey"):
+        conn.execute("UPDATE orders SET country = 'XX' WHERE id = 7")
+    with pytest.raises(psycopg.Error, match="orders_country_fkey"):  # a copy refuses at COMMIT: nothing happens
+        conn.execute("DELETE FROM countries WHERE code = 'NG'")
+    assert conn.execute("SELECT count(*) FROM countries").fetchone() == (2,)
+    conn.execute("INSERT INTO countries VALUES ('GH', 'Ghana')")  # committed first, then referenced
+    conn.execute("INSERT INTO orders VALUES (53, 'GH')")
+    # undistributed, the plain table gets its foreign key back on the coordinator
+    fleet.undistribute(QualifiedName(schema, "orders"))
+    with pytest.raises(psycopg.errors.ForeignKeyViolation, match="orders_country_fkey"):
+        conn.execute("INSERT INTO orders VALUES (54, 'XX')")
+
+
+def test_co_located_tables_on_their_keys(fleet: Fleet, schema: str) -> None:
+    conn = fleet.conn()
+    conn.execute("CREATE TABLE orders (id bigint PRIMARY KEY, note text)")
+    conn.execute("CREATE TABLE items (order_id bigint, n int, sku text, PRIMARY KEY (order_id, n))")
+    conn.execute("INSERT INTO orders SELECT g, 'o' || g FROM generate_series(1, 20) g")
+    conn.execute("INSERT INTO items SELECT g, 1, 's' FROM generate_series(1, 20) g")
+    orders, items = QualifiedName(schema, "orders"), QualifiedName(schema, "items")
+    fleet.distribute(DistributeSpec(orders, "id", HashSpec(4)))
+    fleet.distribute(DistributeSpec(items, "order_id", colocate_with=orders))
+    with pytest.raises(psycopg.Error, match="there is no unique constraint matching given keys"):
+        conn.execute("ALTER TABLE items ADD FOREIGN KEY (order_id) REFERENCES orders (id)")  # PostgreSQL's refusal
+    conn.execute("SELECT pgfleet.add_foreign_key('items', 'items_order_fk', ARRAY['order_id'], 'orders', ARRAY['id'], "
+                 "on_delete => 'cascade')")
+    with pytest.raises(psycopg.errors.ForeignKeyViolation, match="items_order_fk"):
+        conn.execute("INSERT INTO items VALUES (99, 1, 'x')")
+    with conn.transaction():  # the order and its items in one transaction: one worker transaction holds both
+        conn.execute("INSERT INTO orders VALUES (100, 'new')")
+        conn.execute("INSERT INTO items VALUES (100, 1, 'x'), (100, 2, 'y')")
+    conn.execute("DELETE FROM orders WHERE id IN (3, 100)")
+    assert conn.execute("SELECT count(*) FROM items WHERE order_id IN (3, 100)").fetchone() == (0,)
+    with pytest.raises(SpecError, match=f"foreign key items_order_fk of {schema}.items references {schema}.orders"):
+        fleet.undistribute(orders)
+    conn.execute("SELECT pgfleet.drop_foreign_key('items', 'items_order_fk')")
+    conn.execute("INSERT INTO items VALUES (99, 1, 'x')")
+    fleet.undistribute(orders)
+
+
+@pytest.mark.parametrize(("setup", "call", "message"), [
+    ("CREATE TABLE p (id int PRIMARY KEY); CREATE TABLE c (id bigint PRIMARY KEY, p int REFERENCES p)",
+     "distribute c", "foreign key c_p_fkey of {s}.c references {s}.p, whose rows are only on the coordinator"),
+    ("CREATE TABLE p (id bigint PRIMARY KEY); CREATE TABLE c (id bigint PRIMARY KEY, p bigint);"
+     "SELECT pgfleet.distribute_table('p', 'id', 4)", "add c_p p", "foreign key c_p of {s}.c references {s}.p, "
+     "which is not co-located with it"),
+    ("CREATE TABLE p (id bigint PRIMARY KEY); CREATE TABLE c (id bigint PRIMARY KEY, p bigint);"
+     "SELECT pgfleet.distribute_table('p', 'id', 4)", "add co-located c_p p",
+     "foreign key c_p of {s}.c does not pair its distribution key id with the distribution key id of {s}.p"),
+], ids=["plain_target", "not_colocated", "not_on_the_key"])
+def test_what_cannot_be_enforced_is_refused(fleet: Fleet, schema: str, setup: str, call: str, message: str) -> None:
+    conn = fleet.conn()
+    conn.execute(setup.encode())
+    expected = message.format(s=schema)
+    if call == "distribute c":
+        with pytest.raises(SpecError, match="whose rows are only on the coordinator") as err:
+            fleet.distribute(DistributeSpec(QualifiedName(schema, "c"), "id", HashSpec(4)))
+        assert err.value.message == expected and "pgfleet reference" in str(err.value.hint)
+        with pytest.raises(psycopg.Error) as sql_err:  # the SQL API: the same words
+            conn.execute("SELECT pgfleet.distribute_table('c', 'id', 4)")
+        assert sql_err.value.diag.message_primary == expected
+        assert conn.execute("SELECT count(*) FROM pgfleet.tables WHERE relid = 'c'::regclass").fetchone() == (0,)
+        return
+    if call == "add co-located c_p p":
+        conn.execute("SELECT pgfleet.distribute_table('c', 'id', colocate_with => 'p')")
+    else:
+        conn.execute("SELECT pgfleet.distribute_table('c', 'id', 4)")
+    with pytest.raises(psycopg.Error) as refused:
+        conn.execute("SELECT pgfleet.add_foreign_key('c', 'c_p', ARRAY['p'], 'p', ARRAY['id'])")
+    assert refused.value.diag.message_primary == expected
+    assert refused.value.diag.message_hint
+    assert conn.execute("SELECT count(*) FROM pgfleet.foreign_keys WHERE relid = 'c'::regclass").fetchone() == (0,)
