@@ -119,3 +119,26 @@ def test_a_role_missing_on_the_worker_falls_back(fleet: Fleet, cluster: LocalClu
         before = (stats.routed, stats.routing_fallbacks)
         assert run(via_router, "SELECT note FROM t WHERE id = 5") == [("n5",)]
         assert (stats.routed, stats.routing_fallbacks) == (before[0], before[1] + 1)
+
+
+def test_a_roles_transaction_runs_on_the_worker_under_that_role(cluster: LocalCluster, router: RouterServer,
+                                                                data: str, fleet: Fleet) -> None:
+    """In a transaction routed to a worker the statements run as the client's role (SET LOCAL ROLE): what
+    it may do works and commits there, what it may not do fails the transaction as on the coordinator."""
+    fleet.conn().execute(sql.SQL("GRANT UPDATE (note) ON t TO {}").format(sql.Identifier(APP)))
+    stats = router.context.stats
+    with connect(cluster, router.config.port, data, APP, PASSWORD) as via_router:
+        before = stats.worker_transactions
+        assert run(via_router, "BEGIN") == "BEGIN"
+        assert run(via_router, "UPDATE t SET note = 'by app' WHERE id = 5") == "UPDATE 1"
+        assert run(via_router, "SELECT current_user, note FROM t WHERE id = 5") == [(APP, "by app")]
+        assert run(via_router, "COMMIT") == "COMMIT"
+        assert stats.worker_transactions == before + 1
+        run(via_router, "BEGIN")
+        assert run(via_router, "SELECT note FROM t WHERE id = 6") == [("n6",)]
+        state, message = error_of(via_router, "UPDATE t SET grp = 0 WHERE id = 6")  # no UPDATE on grp
+        assert state == "42501" and message is not None and message.startswith("permission denied for table"), message
+        assert error_of(via_router, "SELECT 1")[0] == "25P02"
+        assert run(via_router, "ROLLBACK") == "ROLLBACK"
+    assert fleet.conn().execute("SELECT note, grp FROM t WHERE id IN (5, 6) ORDER BY id").fetchall() == [
+        ("by app", 5), ("n6", 6)]
