@@ -102,6 +102,16 @@ def lost_in_flight(node: str) -> bytes:
     return error.encode() + p.ReadyForQuery("I").encode()
 
 
+def coordinator_lost(address: Address | None) -> bytes:
+    """What a client in a session gets when its coordinator connection ends without a word from the
+    server (killed, or failing over): the router cannot log in again for the client (it keeps no
+    password), so the session ends and the client reconnects; new connections go to the current primary."""
+    where = f" at {address[0]}:{address[1]}" if address else ""
+    return p.error_response("57P01", f"pgfleet router: the connection to the coordinator{where} was lost (the "
+                            "coordinator stopped or is failing over); this session ends", severity="FATAL",
+                            hint="reconnect: new connections go to the coordinator's current primary").encode()
+
+
 async def send_cancel(address: Address, request: wire.CancelRequest) -> None:
     try:
         reader, writer = await asyncio.wait_for(asyncio.open_connection(*address), CANCEL_TIMEOUT)
@@ -169,6 +179,7 @@ class ClientSession(asyncio.Protocol):
         self.outstanding = 0  # Query messages sent to the coordinator and not yet answered
         self.workers: dict[str, WorkerConnection] = {}
         self.running_on: WorkerConnection | None = None  # the worker running this session's routed statement
+        self.terminating = False  # the client sent Terminate
 
     # --- client side ------------------------------------------------------------------------------
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
@@ -253,7 +264,9 @@ class ClientSession(asyncio.Protocol):
     def _from_client(self, types: list[bytes], raw: bytes) -> None:
         stats = self.context.stats
         for type_byte in types:
-            if type_byte == b"Q":
+            if type_byte == b"X":
+                self.terminating = True  # the coordinator closing the connection now is no news
+            elif type_byte == b"Q":
                 stats.queries += 1
                 self.outstanding += 1
             elif type_byte == b"E":
@@ -452,6 +465,8 @@ class ClientSession(asyncio.Protocol):
 
     def server_lost(self) -> None:
         if self.phase is not Phase.CLOSED:
+            if self.phase is Phase.RELAY and not self.terminating:
+                self._write(coordinator_lost(self.address))
             self.phase = Phase.CLOSED
             if self.client:
                 self.client.close()  # what was written is sent first
