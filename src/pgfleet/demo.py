@@ -90,7 +90,7 @@ def run_demo(fleet: Fleet, console: Console, client: Conn | None = None) -> None
                                     colocate_with=QualifiedName(SCHEMA, "booksample")))
     console.print("demo.lend co-located with demo.booksample: each lend is stored at its booksample's site")
     conn.execute("INSERT INTO demo.booksample (book_id, state, lendable, location) VALUES (3, 'new', true, 'paris')")
-    _query(conn, console, "Placement of every booksample row (tableoid names the shard)",
+    _query(ddl, console, "Placement of every booksample row (tableoid names the shard)",
            "SELECT b.id, b.location, b.state, s.node FROM demo.booksample b "
            "JOIN pgfleet.shards s ON format('%I.%I', s.foreign_schema, s.foreign_table) = b.tableoid::regclass::text "
            "ORDER BY b.id")

@@ -16,6 +16,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from ..node.ports import release_ports
+from ..node.server import process_alive
 
 PID_FILE = "router.pid"
 LOG_FILE = "router.log"
@@ -61,13 +62,10 @@ def read_pids(directory: Path) -> RouterProcess | None:
 
 
 def alive(pid: int) -> bool:
+    """A live process (not a zombie nobody reaped) with this pid."""
     with contextlib.suppress(ChildProcessError, OSError):
         os.waitpid(pid, os.WNOHANG)  # reap it if it is our own child that died
-    try:
-        os.kill(pid, 0)
-    except OSError:
-        return False
-    return True
+    return process_alive(pid)
 
 
 def running(directory: Path) -> RouterProcess | None:

@@ -122,12 +122,25 @@ def _claim_endpoint_port(local: LocalCluster, port: int | None) -> tuple[int, st
     settings = read_settings(local.directory)
     if settings is not None:
         try:
-            claim_port(settings.port, local.directory)
+            _claim_kept(local, settings.port)
             return settings.port, None
         except NodeError:
             note = f"port {settings.port} is taken by another program"
             return claim_ports(1, local.directory, start=FIRST_PORT)[0], note
     return claim_ports(1, local.directory, start=FIRST_PORT)[0], None
+
+
+def _claim_kept(local: LocalCluster, port: int, wait: float = 3.0) -> None:
+    """Claim the router's kept port; a router that just died may hold it for a moment longer."""
+    deadline = time.monotonic() + wait
+    while True:
+        try:
+            claim_port(port, local.directory)
+            return
+        except NodeError:
+            if time.monotonic() > deadline:
+                raise
+            time.sleep(0.1)
 
 
 def start_background(local: LocalCluster, port: int | None = None, *, route: bool = False,
@@ -204,8 +217,9 @@ def ensure_running(local: LocalCluster, note: Callable[[str], None] | None = Non
         if not died(local.directory):  # stopped or restarted meanwhile
             return None
         terminate(local.directory)
-        port = settings.port if settings else None
-        proc = _start(local, port, route=settings.route if settings else True,
+        if settings is not None:
+            _claim_kept(local, settings.port)
+        proc = _start(local, settings.port if settings else None, route=settings.route if settings else True,
                       processes=settings.processes if settings else 1, note=note)
         return proc, True
 
