@@ -128,8 +128,7 @@ def _trial(local: LocalCluster, endpoint: str, group: str, say: Say) -> Trial:
     time.sleep(0.5)
     writer.stop.set()
     writer.thread.join(30)
-    with psycopg.connect(local.dsn(), autocommit=True) as conn:
-        present = {r[0] for r in conn.execute("SELECT id FROM led WHERE id = ANY(%s)", (writer.acked,)).fetchall()}
+    present = _present(local, writer.acked)
     lost = sum(1 for i in writer.acked if i not in present)
     local.reload_spec()
     promoted = local.spec.primary_of(group).name
@@ -142,6 +141,22 @@ def _trial(local: LocalCluster, endpoint: str, group: str, say: Say) -> Trial:
     say(f"  {group}: {victim} rejoined; writable members per group: "
         + ", ".join(f"{g} {n}" for g, n in writable.items()))
     return Trial(group, victim, promoted, seconds, unavailable, len(writer.acked), lost, writable)
+
+
+def _present(local: LocalCluster, ids: list[int], wait: float = 30.0) -> set[int]:
+    """The ids found through the coordinator. Writes through the router resume as soon as the promoted
+    worker answers, which can be before the failover has repointed the coordinator's foreign server:
+    until then reading through the coordinator fails, so it is retried."""
+    deadline = time.monotonic() + wait
+    while True:
+        try:
+            with psycopg.connect(local.dsn(), autocommit=True, connect_timeout=5) as conn:
+                rows = conn.execute("SELECT id FROM led WHERE id = ANY(%s)", (ids,)).fetchall()
+            return {int(r[0]) for r in rows}
+        except psycopg.Error:
+            if time.monotonic() > deadline:
+                raise
+            time.sleep(0.2)
 
 
 def _longest_gap(ack_times: list[float], killed: float) -> float:
