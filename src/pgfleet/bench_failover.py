@@ -213,7 +213,8 @@ def run_failover_bench(trials: int, out: Path, say: Say) -> dict[str, Any]:
         time.sleep(1.2)  # the router's status file is refreshed every second
         state = read_status(local)
         routed = state.counters.get("routed", 0) if state else 0
-        say(f"router: {routed} statements routed to a worker, {state.to_coordinator if state else '?'} to the coordinator")
+        say(f"router: {routed} statements routed to a worker, {state.to_coordinator if state else '?'} to the coordinator "
+            f"({state.counters.get('routing_fallbacks', 0) if state else '?'} of them routable: fallbacks)")
         stop.set()
         thread.join(30)
     finally:
