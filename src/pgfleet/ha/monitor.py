@@ -97,8 +97,8 @@ class Monitor:
             record(self.local, "router", "router-restart-failed", str(exc))
             return
         if restarted is not None:
-            record(self.local, "router", "router-restarted", f"it had died; runs again on port {restarted[0].port}")
-            self.say(f"router restarted on port {restarted[0].port}")
+            record(self.local, "router", "router-restarted", f"it had died; runs again on port {restarted.port}")
+            self.say(f"router restarted on port {restarted.port}")
 
     def check_once(self) -> list[str]:
         """One round over every group; return the groups failed over."""

@@ -207,9 +207,10 @@ def stop_background(local: LocalCluster, wait: float = 10.0) -> bool:
         return terminate(local.directory, wait) is not None
 
 
-def ensure_running(local: LocalCluster, note: Callable[[str], None] | None = None) -> tuple[RouterProcess, bool] | None:
+def ensure_running(local: LocalCluster, note: Callable[[str], None] | None = None) -> RouterProcess | None:
     """Start the router again, with its kept settings, if it died (its pid file is there, its process is
-    not): what the monitor does every round. None when nothing was to be done."""
+    not): what the monitor does every round. None when nothing was to be done. One attempt: when it
+    fails, the pid file is gone, so the next rounds leave it to 'pgfleet up'."""
     if not died(local.directory):
         return None
     settings = read_settings(local.directory)
@@ -219,9 +220,8 @@ def ensure_running(local: LocalCluster, note: Callable[[str], None] | None = Non
         terminate(local.directory)
         if settings is not None:
             _claim_kept(local, settings.port)
-        proc = _start(local, settings.port if settings else None, route=settings.route if settings else True,
+        return _start(local, settings.port if settings else None, route=settings.route if settings else True,
                       processes=settings.processes if settings else 1, note=note)
-        return proc, True
 
 
 COUNTER_SKIP = ("pid", "port", "host", "process_index", "started", "updated", "routing", "coordinator")

@@ -264,13 +264,13 @@ class ClientSession(asyncio.Protocol):
     def _from_client(self, types: list[bytes], raw: bytes) -> None:
         stats = self.context.stats
         for type_byte in types:
-            if type_byte == b"X":
-                self.terminating = True  # the coordinator closing the connection now is no news
-            elif type_byte == b"Q":
+            if type_byte == b"Q":
                 stats.queries += 1
                 self.outstanding += 1
             elif type_byte == b"E":
                 stats.executes += 1
+            elif type_byte == b"X":
+                self.terminating = True  # the coordinator closing the connection now is no news
         if self.phase is Phase.CONNECTING:
             self.pending.append(raw)
         elif self.server and self.server.transport:
