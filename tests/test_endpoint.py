@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 import os
 import signal
+import subprocess
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -218,3 +219,21 @@ def test_router_after_a_coordinator_failover(routed_cluster: LocalCluster) -> No
             except psycopg.OperationalError:
                 assert time.monotonic() < deadline
                 time.sleep(0.2)
+
+
+def test_a_stale_pid_file_never_signals_another_program(tmp_path: Path) -> None:
+    """Pids are reused: a router pid file whose process died may name another program by now. pgfleet
+    takes it for a dead router (up and the monitor start a new one) and never signals that program."""
+    from pgfleet.router.files import died, terminate
+    from pgfleet.router.files import running as running_in
+
+    stranger = subprocess.Popen(["sleep", "30"])
+    try:
+        (tmp_path / "router.pid").write_text(f"{stranger.pid} 6999\n")
+        assert running_in(tmp_path) is None and died(tmp_path)
+        assert terminate(tmp_path, wait=1) is None
+        assert stranger.poll() is None  # not signalled
+        assert not (tmp_path / "router.pid").exists()
+    finally:
+        stranger.kill()
+        stranger.wait()

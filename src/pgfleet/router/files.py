@@ -68,16 +68,30 @@ def alive(pid: int) -> bool:
     return process_alive(pid)
 
 
+def is_router(pid: int, directory: Path) -> bool:
+    """``pid`` is alive and is a router process of this cluster (not another program that got the pid of
+    a router that died: pids are reused, and a stale pid file must never make pgfleet signal a stranger)."""
+    if not alive(pid):
+        return False
+    try:
+        args = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
+    except FileNotFoundError:
+        return not Path("/proc/self").exists()  # no /proc here: the pid file is all there is to go by
+    except OSError:
+        return False
+    return b"router" in args and str(directory.resolve()).encode() in args  # see process.py's Popen
+
+
 def running(directory: Path) -> RouterProcess | None:
     """The router when its first process is alive."""
     current = read_pids(directory)
-    return current if current is not None and alive(current.pid) else None
+    return current if current is not None and is_router(current.pid, directory) else None
 
 
 def died(directory: Path) -> bool:
     """The router was started and not stopped (its pid file is there) but its first process is gone."""
     current = read_pids(directory)
-    return current is not None and not alive(current.pid)
+    return current is not None and not is_router(current.pid, directory)
 
 
 def read_settings(directory: Path) -> RouterSettings | None:
@@ -122,16 +136,17 @@ def terminate(directory: Path, wait: float = 10.0) -> RouterProcess | None:
     (directory / PID_FILE).unlink(missing_ok=True)
     if current is None:
         return None
-    pids = current.pids or (current.pid,)
-    was_running = alive(current.pid)
+    was_running = is_router(current.pid, directory)
+    pids = [pid for pid in current.pids or (current.pid,) if is_router(pid, directory)]
     for pid in pids:
         with contextlib.suppress(OSError):
             os.kill(pid, signal.SIGTERM)
     deadline = time.monotonic() + wait
-    for index, pid in enumerate(pids):
+    for pid in pids:
         if not _wait_gone(pid, deadline):
             with contextlib.suppress(OSError):
                 os.kill(pid, signal.SIGKILL)
+    for index in range(len(current.pids) or 1):
         status_file(directory, index).unlink(missing_ok=True)
     release_ports(current.peer_ports, directory)
     return current if was_running else None

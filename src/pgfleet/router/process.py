@@ -170,7 +170,7 @@ def _start(local: LocalCluster, port: int | None, *, route: bool, processes: int
         for index in range(processes):
             extra = ["--process-index", str(index), "--peer-ports", ",".join(map(str, peer_ports))] if peer_ports else []
             procs.append(subprocess.Popen(
-                [sys.executable, "-m", "pgfleet.cli.main", "--dir", str(local.directory), "router", "run",
+                [sys.executable, "-m", "pgfleet.cli.main", "--dir", str(local.directory.resolve()), "router", "run",
                  "--port", str(port), *(["--route"] if route else []), *extra],
                 stdin=subprocess.DEVNULL, stdout=log, stderr=log, start_new_session=True))
     rows = [f"{proc.pid} {port}" + (f" {peer_ports[i]}" if peer_ports else "") for i, proc in enumerate(procs)]
