@@ -109,6 +109,9 @@ def test_up_starts_the_router_and_clients_use_it(base_dir: Path) -> None:
         assert "the router is not running" in pgfleet_cli("dsn", directory=d).stderr
         up_again = pgfleet_cli("up", directory=d)
         assert f"the router on 127.0.0.1:{port} " in up_again.stdout, up_again.stdout  # the kept port
+        kept = pgfleet_cli("up", "--no-router", directory=d)  # leaves a running router alone, and says so
+        assert "the router keeps running" in kept.stderr and f"the router on 127.0.0.1:{port} " in kept.stdout
+        assert running(local) is not None
         settings = read_settings(d)
         assert settings is not None and settings.port == port and settings.route
     finally:

@@ -67,7 +67,7 @@ def up(ctx: click.Context, workers: int, port: int | None, pg_bin: str | None, f
         have = sum(1 for g in local.spec.groups if local.spec.primary_of(g).role == "worker")
         if workers != have and ctx.get_parameter_source("workers") == click.core.ParameterSource.COMMANDLINE:
             err.print(f"  note: the cluster has {have} workers; --workers only applies to a new cluster")
-        endpoint = None if no_router else _start_router(local)
+        endpoint = _running_router(local) if no_router else _start_router(local)
         if endpoint is not None and endpoint[1]:
             started.append("router")
         done = f"started {', '.join(started)}" if started else ("nothing to start" if held else "already running")
@@ -111,6 +111,17 @@ def _start_router(local: LocalCluster) -> tuple[int, bool] | None:
         err.print(f"[yellow]warning:[/] {exc}", highlight=False, soft_wrap=True)
         return None
     return proc.port, started
+
+
+def _running_router(local: LocalCluster) -> tuple[int, bool] | None:
+    """--no-router on a cluster whose router runs: it is left running, and said so."""
+    from ..router.process import running
+
+    proc = running(local)
+    if proc is None:
+        return None
+    err.print(f"  the router keeps running on port {proc.port} (stop it with 'pgfleet router stop')", highlight=False)
+    return proc.port, False
 
 
 def _print_endpoint(local: LocalCluster, endpoint: tuple[int, bool] | None) -> None:
