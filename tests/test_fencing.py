@@ -48,7 +48,7 @@ def test_up_starts_a_server_killed_with_sigkill(cluster: LocalCluster) -> None:
     """A killed postmaster nobody reaps stays a zombie that 'pg_ctl status' takes for a running server."""
     cluster.server("w1").kill()
     time.sleep(0.3)
-    proc = pgfleet_cli("up", directory=cluster.directory)
+    proc = pgfleet_cli("up", "--no-router", directory=cluster.directory)  # the shared cluster runs no router
     assert proc.returncode == 0, proc.stderr
     assert "started w1" in proc.stdout, proc.stdout + proc.stderr
     with psycopg.connect(cluster.member_endpoint("w1").conninfo(), connect_timeout=5) as conn:

@@ -48,7 +48,8 @@ def test_two_ups_at_once_take_different_ports(base_dir: Path) -> None:
         outs = [p.communicate(timeout=300) for p in procs]
         assert [p.returncode for p in procs] == [0, 0], outs
         ports = [n["port"] for d in dirs for n in json.loads((d / "cluster.json").read_text())["nodes"]]
-        assert len(ports) == 4 and len(set(ports)) == 4
+        ports += [json.loads((d / "router.settings.json").read_text())["port"] for d in dirs]  # their routers too
+        assert len(ports) == 6 and len(set(ports)) == 6
     finally:
         for d in dirs:
             pgfleet_cli("down", "--destroy", directory=d)

@@ -16,6 +16,7 @@ from rich.panel import Panel
 from rich.table import Table
 
 from .cluster.fleet import Fleet
+from .execute.connect import Conn
 from .errors import PgfleetError, TopologyError
 from .spec import DistributeSpec, HashSpec, ListShard, ListSpec, QualifiedName, ReferenceSpec
 
@@ -52,9 +53,9 @@ def _show(console: Console, title: str, cols: Sequence[str], rows: Sequence[Sequ
     console.print(table)
 
 
-def _query(fleet: Fleet, console: Console, title: str, text: str) -> list[tuple[object, ...]]:
+def _query(conn: Conn, console: Console, title: str, text: str) -> list[tuple[object, ...]]:
     console.print(f"[bold cyan]{title}[/]\n[dim]{text}[/]")
-    cur = fleet.conn().execute(text.encode())
+    cur = conn.execute(text.encode())
     rows = cur.fetchall()
     cols = [d.name for d in cur.description] if cur.description else []
     if cols and cols[0] == "QUERY PLAN":
@@ -64,18 +65,21 @@ def _query(fleet: Fleet, console: Console, title: str, text: str) -> list[tuple[
     return rows
 
 
-def run_demo(fleet: Fleet, console: Console) -> None:
+def run_demo(fleet: Fleet, console: Console, client: Conn | None = None) -> None:
+    """The scenarios: schema changes through ``fleet`` (the coordinator), the application's statements
+    through ``client`` (an autocommit connection to the cluster's endpoint, the router) or the coordinator."""
     topo = fleet.topology()
     workers = [w.name for w in topo.workers]
     if len(workers) < 2:
         raise TopologyError(f"the demo needs 2 workers, the cluster has {len(workers)}",
                             hint="create a cluster with 'pgfleet up --workers 2'")
     paris, lagos = workers[0], workers[1]
-    conn = fleet.conn()
-    conn.execute(sql.SQL("DROP SCHEMA IF EXISTS {} CASCADE").format(sql.Identifier(SCHEMA)))
+    ddl = fleet.conn()  # schema changes, and EXPLAIN: the plans are the coordinator's
+    conn = client or ddl
+    ddl.execute(sql.SQL("DROP SCHEMA IF EXISTS {} CASCADE").format(sql.Identifier(SCHEMA)))
 
     console.print(Panel(f"Seeds 000/001 — a library on two sites: paris on node {paris}, lagos on node {lagos}"))
-    conn.execute(LIBRARY.encode())
+    ddl.execute(LIBRARY.encode())
     for t in ("book", "student"):
         fleet.reference(ReferenceSpec(QualifiedName(SCHEMA, t)))
         console.print(f"reference table demo.{t}: a copy on {', '.join(workers)}")
@@ -86,31 +90,31 @@ def run_demo(fleet: Fleet, console: Console) -> None:
                                     colocate_with=QualifiedName(SCHEMA, "booksample")))
     console.print("demo.lend co-located with demo.booksample: each lend is stored at its booksample's site")
     conn.execute("INSERT INTO demo.booksample (book_id, state, lendable, location) VALUES (3, 'new', true, 'paris')")
-    _query(fleet, console, "Placement of every booksample row (tableoid names the shard)",
+    _query(ddl, console, "Placement of every booksample row (tableoid names the shard)",
            "SELECT b.id, b.location, b.state, s.node FROM demo.booksample b "
            "JOIN pgfleet.shards s ON format('%I.%I', s.foreign_schema, s.foreign_table) = b.tableoid::regclass::text "
            "ORDER BY b.id")
-    _query(fleet, console, "A query on location = 'lagos' touches only the lagos shard",
+    _query(ddl, console, "A query on location = 'lagos' touches only the lagos shard",
            "EXPLAIN (COSTS OFF) SELECT state, lendable, location FROM demo.booksample WHERE location = 'lagos'")
-    _query(fleet, console, "Lends with their samples: the join runs on each site, per shard pair",
+    _query(ddl, console, "Lends with their samples: the join runs on each site, per shard pair",
            "EXPLAIN (COSTS OFF) SELECT b.id, l.student_id FROM demo.booksample b JOIN demo.lend l "
            "ON l.location = b.location AND l.booksample_id = b.id")
-    _query(fleet, console, "Who has which book (distributed join + reference tables)",
+    _query(conn, console, "Who has which book (distributed join + reference tables)",
            "SELECT s.name AS student, bk.title, b.location, l.at FROM demo.lend l "
            "JOIN demo.booksample b ON b.location = l.location AND b.id = l.booksample_id "
            "JOIN demo.book bk ON bk.id = b.book_id JOIN demo.student s ON s.id = l.student_id ORDER BY s.name")
 
     console.print(Panel("Seed 003 — products hash-distributed over 4 shards, ids from one sequence"))
-    conn.execute(PRODUCTS.encode())
+    ddl.execute(PRODUCTS.encode())
     fleet.distribute(DistributeSpec(QualifiedName(SCHEMA, "products"), "id", HashSpec(4)))
     conn.execute("INSERT INTO demo.products (name, price) VALUES ('playstation', 499), ('xbox', 300), "
                  "('wii', 250), ('saturn', 99)")
-    _query(fleet, console, "Unique ids, each row in the shard its id hashes to",
+    _query(conn, console, "Unique ids, each row in the shard its id hashes to",
            "SELECT id, name, price, tableoid::regclass AS shard FROM demo.products ORDER BY id")
-    _query(fleet, console, "UPDATE through the parent: pruned to one shard and pushed down",
+    _query(ddl, console, "UPDATE through the parent: pruned to one shard and pushed down",
            "EXPLAIN (COSTS OFF) UPDATE demo.products SET name = 'wii-u' WHERE id = 3 AND name LIKE 'wii'")
     conn.execute("UPDATE demo.products SET name = 'wii-u' WHERE id = 3 AND name LIKE 'wii'")
-    _query(fleet, console, "After the update", "SELECT id, name FROM demo.products WHERE id = 3")
+    _query(conn, console, "After the update", "SELECT id, name FROM demo.products WHERE id = 3")
     try:
         with conn.transaction():
             conn.execute("UPDATE demo.products SET id = 100 WHERE id = 1")

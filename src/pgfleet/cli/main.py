@@ -21,6 +21,7 @@ from .common import DATABASE_HELP, DIR_HELP, FleetGroup, cluster_dir, err, human
 
 if TYPE_CHECKING:
     from ..ha.standby import StandbyStatus
+    from ..router.process import RouterStatus
 
 
 @click.group(cls=FleetGroup)
@@ -48,9 +49,11 @@ def cli(ctx: click.Context, directory: str | None, database: str | None, verbose
 @click.option("--standbys", default=0, show_default=True, type=int,
               help="Streaming standbys for every node of a new cluster; the monitor then runs in the background.")
 @click.option("--async", "asynchronous", is_flag=True, help="Asynchronous standbys (default: synchronous).")
+@click.option("--no-router", is_flag=True,
+              help="Do not start the router: clients connect to the coordinator ('pgfleet dsn' then prints its string).")
 @click.pass_context
 def up(ctx: click.Context, workers: int, port: int | None, pg_bin: str | None, fast: bool, standbys: int,
-       asynchronous: bool) -> None:
+       asynchronous: bool, no_router: bool) -> None:
     """Create and start a local cluster, or start the stopped servers of an existing one."""
     directory = cluster_dir(ctx)
     if LocalCluster.exists(directory):
@@ -66,10 +69,14 @@ def up(ctx: click.Context, workers: int, port: int | None, pg_bin: str | None, f
         have = sum(1 for g in local.spec.groups if local.spec.primary_of(g).role == "worker")
         if workers != have and ctx.get_parameter_source("workers") == click.core.ParameterSource.COMMANDLINE:
             err.print(f"  note: the cluster has {have} workers; --workers only applies to a new cluster")
+        endpoint = _running_router(local) if no_router else _start_router(local)
+        if endpoint is not None and endpoint[1]:
+            started.append("router")
         done = f"started {', '.join(started)}" if started else ("nothing to start" if held else "already running")
         out.print(f"cluster in {directory}: {done}")
         for line in held:
             out.print(f"  {line}", highlight=False, soft_wrap=True)
+        _print_endpoint(local, endpoint)
         return
     local = LocalCluster.create(directory, workers=workers, port=port, pg_bin=pg_bin, fast=fast,
                                 on_event=lambda m: err.print(f"  {m}"))
@@ -89,9 +96,43 @@ def up(ctx: click.Context, workers: int, port: int | None, pg_bin: str | None, f
         from ..ha.monitor_proc import start_background
 
         start_background(local)
+    endpoint = None if no_router else _start_router(local)
     out.print(f"cluster ready in {directory}: coordinator on 127.0.0.1:{local.spec.coordinator.port}, "
               f"{workers} worker(s)" + (f", {standbys} standby(s) each, monitor running" if standbys else ""))
-    out.print('connect with:  psql "$(pgfleet dsn)"')
+    _print_endpoint(local, endpoint)
+
+
+def _start_router(local: LocalCluster) -> tuple[int, bool] | None:
+    """Start the router (the cluster's endpoint) unless it runs: (its port, whether started now); None
+    when it could not start (the coordinator still serves clients, and the reason is printed)."""
+    from ..router.process import start_endpoint
+
+    try:
+        proc, started = start_endpoint(local, note=lambda m: err.print(f"  {m}"))
+    except PgfleetError as exc:
+        err.print(f"[yellow]warning:[/] {exc}", highlight=False, soft_wrap=True)
+        return None
+    return proc.port, started
+
+
+def _running_router(local: LocalCluster) -> tuple[int, bool] | None:
+    """--no-router on a cluster whose router runs: it is left running, and said so."""
+    from ..router.process import running
+
+    proc = running(local)
+    if proc is None:
+        return None
+    err.print(f"  the router keeps running on port {proc.port} (stop it with 'pgfleet router stop')", highlight=False)
+    return proc.port, False
+
+
+def _print_endpoint(local: LocalCluster, endpoint: tuple[int, bool] | None) -> None:
+    coord = f"127.0.0.1:{local.spec.coordinator.port}"
+    if endpoint is None:
+        out.print(f"endpoint: the coordinator on {coord} (no router); connect with:  psql \"$(pgfleet dsn)\"")
+        return
+    out.print(f"endpoint: the router on 127.0.0.1:{endpoint[0]} (coordinator on {coord}: pgfleet dsn --node coord); "
+              'connect with:  psql "$(pgfleet dsn)"', highlight=False, soft_wrap=True)
 
 
 @cli.command()
@@ -101,9 +142,12 @@ def down(ctx: click.Context, destroy: bool) -> None:
     """Stop the local cluster's servers."""
     local = LocalCluster.load(cluster_dir(ctx))
     from ..ha.monitor_proc import stop_background
+    from ..router.process import stop_background as stop_router
 
     if stop_background(local):
         err.print("  monitor stopped")
+    if stop_router(local):
+        err.print("  router stopped")
     if destroy:
         from ..cluster.archive import stop_archivers
 
@@ -118,17 +162,28 @@ def down(ctx: click.Context, destroy: bool) -> None:
 
 @cli.command()
 @click.option("--with-password", is_flag=True, help="Put the password in the string instead of a passfile.")
-@click.option("--node", help="Connection string of this node instead of the coordinator.")
+@click.option("--node", help="Connection string of this node (coord: the coordinator itself) instead of the router.")
 @click.option("--read-only", is_flag=True, help="Balance read-only sessions over the coordinator's standbys.")
 @click.pass_context
 def dsn(ctx: click.Context, with_password: bool, node: str | None, read_only: bool) -> None:
-    """Print the coordinator's connection string (the password stays in a 0600 passfile)."""
+    """Print the cluster's connection string: the router's when it runs, else the coordinator's (the
+    password stays in a 0600 passfile)."""
+    from ..router.process import dsn as router_dsn
+    from ..router.process import running as router_running
+
     local = LocalCluster.load(cluster_dir(ctx))
-    if node:
+    if node and node != local.spec.coordinator.group_name:
         ep = local.endpoint(node)
         text = f"postgresql://{ep.user}@{ep.host}:{ep.port}/{ep.dbname}?passfile={local.passfile}"
         click.echo(ep.conninfo() if with_password else text)
         return
+    router = None if node or read_only else router_running(local)
+    if router is not None:
+        click.echo(router_dsn(local, router.port, with_password=with_password))
+        return
+    if not node and not read_only:
+        err.print("  the router is not running: this is the coordinator's connection string "
+                  "(start the router with 'pgfleet up')", highlight=False)
     click.echo(local.dsn(with_password=with_password, read_only=read_only))
 
 
@@ -144,18 +199,23 @@ def status(ctx: click.Context, as_json: bool) -> None:
             from ..ha.standby import replication_status
 
             replicas = replication_status(fleet.local) if fleet.local else []
+            from ..router.process import read_status
+
+            router_state = read_status(fleet.local) if fleet.local else None
     except (PgfleetError, psycopg.Error) as exc:
         if not as_json:
             raise
         message = str(exc) if isinstance(exc, PgfleetError) else f"database error: {str(exc).strip()}"
-        click.echo(json.dumps({"error": message, "nodes": [], "tables": [], "unfinished": [], "standbys": []},
-                              indent=2))
+        click.echo(json.dumps({"error": message, "nodes": [], "tables": [], "unfinished": [], "standbys": [],
+                               "router": None}, indent=2))
         sys.exit(1)
     all_up = all(n.healthy for n in report.nodes)
     if as_json:
-        click.echo(json.dumps({**asdict(report), "standbys": [asdict(r) for r in replicas]}, indent=2))
+        click.echo(json.dumps({**asdict(report), "standbys": [asdict(r) for r in replicas],
+                               "router": router_state.as_dict() if router_state else None}, indent=2))
     else:
         _render_status(report, replicas)
+        _render_router(router_state)
     if not all_up:
         sys.exit(2)
 
@@ -200,14 +260,37 @@ def _render_status(report: Status, replicas: list[StandbyStatus]) -> None:
         out.print(f"[yellow]unfinished operation:[/] {op} — run it again to clean up and retry")
 
 
+def _render_router(state: RouterStatus | None) -> None:
+    if state is None:
+        out.print("router: not running (clients reach the coordinator; 'pgfleet up' starts it)")
+        return
+    table = Table(title="router")
+    for col in ("port", "pid", "processes", "clients", "routed to a worker", "to the coordinator", "fallbacks"):
+        table.add_column(col)
+    table.add_row(str(state.port), str(state.pid), str(state.processes), str(state.counters.get("clients_active", 0)),
+                  str(state.counters.get("routed", 0)), str(state.to_coordinator),
+                  str(state.counters.get("routing_fallbacks", 0)))
+    out.print(table)
+
+
 @cli.command()
 @click.pass_context
 def demo(ctx: click.Context) -> None:
     """Run the seeds' scenarios on the local cluster and show the plans that prove pruning."""
     from ..demo import run_demo
+    from ..router.process import dsn as router_dsn
+    from ..router.process import running as router_running
 
     with open_fleet(ctx) as fleet:
-        run_demo(fleet, out)
+        router = router_running(fleet.local) if fleet.local else None
+        if router is None or fleet.local is None:
+            err.print("  the router is not running: the demo's statements go to the coordinator", highlight=False)
+            run_demo(fleet, out)
+            return
+        with psycopg.connect(router_dsn(fleet.local, router.port), autocommit=True, application_name="pgfleet demo") as client:
+            run_demo(fleet, out, client)
+        err.print(f"  the demo's statements went through the router on 127.0.0.1:{router.port} (pgfleet router status)",
+                  highlight=False)
 
 
 tables.node.add_command(ha.node_rejoin)

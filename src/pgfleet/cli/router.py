@@ -1,12 +1,9 @@
-"""``pgfleet router``: run the PostgreSQL wire-protocol router of the local cluster in the background.
-
-Not yet the default endpoint of ``pgfleet up`` / ``pgfleet dsn``: for now it relays every session to
-the coordinator (routing to workers comes next)."""
+"""``pgfleet router``: the PostgreSQL wire-protocol router of the local cluster, the endpoint ``pgfleet up``
+starts and ``pgfleet dsn`` names; start, stop and status by hand."""
 
 from __future__ import annotations
 
 import json
-from dataclasses import asdict
 
 import click
 from rich.console import Console
@@ -22,7 +19,7 @@ def _local(ctx: click.Context) -> LocalCluster:
 
 @click.group("router")
 def router() -> None:
-    """The pgfleet router: one PostgreSQL endpoint in front of the cluster (relays to the coordinator)."""
+    """The pgfleet router: the cluster's PostgreSQL endpoint (single-shard statements to the workers)."""
 
 
 @router.command("start")
@@ -66,17 +63,29 @@ def status(ctx: click.Context, as_json: bool) -> None:
 
     state = read_status(_local(ctx))
     if as_json:
-        click.echo(json.dumps(asdict(state) if state else {"running": False}))
+        click.echo(json.dumps(state.as_dict() if state else {"running": False}))
         return
     if state is None:
-        click.echo("router not running (start it with 'pgfleet router start')")
+        click.echo("router not running (start it with 'pgfleet up' or 'pgfleet router start')")
         return
     table = Table(title="pgfleet router")
     table.add_column("setting")
     table.add_column("value")
-    for name, value in asdict(state).items():
-        table.add_row(name.replace("_", " "), str(value))
+    shown = state.as_dict()
+    shown.pop("running")
+    first = [name for name in FIRST_ROWS if name in shown]
+    for name in first + sorted(set(shown) - set(first)):
+        table.add_row(LABELS.get(name, name.replace("_", " ")), str(shown[name]))
     Console().print(table)
+
+
+# the rows users look for first, then every other counter the router keeps (transactions, …) by name
+FIRST_ROWS = ("port", "pid", "processes", "coordinator", "uptime_seconds", "routing", "clients_active",
+              "clients_total", "worker_connections", "routed", "statements_to_coordinator", "routing_fallbacks",
+              "pinned_sessions")
+LABELS = {"routed": "statements routed to a worker", "statements_to_coordinator": "statements to the coordinator",
+          "routing_fallbacks": "routing fallbacks (routable, run on the coordinator)",
+          "pinned_sessions": "sessions kept on the coordinator", "worker_connections": "worker connections (no pool)"}
 
 
 @router.command("run", hidden=True)

@@ -23,6 +23,7 @@ from ..node.fencemark import FenceMark, mark_fenced, read_mark
 from ..node.ports import claim_port, claim_ports, release_ports
 from ..node.server import LocalServer
 from ..proc import RunAs
+from ..router.files import forget as forget_router
 import contextlib
 
 log = logging.getLogger(__name__)
@@ -320,6 +321,7 @@ class LocalCluster:
         return stopped
 
     def destroy(self) -> None:
+        forget_router(self.directory)  # its processes, and the port it kept
         for node in self.spec.nodes:
             with contextlib.suppress(PgfleetError):
                 self.server(node.name).stop(mode="immediate")

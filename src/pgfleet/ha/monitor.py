@@ -87,9 +87,23 @@ class Monitor:
             fenced.append(member.name)
         return fenced
 
+    def _restart_router(self) -> None:
+        """Start the router again if it died (it was started and not stopped): it is the endpoint."""
+        from ..router.process import ensure_running
+
+        try:
+            restarted = ensure_running(self.local)
+        except PgfleetError as exc:
+            record(self.local, "router", "router-restart-failed", str(exc))
+            return
+        if restarted is not None:
+            record(self.local, "router", "router-restarted", f"it had died; runs again on port {restarted.port}")
+            self.say(f"router restarted on port {restarted.port}")
+
     def check_once(self) -> list[str]:
         """One round over every group; return the groups failed over."""
         self.local.reload_spec()
+        self._restart_router()
         self._refresh_addresses()
         done = []
         for group in self.local.spec.groups:

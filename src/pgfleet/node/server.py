@@ -146,12 +146,12 @@ class LocalServer:
         reaps it stays a zombie that ``pg_ctl status`` (and the server's own lock-file check) takes for
         a running server; it is not one."""
         pid = self.pid()
-        return pid is not None and _alive(pid)
+        return pid is not None and process_alive(pid)
 
     def _clear_stale_pidfile(self) -> None:
         """Remove postmaster.pid when its process is dead or a zombie (the server would refuse to start)."""
         pid = self.pid()
-        if pid is not None and not _alive(pid):
+        if pid is not None and not process_alive(pid):
             log.info("%s: removing stale postmaster.pid of dead process %d", self.name, pid)
             (self.datadir / "postmaster.pid").unlink(missing_ok=True)
 
@@ -312,7 +312,7 @@ class LocalServer:
         return " / ".join(wanted)
 
 
-def _alive(pid: int) -> bool:
+def process_alive(pid: int) -> bool:
     """A live (not zombie) process with this pid."""
     try:
         stat = Path(f"/proc/{pid}/stat").read_text()

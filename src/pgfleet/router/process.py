@@ -1,43 +1,39 @@
-"""The router of a local cluster as a detached background process: its port claimed machine-wide, its
-pid, log and status files in the cluster directory, and a passfile for clients of its port."""
+"""The router of a local cluster as a detached background process: its port claimed machine-wide and
+kept across restarts (router.settings.json), its pid, log and status files in the cluster directory,
+and a passfile for clients of its port. ``pgfleet up`` starts it: it is the cluster's endpoint."""
 
 from __future__ import annotations
 
 import contextlib
 import json
 import os
-import signal
 import socket
 import subprocess
 import sys
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
+from urllib.parse import quote
 
 from ..cluster.local import LocalCluster
-from ..errors import RouterError
+from ..errors import NodeError, RouterError
 from ..node.ports import claim_port, claim_ports, release_ports
 from .backend import WorkerLogin
+from .files import (LOG_FILE, PASSFILE, PID_FILE, RouterProcess, RouterSettings, died, locked,
+                    read_settings, terminate, write_settings)
+from .files import running as running_in
+from .files import status_file as status_file_in
 from .keys import MAX_PROCESS_INDEX
 from .routing import Routing
 from .context import Address
 from .snapshot import RoutingTopology
 
-PID_FILE = "router.pid"
-LOG_FILE = "router.log"
-STATUS_FILE = "router.json"
-PASSFILE = "router.pgpass"
 FIRST_PORT = 6432
 START_TIMEOUT = 15.0
 
-
-@dataclass(frozen=True)
-class RouterProcess:
-    pid: int  # process 0's
-    port: int  # the port every process accepts on
-    pids: tuple[int, ...] = ()  # every process, by index
-    peer_ports: tuple[int, ...] = ()  # each process's own port (cancel requests forwarded between them)
+__all__ = ["PID_FILE", "RouterProcess", "RouterStatus", "dsn", "ensure_running", "read_status", "running",
+           "start_background", "start_endpoint", "stop_background"]
 
 
 @dataclass(frozen=True)
@@ -48,21 +44,19 @@ class RouterStatus:
     coordinator: str
     uptime_seconds: float
     routing: bool
-    clients_active: int
-    clients_total: int
-    queries: int
-    executes: int
-    routed: int
-    routing_fallbacks: int
-    pinned_sessions: int
-    cancels: int
-    protocol_errors: int
-    worker_transactions: int
-    coordinator_transactions: int
-    two_phase_commits: int
-    recovered_commits: int
-    recovered_aborts: int
-    in_doubt: int
+    # every counter of RouterStats (and worker_connections), summed over the processes
+    counters: dict[str, int] = field(default_factory=dict)
+
+    @property
+    def to_coordinator(self) -> int:
+        """Statements (Query and Execute messages) the coordinator ran rather than a worker."""
+        return max(0, self.counters.get("queries", 0) + self.counters.get("executes", 0) - self.counters.get("routed", 0))
+
+    def as_dict(self) -> dict[str, object]:
+        """Flat, for --json: the settings, every counter, and statements_to_coordinator."""
+        return {"running": True, "pid": self.pid, "port": self.port, "processes": self.processes,
+                "coordinator": self.coordinator, "uptime_seconds": self.uptime_seconds, "routing": self.routing,
+                **self.counters, "statements_to_coordinator": self.to_coordinator}
 
 
 def coordinator_address(local: LocalCluster) -> Callable[[], Address]:
@@ -82,21 +76,12 @@ def coordinator_address(local: LocalCluster) -> Callable[[], Address]:
 
 
 def running(local: LocalCluster) -> RouterProcess | None:
-    """The router when its first process is alive. The pid file has one line per process: pid, shared
-    port, and the process's own port when there are several."""
-    try:
-        rows = [line.split() for line in (local.directory / PID_FILE).read_text().splitlines() if line.strip()]
-        pids = tuple(int(row[0]) for row in rows)
-        port = int(rows[0][1])
-        peer_ports = tuple(int(row[2]) for row in rows if len(row) > 2)
-        os.kill(pids[0], 0)
-    except (OSError, ValueError, IndexError):
-        return None
-    return RouterProcess(pids[0], port, pids, peer_ports)
+    """The router when its first process is alive."""
+    return running_in(local.directory)
 
 
 def status_file(local: LocalCluster, index: int) -> Path:
-    return local.directory / (STATUS_FILE if index == 0 else f"router.{index}.json")
+    return status_file_in(local.directory, index)
 
 
 def _accepts(port: int) -> bool:
@@ -116,7 +101,11 @@ def _write_passfile(local: LocalCluster, port: int) -> Path:
     return path
 
 
-def dsn(local: LocalCluster, port: int) -> str:
+def dsn(local: LocalCluster, port: int, *, with_password: bool = False) -> str:
+    """The router's connection string: the password in its 0600 passfile, or in the string."""
+    if with_password:
+        user = f"{local.spec.superuser}:{quote(local.spec.coordinator.password, safe='')}"
+        return f"postgresql://{user}@127.0.0.1:{port}/{local.spec.dbname}"
     return f"postgresql://{local.spec.superuser}@127.0.0.1:{port}/{local.spec.dbname}?passfile={local.directory / PASSFILE}"
 
 
@@ -124,28 +113,64 @@ def default_processes() -> int:
     return max(1, os.cpu_count() or 1)
 
 
-def start_background(local: LocalCluster, port: int | None = None, *, route: bool = False,
-                     processes: int = 1) -> tuple[RouterProcess, bool]:
-    """Start the router unless it runs; return it and whether it was started now. With ``processes``
-    above 1, that many processes accept on the same port (SO_REUSEPORT), each also on its own port."""
-    if not 1 <= processes <= MAX_PROCESS_INDEX + 1:
-        raise RouterError(f"--processes {processes} is out of range", hint=f"use 1..{MAX_PROCESS_INDEX + 1}")
-    current = running(local)
-    if current is not None:
-        return current, False
+def _claim_endpoint_port(local: LocalCluster, port: int | None) -> tuple[int, str | None]:
+    """The port to accept on: the one asked for, else the one the cluster kept, else the first free one
+    from 6432. A kept port that something else took meanwhile is replaced (and the reason returned)."""
     if port is not None:
         claim_port(port, local.directory)
-    else:
-        port = claim_ports(1, local.directory, start=FIRST_PORT)[0]
-    peer_ports = claim_ports(processes, local.directory, start=port + 1) if processes > 1 else []
-    claimed = [port, *peer_ports]
+        return port, None
+    settings = read_settings(local.directory)
+    if settings is not None:
+        try:
+            _claim_kept(local, settings.port)
+            return settings.port, None
+        except NodeError:
+            note = f"port {settings.port} is taken by another program"
+            return claim_ports(1, local.directory, start=FIRST_PORT)[0], note
+    return claim_ports(1, local.directory, start=FIRST_PORT)[0], None
+
+
+def _claim_kept(local: LocalCluster, port: int, wait: float = 3.0) -> None:
+    """Claim the router's kept port; a router that just died may hold it for a moment longer."""
+    deadline = time.monotonic() + wait
+    while True:
+        try:
+            claim_port(port, local.directory)
+            return
+        except NodeError:
+            if time.monotonic() > deadline:
+                raise
+            time.sleep(0.1)
+
+
+def start_background(local: LocalCluster, port: int | None = None, *, route: bool = False,
+                     processes: int = 1, note: Callable[[str], None] | None = None) -> tuple[RouterProcess, bool]:
+    """Start the router unless it runs; return it and whether it was started now. With ``processes``
+    above 1, that many processes accept on the same port (SO_REUSEPORT), each also on its own port. The
+    port and settings are kept in the cluster directory for the next start."""
+    if not 1 <= processes <= MAX_PROCESS_INDEX + 1:
+        raise RouterError(f"--processes {processes} is out of range", hint=f"use 1..{MAX_PROCESS_INDEX + 1}")
+    with locked(local.directory):
+        current = running(local)
+        if current is not None:
+            return current, False
+        terminate(local.directory)  # a router that died: its other processes and files
+        return _start(local, port, route=route, processes=processes, note=note), True
+
+
+def _start(local: LocalCluster, port: int | None, *, route: bool, processes: int,
+           note: Callable[[str], None] | None) -> RouterProcess:
+    port, moved = _claim_endpoint_port(local, port)
+    if moved and note:
+        note(f"{moved}: the router moves to port {port}")
+    peer_ports = claim_ports(processes, local.directory, start=port + 1, avoid=[port]) if processes > 1 else []
     log_path = local.directory / LOG_FILE
     procs: list[subprocess.Popen[bytes]] = []
     with open(log_path, "a") as log:
         for index in range(processes):
             extra = ["--process-index", str(index), "--peer-ports", ",".join(map(str, peer_ports))] if peer_ports else []
             procs.append(subprocess.Popen(
-                [sys.executable, "-m", "pgfleet.cli.main", "--dir", str(local.directory), "router", "run",
+                [sys.executable, "-m", "pgfleet.cli.main", "--dir", str(local.directory.resolve()), "router", "run",
                  "--port", str(port), *(["--route"] if route else []), *extra],
                 stdin=subprocess.DEVNULL, stdout=log, stderr=log, start_new_session=True))
     rows = [f"{proc.pid} {port}" + (f" {peer_ports[i]}" if peer_ports else "") for i, proc in enumerate(procs)]
@@ -157,53 +182,54 @@ def start_background(local: LocalCluster, port: int | None = None, *, route: boo
                 with contextlib.suppress(OSError):
                     proc.kill()
             (local.directory / PID_FILE).unlink(missing_ok=True)
-            release_ports(claimed, local.directory)
+            release_ports(peer_ports, local.directory)
             tail = log_path.read_text().strip().splitlines()[-3:]
             raise RouterError(f"the router did not start on port {port}" + (f": {' / '.join(tail)}" if tail else ""),
                               hint=f"see {log_path}")
         time.sleep(0.05)
     _write_passfile(local, port)
-    return RouterProcess(procs[0].pid, port, tuple(p.pid for p in procs), tuple(peer_ports)), True
+    write_settings(local.directory, RouterSettings(port=port, processes=processes, route=route))
+    return RouterProcess(procs[0].pid, port, tuple(p.pid for p in procs), tuple(peer_ports))
 
 
-def _wait_gone(pid: int, deadline: float) -> bool:
-    while time.monotonic() < deadline:
-        with contextlib.suppress(ChildProcessError):
-            os.waitpid(pid, os.WNOHANG)
-        try:
-            os.kill(pid, 0)
-        except OSError:
-            return True
-        time.sleep(0.05)
-    return False
+def start_endpoint(local: LocalCluster, note: Callable[[str], None] | None = None) -> tuple[RouterProcess, bool]:
+    """The router as ``pgfleet up`` runs it: with the settings it kept (port, processes, routing), else
+    routing on, one process per core, the first free port from 6432."""
+    settings = read_settings(local.directory)
+    if settings is None:
+        return start_background(local, route=True, processes=default_processes(), note=note)
+    return start_background(local, route=settings.route, processes=settings.processes, note=note)
 
 
 def stop_background(local: LocalCluster, wait: float = 10.0) -> bool:
-    current = running(local)
-    if current is None:
-        return False
-    pids = current.pids or (current.pid,)
-    for pid in pids:
-        with contextlib.suppress(OSError):
-            os.kill(pid, signal.SIGTERM)
-    deadline = time.monotonic() + wait
-    for index, pid in enumerate(pids):
-        if not _wait_gone(pid, deadline):
-            with contextlib.suppress(OSError):
-                os.kill(pid, signal.SIGKILL)
-        status_file(local, index).unlink(missing_ok=True)
-    (local.directory / PID_FILE).unlink(missing_ok=True)
-    release_ports([current.port, *current.peer_ports], local.directory)
-    return True
+    """Stop the router; its port stays the cluster's for the next start. False when it was not running."""
+    with locked(local.directory):
+        return terminate(local.directory, wait) is not None
 
 
-COUNTERS = ("clients_active", "clients_total", "queries", "executes", "routed", "routing_fallbacks",
-            "pinned_sessions", "cancels", "protocol_errors", "worker_transactions", "coordinator_transactions",
-            "two_phase_commits", "recovered_commits", "recovered_aborts", "in_doubt")
+def ensure_running(local: LocalCluster, note: Callable[[str], None] | None = None) -> RouterProcess | None:
+    """Start the router again, with its kept settings, if it died (its pid file is there, its process is
+    not): what the monitor does every round. None when nothing was to be done. One attempt: when it
+    fails, the pid file is gone, so the next rounds leave it to 'pgfleet up'."""
+    if not died(local.directory):
+        return None
+    settings = read_settings(local.directory)
+    with locked(local.directory):
+        if not died(local.directory):  # stopped or restarted meanwhile
+            return None
+        terminate(local.directory)
+        if settings is not None:
+            _claim_kept(local, settings.port)
+        return _start(local, settings.port if settings else None, route=settings.route if settings else True,
+                      processes=settings.processes if settings else 1, note=note)
+
+
+COUNTER_SKIP = ("pid", "port", "host", "process_index", "started", "updated", "routing", "coordinator")
 
 
 def read_status(local: LocalCluster) -> RouterStatus | None:
-    """The router's state, its counters summed over its processes."""
+    """The router's state, its counters summed over its processes (every integer of the status files,
+    so counters added to RouterStats appear without a change here)."""
     current = running(local)
     if current is None:
         return None
@@ -214,11 +240,15 @@ def read_status(local: LocalCluster) -> RouterStatus | None:
         except (OSError, ValueError):
             files.append({})
     first = files[0]
-    totals = {name: sum(int(str(f.get(name, 0))) for f in files) for name in COUNTERS}
+    totals: dict[str, int] = {}
+    for data in files:
+        for name, value in data.items():
+            if name not in COUNTER_SKIP and isinstance(value, int) and not isinstance(value, bool):
+                totals[name] = totals.get(name, 0) + value
     return RouterStatus(pid=current.pid, port=current.port, processes=len(current.pids) or 1,
                         coordinator=str(first.get("coordinator", "?")),
                         uptime_seconds=round(time.time() - float(str(first.get("started", time.time()))), 1),
-                        routing=bool(first.get("routing", False)), **totals)
+                        routing=bool(first.get("routing", False)), counters=totals)
 
 
 def local_routing(local: LocalCluster) -> Routing:

@@ -142,7 +142,13 @@ class RouterServer:
         return {"pid": os.getpid(), "host": self.config.host, "port": self.config.port,
                 "routing": self.config.routing is not None,
                 "process_index": self.config.process_index, "coordinator": f"{host}:{port}",
-                "started": self.started, "updated": time.time(), **asdict(self.context.stats)}
+                "started": self.started, "updated": time.time(), **asdict(self.context.stats),
+                "worker_connections": self.worker_connections()}
+
+    def worker_connections(self) -> int:
+        """Open connections from this process's sessions to workers (one per session and node, no pool)."""
+        return sum(1 for session in list(self.context.sessions.values())
+                   for conn in list(session.workers.values()) if not conn.broken)
 
     def write_status(self) -> None:
         path = self.config.status_file

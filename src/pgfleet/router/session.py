@@ -46,6 +46,16 @@ def denied(messages: list[tuple[bytes, bytes]]) -> bool:
     return False
 
 
+def coordinator_lost(address: Address | None) -> bytes:
+    """What a client in a session gets when its coordinator connection ends without a word from the
+    server (killed, or failing over): the router cannot log in again for the client (it keeps no
+    password), so the session ends and the client reconnects; new connections go to the current primary."""
+    where = f" at {address[0]}:{address[1]}" if address else ""
+    return p.error_response("57P01", f"pgfleet router: the connection to the coordinator{where} was lost (the "
+                            "coordinator stopped or is failing over); this session ends", severity="FATAL",
+                            hint="reconnect: new connections go to the coordinator's current primary").encode()
+
+
 class Phase(enum.Enum):
     STARTUP = 1
     CONNECTING = 2
@@ -108,6 +118,7 @@ class ClientSession(asyncio.Protocol):
         self.coordinator_txn = False  # the router began a transaction on the coordinator: relay until it ends
         self.skipper: ReplySkipper | None = None  # drops the coordinator's answer to that BEGIN
         self.partial: list[tuple[bytes, list[bytes]]] = []  # reads of messages not yet whole, in a transaction
+        self.terminating = False  # the client sent Terminate
 
     # --- client side ------------------------------------------------------------------------------
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
@@ -208,6 +219,8 @@ class ClientSession(asyncio.Protocol):
                 stats.executes += 1
             elif type_byte == b"S":
                 self.outstanding += 1
+            elif type_byte == b"X":
+                self.terminating = True  # the coordinator closing the connection now is no news
         if self.phase is Phase.CONNECTING:
             self.pending.append(raw)
         elif self.server and self.server.transport:
@@ -462,6 +475,8 @@ class ClientSession(asyncio.Protocol):
 
     def server_lost(self) -> None:
         if self.phase is not Phase.CLOSED:
+            if self.phase is Phase.RELAY and not self.terminating:
+                self._write(coordinator_lost(self.address))
             self.phase = Phase.CLOSED
             if self.client:
                 self.client.close()  # what was written is sent first
