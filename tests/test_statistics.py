@@ -60,8 +60,8 @@ def _shard_stats(fleet: Fleet, shards: tuple[Shard, ...]) -> list[tuple[float, i
     return found
 
 
-def _close(estimate: float, real: int) -> bool:
-    return abs(estimate - real) <= 0.05 * real
+def _close(estimate: float, real: int, within: float = 0.05) -> bool:
+    return abs(estimate - real) <= within * real
 
 
 def _coordinator_estimate(fleet: Fleet, query: str) -> float:
@@ -88,7 +88,9 @@ def test_statistics_after_distribute(fleet: Fleet, schema: str) -> None:
     assert sum(real for _, real in stats) == ROWS
     assert all(_close(reltuples, real) for reltuples, real in stats), stats
     assert _close(_coordinator_estimate(fleet, "SELECT * FROM t"), ROWS)
-    assert _close(_coordinator_estimate(fleet, "SELECT * FROM t WHERE grp = 7"), ROWS // 100)
+    # one value's frequency comes from ANALYZE's sample (30,000 rows: about 6% standard error for a 1% value);
+    # stale statistics would be 25% off
+    assert _close(_coordinator_estimate(fleet, "SELECT * FROM t WHERE grp = 7"), ROWS // 100, within=0.2)
     # a co-located table: its partitions ask the workers (use_remote_estimate)
     progress = _analyze_mid_copy(fleet, f"{schema}.c")
     fleet.distribute(DistributeSpec(QualifiedName(schema, "c"), "id", colocate_with=QualifiedName(schema, "t")),
