@@ -267,7 +267,7 @@ def _prepare_in_doubt(conn: Conn, cluster: LocalCluster, schema: str) -> list[Co
     transaction), +1000 (flush gid of an aborted one)."""
     keys = {k: _node_of(conn, schema, k) for k in (1, 2, 3, 4)}
     commit_xid, abort_xid = _coordinator_xid(conn, True), _coordinator_xid(conn, False)
-    gids = {1: ("pgfleet_router_t1", 7), 2: ("pgfleet_router_t2", 100),
+    gids = {1: ("pgfleet_rt_t1", 7), 2: ("pgfleet_rt_t2", 100),
             3: (f"pgfleet_xact_{commit_xid}_{keys[3][0]}", 11), 4: (f"pgfleet_xact_{abort_xid}_{keys[4][0]}", 1000)}
     conn.execute("INSERT INTO pgfleet.commit_decisions (gid, outcome, nodes) VALUES (%s, 'commit', %s)",
                  (gids[1][0], [keys[1][0]]))
@@ -287,7 +287,7 @@ def _forget_in_doubt(conn: Conn, cluster: LocalCluster, conns: list[Conn]) -> No
         with connect(cluster.endpoint(node)) as wconn:
             for (gid,) in wconn.execute("SELECT gid FROM pg_prepared_xacts WHERE gid LIKE 'pgfleet\\_%'").fetchall():
                 wconn.execute(f"ROLLBACK PREPARED '{gid}'".encode())
-    conn.execute("DELETE FROM pgfleet.commit_decisions WHERE gid LIKE 'pgfleet\\_router\\_t%'")
+    conn.execute("DELETE FROM pgfleet.commit_decisions WHERE gid LIKE 'pgfleet\\_rt\\_t%'")
 
 
 @pytest.mark.slow
@@ -327,7 +327,7 @@ def test_archive_restore_equals_the_source_at_a_later_point_and_settles_prepared
     assert done.returncode == 1 and "after_one" in done.stderr and not new_dir.exists()
     done = pgfleet_cli("restore", str(backup_dir), "--dir", str(new_dir), "--target-time", between)
     assert done.returncode == 0, done.stderr
-    assert "at after_one" in done.stdout and "pgfleet_router_t1 on" in done.stdout
+    assert "at after_one" in done.stdout and "pgfleet_rt_t1 on" in done.stdout
     restored = LocalCluster.load(new_dir)
     with _restored_fleet(new_dir) as rfleet:
         rconn = rfleet.conn()

@@ -93,6 +93,7 @@ class Report:
     in_doubt: int = 0  # prepared router transactions older than min_age still there after the pass
     deleted: int = 0
     errors: list[str] = field(default_factory=list)
+    done: list[tuple[str, str, str]] = field(default_factory=list)  # (node, gid, 'commit' | 'abort')
 
 
 Conn = psycopg.Connection[tuple[object, ...]]
@@ -127,35 +128,49 @@ def recover_once(coordinator: Callable[[], Conn], worker: Callable[[str], Conn],
     the primaries. Raises psycopg.Error / OSError when the coordinator cannot be reached (nothing done)."""
     report = Report()
     with coordinator() as coord:
-        decisions = read_decisions(coord)
         workers = [str(name) for (name,) in coord.execute(
             "SELECT name FROM pgfleet.nodes WHERE role = 'worker' ORDER BY name").fetchall()]
         conns: dict[str, Conn] = {}
-        prepared: dict[str, list[Prepared]] = {}
         try:
             for node in workers:
                 try:
                     conns[node] = worker(node)
-                    prepared[node] = list_prepared(conns[node])
                 except (psycopg.Error, OSError) as exc:
                     report.errors.append(f"{node}: {exc}")
-            complete = len(prepared) == len(workers)
-            todo = plan(prepared, decisions, complete=complete, min_age=min_age, keep_abort=keep_abort)
-            if todo.undecided:
-                coord.execute("INSERT INTO pgfleet.commit_decisions (gid, outcome) SELECT unnest(%s::text[]), 'abort' "
-                              "ON CONFLICT (gid) DO NOTHING", (list(todo.undecided),))
-                decisions = read_decisions(coord)
-                todo = plan(prepared, decisions, complete=complete, min_age=min_age, keep_abort=keep_abort)
-            report.committed = _finish(conns, todo.commit, "COMMIT PREPARED", report)
-            report.aborted = _finish(conns, todo.rollback, "ROLLBACK PREPARED", report)
-            if todo.delete:
-                report.deleted = coord.execute("DELETE FROM pgfleet.commit_decisions WHERE gid = ANY(%s)",
-                                               (list(todo.delete),)).rowcount
-            old = sum(1 for xacts in prepared.values() for x in xacts if x.age >= min_age)
-            report.in_doubt = old - report.committed - report.aborted
+            recover_with(coord, conns, complete=len(conns) == len(workers), min_age=min_age, keep_abort=keep_abort,
+                         report=report)
         finally:
             for conn in conns.values():
                 conn.close()
+    return report
+
+
+def recover_with(coord: Conn, conns: Mapping[str, Conn], *, complete: bool, min_age: float = MIN_AGE,
+                 keep_abort: float = KEEP_ABORT, report: Report | None = None) -> Report:
+    """One pass over open autocommit connections (the coordinator's and the workers' by node name);
+    ``complete``: ``conns`` holds every worker (only then are decision rows deleted)."""
+    report = report if report is not None else Report()
+    decisions = read_decisions(coord)  # before the prepared transactions are listed (see above)
+    prepared: dict[str, list[Prepared]] = {}
+    for node, conn in conns.items():
+        try:
+            prepared[node] = list_prepared(conn)
+        except (psycopg.Error, OSError) as exc:
+            report.errors.append(f"{node}: {exc}")
+    complete = complete and len(prepared) == len(conns)
+    todo = plan(prepared, decisions, complete=complete, min_age=min_age, keep_abort=keep_abort)
+    if todo.undecided:
+        coord.execute("INSERT INTO pgfleet.commit_decisions (gid, outcome) SELECT unnest(%s::text[]), 'abort' "
+                      "ON CONFLICT (gid) DO NOTHING", (list(todo.undecided),))
+        decisions = read_decisions(coord)
+        todo = plan(prepared, decisions, complete=complete, min_age=min_age, keep_abort=keep_abort)
+    report.committed += _finish(conns, todo.commit, "COMMIT PREPARED", report)
+    report.aborted += _finish(conns, todo.rollback, "ROLLBACK PREPARED", report)
+    if todo.delete:
+        report.deleted += coord.execute("DELETE FROM pgfleet.commit_decisions WHERE gid = ANY(%s)",
+                                        (list(todo.delete),)).rowcount
+    old = sum(1 for xacts in prepared.values() for x in xacts if x.age >= min_age)
+    report.in_doubt = old - report.committed - report.aborted
     return report
 
 
@@ -167,6 +182,7 @@ def _finish(conns: Mapping[str, Conn], work: Mapping[str, Sequence[str]],
             try:
                 conns[node].execute(sql.SQL(command + " {}").format(sql.Literal(gid)))
                 done += 1
+                report.done.append((node, gid, "commit" if command.startswith("COMMIT") else "abort"))
                 log.info("recovery: %s %s on %s", command, gid, node)
             except psycopg.Error as exc:  # finished meanwhile by its owner, or the node went away
                 report.errors.append(f"{node}: {command} {gid}: {exc}")
