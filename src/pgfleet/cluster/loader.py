@@ -33,6 +33,7 @@ from .. import copytext, hashing
 from ..copytext import CannotSplit, CopyFormat
 from ..errors import SpecError
 from ..plan.tables import ident
+from ..router.twophase import GID_PREFIX
 from ..spec import QualifiedName, parse_name
 from ..topology.model import DistTable, Shard
 from ..topology.read import column_type, resolve_table, table_columns
@@ -275,7 +276,7 @@ def _load_into_shards(fleet: Fleet, dist: DistTable, source: bytes | BinaryIO, c
             try:
                 for shard, conn in zip(shards, opened, strict=True):
                     if shard_pool.two_phase(shard.node):
-                        gid = f"pgfleet_copy_{tag}_{shard.shard_id}"
+                        gid = f"{GID_PREFIX}copy_{tag}_{shard.shard_id}"
                         conn.execute(sql.SQL("PREPARE TRANSACTION {}").format(sql.Literal(gid)))
                         prepared.append((shard.node, gid))
                     else:

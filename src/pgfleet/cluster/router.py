@@ -24,9 +24,10 @@ import psycopg
 from psycopg import sql
 
 from .. import hashing
-from ..errors import PgfleetError, SpecError
+from ..errors import ExecuteError, PgfleetError, SpecError
 from ..execute.connect import Conn, Endpoint, connect
 from ..plan.tables import ident
+from ..router.twophase import GID_PREFIX
 from ..spec import QualifiedName, parse_name
 from ..topology.model import DistTable, Shard, Topology
 from ..topology.read import column_type, table_columns
@@ -285,7 +286,22 @@ class ShardPool:
         return self._two_phase[node]
 
     def finish(self, prepared: list[tuple[str, str]], *, commit: bool) -> None:
-        """COMMIT (or ROLLBACK) PREPARED every (node, gid)."""
+        """COMMIT (or ROLLBACK) PREPARED every (node, gid). A commit is first decided durably, as the router's
+        two-phase commits are: one row per gid in ``pgfleet.commit_decisions``, in one coordinator
+        transaction (so a backup's restore point falls before or after all of them, and the router's
+        recovery finishes the commit, or rolls back gids that never got a row, after a crash). When
+        recovery decided 'abort' first (the key exists), everything is rolled back."""
+        if commit and prepared:
+            try:
+                with self.fleet.new_coordinator_conn() as coord, coord.transaction():
+                    coord.execute("INSERT INTO pgfleet.commit_decisions (gid, outcome, nodes) "
+                                  "SELECT g, 'commit', ARRAY[n] FROM unnest(%s::text[], %s::text[]) AS d(g, n)",
+                                  ([gid for _, gid in prepared], [node for node, _ in prepared]))
+            except psycopg.errors.UniqueViolation:
+                self.finish(prepared, commit=False)
+                raise ExecuteError("the write's two-phase commit was rolled back: recovery had decided its prepared "
+                                   "transactions first (they waited longer than its limit)",
+                                   hint="retry; if it recurs, the workers are slow to PREPARE") from None
         verb = "COMMIT PREPARED {}" if commit else "ROLLBACK PREPARED {}"
         for node, gid in prepared:
             try:
@@ -396,7 +412,7 @@ def load(fleet: Fleet, table: str, rows: Sequence[Sequence[Any]], columns: Seque
                         for pos in positions:
                             cp.write_row(rows[pos])
                     if two_phase:
-                        gid = f"pgfleet_load_{tag}_{shard.shard_id}"
+                        gid = f"{GID_PREFIX}load_{tag}_{shard.shard_id}"
                         conn.execute(sql.SQL("PREPARE TRANSACTION {}").format(sql.Literal(gid)))
                         with lock:
                             prepared.append((node, gid))
@@ -471,7 +487,7 @@ def fanout(fleet: Fleet, template: str, tables: Mapping[str, str], params: Seque
                 rows = cur.fetchall() if cur.description else []
                 count = max(cur.rowcount, 0)
                 if two_phase:
-                    gid = f"pgfleet_fanout_{tag}_{index}"
+                    gid = f"{GID_PREFIX}fanout_{tag}_{index}"
                     conn.execute(sql.SQL("PREPARE TRANSACTION {}").format(sql.Literal(gid)))
                     with lock:
                         prepared.append((node, gid))
