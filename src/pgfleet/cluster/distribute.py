@@ -16,7 +16,7 @@ from __future__ import annotations
 import json
 import logging
 from collections.abc import Callable, Iterator
-from contextlib import ExitStack, contextmanager, suppress
+from contextlib import contextmanager, suppress
 from dataclasses import replace
 
 import psycopg
@@ -26,7 +26,7 @@ from psycopg.types.json import Jsonb
 from ..errors import ExecuteError, PgfleetError, SpecError, TopologyError
 from ..execute.connect import CANONICAL_SETTINGS, Conn, describe_error
 from ..plan import layout, tables
-from ..spec import DistributeSpec, ListSpec, QualifiedName, RangeSpec, ReferenceSpec
+from ..spec import DistributeSpec, ListSpec, QualifiedName, RangeSpec
 from ..topology.model import Shard, TableDef
 from ..topology.read import hash_function, resolve_table, table_def
 from .privileges import apply_privileges
@@ -44,25 +44,25 @@ LOCK_SPACE = 0x7066  # advisory lock class for pgfleet table operations
 CHECKSUM = "SELECT count(*), coalesce(sum(hashtextextended(t::text, 0)::numeric), 0) FROM {} t"
 
 
-def _noop(_phase: str, _done: int, _total: int) -> None:
+def no_progress(_phase: str, _done: int, _total: int) -> None:
     pass
 
 
-def _set_internal(conn: Conn) -> None:
+def set_internal(conn: Conn) -> None:
     conn.execute("SELECT set_config('pgfleet.internal', 'on', true)")
 
 
-def _canonical(conn: Conn) -> None:
+def set_canonical(conn: Conn) -> None:
     for name, value in CANONICAL_SETTINGS.items():
         conn.execute("SELECT set_config(%s, %s, true)", (name, value))
 
 
-def _alloc_ids(conn: Conn, count: int) -> list[int]:
+def alloc_shard_ids(conn: Conn, count: int) -> list[int]:
     rows = conn.execute("SELECT nextval('pgfleet.shard_id_seq') FROM generate_series(1, %s)", (count,)).fetchall()
     return [int(str(r[0])) for r in rows]
 
 
-def _op_start(conn: Conn, kind: str, table: TableDef, shards: tuple[Shard, ...], staging: str | None) -> int:
+def operation_start(conn: Conn, kind: str, table: TableDef, shards: tuple[Shard, ...], staging: str | None) -> int:
     detail = {"staging": staging, "shards": [
         {"node": s.node, "schema": s.shard_schema, "table": s.shard_table, "id": s.shard_id} for s in shards]}
     row = conn.execute("INSERT INTO pgfleet.operations (kind, relid, table_name, detail) VALUES (%s, %s, %s, %s) "
@@ -71,7 +71,7 @@ def _op_start(conn: Conn, kind: str, table: TableDef, shards: tuple[Shard, ...],
     return int(str(row[0]))
 
 
-def _op_end(conn: Conn, op: int, state: str) -> None:
+def operation_end(conn: Conn, op: int, state: str) -> None:
     try:
         conn.execute("UPDATE pgfleet.operations SET state = %s, finished_at = now() WHERE id = %s", (state, op))
     except psycopg.Error:
@@ -89,7 +89,7 @@ def cleanup_leftovers(fleet: Fleet, oid: int) -> None:
         staging = info.get("staging")
         if staging:
             with conn.transaction():
-                _set_internal(conn)
+                set_internal(conn)
                 conn.execute(sql.SQL("DROP TABLE IF EXISTS {} CASCADE").format(
                     sql.Identifier(staging["schema"], staging["table"])))
         for s in info.get("shards", []):
@@ -103,7 +103,7 @@ def cleanup_leftovers(fleet: Fleet, oid: int) -> None:
                 raise TopologyError(f"an interrupted operation on this table left shard {s['schema']}.{s['table']} "
                                     f"on node {s['node']}, which cannot be reached",
                                     hint=f"start node {s['node']} and run the command again") from None
-        _op_end(conn, int(str(op_id)), "cleaned")
+        operation_end(conn, int(str(op_id)), "cleaned")
 
 
 DROP_MARKED = """
@@ -118,7 +118,7 @@ def _drop_marked(conn: Conn, schema: str, table: str, shard_id: int) -> None:
     conn.execute(sql.SQL(DROP_MARKED).format(name=sql.Literal(name), marker=sql.Literal(tables.shard_marker(shard_id))))
 
 
-def _drop_worker_tables(fleet: Fleet, shards: tuple[Shard, ...]) -> bool:
+def drop_worker_tables(fleet: Fleet, shards: tuple[Shard, ...]) -> bool:
     """Drop the shards this operation created; False if a worker could not be reached (left for later)."""
     topo = fleet.topology()
     clean = True
@@ -136,7 +136,7 @@ def _drop_worker_tables(fleet: Fleet, shards: tuple[Shard, ...]) -> bool:
 
 
 @contextmanager
-def _table_lock(fleet: Fleet, name: QualifiedName) -> Iterator[None]:
+def table_lock(fleet: Fleet, name: QualifiedName) -> Iterator[None]:
     """One pgfleet operation per table at a time (session advisory lock on the coordinator)."""
     conn = fleet.conn()
     oid = resolve_table(conn, name)
@@ -151,7 +151,7 @@ def _table_lock(fleet: Fleet, name: QualifiedName) -> Iterator[None]:
             conn.execute("SELECT pg_advisory_unlock(%s, %s)", (LOCK_SPACE, oid))
 
 
-def _prepare(fleet: Fleet, name: QualifiedName) -> TableDef:
+def prepare_source(fleet: Fleet, name: QualifiedName) -> TableDef:
     conn = fleet.conn()
     oid = resolve_table(conn, name)
     topo = fleet.topology()
@@ -164,7 +164,7 @@ def _prepare(fleet: Fleet, name: QualifiedName) -> TableDef:
     return table_def(conn, oid)
 
 
-def _create_on_workers(conns: dict[str, Conn], groups: dict[str, list[Shard]],
+def create_on_workers(conns: dict[str, Conn], groups: dict[str, list[Shard]],
                        ddl: Callable[[Shard], list[sql.Composed]], what: str, created: list[Shard]) -> None:
     """Create each node's shards in one transaction on that node; record in ``created`` what committed,
     so that a failure removes exactly what this operation made and never a table it did not create."""
@@ -180,14 +180,14 @@ def _create_on_workers(conns: dict[str, Conn], groups: dict[str, list[Shard]],
         created.extend(shards)
 
 
-def _by_node(shards: tuple[Shard, ...]) -> dict[str, list[Shard]]:
+def shards_by_node(shards: tuple[Shard, ...]) -> dict[str, list[Shard]]:
     groups: dict[str, list[Shard]] = {}
     for shard in shards:
         groups.setdefault(shard.node, []).append(shard)
     return groups
 
 
-def _checksum(conn: Conn, target: sql.Composable) -> tuple[int, int]:
+def table_checksum(conn: Conn, target: sql.Composable) -> tuple[int, int]:
     row = conn.execute(sql.SQL(CHECKSUM).format(target)).fetchone()
     assert row is not None
     return int(str(row[0])), int(str(row[1]))
@@ -211,7 +211,7 @@ def _move_rows(fleet: Fleet, source: TableDef, target: QualifiedName, total: int
                              lo=sql.Literal(first), hi=sql.Literal(first + step))
         try:
             with conn.transaction():
-                _set_internal(conn)
+                set_internal(conn)
                 cur = conn.execute(q)
                 done += max(cur.rowcount, 0)
         except psycopg.Error as exc:
@@ -221,7 +221,7 @@ def _move_rows(fleet: Fleet, source: TableDef, target: QualifiedName, total: int
     return done
 
 
-def _verify(fleet: Fleet, source_sum: tuple[int, int], shards: tuple[Shard, ...], what: str,
+def verify_copy(fleet: Fleet, source_sum: tuple[int, int], shards: tuple[Shard, ...], what: str,
             progress: Progress) -> None:
     count, total = 0, 0
     by_node: dict[str, list[Shard]] = {}
@@ -232,7 +232,7 @@ def _verify(fleet: Fleet, source_sum: tuple[int, int], shards: tuple[Shard, ...]
     with fleet.worker_conns(list(by_node), canonical=True) as conns:
         for node, node_shards in by_node.items():
             for shard in node_shards:
-                c, s = _checksum(conns[node], tables.ident(shard.shard_name))
+                c, s = table_checksum(conns[node], tables.ident(shard.shard_name))
                 count += c
                 total += s
                 checked += 1
@@ -284,14 +284,14 @@ def next_identity_value(conn: Conn, table: QualifiedName, column: str) -> int:
 
 def distribute(fleet: Fleet, spec: DistributeSpec, progress: Progress | None = None) -> int:
     """Distribute a coordinator table by hash, range or list; return the number of rows moved."""
-    with _table_lock(fleet, spec.table):
+    with table_lock(fleet, spec.table):
         return _distribute(fleet, spec, progress)
 
 
 def _distribute(fleet: Fleet, spec: DistributeSpec, progress: Progress | None) -> int:
-    say = progress or _noop
+    say = progress or no_progress
     conn = fleet.conn()
-    table = _prepare(fleet, spec.table)
+    table = prepare_source(fleet, spec.table)
     layout.check_table_shape(table, reference=False)
     key = layout.check_key(table, spec.key)
     topo = fleet.topology()
@@ -322,22 +322,22 @@ def _distribute(fleet: Fleet, spec: DistributeSpec, progress: Progress | None) -
         count = layout.shard_count(spec.method)
     layout.check_nodes(spec, workers)
     foreign_keys = check_foreign_keys(conn, table.oid, key.name, colocation_id)
-    shard_ids = _alloc_ids(conn, count)
+    shard_ids = alloc_shard_ids(conn, count)
     shards = layout.layout_shards(table, spec, workers, shard_ids, colocated)
     schema = table.name.schema or "public"
     staging = QualifiedName(schema, f"pgfleet_staging_{table.oid}")
 
     nodes = sorted({s.node for s in shards})
     with fleet.worker_conns(nodes) as wconns:  # every worker reachable, or nothing happens
-        op = _op_start(conn, "distribute", table, shards, None)
+        op = operation_start(conn, "distribute", table, shards, None)
         conn.execute("UPDATE pgfleet.operations SET detail = jsonb_set(detail, '{staging}', %s) WHERE id = %s",
                      (json.dumps({"schema": staging.schema, "table": staging.name}), op))
         lock: Conn | None = None
         created: list[Shard] = []
         try:
             say("shards", 0, len(shards))
-            _create_on_workers(
-                wconns, _by_node(shards),
+            create_on_workers(
+                wconns, shards_by_node(shards),
                 lambda sh: tables.shard_table_ddl(table, sh.shard_name, rule=tables.shard_rule(key.name, sh, hashfn),
                                                   shard_id=sh.shard_id),
                 f"shards of {table.name}", created)
@@ -346,7 +346,7 @@ def _distribute(fleet: Fleet, spec: DistributeSpec, progress: Progress | None) -
             node_by_name = {n.name: n for n in topo.nodes}
             try:
                 with conn.transaction():
-                    _set_internal(conn)
+                    set_internal(conn)
                     conn.execute(tables.parent_table_ddl(table, staging, method, key.name))
                     for shard in shards:
                         conn.execute(tables.foreign_partition_ddl(staging, shard, node_by_name[shard.node].server_name,
@@ -358,12 +358,12 @@ def _distribute(fleet: Fleet, spec: DistributeSpec, progress: Progress | None) -
                                    node=fleet.coordinator.name) from None
             lock = fleet.new_coordinator_conn()
             lock.autocommit = False
-            _set_internal(lock)
-            _canonical(lock)
+            set_internal(lock)
+            set_canonical(lock)
             lock.execute(sql.SQL("LOCK TABLE {} IN EXCLUSIVE MODE").format(tables.ident(table.name)))
-            source_sum = _checksum(lock, tables.ident(table.name))
+            source_sum = table_checksum(lock, tables.ident(table.name))
             moved = _move_rows(fleet, table, staging, source_sum[0], say)
-            _verify(fleet, source_sum, shards, f"{table.name}", say)
+            verify_copy(fleet, source_sum, shards, f"{table.name}", say)
             analyze_shards(wconns, shards)  # before the coordinator's ANALYZE of the parent reads them
             say("swap", 0, 1)
             index_defs = lock.execute("SELECT pgfleet.index_defs(%s)", (table.oid,)).fetchone()
@@ -397,12 +397,12 @@ def _distribute(fleet: Fleet, spec: DistributeSpec, progress: Progress | None) -
             # An operation whose leftovers could not all be removed stays 'running': the next run on this
             # table (or 'pgfleet status') finds it and removes them.
             if _undo_distribute(fleet, staging, tuple(created)):
-                _op_end(conn, op, "failed")
+                operation_end(conn, op, "failed")
             raise
         finally:
             if lock is not None:
                 lock.close()
-        _op_end(conn, op, "done")
+        operation_end(conn, op, "done")
     return moved
 
 
@@ -419,130 +419,9 @@ def _undo_distribute(fleet: Fleet, staging: QualifiedName, shards: tuple[Shard, 
     conn = fleet.conn()
     try:
         with conn.transaction():
-            _set_internal(conn)
+            set_internal(conn)
             conn.execute(sql.SQL("DROP TABLE IF EXISTS {} CASCADE").format(tables.ident(staging)))
     except psycopg.Error as exc:
         log.warning("could not drop %s: %s", staging, describe_error(exc))
         return False
-    return _drop_worker_tables(fleet, shards)
-
-
-def make_reference(fleet: Fleet, spec: ReferenceSpec, progress: Progress | None = None) -> int:
-    """Copy a coordinator table to every worker and keep the copies in step; return rows copied."""
-    with _table_lock(fleet, spec.table):
-        return _make_reference(fleet, spec, progress)
-
-
-def _make_reference(fleet: Fleet, spec: ReferenceSpec, progress: Progress | None) -> int:
-    table = _prepare(fleet, spec.table)
-    layout.check_table_shape(table, reference=True)
-    layout.check_reference(table)
-    workers = [w.name for w in fleet.topology().workers]
-    if not workers:
-        raise SpecError("there are no workers to copy a reference table to",
-                        hint="add one with 'pgfleet node add' or 'pgfleet up --workers N'")
-    return _copy_reference(fleet, table, workers, new_table=True, progress=progress)
-
-
-def add_reference_copies(fleet: Fleet, node: str, progress: Progress | None = None) -> list[str]:
-    """Give a newly added worker a copy of every reference table; return the tables copied."""
-    done = []
-    for t in fleet.topology().tables:
-        if t.method != "reference" or any(s.node == node for s in t.shards):
-            continue
-        with _table_lock(fleet, t.name):
-            _copy_reference(fleet, table_def(fleet.conn(), t.oid), [node], new_table=False, progress=progress)
-        done.append(str(t.name))
-    return done
-
-
-def _copy_reference(fleet: Fleet, table: TableDef, workers: list[str], *, new_table: bool,
-                    progress: Progress | None) -> int:
-    """Create verified copies of ``table`` on ``workers`` while writes to it wait.
-
-    ``new_table``: the table becomes a reference table (triggers, catalog row); otherwise it already is
-    one and only gains copies, which its trigger finds in pgfleet.shards from the commit on.
-    """
-    say = progress or _noop
-    conn = fleet.conn()
-    topo = fleet.topology()
-    ids = _alloc_ids(conn, len(workers))
-    schema = table.name.schema or "public"
-    shards = tuple(
-        Shard(shard_id=sid, table_oid=table.oid, index=0, node=w, shard_schema=schema, shard_table=table.name.name,
-              foreign_schema=tables.SHARD_SCHEMA, foreign_table=tables.shard_table_name(table.name.name, sid))
-        for sid, w in zip(ids, workers, strict=True))
-    node_by_name = {n.name: n for n in topo.nodes}
-    with fleet.worker_conns(workers) as wconns, ExitStack() as stack:
-        op = _op_start(conn, "reference", table, shards, None)
-        lock: Conn | None = None
-        created: list[Shard] = []
-        try:
-            _create_on_workers(wconns, _by_node(shards),
-                               lambda sh: tables.shard_table_ddl(table, sh.shard_name, rule=None, rename_objects=False,
-                                                                 shard_id=sh.shard_id),
-                               f"the copy of {table.name}", created)
-            apply_privileges(conn, wconns, shards, table.oid)
-            lock = fleet.new_coordinator_conn()
-            lock.autocommit = False
-            _set_internal(lock)
-            _canonical(lock)
-            lock.execute(sql.SQL("LOCK TABLE {} IN EXCLUSIVE MODE").format(tables.ident(table.name)))
-            source_sum = _checksum(lock, tables.ident(table.name))
-            cols = tables.column_list(table.columns)
-            for wc in wconns.values():
-                wc.autocommit = False
-            total = source_sum[0] * len(workers)
-            say("copy", 0, total)
-            try:
-                with lock.cursor().copy(sql.SQL("COPY (SELECT {} FROM {}) TO STDOUT").format(
-                        cols, tables.ident(table.name))) as src:
-                    sinks = [stack.enter_context(wconns[s.node].cursor().copy(
-                        sql.SQL("COPY {} ({}) FROM STDIN").format(tables.ident(s.shard_name), cols))) for s in shards]
-                    for chunk in src:
-                        for sink in sinks:
-                            sink.write(chunk)
-                    stack.close()
-            except psycopg.Error as exc:
-                raise ExecuteError(f"copying {table.name} to the workers failed: {describe_error(exc)}") from None
-            for wc in wconns.values():
-                wc.commit()
-                wc.autocommit = True
-            say("copy", total, total)
-            for shard in shards:
-                _verify(fleet, source_sum, (shard,), f"the copy of {table.name} on {shard.node}", say)
-            analyze_shards(wconns, shards)
-            for shard in shards:
-                lock.execute(tables.foreign_table_ddl(table, shard, node_by_name[shard.node].server_name))
-            rows = tables.catalog_rows(sql.Literal(table.oid), table.name, "reference", None, None, shards)
-            if new_table:
-                for stmt in tables.reference_triggers_ddl(table.name):
-                    lock.execute(stmt)
-                lock.execute(rows.table_insert)
-                lock.execute("SELECT pgfleet.snapshot_columns(%s)", (table.oid,))
-                lock.execute("SELECT pgfleet.adopt_indexes(%s, pgfleet.index_defs(%s))", (table.oid, table.oid))
-            for ins in rows.shard_inserts:
-                lock.execute(ins)
-            lock.execute("SELECT pgfleet.align_owners(%s)", (table.oid,))
-            if new_table:
-                lock.execute("UPDATE pgfleet.tables SET acl_signature = pgfleet.acl_signature(relid) WHERE relid = %s",
-                             (table.oid,))
-            lock.commit()
-        except BaseException:
-            if lock is not None:
-                with suppress(psycopg.Error):
-                    lock.rollback()
-            for wc in wconns.values():
-                try:
-                    wc.rollback()
-                    wc.autocommit = True
-                except psycopg.Error:
-                    pass
-            if _drop_worker_tables(fleet, tuple(created)):
-                _op_end(conn, op, "failed")
-            raise
-        finally:
-            if lock is not None:
-                lock.close()
-        _op_end(conn, op, "done")
-    return source_sum[0]
+    return drop_worker_tables(fleet, shards)

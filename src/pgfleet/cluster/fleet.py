@@ -283,7 +283,7 @@ class Fleet:
             if isinstance(exc, ExecuteError):
                 raise
             raise ExecuteError(f"registering node {name} failed: {describe_error(exc)}") from None
-        from .distribute import add_reference_copies
+        from .reference import add_reference_copies
 
         try:
             add_reference_copies(self, name)  # "a full copy on every worker" holds for new workers too
@@ -338,7 +338,7 @@ class Fleet:
         return distribute(self, spec, progress)
 
     def reference(self, spec: ReferenceSpec, progress: Progress | None = None) -> int:
-        from .distribute import make_reference
+        from .reference import make_reference
 
         return make_reference(self, spec, progress)
 

@@ -25,7 +25,7 @@ from ..plan import tables
 from ..spec import DistributeSpec, HashSpec, QualifiedName
 from ..topology.model import DistTable
 from ..topology.read import resolve_table, table_def
-from .distribute import Progress, _canonical, _noop, _set_internal, _table_lock
+from .distribute import Progress, no_progress, set_canonical, set_internal, table_lock
 from .fleet import Fleet
 from .foreign_keys import check_not_referenced
 
@@ -52,14 +52,14 @@ def _distributed(fleet: Fleet, name: QualifiedName) -> DistTable:
 
 def undistribute(fleet: Fleet, name: QualifiedName, progress: Progress | None = None) -> int:
     """Make a distributed or reference table a plain coordinator table again; return the rows moved."""
-    with _table_lock(fleet, name):
+    with table_lock(fleet, name):
         dist = _distributed(fleet, name)
         if dist.method == "reference":  # the coordinator already holds every row: drop the copies
             conn = fleet.conn()
             with conn.transaction():
                 row = conn.execute("SELECT pgfleet.undistribute_table(%s)", (dist.oid,)).fetchone()
             return int(str(row[0])) if row else 0
-        return _undistribute(fleet, dist, progress or _noop)
+        return _undistribute(fleet, dist, progress or no_progress)
 
 
 def _undistribute(fleet: Fleet, dist: DistTable, say: Progress) -> int:
@@ -67,8 +67,8 @@ def _undistribute(fleet: Fleet, dist: DistTable, say: Progress) -> int:
     lock = fleet.new_coordinator_conn()
     try:
         lock.autocommit = False
-        _set_internal(lock)
-        _canonical(lock)
+        set_internal(lock)
+        set_canonical(lock)
         lock.execute(sql.SQL("LOCK TABLE {} IN EXCLUSIVE MODE").format(tables.ident(dist.name)))
         table = table_def(lock, dist.oid)
         staging = QualifiedName(table.name.schema or "public", f"pgfleet_staging_{dist.oid}")
