@@ -169,7 +169,7 @@ def test_a_role_with_select_on_one_table(shop: psycopg.Connection[Any]) -> None:
         assert cur.fetchone() == expected
     from djshop.models import Customer, Order
     assert Customer.objects.using("reader").count() == expected[0]  # type: ignore[index]
-    with pytest.raises(ProgrammingError, match="permission denied for table djshop_order"):
+    with pytest.raises(ProgrammingError, match=r"permission denied for table djshop_order(?!_)"):
         Order.objects.using("reader").count()
-    with pytest.raises(ProgrammingError, match="permission denied for table djshop_order"):
+    with pytest.raises(ProgrammingError, match=r"permission denied for table djshop_order(?!_)"):
         list(Order.objects.using("reader").filter(customer_id=1).values_list("number"))  # single-shard: routed, refused on the worker

@@ -238,9 +238,9 @@ def test_a_role_with_select_on_one_table(cluster: LocalCluster, router: RouterSe
             assert (s.scalar(select(func.count()).select_from(Customer)),) == expected
             s.scalars(select(Customer).where(Customer.id == 1)).all()  # single-shard
         for statement in (select(func.count()).select_from(Order), select(Order).where(Order.customer_id == 1)):
-            with pytest.raises(ProgrammingError, match="permission denied for table sa_orders"), Session(reader) as s:
+            with pytest.raises(ProgrammingError, match=r"permission denied for table sa_orders(?!_)"), Session(reader) as s:
                 s.execute(statement).all()
-        with pytest.raises(ProgrammingError, match="permission denied for table sa_customers"), \
+        with pytest.raises(ProgrammingError, match=r"permission denied for table sa_customers(?!_)"), \
                 Session(reader) as s, s.begin():
             s.execute(sa.update(Customer).where(Customer.id == 1).values(name="x"))
     finally:
