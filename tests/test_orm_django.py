@@ -80,7 +80,7 @@ def drop_role_sql(coord: psycopg.Connection[Any]) -> None:
 def test_django_migrations_crud_and_a_migration_after_distribution(shop: psycopg.Connection[Any],
                                                                     router: RouterServer) -> None:
     from django.db import IntegrityError, ProgrammingError, connection, models, transaction
-    from django.db.migrations.loader import MigrationLoader
+    from django.db.migrations.executor import MigrationExecutor
 
     # 0002 distributed the tables in its transaction; the keys to the reference table were taken over
     tables = dict(shop.execute("SELECT relid::regclass::text, method FROM pgfleet.tables WHERE relid::regclass::text "
@@ -89,9 +89,9 @@ def test_django_migrations_crud_and_a_migration_after_distribution(shop: psycopg
     keys = {r[0] for r in shop.execute("SELECT name FROM pgfleet.foreign_keys WHERE relid::regclass::text LIKE 'djshop_%'")}
     assert "djshop_order_customer_fk" in keys and any(k.startswith("djshop_customer_country_id") for k in keys), keys
 
-    # the models as of 0002, as a data migration sees them (read from the migration files: Django's
-    # introspection query calls obj_description(), which keeps a router session on the coordinator)
-    apps = MigrationLoader(None).project_state(("djshop", "0002_distribute")).apps
+    # the models as of 0002, as a data migration sees them; the executor lists the tables with Django's
+    # introspection query (obj_description(), pg_table_is_visible()), after which the session still routes
+    apps = MigrationExecutor(connection).loader.project_state(("djshop", "0002_distribute")).apps
     country_model, customer_model, order_model = (apps.get_model("djshop", n) for n in ("Country", "Customer", "Order"))
     routed_before = router.context.stats.routed
 
