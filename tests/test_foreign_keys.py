@@ -97,3 +97,32 @@ def test_what_cannot_be_enforced_is_refused(fleet: Fleet, schema: str, setup: st
     assert refused.value.diag.message_primary == expected
     assert refused.value.diag.message_hint
     assert conn.execute("SELECT count(*) FROM pgfleet.foreign_keys WHERE relid = 'c'::regclass").fetchone() == (0,)
+
+
+@pytest.mark.parametrize("drop", ["DROP TABLE countries, orders, items", "DROP SCHEMA {s} CASCADE"])
+def test_tables_joined_by_keys_are_dropped_together(fleet: Fleet, schema: str, drop: str) -> None:
+    """One statement drops a reference table and the distributed tables whose keys point at it (DROP SCHEMA
+    … CASCADE, as a test or `migrate … zero` does): the workers drop the referencing shards first."""
+    conn = fleet.conn()
+    conn.execute("CREATE TABLE countries (code text PRIMARY KEY)")
+    conn.execute("INSERT INTO countries VALUES ('FR')")
+    conn.execute("CREATE TABLE orders (id bigint PRIMARY KEY, country text REFERENCES countries)")
+    conn.execute("CREATE TABLE items (order_id bigint, n int, PRIMARY KEY (order_id, n))")
+    conn.execute("SELECT pgfleet.reference_table('countries')")
+    conn.execute("SELECT pgfleet.distribute_table('orders', 'id', 4)")
+    conn.execute("SELECT pgfleet.distribute_table('items', 'order_id', colocate_with => 'orders')")
+    conn.execute("SELECT pgfleet.add_foreign_key('items', 'items_order_fk', ARRAY['order_id'], 'orders', ARRAY['id'])")
+    conn.execute("INSERT INTO orders VALUES (1, 'FR')")
+    conn.execute("INSERT INTO items VALUES (1, 1)")
+    shards = conn.execute("SELECT n.name, s.shard_schema, s.shard_table FROM pgfleet.shards s "
+                          "JOIN pgfleet.nodes n ON n.name = s.node WHERE s.shard_schema = %s", [schema]).fetchall()
+    assert len(shards) == 2 + 4 + 4
+    conn.execute(drop.format(s=schema).encode())
+    topo = fleet.topology()
+    for node_name, shard_schema, shard_table in shards:
+        node = topo.node(node_name)
+        assert node is not None
+        with fleet.worker_conn(node) as w:
+            assert w.execute("SELECT to_regclass(format('%%I.%%I', %s::text, %s::text))",
+                             [shard_schema, shard_table]).fetchone() == (None,)
+    assert conn.execute("SELECT count(*) FROM pgfleet.foreign_keys WHERE name = 'items_order_fk'").fetchone() == (0,)

@@ -62,6 +62,13 @@ def test_session_state_and_search_path() -> None:
                 "SELECT * INTO x FROM orders", "DECLARE c CURSOR FOR SELECT 1", "SELECT 1; SELECT 2"):
         assert not session_neutral(sql), sql
         assert decide(sql, TOPOLOGY, ("public",)).keeps_state is False
+    # SQLAlchemy's connect, Django's table list: read-only, to the coordinator, the session stays routable
+    for sql in ("select pg_catalog.version()", "SELECT current_schema()", "show transaction isolation level",
+                "SELECT c.relname, obj_description(c.oid, 'pg_class') FROM pg_class c WHERE pg_table_is_visible(c.oid)"):
+        decision = decide(sql, TOPOLOGY, ("public",))
+        assert decision.keeps_state and isinstance(decision.route, Coordinator), sql
+    assert decide("SELECT obj_description(1::oid) FROM orders WHERE id = 1", TOPOLOGY, ("public",)).route == \
+        Coordinator("function obj_description may have side effects or read other tables")  # not on a worker
     assert decide("SELECT 1/0", TOPOLOGY, ("public",)) .route == Coordinator("no distributed table")
     assert parse_search_path('"$user", public, "My Schema", Other', "alice") == ("alice", "public", "My Schema", "other")
 

@@ -190,6 +190,16 @@ class PreparedCache:
         return None if isinstance(route, Coordinator) else route  # likewise (e.g. -5 is an expression on $1)
 
 
+# Read-only functions that drivers and ORMs call at connect and in introspection (SQLAlchemy's
+# version(), Django's table list): they change no session state, but are not SAFE_FUNCTIONS, which may
+# also run on a worker (whose version and comments differ): a statement calling them goes to the coordinator.
+_INFORMATIONAL_FUNCTIONS = frozenset({
+    "version", "current_schema", "current_schemas", "current_database", "current_user", "session_user",
+    "current_setting", "obj_description", "col_description", "pg_table_is_visible", "pg_type_is_visible",
+    "format_type", "pg_get_indexdef", "pg_get_constraintdef", "pg_get_expr", "pg_get_serial_sequence",
+})
+
+
 @functools.lru_cache(maxsize=1024)
 def session_neutral(sql: str) -> bool:
     """True when the statement is one SELECT/INSERT/UPDATE/DELETE calling only built-in functions without
@@ -199,6 +209,8 @@ def session_neutral(sql: str) -> bool:
         stmts = parse_sql(sql)
     except ParseError:
         return True  # the coordinator reports the syntax error; nothing changes
+    if len(stmts) == 1 and isinstance(stmts[0].stmt, ast.VariableShowStmt):
+        return True  # SHOW reads a setting (SQLAlchemy's connect: SHOW transaction isolation level)
     if len(stmts) != 1 or not isinstance(stmts[0].stmt, DML):
         return False
     stack: list[object] = [stmts[0].stmt]
@@ -209,7 +221,7 @@ def session_neutral(sql: str) -> bool:
         elif isinstance(node, ast.Node):
             if isinstance(node, ast.FuncCall):
                 name = ".".join(n.sval for n in node.funcname or ())
-                if name.removeprefix("pg_catalog.") not in SAFE_FUNCTIONS:
+                if name.removeprefix("pg_catalog.") not in SAFE_FUNCTIONS | _INFORMATIONAL_FUNCTIONS:
                     return False
             if isinstance(node, ast.IntoClause):
                 return False

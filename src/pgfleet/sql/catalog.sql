@@ -447,7 +447,23 @@ BEGIN
     IF coalesce(current_setting('pgfleet.internal', true), '') = 'on' THEN
         RETURN;
     END IF;
-    FOR obj IN SELECT * FROM pg_event_trigger_dropped_objects() LOOP
+    -- A table whose shards or copies others' shards reference (pgfleet.foreign_keys) is dropped on the
+    -- workers after them: one statement may drop both (DROP TABLE a, b; DROP SCHEMA … CASCADE).
+    FOR obj IN
+        WITH RECURSIVE dropped AS (
+            SELECT d.objid, d.object_type, d.ordinality FROM pg_event_trigger_dropped_objects() WITH ORDINALITY d
+        ), managed AS (
+            SELECT objid FROM dropped WHERE object_type = 'table' AND objid IN (SELECT relid FROM pgfleet.tables)
+        ), chain (relid, depth) AS (
+            SELECT objid, 0 FROM managed
+            UNION
+            SELECT f.ref_relid, c.depth + 1 FROM chain c JOIN pgfleet.foreign_keys f ON f.relid = c.relid
+            WHERE f.ref_relid <> f.relid AND f.ref_relid IN (SELECT objid FROM managed) AND c.depth < 64
+        )
+        SELECT d.objid, d.object_type FROM dropped d
+        LEFT JOIN (SELECT relid, max(depth) AS depth FROM chain GROUP BY relid) r ON r.relid = d.objid
+        ORDER BY coalesce(r.depth, 0), d.ordinality
+    LOOP
         IF obj.object_type = 'table' THEN
             SELECT * INTO t FROM pgfleet.tables WHERE relid = obj.objid;
             CONTINUE WHEN NOT FOUND;

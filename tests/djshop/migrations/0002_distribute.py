@@ -1,0 +1,18 @@
+"""Distribute through pgfleet's SQL API, in the migration's transaction: countries to every worker,
+customers by id, orders co-located with them on the customer's id; the key between the two distributed
+tables is pgfleet's (PostgreSQL cannot hold it on the coordinator)."""
+
+from __future__ import annotations
+
+from django.db import migrations
+
+
+class Migration(migrations.Migration):
+    dependencies = [("djshop", "0001_initial")]
+    operations = [
+        migrations.RunSQL("SELECT pgfleet.reference_table('djshop_country')"),
+        migrations.RunSQL("SELECT pgfleet.distribute_table('djshop_customer', 'id', shard_count => 4)"),
+        migrations.RunSQL("SELECT pgfleet.distribute_table('djshop_order', 'customer_id', colocate_with => 'djshop_customer')"),
+        migrations.RunSQL("SELECT pgfleet.add_foreign_key('djshop_order', 'djshop_order_customer_fk', ARRAY['customer_id'], "
+                          "'djshop_customer', ARRAY['id'], on_delete => 'cascade')"),
+    ]
