@@ -1,0 +1,217 @@
+"""The ORM path through the router: BEGIN (a Query, or a prepared statement) then Parse/Bind/Execute/Sync
+with $n values, as a non-superuser role. Autocommit batches of any role run on the worker under that
+role; batches in a transaction are statements of the router's transaction (on one worker, or on several
+with two-phase commit); the results are those of the coordinator."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterator
+from typing import Any
+
+import psycopg
+import pytest
+from psycopg import sql
+
+from conftest import routing_router
+from pgfleet.cluster.fleet import Fleet
+from pgfleet.cluster.local import LocalCluster
+from pgfleet.pgbench import pgbench_numbers
+from pgfleet.proc import run as run_proc
+from pgfleet.router.server import RouterServer
+from pgfleet.spec import DistributeSpec, HashSpec, QualifiedName
+from test_roles import drop_role
+from test_router_txn import ACCOUNTS, BALANCE, keys_by_node, prepared_everywhere
+
+pytestmark = pytest.mark.cluster
+
+APP, PASSWORD = "pgfleet_test_orm", "orm pw 1"
+
+
+@pytest.fixture
+def accounts(fleet: Fleet, schema: str) -> Iterator[str]:
+    """acct (distributed, 4 shards on 2 workers): SELECT, INSERT and UPDATE (balance) for APP, not note."""
+    conn = fleet.conn()
+    drop_role(fleet, APP)
+    conn.execute(sql.SQL("CREATE ROLE {} LOGIN PASSWORD {}").format(sql.Identifier(APP), sql.Literal(PASSWORD)))
+    conn.execute("CREATE TABLE acct (id bigint PRIMARY KEY, balance bigint NOT NULL CHECK (balance >= 0), note text)")
+    conn.execute(f"INSERT INTO acct SELECT g, {BALANCE}, '' FROM generate_series(1, {ACCOUNTS}) g")
+    fleet.distribute(DistributeSpec(QualifiedName(schema, "acct"), "id", HashSpec(4)))
+    app = sql.Identifier(APP)
+    conn.execute(sql.SQL("GRANT USAGE ON SCHEMA {} TO {}").format(sql.Identifier(schema), app))
+    conn.execute(sql.SQL("GRANT SELECT, INSERT, UPDATE (balance) ON acct TO {}").format(app))
+    yield schema
+    conn.execute(sql.SQL("DROP SCHEMA IF EXISTS {} CASCADE").format(sql.Identifier(schema)))
+    drop_role(fleet, APP)
+
+
+@pytest.fixture
+def router(cluster: LocalCluster, accounts: str) -> Iterator[RouterServer]:
+    with routing_router(cluster) as server:
+        assert server.config.routing is not None
+        server.config.routing.refresh()  # the role and its grants are copied to the workers
+        yield server
+
+
+def connect(cluster: LocalCluster, port: int, schema: str, *, autocommit: bool = False) -> psycopg.Connection[Any]:
+    """As an ORM connects: psycopg's own BEGIN (a Query), then statements with bound parameters."""
+    return psycopg.connect(host="127.0.0.1", port=port, dbname=cluster.spec.dbname, user=APP, password=PASSWORD,
+                           options=f"-c search_path={schema}", autocommit=autocommit)
+
+
+def balance(conn: psycopg.Connection[Any], key: int) -> int:
+    row = conn.execute("SELECT balance FROM acct WHERE id = %s", (key,)).fetchone()
+    assert row is not None
+    return int(row[0])
+
+
+def direct_balance(cluster: LocalCluster, schema: str, key: int) -> int:
+    with connect(cluster, cluster.spec.coordinator.port, schema, autocommit=True) as direct:
+        return balance(direct, key)
+
+
+def test_autocommit_batches_of_a_role_run_on_the_worker(cluster: LocalCluster, router: RouterServer,
+                                                       accounts: str) -> None:
+    stats = router.context.stats
+    with connect(cluster, router.config.port, accounts, autocommit=True) as conn:
+        before = stats.routed
+        assert conn.execute("SELECT current_user, balance FROM acct WHERE id = %s", (3,)).fetchone() == (APP, BALANCE)
+        assert conn.execute("UPDATE acct SET balance = balance + 1 WHERE id = %s", (3,)).rowcount == 1
+        assert stats.routed == before + 2  # both on the worker, as the role
+        before = (stats.routed, stats.routing_fallbacks)
+        with pytest.raises(psycopg.errors.InsufficientPrivilege) as denied:  # no UPDATE on note
+            conn.execute("UPDATE acct SET note = %s WHERE id = %s", ("x", 3))
+        assert "permission denied for table acct" in str(denied.value)  # the coordinator's words
+        assert (stats.routed, stats.routing_fallbacks) == (before[0], before[1] + 1)
+        assert conn.execute("SELECT current_user").fetchone() == (APP,)  # the role ended with the batch
+    assert direct_balance(cluster, accounts, 3) == BALANCE + 1
+    assert stats.pinned_sessions == 0
+
+
+def test_transaction_on_one_worker(cluster: LocalCluster, router: RouterServer, accounts: str) -> None:
+    stats = router.context.stats
+    a, b = next(iter(keys_by_node(router, accounts).values()))[:2]
+    with connect(cluster, router.config.port, accounts) as conn:
+        before = (stats.routed, stats.worker_transactions)
+        conn.execute("UPDATE acct SET balance = balance - %s WHERE id = %s", (10, a))
+        conn.execute("UPDATE acct SET balance = balance + %s WHERE id = %s", (10, b))
+        assert conn.info.transaction_status == psycopg.pq.TransactionStatus.INTRANS
+        assert (balance(conn, a), balance(conn, b)) == (BALANCE - 10, BALANCE + 10)  # its own writes
+        assert conn.execute("SELECT current_user FROM acct WHERE id = %s", (a,)).fetchone() == (APP,)  # its role
+        assert direct_balance(cluster, accounts, a) == BALANCE  # not visible before COMMIT
+        conn.commit()
+        assert conn.info.transaction_status == psycopg.pq.TransactionStatus.IDLE
+        assert (direct_balance(cluster, accounts, a), direct_balance(cluster, accounts, b)) == (BALANCE - 10, BALANCE + 10)
+        assert stats.routed >= before[0] + 4 and stats.worker_transactions == before[1] + 1
+        assert stats.coordinator_transactions == 0
+
+        conn.execute("UPDATE acct SET balance = 0 WHERE id = %s", (a,))
+        assert balance(conn, a) == 0
+        conn.rollback()
+        assert direct_balance(cluster, accounts, a) == BALANCE - 10
+
+        # an error fails the transaction: the next statement gets 25P02, ROLLBACK ends it
+        conn.execute("UPDATE acct SET balance = balance + 1 WHERE id = %s", (a,))
+        with pytest.raises(psycopg.errors.CheckViolation):
+            conn.execute("UPDATE acct SET balance = balance - %s WHERE id = %s", (1000, b))
+        assert conn.info.transaction_status == psycopg.pq.TransactionStatus.INERROR
+        with pytest.raises(psycopg.errors.InFailedSqlTransaction):
+            conn.execute("SELECT balance FROM acct WHERE id = %s", (a,))
+        conn.rollback()
+        # a privilege the role lacks fails it as on the coordinator
+        conn.execute("SELECT balance FROM acct WHERE id = %s", (a,))
+        with pytest.raises(psycopg.errors.InsufficientPrivilege):
+            conn.execute("UPDATE acct SET note = %s WHERE id = %s", ("x", a))
+        conn.rollback()
+        assert balance(conn, a) == BALANCE - 10
+        conn.commit()
+    assert stats.coordinator_transactions == 0 and stats.pinned_sessions == 0
+
+
+def test_transfer_between_two_workers(cluster: LocalCluster, router: RouterServer, accounts: str) -> None:
+    stats = router.context.stats
+    here, there = (keys[0] for keys in keys_by_node(router, accounts).values())
+    with connect(cluster, router.config.port, accounts) as conn:
+        before = stats.two_phase_commits
+        with conn.transaction():
+            conn.execute("UPDATE acct SET balance = balance - %s WHERE id = %s", (30, here))
+            conn.execute("UPDATE acct SET balance = balance + %s WHERE id = %s", (30, there))
+            assert (balance(conn, here), balance(conn, there)) == (BALANCE - 30, BALANCE + 30)
+            with conn.transaction():  # a savepoint on both participants
+                conn.execute("UPDATE acct SET balance = 0 WHERE id = %s", (here,))
+                conn.execute("UPDATE acct SET balance = 0 WHERE id = %s", (there,))
+                raise psycopg.Rollback()
+        assert stats.two_phase_commits == before + 1
+        conn.commit()
+    assert (direct_balance(cluster, accounts, here), direct_balance(cluster, accounts, there)) == (BALANCE - 30,
+                                                                                                BALANCE + 30)
+    assert prepared_everywhere(cluster) == 0
+
+
+def test_statements_match_the_coordinator(cluster: LocalCluster, fleet: Fleet, router: RouterServer,
+                                          accounts: str) -> None:
+    """The same transactions through the router and on the coordinator: the same results (differential)."""
+    here, there = (keys[0] for keys in keys_by_node(router, accounts).values())
+    stats = router.context.stats
+
+    def session(port: int) -> list[Any]:
+        seen: list[Any] = []
+        with connect(cluster, port, accounts) as conn:
+            seen.append(conn.execute("INSERT INTO acct VALUES (%s, %s, NULL) RETURNING id, balance",
+                                     (ACCOUNTS + 1, 7)).fetchall())
+            seen.append(conn.execute("UPDATE acct SET balance = balance * %s WHERE id = %s RETURNING balance",
+                                     (2, here)).fetchall())
+            seen.append(conn.execute("SELECT id, balance, note FROM acct WHERE id = %s", (here,)).fetchall())
+            conn.commit()
+            seen.append(conn.execute("UPDATE acct SET balance = balance - %s WHERE id = %s", (5, there)).rowcount)
+            seen.append(conn.execute("SELECT balance FROM acct WHERE id = %s", (there,)).fetchall())
+            seen.append(conn.execute("SELECT balance FROM acct WHERE id = %s", (here,)).fetchall())  # joins
+            conn.rollback()
+            seen.append(conn.execute("SELECT id, balance FROM acct WHERE id = ANY(%s) ORDER BY id",
+                                     ([here, there],)).fetchall())
+            conn.commit()
+        return seen
+
+    via_router = session(router.config.port)
+    undo = fleet.conn()  # then the same on the coordinator
+    undo.execute(sql.SQL("UPDATE {}.acct SET balance = balance / 2 WHERE id = %s").format(sql.Identifier(accounts)), (here,))
+    undo.execute(sql.SQL("DELETE FROM {}.acct WHERE id = %s").format(sql.Identifier(accounts)), (ACCOUNTS + 1,))
+    assert stats.routed == 6 and stats.coordinator_transactions == 1  # the last transaction's two-shard SELECT
+    direct_results = session(cluster.spec.coordinator.port)
+    assert via_router == direct_results
+
+
+def test_pgbench_prepared_tpcb(cluster: LocalCluster, fleet: Fleet, router: RouterServer) -> None:
+    """pgbench -M prepared sends BEGIN, its statements and END as prepared statements: every transaction
+    runs on the workers, none fails, the balances add up."""
+    pgbench = [cluster.binaries.path("pgbench"), "-h", "127.0.0.1", "-U", cluster.spec.superuser]
+    env = {"PGPASSWORD": cluster.spec.coordinator.password, "PGDATABASE": cluster.spec.dbname}
+    conn = fleet.conn()
+    tables = "public.pgbench_accounts, public.pgbench_branches, public.pgbench_tellers, public.pgbench_history"
+    conn.execute(f"DROP TABLE IF EXISTS {tables}")
+    run_proc([*pgbench, "-p", str(cluster.spec.coordinator.port), "-i", "-q", "-s", "2"], env=env, timeout=120,
+             what="pgbench -i")
+    try:
+        for table, key in (("accounts", "aid"), ("history", "aid"), ("branches", "bid"), ("tellers", "tid")):
+            fleet.distribute(DistributeSpec(QualifiedName("public", f"pgbench_{table}"), key, HashSpec(4)))
+        time.sleep(2.5)  # the router reads the catalog every 2 s
+        assert router.context.routing is not None
+        router.context.routing.refresh()
+        stats = router.context.stats
+        before = (stats.routed, stats.two_phase_commits, stats.worker_transactions)
+        out = run_proc([*pgbench, "-p", str(router.config.port), "-n", "-M", "prepared", "-c", "4", "-j", "2", "-T", "4"],
+                       env=env, timeout=120, what="pgbench").stdout
+        numbers = pgbench_numbers(out)
+        assert numbers["transactions"] > 50, out
+        assert numbers.get("failed", 0) == 0, out
+        assert stats.coordinator_transactions == 0
+        assert stats.routed - before[0] >= 5 * numbers["transactions"]  # the five statements of each, on workers
+        assert stats.two_phase_commits > before[1]
+        assert (stats.worker_transactions - before[2]) + (stats.two_phase_commits - before[1]) >= numbers["transactions"]
+        sums = conn.execute("SELECT (SELECT sum(abalance) FROM pgbench_accounts), (SELECT sum(bbalance) FROM "
+                            "pgbench_branches), (SELECT sum(tbalance) FROM pgbench_tellers), (SELECT sum(delta) "
+                            "FROM pgbench_history), (SELECT count(*) FROM pgbench_history)").fetchone()
+        assert sums is not None and sums[0] == sums[1] == sums[2] == sums[3] and sums[4] >= numbers["transactions"]
+        assert prepared_everywhere(cluster) == 0
+    finally:
+        conn.execute(f"DROP TABLE IF EXISTS {tables}")
