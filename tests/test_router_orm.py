@@ -215,3 +215,51 @@ def test_pgbench_prepared_tpcb(cluster: LocalCluster, fleet: Fleet, router: Rout
         assert prepared_everywhere(cluster) == 0
     finally:
         conn.execute(f"DROP TABLE IF EXISTS {tables}")
+
+
+def test_prepared_statements_and_refusals_in_a_transaction(cluster: LocalCluster, router: RouterServer,
+                                                           accounts: str) -> None:
+    """Named prepared statements (Parse alone, then Bind/Execute), SAVEPOINT and COMMIT sent as prepared
+    statements, a statement that needs the coordinator (refused after a write, moving the transaction
+    after reads), a syntax error: as on one server."""
+    stats = router.context.stats
+    a = next(iter(keys_by_node(router, accounts).values()))[0]
+    intrans, inerror = psycopg.pq.TransactionStatus.INTRANS, psycopg.pq.TransactionStatus.INERROR
+    with connect(cluster, router.config.port, accounts) as conn:
+        assert conn.execute("SELECT balance FROM acct WHERE id = %s", (a,), prepare=True).fetchone() == (BALANCE,)
+        conn.execute("UPDATE acct SET balance = balance + %s WHERE id = %s", (1, a), prepare=True)
+        assert conn.execute("SELECT balance FROM acct WHERE id = %s", (a,), prepare=True).fetchone() == (BALANCE + 1,)
+        assert conn.info.transaction_status == intrans
+        with pytest.raises(psycopg.errors.FeatureNotSupported, match="wrote on worker"):
+            conn.execute("SELECT count(*) FROM acct WHERE balance > %s", (0,))
+        assert conn.info.transaction_status == inerror
+        conn.rollback()
+        assert stats.coordinator_transactions == 0
+
+        assert balance(conn, a) == BALANCE  # reads only: the transaction moves to the coordinator
+        assert conn.execute("SELECT count(*) FROM acct WHERE balance >= %s", (0,)).fetchone() == (ACCOUNTS,)
+        conn.execute("UPDATE acct SET balance = balance + %s WHERE id = %s", (1, a))
+        conn.commit()
+        assert stats.coordinator_transactions == 1
+        assert direct_balance(cluster, accounts, a) == BALANCE + 1
+
+        assert balance(conn, a) == BALANCE + 1  # a syntax error fails the transaction (moved: the coordinator says it)
+        with pytest.raises(psycopg.errors.SyntaxError):
+            conn.execute("SELEC %s", (1,))
+        assert conn.info.transaction_status == inerror
+        conn.rollback()
+        assert stats.coordinator_transactions == 2
+
+        routed = stats.routed
+        conn.execute("UPDATE acct SET balance = balance + %s WHERE id = %s", (100, a))
+        conn.execute("SAVEPOINT s1", prepare=True)
+        conn.execute("UPDATE acct SET balance = %s WHERE id = %s", (0, a))
+        assert balance(conn, a) == 0
+        conn.execute("ROLLBACK TO SAVEPOINT s1", prepare=True)
+        assert balance(conn, a) == BALANCE + 101
+        assert conn.info.transaction_status == intrans
+        conn.execute("COMMIT", prepare=True)
+        assert conn.info.transaction_status == psycopg.pq.TransactionStatus.IDLE
+        assert stats.routed == routed + 4
+    assert direct_balance(cluster, accounts, a) == BALANCE + 101
+    assert stats.coordinator_transactions == 2 and stats.pinned_sessions == 0  # DEALLOCATE ALL did not pin it

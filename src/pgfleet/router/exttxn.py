@@ -27,7 +27,7 @@ from . import protocol as p
 from . import wire
 from .analyze import Coordinator, Shard
 from .backend import BackendError
-from .batches import Message, Plan, Statement, client_reply
+from .batches import Message, Plan, Statement, client_reply, read_bind, read_parse
 from .routing import Decision
 from .twophase import messages, status_of
 from .txn import CONNECTION_FAILURE, NOT_SUPPORTED, UNCHECKED_LIMIT, Transaction, ready
@@ -39,6 +39,11 @@ log = logging.getLogger(__name__)
 
 BIND_COMPLETE = p.BindComplete().encode()
 NO_DATA = p.NoData().encode()
+
+
+class WithParse(bytes):
+    """Messages for the coordinator after the setup Query, beginning with a Parse of the unnamed statement
+    that the router sends again (the Query dropped it): its ParseComplete is not the client's."""
 
 
 def frames(batch: list[Message] | tuple[Message, ...]) -> bytes:
@@ -111,8 +116,9 @@ class ExtendedTransactions:
     def aborted(self) -> None:
         self.session.transactions._aborted()
 
-    def statement_messages(self, batch: list[Message]) -> None:
-        """Parse/Describe/Close only: the coordinator answers, the status is the transaction's."""
+    def statement_messages(self, batch: list[Message], *, forget: bool = False) -> None:
+        """Parse/Describe/Close only, or a DEALLOCATE ALL Query (``forget``): the coordinator answers (outside
+        the transaction: prepared statements are not transactional), the status is the transaction's."""
         session = self.session
         router = self.router
         session.busy = True
@@ -121,6 +127,8 @@ class ExtendedTransactions:
 
         def done(reply: list[Message]) -> None:
             router.statements.replies([t for t, _ in reply])
+            if forget:
+                router.statements.clear()
             txn = session.transactions.txn
             if txn is not None and any(t == b"E" for t, _ in reply):
                 txn.failed = True  # as an error at Parse fails a transaction on one server
@@ -139,7 +147,7 @@ class ExtendedTransactions:
         txn = tc.txn
         assert txn is not None
         session._write(answered)
-        raw = frames(messages_)
+        raw = self._for_coordinator(messages_)
         decision = Decision(Coordinator(reason), not pin)
         if txn.failed:
             tc._aborted()
@@ -152,6 +160,21 @@ class ExtendedTransactions:
             return
         if session.busy:
             session.resume()
+
+    def _for_coordinator(self, messages_: list[Message] | tuple[Message, ...]) -> bytes:
+        """The messages, after the Query that begins the transaction there: a Bind of the unnamed statement
+        not parsed in them gets its Parse again first."""
+        raw = frames(messages_)
+        for type_byte, payload in messages_:
+            if type_byte == b"P" and read_parse(payload).name == "":
+                break
+            if type_byte == b"B":
+                bind = read_bind(payload)
+                known = self.router.statements.get("")
+                if bind is not None and bind.statement == "" and known is not None:
+                    return WithParse(p.Parse("", known.sql, known.client_types).encode() + raw)
+                break
+        return raw
 
     def on_worker(self, plan: Plan, route: Shard, statement: Statement, answered: bytes) -> None:
         session = self.session
@@ -177,7 +200,7 @@ class ExtendedTransactions:
             except BackendError as exc:
                 if not txn.participants:  # nothing ran yet: the coordinator takes the transaction
                     log.warning("cannot reach %s, the transaction goes to the coordinator: %s", route.node, exc)
-                    tc._to_coordinator(txn, frames(plan.tail))
+                    tc._to_coordinator(txn, self._for_coordinator(plan.tail))
                 else:
                     tc._fail(txn, CONNECTION_FAILURE, f"pgfleet router: cannot connect to worker {route.node}: {exc}",
                              "roll back (to a savepoint) and retry")

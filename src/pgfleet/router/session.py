@@ -26,8 +26,9 @@ from .backend import BackendError, WorkerConnection
 from .backend import CANNOT_CONNECT, denied, lost_in_flight
 from .context import Address, RouterContext
 from .extended import ExtendedRouter
+from .exttxn import WithParse
 from .keys import CancelKey
-from .routing import Decision, decide, parse_search_path
+from .routing import Decision, deallocates_all, decide, parse_search_path
 from .txn import ReplySkipper, TransactionControl
 
 log = logging.getLogger(__name__)
@@ -312,6 +313,15 @@ class ClientSession(asyncio.Protocol):
             sql = data[5:-1].decode(errors="strict" if self.transactions.txn is None else "replace")
         except UnicodeDecodeError:
             return False
+        if deallocates_all(sql):  # psycopg's after a ROLLBACK: the session is not pinned, the statements are forgotten
+            txn = self.transactions.txn
+            if txn is None:
+                self.extended.statements.clear()
+                return False
+            if txn.failed:
+                return self.transactions.handle(sql, data)  # 25P02
+            self.extended.txns.statement_messages([(b"Q", data[5:])], forget=True)  # outside the transaction
+            return True
         if self.transactions.handle(sql, data):
             self.context.stats.queries += 1
             return True
@@ -432,7 +442,7 @@ class ClientSession(asyncio.Protocol):
             broken.close()
 
     def to_coordinator(self, setup: str, raw: bytes) -> None:
-        self.skipper = ReplySkipper()
+        self.skipper = ReplySkipper(extra_parse=isinstance(raw, WithParse))
         self.coordinator_txn = True
         self.outstanding += 1  # the setup's ReadyForQuery is not counted
         self.reply_shaper = None  # the coordinator answers

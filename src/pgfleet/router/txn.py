@@ -453,11 +453,14 @@ class TransactionControl:
 
 class ReplySkipper:
     """Drops the coordinator's answer to the setup Query (up to and including its ReadyForQuery) from the
-    bytes relayed to the client."""
+    bytes relayed to the client, and with ``extra_parse`` the ParseComplete of a Parse the router sent again
+    after it (a Query drops the unnamed statement)."""
 
-    def __init__(self) -> None:
+    def __init__(self, extra_parse: bool = False) -> None:
         self._buf = b""
         self.done = False
+        self.extra_parse = extra_parse
+        self._ready = False  # the setup's ReadyForQuery came
 
     def feed(self, data: bytes) -> bytes:
         """What follows the skipped answer in ``data`` (b'' while it is still coming)."""
@@ -470,8 +473,15 @@ class ReplySkipper:
             if len(buf) - pos < 1 + length:
                 break
             type_byte = buf[pos:pos + 1]
+            if self._ready:
+                pos += 1 + length if type_byte == b"1" else 0
+                self.done = True
+                self._buf = b""
+                return buf[pos:]
             pos += 1 + length
-            if type_byte == b"Z":
+            if type_byte == b"Z" and self.extra_parse:
+                self._ready = True
+            elif type_byte == b"Z":
                 self.done = True
                 self._buf = b""
                 return buf[pos:]
