@@ -18,9 +18,16 @@ statement on one shard, runs on the owning worker:
    dropped and the coordinator's RowDescription (see :func:`.batches.client_reply`); errors are the
    worker's, an error at Bind skipping to Sync as in PostgreSQL.
 
+The worker runs the batch under the session's role: for another role than the router's login, Parse/
+Bind/Execute of ``SET LOCAL ROLE`` come first in the same round trip (the batch is one implicit
+transaction, so the role ends with it) and their replies are dropped; a refusal there (42501) sends the
+batch to the coordinator, which answers in its own words.
+
 A Flush before Sync sends what came so far to the coordinator and the rest of that batch follows it
 there (the client waits for replies); batches with several Executes, named portals or Close go there
-too. Statements that may change session state (SET, PREPARE, BEGIN, …) pin the session at their Parse.
+too. Statements that may change session state (SET, PREPARE, …) pin the session at their Parse;
+transaction-control statements (BEGIN, COMMIT, SAVEPOINT, …) and every batch inside a router transaction
+go to :mod:`.exttxn`.
 """
 
 from __future__ import annotations

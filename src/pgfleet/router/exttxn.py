@@ -138,6 +138,18 @@ class ExtendedTransactions:
 
         router.capture_reply(frames(batch), done)
 
+    def deallocate_all(self, text: str, raw: bytes) -> bool:
+        """A DEALLOCATE ALL Query: the statements are forgotten. In autocommit the coordinator runs it (False:
+        relay it); in a transaction the coordinator answers it outside (a failed one answers 25P02)."""
+        txn = self.session.transactions.txn
+        if txn is None:
+            self.router.statements.clear()
+            return False
+        if txn.failed:
+            return self.session.transactions.handle(text, raw)
+        self.statement_messages([(b"Q", raw[5:])], forget=True)
+        return True
+
     def elsewhere(self, messages_: list[Message] | tuple[Message, ...], answered: bytes, reason: str,
                   *, pin: bool = False) -> None:
         """A statement of the transaction that the coordinator must run (``messages_``: what is left of

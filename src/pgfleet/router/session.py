@@ -313,15 +313,8 @@ class ClientSession(asyncio.Protocol):
             sql = data[5:-1].decode(errors="strict" if self.transactions.txn is None else "replace")
         except UnicodeDecodeError:
             return False
-        if deallocates_all(sql):  # psycopg's after a ROLLBACK: the session is not pinned, the statements are forgotten
-            txn = self.transactions.txn
-            if txn is None:
-                self.extended.statements.clear()
-                return False
-            if txn.failed:
-                return self.transactions.handle(sql, data)  # 25P02
-            self.extended.txns.statement_messages([(b"Q", data[5:])], forget=True)  # outside the transaction
-            return True
+        if deallocates_all(sql):  # psycopg's after a ROLLBACK: the session is not pinned
+            return self.extended.txns.deallocate_all(sql, data)
         if self.transactions.handle(sql, data):
             self.context.stats.queries += 1
             return True

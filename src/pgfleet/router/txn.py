@@ -1,4 +1,5 @@
-"""Client transactions through the router (simple protocol), one state machine per session.
+"""Client transactions through the router, one state machine per session (extended-protocol batches come
+through :mod:`.exttxn` as statements of the same transactions).
 
 BEGIN / START TRANSACTION (and SET TRANSACTION before the first statement) is answered by the router
 itself and only remembered. The first statement decides where the transaction runs:
@@ -149,9 +150,10 @@ class TransactionControl:
         return True
 
     def unsupported(self) -> bool:
-        """The client sent something else than one whole Query (extended protocol, COPY, pipelining). A
-        transaction that has not run anything yet moves to the coordinator (False: relay it there); one
-        that runs on workers cannot take it: the session ends, which rolls the transaction back (True)."""
+        """The client sent something else than one whole Query or a batch up to Sync (COPY, pipelined
+        Queries, a Flush before Sync). A transaction that has not run anything yet moves to the coordinator
+        (False: relay it there); one that runs on workers cannot take it: the session ends, which rolls the
+        transaction back (True)."""
         txn = self.txn
         if txn is None:
             return False
@@ -159,9 +161,9 @@ class TransactionControl:
             self._to_coordinator(txn, b"")
             return False
         self.txn = None
-        self.host.refuse(NOT_SUPPORTED, "pgfleet router: extended-protocol, COPY or pipelined messages in a transaction "
+        self.host.refuse(NOT_SUPPORTED, "pgfleet router: COPY, pipelined Queries or a Flush in a transaction "
                          f"that runs on worker {', '.join(txn.participants)} are not supported; the transaction was "
-                         "rolled back", hint="use the simple protocol (one Query at a time) in such transactions")
+                         "rolled back", hint="send one Query, or one batch up to Sync, at a time in such transactions")
         return True
 
     def _aborted(self) -> None:
