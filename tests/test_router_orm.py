@@ -5,6 +5,7 @@ with two-phase commit); the results are those of the coordinator."""
 
 from __future__ import annotations
 
+import asyncio
 import time
 from collections.abc import Iterator
 from typing import Any
@@ -18,6 +19,9 @@ from pgfleet.cluster.fleet import Fleet
 from pgfleet.cluster.local import LocalCluster
 from pgfleet.pgbench import pgbench_numbers
 from pgfleet.proc import run as run_proc
+from pgfleet.router import protocol as p
+from pgfleet.router import wire
+from pgfleet.router.backend import WorkerConnection, WorkerLogin
 from pgfleet.router.server import RouterServer
 from pgfleet.spec import DistributeSpec, HashSpec, QualifiedName
 from test_roles import drop_role
@@ -263,3 +267,64 @@ def test_prepared_statements_and_refusals_in_a_transaction(cluster: LocalCluster
         assert stats.routed == routed + 4
     assert direct_balance(cluster, accounts, a) == BALANCE + 101
     assert stats.coordinator_transactions == 2 and stats.pinned_sessions == 0  # DEALLOCATE ALL did not pin it
+
+
+def extended(sql_text: str, *params: bytes | None, describe: bool = True, name: str = "") -> bytes:
+    """Parse (of ``name``, the types left to the server, as libpq and pgbench send them), Bind, [Describe
+    portal,] Execute, Sync."""
+    return b"".join((p.Parse(name, sql_text, ()).encode(), p.Bind("", name, (), params, ()).encode(),
+                     p.Describe("P", "").encode() if describe else b"", p.Execute("", 0).encode(), p.Sync().encode()))
+
+
+def test_replies_in_a_transaction_are_the_coordinators(cluster: LocalCluster, fleet: Fleet, router: RouterServer,
+                                                       accounts: str) -> None:
+    """Raw batches, as a client sends them, in autocommit and in transactions (prepared BEGIN/COMMIT, the
+    unnamed statement parsed again with values that do not place it, an error failing the transaction):
+    through the router and straight to the coordinator, the same messages."""
+    stats = router.context.stats
+    lookup = "SELECT balance FROM acct WHERE id = $1"
+    update = "UPDATE acct SET balance = balance + 1 WHERE id = $1"
+    named_bind = b"".join((p.Bind("", "b", (), (), ()).encode(), p.Describe("P", "").encode(),
+                           p.Execute("", 0).encode(), p.Sync().encode()))
+    batches = [  # (messages, routed)
+        (extended(lookup, b"5"), 1), (extended(lookup, b"6"), 1),
+        (extended(lookup, None), 0),  # parsed again, NULL does not place it: the coordinator answers all of it
+        (p.Parse("b", "BEGIN", ()).encode() + p.Sync().encode(), 0),
+        (named_bind, 0),  # a prepared BEGIN: the router's transaction
+        (extended(update, b"5"), 1), (extended(lookup, b"5"), 1),
+        (extended("UPDATE acct SET balance = balance - 1000 WHERE id = $1", b"5"), 1),  # 23514: the transaction fails
+        (extended(lookup, b"5"), 0),  # 25P02
+        (extended("ROLLBACK"), 0),
+        (extended(lookup, b"5"), 1),
+        (extended("BEGIN", describe=False), 0), (extended(lookup, b"7"), 1), (extended(update, b"7"), 1),
+        (extended("COMMIT"), 0), (extended("COMMIT"), 0),  # the second: no transaction, a warning
+    ]
+
+    async def replies(port: int) -> list[list[tuple[bytes, bytes]]]:
+        login = WorkerLogin("127.0.0.1", port, APP, PASSWORD, cluster.spec.dbname)
+        conn = await WorkerConnection.open(login, (("search_path", accounts),))
+        out = []
+        for batch, routed in batches:
+            before = stats.routed
+            reply = await conn.roundtrip(batch)
+            out.append([(t, payload if t not in (b"E", b"N") else sqlstate_of(t, payload)) for t, payload in
+                        wire.Framer().feed(reply)])
+            if port == router.config.port:
+                assert stats.routed - before == routed, (batch, out[-1])
+        conn.close()
+        return out
+
+    via_router = asyncio.run(replies(router.config.port))
+    reset = fleet.conn()
+    reset.execute(sql.SQL("UPDATE {}.acct SET balance = balance - 1 WHERE id = 7").format(sql.Identifier(accounts)))
+    direct = asyncio.run(replies(cluster.spec.coordinator.port))
+    for (batch, _), got, expected in zip(batches, via_router, direct, strict=True):
+        assert got == expected, batch  # errors and notices compared by SQLSTATE
+    assert [t for t, _ in direct[4]] == [b"2", b"n", b"C", b"Z"] and direct[4][-1] == (b"Z", b"T")
+    assert direct[7][-1] == (b"Z", b"E") and direct[8][-1] == (b"Z", b"E")
+
+
+def sqlstate_of(type_byte: bytes, payload: bytes) -> bytes:
+    error = p.decode_backend(type_byte, payload)
+    assert isinstance(error, p.ErrorResponse)
+    return (error.sqlstate or "").encode()

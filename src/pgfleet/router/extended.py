@@ -322,7 +322,10 @@ class ExtendedRouter:
     def _fallback(self, plan: Plan, batch: list[Message], answered: bytes, exchanged: bool) -> None:
         """Not routed after all: to the coordinator from the Bind on when its statement messages ran there."""
         in_txn = self.session.transactions.txn is not None  # then the transaction machine resumes the session
-        self._coordinator(plan.tail if exchanged else batch, "its values do not place it on one shard", answered)
+        if exchanged:  # the coordinator answered the statement messages: from the Bind on
+            self._coordinator(plan.tail, "its values do not place it on one shard", answered)
+        else:  # the whole batch, which the coordinator answers whole (a ParseComplete the router made is not sent)
+            self._coordinator(batch, "its values do not place it on one shard")
         if self.session.busy and not in_txn:
             self.session.resume()
 

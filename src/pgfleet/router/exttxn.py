@@ -30,7 +30,7 @@ from .backend import BackendError
 from .batches import Message, Plan, Statement, client_reply, read_bind, read_parse
 from .routing import Decision
 from .twophase import messages, status_of
-from .txn import CONNECTION_FAILURE, NOT_SUPPORTED, UNCHECKED_LIMIT, Transaction, ready
+from .txn import CONNECTION_FAILURE, NOT_SUPPORTED, UNCHECKED_LIMIT, Transaction, ready, without_parameter_status
 
 if TYPE_CHECKING:
     from .extended import ExtendedRouter
@@ -63,8 +63,9 @@ def role_setup(role: str) -> str:
 
 def after_setup(reply: bytes, count: int) -> tuple[bytes, bool]:
     """(the reply without the answers to ``count`` setup statements, whether all of them succeeded); their
-    notices (SET LOCAL outside a transaction block warns) are dropped too. A failed setup leaves its
-    error and the ReadyForQuery (the rest of the batch was skipped)."""
+    notices (SET LOCAL outside a transaction block warns) are dropped too, and the worker's ParameterStatus
+    messages (is_superuser after SET ROLE: the client's session is the coordinator's). A failed setup
+    leaves its error and the ReadyForQuery (the rest of the batch was skipped)."""
     if count == 0:
         return reply, True
     out = messages(reply)
@@ -72,7 +73,7 @@ def after_setup(reply: bytes, count: int) -> tuple[bytes, bool]:
     while done < count and at < len(out) and out[at][0] in (b"1", b"2", b"C", b"N"):
         done += out[at][0] == b"C"
         at += 1
-    return frames(out[at:]), done == count
+    return frames([m for m in out[at:] if m[0] != b"S"]), done == count
 
 
 def control_reply(data: bytes, describe: bool) -> bytes:
@@ -81,7 +82,7 @@ def control_reply(data: bytes, describe: bool) -> bytes:
     out: list[bytes] = []
     bound = False
     for type_byte, payload in messages(data):
-        if not bound and type_byte in (b"C", b"E"):
+        if not bound and type_byte in (b"N", b"C", b"E"):  # the statement's notices come after the Bind's answer
             out.append(BIND_COMPLETE + (NO_DATA if describe else b""))
             bound = True
         out.append(wire.frame(type_byte, payload))
@@ -242,5 +243,6 @@ class ExtendedTransactions:
                 txn.has_written()
         if status_of(out) == b"E":
             txn.failed = True
+            out = without_parameter_status(out)
         session._write(out)
 

@@ -110,6 +110,13 @@ def complete(tag: str) -> bytes:
     return p.CommandComplete(tag).encode()
 
 
+def without_parameter_status(reply: bytes) -> bytes:
+    """A worker's reply without its ParameterStatus messages: when the transaction aborts, SET LOCAL ROLE
+    ends and the worker reports is_superuser of its login; the client's session is the coordinator's."""
+    out = messages(reply)
+    return b"".join(wire.frame(t, payload) for t, payload in out if t != b"S") if any(t == b"S" for t, _ in out) else reply
+
+
 def without_setup(reply: bytes, count: int) -> bytes:
     """A reply without the CommandComplete messages of the first ``count`` statements (BEGIN, SET LOCAL
     ROLE, SAVEPOINTs); an error among them stays (the statement after it did not run)."""
@@ -441,6 +448,7 @@ class TransactionControl:
                 txn.has_written()
         if status_of(reply) == b"E":
             txn.failed = True
+            reply = without_parameter_status(reply)
         self.host.write(reply)
 
     async def _lost(self, txn: Transaction, node: str) -> None:
