@@ -328,3 +328,53 @@ def sqlstate_of(type_byte: bytes, payload: bytes) -> bytes:
     error = p.decode_backend(type_byte, payload)
     assert isinstance(error, p.ErrorResponse)
     return (error.sqlstate or "").encode()
+
+
+def test_executemany_in_a_transaction(cluster: LocalCluster, router: RouterServer, accounts: str) -> None:
+    """psycopg's executemany (a pipeline: several Executes, one Sync, then a Flush) in a transaction: as
+    the first statement the transaction moves to the coordinator (the session stays routed); after a write
+    on a worker it is refused (0A000), the transaction fails, the session goes on (a limit of this step)."""
+    stats = router.context.stats
+    a, b = next(iter(keys_by_node(router, accounts).values()))[:2]
+    update = "UPDATE acct SET balance = balance + %s WHERE id = %s"
+    with connect(cluster, router.config.port, accounts) as conn:
+        conn.cursor().executemany(update, [(1, a), (2, b)])
+        assert (balance(conn, a), balance(conn, b)) == (BALANCE + 1, BALANCE + 2)
+        conn.commit()
+        assert stats.coordinator_transactions == 1
+        conn.execute(update, (10, a))
+        with pytest.raises(psycopg.errors.FeatureNotSupported, match="wrote on worker"):
+            conn.cursor().executemany(update, [(1, a), (2, b)])
+        assert conn.info.transaction_status == psycopg.pq.TransactionStatus.INERROR
+        conn.rollback()
+        assert (balance(conn, a), balance(conn, b)) == (BALANCE + 1, BALANCE + 2)
+        conn.commit()
+        routed = stats.routed
+        assert balance(conn, a) == BALANCE + 1
+        assert stats.routed == routed + 1
+    assert stats.pinned_sessions == 0
+
+
+def test_flush_before_sync_in_a_worker_transaction(cluster: LocalCluster, router: RouterServer,
+                                                   accounts: str) -> None:
+    """A Flush before Sync in a transaction on a worker: refused at once (0A000), the rest dropped up to
+    the Sync, as after an error on one server; the session goes on."""
+    update = "UPDATE acct SET balance = balance + 1 WHERE id = $1"
+
+    async def run() -> list[list[tuple[bytes, bytes]]]:
+        conn = await WorkerConnection.open(WorkerLogin("127.0.0.1", router.config.port, APP, PASSWORD,
+                                                       cluster.spec.dbname), (("search_path", accounts),))
+        replies = []
+        flushed = extended(update, b"5")[:-len(p.Sync().encode())] + p.Flush().encode() + extended(update, b"6")
+        for request in (p.Query("BEGIN").encode(), extended(update, b"5"), flushed, p.Query("ROLLBACK").encode(),
+                        extended("SELECT balance FROM acct WHERE id = $1", b"5")):
+            replies.append(wire.Framer().feed(await conn.roundtrip(request)))
+        conn.close()
+        return replies
+
+    replies = asyncio.run(run())
+    assert replies[1][-1] == (b"Z", b"T")
+    assert [t for t, _ in replies[2]] == [b"E", b"Z"] and replies[2][-1] == (b"Z", b"E")
+    assert sqlstate_of(*replies[2][0]) == b"0A000"
+    assert replies[3][-1] == (b"Z", b"I")
+    assert (b"D", p.DataRow((str(BALANCE).encode(),)).encode()[5:]) in replies[4]  # rolled back

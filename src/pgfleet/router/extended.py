@@ -52,7 +52,7 @@ from .batches import (
     parameter_values,
     read_parse,
 )
-from .exttxn import ExtendedTransactions, after_setup, role_setup, setup_messages
+from .exttxn import MAX_BATCH, ExtendedTransactions, after_setup, role_setup, setup_messages
 from .routing import session_neutral
 from .twophase import messages as reply_messages
 from .txnstmt import Kind, control
@@ -64,7 +64,6 @@ log = logging.getLogger(__name__)
 
 BATCH_TYPES = frozenset(b"PBDECHS")  # Parse Bind Describe Execute Close Flush Sync
 INTERNAL_ERROR = "XX000"
-MAX_BATCH = 64  # messages kept before a Sync; a longer batch goes to the coordinator as it comes
 MAX_WORKER_STATEMENTS = 1000  # named statements per worker connection; then the unnamed one, parsed each time
 _names = itertools.count(1)
 
@@ -102,6 +101,7 @@ class ExtendedRouter:
         self.statements = Statements()
         self.capture: Capture | None = None
         self.stateful = False  # a Parse in this batch may change session state
+        self.discarding = False  # a refused partial batch: its messages are dropped up to Sync, as after an error
         self.txns = ExtendedTransactions(self)
 
     # --- client side ---------------------------------------------------------------------------------
@@ -131,6 +131,11 @@ class ExtendedRouter:
 
     def _message(self, type_byte: bytes, payload: bytes) -> bool:
         """Take one message; False when the session must be pinned before it."""
+        if self.discarding and type_byte != b"X":
+            if type_byte == b"S":
+                self.discarding = False
+                self.session._write(p.ReadyForQuery("E").encode())
+            return True
         if type_byte == b"Q" and not self.batch and not self.forwarding:
             raw = wire.frame(type_byte, payload)
             if not self.session._try_route([b"Q"], raw, True):
@@ -149,10 +154,14 @@ class ExtendedRouter:
                 if not in_txn:
                     return False
                 self.stateful = True  # the transaction's statement: pinned when it goes to the coordinator
-        if in_txn and not self.forwarding and (type_byte == b"H" or len(self.batch) + 1 >= MAX_BATCH):
-            # the client waits for replies before its Sync: a transaction that has not run anything yet moves
-            # to the coordinator (False: pinned, relayed there); one that runs on workers ends the session
-            return self.session.transactions.unsupported()
+        if in_txn and type_byte == b"H" and not self.batch and not self.forwarding:
+            return True  # nothing is waiting for a reply (psycopg flushes after its Sync): nothing to do
+        if in_txn and not self.forwarding and type_byte != b"S" and (type_byte == b"H" or len(self.batch) + 1 >= MAX_BATCH):
+            # the client waits for replies before its Sync (psycopg's pipelines, executemany)
+            batch, self.batch, self.stateful = [*self.batch, (type_byte, payload)], [], False
+            self.txns.partial_batch(batch)
+            self.forwarding = not self.discarding
+            return True
         if self.forwarding:
             self._to_coordinator([(type_byte, payload)])
             self.forwarding = type_byte != b"S"

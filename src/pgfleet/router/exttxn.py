@@ -30,7 +30,16 @@ from .backend import BackendError
 from .batches import Message, Plan, Statement, client_reply, read_bind, read_parse
 from .routing import Decision
 from .twophase import messages, status_of
-from .txn import CONNECTION_FAILURE, NOT_SUPPORTED, UNCHECKED_LIMIT, Transaction, ready, without_parameter_status
+from .txn import (
+    CONNECTION_FAILURE,
+    IN_FAILED_TRANSACTION,
+    NOT_SUPPORTED,
+    UNCHECKED_LIMIT,
+    Transaction,
+    error,
+    ready,
+    without_parameter_status,
+)
 
 if TYPE_CHECKING:
     from .extended import ExtendedRouter
@@ -38,6 +47,7 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 BIND_COMPLETE = p.BindComplete().encode()
+MAX_BATCH = 64  # messages kept before a Sync; a longer batch goes to the coordinator as it comes
 NO_DATA = p.NoData().encode()
 
 
@@ -138,6 +148,29 @@ class ExtendedTransactions:
             session.resume()
 
         router.capture_reply(frames(batch), done)
+
+    def partial_batch(self, batch: list[Message]) -> None:
+        """A Flush (or a long batch) before Sync: the client waits for replies to what came so far. A
+        transaction that has not run anything yet moves to the coordinator with it (the rest follows as it
+        comes); one that runs on workers refuses it (0A000, the transaction fails) and the rest of the batch
+        is dropped up to its Sync, as after an error on one server."""
+        tc = self.session.transactions
+        txn = tc.txn
+        assert txn is not None
+        if not txn.failed and not txn.participants:
+            tc._to_coordinator(txn, self._for_coordinator(batch))
+            return
+        self.router.discarding = True
+        if txn.failed:
+            self.session._write(error(IN_FAILED_TRANSACTION, "current transaction is aborted, commands ignored until "
+                                      "end of transaction block"))
+            return
+        txn.failed = True
+        self.session._write(error(NOT_SUPPORTED, "pgfleet router: a pipeline (a Flush before Sync, or more than "
+                                  f"{MAX_BATCH} messages) in a transaction that runs on worker "
+                                  f"{', '.join(txn.participants)} is not supported",
+                                  "send one statement per Sync in such transactions (psycopg: execute in a loop "
+                                  "rather than executemany or a pipeline), or make it the transaction's first statement"))
 
     def deallocate_all(self, text: str, raw: bytes) -> bool:
         """A DEALLOCATE ALL Query: the statements are forgotten. In autocommit the coordinator runs it (False:
