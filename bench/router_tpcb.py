@@ -1,13 +1,16 @@
-"""pgbench TPC-B-like (-M simple, read-write) through the routing router vs a single server and vs the
-coordinator (postgres_fdw), in the same run, with pgbench as the client on every side.
+"""pgbench TPC-B-like (read-write; -M simple, extended and/or prepared) through the routing router vs a
+single server and vs the coordinator (postgres_fdw), in the same run, with pgbench as the client on every side.
 
-    .venv/bin/python bench/router_tpcb.py [--duration 20] [--reps 1] [--scale 10] [--out bench/results]
+    .venv/bin/python bench/router_tpcb.py [--duration 20] [--reps 1] [--scale 10] [--modes simple,prepared]
+                                          [--out bench/results]
 
 Two throw-away local clusters under /tmp: a single server (the baseline) and a fleet (coordinator + 2
 workers) where all four pgbench tables are hash-distributed (accounts and history by aid, branches by
 bid, tellers by tid, 8 shards). Through the router each transaction runs on the workers: on one worker
-with a plain COMMIT, or on two with two-phase commit. Reported: tps, ratio to the single server, and
-the failed transactions of each side (the coordinator runs worker transactions in REPEATABLE READ).
+with a plain COMMIT, or on two with two-phase commit; with -M extended / prepared BEGIN, the statements
+and END come with the extended protocol (prepared statements for -M prepared). Reported per mode: tps,
+ratio to the single server, and the failed transactions of each side (the coordinator runs worker
+transactions in REPEATABLE READ).
 """
 
 from __future__ import annotations
@@ -35,7 +38,9 @@ def main() -> None:
     started = time.monotonic()
     single = LocalCluster.create(base / "single", workers=0, fast=True)
     fleet_local = LocalCluster.create(base / "fleet", workers=2, fast=True)
-    runs: dict[str, list[dict[str, float]]] = {"single": [], "coordinator": [], "router": []}
+    modes = [m.strip() for m in args.modes.split(",") if m.strip()]
+    sides = ("single", "coordinator", "router")
+    runs: dict[str, dict[str, list[dict[str, float]]]] = {mode: {side: [] for side in sides} for mode in modes}
     try:
         with Fleet(fleet_local.endpoint("coord"), fleet_local) as fleet:
             fleet.register_local_workers()
@@ -45,33 +50,38 @@ def main() -> None:
                 fleet.distribute(DistributeSpec(QualifiedName("public", f"pgbench_{table}"), key, HashSpec(8)))
             fleet.conn().execute("VACUUM ANALYZE")
         proc, _ = start_background(fleet_local, route=True)
-        common = ["-n", "-M", "simple", "-c", "4", "-j", "2", "-T", str(args.duration)]
         for _ in range(args.reps):
-            for side, local, port in (("single", single, single.spec.coordinator.port),
-                                      ("coordinator", fleet_local, fleet_local.spec.coordinator.port),
-                                      ("router", fleet_local, proc.port)):
-                numbers = pgbench_numbers(pgbench(local, port, common))
-                runs[side].append(numbers)
-                print(f"{side:12} tps {numbers['tps']:8.1f}  failed {int(numbers.get('failed', 0))}", flush=True)
+            for mode in modes:
+                common = ["-n", "-M", mode, "-c", "4", "-j", "2", "-T", str(args.duration)]
+                for side, local, port in (("single", single, single.spec.coordinator.port),
+                                          ("coordinator", fleet_local, fleet_local.spec.coordinator.port),
+                                          ("router", fleet_local, proc.port)):
+                    numbers = pgbench_numbers(pgbench(local, port, common))
+                    runs[mode][side].append(numbers)
+                    print(f"-M {mode:9} {side:12} tps {numbers['tps']:8.1f}  failed {int(numbers.get('failed', 0))}",
+                          flush=True)
         time.sleep(1.2)  # the status file is written every second
         status = read_status(fleet_local)
     finally:
         stop_background(fleet_local)
         fleet_local.destroy()
         single.destroy()
-    medians = {side: statistics.median(n["tps"] for n in numbers) for side, numbers in runs.items()}
-    failed = {side: sum(int(n.get("failed", 0)) for n in numbers) for side, numbers in runs.items()}
-    report = {"duration": args.duration, "reps": args.reps, "scale": args.scale, "clients": 4, "mode": "simple",
-              "tps": medians, "failed": failed,
-              "router_ratio": round(medians["router"] / medians["single"], 3),
-              "coordinator_ratio": round(medians["coordinator"] / medians["single"], 3),
+    by_mode = {}
+    for mode in modes:
+        medians = {side: statistics.median(n["tps"] for n in numbers) for side, numbers in runs[mode].items()}
+        failed = {side: sum(int(n.get("failed", 0)) for n in numbers) for side, numbers in runs[mode].items()}
+        by_mode[mode] = {"tps": medians, "failed": failed,
+                         "router_ratio": round(medians["router"] / medians["single"], 3),
+                         "coordinator_ratio": round(medians["coordinator"] / medians["single"], 3)}
+        print(f"TPC-B -M {mode} -c 4: single {medians['single']:.0f} tps, coordinator {medians['coordinator']:.0f} "
+              f"({by_mode[mode]['coordinator_ratio']}, {failed['coordinator']} failed), router {medians['router']:.0f} "
+              f"({by_mode[mode]['router_ratio']}, {failed['router']} failed)", flush=True)
+    report = {"duration": args.duration, "reps": args.reps, "scale": args.scale, "clients": 4, "modes": by_mode,
               "router_status": None if status is None else {
-                  k: getattr(status, k) for k in ("worker_transactions", "two_phase_commits", "coordinator_transactions",
-                                                  "recovered_commits", "recovered_aborts", "in_doubt")},
+                  k: status.counters.get(k, 0) for k in ("routed", "pinned_sessions", "worker_transactions", "two_phase_commits",
+                                                  "coordinator_transactions", "recovered_commits", "recovered_aborts",
+                                                  "in_doubt")},
               "runs": runs, "elapsed_seconds": round(time.monotonic() - started)}
-    print(f"TPC-B -M simple -c 4: single {medians['single']:.0f} tps, coordinator {medians['coordinator']:.0f} "
-          f"({report['coordinator_ratio']}, {failed['coordinator']} failed), router {medians['router']:.0f} "
-          f"({report['router_ratio']}, {failed['router']} failed)", flush=True)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     (out / "router_tpcb.json").write_text(json.dumps(report, indent=2) + "\n")

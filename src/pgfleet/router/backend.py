@@ -51,6 +51,20 @@ def lost_in_flight(node: str) -> bytes:
     return error.encode() + p.ReadyForQuery("I").encode()
 
 
+INSUFFICIENT_PRIVILEGE = "42501"
+
+
+def denied(messages: list[tuple[bytes, bytes]]) -> bool:
+    """The worker refused the statement for lack of a privilege (42501). It ran in one implicit transaction
+    that the error aborted, so the coordinator runs it again and answers with its own message."""
+    for type_byte, body in messages:
+        if type_byte == b"E":
+            error = p.decode_backend(type_byte, body)
+            if isinstance(error, p.ErrorResponse) and error.sqlstate == INSUFFICIENT_PRIVILEGE:
+                return True
+    return False
+
+
 class _Scram:
     """Client side of SCRAM-SHA-256 without channel binding (RFC 5802/7677)."""
 
@@ -220,13 +234,17 @@ class WorkerConnection(asyncio.Protocol):
 
     async def exchange(self, sql: str) -> bytes:
         """Run one simple Query; every reply byte up to and including ReadyForQuery, as it came."""
+        return await self.roundtrip(p.Query(sql).encode())
+
+    async def roundtrip(self, request: bytes) -> bytes:
+        """Send messages ending in a Sync or a Query; every reply byte up to and including ReadyForQuery."""
         future: asyncio.Future[bytes | None] = asyncio.get_running_loop().create_future()
 
         def done(reply: bytes | None) -> None:
             if not future.done():
                 future.set_result(reply)
 
-        self.send(p.Query(sql).encode(), done)
+        self.send(request, done)
         reply = await future
         if reply is None:
             raise BackendError("worker connection lost")

@@ -172,6 +172,10 @@ class Statements:
     def drop(self, name: str) -> None:
         self._known.pop(name, None)
 
+    def clear(self) -> None:
+        """DEALLOCATE ALL was sent (while nothing else was awaited)."""
+        self._known.clear()
+
     @property
     def settled(self) -> bool:
         """No reply of the coordinator is awaited."""

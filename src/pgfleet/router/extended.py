@@ -18,9 +18,16 @@ statement on one shard, runs on the owning worker:
    dropped and the coordinator's RowDescription (see :func:`.batches.client_reply`); errors are the
    worker's, an error at Bind skipping to Sync as in PostgreSQL.
 
+The worker runs the batch under the session's role: for another role than the router's login, Parse/
+Bind/Execute of ``SET LOCAL ROLE`` come first in the same round trip (the batch is one implicit
+transaction, so the role ends with it) and their replies are dropped; a refusal there (42501) sends the
+batch to the coordinator, which answers in its own words.
+
 A Flush before Sync sends what came so far to the coordinator and the rest of that batch follows it
 there (the client waits for replies); batches with several Executes, named portals or Close go there
-too. Statements that may change session state (SET, PREPARE, BEGIN, …) pin the session at their Parse.
+too. Statements that may change session state (SET, PREPARE, …) pin the session at their Parse;
+transaction-control statements (BEGIN, COMMIT, SAVEPOINT, …) and every batch inside a router transaction
+go to :mod:`.exttxn`.
 """
 
 from __future__ import annotations
@@ -33,7 +40,7 @@ from typing import TYPE_CHECKING
 from . import protocol as p
 from . import wire
 from .analyze import Coordinator, Prepared, Shard
-from .backend import BackendError, WorkerConnection, lost_in_flight
+from .backend import BackendError, WorkerConnection, denied, lost_in_flight
 from .batches import (
     PARSE_COMPLETE,
     Message,
@@ -45,7 +52,10 @@ from .batches import (
     parameter_values,
     read_parse,
 )
+from .exttxn import MAX_BATCH, ExtendedTransactions, after_setup, role_setup, setup_messages
 from .routing import session_neutral
+from .twophase import messages as reply_messages
+from .txnstmt import Kind, control
 
 if TYPE_CHECKING:
     from .session import ClientSession
@@ -54,7 +64,6 @@ log = logging.getLogger(__name__)
 
 BATCH_TYPES = frozenset(b"PBDECHS")  # Parse Bind Describe Execute Close Flush Sync
 INTERNAL_ERROR = "XX000"
-MAX_BATCH = 64  # messages kept before a Sync; a longer batch goes to the coordinator as it comes
 MAX_WORKER_STATEMENTS = 1000  # named statements per worker connection; then the unnamed one, parsed each time
 _names = itertools.count(1)
 
@@ -91,6 +100,9 @@ class ExtendedRouter:
         self.forwarding = False  # the rest of this batch goes to the coordinator as it comes (after a Flush)
         self.statements = Statements()
         self.capture: Capture | None = None
+        self.stateful = False  # a Parse in this batch may change session state
+        self.discarding = False  # a refused partial batch: its messages are dropped up to Sync, as after an error
+        self.txns = ExtendedTransactions(self)
 
     # --- client side ---------------------------------------------------------------------------------
     def takes(self, data: bytes, at_boundary: bool) -> bool:
@@ -119,6 +131,11 @@ class ExtendedRouter:
 
     def _message(self, type_byte: bytes, payload: bytes) -> bool:
         """Take one message; False when the session must be pinned before it."""
+        if self.discarding and type_byte != b"X":
+            if type_byte == b"S":
+                self.discarding = False
+                self.session._write(p.ReadyForQuery("E").encode())
+            return True
         if type_byte == b"Q" and not self.batch and not self.forwarding:
             raw = wire.frame(type_byte, payload)
             if not self.session._try_route([b"Q"], raw, True):
@@ -130,13 +147,21 @@ class ExtendedRouter:
             return True
         if type_byte[0] not in BATCH_TYPES:
             return False  # COPY data, a function call, a Query or Terminate inside a batch
-        if not self.batch and not self.forwarding and (self.session.transactions.txn is not None
-                                                         or self.session.coordinator_txn):
-            # in a transaction the router runs, the transaction machine moves it to the coordinator (False:
-            # pinned, relayed there) or, when it runs on workers, refuses it and ends the session (True)
-            return self.session.transactions.unsupported()
-        if type_byte == b"P" and not session_neutral(read_parse(payload).sql):
-            return False
+        in_txn = self.session.transactions.txn is not None
+        if type_byte == b"P":
+            text = read_parse(payload).sql
+            if control(text) is None and not session_neutral(text):
+                if not in_txn:
+                    return False
+                self.stateful = True  # the transaction's statement: pinned when it goes to the coordinator
+        if in_txn and type_byte == b"H" and not self.batch and not self.forwarding:
+            return True  # nothing is waiting for a reply (psycopg flushes after its Sync): nothing to do
+        if in_txn and not self.forwarding and type_byte != b"S" and (type_byte == b"H" or len(self.batch) + 1 >= MAX_BATCH):
+            # the client waits for replies before its Sync (psycopg's pipelines, executemany)
+            batch, self.batch, self.stateful = [*self.batch, (type_byte, payload)], [], False
+            self.txns.partial_batch(batch)
+            self.forwarding = not self.discarding
+            return True
         if self.forwarding:
             self._to_coordinator([(type_byte, payload)])
             self.forwarding = type_byte != b"S"
@@ -186,6 +211,10 @@ class ExtendedRouter:
 
     def _complete(self) -> None:
         batch, self.batch = self.batch, []
+        stateful, self.stateful = self.stateful, False
+        if stateful and self.session.transactions.txn is not None:
+            self.txns.elsewhere(batch, b"", "a statement that may change session state", pin=True)
+            return
         try:
             self._start(batch)
         except Exception:  # a bug in analysis must not lose the client's batch: the coordinator runs it
@@ -194,15 +223,36 @@ class ExtendedRouter:
             self.batch = batch
 
     def _start(self, batch: list[Message]) -> None:
-        routing = self.session.context.routing
+        session = self.session
+        routing = session.context.routing
+        if session.coordinator_txn and self._idle():
+            session.coordinator_txn = False  # the transaction the router began there has ended
+        txn = session.transactions.txn
         plan = classify(batch) if routing is not None and self._idle() else None
         statement = plan.statement(self.statements) if plan is not None else None
+        if plan is not None and statement is not None and (ctl := control(statement.sql)) is not None \
+                and ctl.kind is not Kind.TWO_PHASE:
+            if plan.prefix:
+                self._exchange(plan, batch, lambda known, answered: self.txns.control(
+                    plan, batch, known, answered, exchanged=True))
+            else:
+                self.txns.control(plan, batch, statement, b"", exchanged=False)
+            return
+        if txn is not None and (plan is None or statement is None):
+            if all(t in b"PDCS" for t, _ in batch):
+                self.txns.statement_messages(batch)
+            else:
+                self.txns.elsewhere(batch, b"", "not one statement of a known shape")
+            return
+        if txn is not None and txn.failed:
+            self.txns.aborted()
+            return
         if plan is None or statement is None or routing is None:
             self._to_coordinator(batch)
             return
-        prepared = routing.cache.prepared(statement.sql, routing.topology, self.session.search_path)
+        prepared = routing.cache.prepared(statement.sql, routing.topology, session.search_path)
         if isinstance(prepared, Coordinator):
-            self._to_coordinator(batch)
+            self._coordinator(batch, prepared.reason)
             return
         known = self.statements.get(plan.bind.statement)
         if not plan.prefix and known is not None and known.described:
@@ -212,9 +262,18 @@ class ExtendedRouter:
             self._run(plan, batch, prepared, known, PARSE_COMPLETE, exchanged=False)
         elif all(f == 0 for f in plan.bind.param_formats) and \
                 not isinstance(prepared.bind(parameter_values(plan.bind, ())), Shard):
-            self._to_coordinator(batch)  # text values that do not place it: no need to ask the coordinator
+            self._coordinator(batch, "its values do not place it on one shard")  # no need to ask the coordinator
         else:
-            self._exchange(plan, batch, prepared)
+            self._exchange(plan, batch, lambda known, answered: self._run(plan, batch, prepared, known, answered,
+                                                                          exchanged=True))
+
+    def _coordinator(self, batch: list[Message] | tuple[Message, ...], reason: str, answered: bytes = b"") -> None:
+        """The coordinator runs the batch: as it came in autocommit, as the transaction's statement in one."""
+        if self.session.transactions.txn is not None:
+            self.txns.elsewhere(batch, answered, reason)
+        else:
+            self.session._write(answered)
+            self._to_coordinator(batch)
 
     @staticmethod
     def _parsed_again(plan: Plan, known: Statement | None) -> bool:
@@ -226,16 +285,21 @@ class ExtendedRouter:
         return (isinstance(parse, p.Parse) and parse.name == "" == plan.bind.statement and parse.sql == known.sql
                 and parse.param_types == known.client_types)
 
-    def _exchange(self, plan: Plan, batch: list[Message], prepared: Prepared) -> None:
-        """The client's Parse/Describe messages and a Describe of the bound statement, on the coordinator."""
+    def capture_reply(self, request: bytes, done: Callable[[list[Message]], None]) -> None:
+        """Send the router's own messages (ending in Sync) to the coordinator; ``done`` gets its reply."""
         session = self.session
         session.busy = True
-        request = _frames(batch[:len(plan.prefix)]) + p.Describe("S", plan.bind.statement).encode() + p.Sync().encode()
-        self.capture = Capture(lambda messages: self._exchanged(plan, batch, prepared, messages))
+        self.capture = Capture(done)
         assert session.server is not None and session.server.transport is not None
         session.server.transport.write(request)
 
-    def _exchanged(self, plan: Plan, batch: list[Message], prepared: Prepared, messages: list[Message]) -> None:
+    def _exchange(self, plan: Plan, batch: list[Message], then: Callable[[Statement, bytes], None]) -> None:
+        """The client's Parse/Describe messages and a Describe of the bound statement, on the coordinator;
+        ``then`` gets the described statement and the replies to the client's messages."""
+        request = _frames(batch[:len(plan.prefix)]) + p.Describe("S", plan.bind.statement).encode() + p.Sync().encode()
+        self.capture_reply(request, lambda messages: self._exchanged(plan, messages, then))
+
+    def _exchanged(self, plan: Plan, messages: list[Message], then: Callable[[Statement, bytes], None]) -> None:
         parses = [m for m in plan.prefix if isinstance(m, p.Parse)]
         if any(t == b"E" for t, _ in messages):  # the coordinator refused a Parse: its error ends the batch
             confirmed = sum(1 for t, _ in messages if t == b"1")
@@ -243,6 +307,10 @@ class ExtendedRouter:
                 self.statements.set(parse.name, Statement(parse.sql, parse.param_types))
             if len(parses) > confirmed and parses[confirmed].name == "":
                 self.statements.drop("")
+            txn = self.session.transactions.txn
+            if txn is not None:  # as on one server, the error fails the transaction
+                txn.failed = True
+                messages = [*messages[:-1], (b"Z", b"E")]
             self.session._write(_frames(messages))
             self.session.resume()
             return
@@ -258,16 +326,16 @@ class ExtendedRouter:
         statement = Statement(statement.sql, statement.client_types, params.type_oids, fields)
         self.statements.set(plan.bind.statement, statement)
         answered = _frames([m for i, m in enumerate(messages[:-1]) if i not in (at, at + 1)])
-        self._run(plan, batch, prepared, statement, answered, exchanged=True)
+        then(statement, answered)
 
     def _fallback(self, plan: Plan, batch: list[Message], answered: bytes, exchanged: bool) -> None:
         """Not routed after all: to the coordinator from the Bind on when its statement messages ran there."""
-        if exchanged:
-            self.session._write(answered)
-            self._to_coordinator(plan.tail)
-        else:
-            self._to_coordinator(batch)
-        if self.session.busy:
+        in_txn = self.session.transactions.txn is not None  # then the transaction machine resumes the session
+        if exchanged:  # the coordinator answered the statement messages: from the Bind on
+            self._coordinator(plan.tail, "its values do not place it on one shard", answered)
+        else:  # the whole batch, which the coordinator answers whole (a ParseComplete the router made is not sent)
+            self._coordinator(batch, "its values do not place it on one shard")
+        if self.session.busy and not in_txn:
             self.session.resume()
 
     # --- on the worker --------------------------------------------------------------------------------
@@ -282,10 +350,15 @@ class ExtendedRouter:
         if not isinstance(route, Shard):
             self._fallback(plan, batch, answered, exchanged)
             return
-        conn = session.workers.get(route.node)
-        if conn is not None and not conn.broken and conn.user != session.user:
-            self._fallback(plan, batch, answered, exchanged)  # statements run as the login role only
+        routing = session.context.routing
+        assert routing is not None
+        if not session.superuser and not routing.roles_current:
+            self._fallback(plan, batch, answered, exchanged)  # the workers do not have the coordinator's roles yet
             return
+        if session.transactions.txn is not None:
+            self.txns.on_worker(plan, route, statement, answered)
+            return
+        conn = session.workers.get(route.node)
         session.busy = True
         if conn is not None and not conn.broken:
             self._send(conn, plan, batch, route, statement, answered, exchanged)
@@ -310,12 +383,10 @@ class ExtendedRouter:
         session.workers[route.node] = conn
         self._send(conn, plan, batch, route, statement, answered, exchanged)
 
-    def _send(self, conn: WorkerConnection, plan: Plan, batch: list[Message], route: Shard, statement: Statement,
-              answered: bytes, exchanged: bool) -> None:
-        session = self.session
-        if conn.user != session.user:  # statements run as the login role; another role stays on the coordinator
-            self._fallback(plan, batch, answered, exchanged)
-            return
+    def worker_request(self, conn: WorkerConnection, plan: Plan, route: Shard,
+                       statement: Statement) -> tuple[bytes, Callable[[], None] | None]:
+        """[Parse of the rewritten statement,] the client's Bind renamed to it and the rest of its batch, for
+        this worker connection; and, when the request parses it, what records it as parsed there."""
         assert statement.param_types is not None
         key = (route.sql, statement.param_types)
         name = conn.statements.get(key)
@@ -329,26 +400,50 @@ class ExtendedRouter:
             wire.frame(b"B", b"\0" + wire.cstr(name) + bind_payload[skip:]),
             _frames(plan.tail[1:])))
 
+        def parsed() -> None:
+            if name:
+                conn.statements[key] = name
+
+        return request, parsed if parse else None
+
+    def _send(self, conn: WorkerConnection, plan: Plan, batch: list[Message], route: Shard, statement: Statement,
+              answered: bytes, exchanged: bool) -> None:
+        """Run the batch on the worker in one round trip, under the session's role (SET LOCAL ROLE first: the
+        batch is one implicit transaction, so the role ends with it). A refusal for lack of a privilege
+        (42501), or a role the worker cannot take, sends the batch to the coordinator, which answers."""
+        session = self.session
+        role = session.role_on(conn)
+        setup = [role_setup(role)] if role != conn.user else []
+        request, commit_name = self.worker_request(conn, plan, route, statement)
+
         def done(reply: bytes | None) -> None:
             session.running_on = None
             stats = session.context.stats
-            stats.executes += 1
-            stats.routed += 1
             if reply is None:  # sent, and the connection broke: it may have run, so it is not run again
                 log.warning("the connection to worker %s was lost while it ran a routed statement", route.node)
                 if session.workers.get(route.node) is conn:
                     del session.workers[route.node]
+                stats.executes += 1
+                stats.routed += 1
                 session._write(answered + lost_in_flight(route.node))
-            else:
-                out, parsed = client_reply(reply, parsed=parse, statement=statement, bind=plan.bind)
-                if parse and parsed and name:
-                    conn.statements[key] = name
-                session._write(answered + out)
+                session.resume()
+                return
+            reply, ok = after_setup(reply, len(setup))
+            out, parsed = client_reply(reply, parsed=commit_name is not None, statement=statement, bind=plan.bind)
+            if ok and parsed and commit_name is not None:
+                commit_name()
+            if not ok or (setup and denied(reply_messages(out))):  # the coordinator answers in its own words
+                stats.routing_fallbacks += 1
+                self._fallback(plan, batch, answered, exchanged)
+                return
+            stats.executes += 1
+            stats.routed += 1
+            session._write(answered + out)
             session.resume()
 
         session.running_on = conn
         try:
-            conn.send(request, done)
+            conn.send(setup_messages(setup) + request, done)
         except BackendError as exc:  # not sent: the coordinator runs it
             session.running_on = None
             log.warning("routing to %s failed, sending the statement to the coordinator: %s", route.node, exc)

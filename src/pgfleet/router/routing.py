@@ -201,6 +201,18 @@ _INFORMATIONAL_FUNCTIONS = frozenset({
 
 
 @functools.lru_cache(maxsize=1024)
+def deallocates_all(sql: str) -> bool:
+    """Whether the statement is one DEALLOCATE ALL (psycopg sends it after a ROLLBACK when it has prepared
+    statements): the session's prepared statements are gone, nothing else changes."""
+    if not sql.lstrip()[:10].upper().startswith("DEALLOCATE"):
+        return False
+    try:
+        stmts = parse_sql(sql)
+    except ParseError:
+        return False
+    return len(stmts) == 1 and isinstance(stmts[0].stmt, ast.DeallocateStmt) and bool(stmts[0].stmt.isall)
+
+
 def session_neutral(sql: str) -> bool:
     """True when the statement is one SELECT/INSERT/UPDATE/DELETE calling only built-in functions without
     side effects: it cannot change settings, roles, temporary tables, cursors, prepared statements,

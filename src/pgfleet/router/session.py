@@ -16,35 +16,22 @@ from __future__ import annotations
 import asyncio
 import enum
 import logging
-from collections.abc import Coroutine
+from collections.abc import Callable, Coroutine
 from typing import Any, cast
 
 from . import protocol as p
 from . import wire
 from .analyze import Coordinator, Shard
 from .backend import BackendError, WorkerConnection
-from .backend import CANNOT_CONNECT, lost_in_flight
+from .backend import CANNOT_CONNECT, denied, lost_in_flight
 from .context import Address, RouterContext
 from .extended import ExtendedRouter
+from .exttxn import WithParse
 from .keys import CancelKey
-from .routing import Decision, decide, parse_search_path
+from .routing import Decision, deallocates_all, decide, parse_search_path
 from .txn import ReplySkipper, TransactionControl
 
 log = logging.getLogger(__name__)
-
-INSUFFICIENT_PRIVILEGE = "42501"
-
-
-def denied(messages: list[tuple[bytes, bytes]]) -> bool:
-    """The worker refused the statement for lack of a privilege (42501). It ran in one implicit transaction
-    that the error aborted, so the coordinator runs it again and answers with its own message."""
-    for type_byte, body in messages:
-        if type_byte == b"E":
-            error = p.decode_backend(type_byte, body)
-            if isinstance(error, p.ErrorResponse) and error.sqlstate == INSUFFICIENT_PRIVILEGE:
-                return True
-    return False
-
 
 def coordinator_lost(address: Address | None) -> bytes:
     """What a client in a session gets when its coordinator connection ends without a word from the
@@ -119,6 +106,7 @@ class ClientSession(asyncio.Protocol):
         self.skipper: ReplySkipper | None = None  # drops the coordinator's answer to that BEGIN
         self.partial: list[tuple[bytes, list[bytes]]] = []  # reads of messages not yet whole, in a transaction
         self.terminating = False  # the client sent Terminate
+        self.reply_shaper: Callable[[bytes], bytes] | None = None  # the next answer of the transaction machine
 
     # --- client side ------------------------------------------------------------------------------
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
@@ -325,6 +313,8 @@ class ClientSession(asyncio.Protocol):
             sql = data[5:-1].decode(errors="strict" if self.transactions.txn is None else "replace")
         except UnicodeDecodeError:
             return False
+        if deallocates_all(sql):  # psycopg's after a ROLLBACK: the session is not pinned
+            return self.extended.txns.deallocate_all(sql, data)
         if self.transactions.handle(sql, data):
             self.context.stats.queries += 1
             return True
@@ -445,9 +435,13 @@ class ClientSession(asyncio.Protocol):
             broken.close()
 
     def to_coordinator(self, setup: str, raw: bytes) -> None:
-        self.skipper = ReplySkipper()
+        self.skipper = ReplySkipper(extra_parse=isinstance(raw, WithParse))
         self.coordinator_txn = True
         self.outstanding += 1  # the setup's ReadyForQuery is not counted
+        self.reply_shaper = None  # the coordinator answers
+        if self.extended.active:  # the prepared statements the batch creates or closes there
+            for type_byte, payload in wire.Framer().feed(raw):
+                self.extended.statements.sent(type_byte, payload)
         if self.server and self.server.transport:
             self.server.transport.write(p.Query(setup).encode() + raw)
 
@@ -486,7 +480,10 @@ class ClientSession(asyncio.Protocol):
         if self.client and not self.client.is_closing():
             self.client.write(data)
 
-    write = _write
+    def write(self, data: bytes) -> None:
+        """The transaction machine's answer to the client (reshaped once for an extended-protocol batch)."""
+        shaper, self.reply_shaper = self.reply_shaper, None
+        self._write(shaper(data) if shaper is not None else data)
 
     def refuse(self, sqlstate: str, message: str, hint: str | None = None) -> None:
         """Tell the client what went wrong (an ErrorResponse), then close both connections."""

@@ -1,4 +1,5 @@
-"""Client transactions through the router (simple protocol), one state machine per session.
+"""Client transactions through the router, one state machine per session (extended-protocol batches come
+through :mod:`.exttxn` as statements of the same transactions).
 
 BEGIN / START TRANSACTION (and SET TRANSACTION before the first statement) is answered by the router
 itself and only remembered. The first statement decides where the transaction runs:
@@ -109,6 +110,13 @@ def complete(tag: str) -> bytes:
     return p.CommandComplete(tag).encode()
 
 
+def without_parameter_status(reply: bytes) -> bytes:
+    """A worker's reply without its ParameterStatus messages: when the transaction aborts, SET LOCAL ROLE
+    ends and the worker reports is_superuser of its login; the client's session is the coordinator's."""
+    out = messages(reply)
+    return b"".join(wire.frame(t, payload) for t, payload in out if t != b"S") if any(t == b"S" for t, _ in out) else reply
+
+
 def without_setup(reply: bytes, count: int) -> bytes:
     """A reply without the CommandComplete messages of the first ``count`` statements (BEGIN, SET LOCAL
     ROLE, SAVEPOINTs); an error among them stays (the statement after it did not run)."""
@@ -149,9 +157,10 @@ class TransactionControl:
         return True
 
     def unsupported(self) -> bool:
-        """The client sent something else than one whole Query (extended protocol, COPY, pipelining). A
-        transaction that has not run anything yet moves to the coordinator (False: relay it there); one
-        that runs on workers cannot take it: the session ends, which rolls the transaction back (True)."""
+        """The client sent something else than one whole Query or a batch up to Sync (COPY, pipelined
+        Queries, a Flush before Sync). A transaction that has not run anything yet moves to the coordinator
+        (False: relay it there); one that runs on workers cannot take it: the session ends, which rolls the
+        transaction back (True)."""
         txn = self.txn
         if txn is None:
             return False
@@ -159,9 +168,9 @@ class TransactionControl:
             self._to_coordinator(txn, b"")
             return False
         self.txn = None
-        self.host.refuse(NOT_SUPPORTED, "pgfleet router: extended-protocol, COPY or pipelined messages in a transaction "
+        self.host.refuse(NOT_SUPPORTED, "pgfleet router: COPY, pipelined Queries or a Flush in a transaction "
                          f"that runs on worker {', '.join(txn.participants)} are not supported; the transaction was "
-                         "rolled back", hint="use the simple protocol (one Query at a time) in such transactions")
+                         "rolled back", hint="send one Query, or one batch up to Sync, at a time in such transactions")
         return True
 
     def _aborted(self) -> None:
@@ -439,6 +448,7 @@ class TransactionControl:
                 txn.has_written()
         if status_of(reply) == b"E":
             txn.failed = True
+            reply = without_parameter_status(reply)
         self.host.write(reply)
 
     async def _lost(self, txn: Transaction, node: str) -> None:
@@ -453,11 +463,14 @@ class TransactionControl:
 
 class ReplySkipper:
     """Drops the coordinator's answer to the setup Query (up to and including its ReadyForQuery) from the
-    bytes relayed to the client."""
+    bytes relayed to the client, and with ``extra_parse`` the ParseComplete of a Parse the router sent again
+    after it (a Query drops the unnamed statement)."""
 
-    def __init__(self) -> None:
+    def __init__(self, extra_parse: bool = False) -> None:
         self._buf = b""
         self.done = False
+        self.extra_parse = extra_parse
+        self._ready = False  # the setup's ReadyForQuery came
 
     def feed(self, data: bytes) -> bytes:
         """What follows the skipped answer in ``data`` (b'' while it is still coming)."""
@@ -470,8 +483,15 @@ class ReplySkipper:
             if len(buf) - pos < 1 + length:
                 break
             type_byte = buf[pos:pos + 1]
+            if self._ready:
+                pos += 1 + length if type_byte == b"1" else 0
+                self.done = True
+                self._buf = b""
+                return buf[pos:]
             pos += 1 + length
-            if type_byte == b"Z":
+            if type_byte == b"Z" and self.extra_parse:
+                self._ready = True
+            elif type_byte == b"Z":
                 self.done = True
                 self._buf = b""
                 return buf[pos:]
