@@ -9,14 +9,18 @@ from __future__ import annotations
 
 import struct
 from dataclasses import dataclass
-from typing import ClassVar
 
+from .handshake import Authentication as Authentication  # re-exported: protocol is the codec's one name
+from .handshake import AuthResponse as AuthResponse
+from .handshake import BackendKeyData as BackendKeyData
+from .handshake import NegotiateProtocolVersion as NegotiateProtocolVersion
+from .handshake import sasl_initial_response as sasl_initial_response
+from .message import Message as Message
+from .message import empty as _empty
 from .wire import (
-    MAX_CANCEL_KEY_LENGTH,
     ProtocolViolation,
     Reader,
     cstr,
-    frame,
     int16,
     int32,
     value,
@@ -24,27 +28,7 @@ from .wire import (
 
 
 # --- messages ----------------------------------------------------------------------------------------
-class Message:
-    """A typed message; subclasses are frozen dataclasses with ``TYPE`` and a payload codec."""
-
-    TYPE: ClassVar[bytes] = b""
-
-    def payload(self) -> bytes:
-        return b""
-
-    def encode(self) -> bytes:
-        return frame(self.TYPE, self.payload())
-
-    @classmethod
-    def read(cls, r: Reader) -> Message:
-        return cls()
-
-
-def _empty(type_byte: bytes, name: str) -> type[Message]:
-    """A message without payload (Sync, Flush, ParseComplete, …)."""
-    return dataclass(frozen=True)(type(name, (Message,), {"TYPE": type_byte, "__doc__": f"{name} (no payload)."}))
-
-
+# The base class is in .message; the messages of the startup and authentication exchange in .handshake.
 # Messages of both directions.
 @dataclass(frozen=True)
 class CopyData(Message):
@@ -201,73 +185,12 @@ class FunctionCall(Message):
         return cls(oid, formats, args, r.int16())
 
 
-@dataclass(frozen=True)
-class AuthResponse(Message):
-    """'p': PasswordMessage, SASLInitialResponse, SASLResponse or GSSResponse — which one depends on the
-    authentication request it answers, so the payload stays raw (see :func:`sasl_initial_response`)."""
-
-    TYPE = b"p"
-    data: bytes
-
-    def payload(self) -> bytes:
-        return self.data
-
-    @classmethod
-    def read(cls, r: Reader) -> AuthResponse:
-        return cls(r.rest())
-
-
-def sasl_initial_response(mechanism: str, data: bytes | None) -> AuthResponse:
-    return AuthResponse(cstr(mechanism) + value(data))
-
-
 Sync = _empty(b"S", "Sync")
 Flush = _empty(b"H", "Flush")
 Terminate = _empty(b"X", "Terminate")
 
 
 # Backend messages.
-@dataclass(frozen=True)
-class Authentication(Message):
-    """'R' with its request code: 0 ok, 3 cleartext, 5 MD5 (data = salt), 7 GSS, 8 GSS continue, 9 SSPI,
-    10 SASL (data = mechanism names), 11 SASL continue, 12 SASL final."""
-
-    TYPE = b"R"
-    code: int
-    data: bytes = b""
-
-    OK: ClassVar[int] = 0
-    SASL: ClassVar[int] = 10
-
-    def payload(self) -> bytes:
-        return int32(self.code) + self.data
-
-    @classmethod
-    def read(cls, r: Reader) -> Authentication:
-        return cls(r.int32(), r.rest())
-
-    @property
-    def mechanisms(self) -> tuple[str, ...]:
-        return tuple(m.decode() for m in self.data.split(b"\0") if m) if self.code == self.SASL else ()
-
-
-@dataclass(frozen=True)
-class BackendKeyData(Message):
-    TYPE = b"K"
-    process_id: int
-    secret: bytes  # 4 bytes in protocol 3.0, up to 256 in 3.2
-
-    def payload(self) -> bytes:
-        return int32(self.process_id) + self.secret
-
-    @classmethod
-    def read(cls, r: Reader) -> BackendKeyData:
-        pid, secret = r.int32(), r.rest()
-        if not 4 <= len(secret) <= MAX_CANCEL_KEY_LENGTH:
-            raise ProtocolViolation(f"invalid BackendKeyData message: secret of {len(secret)} bytes")
-        return cls(pid, secret)
-
-
 @dataclass(frozen=True)
 class CommandComplete(Message):
     TYPE = b"C"
@@ -364,23 +287,6 @@ class FunctionCallResponse(Message):
     @classmethod
     def read(cls, r: Reader) -> FunctionCallResponse:
         return cls(r.value())
-
-
-@dataclass(frozen=True)
-class NegotiateProtocolVersion(Message):
-    TYPE = b"v"
-    newest_minor: int
-    unrecognized: tuple[str, ...] = ()
-
-    def payload(self) -> bytes:
-        return int32(self.newest_minor) + int32(len(self.unrecognized)) + b"".join(cstr(o) for o in self.unrecognized)
-
-    @classmethod
-    def read(cls, r: Reader) -> NegotiateProtocolVersion:
-        minor, n = r.int32(), r.int32()
-        if n < 0:
-            raise ProtocolViolation("invalid NegotiateProtocolVersion message: negative count")
-        return cls(minor, tuple(r.cstring() for _ in range(n)))
 
 
 @dataclass(frozen=True)
