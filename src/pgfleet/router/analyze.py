@@ -22,33 +22,14 @@ from typing import TypeVar
 from pglast import ast, enums, parse_sql
 from pglast.parser import ParseError
 
+from .routes import Coordinator as Coordinator  # re-exported: the routes analysis gives
+from .routes import Route as Route
+from .routes import Shard as Shard
+from .routes import Split as Split
 from .rewrite import Edit, apply_edits, name_span, qualified, values_rows
 from .shardmap import KeyValue, NotPlaced, Param, shard_index
 from .snapshot import RoutedTable, RoutingTopology
-from .walk import SAFE_FUNCTIONS, children
-
-
-@dataclass(frozen=True)
-class Coordinator:
-    reason: str
-
-
-@dataclass(frozen=True)
-class Shard:
-    node: str
-    shard_index: int
-    shard_ids: tuple[int, ...]  # the shards the statement touches (one per distributed table)
-    sql: str
-
-
-@dataclass(frozen=True)
-class Split:
-    """A multi-row INSERT over several shards: one part per shard, with the row numbers it carries."""
-
-    parts: tuple[tuple[Shard, tuple[int, ...]], ...]
-
-
-Route = Coordinator | Shard | Split
+from .walk import SAFE_FUNCTIONS, children, conjuncts
 
 
 _N = TypeVar("_N")
@@ -379,7 +360,7 @@ class _Analyzer:
     # --- conditions ---------------------------------------------------------------------------------
     def restrict(self, expr: ast.Node | None, scope: Scope, restricted: Sequence[TableRef], *, constants: bool = True) -> None:
         """Pins and links from the AND-ed conditions ``expr`` that restrict the rows of ``restricted``."""
-        for cond in _conjuncts(expr):
+        for cond in conjuncts(expr):
             if not isinstance(cond, ast.A_Expr) or cond.name is None or len(cond.name) != 1 or cond.name[0].sval != "=":
                 continue
             lexpr, rexpr = cond.lexpr, cond.rexpr
@@ -504,14 +485,6 @@ class _Analyzer:
             raise Refuse(f"{type(node).__name__} inside an expression is not routed")
         for child in children(node):
             self.expressions(child, scope)
-
-
-def _conjuncts(expr: ast.Node | None) -> list[ast.Node]:
-    if expr is None:
-        return []
-    if isinstance(expr, ast.BoolExpr) and expr.boolop == enums.BoolExprType.AND_EXPR:
-        return [c for arg in expr.args or () for c in _conjuncts(arg)]
-    return [expr]
 
 
 def _same_key_type(a: TableRef, b: TableRef) -> bool:

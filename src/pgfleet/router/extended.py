@@ -39,7 +39,8 @@ from typing import TYPE_CHECKING
 
 from . import protocol as p
 from . import wire
-from .analyze import Coordinator, Prepared, Shard
+from .analyze import Prepared
+from .routes import Coordinator, Shard
 from .backend import BackendError, WorkerConnection, denied, lost_in_flight
 from .batches import (
     PARSE_COMPLETE,

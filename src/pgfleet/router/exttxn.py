@@ -25,7 +25,7 @@ from psycopg import sql
 
 from . import protocol as p
 from . import wire
-from .analyze import Coordinator, Shard
+from .routes import Coordinator, Shard
 from .backend import BackendError
 from .batches import Message, Plan, Statement, client_reply, read_bind, read_parse
 from .routing import Decision

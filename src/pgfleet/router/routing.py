@@ -14,7 +14,8 @@ from dataclasses import dataclass, field
 from pglast import ast, parse_sql
 from pglast.parser import ParseError, scan
 
-from .analyze import Coordinator, Prepared, Route, Shard, analyze, prepare
+from .analyze import Prepared, analyze, prepare
+from .routes import Coordinator, Route, Shard
 from .backend import WorkerLogin
 from .snapshot import RoutingTopology
 from .walk import SAFE_FUNCTIONS, children

@@ -21,7 +21,7 @@ from typing import Any, cast
 
 from . import protocol as p
 from . import wire
-from .analyze import Coordinator, Shard
+from .routes import Coordinator, Shard
 from .backend import BackendError, WorkerConnection
 from .backend import CANNOT_CONNECT, denied, lost_in_flight
 from .context import Address, RouterContext

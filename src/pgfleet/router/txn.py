@@ -30,7 +30,7 @@ from psycopg import sql
 
 from . import protocol as p
 from . import wire
-from .analyze import Shard
+from .routes import Shard
 from .backend import BackendError, WorkerConnection
 from .routing import Decision
 from .stats import RouterStats

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 
-from pglast import ast
+from pglast import ast, enums
 
 # Built-in functions without side effects that read no table: evaluated on a worker they give what the
 # coordinator would. Anything else (nextval, set_config, pg_sleep, advisory locks, user functions, …)
@@ -31,3 +31,12 @@ def children(node: ast.Node) -> Iterator[object]:
         value = getattr(node, name, None)
         if isinstance(value, ast.Node | tuple | list):
             yield value
+
+
+def conjuncts(expr: ast.Node | None) -> list[ast.Node]:
+    """The AND-ed conditions of a WHERE or ON expression, nested ANDs flattened."""
+    if expr is None:
+        return []
+    if isinstance(expr, ast.BoolExpr) and expr.boolop == enums.BoolExprType.AND_EXPR:
+        return [c for arg in expr.args or () for c in conjuncts(arg)]
+    return [expr]
