@@ -27,7 +27,8 @@ from pgfleet.ha.rejoin import rejoin
 from pgfleet.ha.standby import add_standby, replication_status
 from pgfleet.cluster.local import LocalCluster
 from pgfleet.cluster.aggregate import aggregate
-from pgfleet.cluster.router import Router, ShardPool
+from pgfleet.cluster.router import Router
+from pgfleet.cluster.shard_pool import ShardPool
 from pgfleet.errors import SpecError, TopologyError
 from pgfleet.spec import DistributeSpec, HashSpec, QualifiedName
 from typing import Any, Self

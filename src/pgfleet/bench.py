@@ -28,7 +28,8 @@ from .cluster.fleet import Fleet
 from .cluster.local import LocalCluster
 from .cluster.loader import load_copy
 from .cluster.aggregate import aggregate
-from .cluster.router import Router, ShardPool, fanout, load, table_shards
+from .cluster.router import Router, fanout, load, table_shards
+from .cluster.shard_pool import ShardPool
 from .execute.connect import Conn, connect
 from .spec import DistributeSpec, HashSpec, QualifiedName, parse_range_bounds
 from .bench_chart import chart

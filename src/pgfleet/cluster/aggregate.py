@@ -13,7 +13,8 @@ from ..errors import SpecError
 from ..plan.tables import ident
 from ..topology.model import Shard
 from .fleet import Fleet
-from .router import ShardPool, pool_or_temporary, table_shards
+from .router import table_shards
+from .shard_pool import ShardPool, pool_or_temporary
 
 AGGREGATES = ("count", "sum", "min", "max", "avg")
 

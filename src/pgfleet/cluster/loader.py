@@ -38,7 +38,7 @@ from ..spec import QualifiedName, parse_name
 from ..topology.model import DistTable, Shard
 from ..topology.read import column_type, resolve_table, table_columns
 from .fleet import Fleet
-from .router import ShardPool, pool_or_temporary
+from .shard_pool import ShardPool, pool_or_temporary
 
 log = logging.getLogger(__name__)
 
