@@ -57,6 +57,21 @@ def set_canonical(conn: Conn) -> None:
         conn.execute("SELECT set_config(%s, %s, true)", (name, value))
 
 
+def lock_against_writes(fleet: Fleet, name: QualifiedName) -> Conn:
+    """A new coordinator connection in a transaction holding ``name`` in EXCLUSIVE mode (reads go on,
+    writes wait), with pgfleet's internal marker and canonical settings. The caller commits or closes it."""
+    lock = fleet.new_coordinator_conn()
+    try:
+        lock.autocommit = False
+        set_internal(lock)
+        set_canonical(lock)
+        lock.execute(sql.SQL("LOCK TABLE {} IN EXCLUSIVE MODE").format(tables.ident(name)))
+    except BaseException:
+        lock.close()
+        raise
+    return lock
+
+
 def alloc_shard_ids(conn: Conn, count: int) -> list[int]:
     rows = conn.execute("SELECT nextval('pgfleet.shard_id_seq') FROM generate_series(1, %s)", (count,)).fetchall()
     return [int(str(r[0])) for r in rows]
@@ -356,11 +371,7 @@ def _distribute(fleet: Fleet, spec: DistributeSpec, progress: Progress | None) -
             except psycopg.Error as exc:
                 raise ExecuteError(f"creating the distributed parent of {table.name} failed: {describe_error(exc)}",
                                    node=fleet.coordinator.name) from None
-            lock = fleet.new_coordinator_conn()
-            lock.autocommit = False
-            set_internal(lock)
-            set_canonical(lock)
-            lock.execute(sql.SQL("LOCK TABLE {} IN EXCLUSIVE MODE").format(tables.ident(table.name)))
+            lock = lock_against_writes(fleet, table.name)
             source_sum = table_checksum(lock, tables.ident(table.name))
             moved = _move_rows(fleet, table, staging, source_sum[0], say)
             verify_copy(fleet, source_sum, shards, f"{table.name}", say)

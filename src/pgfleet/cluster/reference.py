@@ -21,12 +21,11 @@ from .distribute import (
     alloc_shard_ids,
     create_on_workers,
     drop_worker_tables,
+    lock_against_writes,
     no_progress,
     operation_end,
     operation_start,
     prepare_source,
-    set_canonical,
-    set_internal,
     shards_by_node,
     table_checksum,
     table_lock,
@@ -93,11 +92,7 @@ def _copy_reference(fleet: Fleet, table: TableDef, workers: list[str], *, new_ta
                                                                  shard_id=sh.shard_id),
                                f"the copy of {table.name}", created)
             apply_privileges(conn, wconns, shards, table.oid)
-            lock = fleet.new_coordinator_conn()
-            lock.autocommit = False
-            set_internal(lock)
-            set_canonical(lock)
-            lock.execute(sql.SQL("LOCK TABLE {} IN EXCLUSIVE MODE").format(tables.ident(table.name)))
+            lock = lock_against_writes(fleet, table.name)
             source_sum = table_checksum(lock, tables.ident(table.name))
             cols = tables.column_list(table.columns)
             for wc in wconns.values():
