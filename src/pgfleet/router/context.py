@@ -15,7 +15,7 @@ from .keys import KeyAllocator, process_of
 from .routing import Routing
 from .stats import RouterStats
 from .twophase import DecisionStore, GidMaker
-from .txn import TwoPhase
+from .twophase import TwoPhase
 
 if TYPE_CHECKING:
     from .session import ClientSession

@@ -3,6 +3,10 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:  # the host type is only named here; multishard.py imports this module
+    from .multishard import MultiShardHost
 
 
 @dataclass(frozen=True)
@@ -25,4 +29,19 @@ class Split:
     parts: tuple[tuple[Shard, tuple[int, ...]], ...]
 
 
-Route = Coordinator | Shard | Split
+class MultiShard:
+    """A statement the router runs itself over several shards or nodes (scatter/gather reads, COPY,
+    multi-shard writes): planned purely by a planner of :mod:`.multishard`, run by a session.
+
+    Plans are immutable and cached with the statement's text, so ``run`` keeps its state in locals."""
+
+    description = "multi-shard"
+
+    async def run(self, host: MultiShardHost) -> bytes | None:
+        """Run the statement; return the client's whole reply (ending with ReadyForQuery), or None when
+        nothing was executed anywhere, so that the coordinator runs the statement instead. Once anything
+        may have run, return a reply (an ErrorResponse + ReadyForQuery at worst), never None."""
+        raise NotImplementedError
+
+
+Route = Coordinator | Shard | Split | MultiShard

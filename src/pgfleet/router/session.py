@@ -14,14 +14,13 @@ side's send buffer is full, reading from the other side pauses.
 from __future__ import annotations
 
 import asyncio
-import enum
 import logging
 from collections.abc import Callable, Coroutine
 from typing import Any, cast
 
 from . import protocol as p
 from . import wire
-from .routes import Coordinator, Shard
+from .routes import Coordinator, MultiShard, Shard
 from .backend import BackendError, WorkerConnection
 from .backend import CANNOT_CONNECT, denied, lost_in_flight
 from .context import Address, RouterContext
@@ -29,50 +28,11 @@ from .extended import ExtendedRouter
 from .exttxn import WithParse
 from .keys import CancelKey
 from .routing import Decision, deallocates_all, decide, parse_search_path
+from .twophase import TwoPhase
 from .txn import ReplySkipper, TransactionControl
+from .upstream import Phase, ServerSide, coordinator_lost
 
 log = logging.getLogger(__name__)
-
-def coordinator_lost(address: Address | None) -> bytes:
-    """What a client in a session gets when its coordinator connection ends without a word from the
-    server (killed, or failing over): the router cannot log in again for the client (it keeps no
-    password), so the session ends and the client reconnects; new connections go to the current primary."""
-    where = f" at {address[0]}:{address[1]}" if address else ""
-    return p.error_response("57P01", f"pgfleet router: the connection to the coordinator{where} was lost (the "
-                            "coordinator stopped or is failing over); this session ends", severity="FATAL",
-                            hint="reconnect: new connections go to the coordinator's current primary").encode()
-
-
-class Phase(enum.Enum):
-    STARTUP = 1
-    CONNECTING = 2
-    AUTH = 3
-    RELAY = 4
-    CLOSED = 5
-
-
-class ServerSide(asyncio.Protocol):
-    """The session's connection to the coordinator."""
-
-    def __init__(self, session: ClientSession) -> None:
-        self.session = session
-        self.transport: asyncio.Transport | None = None
-
-    def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        self.transport = cast(asyncio.Transport, transport)  # uvloop's transports are not its subclasses
-
-    def data_received(self, data: bytes) -> None:
-        self.session.from_server(data)
-
-    def connection_lost(self, exc: Exception | None) -> None:
-        self.session.server_lost()
-
-    def pause_writing(self) -> None:
-        self.session.pause_client()
-
-    def resume_writing(self) -> None:
-        self.session.resume_client()
-
 
 class ClientSession(asyncio.Protocol):
     def __init__(self, context: RouterContext) -> None:
@@ -327,13 +287,16 @@ class ClientSession(asyncio.Protocol):
         if not decision.keeps_state:
             self.pin()
             return False
-        if not isinstance(decision.route, Shard):
+        if not isinstance(decision.route, Shard | MultiShard):
             return False
         if not self.superuser and not routing.roles_current:
             return False  # the workers do not have the coordinator's roles yet
         self.busy = True
         self.context.stats.queries += 1
-        self._route(decision.route, data)
+        if isinstance(decision.route, MultiShard):
+            self.spawn(self._run_multishard(decision.route, data))
+        else:
+            self._route(decision.route, data)
         return True
 
     def _worker_settings(self) -> tuple[tuple[str, str], ...]:
@@ -389,6 +352,23 @@ class ClientSession(asyncio.Protocol):
         finally:
             self.running_on = None
         self._routed_done(reply, raw)
+
+    async def _run_multishard(self, plan: MultiShard, raw: bytes) -> None:
+        """A statement the router runs itself over several shards (:mod:`.multishard`)."""
+        try:
+            reply = await plan.run(self)
+        except Exception:  # a bug in a plan: say so to the client; the plan may have run somewhere
+            log.exception("%s statement failed in the router", plan.description)
+            reply = p.error_response("XX000", f"pgfleet router: the {plan.description} statement failed in the "
+                                     "router; see the router's log", severity="ERROR").encode() + p.ReadyForQuery("I").encode()
+        self._routed_done(reply, raw)
+
+    def stream(self, data: bytes) -> None:
+        self._write(data)
+
+    @property
+    def twophase(self) -> TwoPhase | None:
+        return self.context.twophase
 
     def role_on(self, conn: WorkerConnection) -> str:
         """The role a routed statement runs as: the client's, or for a superuser the router's login (the

@@ -21,6 +21,7 @@ import itertools
 import logging
 import os
 import time
+from dataclasses import dataclass
 from collections.abc import Callable, Sequence
 
 from psycopg import sql
@@ -139,3 +140,11 @@ async def run_everywhere(conns: Sequence[WorkerConnection], statement: str) -> l
             return None
 
     return list(await asyncio.gather(*(one(conn) for conn in conns)))
+
+
+@dataclass
+class TwoPhase:
+    """What the sessions of one router process share for multi-worker commits."""
+
+    gids: GidMaker
+    decisions: DecisionStore

@@ -35,7 +35,7 @@ from .backend import BackendError, WorkerConnection
 from .routing import Decision
 from .stats import RouterStats
 from .twophase import Decision as Outcome
-from .twophase import DecisionStore, GidMaker, first_error, literal, messages, run_everywhere, status_of, tags
+from .twophase import TwoPhase, first_error, literal, messages, run_everywhere, status_of, tags
 from .txnstmt import BeginOptions, Control, Kind, control, reads_only
 
 log = logging.getLogger(__name__)
@@ -67,14 +67,6 @@ class Host(Protocol):
     def spawn(self, coro: Coroutine[Any, Any, None]) -> None: ...
     def resume(self) -> None: ...  # the statement is answered: go on with what the client sent meanwhile
     def refuse(self, sqlstate: str, message: str, hint: str | None = None) -> None: ...  # error, then close
-
-
-@dataclass
-class TwoPhase:
-    """What the sessions of one router process share for multi-worker commits."""
-
-    gids: GidMaker
-    decisions: DecisionStore
 
 
 @dataclass
