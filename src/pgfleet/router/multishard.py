@@ -1,7 +1,7 @@
 """Statements the router runs itself over several shards: the planner registry and what a plan may use
 of the session that runs it.
 
-A planner looks at one parsed statement that single-shard analysis (:mod:`.analyze`) sent to the
+A planner (registered in :mod:`.planners`) looks at one parsed statement that single-shard analysis (:mod:`.analyze`) sent to the
 coordinator and returns a :class:`~.routes.MultiShard` plan when it can run the statement itself with
 the same result as the coordinator (types, NULLs, errors), or None. Planners are pure (no I/O): they
 are tested on the plans they build. Plans run only in autocommit, in a session that is idle; inside a
@@ -10,7 +10,7 @@ transaction such statements stay with the coordinator.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from typing import Protocol
 
 from pglast import ast
@@ -50,21 +50,3 @@ class MultiShardHost(Protocol):
         """Global transaction ids and the store of commit decisions for PREPARE TRANSACTION (recovered
         by :mod:`.recovery`); None: no multi-node commit is possible in this router."""
         ...
-
-
-PLANNERS: list[Planner] = []  # tried in order; the first plan wins
-
-
-def plan(statements: Sequence[ast.RawStmt], sql: str, topology: RoutingTopology,
-         search_path: tuple[str, ...]) -> MultiShard | None:
-    """A plan for a single statement that some planner can run, else None."""
-    if len(statements) != 1 or not topology.tables:
-        return None
-    stmt = statements[0].stmt
-    if stmt is None:
-        return None
-    for planner in PLANNERS:
-        found = planner(stmt, sql, topology, search_path)
-        if found is not None:
-            return found
-    return None

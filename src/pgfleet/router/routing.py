@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 from pglast import ast, parse_sql
 from pglast.parser import ParseError, scan
 
-from . import multishard
+from . import planners
 from .analyze import Prepared, analyze, prepare
 from .routes import Coordinator, Route, Shard
 from .backend import WorkerLogin
@@ -87,12 +87,12 @@ def _decide(sql: str, topology: RoutingTopology, search_path: tuple[str, ...],
         return Decision(route, True)
     if not session_neutral(sql):
         return Decision(Coordinator("may change session state"), False)
-    if isinstance(route, Coordinator) and multishard.PLANNERS:
+    if isinstance(route, Coordinator) and planners.PLANNERS:
         try:
             statements = parse_sql(sql)
         except ParseError:
             return Decision(route, True)
-        planned = multishard.plan(statements, sql, topology, search_path)
+        planned = planners.plan(statements, sql, topology, search_path)
         if planned is not None:
             return Decision(planned, True)
     return Decision(route, True)

@@ -1,0 +1,30 @@
+"""The planners of statements the router runs itself over several shards (:mod:`.multishard`), in the
+order they are tried: the first plan wins. A planner module imports :mod:`.multishard`; this module
+imports the planners, and routing imports this module."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+from pglast import ast
+
+from .multishard import Planner
+from .routes import MultiShard
+from .snapshot import RoutingTopology
+
+PLANNERS: list[Planner] = []  # tried in order; the first plan wins (each planner adds one line here)
+
+
+def plan(statements: Sequence[ast.RawStmt], sql: str, topology: RoutingTopology,
+         search_path: tuple[str, ...]) -> MultiShard | None:
+    """A plan for a single statement that some planner can run, else None."""
+    if len(statements) != 1 or not topology.tables:
+        return None
+    stmt = statements[0].stmt
+    if stmt is None:
+        return None
+    for planner in PLANNERS:
+        found = planner(stmt, sql, topology, search_path)
+        if found is not None:
+            return found
+    return None
