@@ -9,8 +9,10 @@ from __future__ import annotations
 import contextlib
 import json
 import socket
+import sys
 import threading
 import time
+import traceback
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -129,7 +131,15 @@ def wait_for(predicate: object, timeout: float, what: str, local: LocalCluster |
             return
         time.sleep(0.1)
     events = "\n".join(f"{e.time} {e.node} {e.kind} {e.detail}" for e in read_events(local)) if local else ""
-    raise AssertionError(f"timed out waiting for {what}\n{events}")
+    raise AssertionError(f"timed out waiting for {what}\n{events}\n{_thread_stacks()}")
+
+
+def _thread_stacks() -> str:
+    """Where the other threads of this process are (the monitor's thread, when a failover hangs)."""
+    names = {t.ident: t.name for t in threading.enumerate()}
+    me = threading.get_ident()
+    return "\n".join(f"--- thread {names.get(ident, ident)}\n" + "".join(traceback.format_stack(frame)[-12:])
+                     for ident, frame in sys._current_frames().items() if ident != me)
 
 
 def missing(local: LocalCluster, ids: list[int]) -> list[int]:

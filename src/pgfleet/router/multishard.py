@@ -41,6 +41,11 @@ class MultiShardHost(Protocol):
         """The role statements run as on ``conn`` (the client's; a superuser's is the router login)."""
         ...
 
+    async def coordinator(self, sql: str) -> list[tuple[bytes, bytes]]:
+        """Run one simple Query on the client's own coordinator connection (idle, autocommit, so under
+        the client's role and settings) and return its reply up to ReadyForQuery, not relayed."""
+        ...
+
     def stream(self, data: bytes) -> None:
         """Send part of the reply to the client now (large results); ``run`` returns the rest."""
         ...

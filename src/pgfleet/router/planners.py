@@ -11,8 +11,11 @@ from pglast import ast
 from .multishard import Planner
 from .routes import MultiShard
 from .snapshot import RoutingTopology
+from .vacuum import planner as vacuum_planner
 
-PLANNERS: list[Planner] = []  # tried in order; the first plan wins (each planner adds one line here)
+PLANNERS: list[Planner] = [  # tried in order; the first plan wins (each planner adds one line here)
+    vacuum_planner,
+]
 
 
 def plan(statements: Sequence[ast.RawStmt], sql: str, topology: RoutingTopology,

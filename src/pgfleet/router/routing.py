@@ -231,8 +231,10 @@ def session_neutral(sql: str) -> bool:
         stmts = parse_sql(sql)
     except ParseError:
         return True  # the coordinator reports the syntax error; nothing changes
-    if len(stmts) == 1 and isinstance(stmts[0].stmt, ast.VariableShowStmt):
-        return True  # SHOW reads a setting (SQLAlchemy's connect: SHOW transaction isolation level)
+    if len(stmts) == 1 and isinstance(stmts[0].stmt, ast.VariableShowStmt | ast.VacuumStmt):
+        # SHOW reads a setting (SQLAlchemy's connect: SHOW transaction isolation level); VACUUM and ANALYZE
+        # change no session state
+        return True
     if len(stmts) != 1 or not isinstance(stmts[0].stmt, DML):
         return False
     stack: list[object] = [stmts[0].stmt]

@@ -366,6 +366,11 @@ class ClientSession(asyncio.Protocol):
     def stream(self, data: bytes) -> None:
         self._write(data)
 
+    async def coordinator(self, sql: str) -> list[tuple[bytes, bytes]]:
+        reply: asyncio.Future[list[tuple[bytes, bytes]]] = asyncio.get_running_loop().create_future()
+        self.extended.capture_reply(p.Query(sql).encode(), reply.set_result)
+        return await reply
+
     @property
     def twophase(self) -> TwoPhase | None:
         return self.context.twophase
