@@ -16,6 +16,7 @@ from pglast.parser import ParseError, scan
 
 from . import planners
 from .analyze import Prepared, analyze, prepare
+from .ddl import adds_foreign_keys
 from .routes import Coordinator, Route, Shard
 from .backend import WorkerLogin
 from .snapshot import RoutingTopology
@@ -231,9 +232,10 @@ def session_neutral(sql: str) -> bool:
         stmts = parse_sql(sql)
     except ParseError:
         return True  # the coordinator reports the syntax error; nothing changes
-    if len(stmts) == 1 and isinstance(stmts[0].stmt, ast.VariableShowStmt | ast.VacuumStmt):
+    if len(stmts) == 1 and (isinstance(stmts[0].stmt, ast.VariableShowStmt | ast.VacuumStmt)
+                            or adds_foreign_keys(stmts[0].stmt)):
         # SHOW reads a setting (SQLAlchemy's connect: SHOW transaction isolation level); VACUUM and ANALYZE
-        # change no session state
+        # change no session state; nor does adding a foreign key
         return True
     if len(stmts) != 1 or not isinstance(stmts[0].stmt, DML):
         return False

@@ -54,7 +54,7 @@ def intercept(statement: str, topology: RoutingTopology, search_path: Sequence[s
             return None
         if not rel.relation.schemaname and rel.relation.relname in temp_names:
             return None
-        table = _resolve(rel.relation, topology, search_path)
+        table = resolve_table(rel.relation, topology, search_path)
         if table is None:
             return None
         columns = tuple(str(c.sval) for c in rel.va_cols or () if isinstance(c, ast.String))
@@ -78,7 +78,7 @@ def _value(arg: object) -> str | None:
     return str(arg)
 
 
-def _resolve(rel: ast.RangeVar, topology: RoutingTopology, search_path: Sequence[str]) -> RoutedTable | None:
+def resolve_table(rel: ast.RangeVar, topology: RoutingTopology, search_path: Sequence[str]) -> RoutedTable | None:
     """The table ``rel`` names for the session, if it is distributed or reference (as analyze.py resolves)."""
     name = rel.relname or ""
     if rel.schemaname:

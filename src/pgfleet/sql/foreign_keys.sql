@@ -134,6 +134,21 @@ BEGIN
     IF NOT pg_has_role(session_user, (SELECT relowner FROM pg_class WHERE oid = p_table), 'MEMBER') THEN
         RAISE EXCEPTION 'must be owner of table % to add a foreign key to it', p_table USING ERRCODE = 'insufficient_privilege';
     END IF;
+    -- as ALTER TABLE … ADD FOREIGN KEY: no referenced columns means the referenced table's primary key,
+    -- no name means <table>_<columns>_fkey (PostgreSQL's choice, without its truncation and numbering)
+    IF p_ref_columns IS NULL THEN
+        p_ref_columns := ARRAY(SELECT a.attname::text FROM pg_constraint c, unnest(c.conkey) WITH ORDINALITY k(n, i)
+                               JOIN pg_attribute a ON a.attnum = k.n
+                               WHERE c.conrelid = p_references AND c.contype = 'p' AND a.attrelid = p_references
+                               ORDER BY k.i);
+        IF cardinality(p_ref_columns) = 0 THEN
+            RAISE EXCEPTION 'there is no primary key for referenced table %', p_references
+                USING ERRCODE = 'invalid_foreign_key',
+                      HINT = 'name the referenced columns: REFERENCES table (columns) (a distributed table''s keys are on its shards)';
+        END IF;
+    END IF;
+    p_name := coalesce(p_name, format('%s_%s_fkey', (SELECT relname FROM pg_class WHERE oid = p_table),
+                                      array_to_string(p_columns, '_')));
     IF NOT has_table_privilege(session_user, p_references, 'REFERENCES') THEN
         RAISE EXCEPTION 'permission denied for table %', p_references USING ERRCODE = 'insufficient_privilege',
             HINT = format('the owner of %s needs the REFERENCES privilege on it', p_references);

@@ -1,0 +1,86 @@
+"""Plain ``ALTER TABLE … ADD FOREIGN KEY`` on a distributed table through the router (what ORMs and
+migration tools send) declares a foreign key enforced shard by shard, with the SQL API's checks."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+import psycopg
+import pytest
+
+from conftest import routing_router
+from pgfleet.cluster.fleet import Fleet
+from pgfleet.cluster.local import LocalCluster
+from pgfleet.router.ddl import planner
+from pgfleet.router.server import RouterServer
+from pgfleet.spec import DistributeSpec, HashSpec, QualifiedName, ReferenceSpec
+from pglast import parse_sql
+from test_router_analyze import TOPOLOGY
+
+
+def planned(statement: str) -> str | None:
+    found = planner(parse_sql(statement)[0].stmt, statement, TOPOLOGY, ("public",))
+    return found.statement if found is not None else None
+
+
+def test_only_plain_foreign_keys_of_distributed_tables_are_translated() -> None:
+    assert planned("ALTER TABLE orders ADD CONSTRAINT fk FOREIGN KEY (country) REFERENCES countries ON DELETE CASCADE") == (
+        "SELECT pgfleet.add_foreign_key('\"orders\"'::regclass, 'fk', '{country}'::text[], '\"countries\"'::regclass, "
+        "NULL::text[], 'CASCADE', 'NO ACTION')")
+    assert planned('ALTER TABLE public.orders ADD FOREIGN KEY (a, "B") REFERENCES x.y (c, d)') == (
+        "SELECT pgfleet.add_foreign_key('\"public\".\"orders\"'::regclass, NULL, '{a,B}'::text[], '\"x\".\"y\"'::regclass, "
+        "'{c,d}'::text[], 'NO ACTION', 'NO ACTION')")
+    for other in ("ALTER TABLE countries ADD FOREIGN KEY (a) REFERENCES z",  # a reference table: the coordinator's
+                  "ALTER TABLE plain ADD FOREIGN KEY (a) REFERENCES z",
+                  "ALTER TABLE ONLY orders ADD FOREIGN KEY (a) REFERENCES z",
+                  "ALTER TABLE orders ADD FOREIGN KEY (a) REFERENCES z DEFERRABLE INITIALLY DEFERRED",
+                  "ALTER TABLE orders ADD FOREIGN KEY (a) REFERENCES z NOT VALID",
+                  "ALTER TABLE orders ADD FOREIGN KEY (a) REFERENCES z MATCH FULL",
+                  "ALTER TABLE orders ADD FOREIGN KEY (a) REFERENCES z, ADD COLUMN b int",
+                  "ALTER TABLE orders ADD CHECK (id > 0)"):
+        assert planned(other) is None, other
+
+
+@pytest.fixture
+def router(cluster: LocalCluster, fleet: Fleet, schema: str) -> Iterator[RouterServer]:
+    conn = fleet.conn()
+    conn.execute("CREATE TABLE countries (code text PRIMARY KEY)")
+    conn.execute("INSERT INTO countries VALUES ('FR'), ('NG')")
+    conn.execute("CREATE TABLE orders (id bigint PRIMARY KEY)")
+    conn.execute("CREATE TABLE items (order_id bigint, n int, country text, PRIMARY KEY (order_id, n))")
+    conn.execute("CREATE TABLE plain (id bigint PRIMARY KEY)")
+    conn.execute("INSERT INTO orders SELECT generate_series(1, 20)")
+    orders = QualifiedName(schema, "orders")
+    fleet.reference(ReferenceSpec(QualifiedName(schema, "countries")))
+    fleet.distribute(DistributeSpec(orders, "id", HashSpec(4)))
+    fleet.distribute(DistributeSpec(QualifiedName(schema, "items"), "order_id", colocate_with=orders))
+    with routing_router(cluster) as server:
+        yield server
+
+
+def test_alter_table_add_foreign_key_through_the_router(cluster: LocalCluster, fleet: Fleet, schema: str,
+                                                         router: RouterServer) -> None:
+    with psycopg.connect(host="127.0.0.1", port=router.config.port, dbname=cluster.spec.dbname,
+                         user=cluster.spec.superuser, password=cluster.spec.coordinator.password,
+                         options=f"-c search_path={schema}", autocommit=True) as conn:
+        cur = psycopg.ClientCursor(conn)  # simple protocol, as psql and migration tools
+        cur.execute("ALTER TABLE items ADD FOREIGN KEY (order_id) REFERENCES orders (id) ON DELETE CASCADE")
+        assert cur.statusmessage == "ALTER TABLE"
+        cur.execute("ALTER TABLE items ADD CONSTRAINT item_country FOREIGN KEY (country) REFERENCES countries")
+        cur.execute("INSERT INTO items VALUES (3, 1, 'FR'), (4, 1, NULL)")
+        with pytest.raises(psycopg.errors.ForeignKeyViolation, match="items_order_id_fkey"):
+            cur.execute("INSERT INTO items VALUES (99, 1, 'FR')")
+        with pytest.raises(psycopg.errors.ForeignKeyViolation, match="item_country"):
+            cur.execute("INSERT INTO items VALUES (5, 1, 'XX')")
+        cur.execute("DELETE FROM orders WHERE id = 3")  # cascades on the shard
+        cur.execute("SELECT count(*) FROM items WHERE order_id = 3")
+        assert cur.fetchall() == [(0,)]
+        with pytest.raises(psycopg.errors.DuplicateObject, match="item_country"):
+            cur.execute("ALTER TABLE items ADD CONSTRAINT item_country FOREIGN KEY (country) REFERENCES countries")
+        with pytest.raises(psycopg.errors.FeatureNotSupported, match="whose rows are only on the coordinator") as info:
+            cur.execute("ALTER TABLE items ADD FOREIGN KEY (n) REFERENCES plain")
+        assert "make" in (info.value.diag.message_hint or "")
+    assert fleet.conn().execute("SELECT name, on_delete FROM pgfleet.foreign_keys WHERE relid = 'items'::regclass "
+                                "ORDER BY name").fetchall() == [("item_country", "NO ACTION"),
+                                                                 ("items_order_id_fkey", "CASCADE")]
+    assert router.context.stats.pinned_sessions == 0
