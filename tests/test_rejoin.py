@@ -140,7 +140,8 @@ def test_ten_kill_failover_rejoin_cycles_under_writes(base_dir: Path) -> None:
                 victim = local.spec.primary_of(group).name
                 heir = next(m.name for m in local.spec.standbys(group))
                 local.server(victim).kill()
-                wait_for(lambda g=group, h=heir: _promoted(local, g, h) and not under_maintenance(local, g), 30,
+                # (60 s: on a loaded 2-core machine a failover's steps take seconds each; the events say which)
+                wait_for(lambda g=group, h=heir: _promoted(local, g, h) and not under_maintenance(local, g), 60,
                          f"cycle {cycle}: failover of {group}", local)
                 hows.append(rejoin(local, victim))
                 acked = len(writer.acked)

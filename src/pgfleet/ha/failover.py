@@ -105,13 +105,24 @@ def _failover(local: LocalCluster, group: str, reason: str, candidate: str | Non
     record(local, group, "failover-start", f"{reason}; promoting {new.name}")
     mark = fence(local, old.name, f"failover of {group} to {new.name}")
     record(local, group, "fenced", f"old primary {old.name} stopped; {mark.message()}")
+    steps: list[str] = []
+
+    def step(name: str, since: float) -> float:
+        now = time.monotonic()
+        steps.append(f"{name} {now - since:.2f} s")
+        return now
+
+    mark_time = step("fence", started)
     local.server(new.name).promote()
     local.set_primary(group, new.name)
+    mark_time = step("promote", mark_time)
     others = [m for m in standbys if m.name != new.name]
     _follow(local, group, new, others, old.name)
+    mark_time = step("standbys", mark_time)
     _repoint(local, group, new)
+    step("repoint", mark_time)
     record(local, group, "failover-done",
-           f"{new.name} (port {new.port}) is primary; took {time.monotonic() - started:.2f} s; "
+           f"{new.name} (port {new.port}) is primary; took {time.monotonic() - started:.2f} s ({', '.join(steps)}); "
            f"old primary {old.name} is fenced, rejoin it with 'pgfleet node rejoin {old.name}'")
     return new
 
