@@ -53,7 +53,7 @@ ORDER BY 1, 2
 def logical_db(fleet: Fleet, schema: str) -> str:
     conn = fleet.conn()
     conn.execute("CREATE TABLE kinds (id int PRIMARY KEY, label text)")
-    conn.execute("INSERT INTO kinds VALUES (1, 'small'), (2, 'large'), (3, NULL)")
+    conn.execute("INSERT INTO kinds VALUES (1, 'small'), (2, 'large'), (3, NULL), (4, 'huge')")
     fleet.reference(ReferenceSpec(QualifiedName(schema, "kinds")))
     conn.execute("CREATE TABLE orders (id serial PRIMARY KEY, kind int, amount numeric(10,2), "
                  "placed timestamptz NOT NULL DEFAULT '2026-01-01', note text, code text, UNIQUE (code, id), "
@@ -78,6 +78,8 @@ def logical_db(fleet: Fleet, schema: str) -> str:
     conn.execute("CREATE TABLE notes (id int PRIMARY KEY, order_id int, body text)")  # a plain coordinator table
     conn.execute("INSERT INTO notes SELECT g, g * 2, 'b' || g FROM generate_series(1, 50) g")
     conn.execute("INSERT INTO orders (kind, amount) VALUES (2, 1)")  # the sequence moved on through the fleet
+    conn.execute("SELECT pgfleet.add_foreign_key('orders', 'orders_kind_fk', ARRAY['kind'], 'kinds', NULL, "
+                 "on_delete => 'restrict')")  # on the shards only
     return schema
 
 
@@ -111,6 +113,10 @@ def test_dump_restores_into_a_plain_server_with_the_same_answers(
             with pytest.raises(psycopg.errors.UniqueViolation):
                 restored.execute("INSERT INTO orders (id, kind) VALUES (1, 1)")
             next_id = restored.execute("INSERT INTO orders (kind) VALUES (1) RETURNING id").fetchone()
+            assert restored.execute("SELECT conname, confdeltype FROM pg_constraint WHERE contype = 'f' "
+                                    "AND conrelid = 'orders'::regclass").fetchall() == [("orders_kind_fk", "r")]
+            with pytest.raises(psycopg.errors.ForeignKeyViolation, match="orders_kind_fk"):
+                restored.execute("INSERT INTO orders (kind) VALUES (99)")
         with fleet.new_coordinator_conn() as coord:
             want = _answers(coord, schema)
             fleet_next = coord.execute("SELECT max(id) FROM orders").fetchone()

@@ -10,7 +10,8 @@ server, then dumped with pg_dump and dropped.
    sequences), then each distributed table as a plain table (columns and checks of the coordinator's
    parent) with its rows read through the coordinator, then its primary key, uniques and indexes as they
    are on its shards (where they live), then the rest of the archive in its order (other tables and their
-   rows, sequence values, views, foreign keys, grants).
+   rows, sequence values, views, foreign keys, grants), then the distributed tables' foreign keys
+   (pgfleet.foreign_keys: they live on the shards).
 3. pg_dump -Fc of the scratch database into FILE.
 Every distributed table is read in one statement (one snapshot per worker), not all tables at one instant.
 """
@@ -234,10 +235,37 @@ def dump(fleet: Fleet, path: Path, progress: Progress | None = None, *, timeout:
                     _execute(target, tables.keys_and_indexes_ddl(constraints, indexes, table.name), table.name)
                 report("tables", len(distributed), len(distributed))
             _restore(bins, scratch, source, rest, Path(work) / "rest.list", timeout)
+            with connect(scratch) as target:
+                for referencing, statement in _foreign_keys(fleet.conn()):
+                    _execute(target, [statement], referencing)
             report("archive", 0, 1)
             _client(bins, "pg_dump", scratch, "-Fc", "-f", str(path), timeout=timeout)
             report("archive", 1, 1)
     return DumpResult(path=path, tables=len(distributed), rows=rows, bytes=path.stat().st_size)
+
+
+_ACTIONS = frozenset({"NO ACTION", "RESTRICT", "CASCADE", "SET NULL", "SET DEFAULT"})
+
+
+def _foreign_keys(conn: Conn) -> list[tuple[QualifiedName, sql.Composed]]:
+    """The foreign keys of distributed tables (pgfleet.foreign_keys: on their shards, not on the
+    coordinator's parents) as ALTER TABLE statements for the plain tables; after everything else, so
+    that what they reference exists with its keys."""
+    rows = conn.execute(
+        "SELECT n.nspname, c.relname, f.name, f.columns, rn.nspname, r.relname, f.ref_columns, f.on_delete, f.on_update "
+        "FROM pgfleet.foreign_keys f JOIN pg_class c ON c.oid = f.relid JOIN pg_namespace n ON n.oid = c.relnamespace "
+        "JOIN pg_class r ON r.oid = f.ref_relid JOIN pg_namespace rn ON rn.oid = r.relnamespace "
+        "ORDER BY n.nspname, c.relname, f.name").fetchall()
+    out = []
+    for schema, name, key, columns, ref_schema, ref_name, ref_columns, on_delete, on_update in rows:
+        if on_delete not in _ACTIONS or on_update not in _ACTIONS:
+            raise ClusterError(f"foreign key {key} of {schema}.{name} has an unknown action {on_delete} / {on_update}")
+        out.append((QualifiedName(schema, name), sql.SQL(
+            "ALTER TABLE {} ADD CONSTRAINT {} FOREIGN KEY ({}) REFERENCES {} ({}) ON DELETE {} ON UPDATE {}").format(
+            sql.Identifier(schema, name), sql.Identifier(key), sql.SQL(", ").join(map(sql.Identifier, columns)),
+            sql.Identifier(ref_schema, ref_name), sql.SQL(", ").join(map(sql.Identifier, ref_columns)),
+            sql.SQL(on_delete), sql.SQL(on_update))))
+    return out
 
 
 def _restore(bins: binmod.Binaries, ep: Endpoint, archive: Path, entries: list[TocEntry], listing: Path,
