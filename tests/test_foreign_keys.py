@@ -16,12 +16,20 @@ def test_a_key_to_a_reference_table_is_enforced_on_the_shards(fleet: Fleet, sche
     conn = fleet.conn()
     conn.execute("CREATE TABLE countries (code text PRIMARY KEY, name text)")
     conn.execute("INSERT INTO countries VALUES ('FR', 'France'), ('NG', 'Nigeria')")
-    conn.execute("CREATE TABLE orders (id bigint PRIMARY KEY, country text REFERENCES countries ON DELETE RESTRICT)")
+    conn.execute("CREATE TABLE orders (id bigint PRIMARY KEY, country text REFERENCES countries ON DELETE RESTRICT, "
+                 "alt_country text REFERENCES countries DEFERRABLE INITIALLY DEFERRED)")
     conn.execute("INSERT INTO orders SELECT g, CASE WHEN g % 2 = 0 THEN 'FR' ELSE 'NG' END FROM generate_series(1, 50) g")
     fleet.reference(ReferenceSpec(QualifiedName(schema, "countries")))  # referenced by a plain table: fine
     fleet.distribute(DistributeSpec(QualifiedName(schema, "orders"), "id", HashSpec(4)))
-    assert conn.execute("SELECT name, columns, on_delete FROM pgfleet.foreign_keys "
-                        "WHERE relid = 'orders'::regclass").fetchall() == [("orders_country_fkey", ["country"], "RESTRICT")]
+    assert conn.execute("SELECT name, columns, on_delete, deferral FROM pgfleet.foreign_keys WHERE relid = 'orders'::regclass "
+                        "ORDER BY name").fetchall() == [
+        ("orders_alt_country_fkey", ["alt_country"], "NO ACTION", "DEFERRABLE INITIALLY DEFERRED"),
+        ("orders_country_fkey", ["country"], "RESTRICT", "NOT DEFERRABLE")]
+    with conn.transaction():  # the deferred key is checked at COMMIT on the shard, as on one server
+        conn.execute("INSERT INTO orders VALUES (60, 'FR', 'XX')")
+        conn.execute("UPDATE orders SET alt_country = 'NG' WHERE id = 60")
+    with pytest.raises(psycopg.errors.ForeignKeyViolation, match="orders_alt_country_fkey"), conn.transaction():
+        conn.execute("INSERT INTO orders VALUES (61, 'FR', 'XX')")
     conn.execute("INSERT INTO orders VALUES (51, 'FR')")
     with pytest.raises(psycopg.errors.ForeignKeyViolation, match="orders_country_fkey"):
         conn.execute("INSERT INTO orders VALUES (52, 'XX')")

@@ -26,14 +26,17 @@ def planned(statement: str) -> str | None:
 def test_only_plain_foreign_keys_of_distributed_tables_are_translated() -> None:
     assert planned("ALTER TABLE orders ADD CONSTRAINT fk FOREIGN KEY (country) REFERENCES countries ON DELETE CASCADE") == (
         "SELECT pgfleet.add_foreign_key('\"orders\"'::regclass, 'fk', '{country}'::text[], '\"countries\"'::regclass, "
-        "NULL::text[], 'CASCADE', 'NO ACTION')")
+        "NULL::text[], 'CASCADE', 'NO ACTION', 'NOT DEFERRABLE')")
     assert planned('ALTER TABLE public.orders ADD FOREIGN KEY (a, "B") REFERENCES x.y (c, d)') == (
         "SELECT pgfleet.add_foreign_key('\"public\".\"orders\"'::regclass, NULL, '{a,B}'::text[], '\"x\".\"y\"'::regclass, "
-        "'{c,d}'::text[], 'NO ACTION', 'NO ACTION')")
+        "'{c,d}'::text[], 'NO ACTION', 'NO ACTION', 'NOT DEFERRABLE')")
+    assert str(planned("ALTER TABLE orders ADD FOREIGN KEY (a) REFERENCES z (b) DEFERRABLE INITIALLY DEFERRED")).endswith(
+        "'DEFERRABLE INITIALLY DEFERRED')")
+    assert str(planned("ALTER TABLE orders ADD FOREIGN KEY (a) REFERENCES z (b) DEFERRABLE")).endswith(
+        "'DEFERRABLE INITIALLY IMMEDIATE')")
     for other in ("ALTER TABLE countries ADD FOREIGN KEY (a) REFERENCES z",  # a reference table: the coordinator's
                   "ALTER TABLE plain ADD FOREIGN KEY (a) REFERENCES z",
                   "ALTER TABLE ONLY orders ADD FOREIGN KEY (a) REFERENCES z",
-                  "ALTER TABLE orders ADD FOREIGN KEY (a) REFERENCES z DEFERRABLE INITIALLY DEFERRED",
                   "ALTER TABLE orders ADD FOREIGN KEY (a) REFERENCES z NOT VALID",
                   "ALTER TABLE orders ADD FOREIGN KEY (a) REFERENCES z MATCH FULL",
                   "ALTER TABLE orders ADD FOREIGN KEY (a) REFERENCES z, ADD COLUMN b int",
@@ -66,12 +69,16 @@ def test_alter_table_add_foreign_key_through_the_router(cluster: LocalCluster, f
         cur = psycopg.ClientCursor(conn)  # simple protocol, as psql and migration tools
         cur.execute("ALTER TABLE items ADD FOREIGN KEY (order_id) REFERENCES orders (id) ON DELETE CASCADE")
         assert cur.statusmessage == "ALTER TABLE"
-        cur.execute("ALTER TABLE items ADD CONSTRAINT item_country FOREIGN KEY (country) REFERENCES countries")
+        cur.execute("ALTER TABLE items ADD CONSTRAINT item_country FOREIGN KEY (country) REFERENCES countries "
+                    "DEFERRABLE INITIALLY DEFERRED")  # as Django declares its keys
         cur.execute("INSERT INTO items VALUES (3, 1, 'FR'), (4, 1, NULL)")
+        with conn.transaction():  # deferred: checked at COMMIT, on the worker
+            cur.execute("INSERT INTO items VALUES (6, 1, 'XX')")
+            cur.execute("UPDATE items SET country = 'NG' WHERE order_id = 6")
         with pytest.raises(psycopg.errors.ForeignKeyViolation, match="items_order_id_fkey"):
             cur.execute("INSERT INTO items VALUES (99, 1, 'FR')")
         with pytest.raises(psycopg.errors.ForeignKeyViolation, match="item_country"):
-            cur.execute("INSERT INTO items VALUES (5, 1, 'XX')")
+            cur.execute("INSERT INTO items VALUES (5, 1, 'XX')")  # autocommit: at once
         cur.execute("DELETE FROM orders WHERE id = 3")  # cascades on the shard
         cur.execute("SELECT count(*) FROM items WHERE order_id = 3")
         assert cur.fetchall() == [(0,)]
@@ -83,4 +90,6 @@ def test_alter_table_add_foreign_key_through_the_router(cluster: LocalCluster, f
     assert fleet.conn().execute("SELECT name, on_delete FROM pgfleet.foreign_keys WHERE relid = 'items'::regclass "
                                 "ORDER BY name").fetchall() == [("item_country", "NO ACTION"),
                                                                  ("items_order_id_fkey", "CASCADE")]
+    assert fleet.conn().execute("SELECT deferral FROM pgfleet.foreign_keys WHERE name = 'item_country'").fetchone() == (
+        "DEFERRABLE INITIALLY DEFERRED",)
     assert router.context.stats.pinned_sessions == 0

@@ -9,7 +9,7 @@ import psycopg
 from ..errors import SpecError
 from ..execute.connect import Conn
 
-ForeignKey = tuple[object, ...]  # a pgfleet.foreign_keys row: relid, name, columns, ref_relid, ref_columns, actions
+ForeignKey = tuple[object, ...]  # a pgfleet.foreign_keys row: relid, name, columns, ref_relid, ref_columns, actions, deferral
 
 
 def _refused(exc: psycopg.Error) -> SpecError:
@@ -32,7 +32,7 @@ def check_foreign_keys(conn: Conn, oid: int, key: str, colocation_id: int | None
 def enforce_foreign_keys(conn: Conn, new_oid: int, keys: list[ForeignKey]) -> None:
     """Record ``keys`` for distributed table ``new_oid`` and queue them for its shards (applied at COMMIT)."""
     for fk in keys:
-        conn.execute("SELECT pgfleet.enforce_foreign_key(ROW(%s, %s, %s::text[], %s, %s::text[], %s, %s)::pgfleet.foreign_keys)",
+        conn.execute("SELECT pgfleet.enforce_foreign_key(ROW(%s, %s, %s::text[], %s, %s::text[], %s, %s, %s)::pgfleet.foreign_keys)",
                      (new_oid, *fk[1:]))
 
 

@@ -245,6 +245,7 @@ def dump(fleet: Fleet, path: Path, progress: Progress | None = None, *, timeout:
 
 
 _ACTIONS = frozenset({"NO ACTION", "RESTRICT", "CASCADE", "SET NULL", "SET DEFAULT"})
+_DEFERRALS = frozenset({"NOT DEFERRABLE", "DEFERRABLE INITIALLY IMMEDIATE", "DEFERRABLE INITIALLY DEFERRED"})
 
 
 def _foreign_keys(conn: Conn) -> list[tuple[QualifiedName, sql.Composed]]:
@@ -252,19 +253,21 @@ def _foreign_keys(conn: Conn) -> list[tuple[QualifiedName, sql.Composed]]:
     coordinator's parents) as ALTER TABLE statements for the plain tables; after everything else, so
     that what they reference exists with its keys."""
     rows = conn.execute(
-        "SELECT n.nspname, c.relname, f.name, f.columns, rn.nspname, r.relname, f.ref_columns, f.on_delete, f.on_update "
+        "SELECT n.nspname, c.relname, f.name, f.columns, rn.nspname, r.relname, f.ref_columns, f.on_delete, f.on_update, "
+        "f.deferral "
         "FROM pgfleet.foreign_keys f JOIN pg_class c ON c.oid = f.relid JOIN pg_namespace n ON n.oid = c.relnamespace "
         "JOIN pg_class r ON r.oid = f.ref_relid JOIN pg_namespace rn ON rn.oid = r.relnamespace "
         "ORDER BY n.nspname, c.relname, f.name").fetchall()
     out = []
-    for schema, name, key, columns, ref_schema, ref_name, ref_columns, on_delete, on_update in rows:
-        if on_delete not in _ACTIONS or on_update not in _ACTIONS:
-            raise ClusterError(f"foreign key {key} of {schema}.{name} has an unknown action {on_delete} / {on_update}")
+    for schema, name, key, columns, ref_schema, ref_name, ref_columns, on_delete, on_update, deferral in rows:
+        if on_delete not in _ACTIONS or on_update not in _ACTIONS or deferral not in _DEFERRALS:
+            raise ClusterError(f"foreign key {key} of {schema}.{name} has an unknown action or deferral "
+                               f"{on_delete} / {on_update} / {deferral}")
         out.append((QualifiedName(schema, name), sql.SQL(
-            "ALTER TABLE {} ADD CONSTRAINT {} FOREIGN KEY ({}) REFERENCES {} ({}) ON DELETE {} ON UPDATE {}").format(
+            "ALTER TABLE {} ADD CONSTRAINT {} FOREIGN KEY ({}) REFERENCES {} ({}) ON DELETE {} ON UPDATE {} {}").format(
             sql.Identifier(schema, name), sql.Identifier(key), sql.SQL(", ").join(map(sql.Identifier, columns)),
             sql.Identifier(ref_schema, ref_name), sql.SQL(", ").join(map(sql.Identifier, ref_columns)),
-            sql.SQL(on_delete), sql.SQL(on_update))))
+            sql.SQL(on_delete), sql.SQL(on_update), sql.SQL(deferral))))
     return out
 
 

@@ -65,14 +65,16 @@ def planner(stmt: ast.Node, text: str, topology: RoutingTopology, search_path: t
     table = resolve_table(stmt.relation, topology, search_path)
     if table is None or table.is_reference or constraint.pktable is None:
         return None  # plain and reference tables hold their foreign keys on the coordinator
-    if constraint.deferrable or constraint.initdeferred or constraint.skip_validation or not constraint.is_enforced \
+    if constraint.skip_validation or not constraint.is_enforced \
             or constraint.fk_matchtype != "s" or constraint.fk_del_set_cols \
             or constraint.fk_upd_action not in ACTIONS or constraint.fk_del_action not in ACTIONS:
         return None  # options the shards' keys do not carry: the coordinator says what it says
     columns = [str(c.sval) for c in constraint.fk_attrs or () if isinstance(c, ast.String)]
     ref_columns = [str(c.sval) for c in constraint.pk_attrs or () if isinstance(c, ast.String)]
-    call = sql.SQL("SELECT pgfleet.add_foreign_key({}::regclass, {}, {}::text[], {}::regclass, {}::text[], {}, {})").format(
+    deferral = ("NOT DEFERRABLE" if not constraint.deferrable and not constraint.initdeferred else
+                "DEFERRABLE INITIALLY DEFERRED" if constraint.initdeferred else "DEFERRABLE INITIALLY IMMEDIATE")
+    call = sql.SQL("SELECT pgfleet.add_foreign_key({}::regclass, {}, {}::text[], {}::regclass, {}::text[], {}, {}, {})").format(
         sql.Literal(_name(stmt.relation).as_string()), sql.Literal(constraint.conname), sql.Literal(columns),
         sql.Literal(_name(constraint.pktable).as_string()), sql.Literal(ref_columns or None),
-        sql.Literal(ACTIONS[constraint.fk_del_action]), sql.Literal(ACTIONS[constraint.fk_upd_action]))
+        sql.Literal(ACTIONS[constraint.fk_del_action]), sql.Literal(ACTIONS[constraint.fk_upd_action]), sql.Literal(deferral))
     return CoordinatorCall(call.as_string(), "ALTER TABLE")

@@ -25,6 +25,9 @@ CREATE TABLE IF NOT EXISTS pgfleet.foreign_keys (
     on_update   text NOT NULL DEFAULT 'NO ACTION',
     PRIMARY KEY (relid, name)
 );
+-- NOT DEFERRABLE, DEFERRABLE INITIALLY IMMEDIATE or DEFERRABLE INITIALLY DEFERRED (Django's keys are the
+-- last): the shards' keys carry it, so a transaction may insert an item before its order as on one server
+ALTER TABLE pgfleet.foreign_keys ADD COLUMN IF NOT EXISTS deferral text NOT NULL DEFAULT 'NOT DEFERRABLE';
 
 -- The foreign keys pg_constraint has for p_relid, as pgfleet.foreign_keys rows.
 CREATE OR REPLACE FUNCTION pgfleet.foreign_keys_of(p_relid oid) RETURNS SETOF pgfleet.foreign_keys
@@ -38,7 +41,9 @@ LANGUAGE sql STABLE SET search_path = pg_catalog, pgfleet AS $$
            CASE c.confdeltype WHEN 'r' THEN 'RESTRICT' WHEN 'c' THEN 'CASCADE' WHEN 'n' THEN 'SET NULL'
                               WHEN 'd' THEN 'SET DEFAULT' ELSE 'NO ACTION' END,
            CASE c.confupdtype WHEN 'r' THEN 'RESTRICT' WHEN 'c' THEN 'CASCADE' WHEN 'n' THEN 'SET NULL'
-                              WHEN 'd' THEN 'SET DEFAULT' ELSE 'NO ACTION' END
+                              WHEN 'd' THEN 'SET DEFAULT' ELSE 'NO ACTION' END,
+           CASE WHEN NOT c.condeferrable THEN 'NOT DEFERRABLE' WHEN c.condeferred THEN 'DEFERRABLE INITIALLY DEFERRED'
+                ELSE 'DEFERRABLE INITIALLY IMMEDIATE' END
     FROM pg_constraint c WHERE c.conrelid = p_relid AND c.contype = 'f' ORDER BY c.conname
 $$;
 
@@ -56,6 +61,10 @@ BEGIN
        OR fk.on_update NOT IN ('NO ACTION', 'RESTRICT', 'CASCADE', 'SET NULL', 'SET DEFAULT') THEN
         RAISE EXCEPTION 'unknown foreign key action % / %', fk.on_delete, fk.on_update USING ERRCODE = 'invalid_parameter_value',
             HINT = 'use NO ACTION, RESTRICT, CASCADE, SET NULL or SET DEFAULT';
+    END IF;
+    IF fk.deferral NOT IN ('NOT DEFERRABLE', 'DEFERRABLE INITIALLY IMMEDIATE', 'DEFERRABLE INITIALLY DEFERRED') THEN
+        RAISE EXCEPTION 'unknown foreign key deferral %', fk.deferral USING ERRCODE = 'invalid_parameter_value',
+            HINT = 'use NOT DEFERRABLE, DEFERRABLE INITIALLY IMMEDIATE or DEFERRABLE INITIALLY DEFERRED';
     END IF;
     IF cardinality(fk.columns) <> cardinality(fk.ref_columns) OR cardinality(fk.columns) = 0 THEN
         RAISE EXCEPTION 'foreign key % of % needs as many columns as it references', fk.name, name
@@ -91,12 +100,12 @@ RETURNS text LANGUAGE sql STABLE SET search_path = pg_catalog, pgfleet AS $$
                format('ALTER TABLE %I.%I DROP CONSTRAINT IF EXISTS %I', sh.shard_schema, sh.shard_table,
                       pgfleet.shard_object_name(fk.name, sh.shard_id))
            ELSE
-               format('ALTER TABLE %I.%I ADD CONSTRAINT %I FOREIGN KEY (%s) REFERENCES %I.%I (%s) ON DELETE %s ON UPDATE %s',
+               format('ALTER TABLE %I.%I ADD CONSTRAINT %I FOREIGN KEY (%s) REFERENCES %I.%I (%s) ON DELETE %s ON UPDATE %s %s',
                       sh.shard_schema, sh.shard_table, pgfleet.shard_object_name(fk.name, sh.shard_id),
                       (SELECT string_agg(format('%I', c), ', ') FROM unnest(fk.columns) c),
                       target.shard_schema, target.shard_table,
                       (SELECT string_agg(format('%I', c), ', ') FROM unnest(fk.ref_columns) c),
-                      fk.on_delete, fk.on_update)
+                      fk.on_delete, fk.on_update, fk.deferral)
            END
     FROM (SELECT NULL) AS one
     LEFT JOIN LATERAL (
@@ -124,9 +133,11 @@ END $$;
 
 -- The SQL API: a foreign key of a distributed table, after distribution, by its owner (who needs the
 -- REFERENCES privilege on the referenced table, as for ALTER TABLE … ADD FOREIGN KEY).
+DROP FUNCTION IF EXISTS pgfleet.add_foreign_key(regclass, text, text[], regclass, text[], text, text);  -- before deferral
 CREATE OR REPLACE FUNCTION pgfleet.add_foreign_key(p_table regclass, p_name text, p_columns text[],
                                                    p_references regclass, p_ref_columns text[],
-                                                   on_delete text DEFAULT 'NO ACTION', on_update text DEFAULT 'NO ACTION')
+                                                   on_delete text DEFAULT 'NO ACTION', on_update text DEFAULT 'NO ACTION',
+                                                   deferral text DEFAULT 'NOT DEFERRABLE')
 RETURNS void LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pgfleet AS $$
 DECLARE
     method text := (SELECT t.method FROM pgfleet.tables t WHERE t.relid = p_table);
@@ -161,7 +172,7 @@ BEGIN
         RAISE EXCEPTION 'constraint "%" for relation % already exists', p_name, p_table USING ERRCODE = 'duplicate_object';
     END IF;
     PERFORM pgfleet.enforce_foreign_key(ROW(p_table, p_name, p_columns, p_references, p_ref_columns,
-                                            upper(on_delete), upper(on_update))::pgfleet.foreign_keys);
+                                            upper(on_delete), upper(on_update), upper(deferral))::pgfleet.foreign_keys);
 END $$;
 
 CREATE OR REPLACE FUNCTION pgfleet.drop_foreign_key(p_table regclass, p_name text) RETURNS void
@@ -193,10 +204,10 @@ DECLARE
 BEGIN
     FOR fk IN SELECT * FROM pgfleet.foreign_keys WHERE relid = p_old ORDER BY name LOOP
         IF (SELECT method FROM pgfleet.tables WHERE relid = fk.ref_relid) = 'reference' THEN
-            EXECUTE format('ALTER TABLE %s ADD CONSTRAINT %I FOREIGN KEY (%s) REFERENCES %s (%s) ON DELETE %s ON UPDATE %s',
+            EXECUTE format('ALTER TABLE %s ADD CONSTRAINT %I FOREIGN KEY (%s) REFERENCES %s (%s) ON DELETE %s ON UPDATE %s %s',
                            p_new::regclass, fk.name, (SELECT string_agg(format('%I', c), ', ') FROM unnest(fk.columns) c),
                            fk.ref_relid::regclass, (SELECT string_agg(format('%I', c), ', ') FROM unnest(fk.ref_columns) c),
-                           fk.on_delete, fk.on_update);
+                           fk.on_delete, fk.on_update, fk.deferral);
         ELSE
             RAISE WARNING 'foreign key % of % references distributed table %, so the plain table cannot keep it',
                 fk.name, p_new::regclass, fk.ref_relid::regclass;
