@@ -15,7 +15,7 @@ from psycopg import sql
 
 from pgfleet.cluster.fleet import Fleet
 from pgfleet.cluster.local import LocalCluster
-from pgfleet.cluster.worker_credentials import remove_password
+from pgfleet.cluster.worker_credentials import read_password, remove_password, store_password
 from pgfleet.execute import connect
 from pgfleet.spec import DistributeSpec, HashSpec, QualifiedName, ReferenceSpec
 
@@ -132,3 +132,19 @@ def test_passwords_kept_in_user_mappings_move_to_passfiles(fleet: Fleet, cluster
     with fleet.new_coordinator_conn() as fresh:  # a new session: new postgres_fdw connections
         assert fresh.execute(sql.SQL("SELECT count(*) FROM {}").format(
             sql.Identifier(populated, "accounts"))).fetchone() == (before[0],)
+
+
+def test_a_stored_password_is_in_no_statement_text(fleet: Fleet, cluster: LocalCluster) -> None:
+    """The passfile is written from COPY data: with every statement logged, the password is not in the log."""
+    password = "pw-in-no-log-" + "x7Q"
+    log = cluster.server(cluster.spec.coordinator.name).logfile
+    before = log.stat().st_size
+    with fleet.new_coordinator_conn() as conn:
+        conn.execute("SET log_statement = 'all'")
+        store_password(conn, "pgfleet_probe", password)
+        assert read_password(conn, "pgfleet_probe") == password
+        conn.execute("SELECT 'probe statement logged'")
+        remove_password(conn, "pgfleet_probe")
+    logged = log.read_bytes()[before:].decode(errors="replace")
+    assert "probe statement logged" in logged and "COPY pgfleet_passfile_line FROM STDIN" in logged
+    assert password not in logged

@@ -10,7 +10,8 @@ servers and dblink links cannot log in to the live workers. A physical copy of t
 
 The coordinator's server writes the file itself (``COPY … TO PROGRAM`` under ``umask 077``: libpq ignores a
 passfile that others can read, and plain ``COPY TO`` creates 0644 files), so an existing coordinator on
-another host works as a local one. The password travels as COPY data, never in the program's argv.
+another host works as a local one. The password travels as COPY data (into a temporary table, then out to the program), never in a
+statement's text or the program's argv.
 Non-superuser roles need ``password_required 'false'`` on their user mappings (postgres_fdw otherwise wants
 a password in the mapping); only a superuser can set it, and such roles get no USAGE on the servers.
 """
@@ -50,9 +51,15 @@ def store_password(conn: Conn, server_name: str, password: str) -> None:
     name = passfile_name(server_name)
     program = f"umask 077 && cat > {name}.tmp && mv {name}.tmp {name}"
     try:
-        conn.execute(sql.SQL("COPY (SELECT {}) TO PROGRAM {} WITH (FORMAT csv, DELIMITER E'\\x1f', "
-                             "QUOTE E'\\x1e', ENCODING 'UTF8')").format(
-            sql.Literal("*:*:*:*:" + passfile_escape(password)), sql.Literal(program)))
+        # The line reaches the server as COPY data, never in a statement's text (which log_statement, an
+        # error's STATEMENT line or pg_stat_activity could show); a temporary table carries it to the file.
+        with conn.transaction():
+            conn.execute("CREATE TEMPORARY TABLE pgfleet_passfile_line (line text)")
+            with conn.cursor().copy("COPY pgfleet_passfile_line FROM STDIN") as copy:
+                copy.write_row(["*:*:*:*:" + passfile_escape(password)])
+            conn.execute(sql.SQL("COPY pgfleet_passfile_line TO PROGRAM {} WITH (FORMAT csv, DELIMITER E'\\x1f', "
+                                 "QUOTE E'\\x1e', ENCODING 'UTF8')").format(sql.Literal(program)))
+            conn.execute("DROP TABLE pgfleet_passfile_line")
     except psycopg.Error as exc:
         raise ExecuteError(f"writing the passfile {name} on the coordinator failed: {describe_error(exc)}",
                            hint="pgfleet needs a superuser on the coordinator (COPY TO PROGRAM)") from None
