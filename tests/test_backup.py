@@ -5,7 +5,10 @@ flush_queue, damaged backups refused."""
 from __future__ import annotations
 
 import json
+import os
 import shutil
+import subprocess
+import sys
 import threading
 import time
 from collections.abc import Iterator
@@ -256,6 +259,30 @@ def test_backup_with_a_worker_down_fails_whole(fleet: Fleet, cluster: LocalClust
     assert done.returncode == 1
     assert "node w2" in done.stderr and "start the node" in done.stderr and len(done.stderr.strip().splitlines()) == 1
     assert not target.exists()
+    for node in ("coord", "w1", "w2"):
+        with connect(cluster.endpoint(node)) as conn:
+            assert conn.execute("SELECT count(*) FROM pg_replication_slots").fetchone() == (0,)
+
+
+def test_a_killed_backups_slot_is_dropped_by_the_next_backup(fleet: Fleet, cluster: LocalCluster, base_dir: Path) -> None:
+    """kill -9 during a backup leaves its replication slots (they keep WAL until the disk is full); the next
+    backup drops them and says so."""
+    env = {**os.environ, "PGFLEET_DIR": str(cluster.directory)}
+    killed = subprocess.Popen([sys.executable, "-m", "pgfleet.cli.main", "backup", str(base_dir / "backup-killed")],
+                              env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    slots = "SELECT slot_name FROM pg_replication_slots WHERE slot_name LIKE 'pgfleet\\_backup\\_%'"
+    try:
+        deadline = time.monotonic() + 60
+        while not fleet.conn().execute(slots).fetchall() and killed.poll() is None and time.monotonic() < deadline:
+            time.sleep(0.02)
+    finally:
+        killed.kill()
+        killed.wait()
+    left = fleet.conn().execute(slots).fetchall()
+    assert len(left) == 1 and str(killed.pid) in left[0][0]
+    done = pgfleet_cli("backup", str(base_dir / "backup-after-kill"), directory=cluster.directory)
+    assert done.returncode == 0, done.stderr
+    assert f"dropped replication slot {left[0][0]} on coord" in done.stdout + done.stderr
     for node in ("coord", "w1", "w2"):
         with connect(cluster.endpoint(node)) as conn:
             assert conn.execute("SELECT count(*) FROM pg_replication_slots").fetchone() == (0,)

@@ -32,6 +32,7 @@ from ..execute import Endpoint
 from ..execute.connect import Conn, connect
 from ..node import binaries as binmod
 from ..node.backup_tools import base_backup, receive_wal, sha256_of, tree_size
+from ..node.server import process_alive
 from ..topology import Node
 from ..topology.read import read_topology
 from .archive import read_archivers, record_point, start_archivers
@@ -69,12 +70,18 @@ def backup(fleet: Fleet, directory: Path, *, progress: Progress | None = None,
     endpoints.update({n.name: fleet.endpoint(n) for n in topo.nodes if n.role == "worker"})
     roles = {fleet.coordinator.name: "coordinator", **{n.name: "worker" for n in topo.nodes if n.role == "worker"}}
     started = time.monotonic()
-    slot = f"pgfleet_{'archive' if archive else 'backup'}_{secrets.token_hex(4)}"
+    # a backup's slot names its process, so that a later backup drops what a killed one left (archive.py
+    # manages the archivers' slots)
+    slot = f"pgfleet_archive_{secrets.token_hex(4)}" if archive else f"pgfleet_backup_{os.getpid()}_{secrets.token_hex(4)}"
     point_name = "pgfleet_" + dt.datetime.now(dt.UTC).strftime("%Y%m%dT%H%M%S_%fZ")
     conns: dict[str, Conn] = {}
     try:
         for name, ep in endpoints.items():
             conns[name] = connect(ep)
+        for name, conn in conns.items():
+            if fleet.local is not None:  # the pids are this machine's
+                for left in drop_abandoned_slots(conn):
+                    tell(f"dropped replication slot {left} on {name}, left by a backup that did not finish")
         for conn in conns.values():  # the slot keeps WAL from the last checkpoint's redo: make that now
             conn.execute("CHECKPOINT")
             conn.execute("SELECT pg_create_physical_replication_slot(%s, true)", (slot,))
@@ -108,6 +115,20 @@ def backup(fleet: Fleet, directory: Path, *, progress: Progress | None = None,
                                  "WHERE slot_name = %s", (slot,))
             conn.close()
     return BackupResult(manifest, directory)
+
+
+def drop_abandoned_slots(conn: Conn) -> list[str]:
+    """Drop the inactive slots of backups whose process is gone (killed before it could drop them: a slot
+    keeps every later WAL segment on the node until the disk is full)."""
+    dropped = []
+    for (name,) in conn.execute("SELECT slot_name FROM pg_replication_slots WHERE NOT active "
+                                "AND slot_name ~ '^pgfleet_backup_[0-9]+_[0-9a-f]+$'").fetchall():
+        pid = int(str(name).split("_")[2])
+        if pid != os.getpid() and not process_alive(pid):
+            conn.execute("SELECT pg_drop_replication_slot(slot_name) FROM pg_replication_slots "
+                         "WHERE slot_name = %s AND NOT active", (name,))
+            dropped.append(str(name))
+    return dropped
 
 
 def _for_node(progress: Progress | None, node: str) -> Callable[[int, int], None] | None:
