@@ -40,6 +40,11 @@ def test_a_key_to_a_reference_table_is_enforced_on_the_shards(fleet: Fleet, sche
     assert conn.execute("SELECT count(*) FROM countries").fetchone() == (2,)
     conn.execute("INSERT INTO countries VALUES ('GH', 'Ghana')")  # committed first, then referenced
     conn.execute("INSERT INTO orders VALUES (53, 'GH')")
+    # the catalog follows the columns: a renamed column keeps its key, a dropped one takes it along
+    conn.execute("ALTER TABLE orders RENAME COLUMN country TO country_code")
+    conn.execute("ALTER TABLE orders DROP COLUMN alt_country")
+    assert conn.execute("SELECT name, columns FROM pgfleet.foreign_keys WHERE relid = 'orders'::regclass").fetchall() == [
+        ("orders_country_fkey", ["country_code"])]
     # undistributed, the plain table gets its foreign key back on the coordinator
     fleet.undistribute(QualifiedName(schema, "orders"))
     with pytest.raises(psycopg.errors.ForeignKeyViolation, match="orders_country_fkey"):

@@ -79,7 +79,7 @@ def drop_role_sql(coord: psycopg.Connection[Any]) -> None:
 
 def test_django_migrations_crud_and_a_migration_after_distribution(shop: psycopg.Connection[Any],
                                                                     router: RouterServer) -> None:
-    from django.db import IntegrityError, ProgrammingError, connection, models, transaction
+    from django.db import IntegrityError, connection, models, transaction
     from django.db.migrations.executor import MigrationExecutor
 
     # 0002 distributed the tables in its transaction; the keys to the reference table were taken over
@@ -132,14 +132,21 @@ def test_django_migrations_crud_and_a_migration_after_distribution(shop: psycopg
     assert order_model.objects.filter(customer_id=customers[1].id).count() == 0
     assert router.context.stats.routed > routed_before  # single-shard statements went straight to a worker
 
-    # Django's own AddField of a foreign key: PostgreSQL refuses it on a distributed table, nothing applied
+    # Django's own AddField of a foreign key (ADD COLUMN … REFERENCES … DEFERRABLE INITIALLY DEFERRED; SET
+    # CONSTRAINTS … IMMEDIATE, in the schema editor's transaction): the router declares it on the shards
     field = models.ForeignKey(country_model, on_delete=models.PROTECT, null=True, related_name="+")
     field.set_attributes_from_name("billing_country")
-    with pytest.raises(ProgrammingError, match="foreign key constraints are not supported on foreign tables"), \
-            connection.schema_editor() as editor:
+    with connection.schema_editor() as editor:
         editor.add_field(order_model, field)
     assert shop.execute("SELECT count(*) FROM information_schema.columns WHERE table_schema = %s AND column_name = "
-                        "'billing_country_id'", [SCHEMA]).fetchone() == (0,)
+                        "'billing_country_id'", [SCHEMA]).fetchone() == (1,)
+    assert shop.execute("SELECT columns, deferral FROM pgfleet.foreign_keys WHERE relid = 'djshop_order'::regclass "
+                        "AND columns = '{billing_country_id}'").fetchall() == [(["billing_country_id"],
+                                                                                "DEFERRABLE INITIALLY DEFERRED")]
+    with pytest.raises(IntegrityError, match="billing_country"), transaction.atomic(), connection.cursor() as cur:
+        cur.execute("UPDATE djshop_order SET billing_country_id = %s WHERE customer_id = %s", [10**9, first.id])
+    with connection.schema_editor() as editor:  # RemoveField drops the column, and the key with it
+        editor.remove_field(order_model, field)
 
     # 0003: a column, an index and a foreign key (pgfleet.add_foreign_key) after distribution
     from django.core.management import call_command

@@ -69,8 +69,9 @@ class Customer(Base):
 
 class Order(Base):
     """Co-located with its customer: the primary key and the unique constraint include customer_id. The key
-    to sa_customers is pgfleet's (pgfleet.add_foreign_key): not in the metadata, so create_all does not make
-    it on the coordinator, where it would stop sa_customers from being distributed."""
+    to sa_customers is added after distribution (ALTER TABLE … ADD FOREIGN KEY through the router): not in the
+    metadata, so create_all does not make it on the coordinator, where it would stop sa_customers from being
+    distributed."""
     __tablename__ = "sa_orders"
     __table_args__ = (UniqueConstraint("customer_id", "reference", name="sa_orders_customer_reference"),)
     customer_id: Mapped[int] = mapped_column(primary_key=True)
@@ -117,11 +118,12 @@ def engine(cluster: LocalCluster, router: RouterServer, coord: psycopg.Connectio
         conn.execute(text("SELECT pgfleet.reference_table('sa_countries')"))
         conn.execute(text("SELECT pgfleet.distribute_table('sa_customers', 'id', shard_count => 4)"))
         conn.execute(text("SELECT pgfleet.distribute_table('sa_orders', 'customer_id', colocate_with => 'sa_customers')"))
-        conn.execute(text("SELECT pgfleet.add_foreign_key('sa_orders', 'sa_orders_customer_fk', ARRAY['customer_id'], "
-                          "'sa_customers', ARRAY['id'], on_delete => 'cascade')"))
-    setup.dispose()  # its sessions ran DDL: the router keeps those on the coordinator; the application's are new
     assert router.config.routing is not None
     router.config.routing.refresh()  # the router's next 2-second catalog read, now
+    with setup.begin() as conn:  # a later migration's key, as Alembic's op.create_foreign_key sends it
+        conn.exec_driver_sql("ALTER TABLE sa_orders ADD CONSTRAINT sa_orders_customer_fk FOREIGN KEY(customer_id) "
+                             "REFERENCES sa_customers (id) ON DELETE CASCADE")
+    setup.dispose()  # its sessions ran DDL: the router keeps those on the coordinator; the application's are new
     app = _engine(cluster, router.config.port)
     yield app
     app.dispose()

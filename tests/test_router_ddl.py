@@ -11,16 +11,17 @@ import pytest
 from conftest import routing_router
 from pgfleet.cluster.fleet import Fleet
 from pgfleet.cluster.local import LocalCluster
-from pgfleet.router.ddl import planner
+from pgfleet.router import protocol as p
+from pgfleet.router import wire
+from pgfleet.router.ddl import ReplyRewriter, Run, Say, translate
 from pgfleet.router.server import RouterServer
 from pgfleet.spec import DistributeSpec, HashSpec, QualifiedName, ReferenceSpec
-from pglast import parse_sql
 from test_router_analyze import TOPOLOGY
 
 
 def planned(statement: str) -> str | None:
-    found = planner(parse_sql(statement)[0].stmt, statement, TOPOLOGY, ("public",))
-    return found.statement if found is not None else None
+    found = translate(statement, TOPOLOGY, ("public",))
+    return found.sql if found is not None else None
 
 
 def test_only_plain_foreign_keys_of_distributed_tables_are_translated() -> None:
@@ -39,9 +40,30 @@ def test_only_plain_foreign_keys_of_distributed_tables_are_translated() -> None:
                   "ALTER TABLE ONLY orders ADD FOREIGN KEY (a) REFERENCES z",
                   "ALTER TABLE orders ADD FOREIGN KEY (a) REFERENCES z NOT VALID",
                   "ALTER TABLE orders ADD FOREIGN KEY (a) REFERENCES z MATCH FULL",
-                  "ALTER TABLE orders ADD FOREIGN KEY (a) REFERENCES z, ADD COLUMN b int",
-                  "ALTER TABLE orders ADD CHECK (id > 0)"):
+                  "ALTER TABLE orders ADD CHECK (id > 0)", "SELECT 'references'", "not sql references"):
         assert planned(other) is None, other
+
+
+def test_djangos_add_field_becomes_the_column_then_the_key() -> None:
+    """Django's AddField of a ForeignKey: the column, then the key; SET CONSTRAINTS of it is not sent."""
+    found = translate('ALTER TABLE "orders" ADD COLUMN "c_id" bigint NULL CONSTRAINT "o_c_fk" REFERENCES "countries"("code") '
+                      'DEFERRABLE INITIALLY DEFERRED; SET CONSTRAINTS "o_c_fk" IMMEDIATE', TOPOLOGY, ("public",))
+    assert found is not None
+    assert found.sql == ("ALTER TABLE orders ADD COLUMN c_id bigint NULL;\n"
+                         "SELECT pgfleet.add_foreign_key('\"orders\"'::regclass, 'o_c_fk', '{c_id}'::text[], "
+                         "'\"countries\"'::regclass, '{code}'::text[], 'NO ACTION', 'NO ACTION', 'DEFERRABLE INITIALLY DEFERRED')")
+    assert found.steps == (Run(None), Run(""), Say("SET CONSTRAINTS"))
+    # the coordinator's reply to the two statements becomes the reply to the client's two
+    reply = (p.CommandComplete("ALTER TABLE").encode() + p.NoticeResponse((("S", "NOTICE"), ("M", "n"))).encode()
+             + b"T\x00\x00\x00\x06\x00\x00" + b"D\x00\x00\x00\x06\x00\x00" + p.CommandComplete("SELECT 1").encode()
+             + p.ReadyForQuery("T").encode())
+    rewriter = ReplyRewriter(found.steps)
+    out = rewriter.feed(reply[:9]) + rewriter.feed(reply[9:])
+    assert [t for t, _ in wire.Framer().feed(out)] == [b"C", b"N", b"C", b"Z"] and rewriter.done
+    assert b"SET CONSTRAINTS" in out and b"SELECT 1" not in out
+    failed = ReplyRewriter(found.steps)  # the column failed: the error and ReadyForQuery only
+    out = failed.feed(p.error_response("42701", "exists", severity="ERROR").encode() + p.ReadyForQuery("E").encode())
+    assert [t for t, _ in wire.Framer().feed(out)] == [b"E", b"Z"]
 
 
 @pytest.fixture
@@ -84,12 +106,19 @@ def test_alter_table_add_foreign_key_through_the_router(cluster: LocalCluster, f
         assert cur.fetchall() == [(0,)]
         with pytest.raises(psycopg.errors.DuplicateObject, match="item_country"):
             cur.execute("ALTER TABLE items ADD CONSTRAINT item_country FOREIGN KEY (country) REFERENCES countries")
+        assert router.context.stats.pinned_sessions == 0  # adding foreign keys keeps the session routable
+        with conn.transaction():  # in a transaction (migrations run in one), with other DDL (which pins it)
+            cur.execute("ALTER TABLE items ADD COLUMN alt text")
+            cur.execute("ALTER TABLE items ADD COLUMN alt_country text REFERENCES countries (code)")
+            assert cur.statusmessage == "ALTER TABLE"
+        with pytest.raises(psycopg.errors.ForeignKeyViolation, match="items_alt_country_fkey"):
+            cur.execute("INSERT INTO items VALUES (7, 1, 'FR', 'a', 'XX')")
         with pytest.raises(psycopg.errors.FeatureNotSupported, match="whose rows are only on the coordinator") as info:
             cur.execute("ALTER TABLE items ADD FOREIGN KEY (n) REFERENCES plain")
         assert "make" in (info.value.diag.message_hint or "")
     assert fleet.conn().execute("SELECT name, on_delete FROM pgfleet.foreign_keys WHERE relid = 'items'::regclass "
                                 "ORDER BY name").fetchall() == [("item_country", "NO ACTION"),
+                                                                 ("items_alt_country_fkey", "NO ACTION"),
                                                                  ("items_order_id_fkey", "CASCADE")]
     assert fleet.conn().execute("SELECT deferral FROM pgfleet.foreign_keys WHERE name = 'item_country'").fetchone() == (
         "DEFERRABLE INITIALLY DEFERRED",)
-    assert router.context.stats.pinned_sessions == 0

@@ -1,43 +1,62 @@
-"""DDL of distributed tables that PostgreSQL refuses on the coordinator, run by the router as pgfleet's
-SQL API: ``ALTER TABLE t ADD [CONSTRAINT n] FOREIGN KEY (…) REFERENCES r [(…)] [ON DELETE/UPDATE …]``
-becomes ``pgfleet.add_foreign_key(…)`` (the coordinator's parent cannot hold it — its partitions are
-foreign tables — so it is enforced shard by shard, sql/foreign_keys.sql), run on the client's own
-coordinator connection: same role, same search_path, same checks and errors as the SQL API, and the
-client gets ``ALTER TABLE``. ORMs and migration tools declare their foreign keys that way."""
+"""Foreign keys of distributed tables declared with plain DDL through the router.
+
+PostgreSQL refuses ``ALTER TABLE t ADD FOREIGN KEY …`` on the coordinator when ``t`` is distributed (its
+partitions are foreign tables), before any event trigger runs. So the router rewrites a simple Query
+that declares one, whatever the session's state (autocommit, a transaction, a session pinned to the
+coordinator — ORMs' migrations run in transactions), into pgfleet's SQL API on the coordinator:
+
+* ``ALTER TABLE t ADD [CONSTRAINT n] FOREIGN KEY (…) REFERENCES r [(…)] [ON DELETE/UPDATE …]
+  [DEFERRABLE …]`` → ``SELECT pgfleet.add_foreign_key(…)`` (enforced shard by shard,
+  sql/foreign_keys.sql: same role, search_path, checks and errors as the SQL API);
+* ``ALTER TABLE t ADD COLUMN c … [CONSTRAINT n] REFERENCES r (…) …`` (Django's AddField) → the ALTER
+  TABLE without the key, then the call;
+* ``SET CONSTRAINTS n IMMEDIATE`` naming only keys rewritten in the same Query (Django sends it after
+  its AddField) → not sent: the shards get the key at COMMIT.
+
+The client gets the replies of the statements it sent (``ALTER TABLE``, ``SET CONSTRAINTS``):
+:class:`ReplyRewriter` reshapes the coordinator's reply. Everything else passes untouched.
+"""
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 
-from pglast import ast, enums
+from pglast import ast, enums, parse_sql
+from pglast.parser import ParseError
+from pglast.stream import RawStream
 from psycopg import sql
 
 from . import protocol as p
 from . import wire
-from .multishard import MultiShardHost
-from .routes import MultiShard
 from .snapshot import RoutingTopology
 from .vacuum import resolve_table
 
 ACTIONS = {"a": "NO ACTION", "r": "RESTRICT", "c": "CASCADE", "n": "SET NULL", "d": "SET DEFAULT"}
+MAYBE = re.compile(rb"(?i)references")  # the cheap test before any parsing
+
+PASS, DROP = None, ""
 
 
 @dataclass(frozen=True)
-class CoordinatorCall(MultiShard):
-    """One statement of pgfleet's SQL API on the client's coordinator connection, answered with ``tag``."""
+class Run:
+    """One statement sent: its reply passes (``tag`` None), is dropped whole (``""``), or becomes just
+    CommandComplete ``tag`` (its rows dropped)."""
 
-    statement: str
+    tag: str | None
+
+
+@dataclass(frozen=True)
+class Say:
+    """A statement not sent: the client gets CommandComplete ``tag`` in its place."""
+
     tag: str
-    description = "DDL"
 
-    async def run(self, host: MultiShardHost) -> bytes | None:
-        reply = await host.coordinator(self.statement)
-        out: list[bytes] = []
-        for type_byte, payload in reply:
-            if type_byte in (b"T", b"D"):
-                continue  # the function's void result
-            out.append(p.CommandComplete(self.tag).encode() if type_byte == b"C" else wire.frame(type_byte, payload))
-        return b"".join(out)
+
+@dataclass(frozen=True)
+class Translation:
+    sql: str
+    steps: tuple[Run | Say, ...]
 
 
 def adds_foreign_keys(stmt: ast.Node | None) -> bool:
@@ -48,33 +67,172 @@ def adds_foreign_keys(stmt: ast.Node | None) -> bool:
         for c in stmt.cmds or ())
 
 
-def _name(node: ast.RangeVar) -> sql.Composable:
-    return sql.Identifier(*(n for n in (node.catalogname, node.schemaname, node.relname) if n))
-
-
-def planner(stmt: ast.Node, text: str, topology: RoutingTopology, search_path: tuple[str, ...]) -> CoordinatorCall | None:
-    """``ALTER TABLE dist ADD FOREIGN KEY …`` (one command, a plain foreign key) as the SQL API call."""
-    if not isinstance(stmt, ast.AlterTableStmt) or stmt.objtype != enums.ObjectType.OBJECT_TABLE \
-            or stmt.relation is None or not stmt.relation.inh or len(stmt.cmds or ()) != 1:
+def translate(text: str, topology: RoutingTopology, search_path: tuple[str, ...]) -> Translation | None:
+    """The Query ``text`` with its foreign keys of distributed tables made SQL API calls; None when it
+    declares none (or cannot be parsed: the coordinator says why)."""
+    try:
+        statements = parse_sql(text)
+    except ParseError:
         return None
-    cmd = stmt.cmds[0]  # type: ignore[index]
-    constraint = cmd.def_ if isinstance(cmd, ast.AlterTableCmd) else None
-    if cmd.subtype != enums.AlterTableType.AT_AddConstraint or not isinstance(constraint, ast.Constraint) \
-            or constraint.contype != enums.ConstrType.CONSTR_FOREIGN:
+    pieces: list[str] = []
+    steps: list[Run | Say] = []
+    declared: set[str] = set()
+    for raw in statements:
+        start = raw.stmt_location or 0
+        end = start + raw.stmt_len if raw.stmt_len else len(text)
+        original = text[start:end]
+        stmt = raw.stmt
+        calls = _foreign_keys(stmt, topology, search_path) if isinstance(stmt, ast.AlterTableStmt) else None
+        if calls is not None:
+            rest, keys = calls
+            if rest is not None:
+                pieces.append(rest)
+                steps.append(Run(PASS))
+            for i, (name, call) in enumerate(keys):
+                pieces.append(call)
+                steps.append(Run("ALTER TABLE" if rest is None and i == 0 else DROP))
+                if name:
+                    declared.add(name)
+        elif isinstance(stmt, ast.ConstraintsSetStmt) and stmt.constraints and declared and all(
+                isinstance(c, ast.RangeVar) and not c.schemaname and c.relname in declared for c in stmt.constraints):
+            steps.append(Say("SET CONSTRAINTS"))
+        else:
+            pieces.append(original)
+            steps.append(Run(PASS))
+    if not declared and all(isinstance(s, Run) and s.tag is PASS for s in steps):
+        return None
+    return Translation(";\n".join(pieces), tuple(steps))
+
+
+def _foreign_keys(stmt: ast.AlterTableStmt, topology: RoutingTopology, search_path: tuple[str, ...],
+                  ) -> tuple[str | None, list[tuple[str | None, str]]] | None:
+    """(the ALTER TABLE without its foreign keys, or None when nothing is left; the keys as calls), or
+    None when the statement is not one to rewrite."""
+    if stmt.objtype != enums.ObjectType.OBJECT_TABLE or stmt.relation is None or not stmt.relation.inh:
         return None
     table = resolve_table(stmt.relation, topology, search_path)
-    if table is None or table.is_reference or constraint.pktable is None:
+    if table is None or table.is_reference:
         return None  # plain and reference tables hold their foreign keys on the coordinator
-    if constraint.skip_validation or not constraint.is_enforced \
-            or constraint.fk_matchtype != "s" or constraint.fk_del_set_cols \
-            or constraint.fk_upd_action not in ACTIONS or constraint.fk_del_action not in ACTIONS:
+    keys: list[tuple[str | None, str]] = []
+    kept: list[ast.AlterTableCmd] = []
+    for cmd in stmt.cmds or ():
+        if not isinstance(cmd, ast.AlterTableCmd):
+            return None
+        if cmd.subtype == enums.AlterTableType.AT_AddConstraint and isinstance(cmd.def_, ast.Constraint) \
+                and cmd.def_.contype == enums.ConstrType.CONSTR_FOREIGN:
+            columns = [str(c.sval) for c in cmd.def_.fk_attrs or () if isinstance(c, ast.String)]
+            call = _call(stmt.relation, cmd.def_, columns, bool(cmd.def_.deferrable), bool(cmd.def_.initdeferred))
+            if call is None:
+                return None
+            keys.append((cmd.def_.conname, call))
+        elif cmd.subtype == enums.AlterTableType.AT_AddColumn and isinstance(cmd.def_, ast.ColumnDef) \
+                and any(isinstance(c, ast.Constraint) and c.contype == enums.ConstrType.CONSTR_FOREIGN
+                        for c in cmd.def_.constraints or ()):
+            found = _column_key(stmt.relation, cmd.def_)
+            if found is None:
+                return None
+            column, key = found
+            keys.append(key)
+            kept.append(ast.AlterTableCmd(subtype=cmd.subtype, def_=column, behavior=cmd.behavior,
+                                          missing_ok=cmd.missing_ok))
+        else:
+            kept.append(cmd)
+    if not keys:
+        return None
+    if not kept:
+        return None, keys
+    rest = ast.AlterTableStmt(relation=stmt.relation, cmds=tuple(kept), objtype=stmt.objtype, missing_ok=stmt.missing_ok)
+    return RawStream()(rest), keys
+
+
+def _column_key(relation: ast.RangeVar, column: ast.ColumnDef) -> tuple[ast.ColumnDef, tuple[str | None, str]] | None:
+    """A new column's inline key (REFERENCES and the DEFERRABLE / INITIALLY attributes after it) as a call,
+    and the column without it."""
+    constraints = list(column.constraints or ())
+    at = next(i for i, c in enumerate(constraints) if isinstance(c, ast.Constraint) and c.contype == enums.ConstrType.CONSTR_FOREIGN)
+    key = constraints[at]
+    attributes = {enums.ConstrType.CONSTR_ATTR_DEFERRABLE, enums.ConstrType.CONSTR_ATTR_NOT_DEFERRABLE,
+                  enums.ConstrType.CONSTR_ATTR_DEFERRED, enums.ConstrType.CONSTR_ATTR_IMMEDIATE}
+    end = at + 1
+    while end < len(constraints) and constraints[end].contype in attributes:
+        end += 1
+    kinds = {c.contype for c in constraints[at + 1:end]}
+    if any(isinstance(c, ast.Constraint) and c.contype == enums.ConstrType.CONSTR_FOREIGN for c in constraints[end:]):
+        return None  # two keys on one column: the coordinator answers
+    call = _call(relation, key, [str(column.colname)], enums.ConstrType.CONSTR_ATTR_DEFERRABLE in kinds
+                 or enums.ConstrType.CONSTR_ATTR_DEFERRED in kinds, enums.ConstrType.CONSTR_ATTR_DEFERRED in kinds)
+    if call is None:
+        return None
+    bare = ast.ColumnDef(colname=column.colname, typeName=column.typeName, is_local=column.is_local,
+                         constraints=tuple(constraints[:at] + constraints[end:]) or None, collClause=column.collClause)
+    return bare, (key.conname, call)
+
+
+def _call(relation: ast.RangeVar, key: ast.Constraint, columns: list[str], deferrable: bool, deferred: bool) -> str | None:
+    if key.pktable is None or key.skip_validation or not key.is_enforced or key.fk_matchtype != "s" \
+            or key.fk_del_set_cols or key.fk_upd_action not in ACTIONS or key.fk_del_action not in ACTIONS:
         return None  # options the shards' keys do not carry: the coordinator says what it says
-    columns = [str(c.sval) for c in constraint.fk_attrs or () if isinstance(c, ast.String)]
-    ref_columns = [str(c.sval) for c in constraint.pk_attrs or () if isinstance(c, ast.String)]
-    deferral = ("NOT DEFERRABLE" if not constraint.deferrable and not constraint.initdeferred else
-                "DEFERRABLE INITIALLY DEFERRED" if constraint.initdeferred else "DEFERRABLE INITIALLY IMMEDIATE")
-    call = sql.SQL("SELECT pgfleet.add_foreign_key({}::regclass, {}, {}::text[], {}::regclass, {}::text[], {}, {}, {})").format(
-        sql.Literal(_name(stmt.relation).as_string()), sql.Literal(constraint.conname), sql.Literal(columns),
-        sql.Literal(_name(constraint.pktable).as_string()), sql.Literal(ref_columns or None),
-        sql.Literal(ACTIONS[constraint.fk_del_action]), sql.Literal(ACTIONS[constraint.fk_upd_action]), sql.Literal(deferral))
-    return CoordinatorCall(call.as_string(), "ALTER TABLE")
+    ref_columns = [str(c.sval) for c in key.pk_attrs or () if isinstance(c, ast.String)]
+    deferral = ("DEFERRABLE INITIALLY DEFERRED" if deferred else
+                "DEFERRABLE INITIALLY IMMEDIATE" if deferrable else "NOT DEFERRABLE")
+    return sql.SQL("SELECT pgfleet.add_foreign_key({}::regclass, {}, {}::text[], {}::regclass, {}::text[], {}, {}, {})").format(
+        sql.Literal(_name(relation)), sql.Literal(key.conname), sql.Literal(columns), sql.Literal(_name(key.pktable)),
+        sql.Literal(ref_columns or None), sql.Literal(ACTIONS[key.fk_del_action]), sql.Literal(ACTIONS[key.fk_upd_action]),
+        sql.Literal(deferral)).as_string()
+
+
+def _name(node: ast.RangeVar) -> str:
+    return sql.Identifier(*(n for n in (node.catalogname, node.schemaname, node.relname) if n)).as_string()
+
+
+def rewrite_query(raw: bytes, topology: RoutingTopology, search_path: tuple[str, ...]) -> tuple[bytes, ReplyRewriter] | None:
+    """A Query message (``raw``) rewritten, and the rewriter of its reply; None: send it as it is."""
+    if not MAYBE.search(raw):
+        return None
+    try:
+        found = translate(raw[5:-1].decode(), topology, search_path)
+    except UnicodeDecodeError:
+        return None
+    return None if found is None else (p.Query(found.sql).encode(), ReplyRewriter(found.steps))
+
+
+class ReplyRewriter:
+    """The coordinator's reply to a translated Query, reshaped into the reply to the Query the client sent."""
+
+    def __init__(self, steps: tuple[Run | Say, ...]) -> None:
+        self.framer = wire.Framer()
+        self.steps = list(steps)
+        self.failed = False
+        self.done = False
+
+    def _said(self) -> bytes:
+        out = b""
+        while self.steps and isinstance(self.steps[0], Say) and not self.failed:
+            out += p.CommandComplete(self.steps.pop(0).tag or "").encode()
+        return out
+
+    def feed(self, data: bytes) -> bytes:
+        """What the client gets of ``data``; after the ReadyForQuery, the rest passes and ``done`` is set."""
+        out = [self._said()]
+        messages = self.framer.feed(data)
+        for i, (type_byte, payload) in enumerate(messages):
+            step = self.steps[0] if self.steps and isinstance(self.steps[0], Run) else None
+            if type_byte == b"Z":
+                out += [self._said(), wire.frame(type_byte, payload)]
+                out += [wire.frame(t, b) for t, b in messages[i + 1:]] + [self.framer.take_buffer()]
+                self.done = True
+                return b"".join(out)
+            if type_byte == b"E":
+                self.failed = True
+            if step is not None and step.tag is not PASS and type_byte in (b"T", b"D", b"C"):
+                if type_byte == b"C":
+                    if step.tag is not None and step.tag:
+                        out.append(p.CommandComplete(step.tag).encode())
+                    self.steps.pop(0)
+                    out.append(self._said())
+                continue
+            out.append(wire.frame(type_byte, payload))
+            if type_byte == b"C" and step is not None:
+                self.steps.pop(0)
+                out.append(self._said())
+        return b"".join(out)

@@ -8,7 +8,6 @@ from collections.abc import Sequence
 
 from pglast import ast
 
-from .ddl import planner as ddl_planner
 from .multishard import Planner
 from .routes import MultiShard
 from .snapshot import RoutingTopology
@@ -16,7 +15,6 @@ from .vacuum import planner as vacuum_planner
 
 PLANNERS: list[Planner] = [  # tried in order; the first plan wins (each planner adds one line here)
     vacuum_planner,
-    ddl_planner,
 ]
 
 

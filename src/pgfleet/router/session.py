@@ -18,6 +18,7 @@ import logging
 from collections.abc import Callable, Coroutine
 from typing import Any, cast
 
+from . import ddl
 from . import protocol as p
 from . import wire
 from .routes import Coordinator, MultiShard, Shard
@@ -67,6 +68,7 @@ class ClientSession(asyncio.Protocol):
         self.partial: list[tuple[bytes, list[bytes]]] = []  # reads of messages not yet whole, in a transaction
         self.terminating = False  # the client sent Terminate
         self.reply_shaper: Callable[[bytes], bytes] | None = None  # the next answer of the transaction machine
+        self.rewriter: ddl.ReplyRewriter | None = None  # reshapes the reply to a Query that router/ddl.py rewrote
 
     # --- client side ------------------------------------------------------------------------------
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
@@ -158,6 +160,8 @@ class ClientSession(asyncio.Protocol):
             self.context.spawn(self._connect())
 
     def _from_client(self, types: list[bytes], raw: bytes) -> None:
+        if types == [b"Q"]:
+            raw = self._translated(raw)
         stats = self.context.stats
         for type_byte in types:
             if type_byte == b"Q":
@@ -173,6 +177,15 @@ class ClientSession(asyncio.Protocol):
             self.pending.append(raw)
         elif self.server and self.server.transport:
             self.server.transport.write(raw)
+
+    def _translated(self, raw: bytes) -> bytes:
+        """A Query declaring foreign keys of distributed tables, as pgfleet's SQL API (router/ddl.py)."""
+        routing = self.context.routing
+        if routing is not None and self.database == routing.dbname and self.phase is Phase.RELAY:
+            found = ddl.rewrite_query(raw, routing.topology, self.search_path)
+            if found is not None:
+                raw, self.rewriter = found
+        return raw
 
     # --- server side ------------------------------------------------------------------------------
     async def _connect(self) -> None:
@@ -205,6 +218,12 @@ class ClientSession(asyncio.Protocol):
                 data = self.skipper.feed(data)
                 if self.skipper.done:
                     self.skipper = None
+                if not data:
+                    return
+            if self.rewriter is not None:
+                data = self.rewriter.feed(data)
+                if self.rewriter.done:
+                    self.rewriter = None
                 if not data:
                     return
             if not self.pinned:  # follow ReadyForQuery: routing needs an idle session
@@ -427,6 +446,8 @@ class ClientSession(asyncio.Protocol):
         if self.extended.active:  # the prepared statements the batch creates or closes there
             for type_byte, payload in wire.Framer().feed(raw):
                 self.extended.statements.sent(type_byte, payload)
+        if raw[:1] == b"Q" and wire.Framer().scan(raw) == [b"Q"]:
+            raw = self._translated(raw)
         if self.server and self.server.transport:
             self.server.transport.write(p.Query(setup).encode() + raw)
 

@@ -172,10 +172,16 @@ BEGIN
              WHERE c.relid = p_relid ORDER BY c.attnum LOOP
         IF s.attname IS NULL OR s.attisdropped THEN
             RETURN NEXT format('DROP COLUMN IF EXISTS %I', s.name);
+            -- as on one server, a foreign key on the column goes with it (the shards' go with theirs)
+            DELETE FROM pgfleet.foreign_keys f WHERE f.relid = p_relid AND s.name = ANY (f.columns);
             CONTINUE;
         END IF;
         IF s.attname <> s.name THEN
             RETURN NEXT format('RENAME COLUMN %I TO %I', s.name, s.attname);
+            UPDATE pgfleet.foreign_keys f SET columns = array_replace(f.columns, s.name, s.attname::text)
+            WHERE f.relid = p_relid AND s.name = ANY (f.columns);
+            UPDATE pgfleet.foreign_keys f SET ref_columns = array_replace(f.ref_columns, s.name, s.attname::text)
+            WHERE f.ref_relid = p_relid AND s.name = ANY (f.ref_columns);
         END IF;
         IF s.newtype <> s.type THEN
             RETURN NEXT format('ALTER COLUMN %I TYPE %s', s.attname, s.newtype);
