@@ -11,7 +11,10 @@ coordinator — ORMs' migrations run in transactions), into pgfleet's SQL API on
 * ``ALTER TABLE t ADD COLUMN c … [CONSTRAINT n] REFERENCES r (…) …`` (Django's AddField) → the ALTER
   TABLE without the key, then the call;
 * ``SET CONSTRAINTS n IMMEDIATE`` naming only keys rewritten in the same Query (Django sends it after
-  its AddField) → not sent: the shards get the key at COMMIT.
+  its AddField) → not sent: the shards get the key at COMMIT;
+* ``ALTER TABLE t DROP CONSTRAINT [IF EXISTS] n [CASCADE]`` → ``pgfleet.drop_constraint(…)``: a key only
+  the shards hold goes with ``drop_foreign_key``, any other constraint as the statement says (run with
+  the caller's rights).
 
 The client gets the replies of the statements it sent (``ALTER TABLE``, ``SET CONSTRAINTS``):
 :class:`ReplyRewriter` reshapes the coordinator's reply. Everything else passes untouched.
@@ -33,7 +36,7 @@ from .snapshot import RoutingTopology
 from .vacuum import resolve_table
 
 ACTIONS = {"a": "NO ACTION", "r": "RESTRICT", "c": "CASCADE", "n": "SET NULL", "d": "SET DEFAULT"}
-MAYBE = re.compile(rb"(?i)references")  # the cheap test before any parsing
+MAYBE = re.compile(rb"(?i)references|drop\s+constraint")  # the cheap test before any parsing
 
 PASS, DROP = None, ""
 
@@ -115,6 +118,12 @@ def _foreign_keys(stmt: ast.AlterTableStmt, topology: RoutingTopology, search_pa
         return None  # plain and reference tables hold their foreign keys on the coordinator
     keys: list[tuple[str | None, str]] = []
     kept: list[ast.AlterTableCmd] = []
+    commands = tuple(stmt.cmds or ())
+    if len(commands) == 1 and isinstance(drop := commands[0], ast.AlterTableCmd) \
+            and drop.subtype == enums.AlterTableType.AT_DropConstraint and drop.name:
+        return None, [(None, sql.SQL("SELECT pgfleet.drop_constraint({}::regclass, {}, {}, {})").format(
+            sql.Literal(_name(stmt.relation)), sql.Literal(drop.name), sql.Literal(bool(drop.missing_ok)),
+            sql.Literal(drop.behavior == enums.DropBehavior.DROP_CASCADE)).as_string())]
     for cmd in stmt.cmds or ():
         if not isinstance(cmd, ast.AlterTableCmd):
             return None

@@ -195,6 +195,21 @@ BEGIN
     END LOOP;
 END $$;
 
+-- Plain ALTER TABLE t DROP CONSTRAINT n through the router (router/ddl.py): a key of a distributed table
+-- that only its shards hold goes with drop_foreign_key; any other constraint is the table's own, dropped
+-- by the same statement run with the caller's rights.
+CREATE OR REPLACE FUNCTION pgfleet.drop_constraint(p_table regclass, p_name text, p_missing_ok bool, p_cascade bool)
+RETURNS void LANGUAGE plpgsql SET search_path = pg_catalog, pgfleet AS $$
+BEGIN
+    IF EXISTS (SELECT FROM pgfleet.foreign_keys f WHERE f.relid = p_table AND f.name = p_name) THEN
+        PERFORM pgfleet.drop_foreign_key(p_table, p_name);
+    ELSE
+        EXECUTE format('ALTER TABLE %s DROP CONSTRAINT %s%I %s', p_table,
+                       CASE WHEN p_missing_ok THEN 'IF EXISTS ' ELSE '' END, p_name,
+                       CASE WHEN p_cascade THEN 'CASCADE' ELSE 'RESTRICT' END);
+    END IF;
+END $$;
+
 -- Undistribute: the foreign keys of p_old (the distributed table) on p_new (the plain table taking its
 -- place); those referencing another distributed table cannot be, and are reported.
 CREATE OR REPLACE FUNCTION pgfleet.restore_foreign_keys(p_old oid, p_new oid) RETURNS void
