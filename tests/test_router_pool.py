@@ -6,6 +6,7 @@ node's pool."""
 from __future__ import annotations
 
 import asyncio
+import json
 import threading
 import time
 from collections.abc import Iterator
@@ -15,12 +16,13 @@ import psycopg
 import pytest
 from psycopg import sql
 
-from conftest import routing_router
+from conftest import pgfleet_cli, routing_router
 from pgfleet.cluster.fleet import Fleet
 from pgfleet.cluster.local import LocalCluster
 from pgfleet.execute.connect import connect as connect_node
 from pgfleet.router.analyze import Shard, analyze
 from pgfleet.router.backend import WorkerLogin
+from pgfleet.router.files import read_settings
 from pgfleet.router.pool import WorkerPools
 from pgfleet.router.server import RouterServer
 from pgfleet.spec import DistributeSpec, HashSpec, QualifiedName
@@ -282,3 +284,29 @@ def test_a_new_primary_empties_the_pool(cluster: LocalCluster, data: str) -> Non
 
     before, after = asyncio.run(scenario())
     assert before >= 1 and after == before - 1
+
+
+def test_router_status_shows_the_pools(cluster: LocalCluster, data: str) -> None:
+    """'pgfleet router start --pool-size' keeps the size; 'router status' shows each node's pool."""
+    directory = cluster.directory
+    assert pgfleet_cli("router", "start", "--pool-size", "0", directory=directory).returncode == 2  # refused by click
+    started = pgfleet_cli("router", "start", "--route", "--processes", "1", "--pool-size", "3", directory=directory)
+    try:
+        assert started.returncode == 0, started.stderr
+        settings = read_settings(directory)
+        assert settings is not None and settings.pool_size == 3
+        with psycopg.connect(started.stdout.strip(), autocommit=True, options=f"-c search_path={data}") as conn:
+            assert run(conn, "SELECT note FROM t WHERE id = 5") == [("n5",)]
+            deadline = time.monotonic() + 30
+            while True:  # the status file is refreshed every second
+                state = json.loads(pgfleet_cli("router", "status", "--json", directory=directory).stdout)
+                if state.get("pools") or time.monotonic() > deadline:
+                    break
+                time.sleep(0.5)
+        assert state["routed"] == 1
+        [(node, figures)] = state["pools"].items()
+        assert figures == {"size": 3, "in_use": 0, "idle": 1, "waiting": 0} and state["worker_connections"] == 1
+        table = pgfleet_cli("router", "status", directory=directory).stdout
+        assert "pool size" in table and node in table
+    finally:
+        pgfleet_cli("router", "stop", directory=directory)
