@@ -38,7 +38,8 @@ CLIENT_BACKENDS = "SELECT count(*) FROM pg_stat_activity WHERE application_name 
 
 def arguments() -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--duration", type=int, default=5, help="seconds per pgbench run")
+    parser.add_argument("--duration", type=int, default=5,
+                        help="seconds per pgbench run, plus one per 40 clients for connecting them")
     parser.add_argument("--reps", type=int, default=2, help="interleaved repetitions per case")
     parser.add_argument("--scale", type=int, default=10, help="pgbench scale")
     parser.add_argument("--clients", default="10,100,1000", help="client counts, comma-separated")
@@ -105,7 +106,8 @@ def main() -> None:
             allow_connections(local, max(counts) + 100)
         proc, _ = start_background(fleet_local, route=True, processes=args.processes, pool_size=args.pool_size)
         for clients in counts:
-            common = ["-n", "-S", "-M", "simple", "-c", str(clients), "-j", "2", "-T", str(args.duration)]
+            # pgbench's -T includes connecting every client (SCRAM, one by one): time for that on top
+            common = ["-n", "-S", "-M", "simple", "-c", str(clients), "-j", "2", "-T", str(args.duration + clients // 40)]
             sides: dict[str, list[float]] = {"single": [], "router": []}
             peak: dict[str, int] = {}
             for _ in range(args.reps):

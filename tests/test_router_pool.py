@@ -63,7 +63,7 @@ def router(cluster: LocalCluster, data: str) -> Iterator[RouterServer]:
 def connect(cluster: LocalCluster, port: int, schema: str, **params: Any) -> psycopg.Connection[Any]:
     info = dict(host="127.0.0.1", port=port, dbname=cluster.spec.dbname, user=cluster.spec.superuser,
                 password=cluster.spec.coordinator.password, options=f"-c search_path={schema}")
-    return psycopg.connect(autocommit=True, **{**info, **params})  # type: ignore[arg-type]
+    return psycopg.connect(**{"autocommit": True, **info, **params})  # type: ignore[arg-type]
 
 
 def run(conn: psycopg.Connection[Any], statement: str) -> Any:
@@ -310,3 +310,24 @@ def test_router_status_shows_the_pools(cluster: LocalCluster, data: str) -> None
         assert "pool size" in table and node in table
     finally:
         pgfleet_cli("router", "stop", directory=directory)
+
+
+def test_an_extended_protocol_transaction_holds_its_connection_until_it_ends(cluster: LocalCluster, router: RouterServer,
+                                                                            data: str) -> None:
+    """psycopg's own transactions (extended protocol): the session holds its worker connection from the
+    transaction's first routed statement to COMMIT, then gives it back clean."""
+    pools = router.context.pools
+    assert pools is not None
+    node = node_of(router, data, 5)
+    stats = router.context.stats
+    with connect(cluster, router.config.port, data, autocommit=False) as conn:
+        routed = stats.routed
+        assert conn.execute("SELECT note FROM t WHERE id = %s", (5,)).fetchall() == [("n5",)]
+        assert conn.execute("UPDATE t SET note = %s WHERE id = %s RETURNING note", ("x5", 5)).fetchall() == [("x5",)]
+        assert stats.routed == routed + 2
+        assert pools.node(node).status()["in_use"] == 1  # held by the open transaction
+        conn.commit()
+        assert pools.node(node).status()["in_use"] == 0 and pools.node(node).status()["idle"] >= 1
+        assert conn.execute("SELECT note FROM t WHERE id = %s", (5,)).fetchall() == [("x5",)]
+        conn.rollback()
+    assert pools.node(node).status()["in_use"] == 0
