@@ -312,7 +312,10 @@ class ClientSession(asyncio.Protocol):
         conn = self.leases.free(route.node)
         if conn is None or self.role_on(conn) != conn.user:
             self.context.spawn(self._run_routed(route, raw))
-            return
+        else:
+            self._send_routed(conn, route, raw)
+
+    def _send_routed(self, conn: WorkerConnection, route: Shard, raw: bytes) -> None:
         self.running_on = conn
         try:  # the hot path: no task, the reply's bytes go to the client as they came
             conn.send(p.Query(route.sql).encode(), lambda reply: self._routed_reply(route, raw, reply))
@@ -343,6 +346,9 @@ class ClientSession(asyncio.Protocol):
         except BackendError as exc:  # not sent: the coordinator runs it
             self._drop_worker(route, exc)
             self._routed_done(None, raw)
+            return
+        if self.role_on(conn) == conn.user:  # it waited for a connection: then as the hot path
+            self._send_routed(conn, route, raw)
             return
         self.running_on = conn
         try:
