@@ -151,6 +151,7 @@ def test_more_clients_than_the_pool_share_its_connections(cluster: LocalCluster,
     status = pools.status()
     assert all(status[node]["size"] == 2 and status[node]["in_use"] == 0 and status[node]["waiting"] == 0
                and 1 <= status[node]["idle"] <= 2 for node in workers), status
+    assert all(pools.node(node).opening == 0 for node in workers)
 
 
 def test_a_session_setting_does_not_reach_another_session(cluster: LocalCluster, data: str) -> None:
@@ -171,6 +172,9 @@ def test_a_session_setting_does_not_reach_another_session(cluster: LocalCluster,
                 assert run(tokyo, statement) == [("2024-01-01 18:00:00+09",)]
                 assert stats.routed == routed + 2
                 assert router_backends(cluster, node) <= 1
+                assert router.context.pools is not None
+                pool = router.context.pools.node(node)
+                assert (pool.total(), pool.in_use, pool.opening, pool.idle_count()) == (1, 0, 0, 1)
             run(plain, "SET TimeZone = 'America/New_York'")  # state: the session stays on the coordinator
             assert run(plain, statement) == [("2024-01-01 04:00:00-05",)]
             routed = stats.routed

@@ -217,13 +217,13 @@ class NodePool:
                 del self.idle[settings]
 
     def _evict_idle(self) -> bool:
-        """Close one idle connection (of other settings) to make room; False when none is idle."""
+        """Close one idle connection (of other settings) to make room (the caller takes the slot); False
+        when none is idle."""
         for settings, conns in self.idle.items():
             if conns:
                 conns.pop(0).close()  # the least recently used of its settings
                 if not conns:
                     del self.idle[settings]
-                self.opening += 1
                 return True
         return False
 
