@@ -204,6 +204,13 @@ def test_a_role_does_not_leak_to_the_next_session(cluster: LocalCluster, data: s
                 assert run(admin, "UPDATE u SET note = note WHERE id = 5 RETURNING current_user") == [(superuser,)]
                 assert stats.routed == routed + 4  # the refused one is answered by the coordinator
             assert run(app, "SELECT current_user FROM t WHERE id = 7") == [(APP,)]
+            with connect(cluster, router.config.port, data) as switched:  # SET ROLE: on the coordinator from now on
+                run(switched, sql.SQL("SET ROLE {}").format(sql.Identifier(APP)).as_string(switched))
+                with pytest.raises(psycopg.errors.InsufficientPrivilege):
+                    run(switched, "SELECT note FROM u WHERE id = 5")
+                routed = stats.routed
+                assert run(admin, "SELECT current_user, note FROM u WHERE id = 5") == [(superuser, "n5")]
+                assert stats.routed == routed + 1
 
 
 def test_a_transaction_left_open_or_failed_is_not_handed_on(cluster: LocalCluster, router: RouterServer,
