@@ -11,6 +11,7 @@ import subprocess
 import sys
 import tempfile
 from collections.abc import Iterator, Mapping
+from typing import Any
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -78,12 +79,14 @@ def schema(fleet: Fleet, request: pytest.FixtureRequest) -> Iterator[str]:
 
 
 @contextmanager
-def routing_router(cluster: LocalCluster) -> Iterator[RouterServer]:
-    """A router in this process with --route, in front of ``cluster``'s coordinator."""
+def routing_router(cluster: LocalCluster, **options: Any) -> Iterator[RouterServer]:
+    """A router in this process with --route, in front of ``cluster``'s coordinator (``options``: more
+    RouterConfig fields, e.g. pool_size)."""
     [port] = claim_ports(1, cluster.directory, start=6700)
     upstream = ("127.0.0.1", cluster.spec.coordinator.port)
     try:
-        with serve_in_thread(RouterConfig(port=port, upstream=lambda: upstream, routing=local_routing(cluster))) as server:
+        with serve_in_thread(RouterConfig(port=port, upstream=lambda: upstream, routing=local_routing(cluster),
+                                          **options)) as server:
             yield server
     finally:
         release_ports([port], cluster.directory)

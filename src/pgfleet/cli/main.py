@@ -51,9 +51,11 @@ def cli(ctx: click.Context, directory: str | None, database: str | None, verbose
 @click.option("--async", "asynchronous", is_flag=True, help="Asynchronous standbys (default: synchronous).")
 @click.option("--no-router", is_flag=True,
               help="Do not start the router: clients connect to the coordinator ('pgfleet dsn' then prints its string).")
+@click.option("--pool-size", type=click.IntRange(min=1), default=None,
+              help="The router's connections to each worker per process (default: kept, else 2 per core).")
 @click.pass_context
 def up(ctx: click.Context, workers: int, port: int | None, pg_bin: str | None, fast: bool, standbys: int,
-       asynchronous: bool, no_router: bool) -> None:
+       asynchronous: bool, no_router: bool, pool_size: int | None) -> None:
     """Create and start a local cluster, or start the stopped servers of an existing one."""
     directory = cluster_dir(ctx)
     if LocalCluster.exists(directory):
@@ -69,7 +71,7 @@ def up(ctx: click.Context, workers: int, port: int | None, pg_bin: str | None, f
         have = sum(1 for g in local.spec.groups if local.spec.primary_of(g).role == "worker")
         if workers != have and ctx.get_parameter_source("workers") == click.core.ParameterSource.COMMANDLINE:
             err.print(f"  note: the cluster has {have} workers; --workers only applies to a new cluster")
-        endpoint = _running_router(local) if no_router else _start_router(local)
+        endpoint = _running_router(local) if no_router else _start_router(local, pool_size)
         if endpoint is not None and endpoint[1]:
             started.append("router")
         done = f"started {', '.join(started)}" if started else ("nothing to start" if held else "already running")
@@ -96,19 +98,19 @@ def up(ctx: click.Context, workers: int, port: int | None, pg_bin: str | None, f
         from ..ha.monitor_proc import start_background
 
         start_background(local)
-    endpoint = None if no_router else _start_router(local)
+    endpoint = None if no_router else _start_router(local, pool_size)
     out.print(f"cluster ready in {directory}: coordinator on 127.0.0.1:{local.spec.coordinator.port}, "
               f"{workers} worker(s)" + (f", {standbys} standby(s) each, monitor running" if standbys else ""))
     _print_endpoint(local, endpoint)
 
 
-def _start_router(local: LocalCluster) -> tuple[int, bool] | None:
+def _start_router(local: LocalCluster, pool_size: int | None = None) -> tuple[int, bool] | None:
     """Start the router (the cluster's endpoint) unless it runs: (its port, whether started now); None
     when it could not start (the coordinator still serves clients, and the reason is printed)."""
     from ..router.process import start_endpoint
 
     try:
-        proc, started = start_endpoint(local, note=lambda m: err.print(f"  {m}"))
+        proc, started = start_endpoint(local, note=lambda m: err.print(f"  {m}"), pool_size=pool_size)
     except PgfleetError as exc:
         err.print(f"[yellow]warning:[/] {exc}", highlight=False, soft_wrap=True)
         return None

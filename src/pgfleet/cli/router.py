@@ -28,13 +28,16 @@ def router() -> None:
               help="Send single-shard statements (simple protocol, autocommit, superuser sessions) straight to the workers.")
 @click.option("--processes", type=int, default=None,
               help="Router processes accepting on the port (default: the number of cores).")
+@click.option("--pool-size", type=click.IntRange(min=1), default=None,
+              help="Connections to each worker per router process, shared by its clients (default: 2 per core).")
 @click.pass_context
-def start(ctx: click.Context, port: int | None, route: bool, processes: int | None) -> None:
+def start(ctx: click.Context, port: int | None, route: bool, processes: int | None, pool_size: int | None) -> None:
     """Start the router in the background (nothing happens when it already runs)."""
     from ..router.process import default_processes, dsn, start_background
 
     local = _local(ctx)
-    proc, started = start_background(local, port, route=route, processes=default_processes() if processes is None else processes)
+    proc, started = start_background(local, port, route=route, processes=default_processes() if processes is None else processes,
+                                     pool_size=pool_size)
     if not started and port is not None and port != proc.port:
         click.echo(f"router already running on port {proc.port} (pid {proc.pid}); stop it first to change the port", err=True)
     else:
@@ -73,10 +76,19 @@ def status(ctx: click.Context, as_json: bool) -> None:
     table.add_column("value")
     shown = state.as_dict()
     shown.pop("running")
+    shown.pop("pools")
     first = [name for name in FIRST_ROWS if name in shown]
     for name in first + sorted(set(shown) - set(first)):
         table.add_row(LABELS.get(name, name.replace("_", " ")), str(shown[name]))
-    Console().print(table)
+    console = Console()
+    console.print(table)
+    if state.pools:
+        pools = Table(title="worker connection pools (all processes)")
+        for column in ("node", "pool size", "in use", "idle", "waiting"):
+            pools.add_column(column)
+        for node, figures in state.pools.items():
+            pools.add_row(node, *(str(figures.get(name, 0)) for name in ("size", "in_use", "idle", "waiting")))
+        console.print(pools)
 
 
 # the rows users look for first, then every other counter the router keeps (transactions, …) by name
@@ -85,7 +97,7 @@ FIRST_ROWS = ("port", "pid", "processes", "coordinator", "uptime_seconds", "rout
               "pinned_sessions")
 LABELS = {"routed": "statements routed to a worker", "statements_to_coordinator": "statements to the coordinator",
           "routing_fallbacks": "routing fallbacks (routable, run on the coordinator)",
-          "pinned_sessions": "sessions kept on the coordinator", "worker_connections": "worker connections (no pool)"}
+          "pinned_sessions": "sessions kept on the coordinator", "worker_connections": "worker connections (pooled)"}
 
 
 @router.command("run", hidden=True)
@@ -93,8 +105,9 @@ LABELS = {"routed": "statements routed to a worker", "statements_to_coordinator"
 @click.option("--process-index", default=0, show_default=True, type=int)
 @click.option("--route", is_flag=True)
 @click.option("--peer-ports", default="", help="Each process's own port, by index (several processes).")
+@click.option("--pool-size", type=click.IntRange(min=1), default=None)
 @click.pass_context
-def run(ctx: click.Context, port: int, process_index: int, route: bool, peer_ports: str) -> None:
+def run(ctx: click.Context, port: int, process_index: int, route: bool, peer_ports: str, pool_size: int | None) -> None:
     """Serve in the foreground until SIGTERM (what 'router start' runs in the background)."""
     import logging
 
@@ -108,7 +121,7 @@ def run(ctx: click.Context, port: int, process_index: int, route: bool, peer_por
     run_forever(RouterConfig(port=port, upstream=coordinator_address(local), process_index=process_index,
                              peers=peers, reuse_port=bool(ports), peer_port=ports[process_index] if ports else None,
                              status_file=status_file(local, process_index),
-                             routing=local_routing(local) if route else None))
+                             routing=local_routing(local) if route else None, pool_size=pool_size))
 
 
 COMMANDS = (router,)

@@ -115,6 +115,9 @@ class WorkerConnection(asyncio.Protocol):
         self._ready_seen = False
         self._done: Callable[[bytes | None], None] | None = None
         self.statements: dict[tuple[str, tuple[int, ...]], str] = {}  # (text, parameter types) -> name parsed here
+        self.status = b"I"  # the transaction status of the last ReadyForQuery (b"?": not known)
+        self.generation = 0  # the pool's generation it was opened in (a failover starts a new one)
+        self.cancelled = False  # a cancel request was sent for it: it may still arrive, so it is not reused
 
     @classmethod
     async def open(cls, login: WorkerLogin, settings: tuple[tuple[str, str], ...] = ()) -> WorkerConnection:
@@ -183,6 +186,7 @@ class WorkerConnection(asyncio.Protocol):
         if self._ready_seen and self._framer.at_boundary:
             reply, done = b"".join(self._reply), self._done
             self._reply, self._done, self._ready_seen = [], None, False
+            self.status = reply[-1:] if reply[-6:-5] == b"Z" else b"?"
             done(reply)
 
     def connection_lost(self, exc: Exception | None) -> None:
@@ -208,6 +212,13 @@ class WorkerConnection(asyncio.Protocol):
             self.broken = True
             raise BackendError("worker connection lost")
         self.transport.write(data)
+
+    @property
+    def reusable(self) -> bool:
+        """Idle outside a transaction block, nothing asked and not answered, no cancel on its way: another
+        session may use it."""
+        return self.status == b"I" and self._done is None and not self.broken and not self.cancelled \
+            and not self._handshake
 
     # --- use ------------------------------------------------------------------------------------------
     def send(self, request: bytes, done: Callable[[bytes | None], None]) -> None:

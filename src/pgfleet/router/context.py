@@ -12,6 +12,7 @@ from typing import TYPE_CHECKING
 
 from . import wire
 from .keys import KeyAllocator, process_of
+from .pool import POOL_TIMEOUT, WorkerPools
 from .routing import Routing
 from .stats import RouterStats
 from .twophase import DecisionStore, GidMaker
@@ -40,9 +41,14 @@ class RouterContext:
     tasks: set[asyncio.Task[None]] = field(default_factory=set)
     routing: Routing | None = None  # None: every statement goes to the coordinator
     twophase: TwoPhase | None = field(init=False, default=None)  # multi-worker commits (routing with a coordinator login)
+    pool_size: int | None = None  # connections per worker node (None: two per core)
+    pool_timeout: float = POOL_TIMEOUT  # seconds a session waits for a connection of an exhausted pool
+    pools: WorkerPools | None = field(init=False, default=None)  # the worker connections, shared by the sessions
 
     def __post_init__(self) -> None:
         self.keys = KeyAllocator(self.process_index)
+        if self.routing is not None:
+            self.pools = WorkerPools(self.routing.login, self.pool_size, self.pool_timeout)
         if self.routing is not None and self.routing.coordinator_login is not None:
             self.twophase = TwoPhase(GidMaker(self.process_index), DecisionStore(self.routing.coordinator_login))
 
@@ -69,6 +75,7 @@ class RouterContext:
         self.stats.cancels += 1
         worker = session.running_on
         if worker is not None and worker.cancel_key is not None:  # a routed statement: cancel it on its worker
+            worker.cancelled = True  # the cancel may land after the statement: the connection is not reused
             self.spawn(send_cancel(worker.address, wire.CancelRequest(*worker.cancel_key)))
             return
         self.spawn(send_cancel(session.address, wire.CancelRequest(session.server_key.process_id, session.server_key.secret)))

@@ -54,6 +54,7 @@ from .batches import (
     read_parse,
 )
 from .exttxn import MAX_BATCH, ExtendedTransactions, after_setup, role_setup, setup_messages
+from .pool import PoolExhausted, exhausted_reply
 from .routing import session_neutral
 from .twophase import messages as reply_messages
 from .txnstmt import Kind, control
@@ -359,9 +360,9 @@ class ExtendedRouter:
         if session.transactions.txn is not None:
             self.txns.on_worker(plan, route, statement, answered)
             return
-        conn = session.workers.get(route.node)
+        conn = session.leases.free(route.node)
         session.busy = True
-        if conn is not None and not conn.broken:
+        if conn is not None:
             self._send(conn, plan, batch, route, statement, answered, exchanged)
         else:
             session.context.spawn(self._open_then_send(plan, batch, route, statement, answered, exchanged))
@@ -369,19 +370,17 @@ class ExtendedRouter:
     async def _open_then_send(self, plan: Plan, batch: list[Message], route: Shard, statement: Statement,
                               answered: bytes, exchanged: bool) -> None:
         session = self.session
-        routing = session.context.routing
-        assert routing is not None
         try:
-            conn = await WorkerConnection.open(routing.login(route.node), session._worker_settings())
+            conn = await session.worker(route.node)
+        except PoolExhausted as exc:  # waited too long for a connection: not run
+            session._write(answered + exhausted_reply(exc))
+            session.resume()
+            return
         except BackendError as exc:
             log.warning("routing to %s failed, sending the statement to the coordinator: %s", route.node, exc)
             session.context.stats.routing_fallbacks += 1
             self._fallback(plan, batch, answered, exchanged)
             return
-        old = session.workers.get(route.node)
-        if old is not None:
-            old.close()
-        session.workers[route.node] = conn
         self._send(conn, plan, batch, route, statement, answered, exchanged)
 
     def worker_request(self, conn: WorkerConnection, plan: Plan, route: Shard,
@@ -422,8 +421,8 @@ class ExtendedRouter:
             stats = session.context.stats
             if reply is None:  # sent, and the connection broke: it may have run, so it is not run again
                 log.warning("the connection to worker %s was lost while it ran a routed statement", route.node)
-                if session.workers.get(route.node) is conn:
-                    del session.workers[route.node]
+                if session.leases.held.get(route.node) is conn:
+                    session.drop_worker(route.node)
                 stats.executes += 1
                 stats.routed += 1
                 session._write(answered + lost_in_flight(route.node))
@@ -448,7 +447,6 @@ class ExtendedRouter:
         except BackendError as exc:  # not sent: the coordinator runs it
             session.running_on = None
             log.warning("routing to %s failed, sending the statement to the coordinator: %s", route.node, exc)
-            session.workers.pop(route.node, None)
-            conn.close()
+            session.drop_worker(route.node)
             session.context.stats.routing_fallbacks += 1
             self._fallback(plan, batch, answered, exchanged)

@@ -42,6 +42,7 @@ class RouterSettings:
     port: int
     processes: int = 1
     route: bool = True
+    pool_size: int | None = None  # worker connections per node and process (None: two per core)
 
 
 def status_file(directory: Path, index: int) -> Path:
@@ -98,7 +99,8 @@ def read_settings(directory: Path) -> RouterSettings | None:
     try:
         data = json.loads((directory / SETTINGS_FILE).read_text())
         return RouterSettings(port=int(data["port"]), processes=int(data.get("processes", 1)),
-                              route=bool(data.get("route", True)))
+                              route=bool(data.get("route", True)),
+                              pool_size=int(data["pool_size"]) if data.get("pool_size") is not None else None)
     except (OSError, ValueError, KeyError, TypeError):
         return None
 

@@ -46,6 +46,8 @@ class RouterStatus:
     routing: bool
     # every counter of RouterStats (and worker_connections), summed over the processes
     counters: dict[str, int] = field(default_factory=dict)
+    # per worker node: the pools' size, in_use, idle and waiting, summed over the processes
+    pools: dict[str, dict[str, int]] = field(default_factory=dict)
 
     @property
     def to_coordinator(self) -> int:
@@ -56,7 +58,7 @@ class RouterStatus:
         """Flat, for --json: the settings, every counter, and statements_to_coordinator."""
         return {"running": True, "pid": self.pid, "port": self.port, "processes": self.processes,
                 "coordinator": self.coordinator, "uptime_seconds": self.uptime_seconds, "routing": self.routing,
-                **self.counters, "statements_to_coordinator": self.to_coordinator}
+                **self.counters, "statements_to_coordinator": self.to_coordinator, "pools": self.pools}
 
 
 def coordinator_address(local: LocalCluster) -> Callable[[], Address]:
@@ -143,23 +145,26 @@ def _claim_kept(local: LocalCluster, port: int, wait: float = 3.0) -> None:
             time.sleep(0.1)
 
 
-def start_background(local: LocalCluster, port: int | None = None, *, route: bool = False,
-                     processes: int = 1, note: Callable[[str], None] | None = None) -> tuple[RouterProcess, bool]:
+def start_background(local: LocalCluster, port: int | None = None, *, route: bool = False, processes: int = 1,
+                     pool_size: int | None = None, note: Callable[[str], None] | None = None) -> tuple[RouterProcess, bool]:
     """Start the router unless it runs; return it and whether it was started now. With ``processes``
     above 1, that many processes accept on the same port (SO_REUSEPORT), each also on its own port. The
     port and settings are kept in the cluster directory for the next start."""
     if not 1 <= processes <= MAX_PROCESS_INDEX + 1:
         raise RouterError(f"--processes {processes} is out of range", hint=f"use 1..{MAX_PROCESS_INDEX + 1}")
+    if pool_size is not None and pool_size < 1:
+        raise RouterError(f"--pool-size {pool_size} is out of range",
+                          hint="use 1 or more worker connections per node and router process")
     with locked(local.directory):
         current = running(local)
         if current is not None:
             return current, False
         terminate(local.directory)  # a router that died: its other processes and files
-        return _start(local, port, route=route, processes=processes, note=note), True
+        return _start(local, port, route=route, processes=processes, pool_size=pool_size, note=note), True
 
 
-def _start(local: LocalCluster, port: int | None, *, route: bool, processes: int,
-           note: Callable[[str], None] | None) -> RouterProcess:
+def _start(local: LocalCluster, port: int | None, *, route: bool, processes: int, pool_size: int | None = None,
+           note: Callable[[str], None] | None = None) -> RouterProcess:
     port, moved = _claim_endpoint_port(local, port)
     if moved and note:
         note(f"{moved}: the router moves to port {port}")
@@ -169,6 +174,7 @@ def _start(local: LocalCluster, port: int | None, *, route: bool, processes: int
     with open(log_path, "a") as log:
         for index in range(processes):
             extra = ["--process-index", str(index), "--peer-ports", ",".join(map(str, peer_ports))] if peer_ports else []
+            extra += ["--pool-size", str(pool_size)] if pool_size is not None else []
             procs.append(subprocess.Popen(
                 [sys.executable, "-m", "pgfleet.cli.main", "--dir", str(local.directory.resolve()), "router", "run",
                  "--port", str(port), *(["--route"] if route else []), *extra],
@@ -188,17 +194,20 @@ def _start(local: LocalCluster, port: int | None, *, route: bool, processes: int
                               hint=f"see {log_path}")
         time.sleep(0.05)
     _write_passfile(local, port)
-    write_settings(local.directory, RouterSettings(port=port, processes=processes, route=route))
+    write_settings(local.directory, RouterSettings(port=port, processes=processes, route=route, pool_size=pool_size))
     return RouterProcess(procs[0].pid, port, tuple(p.pid for p in procs), tuple(peer_ports))
 
 
-def start_endpoint(local: LocalCluster, note: Callable[[str], None] | None = None) -> tuple[RouterProcess, bool]:
-    """The router as ``pgfleet up`` runs it: with the settings it kept (port, processes, routing), else
-    routing on, one process per core, the first free port from 6432."""
+def start_endpoint(local: LocalCluster, note: Callable[[str], None] | None = None,
+                   pool_size: int | None = None) -> tuple[RouterProcess, bool]:
+    """The router as ``pgfleet up`` runs it: with the settings it kept (port, processes, routing, pool
+    size), else routing on, one process per core, the first free port from 6432; ``pool_size`` replaces
+    the kept one."""
     settings = read_settings(local.directory)
     if settings is None:
-        return start_background(local, route=True, processes=default_processes(), note=note)
-    return start_background(local, route=settings.route, processes=settings.processes, note=note)
+        return start_background(local, route=True, processes=default_processes(), pool_size=pool_size, note=note)
+    return start_background(local, route=settings.route, processes=settings.processes,
+                            pool_size=pool_size if pool_size is not None else settings.pool_size, note=note)
 
 
 def stop_background(local: LocalCluster, wait: float = 10.0) -> bool:
@@ -221,10 +230,24 @@ def ensure_running(local: LocalCluster, note: Callable[[str], None] | None = Non
         if settings is not None:
             _claim_kept(local, settings.port)
         return _start(local, settings.port if settings else None, route=settings.route if settings else True,
-                      processes=settings.processes if settings else 1, note=note)
+                      processes=settings.processes if settings else 1,
+                      pool_size=settings.pool_size if settings else None, note=note)
 
 
-COUNTER_SKIP = ("pid", "port", "host", "process_index", "started", "updated", "routing", "coordinator")
+COUNTER_SKIP = ("pid", "port", "host", "process_index", "started", "updated", "routing", "coordinator", "pools")
+
+
+def _sum_pools(files: list[dict[str, object]]) -> dict[str, dict[str, int]]:
+    """Each node's pool figures (size, in_use, idle, waiting) summed over the processes' status files."""
+    pools: dict[str, dict[str, int]] = {}
+    for data in files:
+        found = data.get("pools")
+        for node, figures in (found.items() if isinstance(found, dict) else ()):
+            into = pools.setdefault(str(node), {"size": 0, "in_use": 0, "idle": 0, "waiting": 0})
+            for name in into:
+                value = figures.get(name) if isinstance(figures, dict) else None
+                into[name] += value if isinstance(value, int) else 0
+    return dict(sorted(pools.items()))
 
 
 def read_status(local: LocalCluster) -> RouterStatus | None:
@@ -248,7 +271,7 @@ def read_status(local: LocalCluster) -> RouterStatus | None:
     return RouterStatus(pid=current.pid, port=current.port, processes=len(current.pids) or 1,
                         coordinator=str(first.get("coordinator", "?")),
                         uptime_seconds=round(time.time() - float(str(first.get("started", time.time()))), 1),
-                        routing=bool(first.get("routing", False)), counters=totals)
+                        routing=bool(first.get("routing", False)), counters=totals, pools=_sum_pools(files))
 
 
 def local_routing(local: LocalCluster) -> Routing:

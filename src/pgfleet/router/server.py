@@ -20,6 +20,7 @@ from ..errors import NodeError
 from . import recovery
 from .routing import Routing
 from .context import Address, RouterContext
+from .pool import POOL_TIMEOUT
 from .session import ClientSession
 
 log = logging.getLogger(__name__)
@@ -41,6 +42,8 @@ class RouterConfig:
     peer_port: int | None = None  # this process's own port, where the others forward cancel requests
     recovery_interval: float = recovery.INTERVAL  # seconds between recovery passes (process 0)
     recovery_min_age: float = recovery.MIN_AGE  # prepared transactions younger than this are left to their owner
+    pool_size: int | None = None  # worker connections per node (None: two per core)
+    pool_timeout: float = POOL_TIMEOUT  # seconds a session waits for a connection of an exhausted pool
 
 
 def _run_loop(main: Coroutine[Any, Any, None]) -> None:
@@ -57,7 +60,8 @@ class RouterServer:
     def __init__(self, config: RouterConfig) -> None:
         self.config = config
         self.context = RouterContext(upstream=config.upstream, process_index=config.process_index,
-                                     peers=config.peers, routing=config.routing)
+                                     peers=config.peers, routing=config.routing, pool_size=config.pool_size,
+                                     pool_timeout=config.pool_timeout)
         self.started = time.time()
         self._servers: list[asyncio.Server] = []
 
@@ -89,6 +93,8 @@ class RouterServer:
         while True:
             await asyncio.sleep(TOPOLOGY_REFRESH)
             await asyncio.to_thread(routing.refresh)
+            if self.context.pools is not None:
+                self.context.pools.follow_primaries()  # a failover empties that node's pool
 
     async def _recover(self, routing: Routing) -> None:
         """Finish the two-phase commits their owners left (process 0 only), at start and every few seconds."""
@@ -143,12 +149,12 @@ class RouterServer:
                 "routing": self.config.routing is not None,
                 "process_index": self.config.process_index, "coordinator": f"{host}:{port}",
                 "started": self.started, "updated": time.time(), **asdict(self.context.stats),
-                "worker_connections": self.worker_connections()}
+                "worker_connections": self.worker_connections(),
+                "pools": self.context.pools.status() if self.context.pools is not None else {}}
 
     def worker_connections(self) -> int:
-        """Open connections from this process's sessions to workers (one per session and node, no pool)."""
-        return sum(1 for session in list(self.context.sessions.values())
-                   for conn in list(session.workers.values()) if not conn.broken)
+        """Open connections of this process's worker pools (leased and idle)."""
+        return self.context.pools.connections() if self.context.pools is not None else 0
 
     def write_status(self) -> None:
         path = self.config.status_file

@@ -28,6 +28,7 @@ from .context import Address, RouterContext
 from .extended import ExtendedRouter
 from .exttxn import WithParse
 from .keys import CancelKey
+from .pool import Leases, PoolExhausted, exhausted_reply
 from .routing import Decision, deallocates_all, decide, parse_search_path
 from .twophase import TwoPhase
 from .txn import ReplySkipper, TransactionControl
@@ -58,7 +59,7 @@ class ClientSession(asyncio.Protocol):
         self.busy = False  # a routed statement is running: client bytes wait in ``held``
         self.held: list[bytes] = []
         self.outstanding = 0  # Query and Sync messages sent to the coordinator and not yet answered
-        self.workers: dict[str, WorkerConnection] = {}
+        self.leases = Leases(context.pools)  # worker connections held until the session is idle again
         self.running_on: WorkerConnection | None = None  # the worker running this session's routed statement
         self.superuser = False  # the login role is a superuser (reported by the coordinator)
         self.extended = ExtendedRouter(self)  # extended-protocol batches, from the first one on
@@ -107,9 +108,7 @@ class ClientSession(asyncio.Protocol):
         if self.client_key is not None:
             self.context.sessions.pop(self.client_key.process_id, None)
             self.context.keys.release(self.client_key.process_id)
-        for conn in self.workers.values():
-            conn.close()
-        self.workers.clear()
+        self.leases.close()
         self._close()
 
     def pause_writing(self) -> None:
@@ -273,6 +272,7 @@ class ClientSession(asyncio.Protocol):
         # Any role is routed: its roles, memberships and privileges are on the workers (sql/grants.sql)
         # and tables with row-level security are not routed. A superuser runs as the router's login.
         self.superuser = self.reported.get("is_superuser") == "on"
+        self.leases.settings = self._worker_settings()  # the pooled connections this session may use
 
     def _try_route(self, types: list[bytes], data: bytes, starts_message: bool) -> bool:
         """Send one Query straight to a worker when it is provably single-shard and the session is idle
@@ -328,10 +328,13 @@ class ClientSession(asyncio.Protocol):
         return tuple(settings.items())
 
     def _route(self, route: Shard, raw: bytes) -> None:
-        conn = self.workers.get(route.node)
-        if conn is None or conn.broken or self.role_on(conn) != conn.user:
+        conn = self.leases.free(route.node)
+        if conn is None or self.role_on(conn) != conn.user:
             self.context.spawn(self._run_routed(route, raw))
-            return
+        else:
+            self._send_routed(conn, route, raw)
+
+    def _send_routed(self, conn: WorkerConnection, route: Shard, raw: bytes) -> None:
         self.running_on = conn
         try:  # the hot path: no task, the reply's bytes go to the client as they came
             conn.send(p.Query(route.sql).encode(), lambda reply: self._routed_reply(route, raw, reply))
@@ -356,9 +359,15 @@ class ClientSession(asyncio.Protocol):
         reply: bytes | None = None
         try:
             conn = await self.worker(route.node)
+        except PoolExhausted as exc:  # waited too long for a connection: not run
+            self._routed_done(exhausted_reply(exc), raw)
+            return
         except BackendError as exc:  # not sent: the coordinator runs it
             self._drop_worker(route, exc)
             self._routed_done(None, raw)
+            return
+        if self.role_on(conn) == conn.user:  # it waited for a connection: then as the hot path
+            self._send_routed(conn, route, raw)
             return
         self.running_on = conn
         try:
@@ -426,17 +435,11 @@ class ClientSession(asyncio.Protocol):
             return None
 
     async def worker(self, node: str) -> WorkerConnection:
-        conn = self.workers.get(node)
-        if conn is None or conn.broken:
-            assert self.context.routing is not None
-            conn = await WorkerConnection.open(self.context.routing.login(node), self._worker_settings())
-            self.workers[node] = conn
-        return conn
+        """A pooled connection to ``node``'s primary that this session holds until it is idle again."""
+        return await self.leases.lease(node)
 
     def drop_worker(self, node: str) -> None:
-        broken = self.workers.pop(node, None)
-        if broken is not None:
-            broken.close()
+        self.leases.drop(node)
 
     def to_coordinator(self, setup: str, raw: bytes) -> None:
         self.skipper = ReplySkipper(extra_parse=isinstance(raw, WithParse))
@@ -458,6 +461,8 @@ class ClientSession(asyncio.Protocol):
     def resume(self) -> None:
         """The routed statement is answered: what the client sent meanwhile, in order."""
         self.busy = False
+        if self.leases.held and self.transactions.txn is None:
+            self.leases.release()  # idle: the worker connections go back to the pool
         held, self.held = self.held, []
         for i, chunk in enumerate(held):
             if self.busy:
