@@ -103,7 +103,7 @@ def main() -> None:
 def _routed(local: LocalCluster) -> int:
     time.sleep(1.2)  # the status files are written every second
     status = read_status(local)
-    return status.routed if status else 0
+    return status.counters.get("routed", 0) if status else 0
 
 
 if __name__ == "__main__":
