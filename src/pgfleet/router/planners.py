@@ -9,10 +9,11 @@ from collections.abc import Sequence
 from pglast import ast
 
 from .multishard import Planner
+from .mwrite import plan_write
 from .routes import MultiShard
 from .snapshot import RoutingTopology
 
-PLANNERS: list[Planner] = []  # tried in order; the first plan wins (each planner adds one line here)
+PLANNERS: list[Planner] = [plan_write]  # tried in order; the first plan wins (each planner adds one line here)
 
 
 def plan(statements: Sequence[ast.RawStmt], sql: str, topology: RoutingTopology,
