@@ -80,6 +80,8 @@ def test_joins_to_reference_tables_and_colocated_tables_on_the_key() -> None:
     "INSERT INTO items (order_id, sku, qty) SELECT customer, note, 1 FROM orders",  # not the source's key
     "INSERT INTO items (order_id, sku, qty) SELECT id, note, count(*) FROM orders GROUP BY id, note",
     "INSERT INTO items (order_id, sku, qty) SELECT id, note, 1 FROM orders LIMIT 5",
+    "INSERT INTO items (order_id, sku, qty) SELECT id, note, row_number() OVER () FROM orders",  # numbers all rows
+    "INSERT INTO items (order_id, sku, qty) SELECT id, note, (abs(count(*)))::int FROM orders",  # one row in all
     "INSERT INTO items (order_id, sku, qty) SELECT DISTINCT id, note, 1 FROM orders",
     "INSERT INTO items (order_id, sku, qty) SELECT id, note, 1 FROM orders ON CONFLICT DO NOTHING",
     "INSERT INTO accounts SELECT id, 1 FROM orders",  # another co-location group

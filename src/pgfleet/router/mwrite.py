@@ -29,6 +29,7 @@ from .rewrite import qualified
 from .shardmap import NotPlaced, shard_index
 from .shardwrite import NodeWrites, ShardWrite
 from .snapshot import RoutingTopology
+from .walk import children
 
 AGGREGATES = frozenset({"count", "sum", "avg", "min", "max", "bool_and", "bool_or", "every", "string_agg", "array_agg",
                         "json_agg", "jsonb_agg", "stddev", "variance"})
@@ -177,7 +178,7 @@ def _aggregates(targets: object) -> bool:
                 return True
             stack.extend([node.args, node.agg_filter])
         elif isinstance(node, ast.Node) and not isinstance(node, ast.SubLink):
-            stack.extend(getattr(node, slot, None) for slot in getattr(type(node), "__slots__", ()) if slot != "location")
+            stack.extend(children(node))
     return False
 
 
