@@ -17,7 +17,7 @@ from pglast.parser import ParseError, scan
 from . import planners
 from .analyze import Prepared, analyze, prepare
 from .ddl import adds_foreign_keys
-from .routes import Coordinator, Route, Shard
+from .routes import Coordinator, Route, Shard, Split
 from .backend import WorkerLogin
 from .snapshot import RoutingTopology
 from .walk import SAFE_FUNCTIONS, children
@@ -88,7 +88,7 @@ def _decide(sql: str, topology: RoutingTopology, search_path: tuple[str, ...],
         return Decision(route, True)
     if not session_neutral(sql):
         return Decision(Coordinator("may change session state"), False)
-    if isinstance(route, Coordinator) and planners.PLANNERS:
+    if isinstance(route, Coordinator | Split) and planners.PLANNERS:  # a Split runs as a multi-shard write
         try:
             statements = parse_sql(sql)
         except ParseError:
@@ -237,7 +237,7 @@ def session_neutral(sql: str) -> bool:
         # SHOW reads a setting (SQLAlchemy's connect: SHOW transaction isolation level); VACUUM and ANALYZE
         # change no session state; nor does adding a foreign key
         return True
-    if len(stmts) != 1 or not isinstance(stmts[0].stmt, DML):
+    if len(stmts) != 1 or not isinstance(stmts[0].stmt, (*DML, ast.TruncateStmt)):  # TRUNCATE: no session state
         return False
     stack: list[object] = [stmts[0].stmt]
     while stack:

@@ -22,7 +22,7 @@ import logging
 import os
 import time
 from dataclasses import dataclass
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 
 from psycopg import sql
 
@@ -35,6 +35,8 @@ log = logging.getLogger(__name__)
 GID_PREFIX = "pgfleet_rt_"  # 'pgfleet_xact_' is the coordinator's own DDL/reference-write two-phase commits
 IDLE_DECISION_CONNECTIONS = 4
 UNIQUE_VIOLATION = "23505"
+TRANSACTION_ROLLBACK = "40000"
+COMPLETION_UNKNOWN = "40003"
 
 
 def literal(value: str | Sequence[str]) -> str:
@@ -132,14 +134,44 @@ class DecisionStore:
 
 async def run_everywhere(conns: Sequence[WorkerConnection], statement: str) -> list[bytes | None]:
     """``statement`` on every connection at once; each reply, None where the connection broke."""
+    return await run_each(conns, [statement] * len(conns))
 
-    async def one(conn: WorkerConnection) -> bytes | None:
+
+async def run_each(conns: Sequence[WorkerConnection], statements: Sequence[str]) -> list[bytes | None]:
+    """Each connection's own Query at once; each reply, None where the connection broke."""
+
+    async def one(conn: WorkerConnection, statement: str) -> bytes | None:
         try:
             return await conn.exchange(statement)
         except BackendError:
             return None
 
-    return list(await asyncio.gather(*(one(conn) for conn in conns)))
+    return list(await asyncio.gather(*(one(c, s) for c, s in zip(conns, statements, strict=True))))
+
+
+async def commit_prepared(twophase: TwoPhase, gid: str, participants: Mapping[str, WorkerConnection],
+                          drop_worker: Callable[[str], None]) -> bytes | None:
+    """The second phase, once every participant PREPAREd ``gid``: record the decision, then COMMIT PREPARED
+    everywhere. None: committed (a COMMIT PREPARED that failed is finished by recovery); else the
+    ErrorResponse for the client (rolled back, or the outcome is unknown until recovery decides)."""
+    nodes, conns = list(participants), list(participants.values())
+    outcome, why = await twophase.decisions.record_commit(gid, nodes)
+    if outcome is Decision.COMMITTED:
+        replies = await run_everywhere(conns, f"COMMIT PREPARED {literal(gid)}")
+        for node, reply in zip(nodes, replies, strict=True):
+            if reply is None or first_error(reply) is not None:
+                log.warning("COMMIT PREPARED %s on %s failed; recovery will commit it", gid, node)
+                if reply is None:
+                    drop_worker(node)
+        return None
+    if outcome is Decision.REFUSED:
+        await run_everywhere(conns, f"ROLLBACK PREPARED {literal(gid)}")
+        return p.error_response(TRANSACTION_ROLLBACK, f"pgfleet router: the transaction was rolled back: {why}",
+                                severity="ERROR", hint="retry the transaction").encode()
+    return p.error_response(COMPLETION_UNKNOWN, f"pgfleet router: {why}; the transaction's outcome is unknown until "
+                            "recovery reads the decision (commit if it was recorded, else abort)", severity="ERROR",
+                            hint="pgfleet recovery finishes it within seconds of the coordinator being back; check the "
+                            "rows before retrying").encode()
 
 
 @dataclass

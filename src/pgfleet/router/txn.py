@@ -34,8 +34,7 @@ from .routes import Shard
 from .backend import BackendError, WorkerConnection
 from .routing import Decision
 from .stats import RouterStats
-from .twophase import Decision as Outcome
-from .twophase import TwoPhase, first_error, literal, messages, run_everywhere, status_of, tags
+from .twophase import TRANSACTION_ROLLBACK, TwoPhase, commit_prepared, first_error, literal, messages, run_everywhere, status_of, tags
 from .txnstmt import BeginOptions, Control, Kind, control, reads_only
 
 log = logging.getLogger(__name__)
@@ -46,8 +45,6 @@ ACTIVE_TRANSACTION = "25001"
 NO_TRANSACTION = "25P01"
 NO_SAVEPOINT = "3B001"
 CONNECTION_FAILURE = "08006"
-TRANSACTION_ROLLBACK = "40000"
-COMPLETION_UNKNOWN = "40003"
 UNCHECKED_LIMIT = 64  # statements kept unparsed before checking whether they wrote
 
 
@@ -321,27 +318,13 @@ class TransactionControl:
                 f"pgfleet router: the transaction could not be prepared on worker {', '.join(refused)}; "
                 "it was rolled back", "retry the transaction")) + ready("I"))
             return
-        outcome, why = await twophase.decisions.record_commit(gid, nodes)
-        if outcome is Outcome.COMMITTED:
+        settled = await commit_prepared(twophase, gid, txn.participants, self.host.drop_worker)
+        if settled is None:
             self.stats.two_phase_commits += 1
-            replies = await run_everywhere(conns, f"COMMIT PREPARED {literal(gid)}")
-            for node, reply in zip(nodes, replies, strict=True):
-                if reply is None or first_error(reply) is not None:
-                    log.warning("COMMIT PREPARED %s on %s failed; recovery will commit it", gid, node)
-                    if reply is None:
-                        self.host.drop_worker(node)
             self._end(txn, ctl, "COMMIT")  # decided: durable, recovery finishes what is left
-        elif outcome is Outcome.REFUSED:
-            await run_everywhere(conns, f"ROLLBACK PREPARED {literal(gid)}")
-            self.txn = None
-            self.host.write(error(TRANSACTION_ROLLBACK, f"pgfleet router: the transaction was rolled back: {why}",
-                                  "retry the transaction") + ready("I"))
         else:
             self.txn = None
-            self.host.write(error(COMPLETION_UNKNOWN, f"pgfleet router: {why}; the transaction's outcome is unknown "
-                                  "until recovery reads the decision (commit if it was recorded, else abort)",
-                                  "pgfleet recovery finishes it within seconds of the coordinator being back; "
-                                  "check the rows before retrying") + ready("I"))
+            self.host.write(settled + ready("I"))
 
     # --- other statements ----------------------------------------------------------------------------
     def _statement(self, txn: Transaction, text: str, raw: bytes) -> None:

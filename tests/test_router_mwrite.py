@@ -1,0 +1,235 @@
+"""Multi-shard writes the router runs itself (UPDATE / DELETE without the key, joins on the key or to
+reference tables, TRUNCATE, multi-row INSERT over several shards, co-located INSERT … SELECT), compared
+statement by statement with the same rows in plain tables on the coordinator: counts, RETURNING rows,
+the tables' contents afterwards, errors. A failure on one shard applies nothing anywhere."""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Iterator
+from typing import Any
+
+import psycopg
+import pytest
+from psycopg import sql
+from test_router_txn import connect, prepared_everywhere, routing_router
+
+from pgfleet.cluster.fleet import Fleet
+from pgfleet.cluster.local import LocalCluster
+from pgfleet.router.server import RouterServer
+from pgfleet.spec import DistributeSpec, HashSpec, QualifiedName, ReferenceSpec
+
+pytestmark = pytest.mark.cluster
+
+SETUP = [
+    "CREATE TABLE orders (id bigint PRIMARY KEY, customer int NOT NULL, amount int, note text)",
+    "CREATE TABLE items (order_id bigint, sku text, qty int CHECK (qty < 1000), PRIMARY KEY (order_id, sku))",
+    "CREATE TABLE countries (code int PRIMARY KEY, name text)",
+    "INSERT INTO orders SELECT g, g % 7, g % 100, CASE WHEN g % 5 = 0 THEN NULL ELSE 'n' || g END "
+    "FROM generate_series(1, 300) g",
+    "INSERT INTO items SELECT g, 'a', g % 5 FROM generate_series(1, 300) g",
+    "INSERT INTO items VALUES (1, 'b', 1)",
+    "INSERT INTO countries SELECT g, 'c' || g FROM generate_series(0, 5) g",
+]
+
+# (statement, whether RETURNING rows keep their order: a multi-row INSERT returns them in VALUES order)
+STATEMENTS = [
+    ("UPDATE orders SET note = 'big' WHERE amount > 90 RETURNING id, note, amount", False),
+    ("UPDATE orders SET amount = amount + 1", False),
+    ("DELETE FROM orders WHERE customer = 3 RETURNING *", False),
+    ("UPDATE orders o SET note = c.name FROM countries c WHERE c.code = o.customer AND o.amount < 10 "
+     "RETURNING o.id, o.note, c.code", False),
+    ("DELETE FROM items USING orders WHERE items.order_id = orders.id AND orders.amount < 20", False),
+    ("UPDATE orders SET note = 'has b' WHERE EXISTS (SELECT 1 FROM items i WHERE i.order_id = orders.id AND i.sku = 'b') "
+     "RETURNING id", False),
+    ("UPDATE orders SET note = NULL WHERE false RETURNING id", False),
+    ("UPDATE orders SET customer = 9 WHERE id IN (2, 3, 5, 7, 11) RETURNING id, customer", False),
+    ("INSERT INTO orders (id, customer, amount, note) VALUES (1001, 1, 5, 'x'), (1002, 2, 6, NULL), (1003, 3, 7, 'z'), "
+     "(1004, 4, 8, 'w'), (1005, 5, 9, 'v') RETURNING id, note", True),
+    ("INSERT INTO items (order_id, sku, qty) SELECT id, 'copy', amount FROM orders WHERE amount > 30", False),
+    ("INSERT INTO items SELECT o.id, 'ret', 2 FROM orders o WHERE o.customer = 1 RETURNING order_id, sku", False),
+    ("DELETE FROM orders", False),
+    ("TRUNCATE items", False),
+]
+
+
+@pytest.fixture
+def tables(fleet: Fleet, schema: str) -> Iterator[tuple[str, str]]:
+    """The same tables and rows twice: distributed (orders, items co-located, countries reference) in
+    ``schema``, plain in ``schema``_plain."""
+    plain = f"{schema}_plain"
+    conn = fleet.conn()
+    conn.execute(sql.SQL("CREATE SCHEMA {}").format(sql.Identifier(plain)))
+    for name in (schema, plain):
+        conn.execute(sql.SQL("SET search_path = {}").format(sql.Identifier(name)))
+        for statement in SETUP:
+            conn.execute(statement.encode())
+    fleet.distribute(DistributeSpec(QualifiedName(schema, "orders"), "id", HashSpec(4)))
+    fleet.distribute(DistributeSpec(QualifiedName(schema, "items"), "order_id", colocate_with=QualifiedName(schema, "orders")))
+    fleet.reference(ReferenceSpec(QualifiedName(schema, "countries")))
+    try:
+        yield schema, plain
+    finally:
+        conn.execute(sql.SQL("DROP SCHEMA IF EXISTS {} CASCADE").format(sql.Identifier(plain)))
+
+
+@pytest.fixture
+def router(cluster: LocalCluster, tables: tuple[str, str]) -> Iterator[RouterServer]:
+    with routing_router(cluster) as server:
+        yield server
+
+
+def outcome(conn: psycopg.Connection[Any], statement: str) -> tuple[str, int, list[tuple[Any, ...]] | None]:
+    """(SQLSTATE or '', rows affected, RETURNING rows) of one statement in the simple protocol."""
+    cur = psycopg.ClientCursor(conn)
+    try:
+        cur.execute(statement)
+    except psycopg.Error as exc:
+        return exc.sqlstate or "?", -1, None
+    return "", cur.rowcount, cur.fetchall() if cur.description else None
+
+
+def contents(conn: psycopg.Connection[Any]) -> tuple[list[tuple[Any, ...]], ...]:
+    return tuple(conn.execute(f"SELECT * FROM {t} ORDER BY 1, 2").fetchall() for t in ("orders", "items", "countries"))
+
+
+def by_value(rows: list[tuple[Any, ...]] | None) -> list[tuple[Any, ...]] | None:
+    return None if rows is None else sorted(rows, key=repr)
+
+
+def test_writes_match_a_plain_table(cluster: LocalCluster, router: RouterServer, tables: tuple[str, str]) -> None:
+    schema, plain = tables
+    stats = router.context.stats
+    with connect(cluster, router.config.port, schema) as routed, \
+            connect(cluster, cluster.spec.coordinator.port, plain) as single:
+        assert contents(routed) == contents(single)
+        for statement, ordered in STATEMENTS:
+            before = stats.routed
+            got, want = outcome(routed, statement), outcome(single, statement)
+            assert stats.routed == before + 1, f"not run by the router: {statement}"
+            assert got[:2] == want[:2], statement
+            assert (got[2] if ordered else by_value(got[2])) == (want[2] if ordered else by_value(want[2])), statement
+            assert contents(routed) == contents(single), statement
+    assert stats.routing_fallbacks == 0 and stats.pinned_sessions == 0
+    assert prepared_everywhere(cluster) == 0
+
+
+def test_left_to_the_coordinator_gives_the_same_result(cluster: LocalCluster, router: RouterServer,
+                                                      tables: tuple[str, str]) -> None:
+    """Shapes the router does not run: the coordinator's answer, with the same result as one server."""
+    schema, plain = tables
+    stats = router.context.stats
+    with connect(cluster, router.config.port, schema) as routed, \
+            connect(cluster, cluster.spec.coordinator.port, plain) as single:
+        for statement in ["DELETE FROM orders WHERE id IN (SELECT order_id FROM items WHERE qty = 4)",
+                          "UPDATE countries SET name = 'renamed' WHERE code = 2"]:
+            before = stats.routed
+            got, want = outcome(routed, statement), outcome(single, statement)
+            assert stats.routed == before, statement
+            assert got[:2] == want[:2], statement
+            assert contents(routed) == contents(single), statement
+
+
+@pytest.mark.parametrize("statement", [
+    "UPDATE items SET sku = 'b' WHERE sku = 'a'",  # only the shard of order 1 has both 'a' and 'b'
+    "UPDATE items SET qty = qty * 400 WHERE sku = 'a'",  # the CHECK fails on the shards with qty >= 3
+    "INSERT INTO items (order_id, sku, qty) VALUES (2, 'n', 1), (3, 'n', 1), (4, 'n', 1), (1, 'b', 1), (5, 'n', 1)",
+    "INSERT INTO items SELECT order_id, sku, qty FROM items",  # every row is already there
+], ids=["unique", "check", "values", "insert_select"])
+def test_an_error_on_one_shard_applies_nothing(cluster: LocalCluster, router: RouterServer, tables: tuple[str, str],
+                                               statement: str) -> None:
+    schema, plain = tables
+    stats = router.context.stats
+    with connect(cluster, router.config.port, schema) as routed, \
+            connect(cluster, cluster.spec.coordinator.port, plain) as single, \
+            connect(cluster, cluster.spec.coordinator.port, schema) as direct:
+        before = contents(direct)
+        routed_count = stats.routed
+        got, want = outcome(routed, statement), outcome(single, statement)
+        assert stats.routed == routed_count + 1
+        assert got[0] == want[0] and got[0] in ("23505", "23514"), (got, want)
+        assert contents(direct) == before == contents(single)
+        assert outcome(routed, "SELECT 1")[2] == [(1,)]  # the session goes on
+    assert prepared_everywhere(cluster) == 0
+
+
+def test_a_role_without_the_privilege_gets_the_coordinators_error(cluster: LocalCluster, fleet: Fleet, router: RouterServer,
+                                                                  tables: tuple[str, str]) -> None:
+    schema, _ = tables
+    conn = fleet.conn()
+    role = f"{schema}_reader"[:60]
+    conn.execute(sql.SQL("DROP ROLE IF EXISTS {}").format(sql.Identifier(role)))
+    conn.execute(sql.SQL("CREATE ROLE {} LOGIN PASSWORD 'pw'").format(sql.Identifier(role)))
+    try:
+        conn.execute(sql.SQL("GRANT USAGE ON SCHEMA {} TO {}").format(sql.Identifier(schema), sql.Identifier(role)))
+        conn.execute(sql.SQL("GRANT SELECT ON ALL TABLES IN SCHEMA {} TO {}").format(sql.Identifier(schema), sql.Identifier(role)))
+        time.sleep(1.5)  # the router's next refresh copies the role to the workers
+        with psycopg.connect(host="127.0.0.1", port=router.config.port, dbname=cluster.spec.dbname, user=role, password="pw",
+                             autocommit=True, options=f"-c search_path={schema}") as reader:
+            for statement in ("UPDATE orders SET note = 'no'", "TRUNCATE orders"):
+                state, _, _ = outcome(reader, statement)
+                assert state == "42501", statement
+        with connect(cluster, cluster.spec.coordinator.port, schema) as direct:
+            assert outcome(direct, "SELECT count(*) FROM orders WHERE note = 'no'")[2] == [(0,)]
+    finally:
+        conn.execute(sql.SQL("DROP OWNED BY {}").format(sql.Identifier(role)))
+        conn.execute(sql.SQL("DROP ROLE {}").format(sql.Identifier(role)))
+
+
+def shard_on(cluster: LocalCluster, fleet: Fleet, schema: str, node: str) -> tuple[str, int]:
+    """A shard table of ``schema``.orders on ``node`` and one key it holds."""
+    topo = fleet.topology()
+    orders = next(t for t in topo.tables if t.name == QualifiedName(schema, "orders"))
+    shard = next(s for s in orders.shards if s.node == node)
+    name = sql.Identifier(shard.shard_schema, shard.shard_table).as_string()
+    ep = cluster.endpoint(node)
+    with psycopg.connect(host=ep.host, port=ep.port, user=ep.user, password=ep.password, dbname=ep.dbname) as w:
+        row = w.execute(f"SELECT min(id) FROM {name}").fetchone()
+    assert row is not None
+    return name, int(row[0])
+
+
+@pytest.mark.slow
+def test_worker_killed_during_a_multi_shard_update(cluster: LocalCluster, fleet: Fleet, router: RouterServer,
+                                                   tables: tuple[str, str]) -> None:
+    """w1's shards are updated and prepared while w2's update waits on a row lock; w2 is killed: the client
+    gets an error and, once w2 is back, no row changed anywhere and no prepared transaction is left."""
+    schema, _ = tables
+    name, key = shard_on(cluster, fleet, schema, "w2")
+    ep = cluster.endpoint("w2")
+    holder = psycopg.connect(host=ep.host, port=ep.port, user=ep.user, password=ep.password, dbname=ep.dbname)
+    result: list[Any] = []
+    routed = connect(cluster, router.config.port, schema)
+    try:
+        holder.execute(f"SELECT * FROM {name} WHERE id = {key} FOR UPDATE")
+        thread = threading.Thread(target=lambda: result.append(outcome(routed, "UPDATE orders SET note = 'half'")),
+                                  daemon=True)
+        thread.start()
+        deadline = time.monotonic() + 30
+        while prepared_on(cluster, "w1") == 0:
+            assert time.monotonic() < deadline, "w1 never prepared"
+            time.sleep(0.1)
+        cluster.server("w2").kill()
+        thread.join(30)
+    finally:
+        holder.close()  # (gone with w2 already, unless the drill failed before)
+        routed.close()
+    assert result and result[0][0] == "08006", result
+    while cluster.server("w2").is_running():
+        time.sleep(0.1)
+    cluster.server("w2").start()
+    deadline = time.monotonic() + 30
+    while prepared_everywhere(cluster) != 0:
+        assert time.monotonic() < deadline, "prepared transactions left"
+        time.sleep(0.2)
+    with connect(cluster, cluster.spec.coordinator.port, schema) as direct:
+        assert outcome(direct, "SELECT count(*) FROM orders WHERE note = 'half'")[2] == [(0,)]
+        assert outcome(direct, "SELECT count(*) FROM orders")[2] == [(300,)]
+
+
+def prepared_on(cluster: LocalCluster, node: str) -> int:
+    ep = cluster.endpoint(node)
+    with psycopg.connect(host=ep.host, port=ep.port, user=ep.user, password=ep.password, dbname=ep.dbname) as conn:
+        row = conn.execute("SELECT count(*) FROM pg_prepared_xacts").fetchone()
+        return int(row[0]) if row else 0
