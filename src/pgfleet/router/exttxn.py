@@ -30,16 +30,8 @@ from .backend import BackendError
 from .batches import Message, Plan, Statement, client_reply, read_bind, read_parse
 from .routing import Decision
 from .twophase import messages, status_of
-from .txn import (
-    CONNECTION_FAILURE,
-    IN_FAILED_TRANSACTION,
-    NOT_SUPPORTED,
-    UNCHECKED_LIMIT,
-    Transaction,
-    error,
-    ready,
-    without_parameter_status,
-)
+from .txn import UNCHECKED_LIMIT, Transaction
+from .txnreply import CONNECTION_FAILURE, IN_FAILED_TRANSACTION, NOT_SUPPORTED, error, ready, without_parameter_status
 
 if TYPE_CHECKING:
     from .extended import ExtendedRouter

@@ -29,7 +29,8 @@ from .exttxn import WithParse
 from .keys import CancelKey
 from .routing import Decision, deallocates_all, decide, parse_search_path
 from .twophase import TwoPhase
-from .txn import ReplySkipper, TransactionControl
+from .txn import TransactionControl
+from .txnreply import ReplySkipper
 from .upstream import Phase, ServerSide, coordinator_lost
 
 log = logging.getLogger(__name__)
