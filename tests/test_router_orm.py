@@ -294,6 +294,9 @@ def test_replies_in_a_transaction_are_the_coordinators(cluster: LocalCluster, fl
         (extended(update, b"5"), 1), (extended(lookup, b"5"), 1),
         (extended("UPDATE acct SET balance = balance - 1000 WHERE id = $1", b"5"), 1),  # 23514: the transaction fails
         (extended(lookup, b"5"), 0),  # 25P02
+        (p.Parse("q", lookup, ()).encode() + p.Sync().encode(), 0),  # a Parse in a failed transaction: 25P02
+        (p.Close("S", "q").encode() + p.Parse("q", lookup, ()).encode() + p.Sync().encode(), 0),  # Close, then 25P02
+        (p.Parse("r", "ROLLBACK", ()).encode() + p.Sync().encode(), 0),  # accepted
         (extended("ROLLBACK"), 0),
         (extended(lookup, b"5"), 1),
         (extended("BEGIN", describe=False), 0), (extended(lookup, b"7"), 1), (extended(update, b"7"), 1),
@@ -322,6 +325,8 @@ def test_replies_in_a_transaction_are_the_coordinators(cluster: LocalCluster, fl
         assert got == expected, batch  # errors and notices compared by SQLSTATE
     assert [t for t, _ in direct[4]] == [b"2", b"n", b"C", b"Z"] and direct[4][-1] == (b"Z", b"T")
     assert direct[7][-1] == (b"Z", b"E") and direct[8][-1] == (b"Z", b"E")
+    assert [t for t, _ in direct[9]] == [b"E", b"Z"] and direct[9][0][1] == b"25P02"
+    assert [t for t, _ in direct[10]] == [b"3", b"E", b"Z"] and [t for t, _ in direct[11]] == [b"1", b"Z"]
 
 
 def sqlstate_of(type_byte: bytes, payload: bytes) -> bytes:
