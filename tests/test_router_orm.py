@@ -335,35 +335,52 @@ def sqlstate_of(type_byte: bytes, payload: bytes) -> bytes:
     return (error.sqlstate or "").encode()
 
 
-def test_executemany_in_a_transaction(cluster: LocalCluster, router: RouterServer, accounts: str) -> None:
-    """psycopg's executemany (a pipeline: several Executes, one Sync, then a Flush) in a transaction: as
-    the first statement the transaction moves to the coordinator (the session stays routed); after a write
-    on a worker it is refused (0A000), the transaction fails, the session goes on (a limit of this step)."""
-    stats = router.context.stats
-    a, b = next(iter(keys_by_node(router, accounts).values()))[:2]
+def executemany_story(conn: psycopg.Connection[Any], a: int, b: int, c: int) -> list[Any]:
+    """psycopg's executemany (a pipeline: several Parse/Bind/Describe/Execute, one Sync) in transactions:
+    after a routed write, spanning two workers, with an error in the middle; what the client sees."""
     update = "UPDATE acct SET balance = balance + %s WHERE id = %s"
+    seen: list[Any] = []
+    conn.execute(update, (10, a))
+    conn.cursor().executemany(update, [(1, a), (2, b), (3, c), (4, a)])
+    seen.append([balance(conn, k) for k in (a, b, c)])
+    conn.commit()
+    conn.cursor().executemany(update, [(1, a), (2, b)])  # the transaction's first statement
+    conn.rollback()
+    conn.execute(update, (5, c))
+    with pytest.raises(psycopg.errors.CheckViolation) as caught:
+        conn.cursor().executemany(update, [(1, a), (-1000, b), (3, c)])
+    seen.append((caught.value.sqlstate, conn.info.transaction_status))
+    conn.rollback()
+    many = [(1, k) for k in range(1, ACCOUNTS + 1)] * 2  # longer than a batch the router keeps whole
+    conn.cursor().executemany(update, many)
+    conn.commit()
+    seen.append([balance(conn, k) for k in range(1, ACCOUNTS + 1)])
+    conn.commit()
+    return seen
+
+
+def test_executemany_in_a_transaction(cluster: LocalCluster, fleet: Fleet, router: RouterServer, accounts: str) -> None:
+    """executemany in transactions through the router: each statement of the pipeline is a statement of the
+    transaction (routed, two-phase commit over both workers), an error fails the transaction as on one
+    server; the same story straight on the coordinator sees the same."""
+    stats = router.context.stats
+    first, second = keys_by_node(router, accounts).values()
+    (a, b), c = first[:2], second[0]
     with connect(cluster, router.config.port, accounts) as conn:
-        conn.cursor().executemany(update, [(1, a), (2, b)])
-        assert (balance(conn, a), balance(conn, b)) == (BALANCE + 1, BALANCE + 2)
-        conn.commit()
-        assert stats.coordinator_transactions == 1
-        conn.execute(update, (10, a))
-        with pytest.raises(psycopg.errors.FeatureNotSupported, match="wrote on worker"):
-            conn.cursor().executemany(update, [(1, a), (2, b)])
-        assert conn.info.transaction_status == psycopg.pq.TransactionStatus.INERROR
-        conn.rollback()
-        assert (balance(conn, a), balance(conn, b)) == (BALANCE + 1, BALANCE + 2)
-        conn.commit()
-        routed = stats.routed
-        assert balance(conn, a) == BALANCE + 1
-        assert stats.routed == routed + 1
-    assert stats.pinned_sessions == 0
+        via_router = executemany_story(conn, a, b, c)
+    assert stats.pinned_sessions == 0 and stats.coordinator_transactions == 0 and stats.two_phase_commits >= 2
+    assert stats.routed >= 4 + 2 + 3 + 80
+    reset = fleet.conn()
+    reset.execute(sql.SQL("UPDATE {}.acct SET balance = {}").format(sql.Identifier(accounts), sql.Literal(BALANCE)))
+    with connect(cluster, cluster.spec.coordinator.port, accounts) as conn:
+        assert executemany_story(conn, a, b, c) == via_router
+    assert via_router[0] == [BALANCE + 15, BALANCE + 2, BALANCE + 3]
 
 
 def test_flush_before_sync_in_a_worker_transaction(cluster: LocalCluster, router: RouterServer,
                                                    accounts: str) -> None:
-    """A Flush before Sync in a transaction on a worker: refused at once (0A000), the rest dropped up to
-    the Sync, as after an error on one server; the session goes on."""
+    """A Flush between two statements before Sync in a transaction on a worker (a pipeline): both run
+    there as statements of the transaction, with one ReadyForQuery; ROLLBACK undoes both."""
     update = "UPDATE acct SET balance = balance + 1 WHERE id = $1"
 
     async def run() -> list[list[tuple[bytes, bytes]]]:
@@ -379,7 +396,6 @@ def test_flush_before_sync_in_a_worker_transaction(cluster: LocalCluster, router
 
     replies = asyncio.run(run())
     assert replies[1][-1] == (b"Z", b"T")
-    assert [t for t, _ in replies[2]] == [b"E", b"Z"] and replies[2][-1] == (b"Z", b"E")
-    assert sqlstate_of(*replies[2][0]) == b"0A000"
+    assert [t for t, _ in replies[2]] == [b"1", b"2", b"n", b"C"] * 2 + [b"Z"] and replies[2][-1] == (b"Z", b"T")
     assert replies[3][-1] == (b"Z", b"I")
     assert (b"D", p.DataRow((str(BALANCE).encode(),)).encode()[5:]) in replies[4]  # rolled back

@@ -292,6 +292,8 @@ class ExtendedTransactions:
         out, parsed = client_reply(reply, parsed=commit_name is not None, statement=statement, bind=plan.bind)
         if ok and parsed and commit_name is not None:
             commit_name()
+        if conn.flagged and (names := session.logical()) is not None:  # the RowDescription is the coordinator's
+            out = names.reported(route.shard_ids, out)
         stats = session.context.stats
         stats.routed += 1
         stats.executes += 1

@@ -31,6 +31,7 @@ from psycopg import sql
 from . import protocol as p
 from .routes import Shard
 from .backend import BackendError, WorkerConnection
+from .logical import LogicalNames
 from .routing import Decision
 from .stats import RouterStats
 from .twophase import Decision as Outcome
@@ -73,6 +74,7 @@ class Host(Protocol):
     def to_coordinator(self, setup: str, raw: bytes) -> None: ...  # setup's answer is not relayed
     def spawn(self, coro: Coroutine[Any, Any, None]) -> None: ...
     def resume(self) -> None: ...  # the statement is answered: go on with what the client sent meanwhile
+    def logical(self) -> LogicalNames | None: ...  # a routed reply in the logical tables' names and oids
     def refuse(self, sqlstate: str, message: str, hint: str | None = None) -> None: ...  # error, then close
 
 
@@ -406,6 +408,9 @@ class TransactionControl:
         if setup:
             txn.participants[route.node] = conn
             reply = without_setup(reply, len(setup))
+        names = self.host.logical()
+        if names is not None:
+            reply = await names.shape(route, conn, reply, conn.flagged)
         self.stats.routed += 1
         if not txn.wrote:
             txn.unchecked.append(route_text)
