@@ -13,6 +13,7 @@ from typing import Any
 import psycopg
 import pytest
 from psycopg import sql
+from psycopg.types import TypeInfo
 
 from conftest import routing_router
 from pgfleet.cluster.fleet import Fleet
@@ -333,6 +334,21 @@ def sqlstate_of(type_byte: bytes, payload: bytes) -> bytes:
     error = p.decode_backend(type_byte, payload)
     assert isinstance(error, p.ErrorResponse)
     return (error.sqlstate or "").encode()
+
+
+def test_type_lookup_in_a_transaction_does_not_pin(cluster: LocalCluster, router: RouterServer, accounts: str) -> None:
+    """psycopg's TypeInfo.fetch in a transaction (SQLAlchemy's hstore lookup at connect: a SAVEPOINT, then
+    a query calling to_regtype) runs on the coordinator without keeping the session there."""
+    stats = router.context.stats
+    with connect(cluster, router.config.port, accounts) as conn:
+        conn.execute("SELECT pg_catalog.version()")
+        assert TypeInfo.fetch(conn, "hstore") is None  # not installed: to_regtype gives NULL
+        assert TypeInfo.fetch(conn, "int4") is not None
+        conn.rollback()
+        before = stats.routed
+        assert balance(conn, 5) == BALANCE
+        assert stats.routed == before + 1
+    assert stats.pinned_sessions == 0
 
 
 def executemany_story(conn: psycopg.Connection[Any], a: int, b: int, c: int) -> list[Any]:

@@ -4,8 +4,9 @@
   (``orders_102000``, also schema-qualified) becomes the table (``orders``), a shard's constraint or index
   (``orders_pkey_102000``: :func:`pgfleet.plan.tables.shard_object_name`) loses its ``_<shard id>``
   suffix, in the message, detail, hint and context and in the table, schema and constraint fields. Only
-  the shards the route touches are renamed, and only inside double quotes (how PostgreSQL quotes names
-  in messages). A name too long for its suffix (cut and given an md5 tag when the shard was made) stays.
+  the shards the route touches are renamed: names inside double quotes (how PostgreSQL quotes names in
+  most messages), and the shard table's name also as a whole unquoted identifier ("permission denied for
+  table orders_102000"). A name too long for its suffix (cut and md5-tagged when the shard was made) stays.
 * **RowDescription** of a simple Query: a column of a shard table (or a reference table's copy) carries the
   worker's table oid and attribute number; they become the coordinator's table oid and attribute number
   (the same column by name, so a column dropped on the coordinator before distribution, which leaves a
@@ -57,6 +58,9 @@ class Renames:
         self.exact = exact
         self.suffixes = suffixes
         self.schemas = schemas  # shard table name -> (its schema on the worker, the logical table's schema)
+        # unquoted shard table names ("permission denied for table orders_102000"), as whole identifiers
+        names = sorted(exact, key=len, reverse=True)
+        self._bare = re.compile("(?<![\\w$.])(" + "|".join(re.escape(n) for n in names) + ")(?![\\w$])") if names else None
 
     def name(self, text: str) -> str:
         if text in self.exact:
@@ -67,7 +71,11 @@ class Renames:
         return text
 
     def text(self, text: str) -> str:
-        return _QUOTED.sub(lambda m: '"' + self.name(m.group(1)) + '"', text) if '"' in text else text
+        if '"' in text:
+            text = _QUOTED.sub(lambda m: '"' + self.name(m.group(1)) + '"', text)
+        if self._bare is not None:
+            text = self._bare.sub(lambda m: self.exact[m.group(1)], text)
+        return text
 
 
 class LogicalNames:
