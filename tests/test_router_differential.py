@@ -24,6 +24,8 @@ from pgfleet.cluster.fleet import Fleet
 from pgfleet.cluster.local import LocalCluster
 from pgfleet.router.server import RouterServer
 from pgfleet.spec import DistributeSpec, HashSpec, QualifiedName
+from test_router_logical import plain_twin
+from test_router_txn import connect
 
 pytestmark = pytest.mark.cluster
 
@@ -57,27 +59,18 @@ STORY = st.lists(st.one_of(STEP, TRANSACTION), min_size=1, max_size=5)
 def tables(fleet: Fleet, schema: str) -> Iterator[tuple[str, str]]:
     """``d`` distributed (4 shards) in ``schema``, a plain ``d`` with the same rows in ``<schema>_plain``."""
     conn = fleet.conn()
-    plain = schema + "_plain"
-    conn.execute(sql.SQL("DROP SCHEMA IF EXISTS {} CASCADE").format(sql.Identifier(plain)))
-    conn.execute(sql.SQL("CREATE SCHEMA {}").format(sql.Identifier(plain)))
-    for name in (schema, plain):
-        conn.execute(sql.SQL("CREATE TABLE {}.d (id bigint PRIMARY KEY, v int NOT NULL, note text)")
-                     .format(sql.Identifier(name)))
-    fleet.distribute(DistributeSpec(QualifiedName(schema, "d"), "id", HashSpec(4)))
-    yield schema, plain
-    conn.execute(sql.SQL("DROP SCHEMA IF EXISTS {} CASCADE").format(sql.Identifier(plain)))
+    with plain_twin(conn, schema) as plain:
+        for name in (schema, plain):
+            conn.execute(sql.SQL("CREATE TABLE {}.d (id bigint PRIMARY KEY, v int NOT NULL, note text)")
+                         .format(sql.Identifier(name)))
+        fleet.distribute(DistributeSpec(QualifiedName(schema, "d"), "id", HashSpec(4)))
+        yield schema, plain
 
 
 @pytest.fixture
 def router(cluster: LocalCluster, tables: tuple[str, str]) -> Iterator[RouterServer]:
     with routing_router(cluster) as server:
         yield server
-
-
-def connect(cluster: LocalCluster, port: int, schema: str) -> psycopg.Connection[Any]:
-    return psycopg.connect(host="127.0.0.1", port=port, dbname=cluster.spec.dbname, user=cluster.spec.superuser,
-                           password=cluster.spec.coordinator.password, autocommit=True,
-                           options=f"-c search_path={schema},public")
 
 
 def outcome(conn: psycopg.Connection[Any], statement: Statement, server_side: bool) -> tuple[Any, ...]:

@@ -5,6 +5,7 @@ Query's RowDescription carries the coordinator's table oid and attribute numbers
 from __future__ import annotations
 
 from collections.abc import Iterator
+from contextlib import contextmanager
 from typing import Any
 
 import psycopg
@@ -16,6 +17,7 @@ from pgfleet.cluster.fleet import Fleet
 from pgfleet.cluster.local import LocalCluster
 from pgfleet.router.server import RouterServer
 from pgfleet.spec import DistributeSpec, HashSpec, QualifiedName, ReferenceSpec
+from test_router_txn import connect
 
 pytestmark = pytest.mark.cluster
 
@@ -23,14 +25,27 @@ TABLE = """CREATE TABLE {}.orders (id bigint PRIMARY KEY, dropped int, qty int C
  grp int, UNIQUE (note, id))"""
 
 
+@contextmanager
+def plain_twin(conn: psycopg.Connection[Any], schema: str) -> Iterator[str]:
+    """A schema ``<schema>_plain`` beside the test's, for plain tables with the same names (one server's
+    answers, for differential tests); dropped afterwards."""
+    plain = schema + "_plain"
+    conn.execute(sql.SQL("DROP SCHEMA IF EXISTS {} CASCADE").format(sql.Identifier(plain)))
+    conn.execute(sql.SQL("CREATE SCHEMA {}").format(sql.Identifier(plain)))
+    yield plain
+    conn.execute(sql.SQL("DROP SCHEMA IF EXISTS {} CASCADE").format(sql.Identifier(plain)))
+
+
 @pytest.fixture
 def orders(fleet: Fleet, schema: str) -> Iterator[tuple[str, str]]:
     """``orders`` distributed in ``schema`` and a plain ``orders`` with the same rows in ``<schema>_plain``
     (one server's answers), and a reference table ``grps``."""
     conn = fleet.conn()
-    plain = schema + "_plain"
-    conn.execute(sql.SQL("DROP SCHEMA IF EXISTS {} CASCADE").format(sql.Identifier(plain)))
-    conn.execute(sql.SQL("CREATE SCHEMA {}").format(sql.Identifier(plain)))
+    with plain_twin(conn, schema) as plain:
+        yield from _orders(fleet, conn, schema, plain)
+
+
+def _orders(fleet: Fleet, conn: psycopg.Connection[Any], schema: str, plain: str) -> Iterator[tuple[str, str]]:
     for name in (schema, plain):
         conn.execute(sql.SQL(TABLE).format(sql.Identifier(name)))
         conn.execute(sql.SQL("ALTER TABLE {}.orders DROP COLUMN dropped").format(sql.Identifier(name)))
@@ -41,19 +56,12 @@ def orders(fleet: Fleet, schema: str) -> Iterator[tuple[str, str]]:
     fleet.distribute(DistributeSpec(QualifiedName(schema, "orders"), "id", HashSpec(4)))
     fleet.reference(ReferenceSpec(QualifiedName(schema, "grps")))
     yield schema, plain
-    conn.execute(sql.SQL("DROP SCHEMA IF EXISTS {} CASCADE").format(sql.Identifier(plain)))
 
 
 @pytest.fixture
 def router(cluster: LocalCluster, orders: tuple[str, str]) -> Iterator[RouterServer]:
     with routing_router(cluster) as server:
         yield server
-
-
-def connect(cluster: LocalCluster, port: int, schema: str) -> psycopg.Connection[Any]:
-    return psycopg.connect(host="127.0.0.1", port=port, dbname=cluster.spec.dbname, user=cluster.spec.superuser,
-                           password=cluster.spec.coordinator.password, autocommit=True,
-                           options=f"-c search_path={schema},public")
 
 
 FAILING = [
