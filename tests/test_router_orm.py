@@ -13,6 +13,7 @@ from typing import Any
 import psycopg
 import pytest
 from psycopg import sql
+from psycopg.types import TypeInfo
 
 from conftest import routing_router
 from pgfleet.cluster.fleet import Fleet
@@ -294,6 +295,9 @@ def test_replies_in_a_transaction_are_the_coordinators(cluster: LocalCluster, fl
         (extended(update, b"5"), 1), (extended(lookup, b"5"), 1),
         (extended("UPDATE acct SET balance = balance - 1000 WHERE id = $1", b"5"), 1),  # 23514: the transaction fails
         (extended(lookup, b"5"), 0),  # 25P02
+        (p.Parse("q", lookup, ()).encode() + p.Sync().encode(), 0),  # a Parse in a failed transaction: 25P02
+        (p.Close("S", "q").encode() + p.Parse("q", lookup, ()).encode() + p.Sync().encode(), 0),  # Close, then 25P02
+        (p.Parse("r", "ROLLBACK", ()).encode() + p.Sync().encode(), 0),  # accepted
         (extended("ROLLBACK"), 0),
         (extended(lookup, b"5"), 1),
         (extended("BEGIN", describe=False), 0), (extended(lookup, b"7"), 1), (extended(update, b"7"), 1),
@@ -322,6 +326,8 @@ def test_replies_in_a_transaction_are_the_coordinators(cluster: LocalCluster, fl
         assert got == expected, batch  # errors and notices compared by SQLSTATE
     assert [t for t, _ in direct[4]] == [b"2", b"n", b"C", b"Z"] and direct[4][-1] == (b"Z", b"T")
     assert direct[7][-1] == (b"Z", b"E") and direct[8][-1] == (b"Z", b"E")
+    assert [t for t, _ in direct[9]] == [b"E", b"Z"] and direct[9][0][1] == b"25P02"
+    assert [t for t, _ in direct[10]] == [b"3", b"E", b"Z"] and [t for t, _ in direct[11]] == [b"1", b"Z"]
 
 
 def sqlstate_of(type_byte: bytes, payload: bytes) -> bytes:
@@ -330,35 +336,67 @@ def sqlstate_of(type_byte: bytes, payload: bytes) -> bytes:
     return (error.sqlstate or "").encode()
 
 
-def test_executemany_in_a_transaction(cluster: LocalCluster, router: RouterServer, accounts: str) -> None:
-    """psycopg's executemany (a pipeline: several Executes, one Sync, then a Flush) in a transaction: as
-    the first statement the transaction moves to the coordinator (the session stays routed); after a write
-    on a worker it is refused (0A000), the transaction fails, the session goes on (a limit of this step)."""
+def test_type_lookup_in_a_transaction_does_not_pin(cluster: LocalCluster, router: RouterServer, accounts: str) -> None:
+    """psycopg's TypeInfo.fetch in a transaction (SQLAlchemy's hstore lookup at connect: a SAVEPOINT, then
+    a query calling to_regtype) runs on the coordinator without keeping the session there."""
     stats = router.context.stats
-    a, b = next(iter(keys_by_node(router, accounts).values()))[:2]
-    update = "UPDATE acct SET balance = balance + %s WHERE id = %s"
     with connect(cluster, router.config.port, accounts) as conn:
-        conn.cursor().executemany(update, [(1, a), (2, b)])
-        assert (balance(conn, a), balance(conn, b)) == (BALANCE + 1, BALANCE + 2)
-        conn.commit()
-        assert stats.coordinator_transactions == 1
-        conn.execute(update, (10, a))
-        with pytest.raises(psycopg.errors.FeatureNotSupported, match="wrote on worker"):
-            conn.cursor().executemany(update, [(1, a), (2, b)])
-        assert conn.info.transaction_status == psycopg.pq.TransactionStatus.INERROR
+        conn.execute("SELECT pg_catalog.version()")
+        assert TypeInfo.fetch(conn, "hstore") is None  # not installed: to_regtype gives NULL
+        assert TypeInfo.fetch(conn, "int4") is not None
         conn.rollback()
-        assert (balance(conn, a), balance(conn, b)) == (BALANCE + 1, BALANCE + 2)
-        conn.commit()
-        routed = stats.routed
-        assert balance(conn, a) == BALANCE + 1
-        assert stats.routed == routed + 1
+        before = stats.routed
+        assert balance(conn, 5) == BALANCE
+        assert stats.routed == before + 1
     assert stats.pinned_sessions == 0
+
+
+def executemany_story(conn: psycopg.Connection[Any], a: int, b: int, c: int) -> list[Any]:
+    """psycopg's executemany (a pipeline: several Parse/Bind/Describe/Execute, one Sync) in transactions:
+    after a routed write, spanning two workers, with an error in the middle; what the client sees."""
+    update = "UPDATE acct SET balance = balance + %s WHERE id = %s"
+    seen: list[Any] = []
+    conn.execute(update, (10, a))
+    conn.cursor().executemany(update, [(1, a), (2, b), (3, c), (4, a)])
+    seen.append([balance(conn, k) for k in (a, b, c)])
+    conn.commit()
+    conn.cursor().executemany(update, [(1, a), (2, b)])  # the transaction's first statement
+    conn.rollback()
+    conn.execute(update, (5, c))
+    with pytest.raises(psycopg.errors.CheckViolation) as caught:
+        conn.cursor().executemany(update, [(1, a), (-1000, b), (3, c)])
+    seen.append((caught.value.sqlstate, conn.info.transaction_status))
+    conn.rollback()
+    many = [(1, k) for k in range(1, ACCOUNTS + 1)] * 2  # longer than a batch the router keeps whole
+    conn.cursor().executemany(update, many)
+    conn.commit()
+    seen.append([balance(conn, k) for k in range(1, ACCOUNTS + 1)])
+    conn.commit()
+    return seen
+
+
+def test_executemany_in_a_transaction(cluster: LocalCluster, fleet: Fleet, router: RouterServer, accounts: str) -> None:
+    """executemany in transactions through the router: each statement of the pipeline is a statement of the
+    transaction (routed, two-phase commit over both workers), an error fails the transaction as on one
+    server; the same story straight on the coordinator sees the same."""
+    stats = router.context.stats
+    first, second = keys_by_node(router, accounts).values()
+    (a, b), c = first[:2], second[0]
+    with connect(cluster, router.config.port, accounts) as conn:
+        via_router = executemany_story(conn, a, b, c)
+    assert stats.pinned_sessions == 0 and stats.coordinator_transactions == 0 and stats.two_phase_commits >= 2
+    assert stats.routed >= 4 + 2 + 3 + 80
+    reset = fleet.conn()
+    reset.execute(sql.SQL("UPDATE {}.acct SET balance = {}").format(sql.Identifier(accounts), sql.Literal(BALANCE)))
+    with connect(cluster, cluster.spec.coordinator.port, accounts) as conn:
+        assert executemany_story(conn, a, b, c) == via_router
+    assert via_router[0] == [BALANCE + 15, BALANCE + 2, BALANCE + 3]
 
 
 def test_flush_before_sync_in_a_worker_transaction(cluster: LocalCluster, router: RouterServer,
                                                    accounts: str) -> None:
-    """A Flush before Sync in a transaction on a worker: refused at once (0A000), the rest dropped up to
-    the Sync, as after an error on one server; the session goes on."""
+    """A Flush between two statements before Sync in a transaction on a worker (a pipeline): both run
+    there as statements of the transaction, with one ReadyForQuery; ROLLBACK undoes both."""
     update = "UPDATE acct SET balance = balance + 1 WHERE id = $1"
 
     async def run() -> list[list[tuple[bytes, bytes]]]:
@@ -374,7 +412,6 @@ def test_flush_before_sync_in_a_worker_transaction(cluster: LocalCluster, router
 
     replies = asyncio.run(run())
     assert replies[1][-1] == (b"Z", b"T")
-    assert [t for t, _ in replies[2]] == [b"E", b"Z"] and replies[2][-1] == (b"Z", b"E")
-    assert sqlstate_of(*replies[2][0]) == b"0A000"
+    assert [t for t, _ in replies[2]] == [b"1", b"2", b"n", b"C"] * 2 + [b"Z"] and replies[2][-1] == (b"Z", b"T")
     assert replies[3][-1] == (b"Z", b"I")
     assert (b"D", p.DataRow((str(BALANCE).encode(),)).encode()[5:]) in replies[4]  # rolled back

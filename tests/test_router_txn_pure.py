@@ -8,7 +8,7 @@ import pytest
 from pgfleet.router import protocol as p
 from pgfleet.router.recovery import Outcome, Prepared, plan
 from pgfleet.router.twophase import GID_PREFIX, GidMaker
-from pgfleet.router.txn import ReplySkipper, without_setup
+from pgfleet.router.txnreply import ReplySkipper, without_setup
 from pgfleet.router.txnstmt import BeginOptions, Kind, control, reads_only
 
 

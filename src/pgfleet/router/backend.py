@@ -114,6 +114,7 @@ class WorkerConnection(asyncio.Protocol):
         self._reply: list[bytes] = []
         self._ready_seen = False
         self._done: Callable[[bytes | None], None] | None = None
+        self.flagged = False  # the last reply had an ErrorResponse or a NoticeResponse (see :mod:`.logical`)
         self.statements: dict[tuple[str, tuple[int, ...]], str] = {}  # (text, parameter types) -> name parsed here
         self.status = b"I"  # the transaction status of the last ReadyForQuery (b"?": not known)
         self.generation = 0  # the pool's generation it was opened in (a failover starts a new one)
@@ -181,6 +182,8 @@ class WorkerConnection(asyncio.Protocol):
             self._fail()
             return
         self._reply.append(data)
+        if b"E" in types or b"N" in types:
+            self.flagged = True
         if b"Z" in types:
             self._ready_seen = True
         if self._ready_seen and self._framer.at_boundary:
@@ -227,6 +230,7 @@ class WorkerConnection(asyncio.Protocol):
         if self._done is not None or self._handshake:
             raise BackendError("the worker connection is busy")
         self._done = done
+        self.flagged = False
         try:
             self._send(request)
         except BackendError:

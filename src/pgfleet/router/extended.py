@@ -53,6 +53,7 @@ from .batches import (
     parameter_values,
     read_parse,
 )
+from .pipeline import PipelineSplitter
 from .exttxn import MAX_BATCH, ExtendedTransactions, after_setup, role_setup, setup_messages
 from .pool import PoolExhausted, exhausted_reply
 from .routing import session_neutral
@@ -105,6 +106,7 @@ class ExtendedRouter:
         self.stateful = False  # a Parse in this batch may change session state
         self.discarding = False  # a refused partial batch: its messages are dropped up to Sync, as after an error
         self.txns = ExtendedTransactions(self)
+        self.pipelines = PipelineSplitter(self)
 
     # --- client side ---------------------------------------------------------------------------------
     def takes(self, data: bytes, at_boundary: bool) -> bool:
@@ -120,6 +122,8 @@ class ExtendedRouter:
     def _process(self, messages: list[Message]) -> None:
         session = self.session
         for i, (type_byte, payload) in enumerate(messages):
+            if not session.busy:
+                self.pipelines.before(type_byte)  # a pipeline in a transaction: cut into statements here?
             if session.busy:  # a batch runs: the rest waits, in order
                 session.held.insert(0, _frames(messages[i:]) + self.framer.take_buffer())
                 return
@@ -438,6 +442,8 @@ class ExtendedRouter:
                 return
             stats.executes += 1
             stats.routed += 1
+            if conn.flagged and (names := session.logical()) is not None:  # the RowDescription is the coordinator's
+                out = names.reported(route.shard_ids, out)
             session._write(answered + out)
             session.resume()
 

@@ -27,19 +27,12 @@ from . import protocol as p
 from . import wire
 from .routes import Coordinator, Shard
 from .backend import BackendError
-from .batches import Message, Plan, Statement, client_reply, read_bind, read_parse
+from .batches import Message, Plan, Statement, Statements, client_reply, read_bind, read_parse
 from .routing import Decision
 from .twophase import messages, status_of
-from .txn import (
-    CONNECTION_FAILURE,
-    IN_FAILED_TRANSACTION,
-    NOT_SUPPORTED,
-    UNCHECKED_LIMIT,
-    Transaction,
-    error,
-    ready,
-    without_parameter_status,
-)
+from .txnstmt import Kind, control
+from .txn import UNCHECKED_LIMIT, Transaction
+from .txnreply import CONNECTION_FAILURE, IN_FAILED_TRANSACTION, NOT_SUPPORTED, error, ready, without_parameter_status
 
 if TYPE_CHECKING:
     from .extended import ExtendedRouter
@@ -99,6 +92,25 @@ def control_reply(data: bytes, describe: bool) -> bytes:
     return b"".join(out)
 
 
+def first_refused(batch: list[Message], statements: Statements) -> int | None:
+    """The index of the first message of ``batch`` that PostgreSQL refuses in a failed transaction (25P02):
+    a Parse of anything but COMMIT / ROLLBACK [TO SAVEPOINT] / PREPARE TRANSACTION, a Describe of a
+    statement that returns rows; None when there is none (Close, Describe of other statements)."""
+    for at, (type_byte, payload) in enumerate(batch):
+        if type_byte == b"P":
+            text = read_parse(payload).sql
+            ctl = control(text)
+            ends = ctl is not None and (ctl.kind in (Kind.COMMIT, Kind.ROLLBACK, Kind.ROLLBACK_TO)
+                                        or ctl.tag == "PREPARE TRANSACTION")
+            if text.strip() and not ends:  # an empty statement is accepted
+                return at
+        elif type_byte == b"D" and payload[:1] == b"S":
+            known = statements.get(payload[1:-1].decode(errors="replace"))
+            if known is not None and known.columns:
+                return at
+    return None
+
+
 class ExtendedTransactions:
     """The transaction side of one session's :class:`.extended.ExtendedRouter`."""
 
@@ -129,9 +141,21 @@ class ExtendedTransactions:
 
     def statement_messages(self, batch: list[Message], *, forget: bool = False) -> None:
         """Parse/Describe/Close only, or a DEALLOCATE ALL Query (``forget``): the coordinator answers (outside
-        the transaction: prepared statements are not transactional), the status is the transaction's."""
+        the transaction: prepared statements are not transactional), the status is the transaction's. In a
+        failed transaction a Parse (other than of COMMIT / ROLLBACK [TO]) or a Describe of a statement that
+        returns rows is refused with 25P02 as PostgreSQL does, and the rest of the batch skipped; what came
+        before it (a Close) is still answered by the coordinator."""
         session = self.session
         router = self.router
+        txn = session.transactions.txn
+        refused = first_refused(batch, router.statements) if txn is not None and txn.failed else None
+        if refused is not None:
+            aborted = error(IN_FAILED_TRANSACTION, "current transaction is aborted, commands ignored until end of "
+                            "transaction block")
+            if refused == 0:
+                session._write(aborted + ready("E"))
+                return
+            batch = [*batch[:refused], (b"S", b"")]
         session.busy = True
         for type_byte, payload in batch:
             router.statements.sent(type_byte, payload)
@@ -144,7 +168,8 @@ class ExtendedTransactions:
             if txn is not None and any(t == b"E" for t, _ in reply):
                 txn.failed = True  # as an error at Parse fails a transaction on one server
             status = "I" if txn is None else "E" if txn.failed else "T"
-            session._write(frames([m for m in reply if m[0] != b"Z"]) + ready(status))
+            session._write(frames([m for m in reply if m[0] != b"Z"]) + (aborted if refused is not None else b"")
+                           + ready(status))
             session.resume()
 
         router.capture_reply(frames(batch), done)
@@ -267,6 +292,8 @@ class ExtendedTransactions:
         out, parsed = client_reply(reply, parsed=commit_name is not None, statement=statement, bind=plan.bind)
         if ok and parsed and commit_name is not None:
             commit_name()
+        if conn.flagged and (names := session.logical()) is not None:  # the RowDescription is the coordinator's
+            out = names.reported(route.shard_ids, out)
         stats = session.context.stats
         stats.routed += 1
         stats.executes += 1

@@ -208,6 +208,10 @@ _INFORMATIONAL_FUNCTIONS = frozenset({
     "version", "current_schema", "current_schemas", "current_database", "current_user", "session_user",
     "current_setting", "obj_description", "col_description", "pg_table_is_visible", "pg_type_is_visible",
     "format_type", "pg_get_indexdef", "pg_get_constraintdef", "pg_get_expr", "pg_get_serial_sequence",
+    "pg_collation_is_visible", "pg_function_is_visible", "pg_opclass_is_visible", "pg_operator_is_visible",
+    "pg_conversion_is_visible", "generate_subscripts", "pg_get_viewdef", "pg_get_triggerdef", "pg_get_ruledef", "pg_get_functiondef",
+    # catalog lookups by name (psycopg's TypeInfo.fetch, e.g. SQLAlchemy's hstore lookup at connect)
+    "to_regtype", "to_regclass", "to_regproc", "to_regprocedure", "to_regnamespace", "to_regrole", "to_regtypemod",
 })
 
 

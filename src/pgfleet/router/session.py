@@ -28,10 +28,12 @@ from .context import Address, RouterContext
 from .extended import ExtendedRouter
 from .exttxn import WithParse
 from .keys import CancelKey
+from .logical import LogicalNames, finish_routed, names_for
 from .pool import Leases, PoolExhausted, exhausted_reply
 from .routing import Decision, deallocates_all, decide, parse_search_path
 from .twophase import TwoPhase
-from .txn import ReplySkipper, TransactionControl
+from .txn import TransactionControl
+from .txnreply import ReplySkipper
 from .upstream import Phase, ServerSide, coordinator_lost
 
 log = logging.getLogger(__name__)
@@ -344,10 +346,13 @@ class ClientSession(asyncio.Protocol):
             self._routed_done(None, raw)
 
     def _routed_reply(self, route: Shard, raw: bytes, reply: bytes | None) -> None:
-        self.running_on = None
+        conn, self.running_on = self.running_on, None
         if reply is None:  # sent, and the connection broke: it may have run, so it is not run again
             self._drop_worker(route, BackendError("worker connection lost"))
             reply = lost_in_flight(route.node)
+        elif conn is not None and (names := self.logical()) is not None:  # in the logical table's names and oids
+            finish_routed(names, route, conn, reply, lambda out: self._routed_done(out, raw), self.spawn)
+            return
         self._routed_done(reply, raw)
 
     def _drop_worker(self, route: Shard, exc: Exception) -> None:
@@ -374,6 +379,8 @@ class ClientSession(asyncio.Protocol):
             ok, messages = await conn.run_as(self.role_on(conn), route.sql)
             if ok and not denied(messages):  # refused on the worker: the coordinator says so in its own words
                 reply = b"".join(wire.frame(t, b) for t, b in messages)
+                if (names := self.logical()) is not None:
+                    reply = await names.shape(route, conn, reply, conn.flagged)
         except BackendError as exc:  # sent, and the connection broke: it may have run
             self._drop_worker(route, exc)
             reply = lost_in_flight(route.node)
@@ -390,6 +397,10 @@ class ClientSession(asyncio.Protocol):
             reply = p.error_response("XX000", f"pgfleet router: the {plan.description} statement failed in the "
                                      "router; see the router's log", severity="ERROR").encode() + p.ReadyForQuery("I").encode()
         self._routed_done(reply, raw)
+
+    def logical(self) -> LogicalNames | None:
+        """Shard names and oids → the logical tables' (:mod:`.logical`), for routed replies."""
+        return names_for(self.context.routing.topology) if self.context.routing is not None else None
 
     def stream(self, data: bytes) -> None:
         self._write(data)
@@ -488,6 +499,8 @@ class ClientSession(asyncio.Protocol):
 
     # --- ending -----------------------------------------------------------------------------------
     def _write(self, data: bytes) -> None:
+        if self.extended.pipelines.stripper.active:  # the answer to a Sync of the router's (:mod:`.pipeline`)
+            data = self.extended.pipelines.stripper.feed(data)
         if self.client and not self.client.is_closing():
             self.client.write(data)
 

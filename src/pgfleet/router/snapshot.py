@@ -19,6 +19,7 @@ class RoutedTable(DistTable):
 
     key_type: str = ""  # format_type of the key without typmod ('' for reference tables)
     columns: tuple[str, ...] = ()  # in table order
+    attnums: tuple[int, ...] = ()  # the coordinator's attribute number of each column (dropped columns leave gaps)
     row_security: bool = False  # relrowsecurity: its policies are the coordinator's, so it is never routed
 
     @property

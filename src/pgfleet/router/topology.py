@@ -14,7 +14,7 @@ from ..topology.read import read_topology
 from .snapshot import RoutedTable, RoutingTopology
 
 _COLUMNS = """
-SELECT a.attrelid::bigint, a.attname, format_type(a.atttypid, NULL)
+SELECT a.attrelid::bigint, a.attname, format_type(a.atttypid, NULL), a.attnum
 FROM pg_attribute a
 WHERE a.attrelid = ANY(%s::oid[]) AND a.attnum > 0 AND NOT a.attisdropped
 ORDER BY a.attrelid, a.attnum
@@ -33,17 +33,17 @@ WHERE c.relkind IN ('r', 'v', 'm', 'f', 'p', 'S') AND n.nspname NOT LIKE 'pg\\_t
 def load_routing_topology(conn: Conn) -> RoutingTopology:
     topo = read_topology(conn)
     oids = [t.oid for t in topo.tables]
-    columns: dict[int, list[tuple[str, str]]] = {}
-    for oid, name, type_name in conn.execute(_COLUMNS, (oids,)).fetchall():
-        columns.setdefault(int(oid), []).append((str(name), str(type_name)))
+    columns: dict[int, list[tuple[str, str, int]]] = {}
+    for oid, name, type_name, attnum in conn.execute(_COLUMNS, (oids,)).fetchall():
+        columns.setdefault(int(oid), []).append((str(name), str(type_name), int(attnum)))
     tables = []
     secured = {int(r[0]) for r in conn.execute(_ROW_SECURITY, (oids,)).fetchall()}
     for t in topo.tables:
         cols = columns.get(t.oid, [])
-        key_type = next((typ for name, typ in cols if name == t.key), "")
+        key_type = next((typ for name, typ, _ in cols if name == t.key), "")
         catalog = {f.name: getattr(t, f.name) for f in fields(t)}
-        tables.append(RoutedTable(**catalog, key_type=key_type, columns=tuple(n for n, _ in cols),
-                                  row_security=t.oid in secured))
+        tables.append(RoutedTable(**catalog, key_type=key_type, columns=tuple(n for n, _, _ in cols),
+                                  attnums=tuple(a for _, _, a in cols), row_security=t.oid in secured))
     relations = frozenset((str(r[0]), str(r[1])) for r in conn.execute(_RELATIONS).fetchall())
     row = conn.execute("SELECT pgfleet.roles_fingerprint()").fetchone()
     return RoutingTopology(tables=tuple(tables), relations=relations, roles_fingerprint=str(row[0]) if row else "")

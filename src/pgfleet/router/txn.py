@@ -29,22 +29,31 @@ from typing import Any, Protocol
 from psycopg import sql
 
 from . import protocol as p
-from . import wire
 from .routes import Shard
 from .backend import BackendError, WorkerConnection
+from .logical import LogicalNames
 from .routing import Decision
 from .stats import RouterStats
-from .twophase import TRANSACTION_ROLLBACK, TwoPhase, commit_prepared, first_error, literal, messages, run_everywhere, status_of, tags
+from .twophase import TwoPhase, commit_prepared, first_error, literal, messages, run_everywhere, status_of, tags
+from .txnreply import (
+    ACTIVE_TRANSACTION,
+    CONNECTION_FAILURE,
+    IN_FAILED_TRANSACTION,
+    NO_SAVEPOINT,
+    NO_TRANSACTION,
+    NOT_SUPPORTED,
+    TRANSACTION_ROLLBACK,
+    complete,
+    error,
+    ready,
+    warning,
+    without_parameter_status,
+    without_setup,
+)
 from .txnstmt import BeginOptions, Control, Kind, control, reads_only
 
 log = logging.getLogger(__name__)
 
-NOT_SUPPORTED = "0A000"
-IN_FAILED_TRANSACTION = "25P02"
-ACTIVE_TRANSACTION = "25001"
-NO_TRANSACTION = "25P01"
-NO_SAVEPOINT = "3B001"
-CONNECTION_FAILURE = "08006"
 UNCHECKED_LIMIT = 64  # statements kept unparsed before checking whether they wrote
 
 
@@ -63,6 +72,7 @@ class Host(Protocol):
     def to_coordinator(self, setup: str, raw: bytes) -> None: ...  # setup's answer is not relayed
     def spawn(self, coro: Coroutine[Any, Any, None]) -> None: ...
     def resume(self) -> None: ...  # the statement is answered: go on with what the client sent meanwhile
+    def logical(self) -> LogicalNames | None: ...  # a routed reply in the logical tables' names and oids
     def refuse(self, sqlstate: str, message: str, hint: str | None = None) -> None: ...  # error, then close
 
 
@@ -81,40 +91,6 @@ class Transaction:
             self.wrote = not all(reads_only(text) for text in self.unchecked)
             self.unchecked.clear()
         return self.wrote
-
-
-def error(sqlstate: str, message: str, hint: str | None = None) -> bytes:
-    return p.error_response(sqlstate, message, severity="ERROR", hint=hint).encode()
-
-
-def warning(sqlstate: str, message: str) -> bytes:
-    return p.NoticeResponse((("S", "WARNING"), ("V", "WARNING"), ("C", sqlstate), ("M", message))).encode()
-
-
-def ready(status: str) -> bytes:
-    return p.ReadyForQuery(status).encode()
-
-
-def complete(tag: str) -> bytes:
-    return p.CommandComplete(tag).encode()
-
-
-def without_parameter_status(reply: bytes) -> bytes:
-    """A worker's reply without its ParameterStatus messages: when the transaction aborts, SET LOCAL ROLE
-    ends and the worker reports is_superuser of its login; the client's session is the coordinator's."""
-    out = messages(reply)
-    return b"".join(wire.frame(t, payload) for t, payload in out if t != b"S") if any(t == b"S" for t, _ in out) else reply
-
-
-def without_setup(reply: bytes, count: int) -> bytes:
-    """A reply without the CommandComplete messages of the first ``count`` statements (BEGIN, SET LOCAL
-    ROLE, SAVEPOINTs); an error among them stays (the statement after it did not run)."""
-    out = messages(reply)
-    skipped = 0
-    while skipped < count and out and out[0][0] == b"C":
-        out.pop(0)
-        skipped += 1
-    return b"".join(wire.frame(t, payload) for t, payload in out) if skipped else reply
 
 
 class TransactionControl:
@@ -416,6 +392,9 @@ class TransactionControl:
         if setup:
             txn.participants[route.node] = conn
             reply = without_setup(reply, len(setup))
+        names = self.host.logical()
+        if names is not None:
+            reply = await names.shape(route, conn, reply, conn.flagged)
         self.stats.routed += 1
         if not txn.wrote:
             txn.unchecked.append(route_text)
@@ -434,41 +413,3 @@ class TransactionControl:
         self.txn = None
         self.host.write(error(CONNECTION_FAILURE, f"pgfleet router: the connection to worker {node} was lost during "
                               "the transaction; the transaction was rolled back", "retry the transaction") + ready("I"))
-
-
-class ReplySkipper:
-    """Drops the coordinator's answer to the setup Query (up to and including its ReadyForQuery) from the
-    bytes relayed to the client, and with ``extra_parse`` the ParseComplete of a Parse the router sent again
-    after it (a Query drops the unnamed statement)."""
-
-    def __init__(self, extra_parse: bool = False) -> None:
-        self._buf = b""
-        self.done = False
-        self.extra_parse = extra_parse
-        self._ready = False  # the setup's ReadyForQuery came
-
-    def feed(self, data: bytes) -> bytes:
-        """What follows the skipped answer in ``data`` (b'' while it is still coming)."""
-        if self.done:
-            return data
-        buf = self._buf + data
-        pos = 0
-        while len(buf) - pos >= 5:
-            length = int.from_bytes(buf[pos + 1:pos + 5], "big")
-            if len(buf) - pos < 1 + length:
-                break
-            type_byte = buf[pos:pos + 1]
-            if self._ready:
-                pos += 1 + length if type_byte == b"1" else 0
-                self.done = True
-                self._buf = b""
-                return buf[pos:]
-            pos += 1 + length
-            if type_byte == b"Z" and self.extra_parse:
-                self._ready = True
-            elif type_byte == b"Z":
-                self.done = True
-                self._buf = b""
-                return buf[pos:]
-        self._buf = buf[pos:]
-        return b""
