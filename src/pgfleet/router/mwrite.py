@@ -20,10 +20,12 @@ window functions, ON CONFLICT or a computed key, WITH, and whatever single-shard
 from __future__ import annotations
 
 from collections.abc import Sequence
+from dataclasses import replace
 
 from pglast import ast, enums
 
 from .analyze import Prepared, Refuse, TableRef, _Analyzer, analyze, prepare
+from .logical import names_for
 from .routes import Coordinator, Shard, Split
 from .rewrite import qualified
 from .shardmap import NotPlaced, shard_index
@@ -36,6 +38,15 @@ AGGREGATES = frozenset({"count", "sum", "avg", "min", "max", "bool_and", "bool_o
 
 
 def plan_write(stmt: ast.Node, sql: str, topology: RoutingTopology, search_path: tuple[str, ...]) -> ShardWrite | None:
+    """The write as statements per shard, its errors in the logical tables' terms (logical.py); None: the
+    coordinator runs it."""
+    plan = _plan_write(stmt, sql, topology, search_path)
+    if plan is None:
+        return None
+    return replace(plan, renames=names_for(topology).renames(tuple(sorted(plan.shard_ids))))
+
+
+def _plan_write(stmt: ast.Node, sql: str, topology: RoutingTopology, search_path: tuple[str, ...]) -> ShardWrite | None:
     try:
         if isinstance(stmt, ast.UpdateStmt | ast.DeleteStmt):
             return _modify(stmt, sql, topology, search_path)
@@ -57,7 +68,8 @@ def by_node(shards: Sequence[Shard], rows: Sequence[tuple[int, ...]] = ()) -> Sh
     for i, shard in enumerate(shards):
         grouped.setdefault(shard.node, []).append((shard.sql, rows[i] if rows else ()))
     return ShardWrite(tuple(NodeWrites(node, tuple(s for s, _ in items), tuple(r for _, r in items) if rows else ())
-                            for node, items in grouped.items()))
+                            for node, items in grouped.items()),
+                      shard_ids=frozenset(i for shard in shards for i in shard.shard_ids))
 
 
 def _follow(root: TableRef, prepared: Prepared) -> bool:
@@ -123,7 +135,8 @@ def _truncate(stmt: ast.TruncateStmt, sql: str, topology: RoutingTopology, searc
     if not names:
         return None
     return ShardWrite(tuple(NodeWrites(node, (f"TRUNCATE TABLE {', '.join(tables_here)}",))
-                            for node, tables_here in names.items()))
+                            for node, tables_here in names.items()),
+                      shard_ids=frozenset(s.shard_id for table in tables for s in table.shards))
 
 
 def _split(sql: str, topology: RoutingTopology, search_path: tuple[str, ...]) -> ShardWrite | None:

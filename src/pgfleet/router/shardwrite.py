@@ -17,11 +17,12 @@ order of the client's VALUES list when the plan knows it), and one CommandComple
 from __future__ import annotations
 
 import asyncio
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from . import protocol as p
 from . import wire
 from .backend import BackendError, WorkerConnection, lost_in_flight
+from .logical import Renames, renamed
 from .routes import MultiShard
 from .multishard import MultiShardHost
 from .rewrite import qualified
@@ -97,6 +98,8 @@ class ShardWrite(MultiShard):
     """One client statement as statements on shards, committed on every node or on none."""
 
     parts: tuple[NodeWrites, ...]
+    shard_ids: frozenset[int] = frozenset()  # every shard written: an error names their logical tables
+    renames: Renames | None = field(default=None, compare=False)
     description = "multi-shard write"
 
     async def run(self, host: MultiShardHost) -> bytes | None:
@@ -150,7 +153,8 @@ class ShardWrite(MultiShard):
                 and all(u is not None for u in undone):
             return None
         if errors:
-            return errors[0].encode() + p.ReadyForQuery("I").encode()
+            first = errors[0] if self.renames is None else p.ErrorResponse(renamed(errors[0].fields, self.renames))
+            return first.encode() + p.ReadyForQuery("I").encode()
         if lost and not gid:
             return lost_in_flight(lost[0])  # its COMMIT may have run
         return p.error_response(CONNECTION_FAILURE, f"pgfleet router: the connection to worker {', '.join(lost)} was "
