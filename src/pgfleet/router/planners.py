@@ -10,9 +10,12 @@ from pglast import ast
 
 from .multishard import Planner
 from .routes import MultiShard
+from .scatter import plan_scatter
 from .snapshot import RoutingTopology
 
-PLANNERS: list[Planner] = []  # tried in order; the first plan wins (each planner adds one line here)
+PLANNERS: list[Planner] = [
+    plan_scatter,
+]  # tried in order; the first plan wins (each planner adds one line here)
 
 
 def plan(statements: Sequence[ast.RawStmt], sql: str, topology: RoutingTopology,
