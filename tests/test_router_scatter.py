@@ -13,6 +13,8 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from conftest import routing_router
+from psycopg import sql
+from test_roles import drop_role
 from pgfleet.cluster.fleet import Fleet
 from pgfleet.cluster.local import LocalCluster
 from pgfleet.router.server import RouterServer
@@ -151,3 +153,33 @@ def test_random_aggregates_match_one_plain_table(cluster: LocalCluster, router: 
         got = run(via_router, statement.format(t="t"), True)
         assert router.context.stats.routed == before + 1, statement
         assert got == run(direct, statement.format(t="t_plain"), True), statement
+
+
+ROLE, PASSWORD = "pgfleet_test_scatter", "scatter pw 1"
+
+
+def test_a_role_reads_with_its_privileges(fleet: Fleet, cluster: LocalCluster, data: str) -> None:
+    conn = fleet.conn()
+    drop_role(fleet, ROLE)
+    conn.execute(sql.SQL("CREATE ROLE {} LOGIN PASSWORD {}").format(sql.Identifier(ROLE), sql.Literal(PASSWORD)))
+    try:
+        conn.execute(sql.SQL("GRANT USAGE ON SCHEMA {} TO {}").format(sql.Identifier(data), sql.Identifier(ROLE)))
+        conn.execute(sql.SQL("GRANT SELECT ON t, t_plain TO {}").format(sql.Identifier(ROLE)))
+        with routing_router(cluster) as server:
+            stats = server.context.stats
+            info = dict(host="127.0.0.1", dbname=cluster.spec.dbname, user=ROLE, password=PASSWORD, autocommit=True,
+                        options=f"-c search_path={data}")
+            with psycopg.connect(port=server.config.port, **info) as via_router, \
+                    psycopg.connect(port=cluster.spec.coordinator.port, **info) as direct:  # type: ignore[arg-type]
+                statement = "SELECT grp, count(*), sum(val) FROM {t} GROUP BY grp ORDER BY 1"
+                before = stats.routed
+                assert run(via_router, statement.format(t="t"), True) == run(direct, statement.format(t="t_plain"), True)
+                assert stats.routed == before + 1  # on the workers, as the role
+                refused = "SELECT count(*) FROM lines"
+                before, fallbacks = stats.routed, stats.routing_fallbacks
+                assert run(via_router, refused, True) == run(direct, refused, True) == ("error", "42501")
+                # refused on the workers, answered by the coordinator in its own words
+                assert (stats.routed, stats.routing_fallbacks) == (before, fallbacks + 1)
+    finally:
+        conn.execute(sql.SQL("DROP OWNED BY {}").format(sql.Identifier(ROLE)))
+        drop_role(fleet, ROLE)

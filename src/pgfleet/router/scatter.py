@@ -29,7 +29,7 @@ from .analyze import Prepared, TableRef, prepare
 from .gather import NodeQuery, ScatterRead, SortMerge
 from .routes import MultiShard
 from .scatter_final import (
-    AGGREGATES, Unsupported, bare_name, build_aggregate, function_name, is_aggregate, is_star, position, walk)
+    AGGREGATES, OTHER_AGGREGATES, Unsupported, bare_name, build_aggregate, function_name, is_aggregate, is_star, position, walk)
 from .snapshot import RoutingTopology
 
 
@@ -69,11 +69,15 @@ def _check_shape(stmt: ast.SelectStmt) -> None:
     for node in walk((stmt.targetList, stmt.fromClause, stmt.whereClause, stmt.groupClause, stmt.havingClause,
                       stmt.sortClause, stmt.limitCount, stmt.limitOffset)):
         if isinstance(node, ast.SubLink | ast.RangeSubselect | ast.RangeFunction | ast.GroupingSet | ast.ParamRef
-                      | ast.GroupingFunc | ast.RangeTableSample | ast.JsonTable | ast.RangeTableFunc):
+                      | ast.GroupingFunc | ast.RangeTableSample | ast.JsonTable | ast.RangeTableFunc
+                      | ast.JsonArrayAgg | ast.JsonObjectAgg):
             raise Unsupported(f"{type(node).__name__} is not scattered")
         if isinstance(node, ast.FuncCall):
             if node.over is not None:
                 raise Unsupported("window functions")
+            names = [str(n.sval) for n in node.funcname or ()]
+            if not names or names[-1] in OTHER_AGGREGATES or len(names) > 1 and names[:-1] != ["pg_catalog"]:
+                raise Unsupported(f"function {'.'.join(names)}")
             if function_name(node) in AGGREGATES and (node.agg_distinct or node.agg_order or node.agg_within_group
                                        or node.func_variadic):
                 raise Unsupported("DISTINCT, ordered or variadic aggregates")

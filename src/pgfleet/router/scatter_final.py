@@ -24,6 +24,15 @@ from pglast.stream import RawStream
 from .analyze import TableRef
 
 AGGREGATES = frozenset({"count", "sum", "min", "max", "avg", "bool_and", "bool_or", "every"})
+# PostgreSQL's other built-in aggregates: a statement calling one is not scattered
+OTHER_AGGREGATES = frozenset({
+    "array_agg", "string_agg", "json_agg", "jsonb_agg", "json_agg_strict", "jsonb_agg_strict", "json_object_agg",
+    "jsonb_object_agg", "json_object_agg_strict", "jsonb_object_agg_strict", "json_object_agg_unique",
+    "jsonb_object_agg_unique", "json_object_agg_unique_strict", "jsonb_object_agg_unique_strict", "xmlagg",
+    "bit_and", "bit_or", "bit_xor", "range_agg", "range_intersect_agg", "any_value", "corr", "covar_pop",
+    "covar_samp", "regr_avgx", "regr_avgy", "regr_count", "regr_intercept", "regr_r2", "regr_slope", "regr_sxx",
+    "regr_sxy", "regr_syy", "stddev", "stddev_pop", "stddev_samp", "variance", "var_pop", "var_samp",
+    "mode", "percentile_cont", "percentile_disc", "rank", "dense_rank", "percent_rank", "cume_dist", "grouping"})
 INT8, NUMERIC, FLOAT8, INTERVAL = 20, 1700, 701, 1186
 SUM_KEEPS_TYPE = frozenset({NUMERIC, 700, FLOAT8, INTERVAL, 790})  # sum(x) of these partials: same type
 
