@@ -76,7 +76,7 @@ def _check_shape(stmt: ast.SelectStmt) -> None:
             if node.over is not None:
                 raise Unsupported("window functions")
             names = [str(n.sval) for n in node.funcname or ()]
-            if not names or names[-1] in OTHER_AGGREGATES or len(names) > 1 and names[:-1] != ["pg_catalog"]:
+            if not names or names[-1] in OTHER_AGGREGATES or (len(names) > 1 and names[:-1] != ["pg_catalog"]):
                 raise Unsupported(f"function {'.'.join(names)}")
             if function_name(node) in AGGREGATES and (node.agg_distinct or node.agg_order or node.agg_within_group
                                        or node.func_variadic):
