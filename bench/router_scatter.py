@@ -59,7 +59,7 @@ def main() -> None:
     scripts.chmod(0o755)
     try:
         load = ("CREATE TABLE t (id bigint PRIMARY KEY, grp int, val numeric, note text);"
-                f"INSERT INTO t SELECT g, g % 100, (g * 7919 % 100003) / 100.0, 'note ' || g "
+                f"INSERT INTO t SELECT g, g % 100, (g::bigint * 7919 % 100003) / 100.0, 'note ' || g "
                 f"FROM generate_series(1, {args.rows}) g;")
         with Fleet(fleet_local.endpoint("coord"), fleet_local) as fleet:
             fleet.register_local_workers()
