@@ -114,6 +114,22 @@ def test_scatter_reads_match_one_plain_table(cluster: LocalCluster, router: Rout
                 assert stats.routed == before + 1, f"not run by the router: {statement}"
 
 
+def test_a_column_with_another_collation_is_read_by_the_coordinator(fleet: Fleet, cluster: LocalCluster,
+                                                                   data: str) -> None:
+    conn = fleet.conn()
+    conn.execute('CREATE TABLE c (id bigint, name text COLLATE "C")')
+    conn.execute("INSERT INTO c SELECT g, chr(64 + g % 3 * 32 + g % 26) FROM generate_series(1, 60) g")
+    conn.execute("CREATE TABLE c_plain AS SELECT * FROM c")
+    fleet.distribute(DistributeSpec(QualifiedName(data, "c"), "id", HashSpec(4)))
+    with routing_router(cluster) as server, connect(cluster, server.config.port, data) as via_router, \
+            connect(cluster, cluster.spec.coordinator.port, data) as direct:
+        for statement in ("SELECT name FROM {t} ORDER BY name LIMIT 20", "SELECT min(name), max(name) FROM {t}"):
+            before = server.context.stats.routed
+            got = run(via_router, statement.format(t="c"), True)
+            assert got == run(direct, statement.format(t="c_plain"), True), statement
+            assert server.context.stats.routed == before, statement  # the coordinator ran it
+
+
 def test_values_and_types_are_the_servers(cluster: LocalCluster, router: RouterServer, data: str) -> None:
     with connect(cluster, router.config.port, data) as conn:
         cur = psycopg.ClientCursor(conn)

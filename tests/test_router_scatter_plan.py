@@ -3,6 +3,8 @@ builds (pure: no servers)."""
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import pytest
 from pglast import parse_sql
 from test_router_analyze import TOPOLOGY
@@ -102,6 +104,14 @@ def test_plain_rows_are_concatenated() -> None:
 ])
 def test_other_shapes_stay_with_the_coordinator(sql: str) -> None:
     assert plan(sql) is None, sql
+
+
+def test_a_column_with_another_collation_keeps_the_statement_on_the_coordinator() -> None:
+    orders = next(t for t in TOPOLOGY.tables if t.relname == "orders")
+    topology = replace(TOPOLOGY, tables=tuple(replace(t, collated=("note",)) if t is orders else t for t in TOPOLOGY.tables))
+    sql = "SELECT max(note) FROM orders"
+    assert plan(sql) is not None
+    assert plan_scatter(parse_sql(sql)[0].stmt, sql, topology, ("public",)) is None
 
 
 def test_array_literal_quotes_every_element() -> None:

@@ -49,6 +49,9 @@ def _plan(stmt: ast.SelectStmt, sql: str, topology: RoutingTopology, search_path
     if not isinstance(prepared, Prepared) or prepared.insert_rows:
         raise Unsupported("single-shard analysis refused the statement")
     by_location = {ref.node.location: ref for ref in prepared.refs}
+    if any(ref.table.collated for ref in prepared.refs):
+        # the merge and the final combine compare with the database's default collation
+        raise Unsupported("a column with a collation other than the default")
     _check_joins(stmt.fromClause or (), by_location)
     placements = _placements(prepared)
     aggregated = bool(stmt.groupClause) or stmt.havingClause is not None or any(

@@ -20,6 +20,7 @@ class RoutedTable(DistTable):
     key_type: str = ""  # format_type of the key without typmod ('' for reference tables)
     columns: tuple[str, ...] = ()  # in table order
     row_security: bool = False  # relrowsecurity: its policies are the coordinator's, so it is never routed
+    collated: tuple[str, ...] = ()  # columns with a collation other than the database default
 
     @property
     def schema(self) -> str:
