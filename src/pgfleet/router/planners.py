@@ -11,12 +11,14 @@ from pglast import ast
 from .multishard import Planner
 from .mwrite import plan_write
 from .routes import MultiShard
+from .scatter import plan_scatter
 from .snapshot import RoutingTopology
 from .vacuum import planner as vacuum_planner
 
 PLANNERS: list[Planner] = [  # tried in order; the first plan wins (each planner adds one line here)
     vacuum_planner,
     plan_write,
+    plan_scatter,
 ]
 
 

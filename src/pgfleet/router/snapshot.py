@@ -21,6 +21,7 @@ class RoutedTable(DistTable):
     columns: tuple[str, ...] = ()  # in table order
     attnums: tuple[int, ...] = ()  # the coordinator's attribute number of each column (dropped columns leave gaps)
     row_security: bool = False  # relrowsecurity: its policies are the coordinator's, so it is never routed
+    collated: tuple[str, ...] = ()  # columns with a collation other than the database default
 
     @property
     def schema(self) -> str:

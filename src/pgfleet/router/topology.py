@@ -14,7 +14,7 @@ from ..topology.read import read_topology
 from .snapshot import RoutedTable, RoutingTopology
 
 _COLUMNS = """
-SELECT a.attrelid::bigint, a.attname, format_type(a.atttypid, NULL), a.attnum
+SELECT a.attrelid::bigint, a.attname, format_type(a.atttypid, NULL), a.attnum, a.attcollation NOT IN (0, 100)
 FROM pg_attribute a
 WHERE a.attrelid = ANY(%s::oid[]) AND a.attnum > 0 AND NOT a.attisdropped
 ORDER BY a.attrelid, a.attnum
@@ -34,8 +34,11 @@ def load_routing_topology(conn: Conn) -> RoutingTopology:
     topo = read_topology(conn)
     oids = [t.oid for t in topo.tables]
     columns: dict[int, list[tuple[str, str, int]]] = {}
-    for oid, name, type_name, attnum in conn.execute(_COLUMNS, (oids,)).fetchall():
+    collated: dict[int, list[str]] = {}  # columns whose collation is not the database default
+    for oid, name, type_name, attnum, other_collation in conn.execute(_COLUMNS, (oids,)).fetchall():
         columns.setdefault(int(oid), []).append((str(name), str(type_name), int(attnum)))
+        if other_collation:
+            collated.setdefault(int(oid), []).append(str(name))
     tables = []
     secured = {int(r[0]) for r in conn.execute(_ROW_SECURITY, (oids,)).fetchall()}
     for t in topo.tables:
@@ -43,7 +46,8 @@ def load_routing_topology(conn: Conn) -> RoutingTopology:
         key_type = next((typ for name, typ, _ in cols if name == t.key), "")
         catalog = {f.name: getattr(t, f.name) for f in fields(t)}
         tables.append(RoutedTable(**catalog, key_type=key_type, columns=tuple(n for n, _, _ in cols),
-                                  attnums=tuple(a for _, _, a in cols), row_security=t.oid in secured))
+                                  attnums=tuple(a for _, _, a in cols), row_security=t.oid in secured,
+                                  collated=tuple(collated.get(t.oid, ()))))
     relations = frozenset((str(r[0]), str(r[1])) for r in conn.execute(_RELATIONS).fetchall())
     row = conn.execute("SELECT pgfleet.roles_fingerprint()").fetchone()
     return RoutingTopology(tables=tuple(tables), relations=relations, roles_fingerprint=str(row[0]) if row else "")
