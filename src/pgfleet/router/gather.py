@@ -13,13 +13,14 @@ from __future__ import annotations
 import asyncio
 import struct
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from . import protocol as p
 from . import wire
 from .backend import INSUFFICIENT_PRIVILEGE, BackendError, WorkerConnection
 from .multishard import MultiShardHost
 from .rewrite import qualified
+from .logical import Renames, renamed
 from .routes import MultiShard
 from .scatter_final import AggregateFinal
 
@@ -61,6 +62,7 @@ class ScatterRead(MultiShard):
     merge: SortMerge | None = None  # plain rows with ORDER BY … LIMIT
     limit: int | None = None  # plain rows: LIMIT and OFFSET over the concatenation
     offset: int = 0
+    renames: Renames | None = field(default=None, compare=False)  # a shard's error in the logical tables' terms
 
     description = "scatter/gather read"
 
@@ -74,6 +76,8 @@ class ScatterRead(MultiShard):
                 error = p.decode_backend(b"E", reply.error)
                 if isinstance(error, p.ErrorResponse) and error.sqlstate == INSUFFICIENT_PRIVILEGE:
                     return None  # the coordinator refuses it in its own words
+                if isinstance(error, p.ErrorResponse) and self.renames is not None:
+                    return p.ErrorResponse(renamed(error.fields, self.renames)).encode() + READY
                 return wire.frame(b"E", reply.error) + READY
         if self.final is not None:
             return await self._aggregate(host, answered)

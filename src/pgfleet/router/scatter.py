@@ -20,6 +20,7 @@ of the parse tree, which is deparsed (pglast) per shard.
 from __future__ import annotations
 
 import copy
+from dataclasses import replace
 from collections.abc import Iterator
 
 from pglast import ast, enums
@@ -27,6 +28,7 @@ from pglast.stream import RawStream
 
 from .analyze import Prepared, TableRef, prepare
 from .gather import NodeQuery, ScatterRead, SortMerge
+from .logical import names_for
 from .routes import MultiShard
 from .scatter_final import (
     AGGREGATES, OTHER_AGGREGATES, Unsupported, bare_name, build_aggregate, function_name, is_aggregate, is_star, position, walk)
@@ -38,12 +40,15 @@ def plan_scatter(stmt: ast.Node, sql: str, topology: RoutingTopology, search_pat
     if not isinstance(stmt, ast.SelectStmt):
         return None
     try:
-        return _plan(stmt, sql, topology, search_path)
+        plan, shard_ids = _plan(stmt, sql, topology, search_path)
     except Unsupported:
         return None
+    return replace(plan, renames=names_for(topology).renames(shard_ids))  # a shard's error, in logical terms
 
 
-def _plan(stmt: ast.SelectStmt, sql: str, topology: RoutingTopology, search_path: tuple[str, ...]) -> ScatterRead:
+def _plan(stmt: ast.SelectStmt, sql: str, topology: RoutingTopology,
+          search_path: tuple[str, ...]) -> tuple[ScatterRead, tuple[int, ...]]:
+    """The plan, and the ids of every shard it reads."""
     _check_shape(stmt)
     prepared = prepare(sql, topology, search_path=search_path)
     if not isinstance(prepared, Prepared) or prepared.insert_rows:
@@ -54,13 +59,14 @@ def _plan(stmt: ast.SelectStmt, sql: str, topology: RoutingTopology, search_path
         raise Unsupported("a column with a collation other than the default")
     _check_joins(stmt.fromClause or (), by_location)
     placements = _placements(prepared)
+    shard_ids = tuple(sorted({s.shard_id for ref in prepared.refs for s in ref.table.shards}))
     aggregated = bool(stmt.groupClause) or stmt.havingClause is not None or any(
         is_aggregate(n) for n in walk((stmt.targetList, stmt.sortClause)))
     if aggregated:
         partial, final = build_aggregate(stmt, prepared.refs)
         nodes = _node_queries(partial, by_location, placements, parenthesize=False)
-        return ScatterRead(nodes=nodes, final=final)
-    return _plain(stmt, by_location, placements)
+        return ScatterRead(nodes=nodes, final=final), shard_ids
+    return _plain(stmt, by_location, placements), shard_ids
 
 
 def _check_shape(stmt: ast.SelectStmt) -> None:
