@@ -24,6 +24,7 @@ from conftest import make_cluster, pgfleet_cli
 from pgfleet.cluster.fleet import Fleet
 from pgfleet.ha.events import read_events
 from pgfleet.ha.failover import switchover
+from pgfleet.ha.maintenance import under_maintenance
 from pgfleet.ha.monitor import Monitor
 from pgfleet.ha.rejoin import rejoin
 from pgfleet.ha.standby import add_standby, replication_status
@@ -250,7 +251,9 @@ def test_coordinator_primary_killed_while_writing(base_dir: Path) -> None:
             wait_for(lambda: len(writer.acked) >= 20, 20, "first writes")
             local.server("coord").kill()
             time.monotonic()
-            wait_for(lambda: _promoted(local, "coord", "coord_s1"), 30, "the failover", local)
+            # the whole failover: the catalog is repointed after the spec names the new primary
+            wait_for(lambda: _promoted(local, "coord", "coord_s1") and not under_maintenance(local, "coord"), 60,
+                     "the failover", local)
             promoted = time.monotonic()
             wait_for(lambda: len([t for t in writer.ack_times if t > promoted]) >= 20, 40, "writes to resume", local)
         assert local.spec.primary_of("coord").name == "coord_s1", [(e.node, e.kind, e.detail) for e in read_events(local)]
