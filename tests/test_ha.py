@@ -252,8 +252,7 @@ def test_coordinator_primary_killed_while_writing(base_dir: Path) -> None:
             local.server("coord").kill()
             time.monotonic()
             # the whole failover: the catalog is repointed after the spec names the new primary
-            wait_for(lambda: _promoted(local, "coord", "coord_s1") and not under_maintenance(local, "coord"), 60,
-                     "the failover", local)
+            wait_for(lambda: _promoted(local, "coord", "coord_s1"), 60, "the failover", local)
             promoted = time.monotonic()
             wait_for(lambda: len([t for t in writer.ack_times if t > promoted]) >= 20, 40, "writes to resume", local)
         assert local.spec.primary_of("coord").name == "coord_s1", [(e.node, e.kind, e.detail) for e in read_events(local)]
@@ -373,8 +372,9 @@ class RogueWriter(Writer):
 
 
 def _promoted(local: LocalCluster, group: str, member: str) -> bool:
+    """``member`` is ``group``'s primary and the failover is over (standbys and the catalog repointed)."""
     local.reload_spec()
-    return local.spec.primary_of(group).name == member and not any(
+    return local.spec.primary_of(group).name == member and not under_maintenance(local, group) and not any(
         e.kind == "failover-start" for e in read_events(local)[-1:])
 
 
