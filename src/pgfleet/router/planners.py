@@ -8,11 +8,14 @@ from collections.abc import Sequence
 
 from pglast import ast
 
+from .copyplan import plan_copy
 from .multishard import Planner
 from .routes import MultiShard
 from .snapshot import RoutingTopology
 
-PLANNERS: list[Planner] = []  # tried in order; the first plan wins (each planner adds one line here)
+PLANNERS: list[Planner] = [
+    plan_copy,
+]  # tried in order; the first plan wins (each planner adds one line here)
 
 
 def plan(statements: Sequence[ast.RawStmt], sql: str, topology: RoutingTopology,

@@ -18,6 +18,7 @@ from . import planners
 from .analyze import Prepared, analyze, prepare
 from .routes import Coordinator, Route, Shard
 from .backend import WorkerLogin
+from .copyplan import copy_is_neutral
 from .snapshot import RoutingTopology
 from .walk import SAFE_FUNCTIONS, children
 
@@ -233,6 +234,8 @@ def session_neutral(sql: str) -> bool:
         return True  # the coordinator reports the syntax error; nothing changes
     if len(stmts) == 1 and isinstance(stmts[0].stmt, ast.VariableShowStmt):
         return True  # SHOW reads a setting (SQLAlchemy's connect: SHOW transaction isolation level)
+    if len(stmts) == 1 and stmts[0].stmt is not None and copy_is_neutral(stmts[0].stmt):
+        return True  # COPY of a table from STDIN / to STDOUT
     if len(stmts) != 1 or not isinstance(stmts[0].stmt, DML):
         return False
     stack: list[object] = [stmts[0].stmt]

@@ -56,6 +56,7 @@ class ClientSession(asyncio.Protocol):
         self.pinned = context.routing is None  # True: everything goes to the coordinator from now on
         self.busy = False  # a routed statement is running: client bytes wait in ``held``
         self.held: list[bytes] = []
+        self.listener: Callable[[bytes], None] | None = None  # a running plan that reads the client's bytes
         self.outstanding = 0  # Query and Sync messages sent to the coordinator and not yet answered
         self.workers: dict[str, WorkerConnection] = {}
         self.running_on: WorkerConnection | None = None  # the worker running this session's routed statement
@@ -80,7 +81,7 @@ class ClientSession(asyncio.Protocol):
                 self._startup(data)
             elif self.phase is not Phase.CLOSED:
                 if self.busy:
-                    self.held.append(data)
+                    (self.listener or self.held.append)(data)
                     return
                 whole = self.framer.at_boundary  # this chunk starts a message (checked with the end below)
                 if not self.pinned and self.phase is Phase.RELAY and self.extended.takes(data, whole):
@@ -108,6 +109,8 @@ class ClientSession(asyncio.Protocol):
         for conn in self.workers.values():
             conn.close()
         self.workers.clear()
+        if self.listener is not None:
+            self.listener(b"")
         self._close()
 
     def pause_writing(self) -> None:
@@ -365,6 +368,16 @@ class ClientSession(asyncio.Protocol):
 
     def stream(self, data: bytes) -> None:
         self._write(data)
+
+    def listen(self, listener: Callable[[bytes], None] | None) -> None:
+        self.listener = listener
+        if listener is not None:
+            held, self.held = self.held, []
+            for chunk in held:
+                listener(chunk)
+
+    def hold(self, data: bytes) -> None:
+        self.held.insert(0, data)
 
     @property
     def twophase(self) -> TwoPhase | None:
