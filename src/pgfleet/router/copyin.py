@@ -34,7 +34,7 @@ from .backend import BackendError, WorkerConnection
 from .multishard import MultiShardHost
 from .rewrite import qualified
 from .routes import MultiShard
-from .shardcopy import begin_everywhere, completed, open_nodes, rollback, shard_failure
+from .shardcopy import begin_everywhere, completed, logical_error, open_nodes, rollback, shard_failure
 from .snapshot import RoutedTable
 from .twophase import Decision, TwoPhase, first_error, literal, run_everywhere, tags
 
@@ -329,8 +329,15 @@ class _Load:
             await self.reader.drain()
             return p.error_response("08006", "pgfleet router: the connection to the coordinator was lost during COPY; "
                                     "it may or may not have taken effect", severity="ERROR").encode() + p.ReadyForQuery("I").encode()
-        framed = wire.Framer().feed(reply)
-        return b"".join(wire.frame(t, body) for t, body in framed if t not in (b"G", b"S"))
+        out = []
+        for type_byte, body in wire.Framer().feed(reply):
+            if type_byte == b"E":  # postgres_fdw's error names the shard table
+                error = p.decode_backend(type_byte, body)
+                assert isinstance(error, p.ErrorResponse)
+                out.append(logical_error(error, self.plan.table, self.plan.shards))
+            elif type_byte not in (b"G", b"S"):  # the client had the router's CopyInResponse
+                out.append(wire.frame(type_byte, body))
+        return b"".join(out)
 
     async def _replay(self, conn: WorkerConnection) -> bytes:
         future: asyncio.Future[bytes | None] = asyncio.get_running_loop().create_future()

@@ -67,19 +67,15 @@ def completed(reply: bytes) -> bool:
 
 def logical_error(error: p.ErrorResponse, table: RoutedTable, shards: Sequence[Shard]) -> bytes:
     """A shard's ErrorResponse as the same COPY of the logical table gets it from one server: the shard
-    table's name (also inside constraint names) becomes the table's; the CONTEXT keeps the table but not
-    the line number, which counts the lines of the shard's part of the data."""
-    names = sorted({s.shard_table for s in shards}, key=len, reverse=True)
+    suffix ``_<shard id>`` of the shard table and of its constraints' names is dropped (``t_102038`` →
+    ``t``, ``t_pkey_102038`` → ``t_pkey``); the CONTEXT keeps the table but not the line number, which
+    counts the lines of the shard's part of the data."""
+    suffix = re.compile("_(?:" + "|".join(str(s.shard_id) for s in shards) + ")(?![0-9])")
     fields: list[tuple[str, str]] = []
     for code, original in error.fields:
-        text = original
-        if code == "s":
-            text = table.schema
-        else:
-            for name in names:
-                text = text.replace(name, table.relname)
-            if code == "W":
-                text = _LINE.sub(r"\1", text)
+        text = table.schema if code == "s" else suffix.sub("", original)
+        if code == "W":
+            text = _LINE.sub(r"\1", text)
         fields.append((code, text))
     return p.ErrorResponse(tuple(fields)).encode()
 
