@@ -232,3 +232,29 @@ def test_data_the_router_cannot_split_goes_through_the_coordinator(cluster: Loca
         counts = [copy_in(via_router, f"COPY {table} FROM STDIN (FORMAT csv)", data, pieces=40) for table in ("t", "plain")]
         assert counts == [60001, 60001]
         assert table_rows(via_router, "t") == table_rows(via_router, "plain")
+
+
+@pytest.mark.slow
+def test_worker_killed_during_a_large_copy(cluster: LocalCluster, tables: str) -> None:
+    """kill -9 of a worker while a multi-shard COPY streams: the client gets an error, and once the
+    router's recovery ran the table has none of the rows (never some)."""
+    from test_router_txn_faults import no_prepared, wait_for
+    from test_router_txn_faults import routing_router as recovering_router
+
+    rows = 200_000
+    data = text_rows(rows)
+    with recovering_router(cluster, recovery_min_age=1.0) as router:
+        with connect(cluster, router.config.port, tables) as via_router:
+            with pytest.raises(psycopg.Error) as caught, via_router.cursor() as cur, \
+                    cur.copy("COPY t FROM STDIN") as cp:
+                half = len(data) // 2
+                cp.write(data[:half])
+                cluster.server("w2").kill()
+                cp.write(data[half:])
+        assert caught.value.diag.sqlstate is not None
+        wait_for(lambda: not cluster.server("w2").is_running(), 10, "w2 to be gone")
+        cluster.server("w2").start()
+        wait_for(lambda: no_prepared(cluster), 20, "recovery of prepared transactions")
+        with connect(cluster, cluster.spec.coordinator.port, tables) as direct:
+            assert direct.execute("SELECT count(*) FROM t").fetchone() in ((0,), (rows,))
+            assert direct.execute("SELECT count(*) FROM t").fetchone() == (0,)  # killed before the commit
