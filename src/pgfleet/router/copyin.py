@@ -34,13 +34,13 @@ from .backend import BackendError, WorkerConnection
 from .multishard import MultiShardHost
 from .rewrite import qualified
 from .routes import MultiShard
-from .shardcopy import begin_everywhere, completed, logical_error, open_nodes, rollback, shard_failure
+from .shardcopy import begin_everywhere, logical_error, open_nodes, rollback, shard_failure
 from .snapshot import RoutedTable
 from .twophase import Decision, TwoPhase, first_error, literal, run_everywhere, tags
 
 log = logging.getLogger(__name__)
 
-CHUNK_BYTES = 2 << 20  # cut and routed while the workers insert the previous chunk
+CHUNK_BYTES = 4 << 20  # cut and routed while the workers insert the previous chunk
 HIGH_WATER = 16 << 20  # client bytes buffered before reading from the client pauses
 SPOOL_IN_MEMORY = 64 << 20  # data kept for a replay on the coordinator, in memory up to this, then on disk
 QUERY_CANCELED = "57014"
@@ -367,18 +367,19 @@ class _Load:
 
 
 async def _copy_parts(conn: WorkerConnection, work: list[tuple[str, bytes]]) -> tuple[int, bytes | None]:
-    """One COPY per shard part, in turn: (rows loaded, None when all went in, else the failing reply or
-    b'' when the connection broke)."""
-    rows = 0
-    for statement, part in work:
-        try:
-            reply = await conn.roundtrip(p.Query(statement).encode() + wire.frame(b"d", part) + wire.frame(b"c", b""))
-        except BackendError:
-            return rows, b""
-        if not completed(reply):
-            return rows, reply
-        rows += sum(int(tag[5:]) for tag in tags(reply) if tag.startswith("COPY "))
-    return rows, None
+    """The COPYs of one node's shard parts as one Query of several statements, each followed by its data
+    (the server reads a COPY's data when it reaches it; after an error it skips the rest of the Query and
+    ignores the data still coming): one round trip. (rows loaded, None when all went in, else the failing
+    reply or b'' when the connection broke)."""
+    query = p.Query(";\n".join(statement for statement, _ in work)).encode()
+    request = query + b"".join(wire.frame(b"d", part) + wire.frame(b"c", b"") for _, part in work)
+    try:
+        reply = await conn.roundtrip(request)
+    except BackendError:
+        return 0, b""
+    if first_error(reply) is not None:
+        return 0, reply
+    return sum(int(tag[5:]) for tag in tags(reply) if tag.startswith("COPY ")), None
 
 
 async def commit_everywhere(host: MultiShardHost, twophase: TwoPhase, conns: dict[str, WorkerConnection]) -> bytes | None:
