@@ -244,13 +244,12 @@ def test_worker_killed_during_a_large_copy(cluster: LocalCluster, tables: str) -
     rows = 200_000
     data = text_rows(rows)
     with recovering_router(cluster, recovery_min_age=1.0) as router:
-        with connect(cluster, router.config.port, tables) as via_router:
-            with pytest.raises(psycopg.Error) as caught, via_router.cursor() as cur, \
-                    cur.copy("COPY t FROM STDIN") as cp:
-                half = len(data) // 2
-                cp.write(data[:half])
-                cluster.server("w2").kill()
-                cp.write(data[half:])
+        with connect(cluster, router.config.port, tables) as via_router, pytest.raises(psycopg.Error) as caught, \
+                via_router.cursor() as cur, cur.copy("COPY t FROM STDIN") as cp:
+            half = len(data) // 2
+            cp.write(data[:half])
+            cluster.server("w2").kill()
+            cp.write(data[half:])
         assert caught.value.diag.sqlstate is not None
         wait_for(lambda: not cluster.server("w2").is_running(), 10, "w2 to be gone")
         cluster.server("w2").start()
