@@ -170,6 +170,9 @@ class CopyIn(MultiShard):
         host.listen(reader.feed)
         try:
             return await _Load(self, host, conns, reader, targets, columns.index(str(self.table.key))).run()
+        except Exception:  # a bug: no node's transaction may stay open on the session's connections
+            await rollback(host, conns)
+            raise
         finally:
             reader.close()
 

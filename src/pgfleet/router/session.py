@@ -373,7 +373,10 @@ class ClientSession(asyncio.Protocol):
         self.listener = listener
         if listener is not None:
             held, self.held = self.held, []
-            for chunk in held:
+            for i, chunk in enumerate(held):
+                if self.listener is not listener:  # it stopped listening: the rest stays held, in order
+                    self.held.extend(held[i:])
+                    break
                 listener(chunk)
 
     def hold(self, data: bytes) -> None:
