@@ -4,6 +4,7 @@ one plain table (rows, the COPY n tag, errors)."""
 
 from __future__ import annotations
 
+import logging
 import os
 import subprocess
 from collections.abc import Iterator
@@ -137,13 +138,18 @@ def psql(cluster: LocalCluster, port: int, schema: str, command: str) -> subproc
     return subprocess.run(argv, check=False, capture_output=True, text=True, env=env, timeout=120)
 
 
-def test_psql_copy_in_and_out(cluster: LocalCluster, router: RouterServer, tables: str, tmp_path: Path) -> None:
-    source = tmp_path / "rows.csv"
-    source.write_bytes(csv_rows())
+@pytest.mark.parametrize(("options", "make"), [("", text_rows), ("with (format csv, header)", csv_rows)],
+                         ids=["text", "csv"])
+def test_psql_copy_in_and_out(cluster: LocalCluster, router: RouterServer, tables: str, tmp_path: Path,
+                              caplog: pytest.LogCaptureFixture, options: str, make: Any) -> None:
+    source = tmp_path / "rows.txt"
+    source.write_bytes(make())
     os.chmod(tmp_path, 0o755)
     port = router.config.port
-    loaded = {table: psql(cluster, port, tables, f"\\copy {table} from '{source}' with (format csv, header)")
-              for table in ("t", "plain")}
+    with caplog.at_level(logging.INFO, logger="pgfleet.router.copyin"):
+        loaded = {table: psql(cluster, port, tables, f"\\copy {table} from '{source}' {options}")
+                  for table in ("t", "plain")}
+    assert not [r for r in caplog.records if "through the coordinator" in r.getMessage()]  # split by the router
     assert loaded["t"].returncode == 0, loaded["t"].stderr
     assert loaded["t"].stdout == loaded["plain"].stdout == f"COPY {ROWS}\n"
     with connect(cluster, cluster.spec.coordinator.port, tables) as direct:
@@ -223,13 +229,15 @@ def test_coordinator_keeps_reference_where_and_queries(cluster: LocalCluster, ro
 
 
 def test_data_the_router_cannot_split_goes_through_the_coordinator(cluster: LocalCluster, router: RouterServer,
-                                                                   tables: str) -> None:
+                                                                   tables: str, caplog: pytest.LogCaptureFixture) -> None:
     """A key the split cannot read (quoted with spaces in CSV) after many routed chunks: the coordinator
     gets every byte again and decides; rows equal a plain table's."""
     many = csv_rows(60000, header=False)
     data = many + b'" 60001",1,x,2024-01-01\n'
-    with connect(cluster, router.config.port, tables) as via_router:
+    with connect(cluster, router.config.port, tables) as via_router, \
+            caplog.at_level(logging.INFO, logger="pgfleet.router.copyin"):
         counts = [copy_in(via_router, f"COPY {table} FROM STDIN (FORMAT csv)", data, pieces=40) for table in ("t", "plain")]
+        assert [r for r in caplog.records if "through the coordinator" in r.getMessage()]
         assert counts == [60001, 60001]
         assert table_rows(via_router, "t") == table_rows(via_router, "plain")
 
