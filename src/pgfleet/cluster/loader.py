@@ -24,18 +24,17 @@ from contextlib import ExitStack
 from dataclasses import dataclass
 from typing import BinaryIO
 
-import numpy as np
-import numpy.typing as npt
 import psycopg
 from psycopg import sql
 
-from .. import copytext, hashing
+from .. import copytext
 from ..copytext import CannotSplit, CopyFormat
+from ..copyroute import RecordCutter, ShardTargets, drop_header
 from ..errors import SpecError
 from ..plan.tables import ident
 from ..router.twophase import GID_PREFIX
 from ..spec import QualifiedName, parse_name
-from ..topology.model import DistTable, Shard
+from ..topology.model import DistTable
 from ..topology.read import column_type, resolve_table, table_columns
 from .fleet import Fleet
 from .shard_pool import ShardPool, pool_or_temporary
@@ -64,59 +63,6 @@ def copy_options(fmt: CopyFormat, *, header: bool) -> sql.Composable:
     return sql.SQL(", ").join(parts)
 
 
-class _Targets:
-    """Maps the records of a chunk to positions in the shard list: integer keys by hash remainder or
-    range bound, list keys by their text."""
-
-    def __init__(self, dist: DistTable, shards: list[Shard], key_type: str) -> None:
-        self.key_type = key_type
-        self.method = dist.method
-        if dist.method == "list":
-            self.by_value = {v.encode(): pos for pos, s in enumerate(shards) for v in s.values}
-            return
-        if key_type not in hashing.INTEGER_TYPES:
-            raise CannotSplit(f"no client-side routing for key type {key_type or 'unknown'}")
-        if dist.method == "hash":
-            self.modulus = shards[0].modulus or len(shards)
-            self.by_remainder = np.empty(self.modulus, dtype=np.int64)
-            for pos, s in enumerate(shards):
-                self.by_remainder[int(s.remainder or 0)] = pos
-        elif dist.method == "range":
-            order = sorted(range(len(shards)), key=lambda i: _bound(shards[i].lower, -2**63))
-            self.range_pos = np.array(order, dtype=np.int64)
-            self.lowers = np.array([_bound(shards[i].lower, -2**63) for i in order], dtype=np.int64)
-            self.uppers = np.array([_bound(shards[i].upper, 2**63 - 1) for i in order], dtype=np.int64)
-            self.open_upper = np.array([shards[i].upper is None for i in order])
-        else:
-            raise CannotSplit(f"{dist.method} tables are loaded through the coordinator")
-
-    def __call__(self, chunk: bytes, recs: copytext.Records, column: int, fmt: CopyFormat) -> npt.NDArray[np.int64]:
-        if self.method == "list":  # the key's end is needed too: the delimiters are scanned once for both
-            delims = copytext.delimiters(chunk, recs, fmt)
-            begin = copytext.key_starts(chunk, recs, column, delims)
-            found = [self.by_value.get(v, -1) for v in copytext.key_texts(chunk, recs, begin, fmt, delims)]
-            out = np.array(found, dtype=np.int64)
-            if np.any(out < 0):
-                raise CannotSplit("a key that is in no list shard")
-            return out
-        # integer keys end where their digits do: the first column needs no delimiter scan at all
-        begin = copytext.key_starts(chunk, recs, column, copytext.delimiters(chunk, recs, fmt) if column else None)
-        keys = copytext.parse_ints(chunk, begin, fmt)
-        if self.method == "hash":
-            hashed: npt.NDArray[np.int64] = self.by_remainder[hashing.remainders(keys, self.modulus, self.key_type)]
-            return hashed
-        slot = np.searchsorted(self.lowers, keys, side="right") - 1
-        inside = (slot >= 0) & ((keys < self.uppers[np.maximum(slot, 0)]) | self.open_upper[np.maximum(slot, 0)])
-        if not inside.all():
-            raise CannotSplit("a key outside every range shard")
-        ranged: npt.NDArray[np.int64] = self.range_pos[slot]
-        return ranged
-
-
-def _bound(value: str | None, missing: int) -> int:
-    return missing if value is None else int(value)
-
-
 def _chunks(source: bytes | BinaryIO, fmt: CopyFormat, chunk_bytes: int) -> Iterator[bytes]:
     """Pieces of whole records (the last one completed with a newline if the data lacks it)."""
     if isinstance(source, (bytes, bytearray, memoryview)):
@@ -132,23 +78,12 @@ def _chunks(source: bytes | BinaryIO, fmt: CopyFormat, chunk_bytes: int) -> Iter
             pos += end
             yield out if out.endswith(b"\n") else out + b"\n"
         return
-    carry = b""
-    while True:
-        block = source.read(chunk_bytes)
-        if not block:
-            if carry:
-                yield carry if carry.endswith(b"\n") else carry + b"\n"
-            return
-        carry += block
-        end = copytext.complete_prefix(carry, fmt)
-        if end:
-            yield carry[:end]
-            carry = carry[end:]
-
-
-def _drop_header(chunk: bytes, fmt: CopyFormat) -> bytes:
-    recs = copytext.records(chunk, fmt)
-    return chunk[int(recs.ends[0]) + 1:] if len(recs) else chunk
+    cutter = RecordCutter(fmt)
+    while block := source.read(chunk_bytes):
+        if piece := cutter.feed(block):
+            yield piece
+    if last := cutter.finish():
+        yield last
 
 
 class _Writer(threading.Thread):
@@ -239,7 +174,7 @@ def _load_into_shards(fleet: Fleet, dist: DistTable, source: bytes | BinaryIO, c
                       pool: ShardPool | None, progress: LoadProgress | None, total: int | None,
                       chunk_bytes: int) -> tuple[int, int]:
     shards = sorted(dist.shards, key=lambda s: s.index)
-    targets = _Targets(dist, shards, column_type(fleet.conn(), dist.oid, str(dist.key)))
+    targets = ShardTargets(dist.method, shards, column_type(fleet.conn(), dist.oid, str(dist.key)))
     column = columns.index(str(dist.key))
     cols = sql.SQL(", ").join(map(sql.Identifier, columns))
     options = copy_options(fmt, header=False)
@@ -288,17 +223,15 @@ def _load_into_shards(fleet: Fleet, dist: DistTable, source: bytes | BinaryIO, c
     return rows, len(shards)
 
 
-def _feed(source: bytes | BinaryIO, fmt: CopyFormat, column: int, targets: _Targets, writers: list[_Writer],
+def _feed(source: bytes | BinaryIO, fmt: CopyFormat, column: int, targets: ShardTargets, writers: list[_Writer],
           progress: LoadProgress | None, total: int | None, chunk_bytes: int) -> None:
     done = 0
     first = True
     for piece in _chunks(source, fmt, chunk_bytes):
         done += len(piece)
-        chunk = _drop_header(piece, fmt) if first and fmt.header else piece
+        chunk = drop_header(piece, fmt) if first and fmt.header else piece
         first = False
-        recs = copytext.records(chunk, fmt)
-        for writer, part in zip(writers, copytext.split(chunk, recs, targets(chunk, recs, column, fmt), len(writers)),
-                                strict=True):
+        for writer, part in zip(writers, targets.split(chunk, column, fmt, len(writers)), strict=True):
             if part:
                 writer.items.put(part)
             if writer.error is not None:

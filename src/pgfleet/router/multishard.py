@@ -50,6 +50,24 @@ class MultiShardHost(Protocol):
         """Send part of the reply to the client now (large results); ``run`` returns the rest."""
         ...
 
+    def listen(self, listener: Callable[[bytes], None] | None) -> None:
+        """Hand the client's bytes to ``listener`` as they come (b'': the client is gone) instead of holding
+        them for after the plan (COPY FROM STDIN data); bytes held already go to it at once. None: hold
+        them again."""
+        ...
+
+    def hold(self, data: bytes) -> None:
+        """Give back client bytes a listener read but does not take (what follows CopyDone): they are
+        handled after the plan, before anything newer."""
+        ...
+
+    def pause_client(self) -> None:
+        """Stop reading from the client (a listener has enough buffered) until ``resume_client``."""
+        ...
+
+    def resume_client(self) -> None:
+        ...
+
     @property
     def twophase(self) -> TwoPhase | None:
         """Global transaction ids and the store of commit decisions for PREPARE TRANSACTION (recovered

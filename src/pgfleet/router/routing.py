@@ -19,6 +19,7 @@ from .analyze import Prepared, analyze, prepare
 from .ddl import adds_foreign_keys
 from .routes import Coordinator, Route, Shard, Split
 from .backend import WorkerLogin
+from .copyplan import copy_is_neutral
 from .snapshot import RoutingTopology
 from .walk import SAFE_FUNCTIONS, children
 
@@ -241,6 +242,8 @@ def session_neutral(sql: str) -> bool:
         # SHOW reads a setting (SQLAlchemy's connect: SHOW transaction isolation level); VACUUM and ANALYZE
         # change no session state; nor does adding a foreign key
         return True
+    if len(stmts) == 1 and stmts[0].stmt is not None and copy_is_neutral(stmts[0].stmt):
+        return True  # COPY of a table from STDIN / to STDOUT
     if len(stmts) != 1 or not isinstance(stmts[0].stmt, (*DML, ast.TruncateStmt)):  # TRUNCATE: no session state
         return False
     stack: list[object] = [stmts[0].stmt]

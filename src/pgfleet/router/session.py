@@ -60,6 +60,7 @@ class ClientSession(asyncio.Protocol):
         self.pinned = context.routing is None  # True: everything goes to the coordinator from now on
         self.busy = False  # a routed statement is running: client bytes wait in ``held``
         self.held: list[bytes] = []
+        self.listener: Callable[[bytes], None] | None = None  # a running plan that reads the client's bytes
         self.outstanding = 0  # Query and Sync messages sent to the coordinator and not yet answered
         self.leases = Leases(context.pools)  # worker connections held until the session is idle again
         self.running_on: WorkerConnection | None = None  # the worker running this session's routed statement
@@ -85,7 +86,7 @@ class ClientSession(asyncio.Protocol):
                 self._startup(data)
             elif self.phase is not Phase.CLOSED:
                 if self.busy:
-                    self.held.append(data)
+                    (self.listener or self.held.append)(data)
                     return
                 whole = self.framer.at_boundary  # this chunk starts a message (checked with the end below)
                 if not self.pinned and self.phase is Phase.RELAY and self.extended.takes(data, whole):
@@ -111,6 +112,8 @@ class ClientSession(asyncio.Protocol):
             self.context.sessions.pop(self.client_key.process_id, None)
             self.context.keys.release(self.client_key.process_id)
         self.leases.close()
+        if self.listener is not None:
+            self.listener(b"")
         self._close()
 
     def pause_writing(self) -> None:
@@ -409,6 +412,19 @@ class ClientSession(asyncio.Protocol):
         reply: asyncio.Future[list[tuple[bytes, bytes]]] = asyncio.get_running_loop().create_future()
         self.extended.capture_reply(p.Query(sql).encode(), reply.set_result)
         return await reply
+
+    def listen(self, listener: Callable[[bytes], None] | None) -> None:
+        self.listener = listener
+        if listener is not None:
+            held, self.held = self.held, []
+            for i, chunk in enumerate(held):
+                if self.listener is not listener:  # it stopped listening: the rest stays held, in order
+                    self.held.extend(held[i:])
+                    break
+                listener(chunk)
+
+    def hold(self, data: bytes) -> None:
+        self.held.insert(0, data)
 
     @property
     def twophase(self) -> TwoPhase | None:

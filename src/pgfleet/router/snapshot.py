@@ -44,6 +44,7 @@ class RoutingTopology:
     tables: tuple[RoutedTable, ...]
     relations: frozenset[tuple[str, str]] = field(default=frozenset())  # every (schema, name) on the coordinator
     roles_fingerprint: str = ""  # pgfleet.roles_fingerprint(): the coordinator's roles, memberships, privileges
+    coordinator: str = ""  # the coordinator's node name (a login for it: Routing.login), '' when unknown
 
     def table(self, schema: str, name: str) -> RoutedTable | None:
         return next((t for t in self.tables if t.schema == schema and t.relname == name), None)

@@ -50,4 +50,5 @@ def load_routing_topology(conn: Conn) -> RoutingTopology:
                                   collated=tuple(collated.get(t.oid, ()))))
     relations = frozenset((str(r[0]), str(r[1])) for r in conn.execute(_RELATIONS).fetchall())
     row = conn.execute("SELECT pgfleet.roles_fingerprint()").fetchone()
-    return RoutingTopology(tables=tuple(tables), relations=relations, roles_fingerprint=str(row[0]) if row else "")
+    return RoutingTopology(tables=tuple(tables), relations=relations, roles_fingerprint=str(row[0]) if row else "",
+                           coordinator=topo.coordinator.name if topo.coordinator is not None else "")
