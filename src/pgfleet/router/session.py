@@ -29,16 +29,16 @@ from .extended import ExtendedRouter
 from .exttxn import WithParse
 from .keys import CancelKey
 from .logical import LogicalNames, finish_routed, names_for
+from .planhost import PlanHost
 from .pool import Leases, PoolExhausted, exhausted_reply
 from .routing import Decision, deallocates_all, decide, parse_search_path
-from .twophase import TwoPhase
 from .txn import TransactionControl
 from .txnreply import ReplySkipper
 from .upstream import Phase, ServerSide, coordinator_lost
 
 log = logging.getLogger(__name__)
 
-class ClientSession(asyncio.Protocol):
+class ClientSession(PlanHost, asyncio.Protocol):
     def __init__(self, context: RouterContext) -> None:
         self.context = context
         self.phase = Phase.STARTUP
@@ -391,44 +391,9 @@ class ClientSession(asyncio.Protocol):
             self.running_on = None
         self._routed_done(reply, raw)
 
-    async def _run_multishard(self, plan: MultiShard, raw: bytes) -> None:
-        """A statement the router runs itself over several shards (:mod:`.multishard`)."""
-        try:
-            reply = await plan.run(self)
-        except Exception:  # a bug in a plan: say so to the client; the plan may have run somewhere
-            log.exception("%s statement failed in the router", plan.description)
-            reply = p.error_response("XX000", f"pgfleet router: the {plan.description} statement failed in the "
-                                     "router; see the router's log", severity="ERROR").encode() + p.ReadyForQuery("I").encode()
-        self._routed_done(reply, raw)
-
     def logical(self) -> LogicalNames | None:
         """Shard names and oids → the logical tables' (:mod:`.logical`), for routed replies."""
         return names_for(self.context.routing.topology) if self.context.routing is not None else None
-
-    def stream(self, data: bytes) -> None:
-        self._write(data)
-
-    async def coordinator(self, sql: str) -> list[tuple[bytes, bytes]]:
-        reply: asyncio.Future[list[tuple[bytes, bytes]]] = asyncio.get_running_loop().create_future()
-        self.extended.capture_reply(p.Query(sql).encode(), reply.set_result)
-        return await reply
-
-    def listen(self, listener: Callable[[bytes], None] | None) -> None:
-        self.listener = listener
-        if listener is not None:
-            held, self.held = self.held, []
-            for i, chunk in enumerate(held):
-                if self.listener is not listener:  # it stopped listening: the rest stays held, in order
-                    self.held.extend(held[i:])
-                    break
-                listener(chunk)
-
-    def hold(self, data: bytes) -> None:
-        self.held.insert(0, data)
-
-    @property
-    def twophase(self) -> TwoPhase | None:
-        return self.context.twophase
 
     def role_on(self, conn: WorkerConnection) -> str:
         """The role a routed statement runs as: the client's, or for a superuser the router's login (the

@@ -1,0 +1,72 @@
+"""What a session offers the statements the router runs itself over several shards (the
+:class:`~.multishard.MultiShardHost` side of :class:`~.session.ClientSession`): running a plan, the
+client's bytes for a plan that reads them (COPY FROM), statements on the client's own coordinator
+connection, and the two-phase commit pieces."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Callable
+from typing import TYPE_CHECKING, cast
+
+from . import protocol as p
+from .context import RouterContext
+from .extended import ExtendedRouter
+from .routes import MultiShard
+from .twophase import TwoPhase
+
+if TYPE_CHECKING:
+    from .multishard import MultiShardHost
+
+log = logging.getLogger(__name__)
+
+
+class PlanHost:
+    """Mixed into the session, which sets these attributes and defines ``_write`` and ``_routed_done``."""
+
+    context: RouterContext
+    extended: ExtendedRouter
+    held: list[bytes]  # client bytes that arrived while a statement ran
+    listener: Callable[[bytes], None] | None  # a running plan that reads the client's bytes
+
+    def _write(self, data: bytes) -> None:
+        raise NotImplementedError
+
+    def _routed_done(self, reply: bytes | None, raw: bytes) -> None:
+        raise NotImplementedError
+
+    async def _run_multishard(self, plan: MultiShard, raw: bytes) -> None:
+        """A statement the router runs itself over several shards (:mod:`.multishard`)."""
+        try:
+            reply = await plan.run(cast("MultiShardHost", self))  # the session is the whole host
+        except Exception:  # a bug in a plan: say so to the client; the plan may have run somewhere
+            log.exception("%s statement failed in the router", plan.description)
+            reply = p.error_response("XX000", f"pgfleet router: the {plan.description} statement failed in the "
+                                     "router; see the router's log", severity="ERROR").encode() + p.ReadyForQuery("I").encode()
+        self._routed_done(reply, raw)
+
+    def stream(self, data: bytes) -> None:
+        self._write(data)
+
+    async def coordinator(self, sql: str) -> list[tuple[bytes, bytes]]:
+        reply: asyncio.Future[list[tuple[bytes, bytes]]] = asyncio.get_running_loop().create_future()
+        self.extended.capture_reply(p.Query(sql).encode(), reply.set_result)
+        return await reply
+
+    def listen(self, listener: Callable[[bytes], None] | None) -> None:
+        self.listener = listener
+        if listener is not None:
+            held, self.held = self.held, []
+            for i, chunk in enumerate(held):
+                if self.listener is not listener:  # it stopped listening: the rest stays held, in order
+                    self.held.extend(held[i:])
+                    break
+                listener(chunk)
+
+    def hold(self, data: bytes) -> None:
+        self.held.insert(0, data)
+
+    @property
+    def twophase(self) -> TwoPhase | None:
+        return self.context.twophase
