@@ -3,6 +3,8 @@ decisions from prepared transactions and decision rows, and cutting the coordina
 
 from __future__ import annotations
 
+import os
+
 import pytest
 
 from pgfleet.router import protocol as p
@@ -85,6 +87,23 @@ def test_recovery_plan_without_a_decision_and_with_a_node_missing() -> None:
     assert todo.delete == ()  # w2 could not be listed: the row may still be needed there
     todo = plan(prepared, {G1: Outcome("abort", 0)}, complete=True, min_age=4)  # after the 'abort' row
     assert todo.undecided == () and todo.rollback == {"w1": (G1,)} and todo.delete == ()
+
+
+def test_recovery_leaves_a_live_owners_slow_commit_to_it() -> None:
+    """An undecided transaction whose router process is alive is not aborted before the owner's grace: on
+    a loaded machine a commit can take longer than min_age (seen in CI: the client got 40000)."""
+    prepared = {"w1": [Prepared(G1, 10), Prepared(G2, 10), Prepared(G3, 70)]}
+    alive = {G1, G3}.__contains__
+    todo = plan(prepared, {}, complete=True, min_age=4, owner_alive=alive, owner_grace=60)
+    assert todo.undecided == (G2, G3)  # G2's owner is gone; G3 is past the grace
+    maker = GidMaker(0)
+    with maker.issued() as mine:  # a session of this process is committing it
+        assert maker.owner_alive(mine) and not maker.owner_alive(mine[:-1] + "9")
+    assert not maker.owner_alive(mine)  # the session gave up on it (rolled back, or left to recovery)
+    other = f"{GID_PREFIX}1_{os.getpid()}_0_1"  # this pid, an earlier router instance: its sessions are gone
+    assert not maker.owner_alive(other)
+    assert not maker.owner_alive(f"{GID_PREFIX}1_999999999_0_1")  # no such process
+    assert maker.owner_alive(f"{GID_PREFIX}1_{os.getppid()}_0_1")  # a live process on this machine
 
 
 def test_reply_skipper_and_setup_stripping() -> None:

@@ -388,7 +388,12 @@ async def _copy_parts(conn: WorkerConnection, work: list[tuple[str, bytes]]) -> 
 async def commit_everywhere(host: MultiShardHost, twophase: TwoPhase, conns: dict[str, WorkerConnection]) -> bytes | None:
     """Two-phase commit over the nodes (their transactions are idle): None when committed (or decided
     committed and left to recovery), else the client's error (everything rolled back or left to recovery)."""
-    gid = twophase.gids.next()
+    with twophase.gids.issued() as gid:
+        return await _prepare_and_commit(host, twophase, conns, gid)
+
+
+async def _prepare_and_commit(host: MultiShardHost, twophase: TwoPhase, conns: dict[str, WorkerConnection],
+                              gid: str) -> bytes | None:
     nodes, links = list(conns), list(conns.values())
     replies = await run_everywhere(links, f"PREPARE TRANSACTION {literal(gid)}")
     prepared = [r is not None and tags(r) == ["PREPARE TRANSACTION"] for r in replies]

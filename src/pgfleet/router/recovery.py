@@ -31,6 +31,7 @@ from .twophase import GID_PREFIX
 log = logging.getLogger(__name__)
 
 MIN_AGE = 4.0  # seconds a prepared transaction must exist before recovery touches it
+OWNER_GRACE = 60.0  # seconds an undecided one whose router process is alive is left to that process
 KEEP_ABORT = 600.0  # seconds an 'abort' row outlives its prepared transactions
 INTERVAL = 3.0  # seconds between passes in the router
 
@@ -56,9 +57,13 @@ class Plan:
 
 
 def plan(prepared: Mapping[str, Iterable[Prepared]], decisions: Mapping[str, Outcome], *, complete: bool,
-         min_age: float = MIN_AGE, keep_abort: float = KEEP_ABORT) -> Plan:
+         min_age: float = MIN_AGE, keep_abort: float = KEEP_ABORT,
+         owner_alive: Callable[[str], bool] = lambda _gid: False, owner_grace: float = OWNER_GRACE) -> Plan:
     """What to do. ``prepared``: the router's prepared transactions per worker listed after
-    ``decisions`` were read; ``complete``: every worker could be listed."""
+    ``decisions`` were read; ``complete``: every worker could be listed. An undecided transaction whose
+    owner (the router process its gid names) is alive is that process's to decide, unless it is older
+    than ``owner_grace`` (a loaded machine can delay a commit past ``min_age``; aborting it then would
+    turn a commit the client waits for into a rollback)."""
     undecided: list[str] = []
     commit: dict[str, list[str]] = {}
     rollback: dict[str, list[str]] = {}
@@ -72,6 +77,8 @@ def plan(prepared: Mapping[str, Iterable[Prepared]], decisions: Mapping[str, Out
                 continue
             decision = decisions.get(xact.gid)
             if decision is None:
+                if xact.age < owner_grace and owner_alive(xact.gid):
+                    continue
                 if xact.gid not in undecided:
                     undecided.append(xact.gid)
             elif decision.outcome == "commit":
@@ -123,7 +130,7 @@ def list_prepared(conn: Conn) -> list[Prepared]:
 
 
 def recover_once(coordinator: Callable[[], Conn], worker: Callable[[str], Conn], *, min_age: float = MIN_AGE,
-                 keep_abort: float = KEEP_ABORT) -> Report:
+                 keep_abort: float = KEEP_ABORT, owner: Callable[[str], bool] = lambda _gid: False) -> Report:
     """One recovery pass; ``coordinator()`` and ``worker(node)`` open autocommit superuser connections to
     the primaries. Raises psycopg.Error / OSError when the coordinator cannot be reached (nothing done)."""
     report = Report()
@@ -138,7 +145,7 @@ def recover_once(coordinator: Callable[[], Conn], worker: Callable[[str], Conn],
                 except (psycopg.Error, OSError) as exc:
                     report.errors.append(f"{node}: {exc}")
             recover_with(coord, conns, complete=len(conns) == len(workers), min_age=min_age, keep_abort=keep_abort,
-                         report=report)
+                         report=report, owner=owner)
         finally:
             for conn in conns.values():
                 conn.close()
@@ -146,7 +153,8 @@ def recover_once(coordinator: Callable[[], Conn], worker: Callable[[str], Conn],
 
 
 def recover_with(coord: Conn, conns: Mapping[str, Conn], *, complete: bool, min_age: float = MIN_AGE,
-                 keep_abort: float = KEEP_ABORT, report: Report | None = None) -> Report:
+                 keep_abort: float = KEEP_ABORT, report: Report | None = None,
+                 owner: Callable[[str], bool] = lambda _gid: False) -> Report:
     """One pass over open autocommit connections (the coordinator's and the workers' by node name);
     ``complete``: ``conns`` holds every worker (only then are decision rows deleted)."""
     report = report if report is not None else Report()
@@ -158,12 +166,12 @@ def recover_with(coord: Conn, conns: Mapping[str, Conn], *, complete: bool, min_
         except (psycopg.Error, OSError) as exc:
             report.errors.append(f"{node}: {exc}")
     complete = complete and len(prepared) == len(conns)
-    todo = plan(prepared, decisions, complete=complete, min_age=min_age, keep_abort=keep_abort)
+    todo = plan(prepared, decisions, complete=complete, min_age=min_age, keep_abort=keep_abort, owner_alive=owner)
     if todo.undecided:
         coord.execute("INSERT INTO pgfleet.commit_decisions (gid, outcome) SELECT unnest(%s::text[]), 'abort' "
                       "ON CONFLICT (gid) DO NOTHING", (list(todo.undecided),))
         decisions = read_decisions(coord)
-        todo = plan(prepared, decisions, complete=complete, min_age=min_age, keep_abort=keep_abort)
+        todo = plan(prepared, decisions, complete=complete, min_age=min_age, keep_abort=keep_abort, owner_alive=owner)
     report.committed += _finish(conns, todo.commit, "COMMIT PREPARED", report)
     report.aborted += _finish(conns, todo.rollback, "ROLLBACK PREPARED", report)
     if todo.delete:

@@ -107,8 +107,10 @@ class RouterServer:
 
         while True:
             try:
+                gids = self.context.twophase.gids if self.context.twophase is not None else None
                 report = await asyncio.to_thread(recovery.recover_once, coordinator, worker,
-                                                 min_age=self.config.recovery_min_age)
+                                                 min_age=self.config.recovery_min_age,
+                                                 owner=gids.owner_alive if gids is not None else lambda _gid: False)
                 stats.recovered_commits += report.committed
                 stats.recovered_aborts += report.aborted
                 stats.in_doubt = report.in_doubt

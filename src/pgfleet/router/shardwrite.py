@@ -113,6 +113,15 @@ class ShardWrite(MultiShard):
         except BackendError:
             return None  # nothing ran: the coordinator runs it
         gid = twophase.gids.next() if several and twophase is not None else ""
+        try:
+            return await self._write(host, nodes, conns, gid)
+        finally:
+            if gid and twophase is not None:
+                twophase.gids.done(gid)
+
+    async def _write(self, host: MultiShardHost, nodes: list[str], conns: list[WorkerConnection], gid: str) -> bytes | None:
+        twophase = host.twophase
+        several = len(nodes) > 1
         finish = f"PREPARE TRANSACTION {literal(gid)}" if several else "COMMIT"
         texts, setups = [], []
         for part, conn in zip(self.parts, conns, strict=True):

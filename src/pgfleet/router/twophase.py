@@ -16,18 +16,20 @@ reads the row or, when there is none, writes 'abort'; the client gets 40003."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import enum
 import itertools
 import logging
 import os
 import time
 from dataclasses import dataclass
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 
 from psycopg import sql
 
 from . import protocol as p
 from . import wire
+from ..node.server import process_alive
 from .backend import BackendError, WorkerConnection, WorkerLogin
 
 log = logging.getLogger(__name__)
@@ -47,12 +49,45 @@ def literal(value: str | Sequence[str]) -> str:
 class GidMaker:
     """Global ids of prepared transactions naming the router process (index, pid, start) and a counter."""
 
+    KEPT = 120.0  # seconds a gid counts as this process's own (longer than recovery's owner grace)
+
     def __init__(self, process_index: int) -> None:
         self.prefix = f"{GID_PREFIX}{process_index}_{os.getpid()}_{int(time.time()):x}_"
         self._counter = itertools.count(1)
+        self._issued: dict[str, float] = {}  # gid -> when, for recovery: a gid of ours is a session's to decide
 
     def next(self) -> str:
-        return f"{self.prefix}{next(self._counter)}"
+        gid = f"{self.prefix}{next(self._counter)}"
+        now = time.monotonic()
+        if len(self._issued) > 4096:
+            self._issued = {g: t for g, t in self._issued.items() if now - t < self.KEPT}
+        self._issued[gid] = now
+        return gid
+
+    def done(self, gid: str) -> None:
+        """The session that prepared ``gid`` is finished with it (committed, rolled back, or left to recovery)."""
+        self._issued.pop(gid, None)
+
+    @contextlib.contextmanager
+    def issued(self) -> Iterator[str]:
+        """A new gid, this process's to decide until the block ends."""
+        gid = self.next()
+        try:
+            yield gid
+        finally:
+            self.done(gid)
+
+    def owner_alive(self, gid: str) -> bool:
+        """Whether the router process that made ``gid`` may still decide it: this one (a gid one of its
+        sessions is still committing), or another live process on this machine
+        (``pgfleet_rt_<index>_<pid>_<start>_<n>``)."""
+        if gid.startswith(self.prefix):
+            issued = self._issued.get(gid)
+            return issued is not None and time.monotonic() - issued < self.KEPT
+        parts = gid.removeprefix(GID_PREFIX).split("_")
+        if len(parts) != 4 or not parts[1].isdigit() or int(parts[1]) == os.getpid():
+            return False  # ours from an earlier router instance in this process (tests): its sessions are gone
+        return process_alive(int(parts[1]))
 
 
 # --- replies ------------------------------------------------------------------------------------------

@@ -275,7 +275,10 @@ class TransactionControl:
             await self._two_phase(txn, ctl, self.twophase)
 
     async def _two_phase(self, txn: Transaction, ctl: Control, twophase: TwoPhase) -> None:
-        gid = twophase.gids.next()
+        with twophase.gids.issued() as gid:
+            await self._prepare_and_commit(txn, ctl, twophase, gid)
+
+    async def _prepare_and_commit(self, txn: Transaction, ctl: Control, twophase: TwoPhase, gid: str) -> None:
         nodes = list(txn.participants)
         conns = list(txn.participants.values())
         replies = await run_everywhere(conns, f"PREPARE TRANSACTION {literal(gid)}")
