@@ -36,7 +36,7 @@ from .rewrite import qualified
 from .routes import MultiShard
 from .shardcopy import begin_everywhere, logical_error, open_nodes, rollback, shard_failure
 from .snapshot import RoutedTable
-from .twophase import Decision, TwoPhase, first_error, literal, run_everywhere, tags
+from .twophase import TwoPhase, commit_prepared, first_error, literal, run_everywhere, tags
 
 log = logging.getLogger(__name__)
 
@@ -406,19 +406,4 @@ async def _prepare_and_commit(host: MultiShardHost, twophase: TwoPhase, conns: d
         return failure.encode() if failure is not None else p.error_response(
             "08006", "pgfleet router: the COPY could not be prepared on every worker; nothing was loaded",
             severity="ERROR", hint="retry the COPY").encode()
-    outcome, why = await twophase.decisions.record_commit(gid, nodes)
-    if outcome is Decision.COMMITTED:
-        replies = await run_everywhere(links, f"COMMIT PREPARED {literal(gid)}")
-        for node, reply in zip(nodes, replies, strict=True):
-            if reply is None or first_error(reply) is not None:
-                log.warning("COMMIT PREPARED %s on %s failed; recovery will commit it", gid, node)
-                if reply is None:
-                    host.drop_worker(node)
-        return None
-    if outcome is Decision.REFUSED:
-        await run_everywhere(links, f"ROLLBACK PREPARED {literal(gid)}")
-        return p.error_response("40000", f"pgfleet router: the COPY was rolled back: {why}", severity="ERROR",
-                                hint="retry the COPY").encode()
-    return p.error_response("40003", f"pgfleet router: {why}; the COPY's outcome is unknown until recovery reads the "
-                            "decision (loaded if it was recorded, else not)", severity="ERROR",
-                            hint="pgfleet recovery finishes it within seconds of the coordinator being back").encode()
+    return await commit_prepared(twophase, gid, conns, host.drop_worker, what="COPY")

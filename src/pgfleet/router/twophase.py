@@ -185,7 +185,7 @@ async def run_each(conns: Sequence[WorkerConnection], statements: Sequence[str])
 
 
 async def commit_prepared(twophase: TwoPhase, gid: str, participants: Mapping[str, WorkerConnection],
-                          drop_worker: Callable[[str], None]) -> bytes | None:
+                          drop_worker: Callable[[str], None], what: str = "transaction") -> bytes | None:
     """The second phase, once every participant PREPAREd ``gid``: record the decision, then COMMIT PREPARED
     everywhere. None: committed (a COMMIT PREPARED that failed is finished by recovery); else the
     ErrorResponse for the client (rolled back, or the outcome is unknown until recovery decides)."""
@@ -201,9 +201,9 @@ async def commit_prepared(twophase: TwoPhase, gid: str, participants: Mapping[st
         return None
     if outcome is Decision.REFUSED:
         await run_everywhere(conns, f"ROLLBACK PREPARED {literal(gid)}")
-        return p.error_response(TRANSACTION_ROLLBACK, f"pgfleet router: the transaction was rolled back: {why}",
-                                severity="ERROR", hint="retry the transaction").encode()
-    return p.error_response(COMPLETION_UNKNOWN, f"pgfleet router: {why}; the transaction's outcome is unknown until "
+        return p.error_response(TRANSACTION_ROLLBACK, f"pgfleet router: the {what} was rolled back: {why}",
+                                severity="ERROR", hint=f"retry the {what}").encode()
+    return p.error_response(COMPLETION_UNKNOWN, f"pgfleet router: {why}; the {what}'s outcome is unknown until "
                             "recovery reads the decision (commit if it was recorded, else abort)", severity="ERROR",
                             hint="pgfleet recovery finishes it within seconds of the coordinator being back; check the "
                             "rows before retrying").encode()
