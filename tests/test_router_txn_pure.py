@@ -100,8 +100,12 @@ def test_recovery_leaves_a_live_owners_slow_commit_to_it() -> None:
     with maker.issued() as mine:  # a session of this process is committing it
         assert maker.owner_alive(mine) and not maker.owner_alive(mine[:-1] + "9")
     assert not maker.owner_alive(mine)  # the session gave up on it (rolled back, or left to recovery)
-    other = f"{GID_PREFIX}1_{os.getpid()}_0_1"  # this pid, an earlier router instance: its sessions are gone
+    other = f"{GID_PREFIX}1_{os.getpid()}_0_1"  # this pid, but no router of this process is committing it
     assert not maker.owner_alive(other)
+    second = GidMaker(0)  # another router in this process (tests run several): its sessions' gids are alive
+    with second.issued() as theirs:
+        assert maker.owner_alive(theirs)
+    assert not maker.owner_alive(theirs)
     assert not maker.owner_alive(f"{GID_PREFIX}1_999999999_0_1")  # no such process
     assert maker.owner_alive(f"{GID_PREFIX}1_{os.getppid()}_0_1")  # a live process on this machine
 

@@ -21,8 +21,11 @@ import enum
 import itertools
 import logging
 import os
+import threading
 import time
+import weakref
 from dataclasses import dataclass
+from typing import ClassVar
 from collections.abc import Callable, Iterator, Mapping, Sequence
 
 from psycopg import sql
@@ -50,11 +53,16 @@ class GidMaker:
     """Global ids of prepared transactions naming the router process (index, pid, start) and a counter."""
 
     KEPT = 120.0  # seconds a gid counts as this process's own (longer than recovery's owner grace)
+    # every maker of this process: a process may run several routers (tests do), each with its recovery
+    live: ClassVar[weakref.WeakSet[GidMaker]] = weakref.WeakSet()
+    _live_lock: ClassVar[threading.Lock] = threading.Lock()  # recovery reads ``live`` from its thread
 
     def __init__(self, process_index: int) -> None:
         self.prefix = f"{GID_PREFIX}{process_index}_{os.getpid()}_{int(time.time()):x}_"
         self._counter = itertools.count(1)
         self._issued: dict[str, float] = {}  # gid -> when, for recovery: a gid of ours is a session's to decide
+        with GidMaker._live_lock:
+            GidMaker.live.add(self)
 
     def next(self) -> str:
         gid = f"{self.prefix}{next(self._counter)}"
@@ -81,13 +89,16 @@ class GidMaker:
         """Whether the router process that made ``gid`` may still decide it: this one (a gid one of its
         sessions is still committing), or another live process on this machine
         (``pgfleet_rt_<index>_<pid>_<start>_<n>``)."""
-        if gid.startswith(self.prefix):
-            issued = self._issued.get(gid)
-            return issued is not None and time.monotonic() - issued < self.KEPT
         parts = gid.removeprefix(GID_PREFIX).split("_")
-        if len(parts) != 4 or not parts[1].isdigit() or int(parts[1]) == os.getpid():
-            return False  # ours from an earlier router instance in this process (tests): its sessions are gone
-        return process_alive(int(parts[1]))
+        if len(parts) != 4 or not parts[1].isdigit():
+            return False
+        if int(parts[1]) != os.getpid():
+            return process_alive(int(parts[1]))
+        now = time.monotonic()  # this process: a session of one of its routers is still committing it
+        with GidMaker._live_lock:
+            makers = list(GidMaker.live)
+        return any(now - issued < self.KEPT for maker in makers
+                   if (issued := maker._issued.get(gid)) is not None)
 
 
 # --- replies ------------------------------------------------------------------------------------------
