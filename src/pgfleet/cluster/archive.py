@@ -26,6 +26,7 @@ import psycopg
 from ..errors import ExecuteError, PgfleetError, SpecError
 from ..execute import Endpoint
 from ..execute.connect import connect
+from ..execute.slots import drop_slot
 from ..node import binaries as binmod
 from ..node.backup_tools import start_receiver
 from .fleet import Fleet
@@ -95,8 +96,7 @@ def stop_archivers(local: LocalCluster, wait: float = 10.0) -> list[Archiver]:
         time.sleep(0.1)
     for a in archivers:
         with contextlib.suppress(psycopg.Error, PgfleetError), connect(local.endpoint(a.node)) as conn:
-            conn.execute("SELECT pg_drop_replication_slot(slot_name) FROM pg_replication_slots "
-                         "WHERE slot_name = %s AND NOT active", (a.slot,))
+            drop_slot(conn, a.slot)
     (local.directory / ARCHIVERS).unlink(missing_ok=True)
     return archivers
 

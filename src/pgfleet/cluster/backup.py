@@ -30,6 +30,7 @@ from .. import __version__
 from ..errors import PgfleetError, SpecError
 from ..execute import Endpoint
 from ..execute.connect import Conn, connect
+from ..execute.slots import drop_slot
 from ..node import binaries as binmod
 from ..node.backup_tools import base_backup, receive_wal, sha256_of, tree_size
 from ..node.server import process_alive
@@ -111,8 +112,7 @@ def backup(fleet: Fleet, directory: Path, *, progress: Progress | None = None,
         for conn in conns.values():
             if not archive:
                 with contextlib.suppress(psycopg.Error):
-                    conn.execute("SELECT pg_drop_replication_slot(slot_name) FROM pg_replication_slots "
-                                 "WHERE slot_name = %s", (slot,))
+                    drop_slot(conn, slot)
             conn.close()
     return BackupResult(manifest, directory)
 

@@ -9,7 +9,8 @@ from dataclasses import dataclass
 import psycopg
 
 from ..cluster.local import LocalCluster, LocalNode
-from ..errors import PgfleetError, SpecError
+from ..errors import NodeError, PgfleetError, SpecError
+from ..execute.slots import drop_slot
 from ..node.fencemark import read_mark
 from ..node.ports import claim_ports, release_ports
 from ..node.server import LocalServer
@@ -53,8 +54,7 @@ def add_standby(local: LocalCluster, group: str, *, sync: bool = True, say: Say 
         shutil.rmtree(server.home, ignore_errors=True)
         release_ports([port], local.directory)
         with contextlib.suppress(psycopg.Error):
-            conn.execute("SELECT pg_drop_replication_slot(%s) FROM pg_replication_slots WHERE slot_name = %s",
-                         (name, name))
+            drop_slot(conn, name)
         if any(n.name == name for n in local.spec.nodes):
             local.remove_member(name)
             with contextlib.suppress(PgfleetError):
@@ -129,8 +129,8 @@ def remove_standby(local: LocalCluster, member: str) -> None:
         note = ""
         try:
             with connect_to(local.member_endpoint(primary.name)) as conn:
-                conn.execute("SELECT pg_drop_replication_slot(slot_name) FROM pg_replication_slots "
-                             "WHERE slot_name = %s", (member,))
+                if not drop_slot(conn, member):
+                    raise NodeError(f"slot {member} is still in use", node=primary.name)
         except (PgfleetError, psycopg.Error) as exc:
             note = f"; its slot on {primary.name} could not be dropped ({str(exc).split(' — ')[0]}), drop it later"
         local.remove_member(member)
