@@ -54,7 +54,10 @@ def ha_cluster(base_dir: Path, name: str, standbys_on: tuple[str, ...]) -> Itera
 
 @contextlib.contextmanager
 def running_monitor(local: LocalCluster) -> Iterator[Monitor]:
-    monitor = Monitor(local, interval=0.5, timeout=2.0)
+    # its own view of the cluster, as the monitor process has: the test thread re-reads cluster.json into
+    # ``local`` (reload_spec) while a failover in the monitor's thread changes it, and one shared object
+    # let a stale read undo the failover's new primary mid-way
+    monitor = Monitor(LocalCluster.load(local.directory), interval=0.5, timeout=2.0)
     stop = threading.Event()
     thread = threading.Thread(target=monitor.run, args=(stop,), daemon=True)
     thread.start()
@@ -374,8 +377,10 @@ class RogueWriter(Writer):
 def _promoted(local: LocalCluster, group: str, member: str) -> bool:
     """``member`` is ``group``'s primary and the failover is over (standbys and the catalog repointed)."""
     local.reload_spec()
-    return local.spec.primary_of(group).name == member and not under_maintenance(local, group) and not any(
-        e.kind == "failover-start" for e in read_events(local)[-1:])
+    if local.spec.primary_of(group).name != member or under_maintenance(local, group):
+        return False
+    mine = [e.kind for e in read_events(local) if e.node == group and e.kind.startswith("failover-")]
+    return bool(mine) and mine[-1] == "failover-done"
 
 
 def _shard_of(local: LocalCluster, node: str) -> str:

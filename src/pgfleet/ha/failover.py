@@ -34,10 +34,14 @@ def _replay_lsn(local: LocalCluster, member: str) -> int | None:
 def _repoint(local: LocalCluster, group: str, new: LocalNode) -> None:
     """Tell the coordinator where ``group``'s primary is now (foreign server and catalog): in its main
     database first, then in every other database that holds a pgfleet catalog (cluster/databases.py)."""
-    coord = local.endpoint(local.spec.coordinator.group_name)
+    coord_group = local.spec.coordinator.group_name
     deadline = time.monotonic() + 30
     pending: list[str] | None = None  # the other databases, once the main one is done
     while True:
+        # The coordinator's primary is ``new`` when its own group failed over; else whatever the spec names
+        # at each try (another command may move it meanwhile, and a stale copy would aim at a dead server).
+        coord = replace(local.member_endpoint(new.name), name=coord_group) if group == coord_group \
+            else local.endpoint(coord_group)
         try:
             if pending is None:
                 _repoint_database(coord, group, new)
