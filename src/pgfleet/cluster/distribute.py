@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import json
 import logging
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager, suppress
 from dataclasses import replace
 
@@ -180,19 +180,31 @@ def prepare_source(fleet: Fleet, name: QualifiedName) -> TableDef:
 
 
 def create_on_workers(conns: dict[str, Conn], groups: dict[str, list[Shard]],
-                       ddl: Callable[[Shard], list[sql.Composed]], what: str, created: list[Shard]) -> None:
-    """Create each node's shards in one transaction on that node; record in ``created`` what committed,
-    so that a failure removes exactly what this operation made and never a table it did not create."""
+                       ddl: Callable[[Shard], list[sql.Composed]], what: str, created: list[Shard],
+                       types: Sequence[sql.SQL] = ()) -> None:
+    """Create each node's shards in one transaction on that node, after the coordinator's ``types`` the
+    table uses (:func:`worker_type_statements`); record in ``created`` what committed, so that a failure
+    removes exactly what this operation made and never a table it did not create."""
     for node, shards in groups.items():
         conn = conns[node]
         try:
             with conn.transaction():
+                for type_stmt in types:
+                    conn.execute(type_stmt)
                 for shard in shards:
                     for stmt in ddl(shard):
                         conn.execute(stmt)
         except psycopg.Error as exc:
             raise ExecuteError(f"creating {what} failed: {describe_error(exc)}", node=node) from None
         created.extend(shards)
+
+
+def worker_type_statements(conn: Conn, relid: int) -> list[sql.SQL]:
+    """The statements that give a worker the enums, domains, composite and extension types the table's
+    columns use (pgfleet.type_statement in sql/types.sql; built there with format's %I and %L)."""
+    rows = conn.execute("SELECT pgfleet.type_statement(type_oid, true) FROM pgfleet.carried_types(%s) "
+                        "ORDER BY depth DESC, type_oid", (relid,)).fetchall()
+    return [sql.SQL(str(r[0])) for r in rows]  # made by the catalog, quoted there
 
 
 def shards_by_node(shards: tuple[Shard, ...]) -> dict[str, list[Shard]]:
@@ -355,7 +367,7 @@ def _distribute(fleet: Fleet, spec: DistributeSpec, progress: Progress | None) -
                 wconns, shards_by_node(shards),
                 lambda sh: tables.shard_table_ddl(table, sh.shard_name, rule=tables.shard_rule(key.name, sh, hashfn),
                                                   shard_id=sh.shard_id),
-                f"shards of {table.name}", created)
+                f"shards of {table.name}", created, worker_type_statements(conn, table.oid))
             apply_privileges(conn, wconns, shards, table.oid)
             say("shards", len(shards), len(shards))
             node_by_name = {n.name: n for n in topo.nodes}

@@ -44,11 +44,10 @@ COORDINATOR_SETTINGS: tuple[tuple[str, str], ...] = (
     ("enable_partitionwise_join", "on"),
 )
 
-# The catalog (tables, DDL triggers), indexes, roles and privileges on the workers, foreign keys on the shards,
-# how writes reach the workers
-# (reference triggers, flush_queue) and the SQL API for migrations (distribute_table, reference_table,
-# undistribute_table).
-CATALOG_FILES = ("catalog.sql", "indexes.sql", "grants.sql", "foreign_keys.sql", "worker_writes.sql",
+# The catalog (tables, DDL triggers), the types tables use on the workers, indexes, roles and privileges on the
+# workers, foreign keys on the shards, how writes reach the workers (reference triggers, flush_queue) and the
+# SQL API for migrations (distribute_table, reference_table, undistribute_table).
+CATALOG_FILES = ("catalog.sql", "types.sql", "indexes.sql", "grants.sql", "foreign_keys.sql", "worker_writes.sql",
                  "migrations.sql")
 
 Progress = Callable[[str, int, int], None]  # (phase, done, total)

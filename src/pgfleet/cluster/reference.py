@@ -30,6 +30,7 @@ from .distribute import (
     table_checksum,
     table_lock,
     verify_copy,
+    worker_type_statements,
 )
 from .fleet import Fleet
 from .privileges import apply_privileges
@@ -90,7 +91,7 @@ def _copy_reference(fleet: Fleet, table: TableDef, workers: list[str], *, new_ta
             create_on_workers(wconns, shards_by_node(shards),
                                lambda sh: tables.shard_table_ddl(table, sh.shard_name, rule=None, rename_objects=False,
                                                                  shard_id=sh.shard_id),
-                               f"the copy of {table.name}", created)
+                               f"the copy of {table.name}", created, worker_type_statements(conn, table.oid))
             apply_privileges(conn, wconns, shards, table.oid)
             lock = lock_against_writes(fleet, table.name)
             source_sum = table_checksum(lock, tables.ident(table.name))

@@ -9,7 +9,6 @@ from ..spec import DistributeSpec, HashSpec, ListSpec, QualifiedName, RangeSpec
 from ..topology.model import Column, DistTable, Shard, TableDef
 from .tables import SHARD_SCHEMA, shard_table_name, unique_constraints
 
-BUILTIN_SCHEMAS = ("pg_catalog", "information_schema")
 
 
 def method_name(spec: HashSpec | RangeSpec | ListSpec) -> str:
@@ -28,10 +27,7 @@ def check_table_shape(table: TableDef, *, reference: bool) -> None:
                         hint="pgfleet distributes plain tables; create it without PARTITION BY")
     if table.relkind != "r":
         raise SpecError(f"{table.name} is not a plain table (relkind {table.relkind!r})")
-    for col in table.columns:
-        if col.type_schema not in BUILTIN_SCHEMAS:
-            raise SpecError(f"column {col.name} of {table.name} has type {col.type}, which exists only on the coordinator",
-                            hint="use a built-in type (text with a CHECK instead of an enum or domain)")
+    # types of the coordinator's own go to the workers with the shards (sql/types.sql)
     for con in table.constraints:  # foreign keys: pgfleet.check_foreign_key (sql/foreign_keys.sql) decides
         if con.kind == "x":
             raise SpecError(f"exclusion constraint {con.name} of {table.name} cannot be enforced on a {what}",

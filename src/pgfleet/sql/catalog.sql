@@ -380,6 +380,8 @@ DECLARE
     tbl oid;
     tail text;
     new_name text;
+    node text;
+    acts text[];
 BEGIN
     IF coalesce(current_setting('pgfleet.internal', true), '') = 'on' THEN
         RETURN;
@@ -407,7 +409,13 @@ BEGIN
             WHERE c.oid = cmd.objid AND pgfleet.tables.relid = cmd.objid;
             PERFORM pgfleet.check_defaults(cmd.objid);
             PERFORM pgfleet.align_owners(cmd.objid);
-            FOR act IN SELECT * FROM pgfleet.column_actions(cmd.objid) LOOP
+            acts := ARRAY(SELECT * FROM pgfleet.column_actions(cmd.objid));
+            IF cardinality(acts) > 0 THEN  -- a new column's type first (types.sql)
+                FOR node IN SELECT DISTINCT s.node FROM pgfleet.shards s WHERE s.relid = cmd.objid ORDER BY 1 LOOP
+                    PERFORM pgfleet.queue_types(cmd.objid, node);
+                END LOOP;
+            END IF;
+            FOREACH act IN ARRAY acts LOOP
                 FOR sh IN SELECT * FROM pgfleet.shards WHERE relid = cmd.objid ORDER BY shard_id LOOP
                     INSERT INTO pgfleet.ddl_queue (node, statement)
                     VALUES (sh.node, format('ALTER TABLE %I.%I %s', sh.shard_schema, sh.shard_table, act));
@@ -417,6 +425,12 @@ BEGIN
                         PERFORM set_config('pgfleet.internal', 'off', true);
                     END IF;
                 END LOOP;
+            END LOOP;
+        ELSIF cmd.command_tag IN ('ALTER TYPE', 'ALTER DOMAIN') AND cmd.classid = 'pg_type'::regclass
+              AND pgfleet.type_is_carried(cmd.objid) THEN
+            -- an enum's values, a domain's default and constraints: on every worker that has the type
+            FOR node IN SELECT n.name FROM pgfleet.nodes n WHERE n.role = 'worker' ORDER BY 1 LOOP
+                INSERT INTO pgfleet.ddl_queue (node, statement) VALUES (node, pgfleet.type_statement(cmd.objid, false));
             END LOOP;
         ELSIF cmd.command_tag = 'CREATE INDEX' THEN
             SELECT indrelid INTO tbl FROM pg_index WHERE indexrelid = cmd.objid;
@@ -499,7 +513,7 @@ END $$;
 
 DROP EVENT TRIGGER IF EXISTS pgfleet_ddl_end;
 CREATE EVENT TRIGGER pgfleet_ddl_end ON ddl_command_end
-    WHEN TAG IN ('ALTER TABLE', 'ALTER INDEX', 'CREATE INDEX', 'GRANT', 'REVOKE', 'DROP OWNED')
+    WHEN TAG IN ('ALTER TABLE', 'ALTER INDEX', 'CREATE INDEX', 'GRANT', 'REVOKE', 'DROP OWNED', 'ALTER TYPE', 'ALTER DOMAIN')
     EXECUTE FUNCTION pgfleet.on_ddl_end();
 DROP EVENT TRIGGER IF EXISTS pgfleet_sql_drop;
 -- No tag filter: DROP SCHEMA … CASCADE and DROP OWNED drop tables too.

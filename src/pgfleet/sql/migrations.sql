@@ -121,15 +121,7 @@ BEGIN
     ELSIF kind <> 'r' THEN
         RAISE EXCEPTION '% is not a plain table (relkind %)', name, quote_literal(kind) USING ERRCODE = 'wrong_object_type';
     END IF;
-    SELECT a.attname, format_type(a.atttypid, a.atttypmod) AS type INTO bad
-    FROM pg_attribute a JOIN pg_type t ON t.oid = a.atttypid JOIN pg_namespace n ON n.oid = t.typnamespace
-    WHERE a.attrelid = p_relid AND a.attnum > 0 AND NOT a.attisdropped
-      AND n.nspname NOT IN ('pg_catalog', 'information_schema') ORDER BY a.attnum LIMIT 1;
-    IF FOUND THEN
-        RAISE EXCEPTION 'column % of % has type %, which exists only on the coordinator', bad.attname, name, bad.type
-            USING ERRCODE = 'feature_not_supported',
-                  HINT = 'use a built-in type (text with a CHECK instead of an enum or domain)';
-    END IF;
+    -- types of the coordinator's own go to the workers with the shards (types.sql)
     -- foreign keys: pgfleet.check_foreign_key (foreign_keys.sql) decides
     SELECT conname, contype INTO bad FROM pg_constraint WHERE conrelid = p_relid AND contype = 'x'
     ORDER BY conname LIMIT 1;
@@ -413,6 +405,9 @@ BEGIN
         INSERT INTO pgfleet.shards (shard_id, relid, shard_index, node, shard_schema, shard_table, foreign_schema,
                                     foreign_table, modulus, remainder)
         VALUES (sid, p_table, i, node, schema, shard_name, 'pgfleet_shards', shard_name, count, i);
+        IF i < cardinality(workers) OR colocate_with IS NOT NULL THEN  -- each node's first shard: the types first
+            PERFORM pgfleet.queue_types(p_table, node);
+        END IF;
         PERFORM pgfleet.queue_statement(node, pgfleet.shard_table_sql(p_table, schema, shard_name, sid, rule));
         -- PostgreSQL's hash partitioning puts NULL keys in remainder 0; the rule lets them pass anywhere
         moved := moved + pgfleet.queue_rows(node, p_table, CASE WHEN i = 0 THEN format('(%s) OR %I IS NULL', rule, p_key)
@@ -474,6 +469,7 @@ BEGIN
     FOREACH node IN ARRAY workers LOOP
         sid := nextval('pgfleet.shard_id_seq');
         foreign_name := pgfleet.shard_object_name(name, sid);
+        PERFORM pgfleet.queue_types(p_table, node);
         PERFORM pgfleet.queue_statement(node, pgfleet.shard_table_sql(p_table, schema, name, sid, NULL));
         PERFORM pgfleet.queue_rows(node, p_table, 'true', schema, name, true);
         EXECUTE format('CREATE FOREIGN TABLE %I.%I (%s) SERVER %I OPTIONS (schema_name %L, table_name %L)',

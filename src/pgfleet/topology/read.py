@@ -80,6 +80,19 @@ WHERE c.oid = %s AND a.grantee <> c.relowner
 
 
 def table_def(conn: Conn, oid: int) -> TableDef:
+    """The table's definition, its types, defaults and constraints spelled as they read anywhere: with
+    only pg_catalog on the search path, PostgreSQL qualifies every other type, function and relation
+    name (a shard's DDL runs on a worker, under that worker's search path)."""
+    row = conn.execute("SELECT current_setting('search_path'), set_config('search_path', 'pg_catalog', false)").fetchone()
+    assert row is not None
+    try:
+        return _table_def(conn, oid)
+    finally:
+        if conn.info.transaction_status != psycopg.pq.TransactionStatus.INERROR:
+            conn.execute("SELECT set_config('search_path', %s, false)", (row[0],))
+
+
+def _table_def(conn: Conn, oid: int) -> TableDef:
     head = conn.execute(
         "SELECT n.nspname, c.relname, c.relkind, pg_get_userbyid(c.relowner), greatest(c.reltuples, 0)::bigint "
         "FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace WHERE c.oid = %s", (oid,)).fetchone()

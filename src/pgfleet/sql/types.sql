@@ -1,0 +1,192 @@
+-- Types of the coordinator that distributed and reference tables use (enums, domains, composite types,
+-- types of extensions), carried to the workers: their shards and copies have the same columns.
+--
+-- pgfleet.type_statement(type, create) is one statement for a worker, a DO block that needs nothing of
+-- pgfleet there: with create, it makes the type when the worker lacks it (an extension's type: CREATE
+-- EXTENSION); on a worker that has it, it brings an enum's values and a domain's default, NOT NULL and
+-- CHECK constraints in line with the coordinator's (ALTER TYPE … ADD VALUE / RENAME VALUE, ALTER DOMAIN),
+-- or says how they differ. Queued before the shards at distribution (distribute.py, reference.py, the SQL
+-- API) and after ALTER TYPE / ALTER DOMAIN of a carried type (catalog.sql, on_ddl_end).
+
+-- The non-built-in types the columns of p_relid use, through arrays, domains, composite types and ranges;
+-- depth: how far down the dependencies a type is (create the deepest first).
+CREATE OR REPLACE FUNCTION pgfleet.carried_types(p_relid oid) RETURNS TABLE (type_oid oid, depth int)
+LANGUAGE sql STABLE SET search_path = pg_catalog, pgfleet AS $$
+    WITH RECURSIVE used (type_oid, depth) AS (
+        SELECT a.atttypid, 0 FROM pg_attribute a WHERE a.attrelid = p_relid AND a.attnum > 0 AND NOT a.attisdropped
+        UNION ALL
+        SELECT d.dep, u.depth + 1 FROM used u JOIN pg_type t ON t.oid = u.type_oid
+        CROSS JOIN LATERAL (
+            SELECT t.typelem AS dep WHERE t.typelem <> 0 AND t.typcategory = 'A'
+            UNION ALL SELECT t.typbasetype WHERE t.typtype = 'd'
+            UNION ALL SELECT a.atttypid FROM pg_attribute a
+                      WHERE t.typtype = 'c' AND a.attrelid = t.typrelid AND a.attnum > 0 AND NOT a.attisdropped
+            UNION ALL SELECT r.rngsubtype FROM pg_range r WHERE t.typtype = 'r' AND r.rngtypid = t.oid
+        ) d
+        WHERE u.depth < 16
+    )
+    SELECT u.type_oid, max(u.depth)::int FROM used u JOIN pg_type t ON t.oid = u.type_oid
+    JOIN pg_namespace n ON n.oid = t.typnamespace
+    WHERE n.nspname NOT IN ('pg_catalog', 'information_schema')
+      AND NOT (t.typelem <> 0 AND t.typcategory = 'A')  -- an array type comes with its element type
+    GROUP BY u.type_oid
+$$;
+
+-- Is p_type used by a distributed or reference table (so that its changes must reach the workers)?
+CREATE OR REPLACE FUNCTION pgfleet.type_is_carried(p_type oid) RETURNS bool
+LANGUAGE sql STABLE SET search_path = pg_catalog, pgfleet AS $$
+    SELECT EXISTS (SELECT FROM pgfleet.tables t CROSS JOIN LATERAL pgfleet.carried_types(t.relid) c
+                   WHERE c.type_oid = p_type)
+$$;
+
+-- The worker statement for p_type (see the top of this file).
+CREATE OR REPLACE FUNCTION pgfleet.type_statement(p_type oid, p_create bool) RETURNS text
+LANGUAGE plpgsql STABLE SET search_path = pg_catalog, pgfleet AS $$
+DECLARE
+    t pg_type;
+    schema text;
+    qname text;
+    ext record;
+    labels text[];
+    create_enum text;
+    checks jsonb;
+    make text;
+    sync text := '';
+BEGIN
+    SELECT * INTO t FROM pg_type WHERE oid = p_type;
+    schema := (SELECT nspname FROM pg_namespace WHERE oid = t.typnamespace);
+    qname := format('%I.%I', schema, t.typname);
+    SELECT e.extname, en.nspname INTO ext FROM pg_depend d JOIN pg_extension e ON e.oid = d.refobjid
+    JOIN pg_namespace en ON en.oid = e.extnamespace
+    WHERE d.classid = 'pg_type'::regclass AND d.objid = p_type AND d.refclassid = 'pg_extension'::regclass
+      AND d.deptype = 'e';
+    IF ext.extname IS NOT NULL THEN
+        make := format($f$
+        BEGIN
+            EXECUTE %L;
+        EXCEPTION WHEN OTHERS THEN
+            RAISE EXCEPTION USING ERRCODE = 'undefined_object', MESSAGE = %L || SQLERRM, HINT = %L;
+        END;
+        IF to_regtype(%L) IS NULL THEN
+            RAISE EXCEPTION USING ERRCODE = 'undefined_object', MESSAGE = %L, HINT = %L;
+        END IF;$f$,
+            format('CREATE EXTENSION IF NOT EXISTS %I WITH SCHEMA %I', ext.extname, ext.nspname),
+            format('type %s comes from extension %s, which this worker cannot create: ', qname, ext.extname),
+            format('install the extension on every worker (CREATE EXTENSION %I), then run again', ext.extname),
+            qname,
+            format('extension %s on this worker has no type %s', ext.extname, qname),
+            format('create the extension in schema %s on the workers, as on the coordinator', ext.nspname));
+    ELSIF t.typtype = 'e' THEN
+        labels := ARRAY(SELECT enumlabel::text FROM pg_enum WHERE enumtypid = p_type ORDER BY enumsortorder);
+        create_enum := format('CREATE TYPE %s AS ENUM (%s)', qname,
+                              (SELECT coalesce(string_agg(quote_literal(l), ', ' ORDER BY o), '')
+                               FROM unnest(labels) WITH ORDINALITY x(l, o)));
+        make := format('EXECUTE %L;', create_enum);
+        sync := format($f$
+    DECLARE
+        want text[] := %L;
+        have text[] := ARRAY(SELECT enumlabel::text FROM pg_enum WHERE enumtypid = to_regtype(%L) ORDER BY enumsortorder);
+        i int;
+    BEGIN
+        IF have = want THEN
+            NULL;
+        ELSIF %s AND cardinality(have) = cardinality(want)  -- after ALTER TYPE … RENAME VALUE
+              AND NOT EXISTS (SELECT FROM unnest(have, want) x(h, w) WHERE h <> w AND (w = ANY (have) OR h = ANY (want))) THEN
+            FOR i IN 1 .. cardinality(want) LOOP  -- values renamed in place
+                IF have[i] <> want[i] THEN
+                    EXECUTE format('ALTER TYPE %%s RENAME VALUE %%L TO %%L', %L, have[i], want[i]);
+                END IF;
+            END LOOP;
+        ELSIF ARRAY(SELECT w FROM unnest(want) w WHERE w = ANY (have)) = have THEN
+            FOR i IN 1 .. cardinality(want) LOOP  -- values added; the order of the others unchanged
+                CONTINUE WHEN want[i] = ANY (have);
+                IF i > 1 THEN
+                    EXECUTE format('ALTER TYPE %%s ADD VALUE %%L AFTER %%L', %L, want[i], want[i - 1]);
+                ELSIF cardinality(have) > 0 THEN
+                    EXECUTE format('ALTER TYPE %%s ADD VALUE %%L BEFORE %%L', %L, want[i], have[1]);
+                ELSE
+                    EXECUTE format('ALTER TYPE %%s ADD VALUE %%L', %L, want[i]);
+                END IF;
+            END LOOP;
+        ELSE  -- another enum of that name: replaced when nothing on the worker uses it
+            BEGIN
+                EXECUTE %L;
+                EXECUTE %L;
+            EXCEPTION WHEN dependent_objects_still_exist THEN
+                RAISE EXCEPTION USING ERRCODE = 'duplicate_object',
+                    MESSAGE = format('enum %%s has the values %%s on this worker but %%s on the coordinator', %L, have, want),
+                    HINT = 'make them the same (ALTER TYPE … on the worker or the coordinator), then run again';
+            END;
+        END IF;
+    END;$f$, labels, qname, (NOT p_create)::text, qname, qname, qname, qname, format('DROP TYPE %s', qname),
+            create_enum, qname);
+    ELSIF t.typtype = 'd' THEN
+        checks := (SELECT coalesce(jsonb_object_agg(conname, pg_get_constraintdef(oid)), '{}')
+                   FROM pg_constraint WHERE contypid = p_type AND contype = 'c');
+        make := format('EXECUTE %L;', format('CREATE DOMAIN %s AS %s%s%s%s%s', qname, format_type(t.typbasetype, t.typtypmod),
+                       CASE WHEN t.typcollation <> 0 AND t.typcollation <> (SELECT typcollation FROM pg_type WHERE oid = t.typbasetype)
+                            THEN ' COLLATE ' || (SELECT format('%I.%I', cn.nspname, c.collname) FROM pg_collation c
+                                                 JOIN pg_namespace cn ON cn.oid = c.collnamespace WHERE c.oid = t.typcollation)
+                            ELSE '' END,
+                       CASE WHEN t.typdefaultbin IS NOT NULL THEN ' DEFAULT ' || pg_get_expr(t.typdefaultbin, 0) ELSE '' END,
+                       CASE WHEN t.typnotnull THEN ' NOT NULL' ELSE '' END,
+                       (SELECT coalesce(string_agg(format(' CONSTRAINT %I %s', key, value), '' ORDER BY key), '')
+                        FROM jsonb_each_text(checks))));
+        sync := format($f$
+    DECLARE
+        want jsonb := %L;
+        c record;
+    BEGIN
+        EXECUTE %L;
+        EXECUTE %L;
+        FOR c IN SELECT conname, pg_get_constraintdef(oid) AS def FROM pg_constraint
+                 WHERE contypid = to_regtype(%L) AND contype = 'c' LOOP
+            IF want->>c.conname IS DISTINCT FROM c.def THEN
+                EXECUTE format('ALTER DOMAIN %%s DROP CONSTRAINT %%I', %L, c.conname);
+            END IF;
+        END LOOP;
+        FOR c IN SELECT key, value FROM jsonb_each_text(want) LOOP
+            IF NOT EXISTS (SELECT FROM pg_constraint WHERE contypid = to_regtype(%L) AND conname = c.key) THEN
+                EXECUTE format('ALTER DOMAIN %%s ADD CONSTRAINT %%I %%s', %L, c.key, c.value);
+            END IF;
+        END LOOP;
+    END;$f$, checks,
+            format('ALTER DOMAIN %s %s', qname, CASE WHEN t.typdefaultbin IS NOT NULL
+                   THEN 'SET DEFAULT ' || pg_get_expr(t.typdefaultbin, 0) ELSE 'DROP DEFAULT' END),
+            format('ALTER DOMAIN %s %s NOT NULL', qname, CASE WHEN t.typnotnull THEN 'SET' ELSE 'DROP' END),
+            qname, qname, qname, qname);
+    ELSIF t.typtype = 'c' THEN
+        make := format('EXECUTE %L;', format('CREATE TYPE %s AS (%s)', qname,
+                       (SELECT string_agg(format('%I %s', a.attname, format_type(a.atttypid, a.atttypmod)), ', ' ORDER BY a.attnum)
+                        FROM pg_attribute a WHERE a.attrelid = t.typrelid AND a.attnum > 0 AND NOT a.attisdropped)));
+    ELSE
+        make := format($f$RAISE EXCEPTION USING ERRCODE = 'undefined_object', MESSAGE = %L,
+            HINT = 'create it on every worker first, then run again';$f$,
+            format('type %s does not exist on this worker, and pgfleet creates only enums, domains, composite '
+                   'types and the types of extensions', qname));
+    END IF;
+    RETURN format($do$DO $pgfleet_type$
+BEGIN
+    IF to_regtype(%L) IS NULL THEN
+        %s
+        %s
+    ELSE
+        %s
+    END IF;
+END $pgfleet_type$
+$do$, qname,
+        CASE WHEN p_create THEN format('EXECUTE %L;', format('CREATE SCHEMA IF NOT EXISTS %I', schema)) ELSE '' END,
+        CASE WHEN p_create THEN make ELSE 'NULL;' END,
+        CASE WHEN sync = '' THEN 'NULL;' ELSE sync END);
+END $$;
+
+-- Queue, for p_node, the statements that give it the types p_relid uses (before its shard's statement).
+CREATE OR REPLACE FUNCTION pgfleet.queue_types(p_relid oid, p_node text) RETURNS void
+LANGUAGE plpgsql SET search_path = pg_catalog, pgfleet AS $$
+DECLARE
+    c record;
+BEGIN
+    FOR c IN SELECT type_oid FROM pgfleet.carried_types(p_relid) ORDER BY depth DESC, type_oid LOOP
+        PERFORM pgfleet.queue_statement(p_node, pgfleet.type_statement(c.type_oid, true));
+    END LOOP;
+END $$;

@@ -1,0 +1,175 @@
+"""Columns of the coordinator's own types (enums, domains, composite types, extensions' types) distribute:
+the types go to the workers with the shards, and ALTER TYPE / ALTER DOMAIN follow (sql/types.sql).
+
+Differential: the same table twice, ``plain`` stays on the coordinator, ``dist`` is distributed or made a
+reference table; the same statements against both must give the same rows and the same errors.
+"""
+
+from __future__ import annotations
+
+import psycopg
+import pytest
+
+from conftest import routing_router
+from pgfleet.cluster.fleet import Fleet
+from pgfleet.cluster.local import LocalCluster
+from pgfleet.errors import PgfleetError
+from pgfleet.spec import DistributeSpec, HashSpec, QualifiedName, ReferenceSpec
+
+Conn = psycopg.Connection[tuple[object, ...]]
+
+TYPES = ("CREATE TYPE mood AS ENUM ('sad', 'ok', 'happy')",
+         "CREATE DOMAIN posint AS int CHECK (VALUE > 0)",
+         "CREATE TYPE pair AS (a int, b text)")
+COLUMNS = "id int PRIMARY KEY, m mood, ms mood[], p posint, c pair"
+
+
+def _try(conn: Conn, stmt: str) -> object:
+    """The rows a statement returns (in its order if it has one), or the SQLSTATE it fails with (in a
+    savepoint)."""
+    try:
+        with conn.transaction():
+            cur = conn.execute(stmt.encode())
+            if not cur.description:
+                return cur.rowcount
+            rows = cur.fetchall()
+            return rows if "ORDER BY" in stmt else sorted(rows, key=repr)
+    except psycopg.Error as exc:
+        return exc.sqlstate
+
+
+def _same(conn: Conn, statements: list[str]) -> None:
+    for stmt in statements:
+        assert _try(conn, stmt.replace("{t}", "dist")) == _try(conn, stmt.replace("{t}", "plain")), stmt
+
+
+def _on_workers(fleet: Fleet, query: str, params: tuple[object, ...] = ()) -> list[object]:
+    """``query``'s first value on each worker."""
+    topo = fleet.topology()
+    found = []
+    for node in topo.workers:
+        with fleet.worker_conn(node) as w:
+            row = w.execute(query.encode(), params).fetchone()
+            found.append(row[0] if row else None)
+    return found
+
+
+@pytest.mark.parametrize("how", ["hash", "reference"])
+def test_enum_domain_and_composite_columns_distribute_and_follow_alter(
+        fleet: Fleet, cluster: LocalCluster, schema: str, how: str) -> None:
+    conn = fleet.conn()
+    for stmt in TYPES:
+        conn.execute(stmt.encode())
+    for t in ("plain", "dist"):
+        conn.execute(f"CREATE TABLE {t} ({COLUMNS})".encode())
+        conn.execute(f"INSERT INTO {t} SELECT g, (ARRAY['sad', 'ok', 'happy'])[g % 3 + 1]::mood, "
+                     f"ARRAY['ok', 'sad']::mood[], g, ROW(g, 'x' || g)::pair FROM generate_series(1, 30) g".encode())
+    name = QualifiedName(schema, "dist")
+    if how == "hash":
+        fleet.distribute(DistributeSpec(name, "id", HashSpec(4)))
+    else:
+        fleet.reference(ReferenceSpec(name))
+    assert _on_workers(fleet, "SELECT array_agg(enumlabel::text ORDER BY enumsortorder) FROM pg_enum "
+                              "WHERE enumtypid = to_regtype(%s)", (f"{schema}.mood",)) == [["sad", "ok", "happy"]] * 2
+    rows = "SELECT id, m, ms, p, c FROM {t} ORDER BY m, id"
+    _same(conn, [
+        rows,
+        "SELECT m, count(*) FROM {t} GROUP BY m ORDER BY m",
+        "SELECT id FROM {t} WHERE m > 'sad' AND (c).a < 10 ORDER BY id",
+        "INSERT INTO {t} VALUES (100, 'happy', '{sad}', 7, ROW(1, 'y')) RETURNING m, c",
+        "INSERT INTO {t} VALUES (101, 'angry', NULL, 1, NULL)",  # not a value of the enum: 22P02
+        "INSERT INTO {t} VALUES (102, 'ok', NULL, -1, NULL)",  # the domain's CHECK: 23514
+        "UPDATE {t} SET m = 'ok', p = p + 1 WHERE id % 7 = 0 RETURNING id, m, p",
+    ])
+    # a value added, one renamed: the workers' enum follows, and so does the order of rows
+    conn.execute(b"ALTER TYPE mood ADD VALUE 'meh' BEFORE 'ok'")
+    conn.execute(b"ALTER TYPE mood RENAME VALUE 'sad' TO 'blue'")
+    assert _on_workers(fleet, "SELECT array_agg(enumlabel::text ORDER BY enumsortorder) FROM pg_enum "
+                              "WHERE enumtypid = to_regtype(%s)", (f"{schema}.mood",)) == \
+        [["blue", "meh", "ok", "happy"]] * 2
+    _same(conn, [
+        "INSERT INTO {t} VALUES (103, 'meh', '{meh,blue}', 3, NULL) RETURNING m, ms",
+        rows,
+        "SELECT id FROM {t} WHERE m < 'ok' ORDER BY id",
+    ])
+    # a domain constraint added: the workers check it too
+    conn.execute(b"ALTER DOMAIN posint ADD CONSTRAINT small CHECK (VALUE < 1000)")
+    assert _on_workers(fleet, "SELECT count(*) FROM pg_constraint WHERE contypid = to_regtype(%s)",
+                       (f"{schema}.posint",)) == [2, 2]
+    _same(conn, ["INSERT INTO {t} VALUES (104, 'ok', NULL, 5000, NULL)"])
+    # a column of a type made after the distribution
+    conn.execute(b"CREATE TYPE size AS ENUM ('s', 'm', 'l')")
+    for t in ("plain", "dist"):
+        conn.execute(f"ALTER TABLE {t} ADD COLUMN sz size DEFAULT 'm'".encode())
+    _same(conn, ["UPDATE {t} SET sz = 'l' WHERE id < 5", "SELECT id, sz FROM {t} ORDER BY sz, id"])
+    # through the router: statements routed to one shard with the types' literals
+    with routing_router(cluster) as router, psycopg.connect(
+            host="127.0.0.1", port=router.config.port, dbname=cluster.spec.dbname, user=cluster.spec.superuser,
+            password=cluster.spec.coordinator.password, autocommit=True) as rconn:
+        rconn.execute(f'SET search_path = "{schema}"'.encode())
+        _same(rconn, [
+            "INSERT INTO {t} VALUES (200, 'meh', '{ok}', 9, ROW(2, 'z'), 's') RETURNING m, ms, c, sz",
+            "SELECT m, p, c FROM {t} WHERE id = 200",
+            "UPDATE {t} SET m = 'happy' WHERE id = 200 RETURNING m",
+            "INSERT INTO {t} VALUES (201, 'nope', NULL, 1, NULL)",
+        ])
+    _same(conn, [rows])
+
+
+def test_the_sql_api_carries_types(fleet: Fleet, schema: str) -> None:
+    conn = fleet.conn()
+    conn.execute(b"CREATE TYPE status AS ENUM ('new', 'paid', 'sent')")
+    conn.execute(b"CREATE DOMAIN email AS text CHECK (VALUE LIKE '%@%')")
+    for t in ("plain", "dist", "ref"):
+        conn.execute(f"CREATE TABLE {t} (id bigint PRIMARY KEY, s status NOT NULL DEFAULT 'new', e email)".encode())
+        conn.execute(f"INSERT INTO {t} (id, e) SELECT g, 'u' || g || '@x' FROM generate_series(1, 10) g".encode())
+    with conn.transaction():
+        conn.execute(b"SELECT pgfleet.distribute_table('dist', 'id', 4)")
+        conn.execute(b"SELECT pgfleet.reference_table('ref')")
+    statements = [
+        "INSERT INTO {t} (id, s, e) VALUES (11, 'paid', 'a@b') RETURNING s",
+        "INSERT INTO {t} (id, e) VALUES (12, 'no at sign')",
+        "UPDATE {t} SET s = 'sent' WHERE id > 8 RETURNING id, s",
+        "SELECT s, count(*) FROM {t} GROUP BY s ORDER BY s",
+        "SELECT id, s, e FROM {t} ORDER BY id",
+    ]
+    expected = [_try(conn, stmt.replace("{t}", "plain")) for stmt in statements]
+    for t in ("dist", "ref"):
+        assert [_try(conn, stmt.replace("{t}", t)) for stmt in statements] == expected, t
+
+
+def test_an_extension_type_brings_its_extension(fleet: Fleet, schema: str) -> None:
+    conn = fleet.conn()
+    conn.execute(b"CREATE EXTENSION IF NOT EXISTS citext WITH SCHEMA public")
+    for t in ("plain", "dist"):
+        conn.execute(f"CREATE TABLE {t} (id int PRIMARY KEY, name public.citext)".encode())
+        conn.execute(f"INSERT INTO {t} VALUES (1, 'Alice'), (2, 'BOB'), (3, 'carol')".encode())
+    fleet.distribute(DistributeSpec(QualifiedName(schema, "dist"), "id", HashSpec(2)))
+    assert _on_workers(fleet, "SELECT extname FROM pg_extension WHERE extname = 'citext'") == ["citext", "citext"]
+    _same(fleet.conn(), [
+        "SELECT id FROM {t} WHERE name = 'ALICE' ORDER BY id",
+        "SELECT name FROM {t} ORDER BY name",
+        "INSERT INTO {t} VALUES (4, 'Dave') RETURNING name = 'dave'",
+    ])
+
+
+def test_an_enum_that_differs_on_a_worker_is_named_and_nothing_is_applied(fleet: Fleet, schema: str) -> None:
+    conn = fleet.conn()
+    conn.execute(b"CREATE TYPE colour AS ENUM ('red', 'green')")
+    conn.execute(b"CREATE TABLE t (id int PRIMARY KEY, c colour)")
+    conn.execute(b"INSERT INTO t VALUES (1, 'red'), (2, 'green')")
+    worker = fleet.topology().workers[1]
+    with fleet.worker_conn(worker) as w:  # the worker's own type of that name, in use there
+        w.execute(f'CREATE SCHEMA IF NOT EXISTS "{schema}"'.encode())
+        w.execute(f'CREATE TYPE "{schema}".colour AS ENUM (\'cyan\', \'magenta\')'.encode())
+        w.execute(f'CREATE TABLE "{schema}".mine (c "{schema}".colour)'.encode())
+    with pytest.raises(PgfleetError) as info:
+        fleet.distribute(DistributeSpec(QualifiedName(schema, "t"), "id", HashSpec(4)))
+    message = str(info.value)
+    assert f"{schema}.colour has the values {{cyan,magenta}} on this worker but {{red,green}} on the coordinator" \
+        in message, message
+    assert worker.name in message, message
+    assert conn.execute(b"SELECT count(*) FROM pgfleet.tables WHERE relid = 't'::regclass").fetchone() == (0,)
+    assert conn.execute(b"SELECT c FROM t ORDER BY id").fetchall() == [("red",), ("green",)]
+    assert _on_workers(fleet, "SELECT count(*) FROM pg_tables WHERE schemaname = %s AND tablename LIKE 't\\_%%'",
+                       (schema,)) == [0, 0]
