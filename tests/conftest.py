@@ -22,7 +22,7 @@ from psycopg import sql
 from pgfleet.cluster.fleet import Fleet
 from pgfleet.cluster.local import LocalCluster
 from pgfleet.node.ports import claim_ports, release_ports
-from pgfleet.router.process import local_routing
+from pgfleet.router.process import local_catalog_databases, local_routing
 from pgfleet.router.server import RouterConfig, RouterServer, serve_in_thread
 from pgfleet.spec import QualifiedName
 
@@ -85,6 +85,8 @@ def routing_router(cluster: LocalCluster, **options: Any) -> Iterator[RouterServ
     [port] = claim_ports(1, cluster.directory, start=6700)
     upstream = ("127.0.0.1", cluster.spec.coordinator.port)
     try:
+        options = {"routing_for": lambda db: local_routing(cluster, db),
+                   "catalog_databases": local_catalog_databases(cluster), **options}
         with serve_in_thread(RouterConfig(port=port, upstream=lambda: upstream, routing=local_routing(cluster),
                                           **options)) as server:
             yield server

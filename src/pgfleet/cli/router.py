@@ -111,7 +111,7 @@ def run(ctx: click.Context, port: int, process_index: int, route: bool, peer_por
     """Serve in the foreground until SIGTERM (what 'router start' runs in the background)."""
     import logging
 
-    from ..router.process import coordinator_address, local_routing, status_file
+    from ..router.process import coordinator_address, local_catalog_databases, local_routing, status_file
     from ..router.server import RouterConfig, run_forever
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
@@ -121,7 +121,9 @@ def run(ctx: click.Context, port: int, process_index: int, route: bool, peer_por
     run_forever(RouterConfig(port=port, upstream=coordinator_address(local), process_index=process_index,
                              peers=peers, reuse_port=bool(ports), peer_port=ports[process_index] if ports else None,
                              status_file=status_file(local, process_index),
-                             routing=local_routing(local) if route else None, pool_size=pool_size))
+                             routing=local_routing(local) if route else None, pool_size=pool_size,
+                             routing_for=(lambda db: local_routing(local, db)) if route else None,
+                             catalog_databases=local_catalog_databases(local) if route else None))
 
 
 COMMANDS = (router,)

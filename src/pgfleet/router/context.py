@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import hmac
 import logging
+import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
@@ -28,6 +29,19 @@ CANCEL_TIMEOUT = 5.0
 Address = tuple[str, int]
 
 
+ROUTE_RETRY = 10.0  # seconds before a database without a catalog (or unreachable) is looked at again
+
+
+@dataclass
+class DatabaseRoute:
+    """Routing in one coordinator database: its catalog snapshot, its worker pools (connections to the
+    workers' database of the same name) and its two-phase commits (decisions in its own catalog)."""
+
+    routing: Routing
+    pools: WorkerPools
+    twophase: TwoPhase | None
+
+
 @dataclass
 class RouterContext:
     """What every session of one router process shares."""
@@ -44,13 +58,68 @@ class RouterContext:
     pool_size: int | None = None  # connections per worker node (None: two per core)
     pool_timeout: float = POOL_TIMEOUT  # seconds a session waits for a connection of an exhausted pool
     pools: WorkerPools | None = field(init=False, default=None)  # the worker connections, shared by the sessions
+    # the routing of another database of the coordinator (None: only ``routing``'s database is routed)
+    routing_for: Callable[[str], Routing] | None = None
+    main: DatabaseRoute | None = field(init=False, default=None)  # ``routing``'s database
+    others: dict[str, tuple[DatabaseRoute | None, float]] = field(default_factory=dict)  # by name: route, retry at
+    on_new_route: Callable[[DatabaseRoute], None] | None = None  # the server starts its refresh loop
+    gids: GidMaker = field(init=False)  # one per process: gids are unique on a worker server, across databases
+    _loading: dict[str, asyncio.Future[DatabaseRoute | None]] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         self.keys = KeyAllocator(self.process_index)
+        self.gids = GidMaker(self.process_index)
         if self.routing is not None:
-            self.pools = WorkerPools(self.routing.login, self.pool_size, self.pool_timeout)
-        if self.routing is not None and self.routing.coordinator_login is not None:
-            self.twophase = TwoPhase(GidMaker(self.process_index), DecisionStore(self.routing.coordinator_login))
+            self.main = self._route(self.routing)
+            self.pools, self.twophase = self.main.pools, self.main.twophase
+
+    def _route(self, routing: Routing) -> DatabaseRoute:
+        return DatabaseRoute(routing, WorkerPools(routing.login, self.pool_size, self.pool_timeout),
+                             None if routing.coordinator_login is None
+                             else TwoPhase(self.gids, DecisionStore(routing.coordinator_login)))
+
+    def routes(self) -> list[DatabaseRoute]:
+        """Every database routed so far, the main one first."""
+        found = [self.main] if self.main is not None else []
+        return found + [route for route, _ in self.others.values() if route is not None]
+
+    async def route_for(self, database: str) -> DatabaseRoute | None:
+        """The routing of ``database``: the main one, or another with a pgfleet catalog (its snapshot read on
+        its first session); None: its sessions are relayed (no catalog, or it could not be read)."""
+        if self.main is not None and database == self.main.routing.dbname:
+            return self.main
+        if self.routing_for is None or self.main is None:
+            return None
+        known = self.others.get(database)
+        if known is not None and (known[0] is not None or time.monotonic() < known[1]):
+            return known[0]
+        loading = self._loading.get(database)
+        if loading is None:
+            loading = asyncio.get_running_loop().create_future()
+            self._loading[database] = loading
+            try:
+                route = await self._load(database)
+            finally:
+                del self._loading[database]
+            loading.set_result(route)
+            return route
+        return await loading
+
+    async def _load(self, database: str) -> DatabaseRoute | None:
+        assert self.routing_for is not None
+        routing = self.routing_for(database)
+        try:
+            routing.topology = await asyncio.to_thread(routing.load_topology)
+            await asyncio.to_thread(routing.refresh)  # and the roles copied to the workers' database
+        except Exception as exc:  # no pgfleet catalog there (or the coordinator is busy): relay, look again later
+            log.info("database %s is relayed: %s", database, str(exc).splitlines()[0] if str(exc) else exc)
+            self.others[database] = (None, time.monotonic() + ROUTE_RETRY)
+            return None
+        route = self._route(routing)
+        self.others[database] = (route, 0.0)
+        if self.on_new_route is not None:
+            self.on_new_route(route)
+        return route
 
     def spawn(self, coro: object) -> None:
         task: asyncio.Task[None] = asyncio.get_running_loop().create_task(coro)  # type: ignore[arg-type]

@@ -230,7 +230,7 @@ class ExtendedRouter:
 
     def _start(self, batch: list[Message]) -> None:
         session = self.session
-        routing = session.context.routing
+        routing = session.routing
         if session.coordinator_txn and self._idle():
             session.coordinator_txn = False  # the transaction the router began there has ended
         txn = session.transactions.txn
@@ -356,7 +356,7 @@ class ExtendedRouter:
         if not isinstance(route, Shard):
             self._fallback(plan, batch, answered, exchanged)
             return
-        routing = session.context.routing
+        routing = session.routing
         assert routing is not None
         if not session.superuser and not routing.roles_current:
             self._fallback(plan, batch, answered, exchanged)  # the workers do not have the coordinator's roles yet

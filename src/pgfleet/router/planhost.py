@@ -11,9 +11,12 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING, cast
 
 from . import protocol as p
-from .context import RouterContext
+from .context import DatabaseRoute, RouterContext
 from .extended import ExtendedRouter
+from .backend import WorkerConnection
+from .logical import LogicalNames, names_for
 from .routes import MultiShard
+from .routing import Routing
 from .twophase import TwoPhase
 
 if TYPE_CHECKING:
@@ -26,9 +29,27 @@ class PlanHost:
     """Mixed into the session, which sets these attributes and defines ``_write`` and ``_routed_done``."""
 
     context: RouterContext
+    db_route: DatabaseRoute | None  # the routing of the session's database
     extended: ExtendedRouter
     held: list[bytes]  # client bytes that arrived while a statement ran
     listener: Callable[[bytes], None] | None  # a running plan that reads the client's bytes
+
+    user: str  # the client's login role
+    superuser: bool  # ... is a superuser (reported by the coordinator)
+
+    @property
+    def routing(self) -> Routing | None:
+        """The routing of the session's database (None: relayed)."""
+        return self.db_route.routing if self.db_route is not None else None
+
+    def logical(self) -> LogicalNames | None:
+        """Shard names and oids → the logical tables' (:mod:`.logical`), for routed replies."""
+        return names_for(self.db_route.routing.topology) if self.db_route is not None else None
+
+    def role_on(self, conn: WorkerConnection) -> str:
+        """The role a routed statement runs as: the client's, or for a superuser the router's login (the
+        workers' copies of coordinator roles are not superusers)."""
+        return conn.user if self.superuser else self.user
 
     def _write(self, data: bytes) -> None:
         raise NotImplementedError
@@ -69,4 +90,4 @@ class PlanHost:
 
     @property
     def twophase(self) -> TwoPhase | None:
-        return self.context.twophase
+        return self.db_route.twophase if self.db_route is not None else None

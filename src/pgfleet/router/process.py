@@ -12,12 +12,13 @@ import subprocess
 import sys
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from urllib.parse import quote
 
 from ..cluster.local import LocalCluster
 from ..errors import NodeError, RouterError
+from ..execute import Endpoint
 from ..node.ports import claim_port, claim_ports, release_ports
 from .backend import WorkerLogin
 from .files import (LOG_FILE, PASSFILE, PID_FILE, RouterProcess, RouterSettings, died, locked,
@@ -274,30 +275,41 @@ def read_status(local: LocalCluster) -> RouterStatus | None:
                         routing=bool(first.get("routing", False)), counters=totals, pools=_sum_pools(files))
 
 
-def local_routing(local: LocalCluster) -> Routing:
-    """Routing for a local cluster: the catalog read from the coordinator, workers reached as the
-    cluster superuser with the passwords of cluster.json (re-read after a failover)."""
+def local_routing(local: LocalCluster, dbname: str | None = None) -> Routing:
+    """Routing for a local cluster's database ``dbname`` (default: its main one): the catalog read from
+    the coordinator, workers (their database of that name) reached as the cluster superuser with the
+    passwords of cluster.json (re-read after a failover)."""
     from ..execute.connect import connect
     from .topology import load_routing_topology
 
     address = coordinator_address(local)
+    database = dbname or local.spec.dbname
+
+    def endpoint(node: str) -> Endpoint:
+        address()  # re-reads cluster.json when it changed
+        return replace(local.endpoint(node), dbname=database)
 
     def load() -> RoutingTopology:
-        address()  # re-reads cluster.json when it changed
-        with connect(local.endpoint("coord"), timeout=5) as conn:
+        with connect(endpoint("coord"), timeout=5) as conn:
             return load_routing_topology(conn)
 
     def login(node: str) -> WorkerLogin:
-        address()
-        ep = local.endpoint(node)
+        ep = endpoint(node)
         return WorkerLogin(ep.host, ep.port, ep.user, ep.password or "", ep.dbname)
 
     def sync_roles() -> None:
         from ..cluster.fleet import Fleet
         from ..cluster.privileges import sync_roles as copy_roles
 
-        with Fleet(local.endpoint("coord"), local) as fleet:
+        with Fleet(endpoint("coord"), local) as fleet:
             copy_roles(fleet)
 
-    return Routing(load_topology=load, login=login, dbname=local.spec.dbname, sync_roles=sync_roles,
+    return Routing(load_topology=load, login=login, dbname=database, sync_roles=sync_roles,
                    coordinator_login=lambda: login(local.spec.coordinator.group_name))
+
+
+def local_catalog_databases(local: LocalCluster) -> Callable[[], list[str]]:
+    """The coordinator's databases holding a pgfleet catalog, listed now (router recovery visits each)."""
+    from ..cluster.databases import catalog_databases
+
+    return lambda: catalog_databases(local.endpoint(local.spec.coordinator.group_name))

@@ -19,7 +19,7 @@ from typing import Any
 from ..errors import NodeError
 from . import recovery
 from .routing import Routing
-from .context import Address, RouterContext
+from .context import Address, DatabaseRoute, RouterContext
 from .pool import POOL_TIMEOUT
 from .session import ClientSession
 
@@ -27,6 +27,7 @@ log = logging.getLogger(__name__)
 
 STATUS_INTERVAL = 1.0
 TOPOLOGY_REFRESH = 2.0  # seconds between catalog reads (a distribute/undistribute is seen within this)
+DATABASES_REFRESH = 30.0  # seconds between listings of the databases that hold a catalog (recovery)
 
 
 @dataclass(frozen=True)
@@ -38,6 +39,10 @@ class RouterConfig:
     peers: Mapping[int, Address] = field(default_factory=dict)
     status_file: Path | None = None
     routing: Routing | None = None  # None: relay everything to the coordinator
+    # the routing of the coordinator's other databases (their first session reads the catalog); None: relayed
+    routing_for: Callable[[str], Routing] | None = None
+    # the databases holding a pgfleet catalog, for recovery in each (process 0); None: the main one only
+    catalog_databases: Callable[[], list[str]] | None = None
     reuse_port: bool = False  # several router processes accept on ``port`` (SO_REUSEPORT)
     peer_port: int | None = None  # this process's own port, where the others forward cancel requests
     recovery_interval: float = recovery.INTERVAL  # seconds between recovery passes (process 0)
@@ -61,18 +66,19 @@ class RouterServer:
         self.config = config
         self.context = RouterContext(upstream=config.upstream, process_index=config.process_index,
                                      peers=config.peers, routing=config.routing, pool_size=config.pool_size,
-                                     pool_timeout=config.pool_timeout)
+                                     pool_timeout=config.pool_timeout, routing_for=config.routing_for,
+                                     on_new_route=self._route_added)
         self.started = time.time()
         self._servers: list[asyncio.Server] = []
 
     async def start(self) -> None:
         loop = asyncio.get_running_loop()
-        routing = self.config.routing
-        if routing is not None:
-            await asyncio.to_thread(routing.refresh)
-            self.context.spawn(self._refresh_routing(routing))
-            if routing.coordinator_login is not None and self.config.process_index == 0:
-                self.context.spawn(self._recover(routing))
+        main = self.context.main
+        if main is not None:
+            await asyncio.to_thread(main.routing.refresh)
+            self.context.spawn(self._refresh_routing(main))
+            if main.routing.coordinator_login is not None and self.config.process_index == 0:
+                self.context.spawn(self._recover(main.routing))
         ports = [(self.config.port, self.config.reuse_port)]
         if self.config.peer_port is not None:
             ports.append((self.config.peer_port, False))
@@ -89,36 +95,50 @@ class RouterServer:
         log.info("router process %d listening on %s:%d%s", self.config.process_index, self.config.host,
                  self.config.port, "" if self.config.peer_port is None else f" and :{self.config.peer_port}")
 
-    async def _refresh_routing(self, routing: Routing) -> None:
+    def _route_added(self, route: DatabaseRoute) -> None:
+        self.context.spawn(self._refresh_routing(route))
+
+    async def _refresh_routing(self, route: DatabaseRoute) -> None:
         while True:
             await asyncio.sleep(TOPOLOGY_REFRESH)
-            await asyncio.to_thread(routing.refresh)
-            if self.context.pools is not None:
-                self.context.pools.follow_primaries()  # a failover empties that node's pool
+            await asyncio.to_thread(route.routing.refresh)
+            route.pools.follow_primaries()  # a failover empties that node's pool
 
-    async def _recover(self, routing: Routing) -> None:
-        """Finish the two-phase commits their owners left (process 0 only), at start and every few seconds."""
-        assert routing.coordinator_login is not None
-        coordinator = recovery.connector(routing.coordinator_login)
+    async def _recover(self, main: Routing) -> None:
+        """Finish the two-phase commits their owners left (process 0 only), in every database with a
+        catalog, at start and every few seconds."""
         stats = self.context.stats
+        databases = [main.dbname]
+        listed = 0.0
+        while True:
+            in_doubt = 0
+            if self.config.catalog_databases is not None and self.config.routing_for is not None \
+                    and time.monotonic() - listed > DATABASES_REFRESH:
+                with contextlib.suppress(Exception):  # the coordinator is down: the last list
+                    databases = await asyncio.to_thread(self.config.catalog_databases)
+                    listed = time.monotonic()
+            for name in databases:
+                routing = main if name == main.dbname or self.config.routing_for is None else self.config.routing_for(name)
+                try:
+                    report = await asyncio.to_thread(self._recover_once, routing)
+                    stats.recovered_commits += report.committed
+                    stats.recovered_aborts += report.aborted
+                    in_doubt += report.in_doubt
+                    for problem in report.errors:
+                        log.warning("recovery in %s: %s", name, problem.splitlines()[0] if problem else problem)
+                except Exception as exc:  # the coordinator is down or failing over: the next pass retries
+                    log.warning("recovery pass in %s failed: %s", name, str(exc).splitlines()[0] if str(exc) else exc)
+            stats.in_doubt = in_doubt
+            await asyncio.sleep(self.config.recovery_interval)
+
+    def _recover_once(self, routing: Routing) -> recovery.Report:
+        assert routing.coordinator_login is not None
 
         def worker(node: str) -> recovery.Conn:
             return recovery.connector(lambda: routing.login(node))()
 
-        while True:
-            try:
-                gids = self.context.twophase.gids if self.context.twophase is not None else None
-                report = await asyncio.to_thread(recovery.recover_once, coordinator, worker,
-                                                 min_age=self.config.recovery_min_age,
-                                                 owner=gids.owner_alive if gids is not None else lambda _gid: False)
-                stats.recovered_commits += report.committed
-                stats.recovered_aborts += report.aborted
-                stats.in_doubt = report.in_doubt
-                for problem in report.errors:
-                    log.warning("recovery: %s", problem.splitlines()[0] if problem else problem)
-            except Exception as exc:  # the coordinator is down or failing over: the next pass retries
-                log.warning("recovery pass failed: %s", str(exc).splitlines()[0] if str(exc) else exc)
-            await asyncio.sleep(self.config.recovery_interval)
+        return recovery.recover_once(recovery.connector(routing.coordinator_login), worker,
+                                     min_age=self.config.recovery_min_age, owner=self.context.gids.owner_alive)
 
     async def serve(self, stop: asyncio.Event) -> None:
         await self.start()
@@ -140,8 +160,9 @@ class RouterServer:
                 session.refuse("57P01", "terminating connection due to administrator command (pgfleet router stopped)")
         for server in self._servers:
             await server.wait_closed()
-        if self.context.twophase is not None:
-            self.context.twophase.decisions.close()
+        for route in self.context.routes():
+            if route.twophase is not None:
+                route.twophase.decisions.close()
         if self.config.status_file is not None:
             self.config.status_file.unlink(missing_ok=True)
 
@@ -152,11 +173,19 @@ class RouterServer:
                 "process_index": self.config.process_index, "coordinator": f"{host}:{port}",
                 "started": self.started, "updated": time.time(), **asdict(self.context.stats),
                 "worker_connections": self.worker_connections(),
-                "pools": self.context.pools.status() if self.context.pools is not None else {}}
+                "pools": self._pools_status()}
+
+    def _pools_status(self) -> dict[str, Any]:
+        """Each node's pool of the main database; ``node/database`` for the others'."""
+        found: dict[str, Any] = {}
+        for route in self.context.routes():
+            suffix = "" if route is self.context.main else f"/{route.routing.dbname}"
+            found.update({f"{node}{suffix}": value for node, value in route.pools.status().items()})
+        return found
 
     def worker_connections(self) -> int:
-        """Open connections of this process's worker pools (leased and idle)."""
-        return self.context.pools.connections() if self.context.pools is not None else 0
+        """Open connections of this process's worker pools (leased and idle), in every database."""
+        return sum(route.pools.connections() for route in self.context.routes())
 
     def write_status(self) -> None:
         path = self.config.status_file

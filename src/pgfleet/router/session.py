@@ -28,7 +28,7 @@ from .context import Address, RouterContext
 from .extended import ExtendedRouter
 from .exttxn import WithParse
 from .keys import CancelKey
-from .logical import LogicalNames, finish_routed, names_for
+from .logical import finish_routed
 from .planhost import PlanHost
 from .pool import Leases, PoolExhausted, exhausted_reply
 from .routing import Decision, deallocates_all, decide, parse_search_path
@@ -57,6 +57,7 @@ class ClientSession(PlanHost, asyncio.Protocol):
         self.startup_params: tuple[tuple[str, str], ...] = ()
         self.reported: dict[str, str] = {}  # ParameterStatus of the coordinator at startup
         self.search_path: tuple[str, ...] = ()
+        self.db_route = context.main  # the routing of the session's database (set again when it is known)
         self.pinned = context.routing is None  # True: everything goes to the coordinator from now on
         self.busy = False  # a routed statement is running: client bytes wait in ``held``
         self.held: list[bytes] = []
@@ -156,8 +157,7 @@ class ClientSession(PlanHost, asyncio.Protocol):
             self.user = message.get("user") or ""
             self.database = message.get("database") or self.user
             self.startup_params = message.parameters
-            routing = self.context.routing
-            if routing is None or self.database != routing.dbname or message.get("replication") is not None:
+            if self.context.main is None or message.get("replication") is not None:
                 self.pin()
             self.framer.expect_typed()
             self.phase = Phase.CONNECTING
@@ -184,8 +184,8 @@ class ClientSession(PlanHost, asyncio.Protocol):
 
     def _translated(self, raw: bytes) -> bytes:
         """A Query declaring foreign keys of distributed tables, as pgfleet's SQL API (router/ddl.py)."""
-        routing = self.context.routing
-        if routing is not None and self.database == routing.dbname and self.phase is Phase.RELAY:
+        routing = self.routing
+        if routing is not None and self.phase is Phase.RELAY:
             found = ddl.rewrite_query(raw, routing.topology, self.search_path)
             if found is not None:
                 raw, self.rewriter = found
@@ -193,6 +193,15 @@ class ClientSession(PlanHost, asyncio.Protocol):
 
     # --- server side ------------------------------------------------------------------------------
     async def _connect(self) -> None:
+        # the database's routing, read from its catalog on its first session
+        route = None if self.pinned else await self.context.route_for(self.database)
+        if route is None:
+            self.db_route = None
+            self.pin()
+        elif route is not self.db_route:
+            self.db_route = route
+            self.leases = Leases(route.pools)
+            self.transactions = TransactionControl(self, self.context.stats, route.twophase)
         loop = asyncio.get_running_loop()
         host, port = self.address = self.context.upstream()
         try:
@@ -282,7 +291,7 @@ class ClientSession(PlanHost, asyncio.Protocol):
     def _try_route(self, types: list[bytes], data: bytes, starts_message: bool) -> bool:
         """Send one Query straight to a worker when it is provably single-shard and the session is idle
         and stateless; keep the session on the coordinator from the first message that may carry state."""
-        routing = self.context.routing
+        routing = self.routing
         if types == [b"X"] or not types:
             return False
         if routing is None or types != [b"Q"] or not starts_message or not self.framer.at_boundary \
@@ -391,15 +400,6 @@ class ClientSession(PlanHost, asyncio.Protocol):
             self.running_on = None
         self._routed_done(reply, raw)
 
-    def logical(self) -> LogicalNames | None:
-        """Shard names and oids → the logical tables' (:mod:`.logical`), for routed replies."""
-        return names_for(self.context.routing.topology) if self.context.routing is not None else None
-
-    def role_on(self, conn: WorkerConnection) -> str:
-        """The role a routed statement runs as: the client's, or for a superuser the router's login (the
-        workers' copies of coordinator roles are not superusers)."""
-        return conn.user if self.superuser else self.user
-
     def _routed_done(self, reply: bytes | None, raw: bytes) -> None:
         """A routed statement's reply to the client, or the statement to the coordinator when it could not
         run on the worker; then what the client sent meanwhile."""
@@ -416,7 +416,7 @@ class ClientSession(PlanHost, asyncio.Protocol):
 
     # --- hooks of the transaction state machine (txn.Host) -------------------------------------------------
     def route(self, sql: str) -> Decision | None:
-        routing = self.context.routing
+        routing = self.routing
         assert routing is not None
         if not self.superuser and not routing.roles_current:
             return Decision(Coordinator("the workers do not have the coordinator's roles yet"), True)
