@@ -173,3 +173,38 @@ def test_an_enum_that_differs_on_a_worker_is_named_and_nothing_is_applied(fleet:
     assert conn.execute(b"SELECT c FROM t ORDER BY id").fetchall() == [("red",), ("green",)]
     assert _on_workers(fleet, "SELECT count(*) FROM pg_tables WHERE schemaname = %s AND tablename LIKE 't\\_%%'",
                        (schema,)) == [0, 0]
+
+
+def test_renames_schema_moves_and_drops_of_types_reach_the_workers(fleet: Fleet, schema: str) -> None:
+    conn = fleet.conn()
+    other = f"{schema}_x"[:63]
+    conn.execute(f'CREATE SCHEMA IF NOT EXISTS "{other}"'.encode())
+    try:
+        conn.execute(b"CREATE TYPE mood AS ENUM ('sad', 'ok')")
+        conn.execute(b"CREATE DOMAIN posint AS int CHECK (VALUE > 0)")
+        conn.execute(b"CREATE TYPE spare AS ENUM ('a')")
+        for t in ("plain", "dist"):
+            conn.execute(f"CREATE TABLE {t} (id int PRIMARY KEY, m mood, p posint, s spare)".encode())
+            conn.execute(f"INSERT INTO {t} VALUES (1, 'sad', 1, 'a'), (2, 'ok', 2, NULL)".encode())
+        fleet.distribute(DistributeSpec(QualifiedName(schema, "dist"), "id", HashSpec(2)))
+        conn.execute(b"ALTER TYPE mood RENAME TO feeling")
+        conn.execute(f'ALTER TYPE feeling SET SCHEMA "{other}"'.encode())
+        conn.execute(b"ALTER DOMAIN posint RENAME TO positive")
+        found = "SELECT to_regtype(%s) IS NOT NULL"
+        assert _on_workers(fleet, found, (f'"{other}".feeling',)) == [True, True]
+        assert _on_workers(fleet, found, (f'"{schema}".mood',)) == [False, False]
+        assert _on_workers(fleet, found, (f'"{schema}".positive',)) == [True, True]
+        # the renamed enum still follows ALTER TYPE under its new name
+        conn.execute(f'ALTER TYPE "{other}".feeling ADD VALUE \'glad\''.encode())
+        _same(conn, ["INSERT INTO {t} VALUES (3, 'glad', 3, NULL) RETURNING m",
+                     "SELECT id, m, p, s FROM {t} ORDER BY m, id"])
+        # dropped with its column on the coordinator: on the workers it goes once nothing there uses it
+        conn.execute(b"CREATE TYPE unused AS ENUM ('u')")
+        conn.execute(b"CREATE TABLE tmp (id int PRIMARY KEY, u unused)")
+        fleet.distribute(DistributeSpec(QualifiedName(schema, "tmp"), "id", HashSpec(2)))
+        assert _on_workers(fleet, found, (f'"{schema}".unused',)) == [True, True]
+        conn.execute(b"DROP TABLE tmp")
+        conn.execute(b"DROP TYPE unused")
+        assert _on_workers(fleet, found, (f'"{schema}".unused',)) == [False, False]
+    finally:
+        conn.execute(f'DROP SCHEMA IF EXISTS "{other}" CASCADE'.encode())

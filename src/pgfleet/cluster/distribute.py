@@ -204,6 +204,8 @@ def worker_type_statements(conn: Conn, relid: int) -> list[sql.SQL]:
     columns use (pgfleet.type_statement in sql/types.sql; built there with format's %I and %L)."""
     rows = conn.execute("SELECT pgfleet.type_statement(type_oid, true) FROM pgfleet.carried_types(%s) "
                         "ORDER BY depth DESC, type_oid", (relid,)).fetchall()
+    if rows:  # the names the workers will know them by (a later rename or drop goes there under it)
+        conn.execute("SELECT pgfleet.remember_types(%s)", (relid,))
     return [sql.SQL(str(r[0])) for r in rows]  # made by the catalog, quoted there
 
 

@@ -426,12 +426,9 @@ BEGIN
                     END IF;
                 END LOOP;
             END LOOP;
-        ELSIF cmd.command_tag IN ('ALTER TYPE', 'ALTER DOMAIN') AND cmd.classid = 'pg_type'::regclass
-              AND pgfleet.type_is_carried(cmd.objid) THEN
-            -- an enum's values, a domain's default and constraints: on every worker that has the type
-            FOR node IN SELECT n.name FROM pgfleet.nodes n WHERE n.role = 'worker' ORDER BY 1 LOOP
-                INSERT INTO pgfleet.ddl_queue (node, statement) VALUES (node, pgfleet.type_statement(cmd.objid, false));
-            END LOOP;
+        ELSIF cmd.command_tag IN ('ALTER TYPE', 'ALTER DOMAIN') AND cmd.classid = 'pg_type'::regclass THEN
+            -- a carried type's name, an enum's values, a domain's default and constraints (types.sql)
+            PERFORM pgfleet.queue_type_change(cmd.objid);
         ELSIF cmd.command_tag = 'CREATE INDEX' THEN
             SELECT indrelid INTO tbl FROM pg_index WHERE indexrelid = cmd.objid;
             SELECT * INTO t FROM pgfleet.tables WHERE relid = tbl;
@@ -497,6 +494,8 @@ BEGIN
                 END IF;
             END LOOP;
             DELETE FROM pgfleet.tables WHERE relid = obj.objid;
+        ELSIF obj.object_type IN ('type', 'domain') THEN
+            PERFORM pgfleet.queue_type_drop(obj.objid);  -- a carried type (types.sql)
         ELSIF obj.object_type = 'index' THEN
             SELECT i.*, t2.method INTO ix FROM pgfleet.indexes i JOIN pgfleet.tables t2 USING (relid)
             WHERE i.indexrelid = obj.objid;

@@ -189,4 +189,89 @@ BEGIN
     FOR c IN SELECT type_oid FROM pgfleet.carried_types(p_relid) ORDER BY depth DESC, type_oid LOOP
         PERFORM pgfleet.queue_statement(p_node, pgfleet.type_statement(c.type_oid, true));
     END LOOP;
+    PERFORM pgfleet.remember_types(p_relid);
+END $$;
+
+-- The name each carried type had when it last went to the workers, so that a rename, a schema move or a
+-- drop on the coordinator is repeated there under the name the workers know.
+CREATE TABLE IF NOT EXISTS pgfleet.type_names (
+    type_oid    oid PRIMARY KEY,
+    schema_name text NOT NULL,
+    type_name   text NOT NULL,
+    is_domain   bool NOT NULL
+);
+
+CREATE OR REPLACE FUNCTION pgfleet.remember_types(p_relid oid) RETURNS void
+LANGUAGE sql SET search_path = pg_catalog, pgfleet AS $$
+    INSERT INTO pgfleet.type_names (type_oid, schema_name, type_name, is_domain)
+    SELECT t.oid, n.nspname, t.typname, t.typtype = 'd' FROM pgfleet.carried_types(p_relid) c
+    JOIN pg_type t ON t.oid = c.type_oid JOIN pg_namespace n ON n.oid = t.typnamespace
+    ON CONFLICT (type_oid) DO NOTHING
+$$;
+
+-- After ALTER TYPE / ALTER DOMAIN on the coordinator: on every worker, the rename or schema move (from
+-- the name the workers know), then the values or constraints brought in line.
+CREATE OR REPLACE FUNCTION pgfleet.queue_type_change(p_type oid) RETURNS void
+LANGUAGE plpgsql SET search_path = pg_catalog, pgfleet AS $$
+DECLARE
+    known pgfleet.type_names;
+    now_schema text;
+    now_name text;
+    what text;
+    move text := '';
+    node text;
+BEGIN
+    SELECT * INTO known FROM pgfleet.type_names WHERE type_oid = p_type;
+    IF known.type_oid IS NULL AND NOT pgfleet.type_is_carried(p_type) THEN
+        RETURN;
+    END IF;
+    SELECT n.nspname, t.typname, CASE WHEN t.typtype = 'd' THEN 'DOMAIN' ELSE 'TYPE' END INTO now_schema, now_name, what
+    FROM pg_type t JOIN pg_namespace n ON n.oid = t.typnamespace WHERE t.oid = p_type;
+    IF known.type_oid IS NOT NULL AND (known.schema_name, known.type_name) IS DISTINCT FROM (now_schema, now_name) THEN
+        move := format($f$DO $pgfleet_type$
+BEGIN
+    IF to_regtype(%L) IS NOT NULL AND to_regtype(%L) IS NULL THEN
+        %s
+        %s
+    END IF;
+END $pgfleet_type$
+$f$, format('%I.%I', known.schema_name, known.type_name), format('%I.%I', now_schema, now_name),
+            CASE WHEN known.type_name <> now_name
+                 THEN format('EXECUTE %L;', format('ALTER %s %I.%I RENAME TO %I', what, known.schema_name, known.type_name, now_name))
+                 ELSE '' END,
+            CASE WHEN known.schema_name <> now_schema
+                 THEN format('EXECUTE %L; EXECUTE %L;', format('CREATE SCHEMA IF NOT EXISTS %I', now_schema),
+                             format('ALTER %s %I.%I SET SCHEMA %I', what, known.schema_name, now_name, now_schema))
+                 ELSE '' END);
+        UPDATE pgfleet.type_names SET schema_name = now_schema, type_name = now_name WHERE type_oid = p_type;
+    END IF;
+    FOR node IN SELECT n.name FROM pgfleet.nodes n WHERE n.role = 'worker' ORDER BY 1 LOOP
+        IF move <> '' THEN
+            PERFORM pgfleet.queue_statement(node, move);
+        END IF;
+        PERFORM pgfleet.queue_statement(node, pgfleet.type_statement(p_type, false));
+    END LOOP;
+END $$;
+
+-- After DROP TYPE / DROP DOMAIN of a carried type: dropped on the workers too, where nothing uses it.
+CREATE OR REPLACE FUNCTION pgfleet.queue_type_drop(p_type oid) RETURNS void
+LANGUAGE plpgsql SET search_path = pg_catalog, pgfleet AS $$
+DECLARE
+    known pgfleet.type_names;
+    node text;
+BEGIN
+    DELETE FROM pgfleet.type_names WHERE type_oid = p_type RETURNING * INTO known;
+    IF known.type_oid IS NULL THEN
+        RETURN;
+    END IF;
+    FOR node IN SELECT n.name FROM pgfleet.nodes n WHERE n.role = 'worker' ORDER BY 1 LOOP
+        PERFORM pgfleet.queue_statement(node, format($f$DO $pgfleet_type$
+BEGIN
+    EXECUTE %L;
+EXCEPTION WHEN dependent_objects_still_exist THEN
+    NULL;  -- something on the worker still uses it: it stays there
+END $pgfleet_type$
+$f$, format('DROP %s IF EXISTS %I.%I', CASE WHEN known.is_domain THEN 'DOMAIN' ELSE 'TYPE' END,
+            known.schema_name, known.type_name)));
+    END LOOP;
 END $$;
