@@ -271,10 +271,16 @@ def test_a_killed_backups_slot_is_dropped_by_the_next_backup(fleet: Fleet, clust
     killed = subprocess.Popen([sys.executable, "-m", "pgfleet.cli.main", "backup", str(base_dir / "backup-killed")],
                               env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     slots = "SELECT slot_name FROM pg_replication_slots WHERE slot_name LIKE 'pgfleet\\_backup\\_%'"
+
+    def copying() -> bool:  # its pg_basebackup runs: killed in the middle of copying a node
+        table = subprocess.run(["ps", "-eo", "ppid=,args="], check=True, capture_output=True, text=True).stdout
+        return any(line.split(None, 1)[0] == str(killed.pid) and "pg_basebackup" in line for line in table.splitlines())
+
     try:
         deadline = time.monotonic() + 60
-        while not fleet.conn().execute(slots).fetchall() and killed.poll() is None and time.monotonic() < deadline:
-            time.sleep(0.02)
+        while not copying() and killed.poll() is None and time.monotonic() < deadline:
+            time.sleep(0.01)
+        time.sleep(0.3)
     finally:
         killed.kill()
         killed.wait()
@@ -285,7 +291,9 @@ def test_a_killed_backups_slot_is_dropped_by_the_next_backup(fleet: Fleet, clust
     assert f"dropped replication slot {left[0][0]} on coord" in done.stdout + done.stderr
     for node in ("coord", "w1", "w2"):
         with connect(cluster.endpoint(node)) as conn:
-            assert conn.execute("SELECT count(*) FROM pg_replication_slots").fetchone() == (0,)
+            assert conn.execute("SELECT slot_name, active, temporary FROM pg_replication_slots").fetchall() == [], node
+    # nothing of the killed backup goes on (pg_basebackup -X stream left a WAL receiver running for good)
+    assert not subprocess.run(["pgrep", "-f", str(base_dir / "backup-killed")], check=False, capture_output=True).stdout
 
 
 def _prepare_in_doubt(conn: Conn, cluster: LocalCluster, schema: str) -> list[Conn]:

@@ -3,7 +3,7 @@ consistent point, while the cluster takes writes.
 
 1. On every node a CHECKPOINT, then a physical replication slot (``pgfleet_backup_<token>``) that keeps the
    WAL from that checkpoint on.
-2. pg_basebackup of each node in turn into ``DIR/nodes/<node>`` (its WAL streamed in, SHA-256 manifest).
+2. pg_basebackup of each node in turn into ``DIR/nodes/<node>`` (its WAL fetched at the end, SHA-256 manifest).
 3. The consistent point (restore_point.py): commits held, a restore point on every node, released.
 4. pg_receivewal from each slot up to that node's restore point into ``DIR/wal/<node>``.
 5. The slots are dropped; ``pgfleet-backup.json`` describes it all (no password; the coordinator's data

@@ -37,15 +37,20 @@ def _conn_args(ep: Endpoint) -> list[str]:
 
 def base_backup(bins: Binaries, ep: Endpoint, target: Path, *, timeout: float = 3600,
                 progress: Callable[[int, int], None] | None = None) -> None:
-    """pg_basebackup of ``ep``'s server into ``target`` (plain format, the WAL of the backup streamed in,
-    a backup_manifest with SHA-256 checksums); ``progress(done_bytes, total_bytes)``."""
+    """pg_basebackup of ``ep``'s server into ``target`` (plain format, the WAL of the backup fetched at its
+    end, a backup_manifest with SHA-256 checksums); ``progress(done_bytes, total_bytes)``.
+
+    ``-X fetch``, not ``stream``: the backup's own slot, made before (cluster/backup.py), keeps that WAL on
+    the server. Streaming forks a WAL receiver with a temporary slot that outlives a killed backup: it holds
+    its end of pg_basebackup's pipe itself, so it never learns that its parent is gone, and streamed on
+    (and kept its slot) for as long as the server ran."""
     def on_update(update: str) -> None:
         match = _KB.search(update)
         if match and progress is not None:
             progress(int(match.group(1)) * 1024, int(match.group(2)) * 1024)
 
     with passfile_for(ep) as passfile:
-        run([bins.path("pg_basebackup"), *_conn_args(ep), "-D", str(target), "-X", "stream",
+        run([bins.path("pg_basebackup"), *_conn_args(ep), "-D", str(target), "-X", "fetch",
              "--checkpoint=fast", "--manifest-checksums=SHA256", "--no-password", "--progress"],
             env={"PGPASSFILE": str(passfile)}, timeout=timeout, what="pg_basebackup", node=ep.name,
             on_progress=on_update)
