@@ -208,3 +208,27 @@ def test_renames_schema_moves_and_drops_of_types_reach_the_workers(fleet: Fleet,
         assert _on_workers(fleet, found, (f'"{schema}".unused',)) == [False, False]
     finally:
         conn.execute(f'DROP SCHEMA IF EXISTS "{other}" CASCADE'.encode())
+
+
+@pytest.mark.parametrize("how", ["hash", "reference"])
+def test_drop_type_cascade_drops_the_column_on_the_shards(fleet: Fleet, cluster: LocalCluster, schema: str,
+                                                         how: str) -> None:
+    conn = fleet.conn()
+    conn.execute(b"CREATE TYPE gone AS ENUM ('x', 'y')")
+    for t in ("plain", "dist"):
+        conn.execute(f"CREATE TABLE {t} (id int PRIMARY KEY, g gone, note text)".encode())
+        conn.execute(f"INSERT INTO {t} VALUES (1, 'x', 'a'), (2, 'y', 'b')".encode())
+    name = QualifiedName(schema, "dist")
+    if how == "hash":
+        fleet.distribute(DistributeSpec(name, "id", HashSpec(2)))
+    else:
+        fleet.reference(ReferenceSpec(name))
+    conn.execute(b"DROP TYPE gone CASCADE")  # drops the column g of both tables
+    _same(conn, ["SELECT * FROM {t} ORDER BY id", "INSERT INTO {t} VALUES (3, 'c') RETURNING *"])
+    shard_columns = "SELECT count(*) FROM information_schema.columns WHERE table_schema = %s AND column_name = 'g'"
+    assert _on_workers(fleet, shard_columns, (schema,)) == [0, 0]
+    with routing_router(cluster) as router, psycopg.connect(
+            host="127.0.0.1", port=router.config.port, dbname=cluster.spec.dbname, user=cluster.spec.superuser,
+            password=cluster.spec.coordinator.password, autocommit=True) as rconn:
+        rconn.execute(f'SET search_path = "{schema}"'.encode())
+        _same(rconn, ["SELECT * FROM {t} WHERE id = 1", "SELECT * FROM {t} ORDER BY id"])

@@ -369,6 +369,36 @@ BEGIN
     END IF;
 END $$;
 
+-- The shards' (and a reference table's foreign tables') side of the column changes of p_relid since its
+-- snapshot: after ALTER TABLE, and after a drop that took columns with it (DROP TYPE … CASCADE).
+CREATE OR REPLACE FUNCTION pgfleet.queue_column_changes(p_relid oid) RETURNS void
+LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pgfleet AS $$
+DECLARE
+    method text := (SELECT t.method FROM pgfleet.tables t WHERE t.relid = p_relid);
+    acts text[] := ARRAY(SELECT * FROM pgfleet.column_actions(p_relid));
+    act text;
+    node text;
+    sh record;
+    internal text := coalesce(current_setting('pgfleet.internal', true), '');
+BEGIN
+    IF cardinality(acts) > 0 THEN  -- a new column's type first (types.sql)
+        FOR node IN SELECT DISTINCT s.node FROM pgfleet.shards s WHERE s.relid = p_relid ORDER BY 1 LOOP
+            PERFORM pgfleet.queue_types(p_relid, node);
+        END LOOP;
+    END IF;
+    FOREACH act IN ARRAY acts LOOP
+        FOR sh IN SELECT * FROM pgfleet.shards WHERE relid = p_relid ORDER BY shard_id LOOP
+            INSERT INTO pgfleet.ddl_queue (node, statement)
+            VALUES (sh.node, format('ALTER TABLE %I.%I %s', sh.shard_schema, sh.shard_table, act));
+            IF method = 'reference' THEN
+                PERFORM set_config('pgfleet.internal', 'on', true);
+                EXECUTE format('ALTER FOREIGN TABLE %I.%I %s', sh.foreign_schema, sh.foreign_table, act);
+                PERFORM set_config('pgfleet.internal', internal, true);
+            END IF;
+        END LOOP;
+    END LOOP;
+END $$;
+
 CREATE OR REPLACE FUNCTION pgfleet.on_ddl_end() RETURNS event_trigger
 LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pgfleet AS $$
 DECLARE
@@ -376,12 +406,9 @@ DECLARE
     t record;
     sh record;
     ix record;
-    act text;
     tbl oid;
     tail text;
     new_name text;
-    node text;
-    acts text[];
 BEGIN
     IF coalesce(current_setting('pgfleet.internal', true), '') = 'on' THEN
         RETURN;
@@ -409,23 +436,7 @@ BEGIN
             WHERE c.oid = cmd.objid AND pgfleet.tables.relid = cmd.objid;
             PERFORM pgfleet.check_defaults(cmd.objid);
             PERFORM pgfleet.align_owners(cmd.objid);
-            acts := ARRAY(SELECT * FROM pgfleet.column_actions(cmd.objid));
-            IF cardinality(acts) > 0 THEN  -- a new column's type first (types.sql)
-                FOR node IN SELECT DISTINCT s.node FROM pgfleet.shards s WHERE s.relid = cmd.objid ORDER BY 1 LOOP
-                    PERFORM pgfleet.queue_types(cmd.objid, node);
-                END LOOP;
-            END IF;
-            FOREACH act IN ARRAY acts LOOP
-                FOR sh IN SELECT * FROM pgfleet.shards WHERE relid = cmd.objid ORDER BY shard_id LOOP
-                    INSERT INTO pgfleet.ddl_queue (node, statement)
-                    VALUES (sh.node, format('ALTER TABLE %I.%I %s', sh.shard_schema, sh.shard_table, act));
-                    IF t.method = 'reference' THEN
-                        PERFORM set_config('pgfleet.internal', 'on', true);
-                        EXECUTE format('ALTER FOREIGN TABLE %I.%I %s', sh.foreign_schema, sh.foreign_table, act);
-                        PERFORM set_config('pgfleet.internal', 'off', true);
-                    END IF;
-                END LOOP;
-            END LOOP;
+            PERFORM pgfleet.queue_column_changes(cmd.objid);
         ELSIF cmd.command_tag IN ('ALTER TYPE', 'ALTER DOMAIN') AND cmd.classid = 'pg_type'::regclass THEN
             -- a carried type's name, an enum's values, a domain's default and constraints (types.sql)
             PERFORM pgfleet.queue_type_change(cmd.objid);
@@ -496,6 +507,9 @@ BEGIN
             DELETE FROM pgfleet.tables WHERE relid = obj.objid;
         ELSIF obj.object_type IN ('type', 'domain') THEN
             PERFORM pgfleet.queue_type_drop(obj.objid);  -- a carried type (types.sql)
+        ELSIF obj.object_type = 'table column' AND EXISTS (SELECT FROM pgfleet.tables WHERE relid = obj.objid)
+              AND EXISTS (SELECT FROM pg_class WHERE oid = obj.objid) THEN
+            PERFORM pgfleet.queue_column_changes(obj.objid);  -- dropped with a type (DROP TYPE … CASCADE)
         ELSIF obj.object_type = 'index' THEN
             SELECT i.*, t2.method INTO ix FROM pgfleet.indexes i JOIN pgfleet.tables t2 USING (relid)
             WHERE i.indexrelid = obj.objid;
