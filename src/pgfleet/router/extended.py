@@ -160,8 +160,10 @@ class ExtendedRouter:
                 if not in_txn:
                     return False
                 self.stateful = True  # the transaction's statement: pinned when it goes to the coordinator
-        if in_txn and type_byte == b"H" and not self.batch and not self.forwarding:
-            return True  # nothing is waiting for a reply (psycopg flushes after its Sync): nothing to do
+        if type_byte == b"H" and not self.batch and not self.forwarding:
+            # nothing is waiting for a reply (psycopg flushes after its Sync): nothing to do, and what follows
+            # may be a Query (SQLAlchemy's COMMIT after an executemany), not a batch to forward
+            return True
         if in_txn and not self.forwarding and type_byte != b"S" and (type_byte == b"H" or len(self.batch) + 1 >= MAX_BATCH):
             # the client waits for replies before its Sync (psycopg's pipelines, executemany)
             batch, self.batch, self.stateful = [*self.batch, (type_byte, payload)], [], False
