@@ -230,15 +230,20 @@ class LocalServer:
 
     def base_backup(self, source_port: int, superuser: str, password: str, slot: str, timeout: float = 600,
                     progress: Callable[[int, int], None] | None = None) -> None:
-        """Create this (new) member's data directory as a streaming copy of the server on ``source_port``;
-        ``progress(done_kb, total_kb)`` follows pg_basebackup --progress."""
+        """Create this (new) member's data directory as a copy of the server on ``source_port``, whose
+        replication ``slot`` for the member (made before) keeps the WAL of the copy and of its streaming after;
+        ``progress(done_kb, total_kb)`` follows pg_basebackup --progress.
+
+        ``-X fetch``: the WAL comes at the end of the copy, kept by the slot. ``-X stream`` forks a WAL
+        receiver that outlives a killed pgfleet, streaming on the member's slot for good (see
+        node/backup_tools.py)."""
         if self.exists():
             raise NodeError(f"data directory {self.datadir} already exists", node=self.name)
         self.home.mkdir(parents=True, exist_ok=True)
         give_to(str(self.home), self.run_as, 0o700)
         passfile = self.write_passfile(source_port, superuser, password)
         run([self.binaries.path("pg_basebackup"), "-h", "127.0.0.1", "-p", str(source_port), "-U", superuser,
-             "-D", str(self.datadir), "-X", "stream", "-S", slot, "--checkpoint=fast", "--no-sync",
+             "-D", str(self.datadir), "-X", "fetch", "--checkpoint=fast", "--no-sync",
              *(["--progress"] if progress else [])],
             run_as=self.run_as, env={"PGPASSFILE": str(passfile)}, timeout=timeout, what="pg_basebackup", node=self.name,
             on_progress=_kb_progress(progress) if progress else None)
