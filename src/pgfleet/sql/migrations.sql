@@ -315,8 +315,11 @@ BEGIN
     EXECUTE format('DROP TABLE %s', p_old::regclass);
 END $$;
 
+-- bounds (range) and lists (list) came after the first version: its signature goes, or calls would be ambiguous
+DROP FUNCTION IF EXISTS pgfleet.distribute_table(regclass, text, int, regclass);
 CREATE OR REPLACE FUNCTION pgfleet.distribute_table(p_table regclass, p_key text, shard_count int DEFAULT NULL,
-                                                    colocate_with regclass DEFAULT NULL) RETURNS bigint
+                                                    colocate_with regclass DEFAULT NULL, bounds text[] DEFAULT NULL,
+                                                    lists jsonb DEFAULT NULL) RETURNS bigint
 LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pgfleet
 SET DateStyle = 'ISO, YMD' SET IntervalStyle = 'postgres' SET extra_float_digits = 3 SET TimeZone = 'UTC' AS $$
 DECLARE
@@ -341,14 +344,25 @@ DECLARE
     fks pgfleet.foreign_keys[];
     fk pgfleet.foreign_keys;
     indexes jsonb;
+    dist_method text := CASE WHEN bounds IS NOT NULL THEN 'range' WHEN lists IS NOT NULL THEN 'list' ELSE 'hash' END;
+    shard pgfleet.value_shard;
+    value_shards pgfleet.value_shard[];
 BEGIN
     PERFORM pgfleet.api_check_table(p_table, 'distribute it');
     PERFORM pgfleet.check_table_shape(p_table, false);
     key_type := pgfleet.check_key(p_table, p_key);
+    IF bounds IS NOT NULL AND lists IS NOT NULL THEN
+        RAISE EXCEPTION 'give bounds (range) or lists (list), not both' USING ERRCODE = 'invalid_parameter_value';
+    ELSIF dist_method <> 'hash' AND (shard_count IS NOT NULL OR colocate_with IS NOT NULL) THEN
+        RAISE EXCEPTION '% decides the shards: leave out shard_count and colocate_with', CASE dist_method WHEN 'range'
+            THEN 'bounds' ELSE 'lists' END USING ERRCODE = 'invalid_parameter_value',
+            HINT = 'the bounds or lists give the shards; co-locating with a range or list table is done with the CLI '
+                   '(pgfleet distribute --colocate-with)';
+    END IF;
     hashfn := pgfleet.key_hash_function(key_type);
-    IF hashfn IS NULL THEN
+    IF hashfn IS NULL AND dist_method = 'hash' THEN
         RAISE EXCEPTION 'type % has no hash function, so it cannot be a hash distribution key', key_type
-            USING ERRCODE = 'feature_not_supported', HINT = 'distribute by range with the CLI (pgfleet distribute --bounds), or choose another key column';
+            USING ERRCODE = 'feature_not_supported', HINT = 'distribute by range (bounds => ARRAY[…]) or list (lists => …), or choose another key column';
     END IF;
     IF colocate_with IS NOT NULL THEN
         SELECT t.*, (SELECT count(*) FROM pgfleet.shards s WHERE s.relid = t.relid) AS shards,
@@ -373,6 +387,11 @@ BEGIN
         END IF;
         colocation := other.colocation_id;
         count := other.shards;
+    ELSIF dist_method <> 'hash' THEN
+        workers := pgfleet.api_workers('there are no workers to place shards on');
+        value_shards := ARRAY(SELECT v FROM pgfleet.api_value_shards(key_type, bounds, lists, workers) v
+                              ORDER BY v.shard_index);
+        count := cardinality(value_shards);
     ELSE
         count := coalesce(shard_count, 8);
         IF count NOT BETWEEN 1 AND 4096 THEN
@@ -384,15 +403,32 @@ BEGIN
     fks := ARRAY(SELECT f FROM pgfleet.foreign_keys_of(p_table) f);
     PERFORM set_config('pgfleet.internal', 'on', true);
     EXECUTE format('CREATE TABLE %I.%I (LIKE %s INCLUDING DEFAULTS INCLUDING IDENTITY INCLUDING GENERATED '
-                   'INCLUDING CONSTRAINTS) PARTITION BY HASH (%I)', schema, staging, p_table, p_key);
+                   'INCLUDING CONSTRAINTS) PARTITION BY %s (%I)', schema, staging, p_table, upper(dist_method), p_key);
     new_oid := format('%I.%I', schema, staging)::regclass;
     IF colocation IS NULL THEN
-        INSERT INTO pgfleet.colocation_groups (method, key_type, shard_count) VALUES ('hash', key_type::text, count)
+        INSERT INTO pgfleet.colocation_groups (method, key_type, shard_count) VALUES (dist_method, key_type::text, count)
         RETURNING id INTO colocation;
     END IF;
     INSERT INTO pgfleet.tables (relid, schema_name, table_name, method, key_column, colocation_id)
-    VALUES (p_table, schema, name, 'hash', p_key, colocation);  -- relid is moved to the new table below
+    VALUES (p_table, schema, name, dist_method, p_key, colocation);  -- relid is moved to the new table below
+    FOREACH shard IN ARRAY coalesce(value_shards, '{}'::pgfleet.value_shard[]) LOOP  -- range and list
+        sid := nextval('pgfleet.shard_id_seq');
+        shard_name := pgfleet.shard_object_name(name, sid);
+        rule := pgfleet.value_rule(p_key, shard.lower_bound, shard.upper_bound, shard.list_values);
+        EXECUTE format('CREATE FOREIGN TABLE %I.%I PARTITION OF %I.%I %s SERVER %I OPTIONS (schema_name %L, table_name %L)',
+                       'pgfleet_shards', shard_name, schema, staging,
+                       pgfleet.value_bound(shard.lower_bound, shard.upper_bound, shard.list_values),
+                       'pgfleet_' || shard.shard_node, schema, shard_name);
+        INSERT INTO pgfleet.shards (shard_id, relid, shard_index, node, shard_schema, shard_table, foreign_schema,
+                                    foreign_table, lower_bound, upper_bound, list_values)
+        VALUES (sid, p_table, shard.shard_index, shard.shard_node, schema, shard_name, 'pgfleet_shards', shard_name,
+                shard.lower_bound, shard.upper_bound, shard.list_values);
+        PERFORM pgfleet.queue_types(p_table, shard.shard_node);
+        PERFORM pgfleet.queue_statement(shard.shard_node, pgfleet.shard_table_sql(p_table, schema, shard_name, sid, rule));
+        moved := moved + pgfleet.queue_rows(shard.shard_node, p_table, rule, schema, shard_name, false);
+    END LOOP;
     FOR i IN 0 .. count - 1 LOOP
+        EXIT WHEN dist_method <> 'hash';
         sid := nextval('pgfleet.shard_id_seq');
         shard_name := pgfleet.shard_object_name(name, sid);
         node := CASE WHEN colocate_with IS NULL THEN workers[i % cardinality(workers) + 1]
@@ -414,7 +450,13 @@ BEGIN
                                                                  ELSE rule END, schema, shard_name, false);
     END LOOP;
     EXECUTE format('SELECT count(*) FROM %s', p_table) INTO total;
-    IF moved <> total THEN
+    IF moved <> total AND dist_method <> 'hash' THEN
+        RAISE EXCEPTION '% rows of % have a key in no %', total - moved, p_table,
+            CASE dist_method WHEN 'range' THEN 'range (or NULL)' ELSE 'list (or NULL)' END
+            USING ERRCODE = 'check_violation', HINT = CASE dist_method WHEN 'range'
+                THEN 'open the ends with ''min'' and ''max'', or fix those rows; nothing was changed'
+                ELSE 'add their values to a site, or fix those rows; nothing was changed' END;
+    ELSIF moved <> total THEN
         RAISE EXCEPTION 'pgfleet: % rows of % would go to no shard', total - moved, p_table USING ERRCODE = 'internal_error',
             HINT = 'nothing was changed; report this with the table definition';
     END IF;
@@ -429,7 +471,7 @@ BEGIN
     PERFORM pgfleet.swap_tables(p_table, new_oid);
     -- ON UPDATE of the primary key is not declared: move the rows by hand
     INSERT INTO pgfleet.tables (relid, schema_name, table_name, method, key_column, colocation_id)
-    SELECT new_oid, schema_name, table_name, method, key_column, colocation_id FROM pgfleet.tables WHERE relid = p_table;
+    SELECT new_oid, t.schema_name, t.table_name, t.method, t.key_column, t.colocation_id FROM pgfleet.tables t WHERE t.relid = p_table;
     UPDATE pgfleet.shards SET relid = new_oid WHERE relid = p_table;
     DELETE FROM pgfleet.tables WHERE relid = p_table;
     PERFORM pgfleet.snapshot_columns(new_oid);
