@@ -139,3 +139,39 @@ def test_tables_joined_by_keys_are_dropped_together(fleet: Fleet, schema: str, d
             assert w.execute("SELECT to_regclass(format('%%I.%%I', %s::text, %s::text))",
                              [shard_schema, shard_table]).fetchone() == (None,)
     assert conn.execute("SELECT count(*) FROM pgfleet.foreign_keys WHERE name = 'items_order_fk'").fetchone() == (0,)
+
+
+def test_a_key_between_tables_of_one_migration(fleet: Fleet, schema: str) -> None:
+    """Django and SQLAlchemy create both tables with the key between them, then a migration distributes them:
+    the referenced table first, the referencing one co-located in the same transaction, and the key is on
+    the shards. Distributing only the referenced one fails at COMMIT with what to do, and changes nothing."""
+    conn = fleet.conn()
+    ddl = ("CREATE TABLE {p} (id bigint PRIMARY KEY, name text);"
+           "CREATE TABLE {c} (customer_id bigint NOT NULL REFERENCES {p} ON DELETE CASCADE DEFERRABLE INITIALLY DEFERRED,"
+           " n int, PRIMARY KEY (customer_id, n));"
+           "INSERT INTO {p} SELECT g, 'c' || g FROM generate_series(1, 20) g;"
+           "INSERT INTO {c} SELECT g % 20 + 1, g FROM generate_series(1, 60) g")
+    conn.execute(ddl.format(p="customers", c="orders").encode())
+    # only the referenced table: refused at COMMIT, nothing changed
+    with pytest.raises(psycopg.Error) as err, conn.transaction():
+        conn.execute(b"SELECT pgfleet.distribute_table('customers', 'id', 4)")
+    assert err.value.sqlstate == "55000"
+    assert err.value.diag.message_primary == (
+        f"foreign key orders_customer_id_fkey of {schema}.orders references {schema}.customers, which this "
+        f"transaction distributed, but {schema}.orders was not distributed with it")
+    assert "colocate_with" in str(err.value.diag.message_hint)
+    assert conn.execute(b"SELECT count(*) FROM pgfleet.tables WHERE relid IN ('customers'::regclass, 'orders'::regclass)"
+                        b"").fetchone() == (0,)
+    assert conn.execute(b"SELECT count(*) FROM pg_constraint WHERE conname = 'orders_customer_id_fkey'").fetchone() == (1,)
+    with conn.transaction():  # both, in one transaction
+        conn.execute(b"SELECT pgfleet.distribute_table('customers', 'id', 4)")
+        conn.execute(b"SELECT pgfleet.distribute_table('orders', 'customer_id', colocate_with => 'customers')")
+    keys = conn.execute(b"SELECT name, ref_relid::regclass::text, on_delete, deferral FROM pgfleet.foreign_keys "
+                        b"WHERE relid = 'orders'::regclass").fetchall()
+    assert keys == [("orders_customer_id_fkey", "customers", "CASCADE", "DEFERRABLE INITIALLY DEFERRED")]
+    assert conn.execute(b"SELECT count(*) FROM pgfleet.parked_foreign_keys").fetchone() == (0,)
+    with pytest.raises(psycopg.errors.ForeignKeyViolation, match="orders_customer_id_fkey"):
+        conn.execute(b"INSERT INTO orders VALUES (999, 1)")
+    conn.execute(b"DELETE FROM customers WHERE id = 1")  # ON DELETE CASCADE, on the shards
+    assert conn.execute(b"SELECT count(*) FROM orders WHERE customer_id = 1").fetchone() == (0,)
+    assert conn.execute(b"SELECT count(*) FROM orders").fetchone() == (57,)

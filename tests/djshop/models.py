@@ -1,7 +1,8 @@
 """The shop's models in their final state (after migration 0003). ``Order`` is co-located with ``Customer``
 on the customer's id: its primary key and its unique constraint include that key, as a distributed table's
-must. Foreign keys between distributed tables are pgfleet's (``pgfleet.add_foreign_key`` in a migration),
-so Django does not create them (``db_constraint=False``); keys to the reference table are Django's own."""
+must. ``Order.customer`` is Django's own key, created with the tables in 0001 and taken to the shards when
+0002 distributes both in its transaction; ``ship_to`` (0003) shows the other way, a key declared without
+Django's constraint (``db_constraint=False``) and added by ``pgfleet.add_foreign_key``."""
 
 from __future__ import annotations
 
@@ -29,7 +30,7 @@ class Customer(models.Model):
 
 class Order(models.Model):
     pk = models.CompositePrimaryKey("customer", "number")
-    customer = models.ForeignKey(Customer, on_delete=models.CASCADE, db_constraint=False)
+    customer = models.ForeignKey(Customer, on_delete=models.CASCADE)
     number = models.IntegerField()
     reference = models.CharField(max_length=20)
     total = models.DecimalField(max_digits=10, decimal_places=2)

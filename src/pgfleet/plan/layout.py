@@ -34,7 +34,8 @@ def check_table_shape(table: TableDef, *, reference: bool) -> None:
                             hint="drop it and run again")
     if table.referencing_fks and not reference:  # a reference table stays a plain table on the coordinator
         raise SpecError(f"foreign key {table.referencing_fks[0]} references {table.name}",
-                        hint="drop that foreign key first; keys across shards are not enforced")
+                        hint="distribute both tables in one transaction with the SQL API (this one, then the "
+                             "referencing one with colocate_with), or drop that foreign key first")
     if table.dependent_views:
         raise SpecError(f"view {table.dependent_views[0]} depends on {table.name}",
                         hint="drop the view, distribute the table, then create the view again")

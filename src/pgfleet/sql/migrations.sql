@@ -349,6 +349,7 @@ DECLARE
     value_shards pgfleet.value_shard[];
 BEGIN
     PERFORM pgfleet.api_check_table(p_table, 'distribute it');
+    PERFORM pgfleet.park_referencing_keys(p_table);  -- for the referencing table's turn (parked_keys.sql)
     PERFORM pgfleet.check_table_shape(p_table, false);
     key_type := pgfleet.check_key(p_table, p_key);
     IF bounds IS NOT NULL AND lists IS NOT NULL THEN
@@ -399,8 +400,10 @@ BEGIN
         END IF;
     END IF;
     workers := pgfleet.api_workers('there are no workers to place shards on');
-    PERFORM pgfleet.check_foreign_key(p_table, p_key, colocation, f) FROM pgfleet.foreign_keys_of(p_table) f;
-    fks := ARRAY(SELECT f FROM pgfleet.foreign_keys_of(p_table) f);
+    -- its own keys, and those parked when the table they reference was distributed in this transaction
+    fks := ARRAY(SELECT f FROM pgfleet.foreign_keys_of(p_table) f
+                 UNION ALL SELECT k.fk FROM pgfleet.parked_foreign_keys k WHERE (k.fk).relid = p_table);
+    PERFORM pgfleet.check_foreign_key(p_table, p_key, colocation, f) FROM unnest(fks) f;
     PERFORM set_config('pgfleet.internal', 'on', true);
     EXECUTE format('CREATE TABLE %I.%I (LIKE %s INCLUDING DEFAULTS INCLUDING IDENTITY INCLUDING GENERATED '
                    'INCLUDING CONSTRAINTS) PARTITION BY %s (%I)', schema, staging, p_table, upper(dist_method), p_key);
@@ -474,6 +477,7 @@ BEGIN
     SELECT new_oid, t.schema_name, t.table_name, t.method, t.key_column, t.colocation_id FROM pgfleet.tables t WHERE t.relid = p_table;
     UPDATE pgfleet.shards SET relid = new_oid WHERE relid = p_table;
     DELETE FROM pgfleet.tables WHERE relid = p_table;
+    UPDATE pgfleet.parked_foreign_keys k SET fk.ref_relid = new_oid WHERE (k.fk).ref_relid = p_table;
     PERFORM pgfleet.snapshot_columns(new_oid);
     PERFORM pgfleet.align_owners(new_oid);
     PERFORM pgfleet.queue_privileges(new_oid);  -- roles and privileges on the new shards, after them
@@ -481,6 +485,7 @@ BEGIN
         fk.relid := new_oid;
         PERFORM pgfleet.enforce_foreign_key(fk);
     END LOOP;
+    DELETE FROM pgfleet.parked_foreign_keys k WHERE (k.fk).relid = p_table;
     PERFORM pgfleet.adopt_indexes(new_oid, indexes);
     PERFORM set_config('pgfleet.internal', internal, true);
     RETURN moved;

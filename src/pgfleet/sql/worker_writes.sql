@@ -280,6 +280,7 @@ DECLARE
     fdw_used text[];          -- foreign servers this transaction already used through postgres_fdw
     heads text[] := '{}';     -- how each worker's transaction begins
 BEGIN
+    PERFORM pgfleet.check_parked_keys();  -- before anything reaches a worker (parked_keys.sql)
     SELECT array_agg(DISTINCT node ORDER BY node) INTO nodes FROM pgfleet.ddl_queue WHERE xid = me;
     IF nodes IS NULL THEN
         RETURN NULL;  -- an earlier firing in this transaction flushed everything

@@ -32,7 +32,7 @@ class Migration(migrations.Migration):
             fields=[
                 ("pk", models.CompositePrimaryKey("customer", "number", blank=True, editable=False, primary_key=True,
                                                   serialize=False)),
-                ("customer", models.ForeignKey(db_constraint=False, on_delete=models.CASCADE, to="djshop.customer")),
+                ("customer", models.ForeignKey(on_delete=models.CASCADE, to="djshop.customer")),
                 ("number", models.IntegerField()),
                 ("reference", models.CharField(max_length=20)),
                 ("total", models.DecimalField(decimal_places=2, max_digits=10)),
