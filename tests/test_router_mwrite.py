@@ -243,3 +243,44 @@ def prepared_on(cluster: LocalCluster, node: str) -> int:
     with psycopg.connect(host=ep.host, port=ep.port, user=ep.user, password=ep.password, dbname=ep.dbname) as conn:
         row = conn.execute("SELECT count(*) FROM pg_prepared_xacts").fetchone()
         return int(row[0]) if row else 0
+
+
+def test_cancel_stops_a_multi_shard_update_everywhere(cluster: LocalCluster, fleet: Fleet, router: RouterServer,
+                                                      tables: tuple[str, str]) -> None:
+    """Ctrl-C during a multi-shard UPDATE that waits on a row lock on w2 (w1's part done): the client gets
+    57014, as on one server, and no row changed on any worker."""
+    schema, _ = tables
+    name, key = shard_on(cluster, fleet, schema, "w2")
+    ep = cluster.endpoint("w2")
+    holder = psycopg.connect(host=ep.host, port=ep.port, user=ep.user, password=ep.password, dbname=ep.dbname)
+    result: list[Any] = []
+    routed = connect(cluster, router.config.port, schema)
+    try:
+        holder.execute(f"SELECT * FROM {name} WHERE id = {key} FOR UPDATE")
+        before = router.context.stats.cancels
+        thread = threading.Thread(target=lambda: result.append(outcome(routed, "UPDATE orders SET note = 'cancelled'")),
+                                  daemon=True)
+        thread.start()
+        deadline = time.monotonic() + 30
+        while not waiting_on_lock(cluster, "w2"):
+            assert time.monotonic() < deadline, "the update never waited on w2"
+            time.sleep(0.05)
+        routed.cancel_safe()
+        thread.join(30)
+        assert router.context.stats.cancels == before + 1
+    finally:
+        holder.close()
+    assert result and result[0][0] == "57014", result
+    assert outcome(routed, "SELECT count(*) FROM orders WHERE note = 'cancelled'")[2] == [(0,)]  # the session goes on
+    routed.close()
+    assert prepared_everywhere(cluster) == 0
+    with connect(cluster, cluster.spec.coordinator.port, schema) as direct:
+        assert outcome(direct, "SELECT count(*) FROM orders WHERE note = 'cancelled'")[2] == [(0,)]
+
+
+def waiting_on_lock(cluster: LocalCluster, node: str) -> bool:
+    ep = cluster.endpoint(node)
+    with psycopg.connect(host=ep.host, port=ep.port, user=ep.user, password=ep.password, dbname=ep.dbname) as conn:
+        row = conn.execute("SELECT count(*) FROM pg_stat_activity WHERE wait_event_type = 'Lock' "
+                           "AND query LIKE 'BEGIN%%cancelled%%'").fetchone()
+        return bool(row and row[0])

@@ -147,6 +147,15 @@ class RouterContext:
             worker.cancelled = True  # the cancel may land after the statement: the connection is not reused
             self.spawn(send_cancel(worker.address, wire.CancelRequest(*worker.cancel_key)))
             return
+        # a statement the router runs itself over several workers (multishard.py): cancel it on each; each
+        # plan rolls back everywhere on the first error and answers 57014 in the client's terms
+        planned = [c for c in session.leases.held.values() if c.cancel_key is not None] if session.busy else []
+        if planned:
+            for conn in planned:
+                conn.cancelled = True
+                assert conn.cancel_key is not None
+                self.spawn(send_cancel(conn.address, wire.CancelRequest(*conn.cancel_key)))
+            return
         self.spawn(send_cancel(session.address, wire.CancelRequest(session.server_key.process_id, session.server_key.secret)))
 
 
