@@ -206,13 +206,10 @@ def test_worker_killed_during_a_multi_shard_update(cluster: LocalCluster, fleet:
     """w1's shards are updated and prepared while w2's update waits on a row lock; w2 is killed: the client
     gets an error and, once w2 is back, no row changed anywhere and no prepared transaction is left."""
     schema, _ = tables
-    name, key = shard_on(cluster, fleet, schema, "w2")
-    ep = cluster.endpoint("w2")
-    holder = psycopg.connect(host=ep.host, port=ep.port, user=ep.user, password=ep.password, dbname=ep.dbname)
+    holder = lock_a_row_on(cluster, fleet, schema, "w2")
     result: list[Any] = []
     routed = connect(cluster, router.config.port, schema)
     try:
-        holder.execute(f"SELECT * FROM {name} WHERE id = {key} FOR UPDATE")
         thread = threading.Thread(target=lambda: result.append(outcome(routed, "UPDATE orders SET note = 'half'")),
                                   daemon=True)
         thread.start()
@@ -250,13 +247,10 @@ def test_cancel_stops_a_multi_shard_update_everywhere(cluster: LocalCluster, fle
     """Ctrl-C during a multi-shard UPDATE that waits on a row lock on w2 (w1's part done): the client gets
     57014, as on one server, and no row changed on any worker."""
     schema, _ = tables
-    name, key = shard_on(cluster, fleet, schema, "w2")
-    ep = cluster.endpoint("w2")
-    holder = psycopg.connect(host=ep.host, port=ep.port, user=ep.user, password=ep.password, dbname=ep.dbname)
+    holder = lock_a_row_on(cluster, fleet, schema, "w2")
     result: list[Any] = []
     routed = connect(cluster, router.config.port, schema)
     try:
-        holder.execute(f"SELECT * FROM {name} WHERE id = {key} FOR UPDATE")
         before = router.context.stats.cancels
         thread = threading.Thread(target=lambda: result.append(outcome(routed, "UPDATE orders SET note = 'cancelled'")),
                                   daemon=True)
@@ -276,6 +270,16 @@ def test_cancel_stops_a_multi_shard_update_everywhere(cluster: LocalCluster, fle
     assert prepared_everywhere(cluster) == 0
     with connect(cluster, cluster.spec.coordinator.port, schema) as direct:
         assert outcome(direct, "SELECT count(*) FROM orders WHERE note = 'cancelled'")[2] == [(0,)]
+
+
+def lock_a_row_on(cluster: LocalCluster, fleet: Fleet, schema: str, node: str) -> psycopg.Connection[Any]:
+    """A connection straight to ``node`` holding a row of one of its orders shards FOR UPDATE (in its open
+    transaction, until it is closed)."""
+    name, key = shard_on(cluster, fleet, schema, node)
+    ep = cluster.endpoint(node)
+    holder = psycopg.connect(host=ep.host, port=ep.port, user=ep.user, password=ep.password, dbname=ep.dbname)
+    holder.execute(f"SELECT * FROM {name} WHERE id = {key} FOR UPDATE")
+    return holder
 
 
 def waiting_on_lock(cluster: LocalCluster, node: str) -> bool:
