@@ -62,6 +62,11 @@ def test_gids_name_the_process_and_count() -> None:
     a, b = maker.next(), maker.next()
     assert a.startswith(f"{GID_PREFIX}3_") and a != b and a.rsplit("_", 1)[1] == "1" and b.rsplit("_", 1)[1] == "2"
     assert not a.startswith("pgfleet_xact_")  # the coordinator's own two-phase commits are not ours
+    # another router of this process, made in the same second (tests run several): other gids, the same
+    # owner (this pid) for recovery
+    other = GidMaker(3)
+    c = other.next()
+    assert c not in (a, b) and c.split("_")[3] == a.split("_")[3] and maker.owner_alive(c)
 
 
 G1, G2, G3 = (f"{GID_PREFIX}0_1_a_{n}" for n in (1, 2, 3))

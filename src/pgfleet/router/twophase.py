@@ -57,8 +57,14 @@ class GidMaker:
     live: ClassVar[weakref.WeakSet[GidMaker]] = weakref.WeakSet()
     _live_lock: ClassVar[threading.Lock] = threading.Lock()  # recovery reads ``live`` from its thread
 
+    _made: ClassVar[itertools.count[int]] = itertools.count(1)  # makers of this process so far
+
     def __init__(self, process_index: int) -> None:
-        self.prefix = f"{GID_PREFIX}{process_index}_{os.getpid()}_{int(time.time()):x}_"
+        # the start field is unique per maker of the process: two routers of one process made in the same
+        # second (tests) issued the same gids, and a later one met the earlier one's decision row for its
+        # gid ("recovery aborted this transaction")
+        start = f"{int(time.time()):x}x{next(GidMaker._made):x}"
+        self.prefix = f"{GID_PREFIX}{process_index}_{os.getpid()}_{start}_"
         self._counter = itertools.count(1)
         self._issued: dict[str, float] = {}  # gid -> when, for recovery: a gid of ours is a session's to decide
         with GidMaker._live_lock:
