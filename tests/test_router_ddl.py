@@ -128,3 +128,21 @@ def test_alter_table_add_foreign_key_through_the_router(cluster: LocalCluster, f
                                 "ORDER BY name").fetchall() == [("items_alt_country_fkey", "NO ACTION"),
                                                                  ("items_order_id_fkey", "CASCADE")]
 
+
+
+def test_the_rewrite_follows_set_search_path(cluster: LocalCluster, fleet: Fleet, schema: str,
+                                             router: RouterServer) -> None:
+    """A migration tool that sets search_path after connecting: the names of its ALTER TABLE resolve in the
+    schema it set (PostgreSQL 18 reports the change), not in the one of the connection string."""
+    with psycopg.connect(host="127.0.0.1", port=router.config.port, dbname=cluster.spec.dbname,
+                         user=cluster.spec.superuser, password=cluster.spec.coordinator.password,
+                         options="-c search_path=public", autocommit=True) as conn:
+        cur = psycopg.ClientCursor(conn)
+        cur.execute(f'SET search_path = "{schema}", public')
+        cur.execute("ALTER TABLE items ADD FOREIGN KEY (order_id) REFERENCES orders (id)")
+        assert cur.statusmessage == "ALTER TABLE"
+        with pytest.raises(psycopg.errors.ForeignKeyViolation, match="items_order_id_fkey"):
+            cur.execute("INSERT INTO items VALUES (999, 1, NULL)")
+        cur.execute("RESET search_path")  # back to public: items is not found there, as on one server
+        with pytest.raises(psycopg.errors.UndefinedTable):
+            cur.execute("ALTER TABLE items ADD FOREIGN KEY (order_id) REFERENCES orders (id)")

@@ -219,3 +219,13 @@ def test_scan_checks_lengths() -> None:
     assert scanner.scan(wire.frame(b"Q", b"SELECT 1\0")[:7]) == [b"Q"]
     with pytest.raises(wire.ProtocolViolation, match="invalid message length 99999 for message type b'S'"):
         wire.Framer(limit=wire.frontend_limit).scan(b"S" + struct.pack("!i", 99_999))
+
+
+def test_search_path_statuses_in_a_chunk() -> None:
+    status = p.ParameterStatus("search_path", '"$user", app').encode()
+    chunk = p.CommandComplete("SET").encode() + status + p.ReadyForQuery("I").encode()
+    assert wire.search_path_statuses(chunk) == ['"$user", app']
+    # the same bytes inside a row are not a status: the length field does not match
+    row = wire.frame(b"D", wire.int16(1) + wire.value(b"S\x00\x00\x00\x09search_path\x00x\x00"))
+    assert wire.search_path_statuses(row + p.ReadyForQuery("I").encode()) == []
+    assert wire.search_path_statuses(p.ParameterStatus("TimeZone", "UTC").encode()) == []

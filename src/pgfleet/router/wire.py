@@ -9,6 +9,7 @@ SQLSTATE 08P01 (protocol_violation).
 
 from __future__ import annotations
 
+import re
 import struct
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -291,3 +292,19 @@ class Framer:
 
 def frontend_limit(type_byte: int) -> int:
     return SMALL_MESSAGE_LIMIT if type_byte in SMALL_FRONTEND_TYPES else MAX_MESSAGE_LENGTH
+
+
+_SEARCH_PATH_STATUS = re.compile(rb"S(.{4})search_path\x00([^\x00]*)\x00", re.DOTALL)
+
+
+def search_path_statuses(data: bytes) -> list[str]:
+    """The values of the ParameterStatus messages for search_path in a chunk of backend messages (PostgreSQL 18
+    reports SET search_path), read without framing the chunk: a match counts only when its length field is
+    exactly that of such a message."""
+    found = []
+    for match in _SEARCH_PATH_STATUS.finditer(data):
+        text = match.group(2)
+        if int.from_bytes(match.group(1), "big") == 4 + len(b"search_path\x00") + len(text) + 1:
+            found.append(text.decode("utf-8", "replace"))
+    return found
+
