@@ -298,6 +298,20 @@ def test_range_and_list_distributions_from_sql(fleet: Fleet, cluster: LocalClust
             except psycopg.Error as exc:
                 results.append(exc.sqlstate)
         assert results[0] == results[1], stmt
+    # a table co-located with it takes its ranges or lists, on the same nodes; a join on the key stays per shard
+    for t in ("parts", "plain_parts"):
+        conn.execute(f"CREATE TABLE {t} (grp int, n int, PRIMARY KEY (grp, n))".encode())
+        conn.execute(f"INSERT INTO {t} SELECT g % 7, g FROM generate_series(1, 50) g".encode())
+    with conn.transaction():
+        conn.execute(b"SELECT pgfleet.distribute_table('parts', 'grp', colocate_with => 'dist')")
+    shards = ("SELECT s.shard_index, s.node, s.lower_bound, s.upper_bound, s.list_values, t.colocation_id "
+              "FROM pgfleet.shards s JOIN pgfleet.tables t USING (relid) WHERE relid = %s::regclass ORDER BY 1")
+    assert conn.execute(shards, ("parts",)).fetchall() == conn.execute(shards, ("dist",)).fetchall()
+    join = "SELECT d.grp, count(*) FROM {d} d JOIN {p} p ON p.grp = d.grp GROUP BY d.grp ORDER BY 1"
+    assert conn.execute(join.format(d="dist", p="parts").encode()).fetchall() == \
+        conn.execute(join.format(d="cli", p="plain_parts").encode()).fetchall()  # cli took the same writes
+    with conn.transaction():
+        conn.execute(b"SELECT pgfleet.undistribute_table('parts')")
     with conn.transaction():  # and back, every row in a plain table again
         conn.execute(b"SELECT pgfleet.undistribute_table('dist')")
     assert conn.execute(b"SELECT relkind FROM pg_class WHERE oid = 'dist'::regclass").fetchone() == ("r",)

@@ -357,8 +357,7 @@ BEGIN
     ELSIF dist_method <> 'hash' AND (shard_count IS NOT NULL OR colocate_with IS NOT NULL) THEN
         RAISE EXCEPTION '% decides the shards: leave out shard_count and colocate_with', CASE dist_method WHEN 'range'
             THEN 'bounds' ELSE 'lists' END USING ERRCODE = 'invalid_parameter_value',
-            HINT = 'the bounds or lists give the shards; co-locating with a range or list table is done with the CLI '
-                   '(pgfleet distribute --colocate-with)';
+            HINT = 'the bounds or lists give the shards; with colocate_with alone the table takes those of the other';
     END IF;
     hashfn := pgfleet.key_hash_function(key_type);
     IF hashfn IS NULL AND dist_method = 'hash' THEN
@@ -375,10 +374,6 @@ BEGIN
         ELSIF other.method = 'reference' THEN
             RAISE EXCEPTION '% is a reference table; co-locate with a distributed table', colocate_with
                 USING ERRCODE = 'invalid_parameter_value';
-        ELSIF other.method <> 'hash' THEN
-            RAISE EXCEPTION '% is distributed by %; the SQL API co-locates with hash tables only', colocate_with, other.method
-                USING ERRCODE = 'feature_not_supported', HINT = format('use the CLI: pgfleet distribute %s --key %s --colocate-with %s',
-                                                                     p_table, p_key, colocate_with);
         ELSIF other.key_type <> key_type THEN
             RAISE EXCEPTION 'key % of % is % but the key of % is %', p_key, p_table, key_type, colocate_with, other.key_type
                 USING ERRCODE = 'datatype_mismatch', HINT = 'co-located tables need keys of the same type';
@@ -388,6 +383,11 @@ BEGIN
         END IF;
         colocation := other.colocation_id;
         count := other.shards;
+        IF other.method <> 'hash' THEN  -- the same ranges or lists, on the same nodes
+            dist_method := other.method;
+            value_shards := ARRAY(SELECT ROW(s.shard_index, s.node, s.lower_bound, s.upper_bound, s.list_values)::pgfleet.value_shard
+                                  FROM pgfleet.shards s WHERE s.relid = colocate_with ORDER BY s.shard_index);
+        END IF;
     ELSIF dist_method <> 'hash' THEN
         workers := pgfleet.api_workers('there are no workers to place shards on');
         value_shards := ARRAY(SELECT v FROM pgfleet.api_value_shards(key_type, bounds, lists, workers) v
@@ -418,10 +418,11 @@ BEGIN
         sid := nextval('pgfleet.shard_id_seq');
         shard_name := pgfleet.shard_object_name(name, sid);
         rule := pgfleet.value_rule(p_key, shard.lower_bound, shard.upper_bound, shard.list_values);
-        EXECUTE format('CREATE FOREIGN TABLE %I.%I PARTITION OF %I.%I %s SERVER %I OPTIONS (schema_name %L, table_name %L)',
+        EXECUTE format('CREATE FOREIGN TABLE %I.%I PARTITION OF %I.%I %s SERVER %I OPTIONS (schema_name %L, table_name %L%s)',
                        'pgfleet_shards', shard_name, schema, staging,
                        pgfleet.value_bound(shard.lower_bound, shard.upper_bound, shard.list_values),
-                       'pgfleet_' || shard.shard_node, schema, shard_name);
+                       'pgfleet_' || shard.shard_node, schema, shard_name,
+                       CASE WHEN colocate_with IS NULL THEN '' ELSE ', use_remote_estimate ''true''' END);
         INSERT INTO pgfleet.shards (shard_id, relid, shard_index, node, shard_schema, shard_table, foreign_schema,
                                     foreign_table, lower_bound, upper_bound, list_values)
         VALUES (sid, p_table, shard.shard_index, shard.shard_node, schema, shard_name, 'pgfleet_shards', shard_name,
