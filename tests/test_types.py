@@ -232,3 +232,22 @@ def test_drop_type_cascade_drops_the_column_on_the_shards(fleet: Fleet, cluster:
             password=cluster.spec.coordinator.password, autocommit=True) as rconn:
         rconn.execute(f'SET search_path = "{schema}"'.encode())
         _same(rconn, ["SELECT * FROM {t} WHERE id = 1", "SELECT * FROM {t} ORDER BY id"])
+
+
+def test_range_types_and_their_multiranges_distribute(fleet: Fleet, schema: str) -> None:
+    conn = fleet.conn()
+    conn.execute(b"CREATE TYPE floatrange AS RANGE (SUBTYPE = float8, SUBTYPE_DIFF = float8mi)")
+    conn.execute(b"CREATE TYPE textrange AS RANGE (SUBTYPE = text, COLLATION = \"C\")")
+    for t in ("plain", "dist"):
+        conn.execute(f"CREATE TABLE {t} (id int PRIMARY KEY, r floatrange, m floatmultirange, s textrange)".encode())
+        conn.execute(f"INSERT INTO {t} SELECT g, floatrange(g, g + 1.5), floatmultirange(floatrange(g, g + 1)), "
+                     f"textrange('a' || g, 'b' || g) FROM generate_series(1, 20) g".encode())
+    fleet.distribute(DistributeSpec(QualifiedName(schema, "dist"), "id", HashSpec(2)))
+    _same(conn, [
+        "SELECT id, r, m, s FROM {t} ORDER BY r, id",
+        "SELECT id FROM {t} WHERE r @> 3.2::float8 AND s @> 'a3z'::text ORDER BY id",
+        "INSERT INTO {t} VALUES (50, '[1,0)', NULL, NULL)",  # lower bound above upper: 22000 on both
+        "INSERT INTO {t} VALUES (51, '(2.5,4]', '{[1,2),[3,4)}', '[B,a)') RETURNING r, m, upper(s)",
+    ])
+    assert _on_workers(fleet, "SELECT to_regtype(%s) IS NOT NULL", (f"{schema}.floatmultirange",)) == [True, True]
+

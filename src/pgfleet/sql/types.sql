@@ -22,6 +22,7 @@ LANGUAGE sql STABLE SET search_path = pg_catalog, pgfleet AS $$
             UNION ALL SELECT a.atttypid FROM pg_attribute a
                       WHERE t.typtype = 'c' AND a.attrelid = t.typrelid AND a.attnum > 0 AND NOT a.attisdropped
             UNION ALL SELECT r.rngsubtype FROM pg_range r WHERE t.typtype = 'r' AND r.rngtypid = t.oid
+            UNION ALL SELECT r.rngtypid FROM pg_range r WHERE t.typtype = 'm' AND r.rngmultitypid = t.oid
         ) d
         WHERE u.depth < 16
     )
@@ -159,11 +160,25 @@ BEGIN
         make := format('EXECUTE %L;', format('CREATE TYPE %s AS (%s)', qname,
                        (SELECT string_agg(format('%I %s', a.attname, format_type(a.atttypid, a.atttypmod)), ', ' ORDER BY a.attnum)
                         FROM pg_attribute a WHERE a.attrelid = t.typrelid AND a.attnum > 0 AND NOT a.attisdropped)));
-    ELSE
+    ELSIF t.typtype = 'r' AND (SELECT rngcanonical FROM pg_range WHERE rngtypid = p_type) = 0 THEN
+        -- a range (and its multirange) over any subtype; one with a canonical function needs C code
+        make := format('EXECUTE %L;', (
+            SELECT format('CREATE TYPE %s AS RANGE (SUBTYPE = %s, SUBTYPE_OPCLASS = %s%s%s, MULTIRANGE_TYPE_NAME = %s)',
+                          qname, format_type(r.rngsubtype, NULL), format('%I.%I', opn.nspname, o.opcname),
+                          CASE WHEN r.rngcollation <> 0 AND r.rngcollation <> st.typcollation
+                               THEN format(', COLLATION = %I.%I', cn.nspname, c.collname) ELSE '' END,
+                          CASE WHEN r.rngsubdiff <> 0 THEN format(', SUBTYPE_DIFF = %s', r.rngsubdiff::regproc) ELSE '' END,
+                          format('%I.%I', mn.nspname, m.typname))
+            FROM pg_range r JOIN pg_type st ON st.oid = r.rngsubtype
+            JOIN pg_opclass o ON o.oid = r.rngsubopc JOIN pg_namespace opn ON opn.oid = o.opcnamespace
+            JOIN pg_type m ON m.oid = r.rngmultitypid JOIN pg_namespace mn ON mn.oid = m.typnamespace
+            LEFT JOIN pg_collation c ON c.oid = r.rngcollation LEFT JOIN pg_namespace cn ON cn.oid = c.collnamespace
+            WHERE r.rngtypid = p_type));
+    ELSE  -- a base type (C functions), a range with a canonical function; a multirange comes with its range
         make := format($f$RAISE EXCEPTION USING ERRCODE = 'undefined_object', MESSAGE = %L,
             HINT = 'create it on every worker first, then run again';$f$,
             format('type %s does not exist on this worker, and pgfleet creates only enums, domains, composite '
-                   'types and the types of extensions', qname));
+                   'types, ranges and the types of extensions', qname));
     END IF;
     RETURN format($do$DO $pgfleet_type$
 BEGIN
