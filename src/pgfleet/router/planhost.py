@@ -7,14 +7,15 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Callable
-from typing import TYPE_CHECKING, cast
+from collections.abc import Callable, Coroutine
+from typing import TYPE_CHECKING, Any, cast
 
 from . import protocol as p
 from .context import DatabaseRoute, RouterContext
 from .extended import ExtendedRouter
 from .backend import WorkerConnection
 from .logical import LogicalNames, names_for
+from .pool import Leases
 from .routes import MultiShard
 from .routing import Routing
 from .twophase import TwoPhase
@@ -36,6 +37,19 @@ class PlanHost:
 
     user: str  # the client's login role
     superuser: bool  # ... is a superuser (reported by the coordinator)
+    leases: Leases  # the worker connections the session holds
+    busy: bool  # a statement runs in the router: client bytes wait
+
+    def spawn(self, coro: Coroutine[Any, Any, None]) -> None:
+        self.busy = True
+        self.context.spawn(coro)
+
+    async def worker(self, node: str) -> WorkerConnection:
+        """A pooled connection to ``node``'s primary that this session holds until it is idle again."""
+        return await self.leases.lease(node)
+
+    def drop_worker(self, node: str) -> None:
+        self.leases.drop(node)
 
     @property
     def routing(self) -> Routing | None:

@@ -15,8 +15,8 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Callable, Coroutine
-from typing import Any, cast
+from collections.abc import Callable
+from typing import cast
 
 from . import ddl
 from . import protocol as p
@@ -429,13 +429,6 @@ class ClientSession(PlanHost, asyncio.Protocol):
             log.exception("routing analysis failed; the statement goes to the coordinator")
             return None
 
-    async def worker(self, node: str) -> WorkerConnection:
-        """A pooled connection to ``node``'s primary that this session holds until it is idle again."""
-        return await self.leases.lease(node)
-
-    def drop_worker(self, node: str) -> None:
-        self.leases.drop(node)
-
     def to_coordinator(self, setup: str, raw: bytes) -> None:
         self.skipper = ReplySkipper(extra_parse=isinstance(raw, WithParse))
         self.coordinator_txn = True
@@ -448,10 +441,6 @@ class ClientSession(PlanHost, asyncio.Protocol):
             raw = self._translated(raw)
         if self.server and self.server.transport:
             self.server.transport.write(p.Query(setup).encode() + raw)
-
-    def spawn(self, coro: Coroutine[Any, Any, None]) -> None:
-        self.busy = True
-        self.context.spawn(coro)
 
     def resume(self) -> None:
         """The routed statement is answered: what the client sent meanwhile, in order."""
