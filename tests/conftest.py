@@ -94,6 +94,14 @@ def routing_router(cluster: LocalCluster, **options: Any) -> Iterator[RouterServ
         release_ports([port], cluster.directory)
 
 
+def connect(cluster: LocalCluster, port: int, schema: str) -> psycopg.Connection[Any]:
+    """An autocommit session as the cluster superuser on ``port`` (the router's or a server's), with ``schema``
+    first on its search_path."""
+    return psycopg.connect(host="127.0.0.1", port=port, dbname=cluster.spec.dbname, user=cluster.spec.superuser,
+                           password=cluster.spec.coordinator.password, autocommit=True,
+                           options=f"-c search_path={schema},public")
+
+
 def shard_rows(fleet: Fleet, table: QualifiedName, query: str,
                params: Mapping[str, object] | None = None) -> set[tuple[object, ...]]:
     """The distinct rows ``query`` returns on the worker of each shard (or copy) of ``table``, with

@@ -15,7 +15,7 @@ import psycopg
 import pytest
 from psycopg import generators, pq, waiting
 
-from conftest import routing_router
+from conftest import connect, routing_router
 from pgfleet.cluster.fleet import Fleet
 from pgfleet.cluster.local import LocalCluster
 from pgfleet.router.server import RouterServer
@@ -42,12 +42,6 @@ def tables(fleet: Fleet, schema: str) -> str:
 def router(cluster: LocalCluster, tables: str) -> Iterator[RouterServer]:
     with routing_router(cluster) as server:
         yield server
-
-
-def connect(cluster: LocalCluster, port: int, schema: str) -> psycopg.Connection[Any]:
-    return psycopg.connect(host="127.0.0.1", port=port, dbname=cluster.spec.dbname, user=cluster.spec.superuser,
-                           password=cluster.spec.coordinator.password, autocommit=True,
-                           options=f"-c search_path={schema},public")
 
 
 def text_rows(n: int = ROWS, start: int = 1) -> bytes:

@@ -12,7 +12,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from conftest import routing_router
+from conftest import connect, routing_router
 from psycopg import sql
 from test_roles import drop_role
 from pgfleet.cluster.fleet import Fleet
@@ -51,12 +51,6 @@ def data(fleet: Fleet, schema: str) -> str:
 def router(cluster: LocalCluster, data: str) -> Iterator[RouterServer]:
     with routing_router(cluster) as server:
         yield server
-
-
-def connect(cluster: LocalCluster, port: int, schema: str) -> psycopg.Connection[Any]:
-    return psycopg.connect(host="127.0.0.1", port=port, dbname=cluster.spec.dbname, user=cluster.spec.superuser,
-                           password=cluster.spec.coordinator.password, autocommit=True,
-                           options=f"-c search_path={schema},public")
 
 
 def run(conn: psycopg.Connection[Any], statement: str, ordered: bool) -> tuple[Any, ...]:

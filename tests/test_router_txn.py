@@ -12,6 +12,7 @@ from typing import Any
 import psycopg
 import pytest
 
+from conftest import connect
 from pgfleet.cluster.fleet import Fleet
 from pgfleet.cluster.local import LocalCluster
 from pgfleet.node.ports import claim_ports, release_ports
@@ -56,12 +57,6 @@ def routing_router(cluster: LocalCluster, recovery_min_age: float = 1.0) -> Iter
 def router(cluster: LocalCluster, accounts: str) -> Iterator[RouterServer]:
     with routing_router(cluster) as server:
         yield server
-
-
-def connect(cluster: LocalCluster, port: int, schema: str) -> psycopg.Connection[Any]:
-    return psycopg.connect(host="127.0.0.1", port=port, dbname=cluster.spec.dbname, user=cluster.spec.superuser,
-                           password=cluster.spec.coordinator.password, autocommit=True,
-                           options=f"-c search_path={schema},public")
 
 
 def run(conn: psycopg.Connection[Any], statement: str) -> list[tuple[Any, ...]] | None:
