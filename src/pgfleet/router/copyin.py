@@ -36,7 +36,7 @@ from .rewrite import qualified
 from .routes import MultiShard
 from .shardcopy import begin_everywhere, logical_error, open_nodes, rollback, shard_failure
 from .snapshot import RoutedTable
-from .twophase import TwoPhase, commit_prepared, first_error, literal, run_everywhere, tags
+from .twophase import TwoPhase, commit_prepared, first_error, prepare_everywhere, tags
 
 log = logging.getLogger(__name__)
 
@@ -394,16 +394,9 @@ async def commit_everywhere(host: MultiShardHost, twophase: TwoPhase, conns: dic
 
 async def _prepare_and_commit(host: MultiShardHost, twophase: TwoPhase, conns: dict[str, WorkerConnection],
                               gid: str) -> bytes | None:
-    nodes, links = list(conns), list(conns.values())
-    replies = await run_everywhere(links, f"PREPARE TRANSACTION {literal(gid)}")
-    prepared = [r is not None and tags(r) == ["PREPARE TRANSACTION"] for r in replies]
-    if not all(prepared):
-        await run_everywhere([c for c, ok in zip(links, prepared, strict=True) if ok], f"ROLLBACK PREPARED {literal(gid)}")
-        for node, reply in zip(nodes, replies, strict=True):
-            if reply is None:
-                host.drop_worker(node)
-        failure = next((e for r in replies if r is not None and (e := first_error(r)) is not None), None)
-        return failure.encode() if failure is not None else p.error_response(
+    failed = await prepare_everywhere(gid, conns, host.drop_worker)
+    if failed is not None:
+        return failed.error.encode() if failed.error is not None else p.error_response(
             "08006", "pgfleet router: the COPY could not be prepared on every worker; nothing was loaded",
             severity="ERROR", hint="retry the COPY").encode()
     return await commit_prepared(twophase, gid, conns, host.drop_worker, what="COPY")

@@ -3,7 +3,6 @@ a table under the client's role, and a shard's error told in the words of the lo
 
 from __future__ import annotations
 
-import asyncio
 import re
 from collections.abc import Sequence
 
@@ -12,7 +11,7 @@ from .backend import BackendError, WorkerConnection
 from .multishard import MultiShardHost
 from .rewrite import qualified
 from .snapshot import RoutedTable
-from .twophase import first_error, run_everywhere, tags
+from .twophase import first_error, run_each, run_everywhere, tags
 from ..topology.model import Shard
 
 _LINE = re.compile(r"^(COPY [^,]+), line \d+")
@@ -36,21 +35,11 @@ async def begin_everywhere(host: MultiShardHost, conns: dict[str, WorkerConnecti
     a node refused or broke."""
     statements = [begin if host.role_on(c) == c.user else f"{begin}; SET LOCAL ROLE {qualified(host.role_on(c))}"
                   for c in conns.values()]
-    replies = await _each(list(conns.values()), statements)
+    replies = await run_each(list(conns.values()), statements)
     if all(r is not None and first_error(r) is None for r in replies):
         return True
     await rollback(host, conns)
     return False
-
-
-async def _each(conns: list[WorkerConnection], statements: list[str]) -> list[bytes | None]:
-    async def one(conn: WorkerConnection, statement: str) -> bytes | None:
-        try:
-            return await conn.exchange(statement)
-        except BackendError:
-            return None
-
-    return list(await asyncio.gather(*(one(c, s) for c, s in zip(conns, statements, strict=True))))
 
 
 async def rollback(host: MultiShardHost, conns: dict[str, WorkerConnection]) -> None:

@@ -201,6 +201,32 @@ async def run_each(conns: Sequence[WorkerConnection], statements: Sequence[str])
     return list(await asyncio.gather(*(one(c, s) for c, s in zip(conns, statements, strict=True))))
 
 
+@dataclass(frozen=True)
+class Unprepared:
+    """A first phase that failed: every participant that had prepared was rolled back."""
+
+    error: p.ErrorResponse | None  # the first worker's error, if one answered with one
+    lost: list[str]  # nodes whose connection broke (dropped; recovery rolls back what they may have prepared)
+    refused: list[str]  # nodes that did not prepare (lost ones included)
+
+
+async def prepare_everywhere(gid: str, participants: Mapping[str, WorkerConnection],
+                             drop_worker: Callable[[str], None]) -> Unprepared | None:
+    """The first phase: PREPARE TRANSACTION ``gid`` on every participant at once. None when all prepared;
+    else the prepared ones are rolled back, the broken connections dropped, and what went wrong returned."""
+    nodes, conns = list(participants), list(participants.values())
+    replies = await run_everywhere(conns, f"PREPARE TRANSACTION {literal(gid)}")
+    prepared = [r is not None and tags(r) == ["PREPARE TRANSACTION"] for r in replies]
+    if all(prepared):
+        return None
+    await run_everywhere([c for c, ok in zip(conns, prepared, strict=True) if ok], f"ROLLBACK PREPARED {literal(gid)}")
+    lost = [node for node, reply in zip(nodes, replies, strict=True) if reply is None]
+    for node in lost:
+        drop_worker(node)
+    error = next((e for r in replies if r is not None and (e := first_error(r)) is not None), None)
+    return Unprepared(error, lost, [node for node, ok in zip(nodes, prepared, strict=True) if not ok])
+
+
 async def commit_prepared(twophase: TwoPhase, gid: str, participants: Mapping[str, WorkerConnection],
                           drop_worker: Callable[[str], None], what: str = "transaction") -> bytes | None:
     """The second phase, once every participant PREPAREd ``gid``: record the decision, then COMMIT PREPARED

@@ -34,7 +34,7 @@ from .backend import BackendError, WorkerConnection
 from .logical import LogicalNames
 from .routing import Decision
 from .stats import RouterStats
-from .twophase import TwoPhase, commit_prepared, first_error, literal, messages, run_everywhere, status_of, tags
+from .twophase import TwoPhase, commit_prepared, first_error, messages, prepare_everywhere, run_everywhere, status_of, tags
 from .txnreply import (
     ACTIVE_TRANSACTION,
     CONNECTION_FAILURE,
@@ -279,22 +279,12 @@ class TransactionControl:
             await self._prepare_and_commit(txn, ctl, twophase, gid)
 
     async def _prepare_and_commit(self, txn: Transaction, ctl: Control, twophase: TwoPhase, gid: str) -> None:
-        nodes = list(txn.participants)
-        conns = list(txn.participants.values())
-        replies = await run_everywhere(conns, f"PREPARE TRANSACTION {literal(gid)}")
-        prepared = [r is not None and tags(r) == ["PREPARE TRANSACTION"] for r in replies]
-        if not all(prepared):
-            await run_everywhere([c for c, ok in zip(conns, prepared, strict=True) if ok], f"ROLLBACK PREPARED {literal(gid)}")
-            for node, reply in zip(nodes, replies, strict=True):
-                if reply is None:
-                    self.host.drop_worker(node)  # recovery rolls back what it may have prepared
+        failed = await prepare_everywhere(gid, txn.participants, self.host.drop_worker)
+        if failed is not None:
             self.txn = None
-            failure = next((e for r in replies if r is not None and (e := first_error(r)) is not None), None)
-            lost = [node for node, reply in zip(nodes, replies, strict=True) if reply is None]
-            refused = [node for node, ok in zip(nodes, prepared, strict=True) if not ok]
-            self.host.write((failure.encode() if failure is not None else error(
-                CONNECTION_FAILURE if lost else TRANSACTION_ROLLBACK,
-                f"pgfleet router: the transaction could not be prepared on worker {', '.join(refused)}; "
+            self.host.write((failed.error.encode() if failed.error is not None else error(
+                CONNECTION_FAILURE if failed.lost else TRANSACTION_ROLLBACK,
+                f"pgfleet router: the transaction could not be prepared on worker {', '.join(failed.refused)}; "
                 "it was rolled back", "retry the transaction")) + ready("I"))
             return
         settled = await commit_prepared(twophase, gid, txn.participants, self.host.drop_worker)
