@@ -19,6 +19,7 @@ from .copyin import CopyIn
 from .copyout import CopyOut
 from .routes import MultiShard
 from .snapshot import RoutedTable, RoutingTopology
+from .walk import option_value
 
 _PASSED = frozenset({"format", "header", "delimiter", "null"})  # options the shard statements carry
 _TRUE = frozenset({"true", "on", "1"})
@@ -42,19 +43,6 @@ class CopyOptions:
         return sql.SQL(", ").join(parts)
 
 
-def _text(arg: ast.Node | None) -> str | None:
-    """An option's argument as text (None: no argument)."""
-    if arg is None:
-        return None
-    if isinstance(arg, ast.String):
-        return str(arg.sval)
-    if isinstance(arg, ast.Boolean):
-        return "true" if arg.boolval else "false"
-    if isinstance(arg, ast.Integer):
-        return str(arg.ival)
-    return "?"
-
-
 def copy_options(options: tuple[ast.Node, ...] | None) -> CopyOptions | None:
     """The options of a COPY the router can run, or None (the coordinator runs it)."""
     found: dict[str, str | None] = {}
@@ -62,7 +50,7 @@ def copy_options(options: tuple[ast.Node, ...] | None) -> CopyOptions | None:
         if not isinstance(option, ast.DefElem) or option.defname in found:
             return None  # a repeated option: the coordinator reports it
         name = str(option.defname)
-        value = _text(option.arg if isinstance(option.arg, ast.Node) else None)
+        value = option_value(option.arg)
         if name in ("quote", "escape") and value == '"':
             continue
         if name not in _PASSED or value == "?":

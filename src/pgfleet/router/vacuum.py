@@ -25,6 +25,7 @@ from .multishard import MultiShardHost
 from .routes import MultiShard
 from .rewrite import qualified
 from .snapshot import RoutedTable, RoutingTopology
+from .walk import option_value
 
 
 def intercept(statement: str, topology: RoutingTopology, search_path: Sequence[str],
@@ -43,7 +44,7 @@ def intercept(statement: str, topology: RoutingTopology, search_path: Sequence[s
     for option in node.options or ():
         if not isinstance(option, ast.DefElem) or option.defname is None:
             return None
-        options.append((option.defname.lower(), _value(option.arg)))
+        options.append((option.defname.lower(), option_value(option.arg)))
     try:
         command = Maintenance(vacuum=bool(node.is_vacuumcmd), options=tuple(options))
     except SpecError:
@@ -64,18 +65,6 @@ def intercept(statement: str, topology: RoutingTopology, search_path: Sequence[s
     return plan_maintenance(command, tuple(targets))
 
 
-def _value(arg: object) -> str | None:
-    if arg is None:
-        return None
-    if isinstance(arg, ast.Integer):
-        return str(arg.ival)
-    if isinstance(arg, ast.Float):
-        return str(arg.fval)
-    if isinstance(arg, ast.Boolean):
-        return "true" if arg.boolval else "false"
-    if isinstance(arg, ast.String):
-        return str(arg.sval)
-    return str(arg)
 
 
 def resolve_table(rel: ast.RangeVar, topology: RoutingTopology, search_path: Sequence[str]) -> RoutedTable | None:

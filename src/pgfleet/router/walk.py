@@ -40,3 +40,20 @@ def conjuncts(expr: ast.Node | None) -> list[ast.Node]:
     if isinstance(expr, ast.BoolExpr) and expr.boolop == enums.BoolExprType.AND_EXPR:
         return [c for arg in expr.args or () for c in conjuncts(arg)]
     return [expr]
+
+
+def option_value(arg: object) -> str | None:
+    """A DefElem option's argument (COPY, VACUUM) as text; None without one, '?' for a shape not known here
+    (no option accepts it, so the statement goes to the coordinator)."""
+    if arg is None:
+        return None
+    if isinstance(arg, ast.String):
+        return str(arg.sval)
+    if isinstance(arg, ast.Boolean):
+        return "true" if arg.boolval else "false"
+    if isinstance(arg, ast.Integer):
+        return str(arg.ival)
+    if isinstance(arg, ast.Float):
+        return str(arg.fval)
+    return "?"
+
