@@ -288,3 +288,86 @@ def waiting_on_lock(cluster: LocalCluster, node: str) -> bool:
         row = conn.execute("SELECT count(*) FROM pg_stat_activity WHERE wait_event_type = 'Lock' "
                            "AND query LIKE 'BEGIN%%cancelled%%'").fetchone()
         return bool(row and row[0])
+
+
+# --- the same statements inside a transaction ------------------------------------------------------------
+READS = [  # scatter/gather reads the router runs itself: they must see the transaction's writes
+    "SELECT count(*), sum(amount), sum(customer), count(note) FROM orders",
+    "SELECT customer, count(*), max(amount) FROM orders GROUP BY customer ORDER BY customer",
+    "SELECT id, amount, note FROM orders ORDER BY id LIMIT 400",
+    "SELECT order_id, sku, qty FROM items ORDER BY order_id, sku LIMIT 1000",
+]
+
+
+def run_all(conn: psycopg.Connection[Any], statements: list[str]) -> list[Any]:
+    out: list[Any] = []
+    for statement in statements:
+        state, count, rows = outcome(conn, statement)
+        out.append((state, count, by_value(rows)))
+    return out
+
+
+@pytest.mark.parametrize("end", ["COMMIT", "ROLLBACK"])
+def test_multi_shard_statements_in_a_transaction(cluster: LocalCluster, router: RouterServer, tables: tuple[str, str],
+                                                 end: str) -> None:
+    """Multi-shard writes and scatter/gather reads inside one transaction that also wrote one row on a worker:
+    each read sees what the transaction wrote, the result of every statement is one server's, and COMMIT
+    applies all of it on every node (ROLLBACK none of it)."""
+    schema, plain = tables
+    stats = router.context.stats
+    with connect(cluster, router.config.port, schema) as routed, \
+            connect(cluster, cluster.spec.coordinator.port, plain) as single, \
+            connect(cluster, cluster.spec.coordinator.port, schema) as direct:
+        before = contents(direct)
+        totals = "SELECT count(*), sum(amount), count(note) FROM orders"
+        start = outcome(direct, totals)
+        for conn in (routed, single):
+            outcome(conn, "BEGIN")
+            assert outcome(conn, "UPDATE orders SET note = 'first' WHERE id = 7")[:2] == ("", 1)  # routed: one worker
+        routed_before, coordinator_before = stats.routed, stats.coordinator_transactions
+        for statement, _ in STATEMENTS:
+            assert run_all(routed, [statement, *READS]) == run_all(single, [statement, *READS]), statement
+        assert stats.routed == routed_before + len(STATEMENTS) * (1 + len(READS))
+        assert stats.coordinator_transactions == coordinator_before  # nothing went to the coordinator
+        assert routed.info.transaction_status == psycopg.pq.TransactionStatus.INTRANS
+        assert outcome(direct, totals) == start  # not committed: no other session sees it (TRUNCATE items blocks)
+        for conn in (routed, single):
+            outcome(conn, end)
+        assert contents(direct) == (contents(single) if end == "COMMIT" else before)
+    assert prepared_everywhere(cluster) == 0
+
+
+def test_a_failed_multi_shard_statement_in_a_transaction(cluster: LocalCluster, router: RouterServer,
+                                                         tables: tuple[str, str]) -> None:
+    """A multi-shard UPDATE that fails on some shards fails the transaction, as on one server; ROLLBACK TO
+    SAVEPOINT undoes its part on every node, and the transaction goes on and commits the rest."""
+    schema, plain = tables
+    with connect(cluster, router.config.port, schema) as routed, \
+            connect(cluster, cluster.spec.coordinator.port, plain) as single, \
+            connect(cluster, cluster.spec.coordinator.port, schema) as direct:
+        for conn in (routed, single):
+            for statement in ("BEGIN", "UPDATE items SET qty = qty + 1", "SAVEPOINT s"):
+                assert outcome(conn, statement)[0] == ""
+        statement = "UPDATE items SET qty = qty * 400 WHERE sku = 'a'"  # the CHECK fails on some shards only
+        assert message(routed, statement) == message(single, statement)
+        assert outcome(routed, READS[3])[0] == outcome(single, READS[3])[0] == "25P02"
+        for conn in (routed, single):
+            for statement in ("ROLLBACK TO SAVEPOINT s", "UPDATE items SET sku = sku || '!' WHERE qty > 2", "COMMIT"):
+                assert outcome(conn, statement)[0] == "", statement
+        assert contents(direct) == contents(single)
+    assert prepared_everywhere(cluster) == 0
+
+
+def test_repeatable_read_scatter_keeps_the_transactions_snapshot(cluster: LocalCluster, router: RouterServer,
+                                                                 tables: tuple[str, str]) -> None:
+    schema, _ = tables
+    with connect(cluster, router.config.port, schema) as routed, \
+            connect(cluster, cluster.spec.coordinator.port, schema) as direct:
+        outcome(routed, "BEGIN ISOLATION LEVEL REPEATABLE READ")
+        before = router.context.stats.routed
+        first = outcome(routed, READS[0])
+        outcome(direct, "UPDATE orders SET amount = amount + 1")
+        assert outcome(routed, READS[0]) == first  # its snapshot of every node, taken at its first read there
+        assert router.context.stats.routed == before + 2  # both run by the router, on the workers
+        outcome(routed, "COMMIT")
+        assert outcome(routed, READS[0]) != first

@@ -87,6 +87,9 @@ STATEMENTS = [
     ("SELECT note FROM {t} ORDER BY note LIMIT 30", True),
     ("SELECT id FROM {t} ORDER BY note DESC, id LIMIT 10", True),
     ("SELECT id FROM {t} LIMIT 0", True),
+    ("SELECT id, grp, note FROM {t} ORDER BY grp NULLS FIRST, note DESC, id", True),  # no LIMIT: merged whole
+    ("SELECT * FROM {t} WHERE n > 2 ORDER BY ratio DESC, id", True),
+    ("SELECT t.id, g.label FROM {t} t JOIN grps g ON g.grp = t.grp ORDER BY g.label, t.id", True),
     ("SELECT sum(n) / 0 FROM {t}", True),
     ("SELECT 1 / (n - n) FROM {t}", False),
 ]

@@ -76,6 +76,14 @@ def test_order_by_limit_pushes_down_limit_plus_offset_and_merges() -> None:
         ((-2, " DESC"), (-1, " COLLATE \"C\"")), 2, 5, 2)
 
 
+def test_order_by_without_limit_sorts_every_shard_and_merges() -> None:
+    found = plan("SELECT note FROM orders WHERE amount > 3 ORDER BY id DESC")
+    assert found is not None and found.merge is not None and found.limit is None and found.offset == 0
+    assert found.nodes[0].sql.split(" UNION ALL ")[0] == (
+        "SELECT note, id FROM public.orders_100 AS orders WHERE amount > 3")  # the merge sorts
+    assert (found.merge.keys, found.merge.hidden) == (((-1, " DESC"),), 1)
+
+
 def test_plain_rows_are_concatenated() -> None:
     found = plan("SELECT * FROM orders WHERE amount = 5")
     assert found is not None and found.final is None and found.merge is None and found.limit is None
@@ -89,7 +97,6 @@ def test_plain_rows_are_concatenated() -> None:
     "SELECT o.id FROM orders o JOIN accounts a ON a.aid = o.id",  # not co-located
     "SELECT o.id FROM orders o JOIN items i ON i.sku = o.note",  # co-located, not joined on the key
     "SELECT * FROM countries c LEFT JOIN orders o ON o.note = c.code",  # reference rows preserved on every shard
-    "SELECT * FROM orders ORDER BY id",  # ORDER BY without LIMIT: the coordinator merges
     "SELECT customer, note FROM orders GROUP BY customer",  # an error the coordinator reports
     "SELECT DISTINCT customer FROM orders",
     "SELECT id, rank() OVER (ORDER BY amount) FROM orders",

@@ -1,6 +1,6 @@
 """Running a scatter/gather read (planned by :mod:`.scatter`): one query per node, all nodes concurrently,
 under the client's role; then the shards' rows concatenated, or combined by one SQL statement over them
-(aggregates: :mod:`.scatter_final`; ORDER BY … LIMIT: a merge of the shards' sort keys) on a worker
+(aggregates: :mod:`.scatter_final`; ORDER BY: a merge of the shards' sort keys) on a worker
 connection, so that types, NULLs and collation are PostgreSQL's.
 
 A read has no side effects: when a node cannot be reached, refuses the client's role or privileges, or a
@@ -29,6 +29,7 @@ _I32 = struct.Struct("!i")
 _FIRST_NORMAL_OID = 16384  # built-in types have the same oids on every server
 _ARRAY_TYPES: dict[int, int] = {}  # built-in element type oid -> its array type oid
 READY = p.ReadyForQuery("I").encode()
+MERGE_ROWS = 100_000  # rows of ORDER BY without LIMIT the router merges itself
 
 
 @dataclass(frozen=True)
@@ -59,14 +60,23 @@ class NodeReply:
 class ScatterRead(MultiShard):
     nodes: tuple[NodeQuery, ...]
     final: AggregateFinal | None = None  # aggregates: the combine over the partials
-    merge: SortMerge | None = None  # plain rows with ORDER BY … LIMIT
+    merge: SortMerge | None = None  # plain rows with ORDER BY
     limit: int | None = None  # plain rows: LIMIT and OFFSET over the concatenation
     offset: int = 0
     renames: Renames | None = field(default=None, compare=False)  # a shard's error in the logical tables' terms
 
     description = "scatter/gather read"
+    transactional = True
 
     async def run(self, host: MultiShardHost) -> bytes | None:
+        return await self._run(host, fall_back=True)
+
+    async def run_in_transaction(self, host: MultiShardHost) -> bytes | None:
+        """The same reads on the transaction's connections: they see its writes (and, in REPEATABLE READ,
+        its snapshot of each node); a refused privilege is the client's error here."""
+        return await self._run(host, fall_back=False)
+
+    async def _run(self, host: MultiShardHost, fall_back: bool) -> bytes | None:
         replies = await asyncio.gather(*(_run_node(host, q) for q in self.nodes))
         answered = [r for r in replies if r is not None]
         if len(answered) != len(replies):
@@ -74,7 +84,7 @@ class ScatterRead(MultiShard):
         for reply in answered:
             if reply.error is not None:
                 error = p.decode_backend(b"E", reply.error)
-                if isinstance(error, p.ErrorResponse) and error.sqlstate == INSUFFICIENT_PRIVILEGE:
+                if fall_back and isinstance(error, p.ErrorResponse) and error.sqlstate == INSUFFICIENT_PRIVILEGE:
                     return None  # the coordinator refuses it in its own words
                 if isinstance(error, p.ErrorResponse) and self.renames is not None:
                     return p.ErrorResponse(renamed(error.fields, self.renames)).encode() + READY
@@ -110,6 +120,8 @@ class ScatterRead(MultiShard):
 
     async def _merge(self, host: MultiShardHost, replies: list[NodeReply], merge: SortMerge) -> bytes | None:
         fields = _fields(replies[0].description)
+        if sum(r.count for r in replies) > MERGE_ROWS:
+            return None  # the coordinator sorts that many rows; one array parameter per sort key would not do
         rows = [m for r in replies for m in data_rows(r.rows)]
         values = [row_values(m) for m in rows]
         width = len(fields)
@@ -117,7 +129,8 @@ class ScatterRead(MultiShard):
         keys = [f"_k{n}" for n in range(len(columns))]
         order = ", ".join(f"{k}{tail}" for k, (_, tail) in zip(keys, merge.keys, strict=True))
         text = (f"SELECT _o FROM unnest({', '.join(f'${n + 1}' for n in range(len(columns)))}) WITH ORDINALITY "
-                f"AS _m ({', '.join(keys)}, _o) ORDER BY {order}, _o LIMIT {self.limit} OFFSET {self.offset}")
+                f"AS _m ({', '.join(keys)}, _o) ORDER BY {order}, _o LIMIT {'ALL' if self.limit is None else self.limit} "
+                f"OFFSET {self.offset}")
         types = [fields[c].type_oid for c in columns]
         reply = await _combine(host, self.nodes[0].node, text, types, [tuple(v[c] for c in columns) for v in values])
         if reply is None:

@@ -36,6 +36,15 @@ class MultiShard:
     Plans are immutable and cached with the statement's text, so ``run`` keeps its state in locals."""
 
     description = "multi-shard"
+    transactional = False  # it can run inside a client's transaction (:meth:`run_in_transaction`)
+    writes = False  # it may write rows
+
+    async def run_in_transaction(self, host: MultiShardHost) -> bytes | None:
+        """Run the statement as part of the client's open transaction: ``host.worker`` gives the transaction's
+        connection to a node (joining it), nothing is committed or rolled back here. The reply ends with
+        ReadyForQuery ('I': the caller sets the transaction's status); None: nothing ran, the coordinator
+        would have to run it."""
+        raise NotImplementedError
 
     async def run(self, host: MultiShardHost) -> bytes | None:
         """Run the statement; return the client's whole reply (ending with ReadyForQuery), or None when

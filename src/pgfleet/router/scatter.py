@@ -6,8 +6,8 @@ shard is planned here when it has one of two shapes, and goes to the coordinator
 - **aggregates** (count, sum, min, max, avg, bool_and/bool_or/every; FILTER allowed) with any GROUP BY,
   HAVING, ORDER BY, LIMIT/OFFSET: every shard computes partial aggregates grouped by the GROUP BY
   expressions; the final combine (:mod:`.scatter_final`) runs as one SQL statement over the partials;
-- **plain rows**: the shards' rows concatenated; with ORDER BY … LIMIT n the ORDER BY and LIMIT
-  n + offset run on every shard and the shards' rows are merged by one SQL statement over their sort keys.
+- **plain rows**: the shards' rows concatenated; with ORDER BY the shards' rows are merged by one SQL
+  statement over their sort keys (with LIMIT n, LIMIT n + offset runs on every shard first).
 
 FROM may hold one distributed table, reference tables, and tables co-located with it joined on the key
 (inner joins, or outer joins whose preserved side holds a distributed table). Subqueries, WITH, set
@@ -195,8 +195,6 @@ def _plain(stmt: ast.SelectStmt, by_location: dict[int | None, TableRef],
            placements: tuple[tuple[str, dict[int, tuple[str, str]]], ...]) -> ScatterRead:
     limit = _integer(stmt.limitCount, "LIMIT")
     offset = _integer(stmt.limitOffset, "OFFSET") or 0
-    if stmt.sortClause and limit is None:
-        raise Unsupported("ORDER BY without LIMIT: the coordinator merges the shards' sorted scans")
     if offset and limit is None:
         raise Unsupported("OFFSET without LIMIT")
     shard = copy.deepcopy(stmt)
@@ -206,6 +204,8 @@ def _plain(stmt: ast.SelectStmt, by_location: dict[int | None, TableRef],
     merge = None
     if stmt.sortClause:
         merge = _sort_merge(shard)
+        if limit is None:
+            shard.sortClause = None  # the merge sorts every row anyway
     nodes = _node_queries(shard, by_location, placements, parenthesize=limit is not None)
     return ScatterRead(nodes=nodes, merge=merge, limit=limit, offset=offset)
 

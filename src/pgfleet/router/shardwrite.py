@@ -101,6 +101,31 @@ class ShardWrite(MultiShard):
     shard_ids: frozenset[int] = frozenset()  # every shard written: an error names their logical tables
     renames: Renames | None = field(default=None, compare=False)
     description = "multi-shard write"
+    transactional = True
+    writes = True
+
+    async def run_in_transaction(self, host: MultiShardHost) -> bytes | None:
+        """The shard statements on the transaction's connections, nothing committed: the transaction's COMMIT
+        commits them with the rest (two-phase when it spans nodes). An error fails the client's transaction
+        (ROLLBACK TO SAVEPOINT undoes the statement on every node, as on one server)."""
+        nodes = [part.node for part in self.parts]
+        try:
+            conns = list(await asyncio.gather(*(host.worker(node) for node in nodes)))
+        except BackendError:
+            return None
+        texts = [";\n".join(f"{s}\n" for s in part.statements) for part in self.parts]
+        replies = await run_each(conns, texts)
+        parsed: list[_NodeReply] = []
+        for node, reply, part in zip(nodes, replies, self.parts, strict=True):
+            if reply is None:
+                host.drop_worker(node)  # the transaction is lost with the connection
+                return None
+            parsed.append(_parse(reply, 0, len(part.statements), ""))
+        errors = [r.error for r in parsed if r.error is not None]
+        if errors:
+            first = errors[0] if self.renames is None else p.ErrorResponse(renamed(errors[0].fields, self.renames))
+            return first.encode() + p.ReadyForQuery("I").encode()
+        return self._reply([r.results for r in parsed])
 
     async def run(self, host: MultiShardHost) -> bytes | None:
         nodes = [part.node for part in self.parts]

@@ -29,7 +29,7 @@ from typing import Any, Protocol
 from psycopg import sql
 
 from . import protocol as p
-from .routes import Shard
+from .routes import MultiShard, Shard
 from .backend import BackendError, WorkerConnection
 from .logical import LogicalNames
 from .routing import Decision
@@ -50,6 +50,7 @@ from .txnreply import (
     without_parameter_status,
     without_setup,
 )
+from .txnplan import PlanInTransaction, in_transaction_status, runs_in_transaction
 from .txnstmt import BeginOptions, Control, Kind, control, reads_only
 
 log = logging.getLogger(__name__)
@@ -61,6 +62,7 @@ class Host(Protocol):
     """What the state machine needs of its client session."""
 
     user: str
+    superuser: bool
     running_on: WorkerConnection | None
 
     def write(self, data: bytes) -> None: ...  # to the client
@@ -298,18 +300,66 @@ class TransactionControl:
     # --- other statements ----------------------------------------------------------------------------
     def _statement(self, txn: Transaction, text: str, raw: bytes) -> None:
         decision = self.host.route(text)
-        if decision is not None and decision.keeps_state and isinstance(decision.route, Shard):
+        plan = decision.route if decision is not None and decision.keeps_state else None
+        if runs_in_transaction(plan) and (self.twophase is not None or not plan.writes):
+            assert decision is not None
+            self._background(lambda: self._multishard(txn, plan, decision, text, raw))
+        elif decision is not None and decision.keeps_state and isinstance(decision.route, Shard):
             route = decision.route
             if route.node not in txn.participants and txn.participants and self.twophase is None:
                 self._fail(txn, NOT_SUPPORTED, "pgfleet router: this router cannot commit over several workers")
                 return
             self._background(lambda: self._on_worker(txn, route, text, raw))
-        elif not txn.participants:
+        else:
+            self._elsewhere(txn, decision, raw)
+
+    def _elsewhere(self, txn: Transaction, decision: Decision | None, raw: bytes) -> None:
+        """A statement the workers cannot run in this transaction: the coordinator takes the transaction when
+        nothing ran on workers yet, or when only reads ran there in READ COMMITTED; else it is refused."""
+        if not txn.participants:
             self._coordinator_takes(txn, decision, raw)
         elif txn.has_written():
             self._needs_coordinator(txn, decision, "wrote on")
         else:
             self._background(lambda: self._move_to_coordinator(txn, decision, raw))
+
+    async def _multishard(self, txn: Transaction, plan: MultiShard, decision: Decision, text: str, raw: bytes) -> None:
+        """A scatter/gather read or a multi-shard write on the transaction's connections (:mod:`.txnplan`)."""
+        joined_before = set(txn.participants)
+        host = PlanInTransaction(lambda node: self._join(txn, node), self.host.superuser, self.host.user)
+        reply = await plan.run_in_transaction(host)
+        if host.lost:
+            await self._lost(txn, host.lost[0])
+            return
+        if reply is None:  # nothing ran (a result type the router cannot combine): as a statement it cannot route
+            new = {n: c for n, c in txn.participants.items() if n not in joined_before}
+            await run_everywhere(list(new.values()), "ROLLBACK")  # they only ran BEGIN
+            for node in new:
+                del txn.participants[node]
+            self._elsewhere(txn, decision, raw)
+            return
+        self.stats.routed += 1
+        if plan.writes:
+            txn.wrote = True
+        else:
+            txn.unchecked.append(text)
+        reply, failed = in_transaction_status(reply)
+        txn.failed = txn.failed or failed
+        self.host.write(reply)
+
+    async def _join(self, txn: Transaction, node: str) -> WorkerConnection:
+        """The transaction's connection to ``node``, which joins the transaction first when it is new."""
+        conn = txn.participants.get(node)
+        if conn is not None:
+            return conn
+        conn = await self.host.worker(node)
+        setup = self._setup(txn, conn)
+        txn.participants[node] = conn  # from now on it is rolled back with the transaction
+        reply = await conn.exchange(";\n".join(setup))
+        failure = first_error(reply)
+        if failure is not None:
+            raise BackendError(f"worker {node} refused to join the transaction: {failure.message}")
+        return conn
 
     def _needs_coordinator(self, txn: Transaction, decision: Decision | None, what: str) -> None:
         reason = getattr(decision.route, "reason", "") if decision is not None else ""
