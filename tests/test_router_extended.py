@@ -201,7 +201,7 @@ PROTOCOL_BATCHES: list[tuple[bytes, bool]] = [
     (p.Describe("S", "s1").encode() + _bind("s1", b"9") + p.Execute("", 0).encode() + p.Sync().encode(), True),
     (_bind("s1", b"9", b"10") + DESCRIBE_EXECUTE_SYNC, False),  # wrong number of parameters
     (_bind("s1", b"not a number") + DESCRIBE_EXECUTE_SYNC, False),
-    (_bind("s1", None) + DESCRIBE_EXECUTE_SYNC, False),  # NULL key
+    (_bind("s1", None) + DESCRIBE_EXECUTE_SYNC, True),  # NULL key: read from every shard (no row)
     (p.Close("S", "s1").encode() + p.Sync().encode(), False),
     (_bind("s1", b"8") + DESCRIBE_EXECUTE_SYNC, False),  # closed: does not exist
     (p.Parse("", "SELEKT 1").encode() + _bind("") + DESCRIBE_EXECUTE_SYNC, False),  # syntax error
@@ -212,7 +212,8 @@ PROTOCOL_BATCHES: list[tuple[bytes, bool]] = [
     (p.Parse("", SELECT_BY_ID).encode() + p.Flush().encode(), False),  # a Flush: to the coordinator
     (_bind("", b"13") + DESCRIBE_EXECUTE_SYNC, False),  # ... with the rest of its batch
     (_bind("", b"14") + DESCRIBE_EXECUTE_SYNC, True),
-    (p.Parse("", "SELECT * FROM t WHERE id = ANY($1)").encode() + _bind("", b"{1,2}") + DESCRIBE_EXECUTE_SYNC, False),
+    (p.Parse("", "SELECT * FROM t WHERE id = ANY($1)").encode() + _bind("", b"{1,2}") + DESCRIBE_EXECUTE_SYNC,
+     True),  # two shards: a scatter read
     (p.Parse("", "UPDATE t SET note = $2 WHERE id = $1 RETURNING note").encode() + _bind("", b"15", b"fifteen")
      + DESCRIBE_EXECUTE_SYNC, True),
 ]

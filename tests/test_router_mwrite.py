@@ -371,3 +371,52 @@ def test_repeatable_read_scatter_keeps_the_transactions_snapshot(cluster: LocalC
         assert router.context.stats.routed == before + 2  # both run by the router, on the workers
         outcome(routed, "COMMIT")
         assert outcome(routed, READS[0]) != first
+
+
+# --- the extended protocol: statements with $n values (SQLAlchemy, asyncpg, psycopg's server-side binding) ---
+PARAMETERIZED: list[tuple[str, tuple[Any, ...]]] = [
+    ("SELECT count(*), sum(amount), max(note) FROM orders WHERE customer = %s", (3,)),
+    ("SELECT id, note FROM orders WHERE amount > %s ORDER BY id", (90,)),
+    ("SELECT customer, count(*) FROM orders WHERE note LIKE %s GROUP BY customer ORDER BY customer", ("n1%",)),
+    ("UPDATE orders SET note = %s WHERE amount < %s RETURNING id, note", ("it's cheap", 5)),
+    ("DELETE FROM items WHERE qty = %s AND sku = %s", (4, "a")),
+    ("SELECT o.id, c.name FROM orders o JOIN countries c ON c.code = o.customer WHERE o.amount = %s ORDER BY o.id",
+     (42,)),
+]
+
+
+def bound(conn: psycopg.Connection[Any], statement: str, values: tuple[Any, ...]) -> tuple[Any, ...]:
+    """(SQLSTATE or '', rows affected, rows by value, column names and types), sent with the extended protocol."""
+    cur = conn.cursor()
+    try:
+        cur.execute(statement, values)
+    except psycopg.Error as exc:
+        return exc.sqlstate or "?", -1, None, None
+    rows = cur.fetchall() if cur.description else None
+    return "", cur.rowcount, by_value(rows), [(d.name, d.type_code) for d in cur.description or []]
+
+
+@pytest.mark.parametrize("in_transaction", [False, True], ids=["autocommit", "transaction"])
+def test_extended_protocol_multi_shard_statements(cluster: LocalCluster, router: RouterServer, tables: tuple[str, str],
+                                                  in_transaction: bool) -> None:
+    """Statements with values run by the router over the shards, also after a routed write in the same
+    transaction (which sent them to the coordinator before, and failed with 0A000)."""
+    schema, plain = tables
+    stats = router.context.stats
+    with connect(cluster, router.config.port, schema) as routed, \
+            connect(cluster, cluster.spec.coordinator.port, plain) as single, \
+            connect(cluster, cluster.spec.coordinator.port, schema) as direct:
+        if in_transaction:
+            for conn in (routed, single):
+                outcome(conn, "BEGIN")
+                assert bound(conn, "UPDATE orders SET amount = %s WHERE id = %s", (1, 8))[:2] == ("", 1)
+        for statement, values in PARAMETERIZED:
+            before = stats.routed
+            assert bound(routed, statement, values) == bound(single, statement, values), statement
+            assert stats.routed == before + 1, f"not run by the router: {statement}"
+        assert bound(routed, PARAMETERIZED[0][0], (None,)) == bound(single, PARAMETERIZED[0][0], (None,))
+        if in_transaction:
+            for conn in (routed, single):
+                outcome(conn, "COMMIT")
+        assert contents(direct) == contents(single)
+    assert prepared_everywhere(cluster) == 0

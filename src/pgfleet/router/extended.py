@@ -54,6 +54,7 @@ from .batches import (
     read_parse,
 )
 from .pipeline import PipelineSplitter
+from .extmulti import ExtendedMultiShard
 from .exttxn import MAX_BATCH, ExtendedTransactions, after_setup, role_setup, setup_messages
 from .pool import PoolExhausted, exhausted_reply
 from .routing import session_neutral
@@ -106,6 +107,7 @@ class ExtendedRouter:
         self.stateful = False  # a Parse in this batch may change session state
         self.discarding = False  # a refused partial batch: its messages are dropped up to Sync, as after an error
         self.txns = ExtendedTransactions(self)
+        self.multishard = ExtendedMultiShard(self)
         self.pipelines = PipelineSplitter(self)
 
     # --- client side ---------------------------------------------------------------------------------
@@ -269,7 +271,8 @@ class ExtendedRouter:
             assert known is not None
             self._run(plan, batch, prepared, known, PARSE_COMPLETE, exchanged=False)
         elif all(f == 0 for f in plan.bind.param_formats) and \
-                not isinstance(prepared.bind(parameter_values(plan.bind, ())), Shard):
+                not isinstance(prepared.bind(parameter_values(plan.bind, ())), Shard) \
+                and not self.multishard.candidate(statement.sql):
             self._coordinator(batch, "its values do not place it on one shard")  # no need to ask the coordinator
         else:
             self._exchange(plan, batch, lambda known, answered: self._run(plan, batch, prepared, known, answered,
@@ -355,13 +358,14 @@ class ExtendedRouter:
             self._fallback(plan, batch, answered, exchanged)
             return
         route = prepared.bind(parameter_values(plan.bind, types))
-        if not isinstance(route, Shard):
-            self._fallback(plan, batch, answered, exchanged)
-            return
         routing = session.routing
         assert routing is not None
         if not session.superuser and not routing.roles_current:
             self._fallback(plan, batch, answered, exchanged)  # the workers do not have the coordinator's roles yet
+            return
+        if not isinstance(route, Shard):
+            if not self.multishard.run(plan, batch, statement, answered, exchanged):
+                self._fallback(plan, batch, answered, exchanged)
             return
         if session.transactions.txn is not None:
             self.txns.on_worker(plan, route, statement, answered)

@@ -336,7 +336,12 @@ class TransactionControl:
             await run_everywhere(list(new.values()), "ROLLBACK")  # they only ran BEGIN
             for node in new:
                 del txn.participants[node]
-            self._elsewhere(txn, decision, raw)
+            if not txn.participants:
+                self._coordinator_takes(txn, decision, raw)
+            elif txn.has_written():
+                self._needs_coordinator(txn, decision, "wrote on")
+            else:
+                await self._move_to_coordinator(txn, decision, raw)  # already in the background: not twice
             return
         self.stats.routed += 1
         if plan.writes:
