@@ -209,13 +209,17 @@ PROTOCOL_BATCHES: list[tuple[bytes, bool]] = [
     (p.Parse("s2", "SELECT 100 / (id - $2), note FROM t WHERE id = $1").encode() + _bind("s2", b"11", b"11")
      + DESCRIBE_EXECUTE_SYNC, True),  # division by zero on the worker
     (_bind("s2", b"12", b"11") + DESCRIBE_EXECUTE_SYNC, True),
-    (p.Parse("", SELECT_BY_ID).encode() + p.Flush().encode(), False),  # a Flush: to the coordinator
-    (_bind("", b"13") + DESCRIBE_EXECUTE_SYNC, False),  # ... with the rest of its batch
+    (p.Parse("", SELECT_BY_ID).encode() + p.Flush().encode(), False),  # a Flush (asyncpg): the coordinator answers
+    (_bind("", b"13") + DESCRIBE_EXECUTE_SYNC, True),  # ... and the rest of the batch is routed
     (_bind("", b"14") + DESCRIBE_EXECUTE_SYNC, True),
     (p.Parse("", "SELECT * FROM t WHERE id = ANY($1)").encode() + _bind("", b"{1,2}") + DESCRIBE_EXECUTE_SYNC,
      True),  # two shards: a scatter read
     (p.Parse("", "UPDATE t SET note = $2 WHERE id = $1 RETURNING note").encode() + _bind("", b"15", b"fifteen")
      + DESCRIBE_EXECUTE_SYNC, True),
+    (p.Parse("", "SELEKT $1").encode() + p.Describe("S", "").encode() + p.Flush().encode(), False),  # refused
+    (_bind("", b"1") + DESCRIBE_EXECUTE_SYNC, False),  # skipped up to its Sync, as the server does
+    (p.Parse("", SELECT_BY_ID).encode() + p.Describe("S", "").encode() + p.Flush().encode(), False),  # as asyncpg
+    (_bind("", b"16") + DESCRIBE_EXECUTE_SYNC, True),
 ]
 
 

@@ -46,7 +46,11 @@ def test_bound_text_only_for_text_results_and_the_whole_result() -> None:
     statement = Statement("SELECT count(*) FROM t WHERE a = $1", (), (INT8,), (p.Field("count", 0, 0, INT8, 8, -1, 0),))
     assert bound_text(plan(), statement) == "SELECT count(*) FROM t WHERE a = " + typed("'7'", '"int8"')
     assert bound_text(plan(params=((7).to_bytes(8, "big"),), param_formats=(1,)), statement) == bound_text(plan(), statement)
-    assert bound_text(plan(result_formats=(1,)), statement) is None  # binary results: the coordinator
+    assert bound_text(plan(result_formats=(1,)), statement) == bound_text(plan(), statement)  # re-encoded
+    arrays = Statement(statement.sql, (), (INT8,), (p.Field("a", 0, 0, INT4_ARRAY, -1, -1, 0),))
+    assert bound_text(plan(result_formats=(1,)), arrays) is None  # an array column in binary: the coordinator
+    assert bound_text(plan(result_formats=(0,)), arrays) is not None
+    assert bound_text(plan(result_formats=(1, 0)), statement) is None  # more formats than columns
     assert bound_text(plan(max_rows=10), statement) is None  # a portal fetched in parts
     assert bound_text(plan(params=(b"\x00\x01",), param_formats=(1,)), statement) is None  # unreadable binary value
 

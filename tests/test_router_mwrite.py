@@ -5,6 +5,7 @@ the tables' contents afterwards, errors. A failure on one shard applies nothing 
 
 from __future__ import annotations
 
+import asyncio
 import threading
 import time
 from collections.abc import Iterator
@@ -385,9 +386,10 @@ PARAMETERIZED: list[tuple[str, tuple[Any, ...]]] = [
 ]
 
 
-def bound(conn: psycopg.Connection[Any], statement: str, values: tuple[Any, ...]) -> tuple[Any, ...]:
-    """(SQLSTATE or '', rows affected, rows by value, column names and types), sent with the extended protocol."""
-    cur = conn.cursor()
+def bound(conn: psycopg.Connection[Any], statement: str, values: tuple[Any, ...], binary: bool = False) -> tuple[Any, ...]:
+    """(SQLSTATE or '', rows affected, rows by value, column names and types), sent with the extended protocol
+    (results in binary format with ``binary``)."""
+    cur = conn.cursor(binary=binary)
     try:
         cur.execute(statement, values)
     except psycopg.Error as exc:
@@ -396,9 +398,10 @@ def bound(conn: psycopg.Connection[Any], statement: str, values: tuple[Any, ...]
     return "", cur.rowcount, by_value(rows), [(d.name, d.type_code) for d in cur.description or []]
 
 
+@pytest.mark.parametrize("binary", [False, True], ids=["text", "binary"])
 @pytest.mark.parametrize("in_transaction", [False, True], ids=["autocommit", "transaction"])
 def test_extended_protocol_multi_shard_statements(cluster: LocalCluster, router: RouterServer, tables: tuple[str, str],
-                                                  in_transaction: bool) -> None:
+                                                  in_transaction: bool, binary: bool) -> None:
     """Statements with values run by the router over the shards, also after a routed write in the same
     transaction (which sent them to the coordinator before, and failed with 0A000)."""
     schema, plain = tables
@@ -412,11 +415,57 @@ def test_extended_protocol_multi_shard_statements(cluster: LocalCluster, router:
                 assert bound(conn, "UPDATE orders SET amount = %s WHERE id = %s", (1, 8))[:2] == ("", 1)
         for statement, values in PARAMETERIZED:
             before = stats.routed
-            assert bound(routed, statement, values) == bound(single, statement, values), statement
+            assert bound(routed, statement, values, binary) == bound(single, statement, values, binary), statement
             assert stats.routed == before + 1, f"not run by the router: {statement}"
         assert bound(routed, PARAMETERIZED[0][0], (None,)) == bound(single, PARAMETERIZED[0][0], (None,))
         if in_transaction:
             for conn in (routed, single):
                 outcome(conn, "COMMIT")
+        assert contents(direct) == contents(single)
+    assert prepared_everywhere(cluster) == 0
+
+
+def test_asyncpg_multi_shard_statements(cluster: LocalCluster, router: RouterServer, tables: tuple[str, str]) -> None:
+    """asyncpg (binary results, named prepared statements): multi-shard reads and writes through the router,
+    in autocommit and after a routed write in a transaction, give what one server gives."""
+    asyncpg = pytest.importorskip("asyncpg")
+    schema, plain = tables
+    stats = router.context.stats
+    statements = [(statement.replace("%s", "$1", 1).replace("%s", "$2", 1), values) for statement, values in PARAMETERIZED]
+
+    async def session(port: int, search_path: str) -> list[Any]:
+        conn = await asyncpg.connect(host="127.0.0.1", port=port, user=cluster.spec.superuser,
+                                     password=cluster.spec.coordinator.password, database=cluster.spec.dbname,
+                                     server_settings={"search_path": search_path})
+        seen: list[Any] = []
+        try:
+            for in_transaction in (False, True):
+                txn = conn.transaction()
+                if in_transaction:
+                    await txn.start()
+                    seen.append(await conn.execute("UPDATE orders SET amount = $1 WHERE id = $2", 2, 9))
+                for statement, values in statements:
+                    before = stats.routed
+                    rows = await conn.fetch(statement, *values)
+                    seen.append(sorted((tuple(r) for r in rows), key=repr))
+                    if port == router.config.port:
+                        assert stats.routed == before + 1, f"not run by the router: {statement}"
+                if in_transaction:
+                    await txn.commit()
+            for bad in ("SELEC $1", "SELECT * FROM orders WHERE nope = $1"):  # refused at Parse: the session goes on
+                with pytest.raises(asyncpg.PostgresError) as caught:
+                    await conn.fetch(bad, 1)
+                seen.append(caught.value.sqlstate)
+            before = stats.routed
+            seen.append(await conn.fetchval("SELECT note FROM orders WHERE id = $1", 12))  # one shard
+            if port == router.config.port:
+                assert stats.routed == before + 1
+        finally:
+            await conn.close()
+        return seen
+
+    assert asyncio.run(session(router.config.port, schema)) == asyncio.run(session(cluster.spec.coordinator.port, plain))
+    with connect(cluster, cluster.spec.coordinator.port, schema) as direct, \
+            connect(cluster, cluster.spec.coordinator.port, plain) as single:
         assert contents(direct) == contents(single)
     assert prepared_everywhere(cluster) == 0

@@ -142,7 +142,8 @@ class ExtendedRouter:
         if self.discarding and type_byte != b"X":
             if type_byte == b"S":
                 self.discarding = False
-                self.session._write(p.ReadyForQuery("E").encode())
+                txn = self.session.transactions.txn
+                self.session._write(p.ReadyForQuery("I" if txn is None else "E" if txn.failed else "T").encode())
             return True
         if type_byte == b"Q" and not self.batch and not self.forwarding:
             raw = wire.frame(type_byte, payload)
@@ -162,6 +163,14 @@ class ExtendedRouter:
                 if not in_txn:
                     return False
                 self.stateful = True  # the transaction's statement: pinned when it goes to the coordinator
+        if type_byte == b"H" and self.batch and not self.forwarding and self._idle() \
+                and all(t in (b"P", b"D") for t, _ in self.batch):
+            # asyncpg prepares with Parse, Describe, Flush: the coordinator answers them now (outside any
+            # transaction: statements are not transactional), and the Bind/Execute/Sync that follows is a
+            # batch of its own, which may be routed
+            batch, self.batch, self.stateful = self.batch, [], False
+            self.txns.statement_messages(batch, flushed=True)
+            return True
         if type_byte == b"H" and not self.batch and not self.forwarding:
             # nothing is waiting for a reply (psycopg flushes after its Sync): nothing to do, and what follows
             # may be a Query (SQLAlchemy's COMMIT after an executemany), not a batch to forward

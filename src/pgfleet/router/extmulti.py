@@ -27,7 +27,9 @@ from psycopg.postgres import types as builtin_types
 
 from . import protocol as p
 from . import wire
+from .backend import BackendError, WorkerConnection, lost_in_flight
 from .batches import Message, Plan, Statement, parameter_values, row_description
+from .gather import array_literal, row_values
 from .routes import MultiShard
 from .routing import Decision
 from .shardmap import NotPlaced
@@ -40,6 +42,7 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
+_RECORD = 2249
 BIND_COMPLETE = p.BindComplete().encode()
 NO_DATA = p.NoData().encode()
 
@@ -120,7 +123,7 @@ def inline(text: str, values: Sequence[str | None], param_types: Sequence[int]) 
 def bound_text(plan: Plan, statement: Statement) -> str | None:
     """The batch's statement with its values inlined, when the router can run it as a multi-shard plan
     with exactly the coordinator's result (text results, the whole result asked for)."""
-    if plan.execute.max_rows != 0 or any(f != 0 for f in plan.bind.result_formats) or not statement.portable:
+    if plan.execute.max_rows != 0 or not statement.portable or not binary_ready(statement, plan.bind.result_formats):
         return None
     assert statement.param_types is not None
     if len(statement.param_types) != len(plan.bind.params):
@@ -130,6 +133,64 @@ def bound_text(plan: Plan, statement: Statement) -> str | None:
     except NotPlaced:
         return None
     return inline(statement.sql, values, statement.param_types)
+
+
+def column_formats(result_formats: Sequence[int], width: int) -> list[int]:
+    """The result format of each column (none given: text; one: all)."""
+    if not result_formats:
+        return [0] * width
+    if len(result_formats) == 1:
+        return [result_formats[0]] * width
+    return list(result_formats)
+
+
+def binary_ready(statement: Statement, result_formats: Sequence[int]) -> bool:
+    """Whether the columns asked for in binary can be re-encoded by :func:`reencode`: built-in types that
+    are not arrays themselves (an array of arrays is one array with more dimensions) nor ``record``."""
+    columns = statement.columns or ()
+    formats = column_formats(result_formats, len(columns))
+    if len(formats) != len(columns) or any(f not in (0, 1) for f in formats):
+        return False  # the coordinator reports it
+    for fmt, column in zip(formats, columns, strict=True):
+        info = builtin_types.get(column.type_oid)
+        if fmt == 1 and (info is None or info.oid != column.type_oid or not info.array_oid or column.type_oid == _RECORD):
+            return False
+    return True
+
+
+def wants_binary(plan: Plan) -> bool:
+    return any(f == 1 for f in plan.bind.result_formats)
+
+
+async def reencode(conn: WorkerConnection, statement: Statement, result_formats: Sequence[int], reply: bytes) -> bytes:
+    """The plan's text rows in the client's result formats: sent back to a worker as one text array per
+    column and selected from ``unnest`` in their order, with the client's result formats (PostgreSQL's own
+    binary output of each type). An error there (none is expected: the values came from PostgreSQL) is the
+    client's error."""
+    out = messages(reply)
+    rows = [payload for t, payload in out if t == b"D"]
+    columns = statement.columns or ()
+    if not rows or not columns:
+        return reply
+    names = [f"c{i}" for i in range(len(columns))]
+    text = (f"SELECT {', '.join(names)} FROM unnest({', '.join(f'${i + 1}' for i in range(len(columns)))}) "
+            f"WITH ORDINALITY AS _r ({', '.join(names)}, _o) ORDER BY _o")
+    arrays = []
+    for column in columns:
+        info = builtin_types.get(column.type_oid)
+        assert info is not None
+        arrays.append(info.array_oid)
+    values = [row_values(wire.frame(b"D", row)) for row in rows]
+    params = tuple(array_literal([v[i] for v in values]) for i in range(len(columns)))
+    request = b"".join((p.Parse("", text, tuple(arrays)).encode(),
+                        p.Bind("", "", (), params, tuple(result_formats)).encode(), p.Execute("", 0).encode(),
+                        p.Sync().encode()))
+    encoded = messages(await conn.roundtrip(request))
+    failure = next((m for m in encoded if m[0] == b"E"), None)
+    if failure is not None:
+        return wire.frame(*failure) + p.ReadyForQuery("I").encode()
+    new_rows = iter(wire.frame(t, payload) for t, payload in encoded if t == b"D")
+    return b"".join(next(new_rows) if t == b"D" else wire.frame(t, payload) for t, payload in out)
 
 
 def extended_reply(reply: bytes, statement: Statement, plan: Plan) -> bytes:
@@ -199,7 +260,11 @@ class ExtendedMultiShard:
         session._write(answered)
         session.reply_shaper = lambda data: extended_reply(data, statement, plan)
         raw = self.router.txns._for_coordinator(plan.tail if exchanged else batch)
-        tc._background(lambda: tc._multishard(txn, multishard, decision, text, raw))
+        finish = None
+        if wants_binary(plan):
+            async def finish(conn: WorkerConnection, reply: bytes) -> bytes:
+                return await reencode(conn, statement, plan.bind.result_formats, reply)
+        tc._background(lambda: tc._multishard(txn, multishard, decision, text, raw, finish))
         return True
 
     async def _autocommit(self, multishard: MultiShard, plan: Plan, batch: list[Message], statement: Statement,
@@ -214,6 +279,13 @@ class ExtendedMultiShard:
         if reply is None:  # nothing ran: the coordinator runs it
             self.router._fallback(plan, batch, answered, exchanged)
             return
+        if wants_binary(plan) and session.leases.held:
+            node, conn = next(iter(session.leases.held.items()))
+            try:
+                reply = await reencode(conn, statement, plan.bind.result_formats, reply)
+            except BackendError:
+                session.drop_worker(node)
+                reply = lost_in_flight(node)
         session.context.stats.routed += 1
         session.context.stats.executes += 1
         session._write(answered + extended_reply(reply, statement, plan))

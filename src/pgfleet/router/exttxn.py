@@ -139,9 +139,11 @@ class ExtendedTransactions:
     def aborted(self) -> None:
         self.session.transactions._aborted()
 
-    def statement_messages(self, batch: list[Message], *, forget: bool = False) -> None:
+    def statement_messages(self, batch: list[Message], *, forget: bool = False, flushed: bool = False) -> None:
         """Parse/Describe/Close only, or a DEALLOCATE ALL Query (``forget``): the coordinator answers (outside
-        the transaction: prepared statements are not transactional), the status is the transaction's. In a
+        the transaction: prepared statements are not transactional), the status is the transaction's. With
+        ``flushed`` they came with a Flush instead of a Sync: the router sends its own Sync and the client
+        gets no ReadyForQuery. In a
         failed transaction a Parse (other than of COMMIT / ROLLBACK [TO]) or a Describe of a statement that
         returns rows is refused with 25P02 as PostgreSQL does, and the rest of the batch skipped; what came
         before it (a Close) is still answered by the coordinator."""
@@ -152,10 +154,13 @@ class ExtendedTransactions:
         if refused is not None:
             aborted = error(IN_FAILED_TRANSACTION, "current transaction is aborted, commands ignored until end of "
                             "transaction block")
+            router.discarding = flushed  # then the client's messages up to its Sync are skipped, as the server does
             if refused == 0:
-                session._write(aborted + ready("E"))
+                session._write(aborted + (b"" if flushed else ready("E")))
                 return
             batch = [*batch[:refused], (b"S", b"")]
+        elif flushed:
+            batch = [*batch, (b"S", b"")]
         session.busy = True
         for type_byte, payload in batch:
             router.statements.sent(type_byte, payload)
@@ -168,8 +173,10 @@ class ExtendedTransactions:
             if txn is not None and any(t == b"E" for t, _ in reply):
                 txn.failed = True  # as an error at Parse fails a transaction on one server
             status = "I" if txn is None else "E" if txn.failed else "T"
+            if flushed and any(t == b"E" for t, _ in reply):
+                router.discarding = True  # as the server skips the client's messages up to its Sync
             session._write(frames([m for m in reply if m[0] != b"Z"]) + (aborted if refused is not None else b"")
-                           + ready(status))
+                           + (b"" if flushed else ready(status)))
             session.resume()
 
         router.capture_reply(frames(batch), done)

@@ -50,7 +50,7 @@ from .txnreply import (
     without_parameter_status,
     without_setup,
 )
-from .txnplan import PlanInTransaction, in_transaction_status, runs_in_transaction
+from .txnplan import Finish, PlanInTransaction, in_transaction_status, runs_in_transaction
 from .txnstmt import BeginOptions, Control, Kind, control, reads_only
 
 log = logging.getLogger(__name__)
@@ -323,8 +323,10 @@ class TransactionControl:
         else:
             self._background(lambda: self._move_to_coordinator(txn, decision, raw))
 
-    async def _multishard(self, txn: Transaction, plan: MultiShard, decision: Decision, text: str, raw: bytes) -> None:
-        """A scatter/gather read or a multi-shard write on the transaction's connections (:mod:`.txnplan`)."""
+    async def _multishard(self, txn: Transaction, plan: MultiShard, decision: Decision, text: str, raw: bytes,
+                          finish: Finish | None = None) -> None:
+        """A scatter/gather read or a multi-shard write on the transaction's connections (:mod:`.txnplan`);
+        ``finish`` reworks the reply on one of them (binary results of the extended protocol)."""
         joined_before = set(txn.participants)
         host = PlanInTransaction(lambda node: self._join(txn, node), self.host.superuser, self.host.user)
         reply = await plan.run_in_transaction(host)
@@ -343,6 +345,13 @@ class TransactionControl:
             else:
                 await self._move_to_coordinator(txn, decision, raw)  # already in the background: not twice
             return
+        if finish is not None:
+            node, conn = next(iter(txn.participants.items()))
+            try:
+                reply = await finish(conn, reply)
+            except BackendError:
+                await self._lost(txn, node)
+                return
         self.stats.routed += 1
         if plan.writes:
             txn.wrote = True
