@@ -4,7 +4,8 @@ from __future__ import annotations
 
 from pgfleet.router import protocol as p
 from pgfleet.router.batches import Plan, Statement
-from pgfleet.router.extmulti import bound_text, inline, probe_text
+from pgfleet.router import wire
+from pgfleet.router.extmulti import bound_text, extended_reply, inline, probe_text
 
 INT8, TEXT, INT4_ARRAY, NUMERIC = 20, 25, 1007, 1700
 
@@ -51,7 +52,7 @@ def test_bound_text_only_for_text_results_and_the_whole_result() -> None:
     assert bound_text(plan(result_formats=(1,)), arrays) is None  # an array column in binary: the coordinator
     assert bound_text(plan(result_formats=(0,)), arrays) is not None
     assert bound_text(plan(result_formats=(1, 0)), statement) is None  # more formats than columns
-    assert bound_text(plan(max_rows=10), statement) is None  # a portal fetched in parts
+    assert bound_text(plan(max_rows=10), statement) == bound_text(plan(), statement)  # a row limit: see below
     assert bound_text(plan(params=(b"\x00\x01",), param_formats=(1,)), statement) is None  # unreadable binary value
 
 
@@ -62,3 +63,19 @@ def test_values_that_would_fail_at_bind_are_left_to_the_coordinator() -> None:
     assert inline("SELECT $1", [" 12 "], [INT8]) == "SELECT " + typed("' 12 '", '"int8"')
     assert inline("SELECT $1", ["1.5e3"], [NUMERIC]) is not None and inline("SELECT $1", ["1,5"], [NUMERIC]) is None
     assert inline("SELECT $1", ["maybe"], [16]) is None and inline("SELECT $1", ["TRUE"], [16]) is not None
+
+
+def test_a_row_limit_gives_that_many_rows_and_portal_suspended() -> None:
+    columns = (p.Field("id", 0, 0, INT8, 8, -1, 0),)
+    statement = Statement("SELECT id FROM t", (), (), columns)
+    reply = b"".join([p.RowDescription(columns).encode(), *(p.DataRow((str(i).encode(),)).encode() for i in range(3)),
+                      p.CommandComplete("SELECT 3").encode(), p.ReadyForQuery("I").encode()])
+
+    def types(max_rows: int) -> list[bytes]:
+        limited = Plan((), p.Bind("", "", (), (), ()), False, p.Execute("", max_rows), ())
+        return [t for t, _ in wire.Framer().feed(extended_reply(reply, statement, limited))]
+
+    assert types(0) == [b"2", b"D", b"D", b"D", b"C", b"Z"]
+    assert types(2) == [b"2", b"D", b"D", b"s", b"Z"]
+    assert types(3) == [b"2", b"D", b"D", b"D", b"s", b"Z"]  # as PostgreSQL: it does not look ahead
+    assert types(4) == [b"2", b"D", b"D", b"D", b"C", b"Z"]

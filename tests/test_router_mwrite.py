@@ -452,6 +452,14 @@ def test_asyncpg_multi_shard_statements(cluster: LocalCluster, router: RouterSer
                         assert stats.routed == before + 1, f"not run by the router: {statement}"
                 if in_transaction:
                     await txn.commit()
+            for statement, values in statements[:2]:  # Execute with a row limit of 1
+                before = stats.routed
+                row = await conn.fetchrow(statement, *values)
+                seen.append(tuple(row) if row is not None else None)
+                if port == router.config.port:
+                    assert stats.routed == before + 1, f"fetchrow not run by the router: {statement}"
+            async with conn.transaction():
+                seen.append(tuple(await conn.fetchrow(statements[0][0], *statements[0][1])))  # one row: routed
             for bad in ("SELEC $1", "SELECT * FROM orders WHERE nope = $1"):  # refused at Parse: the session goes on
                 with pytest.raises(asyncpg.PostgresError) as caught:
                     await conn.fetch(bad, 1)

@@ -44,6 +44,7 @@ log = logging.getLogger(__name__)
 
 _RECORD = 2249
 BIND_COMPLETE = p.BindComplete().encode()
+PORTAL_SUSPENDED = p.PortalSuspended().encode()
 NO_DATA = p.NoData().encode()
 
 
@@ -122,8 +123,8 @@ def inline(text: str, values: Sequence[str | None], param_types: Sequence[int]) 
 
 def bound_text(plan: Plan, statement: Statement) -> str | None:
     """The batch's statement with its values inlined, when the router can run it as a multi-shard plan
-    with exactly the coordinator's result (text results, the whole result asked for)."""
-    if plan.execute.max_rows != 0 or not statement.portable or not binary_ready(statement, plan.bind.result_formats):
+    with exactly the coordinator's result."""
+    if plan.execute.max_rows < 0 or not statement.portable or not binary_ready(statement, plan.bind.result_formats):
         return None
     assert statement.param_types is not None
     if len(statement.param_types) != len(plan.bind.params):
@@ -193,13 +194,29 @@ async def reencode(conn: WorkerConnection, statement: Statement, result_formats:
     return b"".join(next(new_rows) if t == b"D" else wire.frame(t, payload) for t, payload in out)
 
 
+def rows_left(reply: bytes, max_rows: int) -> bool:
+    """Whether an Execute with this row limit would leave rows in the portal (more rows than the limit)."""
+    return max_rows > 0 and sum(1 for t, _ in messages(reply) if t == b"D") > max_rows
+
+
 def extended_reply(reply: bytes, statement: Statement, plan: Plan) -> bytes:
     """A plan's simple-protocol reply (RowDescription, rows, CommandComplete or an ErrorResponse, then
-    ReadyForQuery) as the reply to Bind [Describe portal] Execute Sync of ``statement``."""
+    ReadyForQuery) as the reply to Bind [Describe portal] Execute Sync of ``statement``. With a row limit
+    the Execute gets at most that many rows, and PortalSuspended instead of CommandComplete when it got
+    that many (PostgreSQL does not look ahead either)."""
     out = [BIND_COMPLETE]
     if plan.describe:
         out.append(row_description(statement.columns, plan.bind.result_formats) if statement.columns else NO_DATA)
+    limit = plan.execute.max_rows
+    rows = 0
     for type_byte, payload in messages(reply):
+        if type_byte == b"D":
+            rows += 1
+            if limit and rows > limit:
+                continue
+        elif type_byte == b"C" and limit and rows >= limit:
+            out.append(PORTAL_SUSPENDED)
+            continue
         if type_byte != b"T":
             out.append(wire.frame(type_byte, payload))
     return b"".join(out)
@@ -249,6 +266,8 @@ class ExtendedMultiShard:
         if planned is None or text is None:
             return False
         decision, multishard = planned
+        if plan.execute.max_rows and multishard.writes:
+            return False  # RETURNING rows fetched in parts: the coordinator keeps the portal
         tc = session.transactions
         txn = tc.txn
         if txn is None:
@@ -260,10 +279,13 @@ class ExtendedMultiShard:
         session._write(answered)
         session.reply_shaper = lambda data: extended_reply(data, statement, plan)
         raw = self.router.txns._for_coordinator(plan.tail if exchanged else batch)
-        finish = None
-        if wants_binary(plan):
-            async def finish(conn: WorkerConnection, reply: bytes) -> bytes:
+        async def finish(conn: WorkerConnection, reply: bytes) -> bytes | None:
+            if rows_left(reply, plan.execute.max_rows):
+                return None  # the portal would outlive the Sync in this transaction, and the rest is nowhere
+            if wants_binary(plan):
                 return await reencode(conn, statement, plan.bind.result_formats, reply)
+            return reply
+
         tc._background(lambda: tc._multishard(txn, multishard, decision, text, raw, finish))
         return True
 

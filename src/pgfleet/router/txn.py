@@ -333,6 +333,13 @@ class TransactionControl:
         if host.lost:
             await self._lost(txn, host.lost[0])
             return
+        if finish is not None and reply is not None and txn.participants:
+            node, conn = next(iter(txn.participants.items()))
+            try:
+                reply = await finish(conn, reply)
+            except BackendError:
+                await self._lost(txn, node)
+                return
         if reply is None:  # nothing ran (a result type the router cannot combine): as a statement it cannot route
             new = {n: c for n, c in txn.participants.items() if n not in joined_before}
             await run_everywhere(list(new.values()), "ROLLBACK")  # they only ran BEGIN
@@ -345,13 +352,6 @@ class TransactionControl:
             else:
                 await self._move_to_coordinator(txn, decision, raw)  # already in the background: not twice
             return
-        if finish is not None:
-            node, conn = next(iter(txn.participants.items()))
-            try:
-                reply = await finish(conn, reply)
-            except BackendError:
-                await self._lost(txn, node)
-                return
         self.stats.routed += 1
         if plan.writes:
             txn.wrote = True

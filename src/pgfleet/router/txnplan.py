@@ -18,7 +18,7 @@ from .twophase import TwoPhase
 from .txnreply import ready
 
 Join = Callable[[str], Awaitable[WorkerConnection]]
-Finish = Callable[[WorkerConnection, bytes], Awaitable[bytes]]  # a plan's reply reworked on a connection
+Finish = Callable[[WorkerConnection, bytes], Awaitable[bytes | None]]  # a plan's reply reworked (None: unusable)
 
 
 @dataclass
