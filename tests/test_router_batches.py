@@ -113,6 +113,18 @@ def test_parameter_values_text_and_binary() -> None:
         parameter_values(p.Bind("", "", (), (b"\xff",), ()), (25,))[0]
 
 
+def test_binary_values_of_other_types_read_as_their_text() -> None:
+    raw = (b"\x01", struct.pack("!d", 0.1), struct.pack("!f", -2.5), bytes(range(16)), struct.pack("!i", -1),
+           struct.pack("!q", 86_400_000_005), struct.pack("!q", (1 << 63) - 1), struct.pack("!d", float("nan")))
+    values = parameter_values(p.Bind("", "", (1,), raw, ()), (16, 701, 700, 2950, 1082, 1184, 1114, 701))
+    assert list(values) == ["true", "0.1", "-2.5", "00010203-0405-0607-0809-0a0b0c0d0e0f", "1999-12-31",
+                            "2000-01-02 00:00:00.000005+00", "infinity", "NaN"]
+    with pytest.raises(NotPlaced, match="binary data of type 16"):
+        parameter_values(p.Bind("", "", (1,), (b"\x02",), ()), (16,))[0]
+    with pytest.raises(NotPlaced, match="binary data of type 1114"):
+        parameter_values(p.Bind("", "", (1,), (struct.pack("!q", -(1 << 62)),), ()), (1114,))[0]  # before year 1
+
+
 def test_client_reply_drops_the_workers_parse_complete_and_describes_as_the_coordinator() -> None:
     coordinator = (p.Field("id", table_oid=16500, column=1, type_oid=20, type_size=8),
                    p.Field("note", table_oid=16500, column=4, type_oid=25))

@@ -196,3 +196,46 @@ def test_a_role_reads_with_its_privileges(fleet: Fleet, cluster: LocalCluster, d
     finally:
         conn.execute(sql.SQL("DROP OWNED BY {}").format(sql.Identifier(ROLE)))
         drop_role(fleet, ROLE)
+
+
+PARAMETER_WHERE = st.sampled_from([(" WHERE n > %s", st.integers(-7, 7)), (" WHERE note = %s", st.sampled_from(["n1", "n5", "zz"])),
+                                   (" WHERE val < %s", st.integers(0, 140)), (" WHERE flag = %s", st.booleans())])
+
+
+@settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(aggregates=st.lists(AGGREGATE, min_size=1, max_size=3), groups=GROUPS, where=PARAMETER_WHERE,
+       data_draw=st.data(), binary=st.booleans(), in_transaction=st.booleans())
+def test_random_aggregates_with_values_match_one_plain_table(cluster: LocalCluster, router: RouterServer, data: str,
+                                                             aggregates: list[str], groups: list[str],
+                                                             where: tuple[str, Any], data_draw: st.DataObject,
+                                                             binary: bool, in_transaction: bool) -> None:
+    """The same shapes sent with the extended protocol and a bound value (psycopg's server-side binding, text
+    or binary results), in autocommit or inside a transaction."""
+    condition, values = where
+    value = data_draw.draw(values)
+    groups = [g.replace("%", "%%") for g in groups]  # psycopg's placeholders: a literal % is written %%
+    targets = ", ".join(groups + aggregates)
+    statement = f"SELECT {targets} FROM {{t}}{condition}"
+    if groups:
+        statement += " GROUP BY " + ", ".join(groups)
+    statement += " ORDER BY " + ", ".join(f"{i} NULLS FIRST" for i in range(1, len(groups) + len(aggregates) + 1))
+
+    def bound(conn: psycopg.Connection[Any], table: str) -> Any:
+        if in_transaction:
+            conn.execute("BEGIN")
+        cur = conn.cursor(binary=binary)
+        try:
+            cur.execute(statement.format(t=table), (value,))
+            return cur.fetchall(), [(d.name, d.type_code) for d in cur.description or []]
+        except psycopg.Error as exc:
+            return "error", exc.sqlstate
+        finally:
+            if in_transaction:
+                conn.execute("ROLLBACK")
+
+    with connect(cluster, router.config.port, data) as via_router, \
+            connect(cluster, cluster.spec.coordinator.port, data) as direct:
+        before = router.context.stats.routed
+        got = bound(via_router, "t")
+        assert router.context.stats.routed == before + 1, statement
+        assert got == bound(direct, "t_plain"), (statement, value)

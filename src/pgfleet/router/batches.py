@@ -11,10 +11,13 @@ integer and text types); :func:`client_reply` turns a worker's reply into the co
 
 from __future__ import annotations
 
+import datetime
 import functools
+import math
 import struct
+import uuid
 from collections import deque
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field, replace
 from typing import overload
 
@@ -25,6 +28,41 @@ FIRST_USER_OID = 16384  # FirstNormalObjectId: types from here on have other OID
 INT2, INT4, INT8, TEXT, VARCHAR = 21, 23, 20, 25, 1043
 _BINARY_INTEGERS = {INT2: struct.Struct("!h"), INT4: struct.Struct("!i"), INT8: struct.Struct("!q")}
 PARSE_COMPLETE = p.ParseComplete().encode()
+_EPOCH = datetime.datetime(2000, 1, 1)  # PostgreSQL's binary dates and timestamps count from here
+_INFINITE_64 = {(1 << 63) - 1: "infinity", -(1 << 63): "-infinity"}
+_INFINITE_32 = {(1 << 31) - 1: "infinity", -(1 << 31): "-infinity"}
+
+
+def _float(raw: bytes) -> str:
+    value = struct.unpack("!d" if len(raw) == 8 else "!f", raw)[0]
+    if math.isnan(value):
+        return "NaN"
+    return {math.inf: "Infinity", -math.inf: "-Infinity"}.get(value) or repr(value)
+
+
+def _timestamp(raw: bytes, zone: str) -> str:
+    (micros,) = struct.unpack("!q", raw)
+    if micros in _INFINITE_64:
+        return _INFINITE_64[micros]
+    return (_EPOCH + datetime.timedelta(microseconds=micros)).isoformat(" ") + zone
+
+
+def _date(raw: bytes) -> str:
+    (days,) = struct.unpack("!i", raw)
+    return _INFINITE_32.get(days) or (_EPOCH.date() + datetime.timedelta(days=days)).isoformat()
+
+
+def _bool(raw: bytes) -> str:
+    if raw not in (b"\x00", b"\x01"):
+        raise ValueError("not a binary boolean")
+    return "true" if raw == b"\x01" else "false"
+
+
+# binary parameter values the router reads as PostgreSQL's text for that type (exact: no rounding)
+_BINARY_TEXT: dict[int, Callable[[bytes], str]] = {
+    16: _bool, 700: _float, 701: _float, 2950: lambda raw: str(uuid.UUID(bytes=raw)), 1082: _date,
+    1114: lambda raw: _timestamp(raw, ""), 1184: lambda raw: _timestamp(raw, "+00"),
+}
 
 Message = tuple[bytes, bytes]  # (type byte, payload) as framed
 
@@ -255,6 +293,11 @@ class ParameterValues(Sequence[str | None]):
             if len(raw) != codec.size:
                 raise NotPlaced(f"parameter ${index + 1}: {len(raw)} bytes of binary data for type {type_oid}")
             return str(codec.unpack(raw)[0])
+        if binary and type_oid in _BINARY_TEXT:
+            try:
+                return _BINARY_TEXT[type_oid](raw)
+            except (ValueError, OverflowError, struct.error):
+                raise NotPlaced(f"parameter ${index + 1}: binary data of type {type_oid} the router cannot read") from None
         if binary and type_oid not in (TEXT, VARCHAR):
             raise NotPlaced(f"parameter ${index + 1}: binary data of type {type_oid} is not read by the router")
         try:
