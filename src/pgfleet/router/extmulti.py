@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import logging
 import re
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, cast
 
 from pglast import ast, parse_sql
@@ -101,8 +101,9 @@ def literal(value: str | None, type_oid: int) -> str | None:
     return f"({text}::{name})"
 
 
-def inline(text: str, values: Sequence[str | None], param_types: Sequence[int]) -> str | None:
-    """``text`` with every ``$n`` replaced by the typed literal of its value; None when that is not exact."""
+def replace_parameters(text: str, replacement: Callable[[int], str | None]) -> str | None:
+    """``text`` with every ``$n`` (found by the parser, so never one inside a literal or comment) replaced by
+    ``replacement(n)``; None when the text does not parse or a replacement is None."""
     try:
         tree = parse_sql(text)
     except ParseError:
@@ -112,13 +113,20 @@ def inline(text: str, values: Sequence[str | None], param_types: Sequence[int]) 
     out = text
     for location, number in sorted(finder.found, reverse=True):
         token = f"${number}"
-        if not 1 <= number <= min(len(values), len(param_types)) or out[location:location + len(token)] != token:
+        new = replacement(number) if out[location:location + len(token)] == token else None
+        if new is None:
             return None
-        replacement = literal(values[number - 1], param_types[number - 1])
-        if replacement is None:
-            return None
-        out = out[:location] + replacement + out[location + len(token):]
+        out = out[:location] + new + out[location + len(token):]
     return out
+
+
+def inline(text: str, values: Sequence[str | None], param_types: Sequence[int]) -> str | None:
+    """``text`` with every ``$n`` replaced by the typed literal of its value; None when that is not exact."""
+    def typed(number: int) -> str | None:
+        if not 1 <= number <= min(len(values), len(param_types)):
+            return None
+        return literal(values[number - 1], param_types[number - 1])
+    return replace_parameters(text, typed)
 
 
 def bound_text(plan: Plan, statement: Statement) -> str | None:
@@ -225,19 +233,7 @@ def extended_reply(reply: bytes, statement: Statement, plan: Plan) -> bytes:
 def probe_text(text: str) -> str | None:
     """``text`` with every ``$n`` as NULL: enough to tell whether a multi-shard plan may take the statement
     before the coordinator has described it."""
-    try:
-        tree = parse_sql(text)
-    except ParseError:
-        return None
-    finder = _Params()
-    finder(tree)
-    out = text
-    for location, number in sorted(finder.found, reverse=True):
-        token = f"${number}"
-        if out[location:location + len(token)] != token:
-            return None
-        out = out[:location] + "NULL" + out[location + len(token):]
-    return out
+    return replace_parameters(text, lambda _: "NULL")
 
 
 class ExtendedMultiShard:
