@@ -4,8 +4,10 @@ of the session that runs it.
 A planner (registered in :mod:`.planners`) looks at one parsed statement that single-shard analysis (:mod:`.analyze`) sent to the
 coordinator and returns a :class:`~.routes.MultiShard` plan when it can run the statement itself with
 the same result as the coordinator (types, NULLs, errors), or None. Planners are pure (no I/O): they
-are tested on the plans they build. Plans run only in autocommit, in a session that is idle; inside a
-transaction such statements stay with the coordinator.
+are tested on the plans they build. Plans run in a session that is idle: in autocommit (``run``), or, for
+plans marked ``transactional`` (scatter/gather reads, multi-shard writes), inside the client's transaction
+on its connections (``run_in_transaction``, :mod:`.txnplan`). Statements sent with the extended protocol
+reach the planners with their values inlined (:mod:`.extmulti`).
 """
 
 from __future__ import annotations
