@@ -127,6 +127,16 @@ def test_django_migrations_crud_and_a_migration_after_distribution(shop: psycopg
         b = customer_model.objects.create(name="b", country=fr)
         order_model.objects.bulk_create([order_model(customer=c, number=1, reference="t", total=5) for c in (a, b)])
     assert order_model.objects.filter(reference="t").count() == 2
+    coordinator_before = router.context.stats.coordinator_transactions
+    with pytest.raises(RuntimeError), transaction.atomic():  # a routed write, then statements over every shard
+        order_model.objects.filter(customer=first, number=1).update(reference="t")  # one shard
+        assert order_model.objects.filter(reference="t").count() == 3  # every shard, and it sees the write above
+        assert order_model.objects.filter(reference="t").update(total=6) == 3  # every shard, in this transaction
+        assert list(order_model.objects.filter(reference="t").order_by("customer_id", "number")
+                    .values_list("total", flat=True)) == [6, 6, 6]  # merged by the router
+        raise RuntimeError("roll back")
+    assert router.context.stats.coordinator_transactions == coordinator_before  # none of it went to the coordinator
+    assert order_model.objects.filter(reference="t").count() == 2 and not order_model.objects.filter(total=6).exists()
 
     customers[1].delete()  # Django's cascade first; the shards' own ON DELETE CASCADE agrees
     assert order_model.objects.count() == 23 and customer_model.objects.count() == 9
