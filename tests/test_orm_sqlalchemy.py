@@ -200,6 +200,20 @@ def test_crud_relationships_and_transactions(engine: Any, router: RouterServer) 
     with Session(engine) as s:
         assert s.scalar(select(func.count()).select_from(Customer).where(Customer.name == "gone")) == 0
         assert s.scalar(select(func.sum(Order.total)).where(Order.customer_id == ids[2])) == Decimal(6)
+    coordinator_before = router.context.stats.coordinator_transactions
+    with pytest.raises(RuntimeError), Session(engine) as s, s.begin():  # a routed write, then every shard ($n values)
+        order = s.get(Order, (ids[0], 1))
+        assert order is not None
+        order.reference = "moved"
+        s.flush()  # one shard
+        assert s.scalar(select(func.count()).select_from(Order).where(Order.reference == "moved")) == 1  # sees it
+        assert s.execute(sa.update(Order).where(Order.number == 1).values(total=Decimal(7))).rowcount == 6
+        assert s.scalars(select(Order.total).where(Order.number == 1).order_by(Order.customer_id)).all() \
+            == [Decimal(7)] * 6
+        raise RuntimeError("roll back")
+    assert router.context.stats.coordinator_transactions == coordinator_before  # none of it went to the coordinator
+    with Session(engine) as s:
+        assert s.scalar(select(func.count()).select_from(Order).where(Order.reference == "moved")) == 0
 
     with Session(engine) as s, s.begin():
         victim = s.get(Customer, ids[3])
