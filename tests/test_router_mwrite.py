@@ -418,6 +418,11 @@ def test_extended_protocol_multi_shard_statements(cluster: LocalCluster, router:
             assert bound(routed, statement, values, binary) == bound(single, statement, values, binary), statement
             assert stats.routed == before + 1, f"not run by the router: {statement}"
         assert bound(routed, PARAMETERIZED[0][0], (None,)) == bound(single, PARAMETERIZED[0][0], (None,))
+        for _ in range(2):  # without values, prepared (the extended protocol): parsed, then only bound
+            before = stats.routed
+            got, want = (conn.cursor(binary=binary).execute("SELECT count(*), max(note) FROM orders", prepare=True)
+                         .fetchall() for conn in (routed, single))
+            assert got == want and stats.routed == before + 1
         if in_transaction:
             for conn in (routed, single):
                 outcome(conn, "COMMIT")
@@ -432,6 +437,7 @@ def test_asyncpg_multi_shard_statements(cluster: LocalCluster, router: RouterSer
     schema, plain = tables
     stats = router.context.stats
     statements = [(statement.replace("%s", "$1", 1).replace("%s", "$2", 1), values) for statement, values in PARAMETERIZED]
+    statements.append(("SELECT count(*), sum(amount) FROM orders", ()))  # no value: still every shard
 
     async def session(port: int, search_path: str) -> list[Any]:
         conn = await asyncpg.connect(host="127.0.0.1", port=port, user=cluster.spec.superuser,

@@ -271,7 +271,10 @@ class ExtendedRouter:
             return
         prepared = routing.cache.prepared(statement.sql, routing.topology, session.search_path)
         if isinstance(prepared, Coordinator):
-            self._coordinator(batch, prepared.reason)
+            if self.multishard.candidate(statement.sql):  # not single-shard, but maybe the router's multi-shard work
+                self._multishard_only(plan, batch, prepared.reason)
+            else:
+                self._coordinator(batch, prepared.reason)
             return
         known = self.statements.get(plan.bind.statement)
         if not plan.prefix and known is not None and known.described:
@@ -286,6 +289,24 @@ class ExtendedRouter:
         else:
             self._exchange(plan, batch, lambda known, answered: self._run(plan, batch, prepared, known, answered,
                                                                           exchanged=True))
+
+    def _multishard_only(self, plan: Plan, batch: list[Message], reason: str) -> None:
+        """A statement single-shard analysis refused that a multi-shard plan may run: described by the
+        coordinator first when it is not yet (the plan needs its parameter and result types)."""
+        def run(statement: Statement, answered: bytes, exchanged: bool) -> None:
+            if not self.multishard.run(plan, batch, statement, answered, exchanged):
+                self._coordinator(plan.tail if exchanged else batch, reason, answered)
+                if self.session.busy and self.session.transactions.txn is None:
+                    self.session.resume()
+
+        known = self.statements.get(plan.bind.statement)
+        if not plan.prefix and known is not None and known.described:
+            run(known, b"", False)
+        elif self._parsed_again(plan, known):
+            assert known is not None
+            run(known, PARSE_COMPLETE, False)
+        else:
+            self._exchange(plan, batch, lambda described, answered: run(described, answered, True))
 
     def _coordinator(self, batch: list[Message] | tuple[Message, ...], reason: str, answered: bytes = b"") -> None:
         """The coordinator runs the batch: as it came in autocommit, as the transaction's statement in one."""

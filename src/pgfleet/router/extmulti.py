@@ -252,7 +252,7 @@ class ExtendedMultiShard:
     def candidate(self, text: str) -> bool:
         """Whether the statement may be a multi-shard plan's (then the coordinator describes it first)."""
         probe = probe_text(text)
-        return probe is not None and probe != text and self._plan(probe) is not None
+        return probe is not None and self._plan(probe) is not None
 
     def run(self, plan: Plan, batch: list[Message], statement: Statement, answered: bytes, exchanged: bool) -> bool:
         """Run the batch as a multi-shard plan; False: the coordinator runs it."""
