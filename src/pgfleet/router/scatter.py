@@ -20,6 +20,7 @@ of the parse tree, which is deparsed (pglast) per shard.
 from __future__ import annotations
 
 import copy
+import functools
 from dataclasses import replace
 from collections.abc import Iterator
 
@@ -157,27 +158,44 @@ def _placements(prepared: Prepared) -> tuple[tuple[str, dict[int, tuple[str, str
     return tuple(out)
 
 
-def _render(stmt: ast.SelectStmt, names: dict[int, tuple[str, str]]) -> str:
+def _render(stmt: ast.SelectStmt, names: dict[int, tuple[str, str | None]]) -> str:
     """The statement with every table reference renamed (an alias keeps column references valid)."""
     copied = copy.deepcopy(stmt)
     for node in walk(copied.fromClause):
         if isinstance(node, ast.RangeVar) and (node.location or 0) in names:
             if node.alias is None:
                 node.alias = ast.Alias(aliasname=node.relname)
-            node.schemaname, node.relname = names[node.location or 0]
+            node.relname, node.schemaname = names[node.location or 0]
             node.catalogname = None
     return str(RawStream()(copied))
 
 
+@functools.lru_cache(maxsize=4096)
+def _table_name(schema: str, table: str) -> str:
+    """A table's qualified name as the deparser writes it (quoted only where needed)."""
+    return str(RawStream()(ast.RangeVar(schemaname=schema, relname=table, inh=True, relpersistence="p")))
+
+
 def _node_queries(stmt: ast.SelectStmt, by_location: dict[int | None, TableRef],
                   placements: tuple[tuple[str, dict[int, tuple[str, str]]], ...], *, parenthesize: bool) -> tuple[NodeQuery, ...]:
-    """One query per node: its shards' statements joined by UNION ALL."""
+    """One query per node: its shards' statements joined by UNION ALL. The statement is deparsed once, with
+    a marker in place of each table name, and each shard's text made by putting its table names there:
+    deparsing per shard cost 0.2–0.4 ms a shard, paid again for every new statement text."""
     locations = {location for location in by_location if location is not None}
+    markers = {location: f"pgfleet_table_{i}_x" for i, location in enumerate(sorted(locations))}
+    template = _render(stmt, {location: (marker, None) for location, marker in markers.items()})
+    if template.count("pgfleet_table_") != len(markers):  # a marker also elsewhere: one deparse per shard
+        template = ""
     per_node: dict[str, list[str]] = {}
     for node, names in placements:
         if set(names) != locations:
             raise Unsupported("a table reference without a placement")
-        text = _render(stmt, names)
+        if template:
+            text = template
+            for location, marker in markers.items():
+                text = text.replace(marker, _table_name(*names[location]), 1)
+        else:
+            text = _render(stmt, {location: (table, schema) for location, (schema, table) in names.items()})
         per_node.setdefault(node, []).append(f"({text})" if parenthesize else text)
     return tuple(NodeQuery(node, " UNION ALL ".join(parts), len(parts)) for node, parts in per_node.items())
 
