@@ -29,7 +29,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-import asyncpg
+import asyncpg  # type: ignore[import-untyped]
 from router_relay import pgbench, scratch
 
 from pgfleet.cluster.fleet import Fleet

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import shutil
 import statistics
 import sys
 import time
@@ -96,6 +97,7 @@ def main() -> None:
         stop_background(fleet_local)
         fleet_local.destroy()
         single.destroy()
+        shutil.rmtree(base, ignore_errors=True)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     report = {"rows": args.rows, "shards": args.shards, "duration": args.duration, "reps": args.reps,
