@@ -139,3 +139,24 @@ def test_split_reply_finds_rows_without_walking_them() -> None:
     error = p.error_response("22012", "division by zero", severity="ERROR").encode()
     failed = split_reply(description + rows[0] + error + p.ReadyForQuery("I").encode(), False)
     assert failed is not None and failed.error == error[5:]
+
+
+def test_shard_texts_from_one_deparse_match_a_deparse_per_shard() -> None:
+    """The per-shard texts are made from one deparse with markers for the table names; a statement that
+    holds such a marker itself is deparsed per shard, with the same result shape."""
+    found = plan('SELECT o.id FROM orders o JOIN "Mixed Case" m ON true JOIN countries c ON c.code = o.note '
+                 "WHERE o.id > 1 ORDER BY o.id LIMIT 2")
+    assert found is None  # not co-located: left to the coordinator (checked before any text is made)
+    found = plan("SELECT count(*) FROM orders JOIN countries ON countries.code = orders.note")
+    assert found is not None
+    assert found.nodes[1].sql.split(" UNION ALL ")[1] == (
+        "SELECT count(*) FROM public.orders_103 AS orders INNER JOIN public.countries AS countries "
+        "ON countries.code = orders.note")
+    marked = plan("SELECT count(*) FROM orders WHERE note <> 'pgfleet_table_0_x'")
+    assert marked is not None
+    assert marked.nodes[0].sql.split(" UNION ALL ")[1] == (
+        "SELECT count(*) FROM public.orders_102 AS orders WHERE note <> 'pgfleet_table_0_x'")
+    mixed = plan('SELECT count(*) FROM "Mixed Case" WHERE val > 1')
+    assert mixed is not None and mixed.nodes[0].sql == (
+        'SELECT count(*) FROM public."Mixed Case_400" AS "Mixed Case" WHERE val > 1 UNION ALL '
+        'SELECT count(*) FROM public."Mixed Case_402" AS "Mixed Case" WHERE val > 1')
