@@ -229,12 +229,8 @@ class ExtendedTransactions:
         decision = Decision(Coordinator(reason), not pin)
         if txn.failed:
             tc._aborted()
-        elif not txn.participants:
-            tc._coordinator_takes(txn, decision, raw)
-        elif txn.has_written():
-            tc._needs_coordinator(txn, decision, "wrote on")
-        else:
-            tc._background(lambda: tc._move_to_coordinator(txn, decision, raw))
+        elif (move := tc.elsewhere(txn, decision, raw)) is not None:
+            tc._background(lambda: move)
             return
         if session.busy:
             session.resume()

@@ -310,18 +310,22 @@ class TransactionControl:
                 self._fail(txn, NOT_SUPPORTED, "pgfleet router: this router cannot commit over several workers")
                 return
             self._background(lambda: self._on_worker(txn, route, text, raw))
-        else:
-            self._elsewhere(txn, decision, raw)
+        elif (move := self.elsewhere(txn, decision, raw)) is not None:
+            self._background(lambda: move)
 
-    def _elsewhere(self, txn: Transaction, decision: Decision | None, raw: bytes) -> None:
+    def elsewhere(self, txn: Transaction, decision: Decision | None,
+                  raw: bytes) -> Coroutine[Any, Any, None] | None:
         """A statement the workers cannot run in this transaction: the coordinator takes the transaction when
-        nothing ran on workers yet, or when only reads ran there in READ COMMITTED; else it is refused."""
+        nothing ran on workers yet, or when only reads ran there in READ COMMITTED; else it is refused. The
+        move of a transaction that read on workers needs a round trip: it is returned, for the caller to run
+        in the background or to await when it runs there already."""
         if not txn.participants:
             self._coordinator_takes(txn, decision, raw)
         elif txn.has_written():
             self._needs_coordinator(txn, decision, "wrote on")
         else:
-            self._background(lambda: self._move_to_coordinator(txn, decision, raw))
+            return self._move_to_coordinator(txn, decision, raw)
+        return None
 
     async def _multishard(self, txn: Transaction, plan: MultiShard, decision: Decision, text: str, raw: bytes,
                           finish: Finish | None = None) -> None:
@@ -345,12 +349,8 @@ class TransactionControl:
             await run_everywhere(list(new.values()), "ROLLBACK")  # they only ran BEGIN
             for node in new:
                 del txn.participants[node]
-            if not txn.participants:
-                self._coordinator_takes(txn, decision, raw)
-            elif txn.has_written():
-                self._needs_coordinator(txn, decision, "wrote on")
-            else:
-                await self._move_to_coordinator(txn, decision, raw)  # already in the background: not twice
+            if (move := self.elsewhere(txn, decision, raw)) is not None:
+                await move  # already in the background
             return
         self.stats.routed += 1
         if plan.writes:
