@@ -123,8 +123,7 @@ class ShardWrite(MultiShard):
             parsed.append(_parse(reply, 0, len(part.statements), ""))
         errors = [r.error for r in parsed if r.error is not None]
         if errors:
-            first = errors[0] if self.renames is None else p.ErrorResponse(renamed(errors[0].fields, self.renames))
-            return first.encode() + p.ReadyForQuery("I").encode()
+            return self._client_error(errors[0])
         return self._reply([r.results for r in parsed])
 
     async def run(self, host: MultiShardHost) -> bytes | None:
@@ -187,13 +186,18 @@ class ShardWrite(MultiShard):
                 and all(u is not None for u in undone):
             return None
         if errors:
-            first = errors[0] if self.renames is None else p.ErrorResponse(renamed(errors[0].fields, self.renames))
-            return first.encode() + p.ReadyForQuery("I").encode()
+            return self._client_error(errors[0])
         if lost and not gid:
             return lost_in_flight(lost[0])  # its COMMIT may have run
         return p.error_response(CONNECTION_FAILURE, f"pgfleet router: the connection to worker {', '.join(lost)} was "
                                 "lost while it ran this statement; the statement was rolled back on every node",
                                 severity="ERROR", hint="retry the statement").encode() + p.ReadyForQuery("I").encode()
+
+    def _client_error(self, error: p.ErrorResponse) -> bytes:
+        """A shard's error as the client gets it: in the logical tables' names, then ReadyForQuery."""
+        if self.renames is not None:
+            error = p.ErrorResponse(renamed(error.fields, self.renames))
+        return error.encode() + p.ReadyForQuery("I").encode()
 
     def _reply(self, results: list[list[_Result]]) -> bytes:
         out: list[bytes] = []
