@@ -51,6 +51,8 @@ def test_bound_text_only_for_text_results_and_the_whole_result() -> None:
     arrays = Statement(statement.sql, (), (INT8,), (p.Field("a", 0, 0, INT4_ARRAY, -1, -1, 0),))
     assert bound_text(plan(result_formats=(1,)), arrays) is None  # an array column in binary: the coordinator
     assert bound_text(plan(result_formats=(0,)), arrays) is not None
+    mixed = Statement(statement.sql, (), (INT8,), (statement.columns or ())[:1] + (arrays.columns or ()))
+    assert bound_text(plan(result_formats=(1, 0)), mixed) is None  # the array column is re-encoded too
     assert bound_text(plan(result_formats=(1, 0)), statement) is None  # more formats than columns
     assert bound_text(plan(max_rows=10), statement) == bound_text(plan(), statement)  # a row limit: see below
     assert bound_text(plan(params=(b"\x00\x01",), param_formats=(1,)), statement) is None  # unreadable binary value

@@ -14,7 +14,7 @@ or NoData when the portal was described, the rows, CommandComplete, ReadyForQuer
 
 from __future__ import annotations
 
-import logging
+import functools
 import re
 from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, cast
@@ -29,7 +29,8 @@ from . import protocol as p
 from . import wire
 from .backend import BackendError, WorkerConnection, lost_in_flight
 from .batches import Message, Plan, Statement, parameter_values, row_description
-from .gather import array_literal, row_values
+from .gather import combine_on, row_values
+from .multishard import run_guarded
 from .routes import MultiShard
 from .routing import Decision
 from .shardmap import NotPlaced
@@ -39,8 +40,6 @@ from .txnplan import runs_in_transaction
 if TYPE_CHECKING:
     from .extended import ExtendedRouter
     from .multishard import MultiShardHost
-
-log = logging.getLogger(__name__)
 
 _RECORD = 2249
 BIND_COMPLETE = p.BindComplete().encode()
@@ -101,17 +100,27 @@ def literal(value: str | None, type_oid: int) -> str | None:
     return f"({text}::{name})"
 
 
-def replace_parameters(text: str, replacement: Callable[[int], str | None]) -> str | None:
-    """``text`` with every ``$n`` (found by the parser, so never one inside a literal or comment) replaced by
-    ``replacement(n)``; None when the text does not parse or a replacement is None."""
+@functools.lru_cache(maxsize=1024)
+def _parameters(text: str) -> tuple[tuple[int, int], ...] | None:
+    """Where each ``$n`` is in ``text`` (location, n), last first; None when the text does not parse. The
+    same texts come with every execution: parsed once."""
     try:
         tree = parse_sql(text)
     except ParseError:
         return None
     finder = _Params()
     finder(tree)
+    return tuple(sorted(finder.found, reverse=True))
+
+
+def replace_parameters(text: str, replacement: Callable[[int], str | None]) -> str | None:
+    """``text`` with every ``$n`` (found by the parser, so never one inside a literal or comment) replaced by
+    ``replacement(n)``; None when the text does not parse or a replacement is None."""
+    found = _parameters(text)
+    if found is None:
+        return None
     out = text
-    for location, number in sorted(finder.found, reverse=True):
+    for location, number in found:
         token = f"${number}"
         new = replacement(number) if out[location:location + len(token)] == token else None
         if new is None:
@@ -154,15 +163,19 @@ def column_formats(result_formats: Sequence[int], width: int) -> list[int]:
 
 
 def binary_ready(statement: Statement, result_formats: Sequence[int]) -> bool:
-    """Whether the columns asked for in binary can be re-encoded by :func:`reencode`: built-in types that
-    are not arrays themselves (an array of arrays is one array with more dimensions) nor ``record``."""
+    """Whether the rows can be re-encoded by :func:`reencode` when a column is asked for in binary: built-in
+    types that are not arrays themselves (an array of arrays is one array with more dimensions) nor
+    ``record``, with ',' as array delimiter."""
     columns = statement.columns or ()
     formats = column_formats(result_formats, len(columns))
     if len(formats) != len(columns) or any(f not in (0, 1) for f in formats):
         return False  # the coordinator reports it
-    for fmt, column in zip(formats, columns, strict=True):
+    if 1 not in formats:
+        return True
+    for column in columns:  # every column goes through the re-encoding, also those asked for in text
         info = builtin_types.get(column.type_oid)
-        if fmt == 1 and (info is None or info.oid != column.type_oid or not info.array_oid or column.type_oid == _RECORD):
+        if info is None or info.oid != column.type_oid or not info.array_oid or info.delimiter != "," \
+                or column.type_oid == _RECORD:
             return False
     return True
 
@@ -174,31 +187,23 @@ def wants_binary(plan: Plan) -> bool:
 async def reencode(conn: WorkerConnection, statement: Statement, result_formats: Sequence[int], reply: bytes) -> bytes:
     """The plan's text rows in the client's result formats: sent back to a worker as one text array per
     column and selected from ``unnest`` in their order, with the client's result formats (PostgreSQL's own
-    binary output of each type). An error there (none is expected: the values came from PostgreSQL) is the
-    client's error."""
+    binary output of each type: :func:`.gather.combine_on`). An error there (none is expected: the values
+    came from PostgreSQL) is the client's error."""
     out = messages(reply)
-    rows = [payload for t, payload in out if t == b"D"]
+    rows = [row_values(wire.frame(b"D", payload)) for t, payload in out if t == b"D"]
     columns = statement.columns or ()
     if not rows or not columns:
         return reply
     names = [f"c{i}" for i in range(len(columns))]
     text = (f"SELECT {', '.join(names)} FROM unnest({', '.join(f'${i + 1}' for i in range(len(columns)))}) "
             f"WITH ORDINALITY AS _r ({', '.join(names)}, _o) ORDER BY _o")
-    arrays = []
-    for column in columns:
-        info = builtin_types.get(column.type_oid)
-        assert info is not None
-        arrays.append(info.array_oid)
-    values = [row_values(wire.frame(b"D", row)) for row in rows]
-    params = tuple(array_literal([v[i] for v in values]) for i in range(len(columns)))
-    request = b"".join((p.Parse("", text, tuple(arrays)).encode(),
-                        p.Bind("", "", (), params, tuple(result_formats)).encode(), p.Execute("", 0).encode(),
-                        p.Sync().encode()))
-    encoded = messages(await conn.roundtrip(request))
-    failure = next((m for m in encoded if m[0] == b"E"), None)
-    if failure is not None:
-        return wire.frame(*failure) + p.ReadyForQuery("I").encode()
-    new_rows = iter(wire.frame(t, payload) for t, payload in encoded if t == b"D")
+    encoded = await combine_on(conn, text, [c.type_oid for c in columns], rows, result_formats)
+    if encoded is None:  # binary_ready lets only types with a ',' array through
+        return p.error_response("XX000", "pgfleet router: these result columns cannot be sent in binary here",
+                                severity="ERROR").encode() + p.ReadyForQuery("I").encode()
+    if encoded[:1] == b"E":
+        return encoded
+    new_rows = iter(wire.frame(t, payload) for t, payload in messages(encoded) if t == b"D")
     return b"".join(next(new_rows) if t == b"D" else wire.frame(t, payload) for t, payload in out)
 
 
@@ -288,12 +293,7 @@ class ExtendedMultiShard:
     async def _autocommit(self, multishard: MultiShard, plan: Plan, batch: list[Message], statement: Statement,
                           answered: bytes, exchanged: bool) -> None:
         session = self.session
-        try:
-            reply = await multishard.run(cast("MultiShardHost", session))
-        except Exception:  # a bug in a plan: say so; the plan may have run somewhere
-            log.exception("%s statement failed in the router", multishard.description)
-            reply = p.error_response("XX000", f"pgfleet router: the {multishard.description} statement failed in the "
-                                     "router; see the router's log", severity="ERROR").encode() + p.ReadyForQuery("I").encode()
+        reply = await run_guarded(multishard, cast("MultiShardHost", session))
         if reply is None:  # nothing ran: the coordinator runs it
             self.router._fallback(plan, batch, answered, exchanged)
             return

@@ -270,17 +270,24 @@ async def _combine(host: MultiShardHost, node: str, text: str, types: Sequence[i
     """Run ``text`` with one array parameter per column of ``rows`` on ``node``; the client's reply
     (RowDescription, rows, CommandComplete or an ErrorResponse, then ReadyForQuery), or None."""
     try:
-        conn = await host.worker(node)
-        arrays = await _array_types(conn, types)
-        if arrays is None:
-            return None
-        params = tuple(array_literal([row[i] for row in rows]) for i in range(len(types)))
-        request = b"".join((p.Parse("", text, tuple(arrays)).encode(), p.Bind("", "", (), params, ()).encode(),
-                            p.Describe("P", "").encode(), p.Execute("").encode(), p.Sync().encode()))
-        raw = await conn.roundtrip(request)
+        return await combine_on(await host.worker(node), text, types, rows)
     except BackendError:
         host.drop_worker(node)
         return None
+
+
+async def combine_on(conn: WorkerConnection, text: str, types: Sequence[int], rows: Sequence[Sequence[bytes | None]],
+                     result_formats: Sequence[int] = ()) -> bytes | None:
+    """:func:`_combine` on a connection, with these result formats; None when a column's type has no array
+    type with ',' as delimiter (raises BackendError when the connection breaks)."""
+    arrays = await _array_types(conn, types)
+    if arrays is None:
+        return None
+    params = tuple(array_literal([row[i] for row in rows]) for i in range(len(types)))
+    request = b"".join((p.Parse("", text, tuple(arrays)).encode(),
+                        p.Bind("", "", (), params, tuple(result_formats)).encode(),
+                        p.Describe("P", "").encode(), p.Execute("").encode(), p.Sync().encode()))
+    raw = await conn.roundtrip(request)
     out = []
     for type_byte, payload in wire.Framer().feed(raw):
         if type_byte == b"E":
