@@ -12,15 +12,19 @@ reach the planners with their values inlined (:mod:`.extmulti`).
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Callable
 from typing import Protocol
 
 from pglast import ast
 
+from . import protocol as p
 from .backend import WorkerConnection
 from .routes import MultiShard
 from .snapshot import RoutingTopology
 from .twophase import TwoPhase
+
+log = logging.getLogger(__name__)
 
 Planner = Callable[[ast.Node, str, RoutingTopology, tuple[str, ...]], MultiShard | None]
 
@@ -75,3 +79,13 @@ class MultiShardHost(Protocol):
         """Global transaction ids and the store of commit decisions for PREPARE TRANSACTION (recovered
         by :mod:`.recovery`); None: no multi-node commit is possible in this router."""
         ...
+
+
+async def run_guarded(plan: MultiShard, host: MultiShardHost) -> bytes | None:
+    """``plan.run``; a bug in a plan becomes an XX000 error for the client (the plan may have run somewhere)."""
+    try:
+        return await plan.run(host)
+    except Exception:
+        log.exception("%s statement failed in the router", plan.description)
+        return p.error_response("XX000", f"pgfleet router: the {plan.description} statement failed in the router; "
+                                "see the router's log", severity="ERROR").encode() + p.ReadyForQuery("I").encode()

@@ -6,7 +6,6 @@ connection, and the two-phase commit pieces."""
 from __future__ import annotations
 
 import asyncio
-import logging
 from collections.abc import Callable, Coroutine
 from typing import TYPE_CHECKING, Any, cast
 
@@ -18,12 +17,11 @@ from .logical import LogicalNames, names_for
 from .pool import Leases
 from .routes import MultiShard
 from .routing import Routing
+from .multishard import run_guarded
 from .twophase import TwoPhase
 
 if TYPE_CHECKING:
     from .multishard import MultiShardHost
-
-log = logging.getLogger(__name__)
 
 
 class PlanHost:
@@ -73,12 +71,7 @@ class PlanHost:
 
     async def _run_multishard(self, plan: MultiShard, raw: bytes) -> None:
         """A statement the router runs itself over several shards (:mod:`.multishard`)."""
-        try:
-            reply = await plan.run(cast("MultiShardHost", self))  # the session is the whole host
-        except Exception:  # a bug in a plan: say so to the client; the plan may have run somewhere
-            log.exception("%s statement failed in the router", plan.description)
-            reply = p.error_response("XX000", f"pgfleet router: the {plan.description} statement failed in the "
-                                     "router; see the router's log", severity="ERROR").encode() + p.ReadyForQuery("I").encode()
+        reply = await run_guarded(plan, cast("MultiShardHost", self))  # the session is the whole host
         self._routed_done(reply, raw)
 
     def stream(self, data: bytes) -> None:
