@@ -158,14 +158,14 @@ def _placements(prepared: Prepared) -> tuple[tuple[str, dict[int, tuple[str, str
     return tuple(out)
 
 
-def _render(stmt: ast.SelectStmt, names: dict[int, tuple[str, str | None]]) -> str:
+def _render(stmt: ast.SelectStmt, names: dict[int, tuple[str | None, str]]) -> str:
     """The statement with every table reference renamed (an alias keeps column references valid)."""
     copied = copy.deepcopy(stmt)
     for node in walk(copied.fromClause):
         if isinstance(node, ast.RangeVar) and (node.location or 0) in names:
             if node.alias is None:
                 node.alias = ast.Alias(aliasname=node.relname)
-            node.relname, node.schemaname = names[node.location or 0]
+            node.schemaname, node.relname = names[node.location or 0]
             node.catalogname = None
     return str(RawStream()(copied))
 
@@ -183,7 +183,7 @@ def _node_queries(stmt: ast.SelectStmt, by_location: dict[int | None, TableRef],
     deparsing per shard cost 0.2–0.4 ms a shard, paid again for every new statement text."""
     locations = {location for location in by_location if location is not None}
     markers = {location: f"pgfleet_table_{i}_x" for i, location in enumerate(sorted(locations))}
-    template = _render(stmt, {location: (marker, None) for location, marker in markers.items()})
+    template = _render(stmt, {location: (None, marker) for location, marker in markers.items()})
     if template.count("pgfleet_table_") != len(markers):  # a marker also elsewhere: one deparse per shard
         template = ""
     per_node: dict[str, list[str]] = {}
@@ -195,7 +195,7 @@ def _node_queries(stmt: ast.SelectStmt, by_location: dict[int | None, TableRef],
             for location, marker in markers.items():
                 text = text.replace(marker, _table_name(*names[location]), 1)
         else:
-            text = _render(stmt, {location: (table, schema) for location, (schema, table) in names.items()})
+            text = _render(stmt, dict(names))
         per_node.setdefault(node, []).append(f"({text})" if parenthesize else text)
     return tuple(NodeQuery(node, " UNION ALL ".join(parts), len(parts)) for node, parts in per_node.items())
 
