@@ -6,6 +6,7 @@ the tables' contents afterwards, errors. A failure on one shard applies nothing 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import threading
 import time
 from collections.abc import Iterator
@@ -104,6 +105,17 @@ def contents(conn: psycopg.Connection[Any]) -> tuple[list[tuple[Any, ...]], ...]
     return tuple(conn.execute(f"SELECT * FROM {t} ORDER BY 1, 2").fetchall() for t in ("orders", "items", "countries"))
 
 
+@contextlib.contextmanager
+def sessions(cluster: LocalCluster, router: RouterServer, tables: tuple[str, str]) -> Iterator[tuple[Any, Any, Any]]:
+    """Autocommit sessions: through the router on the distributed tables, on the coordinator on the plain
+    twins, and on the coordinator on the distributed tables."""
+    schema, plain = tables
+    with connect(cluster, router.config.port, schema) as routed, \
+            connect(cluster, cluster.spec.coordinator.port, plain) as single, \
+            connect(cluster, cluster.spec.coordinator.port, schema) as direct:
+        yield routed, single, direct
+
+
 def by_value(rows: list[tuple[Any, ...]] | None) -> list[tuple[Any, ...]] | None:
     return None if rows is None else sorted(rows, key=repr)
 
@@ -149,11 +161,8 @@ def test_left_to_the_coordinator_gives_the_same_result(cluster: LocalCluster, ro
 ], ids=["unique", "check", "values", "insert_select"])
 def test_an_error_on_one_shard_applies_nothing(cluster: LocalCluster, router: RouterServer, tables: tuple[str, str],
                                                statement: str) -> None:
-    schema, plain = tables
     stats = router.context.stats
-    with connect(cluster, router.config.port, schema) as routed, \
-            connect(cluster, cluster.spec.coordinator.port, plain) as single, \
-            connect(cluster, cluster.spec.coordinator.port, schema) as direct:
+    with sessions(cluster, router, tables) as (routed, single, direct):
         before = contents(direct)
         routed_count = stats.routed
         got, want = outcome(routed, statement), outcome(single, statement)
@@ -314,11 +323,8 @@ def test_multi_shard_statements_in_a_transaction(cluster: LocalCluster, router: 
     """Multi-shard writes and scatter/gather reads inside one transaction that also wrote one row on a worker:
     each read sees what the transaction wrote, the result of every statement is one server's, and COMMIT
     applies all of it on every node (ROLLBACK none of it)."""
-    schema, plain = tables
     stats = router.context.stats
-    with connect(cluster, router.config.port, schema) as routed, \
-            connect(cluster, cluster.spec.coordinator.port, plain) as single, \
-            connect(cluster, cluster.spec.coordinator.port, schema) as direct:
+    with sessions(cluster, router, tables) as (routed, single, direct):
         before = contents(direct)
         totals = "SELECT count(*), sum(amount), count(note) FROM orders"
         start = outcome(direct, totals)
@@ -342,10 +348,7 @@ def test_a_failed_multi_shard_statement_in_a_transaction(cluster: LocalCluster, 
                                                          tables: tuple[str, str]) -> None:
     """A multi-shard UPDATE that fails on some shards fails the transaction, as on one server; ROLLBACK TO
     SAVEPOINT undoes its part on every node, and the transaction goes on and commits the rest."""
-    schema, plain = tables
-    with connect(cluster, router.config.port, schema) as routed, \
-            connect(cluster, cluster.spec.coordinator.port, plain) as single, \
-            connect(cluster, cluster.spec.coordinator.port, schema) as direct:
+    with sessions(cluster, router, tables) as (routed, single, direct):
         for conn in (routed, single):
             for statement in ("BEGIN", "UPDATE items SET qty = qty + 1", "SAVEPOINT s"):
                 assert outcome(conn, statement)[0] == ""
@@ -404,11 +407,8 @@ def test_extended_protocol_multi_shard_statements(cluster: LocalCluster, router:
                                                   in_transaction: bool, binary: bool) -> None:
     """Statements with values run by the router over the shards, also after a routed write in the same
     transaction (which sent them to the coordinator before, and failed with 0A000)."""
-    schema, plain = tables
     stats = router.context.stats
-    with connect(cluster, router.config.port, schema) as routed, \
-            connect(cluster, cluster.spec.coordinator.port, plain) as single, \
-            connect(cluster, cluster.spec.coordinator.port, schema) as direct:
+    with sessions(cluster, router, tables) as (routed, single, direct):
         if in_transaction:
             for conn in (routed, single):
                 outcome(conn, "BEGIN")
