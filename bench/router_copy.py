@@ -21,7 +21,7 @@ import sys
 import time
 from pathlib import Path
 
-from router_relay import scratch
+from router_relay import peak_memory_mb, reset_peak_memory, scratch
 
 from pgfleet.cluster.fleet import Fleet
 from pgfleet.cluster.local import LocalCluster
@@ -65,6 +65,7 @@ def main() -> None:
     fleet_local = LocalCluster.create(base / "fleet", workers=2, fast=True)
     times: dict[str, list[float]] = {"single_in": [], "router_in": [], "coordinator_in": [], "single_out": [],
                                      "router_out": []}
+    peaks = {"in": 0.0, "out": 0.0}  # the router process's peak resident size during its runs, MB
     try:
         with Fleet(fleet_local.endpoint("coord"), fleet_local) as fleet:
             fleet.register_local_workers()
@@ -78,9 +79,15 @@ def main() -> None:
         for rep in range(args.reps):
             for side, local, port in sides + ([("coordinator", fleet_local, coordinator)] if rep == 0 else []):
                 psql(local, local.spec.coordinator.port, "TRUNCATE copy_t")
+                reset_peak_memory(router.pid)
                 times[f"{side}_in"].append(psql(local, port, f"\\copy copy_t from '{data}'"))
+                if side == "router":
+                    peaks["in"] = max(peaks["in"], peak_memory_mb(router.pid) or 0.0)
             for side, local, port in sides:
+                reset_peak_memory(router.pid)
                 times[f"{side}_out"].append(psql(local, port, f"\\copy copy_t to '{dump}'"))
+                if side == "router":
+                    peaks["out"] = max(peaks["out"], peak_memory_mb(router.pid) or 0.0)
         time.sleep(1.2)  # the status file is written every second
         status = read_status(fleet_local)
         routed = status.counters.get("routed", 0) if status else 0
@@ -96,10 +103,12 @@ def main() -> None:
           f"({ratios['copy_in_router']}x), coordinator {medians['coordinator_in']:.2f} s ({ratios['copy_in_coordinator']}x)")
     print(f"\\copy to file, {args.rows} rows: single {medians['single_out']:.2f} s, router {medians['router_out']:.2f} s "
           f"({ratios['copy_out_router']}x)")
+    print(f"router peak RSS: COPY FROM {peaks['in']} MB, COPY TO {peaks['out']} MB (file {data.stat().st_size >> 20} MB)")
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     report = {"rows": args.rows, "reps": args.reps, "shards": args.shards, "seconds": times, "medians": medians,
-              "ratios": ratios, "statements_routed": routed, "elapsed_seconds": round(time.monotonic() - started)}
+              "ratios": ratios, "router_peak_rss_mb": peaks, "statements_routed": routed,
+              "elapsed_seconds": round(time.monotonic() - started)}
     (out / "router_copy.json").write_text(json.dumps(report, indent=2) + "\n")
     print(f"statements routed: {routed}; raw results: {out / 'router_copy.json'} ({report['elapsed_seconds']} s)",
           file=sys.stderr)

@@ -12,6 +12,7 @@ same server here, so the ratio is the cost of the relay alone.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import re
 import statistics
@@ -39,6 +40,21 @@ def tps(local: LocalCluster, port: int, args: list[str]) -> float:
     if not match:
         raise RuntimeError(f"no tps in pgbench output: {out[-300:]}")
     return float(match.group(1))
+
+
+def reset_peak_memory(pid: int) -> None:
+    """Start the process's peak resident size (VmHWM) again from its current size (Linux: clear_refs 5)."""
+    with contextlib.suppress(OSError):
+        Path(f"/proc/{pid}/clear_refs").write_text("5")
+
+
+def peak_memory_mb(pid: int) -> float | None:
+    """The process's peak resident size since the last reset, in MB (None where /proc does not tell)."""
+    with contextlib.suppress(OSError):
+        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                return round(int(line.split()[1]) / 1024, 1)
+    return None
 
 
 def arguments(description: str | None, report: str) -> argparse.Namespace:

@@ -21,7 +21,7 @@ import sys
 import time
 from pathlib import Path
 
-from router_relay import scratch, tps
+from router_relay import peak_memory_mb, reset_peak_memory, scratch, tps
 
 from pgfleet.cluster.fleet import Fleet
 from pgfleet.cluster.local import LocalCluster
@@ -81,6 +81,7 @@ def main() -> None:
             script.chmod(0o644)
             common = ["-n", "-M", "simple", "-c", "1", "-T", str(args.duration), "-f", str(script)]
             sides: dict[str, list[float]] = {"single": [], "coordinator": [], "router": []}
+            reset_peak_memory(proc.pid)
             for _ in range(args.reps):
                 sides["single"].append(tps(single, single.spec.coordinator.port, common))
                 sides["coordinator"].append(tps(fleet_local, fleet_local.spec.coordinator.port, common))
@@ -88,11 +89,12 @@ def main() -> None:
             medians = {k: statistics.median(v) for k, v in sides.items()}
             row = {"workload": name, "sql": WORKLOADS[name], **{f"{k}_tps": v for k, v in medians.items()},
                    "coordinator_time_ratio": round(medians["single"] / medians["coordinator"], 2),
-                   "router_time_ratio": round(medians["single"] / medians["router"], 2), "runs": sides}
+                   "router_time_ratio": round(medians["single"] / medians["router"], 2), "runs": sides,
+                   "router_peak_rss_mb": peak_memory_mb(proc.pid)}
             results.append(row)
             print(f"{name:12} single {medians['single']:8.2f} tps  coordinator {medians['coordinator']:8.2f} "
                   f"({row['coordinator_time_ratio']:.2f}x)  router {medians['router']:8.2f} "
-                  f"({row['router_time_ratio']:.2f}x)", flush=True)
+                  f"({row['router_time_ratio']:.2f}x)  router peak RSS {row['router_peak_rss_mb']} MB", flush=True)
     finally:
         stop_background(fleet_local)
         fleet_local.destroy()

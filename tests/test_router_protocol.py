@@ -89,6 +89,41 @@ def test_framing_any_chunking(messages: list[p.Message], cuts: list[int]) -> Non
     assert framer.buffered == 0
 
 
+@given(st.lists(BACKEND_MESSAGES, min_size=1, max_size=8), st.lists(st.integers(1, 50), min_size=1, max_size=20))
+def test_message_cutter_any_chunking(messages: list[p.Message], cuts: list[int]) -> None:
+    """The cutter hands on whole messages only, the same bytes whatever sizes the stream arrives in, and
+    marks every message that is not a DataRow where it lies."""
+    stream = b"".join(m.encode() for m in messages)
+    cutter = wire.MessageCutter()
+    out, marks = b"", []
+    pos = i = 0
+    while pos < len(stream):
+        step = cuts[i % len(cuts)]
+        region, found = cutter.feed(stream[pos:pos + step])
+        marks += [(t, len(out) + start, len(out) + end) for t, start, end in found]
+        out += region
+        pos += step
+        i += 1
+        framer = wire.Framer()
+        framer.feed(out)
+        assert framer.buffered == 0  # whole messages so far
+    assert out == stream
+    starts, expected = 0, []
+    for m in messages:
+        encoded = m.encode()
+        if encoded[:1] != b"D":
+            expected.append((encoded[:1], starts, starts + len(encoded)))
+        starts += len(encoded)
+    assert marks == expected
+
+
+def test_message_cutter_refuses_a_bad_length() -> None:
+    with pytest.raises(wire.ProtocolViolation):
+        wire.MessageCutter().feed(b"D\x00\x00\x00\x02")
+    with pytest.raises(wire.ProtocolViolation):
+        wire.MessageCutter().feed(b"C\xff\xff\xff\xff")
+
+
 def test_documented_byte_layouts() -> None:
     assert p.Query("SELECT 1").encode() == b"Q\x00\x00\x00\x0dSELECT 1\x00"
     assert p.Sync().encode() == b"S\x00\x00\x00\x04"

@@ -24,6 +24,7 @@ from . import wire
 from .rewrite import qualified
 
 CONNECT_TIMEOUT = 10.0
+Sink = Callable[[bytes | None, list[tuple[bytes, int, int]], bool], None]
 
 
 class BackendError(Exception):
@@ -114,6 +115,8 @@ class WorkerConnection(asyncio.Protocol):
         self._reply: list[bytes] = []
         self._ready_seen = False
         self._done: Callable[[bytes | None], None] | None = None
+        self._sink: Sink | None = None  # a reply handed on in pieces (:meth:`stream`)
+        self._cutter = wire.MessageCutter()
         self.flagged = False  # the last reply had an ErrorResponse or a NoticeResponse (see :mod:`.logical`)
         self.statements: dict[tuple[str, tuple[int, ...]], str] = {}  # (text, parameter types) -> name parsed here
         self.status = b"I"  # the transaction status of the last ReadyForQuery (b"?": not known)
@@ -174,6 +177,9 @@ class WorkerConnection(asyncio.Protocol):
                 self._messages.extend(self._framer.feed(data))
                 self._wake()
                 return
+            if self._sink is not None:
+                self._stream_data(data)
+                return
             if self._done is None:  # nothing asked: the server is ending the session (or misbehaving)
                 self._fail()
                 return
@@ -192,6 +198,18 @@ class WorkerConnection(asyncio.Protocol):
             self.status = reply[-1:] if reply[-6:-5] == b"Z" else b"?"
             done(reply)
 
+    def _stream_data(self, data: bytes) -> None:
+        messages, marks = self._cutter.feed(data)
+        if not messages:
+            return
+        last = bool(marks) and marks[-1][0] == b"Z" and marks[-1][2] == len(messages)
+        sink = self._sink
+        assert sink is not None
+        if last:
+            self.status = messages[-1:]
+            self._sink = None
+        sink(messages, marks, last)
+
     def connection_lost(self, exc: Exception | None) -> None:
         self.broken = True
         self._fail()
@@ -200,11 +218,14 @@ class WorkerConnection(asyncio.Protocol):
         self.broken = True
         self._wake()
         done, self._done = self._done, None
+        sink, self._sink = self._sink, None
         self._reply = []
         if self.transport is not None and not self.transport.is_closing():
             self.transport.close()
         if done is not None:
             done(None)
+        if sink is not None:
+            sink(None, [], True)
 
     def _wake(self) -> None:
         if self._waiter is not None and not self._waiter.done():
@@ -220,14 +241,14 @@ class WorkerConnection(asyncio.Protocol):
     def reusable(self) -> bool:
         """Idle outside a transaction block, nothing asked and not answered, no cancel on its way: another
         session may use it."""
-        return self.status == b"I" and self._done is None and not self.broken and not self.cancelled \
+        return self.status == b"I" and self._done is None and self._sink is None and not self.broken and not self.cancelled \
             and not self._handshake
 
     # --- use ------------------------------------------------------------------------------------------
     def send(self, request: bytes, done: Callable[[bytes | None], None]) -> None:
         """Send complete messages ending in a Sync or a Query; ``done`` gets every reply byte up to and
         including ReadyForQuery, or None when the connection broke (then nothing of the reply is kept)."""
-        if self._done is not None or self._handshake:
+        if self._done is not None or self._sink is not None or self._handshake:
             raise BackendError("the worker connection is busy")
         self._done = done
         self.flagged = False
@@ -236,6 +257,27 @@ class WorkerConnection(asyncio.Protocol):
         except BackendError:
             self._done = None
             raise
+
+    def stream(self, request: bytes, sink: Sink, bulk: bytes = b"D") -> None:
+        """Like :meth:`send`, but the reply goes to ``sink`` in pieces as it comes: ``sink(messages, marks,
+        last)`` with complete messages only (see :class:`.wire.MessageCutter` for ``marks`` and ``bulk``),
+        ``last`` when they end with ReadyForQuery; ``sink(None, [], True)`` when the connection broke."""
+        if self._done is not None or self._sink is not None or self._handshake:
+            raise BackendError("the worker connection is busy")
+        self._sink = sink
+        if self._cutter.bulk != bulk:
+            self._cutter = wire.MessageCutter(bulk)
+        self.flagged = False
+        try:
+            self._send(request)
+        except BackendError:
+            self._sink = None
+            raise
+
+    def pause(self, paused: bool) -> None:
+        """Stop (or resume) reading the worker's reply while the client cannot take more."""
+        if self.transport is not None and not self.transport.is_closing():
+            (self.transport.pause_reading if paused else self.transport.resume_reading)()
 
     async def read(self) -> tuple[bytes, bytes]:
         """The next message of the handshake."""

@@ -1,11 +1,13 @@
 """``COPY dist_table [(cols)] TO STDOUT`` run by the router: ``COPY shard TO STDOUT`` on every shard (the
 nodes concurrently, the shards of one node in turn, each node in one read-only transaction under the
-client's role), each shard's CopyData streamed to the client as its reply arrives, then CopyDone and
-``COPY n`` with the total. With HEADER the header line comes once, from a query of no rows."""
+client's role), each shard's CopyData streamed to the client as it arrives, whole messages at a time (reading
+a worker pauses while the client cannot take more); then CopyDone and ``COPY n`` with the total. With HEADER
+the header line comes once, from a query of no rows."""
 
 from __future__ import annotations
 
 import asyncio
+import functools
 import struct
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -65,9 +67,7 @@ class CopyOut(MultiShard):
             await rollback(host, conns)  # read only: nothing to commit
 
     async def _stream(self, host: MultiShardHost, conns: dict[str, WorkerConnection]) -> bytes:
-        outputs: asyncio.Queue[tuple[Shard, bytes | None]] = asyncio.Queue(maxsize=len(conns))
-        started = False
-        rows = 0
+        run = _CopyRun(host, self)
         if self.header is not None:
             first = self.shards[0]
             reply = await _exchange(conns[first.node], self.header)
@@ -75,35 +75,76 @@ class CopyOut(MultiShard):
             if out is None:
                 return shard_failure(reply, first.node, self.table, self.shards) + p.ReadyForQuery("I").encode()
             host.stream(out.response + out.data)
-            started = True
-
-        async def node_shards(node: str, statements: Sequence[tuple[Shard, str]]) -> None:
-            for shard, statement in statements:
-                reply = await _exchange(conns[node], statement)
-                await outputs.put((shard, reply))
-                if reply is None or copy_output(reply) is None:
-                    return
-
+            run.started = True
         by_node: dict[str, list[tuple[Shard, str]]] = {}
         for shard, statement in zip(self.shards, self.statements, strict=True):
             by_node.setdefault(shard.node, []).append((shard, statement))
-        tasks = [asyncio.ensure_future(node_shards(node, items)) for node, items in by_node.items()]
+        host.pace(list(conns.values()))
         try:
-            for _ in self.shards:
-                shard, reply = await outputs.get()
-                out = copy_output(reply) if reply is not None else None
-                if out is None:
-                    if reply is None:
-                        host.drop_worker(shard.node)
-                    return shard_failure(reply, shard.node, self.table, self.shards) + p.ReadyForQuery("I").encode()
-                host.stream(out.data if started else out.response + out.data)
-                started = True
-                rows += out.rows
+            await asyncio.gather(*(run.node_shards(conns[node], items) for node, items in by_node.items()))
         finally:
-            for task in tasks:
-                task.cancel()
-            await asyncio.gather(*tasks, return_exceptions=True)
-        return wire.frame(b"c", b"") + p.CommandComplete(f"COPY {rows}").encode() + p.ReadyForQuery("I").encode()
+            host.pace(())
+        if run.failure is not None:
+            return run.failure + p.ReadyForQuery("I").encode()
+        if not run.started:  # no shard (cannot happen for a distributed table): still a COPY's reply
+            host.stream(p.CopyOutResponse(0, ()).encode())
+        return wire.frame(b"c", b"") + p.CommandComplete(f"COPY {run.rows}").encode() + p.ReadyForQuery("I").encode()
+
+
+class _CopyRun:
+    """The shards' COPY TO replies streamed to the client as they arrive, cut at message boundaries: the first
+    CopyOutResponse, then every node's CopyData (whole messages, so rows stay whole); a shard's error or a
+    lost connection ends it (the nodes' other replies are read to their end and dropped)."""
+
+    def __init__(self, host: MultiShardHost, plan: CopyOut) -> None:
+        self.host = host
+        self.plan = plan
+        self.started = False  # the CopyOutResponse went to the client
+        self.rows = 0
+        self.failure: bytes | None = None  # the client's error
+
+    async def node_shards(self, conn: WorkerConnection, items: Sequence[tuple[Shard, str]]) -> None:
+        for shard, statement in items:
+            if self.failure is not None:
+                return
+            done: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+            try:
+                conn.stream(p.Query(statement).encode(), functools.partial(self._received, shard, done), bulk=b"d")
+            except BackendError:
+                self._received(shard, done, None, [], True)
+            await done
+
+    def _received(self, shard: Shard, done: asyncio.Future[None], messages: bytes | None,
+                  marks: list[tuple[bytes, int, int]], last: bool) -> None:
+        if messages is None:
+            self.host.drop_worker(shard.node)
+            self._fail(shard, None)
+        else:
+            pos = 0
+            for type_byte, start, end in marks:
+                if start > pos:
+                    self._data(messages[pos:start])
+                if type_byte == b"H" and not self.started and self.failure is None:
+                    self.host.stream(messages[start:end])
+                    self.started = True
+                elif type_byte == b"E":
+                    self._fail(shard, messages[start:end])
+                elif type_byte == b"C":
+                    tag = messages[start + 5:end - 1]
+                    self.rows += int(tag[5:]) if tag.startswith(b"COPY ") and tag[5:].isdigit() else 0
+                pos = end
+            if pos < len(messages):
+                self._data(messages if pos == 0 else messages[pos:])
+        if last and not done.done():
+            done.set_result(None)
+
+    def _data(self, data: bytes) -> None:
+        if self.failure is None:
+            self.host.stream(data)
+
+    def _fail(self, shard: Shard, error: bytes | None) -> None:
+        if self.failure is None:
+            self.failure = shard_failure(error, shard.node, self.plan.table, self.plan.shards)
 
 
 async def _exchange(conn: WorkerConnection, statement: str) -> bytes | None:

@@ -22,6 +22,7 @@ from .multishard import MultiShardHost
 from .rewrite import qualified
 from .logical import Renames, renamed
 from .routes import MultiShard
+from .rowstream import StreamedRead
 from .scatter_final import AggregateFinal
 
 _HEADER = struct.Struct("!cI")
@@ -77,6 +78,9 @@ class ScatterRead(MultiShard):
         return await self._run(host, fall_back=False)
 
     async def _run(self, host: MultiShardHost, fall_back: bool) -> bytes | None:
+        if host.streaming and self.final is None and self.merge is None and self.limit is None:
+            queries = [(q.node, q.sql) for q in self.nodes]
+            return await StreamedRead(host, queries, self.renames, fall_back).run()
         replies = await asyncio.gather(*(_run_node(host, q) for q in self.nodes))
         answered = [r for r in replies if r is not None]
         if len(answered) != len(replies):

@@ -13,7 +13,7 @@ reach the planners with their values inlined (:mod:`.extmulti`).
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Protocol
 
 from pglast import ast
@@ -34,6 +34,7 @@ class MultiShardHost(Protocol):
 
     superuser: bool
     user: str
+    streaming: bool  # a plain read may send its rows with ``stream`` as they come (a simple Query's reply)
 
     async def worker(self, node: str) -> WorkerConnection:
         """This session's connection to ``node``'s primary (opened on first use; raises BackendError)."""
@@ -54,6 +55,11 @@ class MultiShardHost(Protocol):
 
     def stream(self, data: bytes) -> None:
         """Send part of the reply to the client now (large results); ``run`` returns the rest."""
+        ...
+
+    def pace(self, conns: Sequence[WorkerConnection]) -> None:
+        """Pause reading these connections whenever the client cannot take more of what ``stream`` sends;
+        () ends it (and resumes them)."""
         ...
 
     def listen(self, listener: Callable[[bytes], None] | None) -> None:

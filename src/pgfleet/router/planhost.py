@@ -6,7 +6,7 @@ connection, and the two-phase commit pieces."""
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Callable, Coroutine
+from collections.abc import Callable, Coroutine, Sequence
 from typing import TYPE_CHECKING, Any, cast
 
 from . import protocol as p
@@ -19,6 +19,7 @@ from .routes import MultiShard
 from .routing import Routing
 from .multishard import run_guarded
 from .twophase import TwoPhase
+from .upstream import ServerSide
 
 if TYPE_CHECKING:
     from .multishard import MultiShardHost
@@ -28,6 +29,8 @@ class PlanHost:
     """Mixed into the session, which sets these attributes and defines ``_write`` and ``_routed_done``."""
 
     context: RouterContext
+    client: asyncio.Transport | None
+    server: ServerSide | None  # the coordinator connection
     db_route: DatabaseRoute | None  # the routing of the session's database
     extended: ExtendedRouter
     held: list[bytes]  # client bytes that arrived while a statement ran
@@ -37,6 +40,9 @@ class PlanHost:
     superuser: bool  # ... is a superuser (reported by the coordinator)
     leases: Leases  # the worker connections the session holds
     busy: bool  # a statement runs in the router: client bytes wait
+    streaming: bool  # the running plan answers a simple Query: its rows may be streamed
+    paced: Sequence[WorkerConnection]  # connections whose reading pauses while the client's buffer is full
+    client_full: bool  # the client's transport asked to pause writing
 
     def spawn(self, coro: Coroutine[Any, Any, None]) -> None:
         self.busy = True
@@ -71,11 +77,48 @@ class PlanHost:
 
     async def _run_multishard(self, plan: MultiShard, raw: bytes) -> None:
         """A statement the router runs itself over several shards (:mod:`.multishard`)."""
-        reply = await run_guarded(plan, cast("MultiShardHost", self))  # the session is the whole host
+        self.streaming = True
+        try:
+            reply = await run_guarded(plan, cast("MultiShardHost", self))  # the session is the whole host
+        finally:
+            self.streaming = False
         self._routed_done(reply, raw)
+
+    # --- flow control: the client's transport calls pause_/resume_writing --------------------------------
+    def pause_writing(self) -> None:
+        self._client_full(True)
+
+    def resume_writing(self) -> None:
+        self._client_full(False)
+
+    def _client_full(self, full: bool) -> None:
+        """Stop (or resume) reading what would be written to the client: the coordinator's replies and the
+        paced worker connections."""
+        self.client_full = full
+        if self.server and self.server.transport:
+            (self.server.transport.pause_reading if full else self.server.transport.resume_reading)()
+        for conn in self.paced:
+            conn.pause(full)
+
+    def pause_client(self) -> None:
+        if self.client:
+            self.client.pause_reading()
+
+    def resume_client(self) -> None:
+        if self.client:
+            self.client.resume_reading()
 
     def stream(self, data: bytes) -> None:
         self._write(data)
+
+    def pace(self, conns: Sequence[WorkerConnection]) -> None:
+        for conn in self.paced:
+            if conn not in conns:
+                conn.pause(False)
+        self.paced = conns
+        if self.client_full:
+            for conn in conns:
+                conn.pause(True)
 
     async def coordinator(self, sql: str) -> list[tuple[bytes, bytes]]:
         reply: asyncio.Future[list[tuple[bytes, bytes]]] = asyncio.get_running_loop().create_future()

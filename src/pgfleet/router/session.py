@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import cast
 
 from . import ddl
@@ -60,6 +60,9 @@ class ClientSession(PlanHost, asyncio.Protocol):
         self.db_route = context.main  # the routing of the session's database (set again when it is known)
         self.pinned = context.routing is None  # True: everything goes to the coordinator from now on
         self.busy = False  # a routed statement is running: client bytes wait in ``held``
+        self.streaming = False  # the running plan answers a simple Query (see :meth:`PlanHost._run_multishard`)
+        self.paced: Sequence[WorkerConnection] = ()  # worker connections paused while the client's buffer is full
+        self.client_full = False
         self.held: list[bytes] = []
         self.listener: Callable[[bytes], None] | None = None  # a running plan that reads the client's bytes
         self.outstanding = 0  # Query and Sync messages sent to the coordinator and not yet answered
@@ -116,22 +119,6 @@ class ClientSession(PlanHost, asyncio.Protocol):
         if self.listener is not None:
             self.listener(b"")
         self._close()
-
-    def pause_writing(self) -> None:
-        if self.server and self.server.transport:
-            self.server.transport.pause_reading()
-
-    def resume_writing(self) -> None:
-        if self.server and self.server.transport:
-            self.server.transport.resume_reading()
-
-    def pause_client(self) -> None:
-        if self.client:
-            self.client.pause_reading()
-
-    def resume_client(self) -> None:
-        if self.client:
-            self.client.resume_reading()
 
     def _startup(self, data: bytes) -> None:
         messages = self.framer.feed(data)

@@ -22,7 +22,7 @@ coordinator instead."""
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable, Coroutine
+from collections.abc import Callable, Coroutine, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
@@ -71,6 +71,7 @@ class Host(Protocol):
     def route(self, sql: str) -> Decision | None: ...  # None: analysis failed
     async def worker(self, node: str) -> WorkerConnection: ...
     def drop_worker(self, node: str) -> None: ...
+    def pace(self, conns: Sequence[WorkerConnection]) -> None: ...  # pause them while the client is full
     def to_coordinator(self, setup: str, raw: bytes) -> None: ...  # setup's answer is not relayed
     def spawn(self, coro: Coroutine[Any, Any, None]) -> None: ...
     def resume(self) -> None: ...  # the statement is answered: go on with what the client sent meanwhile
@@ -332,7 +333,8 @@ class TransactionControl:
         """A scatter/gather read or a multi-shard write on the transaction's connections (:mod:`.txnplan`);
         ``finish`` reworks the reply on one of them (binary results of the extended protocol)."""
         joined_before = set(txn.participants)
-        host = PlanInTransaction(lambda node: self._join(txn, node), self.host.superuser, self.host.user)
+        host = PlanInTransaction(lambda node: self._join(txn, node), self.host.superuser, self.host.user,
+                                 writer=self.host.write if finish is None else None, pacer=self.host.pace)
         reply = await plan.run_in_transaction(host)
         if host.lost:
             await self._lost(txn, host.lost[0])

@@ -4,11 +4,12 @@ with the transaction (two-phase commit when several nodes took part, :mod:`.txn`
 has not reached yet joins it first: ``BEGIN <modes>; [SET LOCAL ROLE …;] <savepoints>`` in one round trip.
 
 :class:`PlanInTransaction` is the :class:`~.multishard.MultiShardHost` such a plan sees; what it cannot do
-there (hand the statement to the coordinator, stream COPY data) it refuses."""
+there (hand the statement to the coordinator, read the client's COPY data) it refuses. A plain read answering a
+simple Query streams its rows to the client (``writer``) as it does in autocommit."""
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from typing import TypeGuard
 
@@ -28,7 +29,12 @@ class PlanInTransaction:
     join: Join
     superuser: bool
     user: str
+    writer: Callable[[bytes], None] | None = None  # to the client, for a plain read's rows as they come
+    pacer: Callable[[Sequence[WorkerConnection]], None] | None = None
     lost: list[str] = field(default_factory=list)  # nodes whose connection broke: the transaction is gone
+
+    def __post_init__(self) -> None:
+        self.streaming = self.writer is not None
 
     async def worker(self, node: str) -> WorkerConnection:
         try:
@@ -47,7 +53,12 @@ class PlanInTransaction:
         raise BackendError("the coordinator is not part of this transaction")
 
     def stream(self, data: bytes) -> None:
-        raise NotImplementedError("a plan that streams its reply does not run in a transaction")
+        assert self.writer is not None, "streamed without a writer"
+        self.writer(data)
+
+    def pace(self, conns: Sequence[WorkerConnection]) -> None:
+        if self.pacer is not None:
+            self.pacer(conns)
 
     def listen(self, listener: Callable[[bytes], None] | None) -> None:
         raise NotImplementedError("a plan that reads the client's bytes does not run in a transaction")

@@ -308,3 +308,51 @@ def search_path_statuses(data: bytes) -> list[str]:
             found.append(text.decode("utf-8", "replace"))
     return found
 
+
+
+class MessageCutter:
+    """Cuts a backend byte stream at message boundaries as it arrives, for a relay that forwards the bytes of
+    many messages of one type at once (``bulk``: DataRow, or CopyData b"d"): each feed returns the complete
+    messages now buffered, as they came, and where each message of another type lies in them. Cheaper than
+    :meth:`Framer.scan`, which lists every message's type; a message longer than a read is joined once, when
+    it is whole."""
+
+    __slots__ = ("_have", "_need", "_parts", "bulk")
+
+    def __init__(self, bulk: bytes = b"D") -> None:
+        self.bulk = bulk
+        self._parts: list[bytes] = []  # the start of a message not yet whole
+        self._have = 0  # bytes in _parts
+        self._need = 0  # bytes that message takes (0: its header is not whole yet)
+
+    def feed(self, data: bytes) -> tuple[bytes, list[tuple[bytes, int, int]]]:
+        """(the complete messages, [(type byte, start, end) of every message in them not of the bulk type])."""
+        if self._parts:
+            self._parts.append(data)
+            self._have += len(data)
+            if self._have < (self._need or 5):
+                return b"", []
+            data = b"".join(self._parts)
+            self._parts, self._have, self._need = [], 0, 0
+        n = len(data)
+        pos = 0
+        marks: list[tuple[bytes, int, int]] = []
+        unpack = _HEADER.unpack_from
+        bulk = self.bulk
+        shortest = 6 if bulk == b"D" else 4  # a DataRow holds its column count
+        while n - pos >= 5:
+            type_byte, length = unpack(data, pos)
+            end = pos + 1 + length
+            if end > n or type_byte != bulk or length < shortest:  # the common case, a whole bulk message, in one test
+                if not (shortest if type_byte == bulk else 4) <= length <= MAX_MESSAGE_LENGTH:
+                    raise ProtocolViolation(f"invalid message length {length} for message type {type_byte!r}")
+                if end > n:
+                    self._need = end - pos
+                    break
+                marks.append((type_byte, pos, end))
+            pos = end
+        if pos == n:
+            return data, marks
+        rest = data[pos:]
+        self._parts, self._have = [rest], len(rest)
+        return data[:pos], marks
