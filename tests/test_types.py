@@ -251,3 +251,81 @@ def test_range_types_and_their_multiranges_distribute(fleet: Fleet, schema: str)
     ])
     assert _on_workers(fleet, "SELECT to_regtype(%s) IS NOT NULL", (f"{schema}.floatmultirange",)) == [True, True]
 
+
+
+@pytest.mark.parametrize("how", ["hash", "reference"])
+def test_composite_attribute_changes_reach_the_workers(fleet: Fleet, cluster: LocalCluster, schema: str,
+                                                       how: str) -> None:
+    conn = fleet.conn()
+    conn.execute(b"CREATE TYPE pair AS (a int, b text)")
+    for t in ("plain", "dist"):
+        conn.execute(f"CREATE TABLE {t} (id int PRIMARY KEY, c pair)".encode())
+        conn.execute(f"INSERT INTO {t} SELECT g, ROW(g, 'x' || g)::pair FROM generate_series(1, 20) g".encode())
+    name = QualifiedName(schema, "dist")
+    if how == "hash":
+        fleet.distribute(DistributeSpec(name, "id", HashSpec(4)))
+    else:
+        fleet.reference(ReferenceSpec(name))
+    attributes = ("SELECT array_agg(attname::text || ' ' || format_type(atttypid, atttypmod) ORDER BY attnum) "
+                  "FROM pg_attribute WHERE attrelid = (SELECT typrelid FROM pg_type WHERE oid = to_regtype(%s)) "
+                  "AND attnum > 0 AND NOT attisdropped")
+    qualified = f'"{schema}".pair'
+
+    def coordinator_attributes() -> object:
+        row = conn.execute(attributes.encode(), (qualified,)).fetchone()
+        return row[0] if row else None
+
+    rows = "SELECT id, c FROM {t} ORDER BY id"
+    conn.execute(b"ALTER TYPE pair ADD ATTRIBUTE n numeric(6, 2)")
+    _same(conn, [rows, "INSERT INTO {t} VALUES (30, ROW(3, 'y', 2.5)) RETURNING c, (c).n",
+                 "SELECT id FROM {t} WHERE (c).n > 1 ORDER BY id"])
+    # a rename keeps the values (a drop and an add would lose them); two names swapped
+    conn.execute(b"ALTER TYPE pair RENAME ATTRIBUTE b TO label")
+    conn.execute(b"BEGIN")
+    conn.execute(b"ALTER TYPE pair RENAME ATTRIBUTE a TO tmp")
+    conn.execute(b"ALTER TYPE pair RENAME ATTRIBUTE n TO a")
+    conn.execute(b"ALTER TYPE pair RENAME ATTRIBUTE tmp TO n")
+    conn.execute(b"COMMIT")
+    _same(conn, [rows, "SELECT (c).label, (c).n, (c).a FROM {t} WHERE id IN (3, 30) ORDER BY id"])
+    # dropped, then one added in its place with the same name and another type
+    conn.execute(b"ALTER TYPE pair DROP ATTRIBUTE a")
+    conn.execute(b"ALTER TYPE pair ADD ATTRIBUTE a boolean, ADD ATTRIBUTE d date")
+    _same(conn, [rows, "UPDATE {t} SET c.a = true, c.d = '2026-01-02' WHERE id < 4 RETURNING id, c",
+                 "SELECT id, (c).label FROM {t} WHERE (c).a ORDER BY id"])
+    want = coordinator_attributes()
+    assert want == ["n integer", "label text", "a boolean", "d date"]
+    assert _on_workers(fleet, attributes, (qualified,)) == [want, want]
+    # through the router too: routed to one shard, the composite's text is the same
+    with routing_router(cluster) as router, psycopg.connect(
+            host="127.0.0.1", port=router.config.port, dbname=cluster.spec.dbname, user=cluster.spec.superuser,
+            password=cluster.spec.coordinator.password, autocommit=True) as rconn:
+        rconn.execute(f'SET search_path = "{schema}"'.encode())
+        _same(rconn, ["INSERT INTO {t} VALUES (40, ROW(4, 'z', false, '2026-03-04')) RETURNING c",
+                      "SELECT c, (c).d FROM {t} WHERE id = 2"])
+
+
+def test_a_workers_own_composite_with_other_attributes_is_replaced_or_named(fleet: Fleet, schema: str) -> None:
+    conn = fleet.conn()
+    topo = fleet.topology()
+    for node in topo.workers:  # the workers have their own "pair" already, with other attributes
+        with fleet.worker_conn(node) as w:
+            w.execute(f'CREATE SCHEMA IF NOT EXISTS "{schema}"'.encode())
+            w.execute(f'CREATE TYPE "{schema}".pair AS (x text)'.encode())
+    conn.execute(b"CREATE TYPE pair AS (a int, b text)")
+    conn.execute(b"CREATE TABLE dist (id int PRIMARY KEY, c pair)")
+    conn.execute(b"INSERT INTO dist VALUES (1, ROW(1, 'x'))")
+    fleet.distribute(DistributeSpec(QualifiedName(schema, "dist"), "id", HashSpec(2)))  # unused there: replaced
+    assert _on_workers(fleet, "SELECT array_agg(attname::text ORDER BY attnum) FROM pg_attribute WHERE attrelid = "
+                              "(SELECT typrelid FROM pg_type WHERE oid = to_regtype(%s)) AND attnum > 0",
+                       (f'"{schema}".pair',)) == [["a", "b"]] * 2
+    assert conn.execute(b"SELECT (c).b FROM dist").fetchall() == [("x",)]
+    # used by a table of the worker's own: not replaced, the distribution stops and names the type
+    for node in topo.workers:
+        with fleet.worker_conn(node) as w:
+            w.execute(f'CREATE TYPE "{schema}".triple AS (x text)'.encode())
+            w.execute(f'CREATE TABLE "{schema}".own (t "{schema}".triple)'.encode())
+    conn.execute(b"CREATE TYPE triple AS (a int, b int, c int)")
+    conn.execute(b"CREATE TABLE other (id int PRIMARY KEY, t triple)")
+    with pytest.raises(PgfleetError, match="composite type .*triple has other attributes on this worker"):
+        fleet.distribute(DistributeSpec(QualifiedName(schema, "other"), "id", HashSpec(2)))
+    assert conn.execute(b"SELECT count(*) FROM pgfleet.tables WHERE table_name = 'other'").fetchone() == (0,)

@@ -440,6 +440,10 @@ BEGIN
         ELSIF cmd.command_tag IN ('ALTER TYPE', 'ALTER DOMAIN') AND cmd.classid = 'pg_type'::regclass THEN
             -- a carried type's name, an enum's values, a domain's default and constraints (types.sql)
             PERFORM pgfleet.queue_type_change(cmd.objid);
+        ELSIF cmd.command_tag = 'ALTER TYPE' AND cmd.classid = 'pg_class'::regclass THEN
+            -- a composite type, reported under its relation: its name, then its attributes (types.sql)
+            PERFORM pgfleet.queue_type_change(ct.oid) FROM pg_type ct WHERE ct.typrelid = cmd.objid AND ct.typtype = 'c';
+            PERFORM pgfleet.queue_attribute_changes(ct.oid) FROM pg_type ct WHERE ct.typrelid = cmd.objid AND ct.typtype = 'c';
         ELSIF cmd.command_tag = 'CREATE INDEX' THEN
             SELECT indrelid INTO tbl FROM pg_index WHERE indexrelid = cmd.objid;
             SELECT * INTO t FROM pgfleet.tables WHERE relid = tbl;

@@ -696,3 +696,9 @@ GRANT USAGE ON SCHEMA pgfleet TO PUBLIC;
 -- The helpers act with the caller's rights and are for the functions above only.
 REVOKE EXECUTE ON FUNCTION pgfleet.api_check_table(oid, text), pgfleet.queue_statement(text, text),
     pgfleet.queue_rows(text, oid, text, text, text, bool), pgfleet.swap_tables(oid, oid) FROM PUBLIC;
+
+-- Catalogs of older versions: a composite type's attributes as the workers have them (types.sql). Types
+-- carried before they were kept went to the workers as they are now.
+ALTER TABLE pgfleet.type_names ADD COLUMN IF NOT EXISTS attributes jsonb;
+UPDATE pgfleet.type_names n SET attributes = pgfleet.type_attributes(n.type_oid)
+WHERE n.attributes IS NULL AND EXISTS (SELECT FROM pg_type t WHERE t.oid = n.type_oid AND t.typtype = 'c');

@@ -49,7 +49,7 @@ DECLARE
     qname text;
     ext record;
     labels text[];
-    create_enum text;
+    create_type text;
     checks jsonb;
     make text;
     sync text := '';
@@ -79,10 +79,10 @@ BEGIN
             format('create the extension in schema %s on the workers, as on the coordinator', ext.nspname));
     ELSIF t.typtype = 'e' THEN
         labels := ARRAY(SELECT enumlabel::text FROM pg_enum WHERE enumtypid = p_type ORDER BY enumsortorder);
-        create_enum := format('CREATE TYPE %s AS ENUM (%s)', qname,
+        create_type := format('CREATE TYPE %s AS ENUM (%s)', qname,
                               (SELECT coalesce(string_agg(quote_literal(l), ', ' ORDER BY o), '')
                                FROM unnest(labels) WITH ORDINALITY x(l, o)));
-        make := format('EXECUTE %L;', create_enum);
+        make := format('EXECUTE %L;', create_type);
         sync := format($f$
     DECLARE
         want text[] := %L;
@@ -120,7 +120,7 @@ BEGIN
             END;
         END IF;
     END;$f$, labels, qname, (NOT p_create)::text, qname, qname, qname, qname, format('DROP TYPE %s', qname),
-            create_enum, qname);
+            create_type, qname);
     ELSIF t.typtype = 'd' THEN
         checks := (SELECT coalesce(jsonb_object_agg(conname, pg_get_constraintdef(oid)), '{}')
                    FROM pg_constraint WHERE contypid = p_type AND contype = 'c');
@@ -157,9 +157,40 @@ BEGIN
             format('ALTER DOMAIN %s %s NOT NULL', qname, CASE WHEN t.typnotnull THEN 'SET' ELSE 'DROP' END),
             qname, qname, qname, qname);
     ELSIF t.typtype = 'c' THEN
-        make := format('EXECUTE %L;', format('CREATE TYPE %s AS (%s)', qname,
+        create_type := format('CREATE TYPE %s AS (%s)', qname,
                        (SELECT string_agg(format('%I %s', a.attname, format_type(a.atttypid, a.atttypmod)), ', ' ORDER BY a.attnum)
-                        FROM pg_attribute a WHERE a.attrelid = t.typrelid AND a.attnum > 0 AND NOT a.attisdropped)));
+                        FROM pg_attribute a WHERE a.attrelid = t.typrelid AND a.attnum > 0 AND NOT a.attisdropped));
+        make := format('EXECUTE %L;', create_type);
+        IF p_create THEN  -- a worker's own composite of that name with other attributes: replaced if unused
+            sync := format($f$
+    DECLARE
+        want_names text[] := %L;
+        want_types text[] := %L;
+        relid oid := (SELECT typrelid FROM pg_type WHERE oid = to_regtype(%L));
+    BEGIN
+        IF ARRAY(SELECT a.attname::text FROM pg_attribute a WHERE a.attrelid = relid AND a.attnum > 0
+                 AND NOT a.attisdropped ORDER BY a.attnum) IS DISTINCT FROM want_names
+           OR ARRAY(SELECT a.atttypid FROM pg_attribute a WHERE a.attrelid = relid AND a.attnum > 0
+                    AND NOT a.attisdropped ORDER BY a.attnum)
+              IS DISTINCT FROM ARRAY(SELECT coalesce(to_regtype(w)::oid, 0) FROM unnest(want_types) WITH ORDINALITY x(w, o)
+                                     ORDER BY o) THEN
+            BEGIN
+                EXECUTE %L;
+                EXECUTE %L;
+            EXCEPTION WHEN dependent_objects_still_exist THEN
+                RAISE EXCEPTION USING ERRCODE = 'duplicate_object',
+                    MESSAGE = format('composite type %%s has other attributes on this worker than (%%s) on the coordinator',
+                                     %L, array_to_string(want_names, ', ')),
+                    HINT = 'make them the same (ALTER TYPE … on the worker or the coordinator), then run again';
+            END;
+        END IF;
+    END;$f$,
+                ARRAY(SELECT a.attname::text FROM pg_attribute a WHERE a.attrelid = t.typrelid AND a.attnum > 0
+                      AND NOT a.attisdropped ORDER BY a.attnum),
+                ARRAY(SELECT format_type(a.atttypid, NULL) FROM pg_attribute a WHERE a.attrelid = t.typrelid AND a.attnum > 0
+                      AND NOT a.attisdropped ORDER BY a.attnum),
+                qname, format('DROP TYPE %s', qname), create_type, qname);
+        END IF;
     ELSIF t.typtype = 'r' AND (SELECT rngcanonical FROM pg_range WHERE rngtypid = p_type) = 0 THEN
         -- a range (and its multirange) over any subtype; one with a canonical function needs C code
         make := format('EXECUTE %L;', (
@@ -213,16 +244,88 @@ CREATE TABLE IF NOT EXISTS pgfleet.type_names (
     type_oid    oid PRIMARY KEY,
     schema_name text NOT NULL,
     type_name   text NOT NULL,
-    is_domain   bool NOT NULL
+    is_domain   bool NOT NULL,
+    attributes  jsonb  -- a composite type's attributes as the workers have them (below; added in migrations.sql)
 );
 
-CREATE OR REPLACE FUNCTION pgfleet.remember_types(p_relid oid) RETURNS void
-LANGUAGE sql SET search_path = pg_catalog, pgfleet AS $$
-    INSERT INTO pgfleet.type_names (type_oid, schema_name, type_name, is_domain)
-    SELECT t.oid, n.nspname, t.typname, t.typtype = 'd' FROM pgfleet.carried_types(p_relid) c
-    JOIN pg_type t ON t.oid = c.type_oid JOIN pg_namespace n ON n.oid = t.typnamespace
-    ON CONFLICT (type_oid) DO NOTHING
+-- A composite type's attributes as the workers have them, [[attnum, name, type], …], so that ALTER TYPE …
+-- ADD / DROP / RENAME / ALTER ATTRIBUTE is repeated there attribute by attribute (a rename is not a drop
+-- and an add, which would lose the values).
+CREATE OR REPLACE FUNCTION pgfleet.type_attributes(p_type oid) RETURNS jsonb
+LANGUAGE sql STABLE SET search_path = pg_catalog, pgfleet AS $$
+    SELECT jsonb_agg(jsonb_build_array(a.attnum, a.attname::text, format_type(a.atttypid, a.atttypmod)) ORDER BY a.attnum)
+    FROM pg_type t JOIN pg_attribute a ON a.attrelid = t.typrelid
+    WHERE t.oid = p_type AND t.typtype = 'c' AND a.attnum > 0 AND NOT a.attisdropped
 $$;
+
+CREATE OR REPLACE FUNCTION pgfleet.remember_types(p_relid oid) RETURNS void
+LANGUAGE plpgsql SET search_path = pg_catalog, pgfleet AS $$  -- plpgsql: created before an upgrade adds attributes
+BEGIN
+    INSERT INTO pgfleet.type_names (type_oid, schema_name, type_name, is_domain, attributes)
+    SELECT t.oid, n.nspname, t.typname, t.typtype = 'd', pgfleet.type_attributes(t.oid) FROM pgfleet.carried_types(p_relid) c
+    JOIN pg_type t ON t.oid = c.type_oid JOIN pg_namespace n ON n.oid = t.typnamespace
+    ON CONFLICT (type_oid) DO NOTHING;
+END $$;
+
+-- After ALTER TYPE … ATTRIBUTE of a carried composite type (reported under its relation): the same changes
+-- on every worker, found by attribute number against what the workers were last given — dropped ones
+-- dropped, renamed ones renamed (through a name of pgfleet's, so that names may swap), changed types
+-- altered, new ones added in order.
+CREATE OR REPLACE FUNCTION pgfleet.queue_attribute_changes(p_type oid) RETURNS void
+LANGUAGE plpgsql SET search_path = pg_catalog, pgfleet AS $$
+DECLARE
+    known pgfleet.type_names;
+    now_attrs jsonb := coalesce(pgfleet.type_attributes(p_type), '[]');
+    qname text;
+    drops text[] := '{}';
+    renames text[] := '{}';
+    finals text[] := '{}';
+    alters text[] := '{}';
+    adds text[] := '{}';
+    old jsonb;
+    cur jsonb;
+    step text;
+    node text;
+BEGIN
+    SELECT * INTO known FROM pgfleet.type_names WHERE type_oid = p_type;
+    IF known.type_oid IS NULL OR known.attributes IS NULL THEN
+        IF pgfleet.type_is_carried(p_type) THEN
+            RAISE WARNING 'pgfleet: the workers'' attributes of type % are not known: this change does not reach them',
+                p_type::regtype
+                USING HINT = 'make the type the same on each worker (pgfleet psql --node <worker>)';
+        END IF;
+        RETURN;
+    END IF;
+    qname := format('%I.%I', known.schema_name, known.type_name);
+    FOR old IN SELECT e FROM jsonb_array_elements(known.attributes) e LOOP
+        SELECT e INTO cur FROM jsonb_array_elements(now_attrs) e WHERE e->0 = old->0;
+        IF cur IS NULL THEN
+            drops := drops || format('ALTER TYPE %s DROP ATTRIBUTE %I', qname, old->>1);
+            CONTINUE;
+        END IF;
+        IF cur->>1 <> old->>1 THEN
+            renames := renames || format('ALTER TYPE %s RENAME ATTRIBUTE %I TO %I', qname, old->>1, 'pgfleet_attribute_' || (old->>0));
+            finals := finals || format('ALTER TYPE %s RENAME ATTRIBUTE %I TO %I', qname, 'pgfleet_attribute_' || (old->>0), cur->>1);
+        END IF;
+        IF cur->>2 <> old->>2 THEN
+            alters := alters || format('ALTER TYPE %s ALTER ATTRIBUTE %I TYPE %s', qname, cur->>1, cur->>2);
+        END IF;
+    END LOOP;
+    FOR cur IN SELECT e FROM jsonb_array_elements(now_attrs) e
+               WHERE NOT EXISTS (SELECT FROM jsonb_array_elements(known.attributes) o WHERE o->0 = e->0)
+               ORDER BY (e->>0)::int LOOP
+        adds := adds || format('ALTER TYPE %s ADD ATTRIBUTE %I %s', qname, cur->>1, cur->>2);
+    END LOOP;
+    IF cardinality(drops || renames || alters || adds) = 0 THEN
+        RETURN;
+    END IF;
+    FOR node IN SELECT n.name FROM pgfleet.nodes n WHERE n.role = 'worker' ORDER BY 1 LOOP
+        FOREACH step IN ARRAY drops || renames || finals || alters || adds LOOP
+            PERFORM pgfleet.queue_statement(node, step);
+        END LOOP;
+    END LOOP;
+    UPDATE pgfleet.type_names SET attributes = now_attrs WHERE type_oid = p_type;
+END $$;
 
 -- After ALTER TYPE / ALTER DOMAIN on the coordinator: on every worker, the rename or schema move (from
 -- the name the workers know), then the values or constraints brought in line.
