@@ -43,6 +43,20 @@ def _same(conn: Conn, statements: list[str]) -> None:
         assert _try(conn, stmt.replace("{t}", "dist")) == _try(conn, stmt.replace("{t}", "plain")), stmt
 
 
+def _plain_and_dist(fleet: Fleet, schema: str, how: str, columns: str, rows: str, shards: int) -> None:
+    """Tables ``plain`` and ``dist`` with ``columns`` and the same ``rows`` (VALUES or a query); ``dist``
+    then hash-distributed over ``shards`` or made a reference table (``how``)."""
+    conn = fleet.conn()
+    for t in ("plain", "dist"):
+        conn.execute(f"CREATE TABLE {t} ({columns})".encode())
+        conn.execute(f"INSERT INTO {t} {rows}".encode())
+    name = QualifiedName(schema, "dist")
+    if how == "hash":
+        fleet.distribute(DistributeSpec(name, "id", HashSpec(shards)))
+    else:
+        fleet.reference(ReferenceSpec(name))
+
+
 def _on_workers(fleet: Fleet, query: str, params: tuple[object, ...] = ()) -> list[object]:
     """``query``'s first value on each worker."""
     topo = fleet.topology()
@@ -60,15 +74,8 @@ def test_enum_domain_and_composite_columns_distribute_and_follow_alter(
     conn = fleet.conn()
     for stmt in TYPES:
         conn.execute(stmt.encode())
-    for t in ("plain", "dist"):
-        conn.execute(f"CREATE TABLE {t} ({COLUMNS})".encode())
-        conn.execute(f"INSERT INTO {t} SELECT g, (ARRAY['sad', 'ok', 'happy'])[g % 3 + 1]::mood, "
-                     f"ARRAY['ok', 'sad']::mood[], g, ROW(g, 'x' || g)::pair FROM generate_series(1, 30) g".encode())
-    name = QualifiedName(schema, "dist")
-    if how == "hash":
-        fleet.distribute(DistributeSpec(name, "id", HashSpec(4)))
-    else:
-        fleet.reference(ReferenceSpec(name))
+    _plain_and_dist(fleet, schema, how, COLUMNS, "SELECT g, (ARRAY['sad', 'ok', 'happy'])[g % 3 + 1]::mood, "
+                    "ARRAY['ok', 'sad']::mood[], g, ROW(g, 'x' || g)::pair FROM generate_series(1, 30) g", 4)
     assert _on_workers(fleet, "SELECT array_agg(enumlabel::text ORDER BY enumsortorder) FROM pg_enum "
                               "WHERE enumtypid = to_regtype(%s)", (f"{schema}.mood",)) == [["sad", "ok", "happy"]] * 2
     rows = "SELECT id, m, ms, p, c FROM {t} ORDER BY m, id"
@@ -215,14 +222,7 @@ def test_drop_type_cascade_drops_the_column_on_the_shards(fleet: Fleet, cluster:
                                                          how: str) -> None:
     conn = fleet.conn()
     conn.execute(b"CREATE TYPE gone AS ENUM ('x', 'y')")
-    for t in ("plain", "dist"):
-        conn.execute(f"CREATE TABLE {t} (id int PRIMARY KEY, g gone, note text)".encode())
-        conn.execute(f"INSERT INTO {t} VALUES (1, 'x', 'a'), (2, 'y', 'b')".encode())
-    name = QualifiedName(schema, "dist")
-    if how == "hash":
-        fleet.distribute(DistributeSpec(name, "id", HashSpec(2)))
-    else:
-        fleet.reference(ReferenceSpec(name))
+    _plain_and_dist(fleet, schema, how, "id int PRIMARY KEY, g gone, note text", "VALUES (1, 'x', 'a'), (2, 'y', 'b')", 2)
     conn.execute(b"DROP TYPE gone CASCADE")  # drops the column g of both tables
     _same(conn, ["SELECT * FROM {t} ORDER BY id", "INSERT INTO {t} VALUES (3, 'c') RETURNING *"])
     shard_columns = "SELECT count(*) FROM information_schema.columns WHERE table_schema = %s AND column_name = 'g'"
@@ -258,14 +258,8 @@ def test_composite_attribute_changes_reach_the_workers(fleet: Fleet, cluster: Lo
                                                        how: str) -> None:
     conn = fleet.conn()
     conn.execute(b"CREATE TYPE pair AS (a int, b text)")
-    for t in ("plain", "dist"):
-        conn.execute(f"CREATE TABLE {t} (id int PRIMARY KEY, c pair)".encode())
-        conn.execute(f"INSERT INTO {t} SELECT g, ROW(g, 'x' || g)::pair FROM generate_series(1, 20) g".encode())
-    name = QualifiedName(schema, "dist")
-    if how == "hash":
-        fleet.distribute(DistributeSpec(name, "id", HashSpec(4)))
-    else:
-        fleet.reference(ReferenceSpec(name))
+    _plain_and_dist(fleet, schema, how, "id int PRIMARY KEY, c pair",
+                    "SELECT g, ROW(g, 'x' || g)::pair FROM generate_series(1, 20) g", 4)
     attributes = ("SELECT array_agg(attname::text || ' ' || format_type(atttypid, atttypmod) ORDER BY attnum) "
                   "FROM pg_attribute WHERE attrelid = (SELECT typrelid FROM pg_type WHERE oid = to_regtype(%s)) "
                   "AND attnum > 0 AND NOT attisdropped")
@@ -326,6 +320,6 @@ def test_a_workers_own_composite_with_other_attributes_is_replaced_or_named(flee
             w.execute(f'CREATE TABLE "{schema}".own (t "{schema}".triple)'.encode())
     conn.execute(b"CREATE TYPE triple AS (a int, b int, c int)")
     conn.execute(b"CREATE TABLE other (id int PRIMARY KEY, t triple)")
-    with pytest.raises(PgfleetError, match="composite type .*triple has other attributes on this worker"):
+    with pytest.raises(PgfleetError, match=r"composite type .*triple has other attributes on this worker"):
         fleet.distribute(DistributeSpec(QualifiedName(schema, "other"), "id", HashSpec(2)))
     assert conn.execute(b"SELECT count(*) FROM pgfleet.tables WHERE table_name = 'other'").fetchone() == (0,)
