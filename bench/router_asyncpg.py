@@ -30,12 +30,10 @@ from pathlib import Path
 from typing import Any
 
 import asyncpg  # type: ignore[import-untyped]
-from router_relay import pgbench, scratch
+from router_relay import cluster_pair, pgbench_pair, scratch
 
-from pgfleet.cluster.fleet import Fleet
 from pgfleet.cluster.local import LocalCluster
 from pgfleet.router.process import read_status, start_background, stop_background
-from pgfleet.spec import DistributeSpec, HashSpec, QualifiedName
 
 WORKLOADS = ("point", "aggregate", "transaction")
 
@@ -93,16 +91,10 @@ def main() -> None:
         pass
     base = scratch("pgfleet-asyncpg-")
     started = time.monotonic()
-    single = LocalCluster.create(base / "single", workers=0, fast=True)
-    fleet_local = LocalCluster.create(base / "fleet", workers=2, fast=True)
+    single, fleet_local = cluster_pair(base)
     results: list[dict[str, object]] = []
     try:
-        with Fleet(fleet_local.endpoint("coord"), fleet_local) as fleet:
-            fleet.register_local_workers()
-            for local in (single, fleet_local):
-                pgbench(local, local.spec.coordinator.port, ["-i", "-q", "-s", str(args.scale)])
-            fleet.distribute(DistributeSpec(QualifiedName("public", "pgbench_accounts"), "aid", HashSpec(8)))
-            fleet.conn().execute("VACUUM ANALYZE")
+        pgbench_pair(single, fleet_local, args.scale)
         proc, _ = start_background(fleet_local, route=True, processes=1)
         for workload in WORKLOADS:
             routed_before = _routed(fleet_local)

@@ -21,7 +21,7 @@ import sys
 import time
 from pathlib import Path
 
-from router_relay import peak_memory_mb, reset_peak_memory, scratch
+from router_relay import cluster_pair, peak_memory_mb, reset_peak_memory, scratch
 
 from pgfleet.cluster.fleet import Fleet
 from pgfleet.cluster.local import LocalCluster
@@ -61,8 +61,7 @@ def main() -> None:
     started = time.monotonic()
     data, dump = base / "rows.txt", base / "out.txt"
     write_rows(data, args.rows)
-    single = LocalCluster.create(base / "single", workers=0, fast=True)
-    fleet_local = LocalCluster.create(base / "fleet", workers=2, fast=True)
+    single, fleet_local = cluster_pair(base)
     times: dict[str, list[float]] = {"single_in": [], "router_in": [], "coordinator_in": [], "single_out": [],
                                      "router_out": []}
     peaks = {"in": 0.0, "out": 0.0}  # the router process's peak resident size during its runs, MB

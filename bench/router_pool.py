@@ -24,13 +24,11 @@ import time
 from pathlib import Path
 from typing import Self
 
-from router_relay import pgbench, scratch, tps
+from router_relay import cluster_pair, pgbench_pair, scratch, tps
 
-from pgfleet.cluster.fleet import Fleet
 from pgfleet.cluster.local import LocalCluster
 from pgfleet.execute.connect import connect
 from pgfleet.router.process import read_status, start_background, stop_background
-from pgfleet.spec import DistributeSpec, HashSpec, QualifiedName
 
 ROUTER_BACKENDS = "SELECT count(*) FROM pg_stat_activity WHERE application_name = 'pgfleet router'"
 CLIENT_BACKENDS = "SELECT count(*) FROM pg_stat_activity WHERE application_name = 'pgbench'"
@@ -91,17 +89,10 @@ def main() -> None:
     counts = [int(c) for c in args.clients.split(",")]
     base = scratch("pgfleet-pool-")
     started = time.monotonic()
-    single = LocalCluster.create(base / "single", workers=0, fast=True)
-    fleet_local = LocalCluster.create(base / "fleet", workers=2, fast=True)
+    single, fleet_local = cluster_pair(base)
     results: list[dict[str, object]] = []
     try:
-        with Fleet(fleet_local.endpoint("coord"), fleet_local) as fleet:
-            fleet.register_local_workers()
-            for local in (single, fleet_local):
-                pgbench(local, local.spec.coordinator.port, ["-i", "-q", "-s", str(args.scale)])
-            fleet.distribute(DistributeSpec(QualifiedName("public", "pgbench_accounts"), "aid", HashSpec(8)))
-            fleet.conn().execute("VACUUM ANALYZE")
-            workers = sorted(node.name for node in fleet.topology().workers)
+        workers = pgbench_pair(single, fleet_local, args.scale)
         for local in (single, fleet_local):
             allow_connections(local, max(counts) + 100)
         proc, _ = start_background(fleet_local, route=True, processes=args.processes, pool_size=args.pool_size)

@@ -21,9 +21,11 @@ import tempfile
 import time
 from pathlib import Path
 
+from pgfleet.cluster.fleet import Fleet
 from pgfleet.cluster.local import LocalCluster
 from pgfleet.proc import run
 from pgfleet.router.process import start_background, stop_background
+from pgfleet.spec import DistributeSpec, HashSpec, QualifiedName
 
 CASES = [(1, "simple"), (4, "simple"), (1, "prepared"), (4, "prepared")]
 
@@ -55,6 +57,24 @@ def peak_memory_mb(pid: int) -> float | None:
             if line.startswith("VmHWM:"):
                 return round(int(line.split()[1]) / 1024, 1)
     return None
+
+
+def cluster_pair(base: Path) -> tuple[LocalCluster, LocalCluster]:
+    """A throw-away single server (the baseline) and a fleet (coordinator + 2 workers) under ``base``."""
+    single = LocalCluster.create(base / "single", workers=0, fast=True)
+    return single, LocalCluster.create(base / "fleet", workers=2, fast=True)
+
+
+def pgbench_pair(single: LocalCluster, fleet_local: LocalCluster, scale: int) -> list[str]:
+    """``pgbench -i`` at ``scale`` on both sides, then on the fleet pgbench_accounts hash-distributed by aid
+    over 8 shards and everything analysed; the fleet's worker names."""
+    with Fleet(fleet_local.endpoint("coord"), fleet_local) as fleet:
+        fleet.register_local_workers()
+        for local in (single, fleet_local):
+            pgbench(local, local.spec.coordinator.port, ["-i", "-q", "-s", str(scale)])
+        fleet.distribute(DistributeSpec(QualifiedName("public", "pgbench_accounts"), "aid", HashSpec(8)))
+        fleet.conn().execute("VACUUM ANALYZE")
+        return sorted(node.name for node in fleet.topology().workers)
 
 
 def arguments(description: str | None, report: str) -> argparse.Namespace:

@@ -22,12 +22,10 @@ import sys
 import time
 from pathlib import Path
 
-from router_relay import arguments, pgbench, scratch, tps
+from router_relay import arguments, cluster_pair, pgbench_pair, scratch, tps
 
-from pgfleet.cluster.fleet import Fleet
 from pgfleet.cluster.local import LocalCluster
 from pgfleet.router.process import read_status, start_background, stop_background
-from pgfleet.spec import DistributeSpec, HashSpec, QualifiedName
 
 # (router processes, clients, mode)
 CASES = [(1, 1, "simple"), (1, 4, "simple"), (1, 4, "prepared"), (1, 4, "extended"), (2, 4, "simple")]
@@ -47,16 +45,10 @@ def main() -> None:
 
     base = scratch("pgfleet-routed-")
     started = time.monotonic()
-    single = LocalCluster.create(base / "single", workers=0, fast=True)
-    fleet_local = LocalCluster.create(base / "fleet", workers=2, fast=True)
+    single, fleet_local = cluster_pair(base)
     results: list[dict[str, object]] = []
     try:
-        with Fleet(fleet_local.endpoint("coord"), fleet_local) as fleet:
-            fleet.register_local_workers()
-            for local in (single, fleet_local):
-                pgbench(local, local.spec.coordinator.port, ["-i", "-q", "-s", str(args.scale)])
-            fleet.distribute(DistributeSpec(QualifiedName("public", "pgbench_accounts"), "aid", HashSpec(8)))
-            fleet.conn().execute("VACUUM ANALYZE")
+        pgbench_pair(single, fleet_local, args.scale)
         routed, running = 0, 0
         for processes, clients, mode in [case for case in CASES if case[2] in args.modes.split(",")]:
             if processes != running:  # (re)start the router with this many processes

@@ -21,10 +21,9 @@ import sys
 import time
 from pathlib import Path
 
-from router_relay import peak_memory_mb, reset_peak_memory, scratch, tps
+from router_relay import cluster_pair, peak_memory_mb, reset_peak_memory, scratch, tps
 
 from pgfleet.cluster.fleet import Fleet
-from pgfleet.cluster.local import LocalCluster
 from pgfleet.execute.connect import connect
 from pgfleet.router.process import start_background, stop_background
 from pgfleet.spec import DistributeSpec, HashSpec, QualifiedName
@@ -52,8 +51,7 @@ def main() -> None:
     args = arguments()
     base = scratch("pgfleet-scatter-")
     started = time.monotonic()
-    single = LocalCluster.create(base / "single", workers=0, fast=True)
-    fleet_local = LocalCluster.create(base / "fleet", workers=2, fast=True)
+    single, fleet_local = cluster_pair(base)
     results: list[dict[str, object]] = []
     scripts = base / "scripts"
     scripts.mkdir()

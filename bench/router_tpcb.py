@@ -21,10 +21,9 @@ import sys
 import time
 from pathlib import Path
 
-from router_relay import arguments, pgbench, scratch
+from router_relay import arguments, cluster_pair, pgbench, scratch
 
 from pgfleet.cluster.fleet import Fleet
-from pgfleet.cluster.local import LocalCluster
 from pgfleet.pgbench import pgbench_numbers
 from pgfleet.router.process import read_status, start_background, stop_background
 from pgfleet.spec import DistributeSpec, HashSpec, QualifiedName
@@ -36,8 +35,7 @@ def main() -> None:
     args = arguments(__doc__, "router_tpcb.json")
     base = scratch("pgfleet-tpcb-")
     started = time.monotonic()
-    single = LocalCluster.create(base / "single", workers=0, fast=True)
-    fleet_local = LocalCluster.create(base / "fleet", workers=2, fast=True)
+    single, fleet_local = cluster_pair(base)
     modes = [m.strip() for m in args.modes.split(",") if m.strip()]
     sides = ("single", "coordinator", "router")
     runs: dict[str, dict[str, list[dict[str, float]]]] = {mode: {side: [] for side in sides} for mode in modes}

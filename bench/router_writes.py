@@ -24,7 +24,7 @@ import sys
 import time
 from pathlib import Path
 
-from router_relay import scratch
+from router_relay import cluster_pair, scratch
 
 from pgfleet.cluster.fleet import Fleet
 from pgfleet.cluster.local import LocalCluster
@@ -69,8 +69,7 @@ def main() -> None:
     args = parser.parse_args()
     base = scratch("pgfleet-writes-")
     started = time.monotonic()
-    single = LocalCluster.create(base / "single", workers=0, fast=True)
-    fleet_local = LocalCluster.create(base / "fleet", workers=2, fast=True)
+    single, fleet_local = cluster_pair(base)
     results: list[dict[str, object]] = []
     try:
         with Fleet(fleet_local.endpoint("coord"), fleet_local) as fleet:
