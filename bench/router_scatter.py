@@ -44,6 +44,8 @@ def arguments() -> argparse.Namespace:
     parser.add_argument("--reps", type=int, default=3, help="interleaved repetitions per case")
     parser.add_argument("--out", default="bench/results")
     parser.add_argument("--workloads", default=",".join(WORKLOADS), help="comma-separated names")
+    parser.add_argument("--protocol", default="simple", choices=["simple", "extended"],
+                        help="pgbench -M on every side (extended: Parse/Bind/Execute, as drivers send statements)")
     return parser.parse_args()
 
 
@@ -77,7 +79,7 @@ def main() -> None:
             script = scripts / f"{len(results)}.sql"
             script.write_text(WORKLOADS[name] + "\n")
             script.chmod(0o644)
-            common = ["-n", "-M", "simple", "-c", "1", "-T", str(args.duration), "-f", str(script)]
+            common = ["-n", "-M", args.protocol, "-c", "1", "-T", str(args.duration), "-f", str(script)]
             sides: dict[str, list[float]] = {"single": [], "coordinator": [], "router": []}
             reset_peak_memory(proc.pid)
             for _ in range(args.reps):
@@ -100,7 +102,7 @@ def main() -> None:
         shutil.rmtree(base, ignore_errors=True)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    report = {"rows": args.rows, "shards": args.shards, "duration": args.duration, "reps": args.reps,
+    report = {"rows": args.rows, "shards": args.shards, "protocol": args.protocol, "duration": args.duration, "reps": args.reps,
               "results": results, "elapsed_seconds": round(time.monotonic() - started)}
     (out / "router_scatter.json").write_text(json.dumps(report, indent=2) + "\n")
     print(f"raw results: {out / 'router_scatter.json'} ({report['elapsed_seconds']} s)", file=sys.stderr)

@@ -56,10 +56,15 @@ def _paused_session(server: RouterServer) -> Any:
     raise AssertionError("the router did not pause the workers' reads for a client that does not read")
 
 
-def test_a_client_that_does_not_read_pauses_the_workers(cluster: LocalCluster, router: RouterServer, big: str) -> None:
+@pytest.mark.parametrize("protocol", ["simple", "extended"])
+def test_a_client_that_does_not_read_pauses_the_workers(cluster: LocalCluster, router: RouterServer, big: str,
+                                                        protocol: str) -> None:
     with connect(cluster, router.config.port, big) as conn:
         pgconn = conn.pgconn
-        pgconn.send_query(b"SELECT id, note FROM big")  # and read nothing for now
+        if protocol == "simple":  # and read nothing for now
+            pgconn.send_query(b"SELECT id, note FROM big")
+        else:  # Parse, Bind, Describe, Execute, Sync with a value, as drivers send statements
+            pgconn.send_query_params(b"SELECT id, note FROM big WHERE id > $1", [b"0"])
         session = _paused_session(router)
         assert session.client.get_write_buffer_size() < 1 << 20  # not the 26 MB result
         time.sleep(0.3)
@@ -120,6 +125,16 @@ def test_streamed_rows_and_errors_match_one_plain_table(cluster: LocalCluster, r
             got = run(via_router, statement.format(t="big"), False)
             assert got == run(direct, statement.format(t="big_plain"), False), statement
             assert stats.routed == before + 1, statement
+        # the extended protocol with a value (psycopg's server-side binding), the same rows
+        for statement, value in (("SELECT id, note FROM {t} WHERE id > %s", 10), ("SELECT note FROM {t} WHERE id < %s", 0),
+                                 ("SELECT id / (id - %s) FROM {t}", -1)):
+            before = stats.routed
+            got = via_router.execute(statement.format(t="big").encode(), (value,))
+            want = direct.execute(statement.format(t="big_plain").encode(), (value,))
+            assert (sorted(got.fetchall()), got.statusmessage) == (sorted(want.fetchall()), want.statusmessage)
+            assert stats.routed == before + 1, statement
+        with pytest.raises(psycopg.errors.DivisionByZero):
+            via_router.execute(b"SELECT id / (id - %s) FROM big", (100000,))
         # after an error part-way, every worker connection was read to its end: the session goes on
         assert run(via_router, "SELECT count(*) FROM big", True) == run(direct, "SELECT count(*) FROM big_plain", True)
 
@@ -137,7 +152,11 @@ def test_a_streamed_read_in_a_transaction_sees_its_writes(cluster: LocalCluster,
                 results.append(sorted(cur.fetchall()))
                 cur.execute(f"SELECT id FROM {table} WHERE id = 0 OR note = 'changed'")
                 results.append(cur.fetchall())
-        assert results[:2] == results[2:]
+                # the extended protocol with a value, in the transaction: the same, streamed too
+                found = conn.execute(f"SELECT id, note FROM {table} WHERE id < %s".encode(), (100,))
+                results.append(sorted(found.fetchall()))
+        assert results[:3] == results[3:]
+        assert results[2] == results[0]
         assert (-6, "newer") in results[0] and (77, "changed") in results[0]
         assert via_router.execute("SELECT count(*) FROM big WHERE id < 0").fetchone() == (0,)  # rolled back
 

@@ -212,15 +212,23 @@ def rows_left(reply: bytes, max_rows: int) -> bool:
     return max_rows > 0 and sum(1 for t, _ in messages(reply) if t == b"D") > max_rows
 
 
+def reply_head(statement: Statement, plan: Plan) -> bytes:
+    """What an extended-protocol reply has before the rows: BindComplete, and the coordinator's RowDescription
+    (or NoData) when the portal was described."""
+    if not plan.describe:
+        return BIND_COMPLETE
+    return BIND_COMPLETE + (row_description(statement.columns, plan.bind.result_formats) if statement.columns else NO_DATA)
+
+
 def extended_reply(reply: bytes, statement: Statement, plan: Plan) -> bytes:
     """A plan's simple-protocol reply (RowDescription, rows, CommandComplete or an ErrorResponse, then
     ReadyForQuery) as the reply to Bind [Describe portal] Execute Sync of ``statement``. With a row limit
     the Execute gets at most that many rows, and PortalSuspended instead of CommandComplete when it got
     that many (PostgreSQL does not look ahead either)."""
-    out = [BIND_COMPLETE]
-    if plan.describe:
-        out.append(row_description(statement.columns, plan.bind.result_formats) if statement.columns else NO_DATA)
+    out = [reply_head(statement, plan)]
     limit = plan.execute.max_rows
+    if not limit and reply[:1] == b"T":  # the rows as they are, without framing each: only the RowDescription goes
+        return b"".join(out) + reply[1 + int.from_bytes(reply[1:5], "big"):]
     rows = 0
     for type_byte, payload in messages(reply):
         if type_byte == b"D":
@@ -287,15 +295,29 @@ class ExtendedMultiShard:
                 return await reencode(conn, statement, plan.bind.result_formats, reply)
             return reply
 
-        tc._background(lambda: tc._multishard(txn, multishard, decision, text, raw, finish))
+        # text rows without a row limit need no finish: they stream, the shaper reshaping the first piece
+        reworked = finish if wants_binary(plan) or plan.execute.max_rows else None
+        tc._background(lambda: tc._multishard(txn, multishard, decision, text, raw, reworked))
         return True
 
     async def _autocommit(self, multishard: MultiShard, plan: Plan, batch: list[Message], statement: Statement,
                           answered: bytes, exchanged: bool) -> None:
         session = self.session
-        reply = await run_guarded(multishard, cast("MultiShardHost", session))
+        # rows in text with no row limit stream as they come (rowstream.py), after this batch's head
+        session.streaming = not wants_binary(plan) and not plan.execute.max_rows
+        session.stream_head, session.streamed = answered + reply_head(statement, plan), False
+        try:
+            reply = await run_guarded(multishard, cast("MultiShardHost", session))
+        finally:
+            session.streaming, session.stream_head = False, None
         if reply is None:  # nothing ran: the coordinator runs it
             self.router._fallback(plan, batch, answered, exchanged)
+            return
+        if session.streamed:  # the head and the rows went: CommandComplete or an error, ReadyForQuery
+            session.context.stats.routed += 1
+            session.context.stats.executes += 1
+            session._write(reply)
+            session.resume()
             return
         if wants_binary(plan) and session.leases.held:
             node, conn = next(iter(session.leases.held.items()))

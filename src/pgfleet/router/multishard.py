@@ -34,7 +34,8 @@ class MultiShardHost(Protocol):
 
     superuser: bool
     user: str
-    streaming: bool  # a plain read may send its rows with ``stream`` as they come (a simple Query's reply)
+    streaming: bool  # a plain read may send its rows with ``stream`` as they come
+    stream_head: bytes | None  # what goes before streamed rows instead of their RowDescription (extended protocol)
 
     async def worker(self, node: str) -> WorkerConnection:
         """This session's connection to ``node``'s primary (opened on first use; raises BackendError)."""

@@ -40,7 +40,9 @@ class PlanHost:
     superuser: bool  # ... is a superuser (reported by the coordinator)
     leases: Leases  # the worker connections the session holds
     busy: bool  # a statement runs in the router: client bytes wait
-    streaming: bool  # the running plan answers a simple Query: its rows may be streamed
+    streaming: bool  # the running plan's rows may be streamed (a simple Query, or see :mod:`.extmulti`)
+    stream_head: bytes | None  # sent before streamed rows instead of their RowDescription
+    streamed: bool  # the running plan sent part of its reply with ``stream``
     paced: Sequence[WorkerConnection]  # connections whose reading pauses while the client's buffer is full
     client_full: bool  # the client's transport asked to pause writing
 
@@ -109,6 +111,7 @@ class PlanHost:
             self.client.resume_reading()
 
     def stream(self, data: bytes) -> None:
+        self.streamed = True
         self._write(data)
 
     def pace(self, conns: Sequence[WorkerConnection]) -> None:

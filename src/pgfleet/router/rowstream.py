@@ -160,4 +160,5 @@ class StreamedRead:
         held = [r for n in self.nodes for r in n.held]
         for n in self.nodes:
             n.held = []
-        self.host.stream(b"".join((first, *held)))
+        head = self.host.stream_head
+        self.host.stream(b"".join((first if head is None else head, *held)))

@@ -60,7 +60,9 @@ class ClientSession(PlanHost, asyncio.Protocol):
         self.db_route = context.main  # the routing of the session's database (set again when it is known)
         self.pinned = context.routing is None  # True: everything goes to the coordinator from now on
         self.busy = False  # a routed statement is running: client bytes wait in ``held``
-        self.streaming = False  # the running plan answers a simple Query (see :meth:`PlanHost._run_multishard`)
+        self.streaming = False  # the running plan's rows may be streamed (:meth:`PlanHost._run_multishard`)
+        self.stream_head: bytes | None = None
+        self.streamed = False
         self.paced: Sequence[WorkerConnection] = ()  # worker connections paused while the client's buffer is full
         self.client_full = False
         self.held: list[bytes] = []

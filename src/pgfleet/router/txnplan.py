@@ -35,6 +35,7 @@ class PlanInTransaction:
 
     def __post_init__(self) -> None:
         self.streaming = self.writer is not None
+        self.stream_head: bytes | None = None
 
     async def worker(self, node: str) -> WorkerConnection:
         try:
