@@ -67,10 +67,12 @@ def denied(messages: list[tuple[bytes, bytes]]) -> bool:
 
 
 class _Scram:
-    """Client side of SCRAM-SHA-256 without channel binding (RFC 5802/7677)."""
+    """Client side of SCRAM-SHA-256 without channel binding (RFC 5802/7677), from the password or from the
+    ClientKey and ServerKey it derives (:mod:`.reauth`)."""
 
-    def __init__(self, password: str) -> None:
+    def __init__(self, password: str, keys: tuple[bytes, bytes] | None = None) -> None:
         self.password = password
+        self.keys = keys
         self.nonce = base64.b64encode(os.urandom(18)).decode()
         self.first_bare = f"n=,r={self.nonce}"
         self.server_signature = b""
@@ -82,13 +84,17 @@ class _Scram:
         attrs = dict(part.split("=", 1) for part in server_first.decode().split(","))
         if not attrs["r"].startswith(self.nonce):
             raise BackendError("SCRAM: the server's nonce does not extend ours")
-        salted = hashlib.pbkdf2_hmac("sha256", self.password.encode(), base64.b64decode(attrs["s"]), int(attrs["i"]))
-        client_key = hmac.digest(salted, b"Client Key", "sha256")
+        if self.keys is not None:
+            client_key, server_key = self.keys
+        else:
+            salted = hashlib.pbkdf2_hmac("sha256", self.password.encode(), base64.b64decode(attrs["s"]), int(attrs["i"]))
+            client_key = hmac.digest(salted, b"Client Key", "sha256")
+            server_key = hmac.digest(salted, b"Server Key", "sha256")
         without_proof = f"c=biws,r={attrs['r']}"
         auth_message = f"{self.first_bare},{server_first.decode()},{without_proof}".encode()
         signature = hmac.digest(hashlib.sha256(client_key).digest(), auth_message, "sha256")
         proof = bytes(a ^ b for a, b in zip(client_key, signature, strict=True))
-        self.server_signature = hmac.digest(hmac.digest(salted, b"Server Key", "sha256"), auth_message, "sha256")
+        self.server_signature = hmac.digest(server_key, auth_message, "sha256")
         return f"{without_proof},p={base64.b64encode(proof).decode()}".encode()
 
     def verify(self, server_final: bytes) -> None:
@@ -124,7 +130,11 @@ class WorkerConnection(asyncio.Protocol):
         self.cancelled = False  # a cancel request was sent for it: it may still arrive, so it is not reused
 
     @classmethod
-    async def open(cls, login: WorkerLogin, settings: tuple[tuple[str, str], ...] = ()) -> WorkerConnection:
+    async def open(cls, login: WorkerLogin, settings: tuple[tuple[str, str], ...] = (), *,
+                   startup: tuple[tuple[str, str], ...] | None = None,
+                   keys: tuple[bytes, bytes] | None = None) -> WorkerConnection:
+        """A logged-in connection. ``startup``: these startup parameters instead of the login's user and
+        database with ``settings``; ``keys``: SCRAM ClientKey and ServerKey instead of the password."""
         loop = asyncio.get_running_loop()
         try:
             _, conn = await asyncio.wait_for(
@@ -132,14 +142,16 @@ class WorkerConnection(asyncio.Protocol):
         except (OSError, TimeoutError) as exc:
             raise BackendError(f"cannot connect to {login.host}:{login.port}: {exc}") from None
         try:
-            await asyncio.wait_for(conn._authenticate(login, settings), CONNECT_TIMEOUT)
+            await asyncio.wait_for(conn._authenticate(login, settings, startup, keys), CONNECT_TIMEOUT)
         except BaseException:
             conn.close()
             raise
         return conn
 
-    async def _authenticate(self, login: WorkerLogin, settings: tuple[tuple[str, str], ...]) -> None:
-        params = (("user", login.user), ("database", login.database), ("application_name", "pgfleet router"), *settings)
+    async def _authenticate(self, login: WorkerLogin, settings: tuple[tuple[str, str], ...],
+                            startup: tuple[tuple[str, str], ...] | None, keys: tuple[bytes, bytes] | None) -> None:
+        params = startup if startup is not None else (
+            ("user", login.user), ("database", login.database), ("application_name", "pgfleet router"), *settings)
         self._send(wire.StartupMessage(wire.PROTOCOL_3_0, params).encode())
         scram: _Scram | None = None
         while True:
@@ -149,7 +161,7 @@ class WorkerConnection(asyncio.Protocol):
                 raise BackendError(f"{login.host}:{login.port}: {message.message}")
             if isinstance(message, p.Authentication):
                 if message.code == 10:
-                    scram = _Scram(login.password)
+                    scram = _Scram(login.password, keys)
                     self._send(p.sasl_initial_response("SCRAM-SHA-256", scram.first()).encode())
                 elif message.code == 11 and scram is not None:
                     self._send(p.AuthResponse(scram.final(message.data)).encode())

@@ -210,6 +210,10 @@ class Statements:
     def drop(self, name: str) -> None:
         self._known.pop(name, None)
 
+    def known(self) -> dict[str, Statement]:
+        """The statements the coordinator confirmed, by name."""
+        return dict(self._known)
+
     def clear(self) -> None:
         """DEALLOCATE ALL was sent (while nothing else was awaited)."""
         self._known.clear()

@@ -18,7 +18,7 @@ import logging
 from collections.abc import Callable, Sequence
 from typing import cast
 
-from . import ddl
+from . import ddl, reconnect
 from . import protocol as p
 from . import wire
 from .routes import Coordinator, MultiShard, Shard
@@ -31,6 +31,7 @@ from .keys import CancelKey
 from .logical import finish_routed
 from .planhost import PlanHost
 from .pool import Leases, PoolExhausted, exhausted_reply
+from .reauth import ScramRecord
 from .routing import Decision, deallocates_all, decide, parse_search_path
 from .txn import TransactionControl
 from .txnreply import ReplySkipper
@@ -76,6 +77,7 @@ class ClientSession(PlanHost, asyncio.Protocol):
         self.coordinator_txn = False  # the router began a transaction on the coordinator: relay until it ends
         self.skipper: ReplySkipper | None = None  # drops the coordinator's answer to that BEGIN
         self.partial: list[tuple[bytes, list[bytes]]] = []  # reads of messages not yet whole, in a transaction
+        self.scram = ScramRecord()  # the client's login as relayed, to log in again (reconnect.py)
         self.terminating = False  # the client sent Terminate
         self.reply_shaper: Callable[[bytes], bytes] | None = None  # the next answer of the transaction machine
         self.rewriter: ddl.ReplyRewriter | None = None  # reshapes the reply to a Query that router/ddl.py rewrote
@@ -166,6 +168,10 @@ class ClientSession(PlanHost, asyncio.Protocol):
                 self.outstanding += 1
             elif type_byte == b"X":
                 self.terminating = True  # the coordinator closing the connection now is no news
+        if self.phase is not Phase.RELAY and b"p" in types:  # the login, kept to log in again (reconnect.py)
+            for type_byte, payload in wire.Framer().feed(raw):
+                if type_byte == b"p":
+                    self.scram.client_message(payload)
         if self.phase is Phase.CONNECTING:
             self.pending.append(raw)
         elif self.server and self.server.transport:
@@ -244,6 +250,8 @@ class ClientSession(PlanHost, asyncio.Protocol):
             messages = self.server_framer.feed(data)
             out: list[bytes] = []
             for type_byte, payload in messages:
+                if type_byte == b"R":
+                    self.scram.server_message(payload)
                 if type_byte == b"K" and self.phase is Phase.AUTH:
                     out.append(self._replace_key(payload))
                     continue
@@ -452,6 +460,10 @@ class ClientSession(PlanHost, asyncio.Protocol):
         return p.BackendKeyData(self.client_key.process_id, self.client_key.secret).encode()
 
     def server_lost(self) -> None:
+        if reconnect.may_reconnect(self):  # an idle session: logged in again, the client does not notice
+            self.busy = True
+            self.context.spawn(reconnect.carry_over(self))
+            return
         if self.phase is not Phase.CLOSED:
             if self.phase is Phase.RELAY and not self.terminating:
                 self._write(coordinator_lost(self.address))

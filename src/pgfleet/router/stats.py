@@ -16,6 +16,7 @@ class RouterStats:
     routed: int = 0  # statements sent straight to a worker
     routing_fallbacks: int = 0  # routable statements sent to the coordinator after all (worker refused the role, …)
     pinned_sessions: int = 0  # sessions kept on the coordinator because of session state
+    sessions_logged_in_again: int = 0  # idle sessions carried over a lost coordinator connection (reconnect.py)
     # transactions (simple protocol; see txn.py)
     worker_transactions: int = 0  # transactions that ran on one worker (plain COMMIT or ROLLBACK there)
     coordinator_transactions: int = 0  # transactions the router began on the coordinator (first statement not routable)
