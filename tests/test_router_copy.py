@@ -18,6 +18,7 @@ from psycopg import generators, pq, waiting
 from conftest import connect, routing_router
 from pgfleet.cluster.fleet import Fleet
 from pgfleet.cluster.local import LocalCluster
+from pgfleet.router import copyin
 from pgfleet.router.server import RouterServer
 from pgfleet.spec import DistributeSpec, HashSpec, QualifiedName, ReferenceSpec
 
@@ -224,15 +225,17 @@ def test_coordinator_keeps_reference_where_and_queries(cluster: LocalCluster, ro
 
 def test_data_the_router_cannot_split_goes_through_the_coordinator(cluster: LocalCluster, router: RouterServer,
                                                                    tables: str, caplog: pytest.LogCaptureFixture) -> None:
-    """A key the split cannot read (quoted with spaces in CSV) after many routed chunks: the coordinator
-    gets every byte again and decides; rows equal a plain table's."""
-    many = csv_rows(60000, header=False)
-    data = many + b'" 60001",1,x,2024-01-01\n'
+    """A key the split cannot read (quoted with spaces in CSV) after routed chunks: the coordinator gets
+    every byte again and decides; rows equal a plain table's. 10 MB: more than the router keeps in memory
+    for that replay (the rest is in a file)."""
+    many = csv_rows(240000, header=False)
+    assert len(many) > 2 * copyin.SPOOL_IN_MEMORY
+    data = many + b'" 240001",1,x,2024-01-01\n'
     with connect(cluster, router.config.port, tables) as via_router, \
             caplog.at_level(logging.INFO, logger="pgfleet.router.copyin"):
         counts = [copy_in(via_router, f"COPY {table} FROM STDIN (FORMAT csv)", data, pieces=40) for table in ("t", "plain")]
         assert [r for r in caplog.records if "through the coordinator" in r.getMessage()]
-        assert counts == [60001, 60001]
+        assert counts == [240001, 240001]
         assert table_rows(via_router, "t") == table_rows(via_router, "plain")
 
 

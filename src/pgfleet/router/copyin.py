@@ -42,7 +42,7 @@ log = logging.getLogger(__name__)
 
 CHUNK_BYTES = 4 << 20  # cut and routed while the workers insert the previous chunk
 HIGH_WATER = 16 << 20  # client bytes buffered before reading from the client pauses
-SPOOL_IN_MEMORY = 64 << 20  # data kept for a replay on the coordinator, in memory up to this, then on disk
+SPOOL_IN_MEMORY = 4 << 20  # data kept for a replay on the coordinator, in memory up to this, then on disk
 QUERY_CANCELED = "57014"
 
 if TYPE_CHECKING:  # copyplan imports this module
