@@ -25,17 +25,21 @@ from .multishard import MultiShardHost
 from .rewrite import qualified
 
 READY = p.ReadyForQuery("I").encode()
+HOLD_BYTES = 256 << 10  # rows of a node held before every node has described them: then its reads pause
 
 
 @dataclass
 class _Node:
     node: str
+    conn: WorkerConnection
     wrapped: bool  # SET ROLE …; query; RESET ROLE
     description: bytes | None = None  # its RowDescription message
     role_set: bool = False  # the SET ROLE's CommandComplete came
     rows_done: bool = False  # the query's CommandComplete came
     count: int = 0
     held: list[bytes] = field(default_factory=list)  # rows that came before every node had described them
+    held_bytes: int = 0
+    paused: bool = False  # its reads pause while HOLD_BYTES are held
     done: bool = False
 
 
@@ -68,7 +72,7 @@ class StreamedRead:
         opened = [c for c in conns if isinstance(c, WorkerConnection)]
         for (node, sql), conn in zip(self.queries, opened, strict=True):
             role = self.host.role_on(conn)
-            state = _Node(node, wrapped=role != conn.user)
+            state = _Node(node, conn, wrapped=role != conn.user)
             text = f"SET ROLE {qualified(role)};\n{sql}\n;\nRESET ROLE" if state.wrapped else sql
             self.nodes.append(state)
             try:
@@ -118,6 +122,8 @@ class StreamedRead:
                 pos = end
             if pos < len(messages):
                 self._rows(node, messages if pos == 0 else messages[pos:])
+        if self._failed:
+            self._release()
         if last:
             node.done = True
             if all(n.done for n in self.nodes) and len(self.nodes) == len(self.queries) \
@@ -149,6 +155,18 @@ class StreamedRead:
             self.host.stream(rows)
         else:
             node.held.append(rows)
+            node.held_bytes += len(rows)
+            if node.held_bytes >= HOLD_BYTES and not node.paused:  # another node is slow to describe its rows
+                node.paused = True
+                node.conn.pause(True)
+
+    def _release(self) -> None:
+        """Drop what is held and read every node again (started, or failed: the rest is read and dropped)."""
+        for n in self.nodes:
+            n.held, n.held_bytes = [], 0
+            if n.paused:
+                n.paused = False
+                n.conn.pause(False)
 
     def _start(self) -> None:
         if self.started or self._failed or len(self.nodes) != len(self.queries) \
@@ -158,7 +176,6 @@ class StreamedRead:
         first = self.nodes[0].description
         assert first is not None
         held = [r for n in self.nodes for r in n.held]
-        for n in self.nodes:
-            n.held = []
+        self._release()  # before the write below, which pauses every paced read again if the client is full
         head = self.host.stream_head
         self.host.stream(b"".join((first if head is None else head, *held)))
