@@ -6,7 +6,12 @@ Only a session that holds nothing the new backend would lack is carried over: id
 no transaction), never pinned to the coordinator (so no SET, temporary table, cursor, LISTEN, advisory lock
 or SQL-level PREPARE since its startup, whose parameters are sent again), logged in with SCRAM-SHA-256. Any
 other session ends as before with 57P01 and reconnects. Client bytes that arrive meanwhile wait; the new
-login is tried for up to :data:`RECONNECT_SECONDS` (a failover takes a few seconds)."""
+login is tried for up to :data:`RECONNECT_SECONDS` (a failover takes a few seconds).
+
+A backend often says why it ends before its connection closes: a FATAL ErrorResponse with 57P01 (its
+postmaster died, or a fast shutdown or pg_terminate_backend), 57P02 or 57P03. For a session that can be
+carried over, that message is held back (:func:`holds_back`): relayed, it would end the client's session
+although the router replaces the connection. A session that cannot be carried over gets it as sent."""
 
 from __future__ import annotations
 
@@ -28,6 +33,7 @@ if TYPE_CHECKING:  # session.py imports this module
 log = logging.getLogger(__name__)
 
 RECONNECT_SECONDS = 30.0
+SHUTDOWN_STATES = frozenset({"57P01", "57P02", "57P03"})  # admin_shutdown, crash_shutdown, cannot_connect_now
 RETRY_SECONDS = 0.5
 
 
@@ -40,6 +46,22 @@ def may_reconnect(session: ClientSession) -> bool:
             and not session.coordinator_txn and session.skipper is None and session.rewriter is None
             and session.extended.capture is None and session.extended.statements.settled
             and session.server_framer.last_status == b"I")
+
+
+def holds_back(session: ClientSession, data: bytes) -> bool:
+    """Whether ``data`` from the coordinator, unasked, is one FATAL ErrorResponse saying that the backend ends
+    for a shutdown, of a session that can be carried over: then it is not relayed, and the connection's
+    close carries the session over."""
+    if data[:1] != b"E" or not may_reconnect(session):
+        return False
+    try:
+        found = wire.Framer().feed(data)
+    except wire.ProtocolViolation:
+        return False
+    if len(found) != 1 or len(data) != 5 + len(found[0][1]):
+        return False
+    error = p.decode_backend(*found[0])
+    return isinstance(error, p.ErrorResponse) and error.field("V") == "FATAL" and error.sqlstate in SHUTDOWN_STATES
 
 
 async def carry_over(session: ClientSession) -> None:

@@ -234,6 +234,8 @@ class ClientSession(PlanHost, asyncio.Protocol):
                     self.rewriter = None
                 if not data:
                     return
+            if reconnect.holds_back(self, data):  # the backend of an idle session says it ends: carried over
+                return
             if b"search_path\x00" in data:  # SET search_path: the names the DDL rewrite resolves follow it
                 for text in wire.search_path_statuses(data):
                     self.reported["search_path"], self.search_path = text, parse_search_path(text, self.user)
