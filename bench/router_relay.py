@@ -19,6 +19,7 @@ import statistics
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 from pgfleet.cluster.fleet import Fleet
@@ -77,13 +78,16 @@ def pgbench_pair(single: LocalCluster, fleet_local: LocalCluster, scale: int) ->
         return sorted(node.name for node in fleet.topology().workers)
 
 
-def arguments(description: str | None, report: str) -> argparse.Namespace:
+def arguments(description: str | None, report: str,
+              extra: Callable[[argparse.ArgumentParser], None] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=description, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--duration", type=int, default=5, help="seconds per pgbench run")
     parser.add_argument("--reps", type=int, default=3, help="interleaved repetitions per case")
     parser.add_argument("--scale", type=int, default=10, help="pgbench scale")
     parser.add_argument("--out", default="bench/results", help=f"directory for {report}")
     parser.add_argument("--modes", default="simple,extended,prepared", help="pgbench -M modes to run, comma-separated")
+    if extra is not None:
+        extra(parser)
     return parser.parse_args()
 
 

@@ -2,7 +2,7 @@
 single server and vs the coordinator (postgres_fdw), in the same run, with pgbench as the client on every side.
 
     .venv/bin/python bench/router_tpcb.py [--duration 20] [--reps 1] [--scale 10] [--modes simple,prepared]
-                                          [--out bench/results]
+                                          [--reference] [--out bench/results]
 
 Two throw-away local clusters under /tmp: a single server (the baseline) and a fleet (coordinator + 2
 workers) where all four pgbench tables are hash-distributed (accounts and history by aid, branches by
@@ -11,28 +11,44 @@ with a plain COMMIT, or on two with two-phase commit; with -M extended / prepare
 and END come with the extended protocol (prepared statements for -M prepared). Reported per mode: tps,
 ratio to the single server, and the failed transactions of each side (the coordinator runs worker
 transactions in REPEATABLE READ).
+
+With --reference, pgbench_branches and pgbench_tellers are reference tables instead (a copy on every
+node), as in issue 9's second TPC-B row; accounts and history stay hash-distributed by aid. Through the
+router their writes join the transaction, and the router writes every copy itself (router/refcopies.py);
+--trigger-copies gives both tables a do-nothing trigger of their own, which leaves the copies to pgfleet's
+trigger at COMMIT (the path of any write on the coordinator), for comparison.
 """
 
 from __future__ import annotations
 
+import argparse
 import json
 import statistics
 import sys
 import time
 from pathlib import Path
 
+from psycopg import sql
 from router_relay import arguments, cluster_pair, pgbench, scratch
 
 from pgfleet.cluster.fleet import Fleet
 from pgfleet.pgbench import pgbench_numbers
 from pgfleet.router.process import read_status, start_background, stop_background
-from pgfleet.spec import DistributeSpec, HashSpec, QualifiedName
+from pgfleet.spec import DistributeSpec, HashSpec, QualifiedName, ReferenceSpec
 
 TABLES = (("accounts", "aid"), ("history", "aid"), ("branches", "bid"), ("tellers", "tid"))
+REFERENCE = ("branches", "tellers")
+COUNTERS = ("routed", "pinned_sessions", "worker_transactions", "two_phase_commits", "coordinator_parts",
+            "reference_copies_written", "coordinator_transactions", "recovered_commits", "recovered_aborts", "in_doubt")
 
 
 def main() -> None:
-    args = arguments(__doc__, "router_tpcb.json")
+    def extra(parser: argparse.ArgumentParser) -> None:
+        parser.add_argument("--reference", action="store_true", help="branches and tellers as reference tables")
+        parser.add_argument("--trigger-copies", action="store_true",
+                            help="with --reference: a trigger of their own, so their copies are written at COMMIT")
+
+    args = arguments(__doc__, "router_tpcb.json", extra)
     base = scratch("pgfleet-tpcb-")
     started = time.monotonic()
     single, fleet_local = cluster_pair(base)
@@ -45,7 +61,17 @@ def main() -> None:
             for local in (single, fleet_local):
                 pgbench(local, local.spec.coordinator.port, ["-i", "-q", "-s", str(args.scale)])
             for table, key in TABLES:
-                fleet.distribute(DistributeSpec(QualifiedName("public", f"pgbench_{table}"), key, HashSpec(8)))
+                name = QualifiedName("public", f"pgbench_{table}")
+                if args.reference and table in REFERENCE:
+                    fleet.reference(ReferenceSpec(name))
+                    if args.trigger_copies:
+                        fleet.conn().execute(sql.SQL(
+                            "CREATE OR REPLACE FUNCTION public.bench_noop() RETURNS trigger LANGUAGE plpgsql AS "
+                            "$$ BEGIN RETURN NULL; END $$; CREATE TRIGGER bench_noop AFTER UPDATE ON {} "
+                            "FOR EACH STATEMENT EXECUTE FUNCTION public.bench_noop()").format(
+                                sql.Identifier(name.schema or "public", name.name)))
+                else:
+                    fleet.distribute(DistributeSpec(name, key, HashSpec(8)))
             fleet.conn().execute("VACUUM ANALYZE")
         proc, _ = start_background(fleet_local, route=True)
         for _ in range(args.reps):
@@ -74,11 +100,9 @@ def main() -> None:
         print(f"TPC-B -M {mode} -c 4: single {medians['single']:.0f} tps, coordinator {medians['coordinator']:.0f} "
               f"({by_mode[mode]['coordinator_ratio']}, {failed['coordinator']} failed), router {medians['router']:.0f} "
               f"({by_mode[mode]['router_ratio']}, {failed['router']} failed)", flush=True)
-    report = {"duration": args.duration, "reps": args.reps, "scale": args.scale, "clients": 4, "modes": by_mode,
-              "router_status": None if status is None else {
-                  k: status.counters.get(k, 0) for k in ("routed", "pinned_sessions", "worker_transactions", "two_phase_commits",
-                                                  "coordinator_transactions", "recovered_commits", "recovered_aborts",
-                                                  "in_doubt")},
+    report = {"reference": args.reference, "trigger_copies": args.trigger_copies,
+              "duration": args.duration, "reps": args.reps, "scale": args.scale, "clients": 4, "modes": by_mode,
+              "router_status": None if status is None else {k: status.counters.get(k, 0) for k in COUNTERS},
               "runs": runs, "elapsed_seconds": round(time.monotonic() - started)}
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)

@@ -128,6 +128,7 @@ class WorkerConnection(asyncio.Protocol):
         self.status = b"I"  # the transaction status of the last ReadyForQuery (b"?": not known)
         self.generation = 0  # the pool's generation it was opened in (a failover starts a new one)
         self.cancelled = False  # a cancel request was sent for it: it may still arrive, so it is not reused
+        self.superuser = False  # the login is a superuser (is_superuser reported at startup)
 
     @classmethod
     async def open(cls, login: WorkerLogin, settings: tuple[tuple[str, str], ...] = (), *,
@@ -171,6 +172,8 @@ class WorkerConnection(asyncio.Protocol):
                     raise BackendError(f"unsupported authentication request {message.code} from {login.host}:{login.port}")
             elif isinstance(message, p.BackendKeyData):
                 self.cancel_key = (message.process_id, message.secret)
+            elif isinstance(message, p.ParameterStatus) and message.name == "is_superuser":
+                self.superuser = message.value == "on"
             elif isinstance(message, p.ReadyForQuery):
                 if self._messages or self._framer.buffered:
                     raise BackendError(f"{login.host}:{login.port} sent messages after ReadyForQuery")

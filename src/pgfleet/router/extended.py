@@ -32,7 +32,6 @@ go to :mod:`.exttxn`.
 
 from __future__ import annotations
 
-import itertools
 import logging
 from collections.abc import Callable
 from typing import TYPE_CHECKING
@@ -55,8 +54,9 @@ from .batches import (
 )
 from .pipeline import PipelineSplitter
 from .extmulti import ExtendedMultiShard
-from .exttxn import MAX_BATCH, ExtendedTransactions, after_setup, role_setup, setup_messages
+from .exttxn import MAX_BATCH, ExtendedTransactions, after_setup, frames, role_setup, setup_messages, worker_request
 from .pool import PoolExhausted, exhausted_reply
+from .refpart import ReferenceWrite
 from .routing import session_neutral
 from .twophase import messages as reply_messages
 from .txnstmt import Kind, control
@@ -68,14 +68,6 @@ log = logging.getLogger(__name__)
 
 BATCH_TYPES = frozenset(b"PBDECHS")  # Parse Bind Describe Execute Close Flush Sync
 INTERNAL_ERROR = "XX000"
-MAX_WORKER_STATEMENTS = 1000  # named statements per worker connection; then the unnamed one, parsed each time
-_names = itertools.count(1)
-
-
-def _frames(messages: list[Message] | tuple[Message, ...]) -> bytes:
-    return b"".join(wire.frame(t, payload) for t, payload in messages)
-
-
 class Capture:
     """The coordinator's reply to the router's own Parse/Describe/Sync, read whole up to ReadyForQuery."""
 
@@ -90,7 +82,7 @@ class Capture:
         for i, (type_byte, _) in enumerate(messages):
             if type_byte == b"Z":
                 self.messages += messages[:i + 1]
-                return _frames(messages[i + 1:]) + self.framer.take_buffer()
+                return frames(messages[i + 1:]) + self.framer.take_buffer()
         self.messages += messages
         return None
 
@@ -127,7 +119,7 @@ class ExtendedRouter:
             if not session.busy:
                 self.pipelines.before(type_byte)  # a pipeline in a transaction: cut into statements here?
             if session.busy:  # a batch runs: the rest waits, in order
-                session.held.insert(0, _frames(messages[i:]) + self.framer.take_buffer())
+                session.held.insert(0, frames(messages[i:]) + self.framer.take_buffer())
                 return
             if not self._message(type_byte, payload):
                 session.pin()
@@ -195,13 +187,13 @@ class ExtendedRouter:
 
     def _release(self, rest: list[Message]) -> None:
         """The session is pinned: what is kept here and what follows go to the coordinator as bytes."""
-        raw = _frames(self.batch) + _frames(rest) + self.framer.take_buffer()
+        raw = frames(self.batch) + frames(rest) + self.framer.take_buffer()
         self.batch, self.active, self.forwarding = [], False, False
         if raw:
             self.session._from_client(self.session.framer.scan(raw), raw)
 
     def _to_coordinator(self, messages: list[Message] | tuple[Message, ...]) -> None:
-        raw = _frames(messages)
+        raw = frames(messages)
         self.session._from_client([t for t, _ in messages], raw)
         for type_byte, payload in messages:
             self.statements.sent(type_byte, payload)
@@ -271,7 +263,10 @@ class ExtendedRouter:
             return
         prepared = routing.cache.prepared(statement.sql, routing.topology, session.search_path)
         if isinstance(prepared, Coordinator):
-            if self.multishard.candidate(statement.sql):  # not single-shard, but maybe the router's multi-shard work
+            if txn is not None and txn.participants and txn.has_written() and \
+                    (route := session.transactions.coordinator_joins(txn, statement.sql)) is not None:
+                self._coordinator_part(plan, batch, route, prepared.reason)
+            elif self.multishard.candidate(statement.sql):  # not single-shard, but maybe the router's multi-shard work
                 self._multishard_only(plan, batch, prepared.reason)
             else:
                 self._coordinator(batch, prepared.reason)
@@ -299,6 +294,23 @@ class ExtendedRouter:
                 if self.session.busy and self.session.transactions.txn is None:
                     self.session.resume()
 
+        self._described(plan, batch, run)
+
+    def _coordinator_part(self, plan: Plan, batch: list[Message], part: tuple[Shard, ReferenceWrite], reason: str) -> None:
+        """A reference-table write that the coordinator runs as a participant of the transaction (see
+        :mod:`.refpart`), once its parameter types are known."""
+        def run(statement: Statement, answered: bytes, exchanged: bool) -> None:
+            types = statement.param_types
+            if types is None or len(types) != len(plan.bind.params):
+                self._coordinator(plan.tail if exchanged else batch, reason, answered)  # refused there
+            else:
+                self.txns.on_worker(plan, part[0], statement, answered, part[1])
+
+        self._described(plan, batch, run)
+
+    def _described(self, plan: Plan, batch: list[Message], run: Callable[[Statement, bytes, bool], None]) -> None:
+        """``run`` the batch's statement as the coordinator describes it: at once when it is known, else after
+        the coordinator parsed and described it (``run`` then gets what the client is owed of that exchange)."""
         known = self.statements.get(plan.bind.statement)
         if not plan.prefix and known is not None and known.described:
             run(known, b"", False)
@@ -337,7 +349,7 @@ class ExtendedRouter:
     def _exchange(self, plan: Plan, batch: list[Message], then: Callable[[Statement, bytes], None]) -> None:
         """The client's Parse/Describe messages and a Describe of the bound statement, on the coordinator;
         ``then`` gets the described statement and the replies to the client's messages."""
-        request = _frames(batch[:len(plan.prefix)]) + p.Describe("S", plan.bind.statement).encode() + p.Sync().encode()
+        request = frames(batch[:len(plan.prefix)]) + p.Describe("S", plan.bind.statement).encode() + p.Sync().encode()
         self.capture_reply(request, lambda messages: self._exchanged(plan, messages, then))
 
     def _exchanged(self, plan: Plan, messages: list[Message], then: Callable[[Statement, bytes], None]) -> None:
@@ -352,7 +364,7 @@ class ExtendedRouter:
             if txn is not None:  # as on one server, the error fails the transaction
                 txn.failed = True
                 messages = [*messages[:-1], (b"Z", b"E")]
-            self.session._write(_frames(messages))
+            self.session._write(frames(messages))
             self.session.resume()
             return
         for parse in parses:
@@ -366,7 +378,7 @@ class ExtendedRouter:
         assert statement is not None
         statement = Statement(statement.sql, statement.client_types, params.type_oids, fields)
         self.statements.set(plan.bind.statement, statement)
-        answered = _frames([m for i, m in enumerate(messages[:-1]) if i not in (at, at + 1)])
+        answered = frames([m for i, m in enumerate(messages[:-1]) if i not in (at, at + 1)])
         then(statement, answered)
 
     def _fallback(self, plan: Plan, batch: list[Message], answered: bytes, exchanged: bool) -> None:
@@ -423,29 +435,6 @@ class ExtendedRouter:
             return
         self._send(conn, plan, batch, route, statement, answered, exchanged)
 
-    def worker_request(self, conn: WorkerConnection, plan: Plan, route: Shard,
-                       statement: Statement) -> tuple[bytes, Callable[[], None] | None]:
-        """[Parse of the rewritten statement,] the client's Bind renamed to it and the rest of its batch, for
-        this worker connection; and, when the request parses it, what records it as parsed there."""
-        assert statement.param_types is not None
-        key = (route.sql, statement.param_types)
-        name = conn.statements.get(key)
-        parse = name is None
-        if name is None:
-            name = f"pgfleet_{next(_names)}" if len(conn.statements) < MAX_WORKER_STATEMENTS else ""
-        bind_payload = plan.tail[0][1]
-        skip = len(plan.bind.statement.encode()) + 2  # the (empty) portal name and the client's statement name
-        request = b"".join((
-            p.Parse(name, route.sql, statement.param_types).encode() if parse else b"",
-            wire.frame(b"B", b"\0" + wire.cstr(name) + bind_payload[skip:]),
-            _frames(plan.tail[1:])))
-
-        def parsed() -> None:
-            if name:
-                conn.statements[key] = name
-
-        return request, parsed if parse else None
-
     def _send(self, conn: WorkerConnection, plan: Plan, batch: list[Message], route: Shard, statement: Statement,
               answered: bytes, exchanged: bool) -> None:
         """Run the batch on the worker in one round trip, under the session's role (SET LOCAL ROLE first: the
@@ -454,7 +443,7 @@ class ExtendedRouter:
         session = self.session
         role = session.role_on(conn)
         setup = [role_setup(role)] if role != conn.user else []
-        request, commit_name = self.worker_request(conn, plan, route, statement)
+        request, commit_name = worker_request(conn, plan, route, statement)
 
         def done(reply: bytes | None) -> None:
             session.running_on = None

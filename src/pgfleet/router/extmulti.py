@@ -286,6 +286,10 @@ class ExtendedMultiShard:
         if multishard.writes and tc.twophase is None:
             return False
         session._write(answered)
+        if tc.refused_stale(txn, text):
+            if session.busy:
+                session.resume()
+            return True
         session.reply_shaper = lambda data: extended_reply(data, statement, plan)
         raw = self.router.txns._for_coordinator(plan.tail if exchanged else batch)
         async def finish(conn: WorkerConnection, reply: bytes) -> bytes | None:

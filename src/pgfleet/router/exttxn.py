@@ -18,7 +18,9 @@ A batch is one statement of the transaction (:class:`.txn.TransactionControl` ke
 
 from __future__ import annotations
 
+import itertools
 import logging
+from collections.abc import Callable
 from typing import TYPE_CHECKING
 
 from psycopg import sql
@@ -26,12 +28,13 @@ from psycopg import sql
 from . import protocol as p
 from . import wire
 from .routes import Coordinator, Shard
-from .backend import BackendError
+from .backend import BackendError, WorkerConnection
 from .batches import Message, Plan, Statement, Statements, client_reply, read_bind, read_parse
 from .routing import Decision
 from .twophase import messages, status_of
 from .txnstmt import Kind, control
-from .txn import UNCHECKED_LIMIT, Transaction
+from .refpart import ReferenceWrite
+from .txnstate import UNCHECKED_LIMIT, Transaction
 from .txnreply import CONNECTION_FAILURE, IN_FAILED_TRANSACTION, NOT_SUPPORTED, error, ready, without_parameter_status
 
 if TYPE_CHECKING:
@@ -40,6 +43,8 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 BIND_COMPLETE = p.BindComplete().encode()
+MAX_WORKER_STATEMENTS = 1000  # named statements per worker connection; then the unnamed one, parsed each time
+_names = itertools.count(1)
 MAX_BATCH = 64  # messages kept before a Sync; a longer batch goes to the coordinator as it comes
 NO_DATA = p.NoData().encode()
 
@@ -51,6 +56,30 @@ class WithParse(bytes):
 
 def frames(batch: list[Message] | tuple[Message, ...]) -> bytes:
     return b"".join(wire.frame(t, payload) for t, payload in batch)
+
+
+def worker_request(conn: WorkerConnection, plan: Plan, route: Shard,
+                   statement: Statement) -> tuple[bytes, Callable[[], None] | None]:
+    """[Parse of the rewritten statement,] the client's Bind renamed to it and the rest of its batch, for
+    this worker connection; and, when the request parses it, what records it as parsed there."""
+    assert statement.param_types is not None
+    key = (route.sql, statement.param_types)
+    name = conn.statements.get(key)
+    parse = name is None
+    if name is None:
+        name = f"pgfleet_{next(_names)}" if len(conn.statements) < MAX_WORKER_STATEMENTS else ""
+    bind_payload = plan.tail[0][1]
+    skip = len(plan.bind.statement.encode()) + 2  # the (empty) portal name and the client's statement name
+    request = b"".join((
+        p.Parse(name, route.sql, statement.param_types).encode() if parse else b"",
+        wire.frame(b"B", b"\0" + wire.cstr(name) + bind_payload[skip:]),
+        frames(plan.tail[1:])))
+
+    def parsed() -> None:
+        if name:
+            conn.statements[key] = name
+
+    return request, parsed if parse else None
 
 
 def setup_messages(statements: list[str]) -> bytes:
@@ -250,20 +279,27 @@ class ExtendedTransactions:
                 break
         return raw
 
-    def on_worker(self, plan: Plan, route: Shard, statement: Statement, answered: bytes) -> None:
+    def on_worker(self, plan: Plan, route: Shard, statement: Statement, answered: bytes,
+                  write: ReferenceWrite | None = None) -> None:
+        """``write``: the statement is a reference-table write on the coordinator (:mod:`.refcopies`)."""
         session = self.session
         tc = session.transactions
         txn = tc.txn
         assert txn is not None
         session._write(answered)
+        if route.shard_index >= 0 and tc.refused_stale(txn, statement.sql):
+            if session.busy:
+                session.resume()
+            return
         if route.node not in txn.participants and txn.participants and tc.twophase is None:
             tc._fail(txn, NOT_SUPPORTED, "pgfleet router: this router cannot commit over several workers")
             if session.busy:
                 session.resume()
             return
-        tc._background(lambda: self._run(txn, plan, route, statement))
+        tc._background(lambda: self._run(txn, plan, route, statement, write))
 
-    async def _run(self, txn: Transaction, plan: Plan, route: Shard, statement: Statement) -> None:
+    async def _run(self, txn: Transaction, plan: Plan, route: Shard, statement: Statement,
+                   write: ReferenceWrite | None) -> None:
         session = self.session
         tc = session.transactions
         conn = txn.participants.get(route.node)
@@ -280,10 +316,11 @@ class ExtendedTransactions:
                              "roll back (to a savepoint) and retry")
                 return
             setup = tc._setup(txn, conn)
-        request, commit_name = self.router.worker_request(conn, plan, route, statement)
+        before, copies = tc.copies_setup(txn, conn, write) if write is not None else ([], False)
+        request, commit_name = worker_request(conn, plan, route, statement)
         session.running_on = conn
         try:
-            reply = await conn.roundtrip(setup_messages(setup) + request)
+            reply = await conn.roundtrip(setup_messages(setup + before) + request)
         except BackendError:
             await tc._lost(txn, route.node)
             return
@@ -291,16 +328,28 @@ class ExtendedTransactions:
             session.running_on = None
         if setup:
             txn.participants[route.node] = conn
-        reply, ok = after_setup(reply, len(setup))
+        reply, ok = after_setup(reply, len(setup) + len(before))
         out, parsed = client_reply(reply, parsed=commit_name is not None, statement=statement, bind=plan.bind)
         if ok and parsed and commit_name is not None:
             commit_name()
+        if copies and write is not None and status_of(out) != b"E":
+            def request_for(conn: WorkerConnection, setup: list[str]) -> tuple[bytes, Callable[[], None] | None]:
+                request, parsed = worker_request(conn, plan, route, statement)
+                return setup_messages(setup) + request, parsed
+
+            copied = await tc.write_copies(txn, write, out, request_for)
+            if copied is None:
+                return
+            out = copied
         if conn.flagged and (names := session.logical()) is not None:  # the RowDescription is the coordinator's
             out = names.reported(route.shard_ids, out)
         stats = session.context.stats
         stats.routed += 1
         stats.executes += 1
-        if not txn.wrote:
+        if route.shard_index < 0:  # a reference-table write on the coordinator (refpart.py)
+            txn.wrote = True
+            stats.coordinator_parts += 1
+        elif not txn.wrote:
             txn.unchecked.append(statement.sql)
             if len(txn.unchecked) > UNCHECKED_LIMIT:
                 txn.has_written()

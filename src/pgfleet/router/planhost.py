@@ -15,7 +15,8 @@ from .extended import ExtendedRouter
 from .backend import WorkerConnection
 from .logical import LogicalNames, names_for
 from .pool import Leases
-from .routes import MultiShard
+from .refpart import ReferenceWrite
+from .routes import MultiShard, Shard
 from .routing import Routing
 from .multishard import run_guarded
 from .twophase import TwoPhase
@@ -37,6 +38,7 @@ class PlanHost:
     listener: Callable[[bytes], None] | None  # a running plan that reads the client's bytes
 
     user: str  # the client's login role
+    search_path: tuple[str, ...]  # the session's effective schemas
     superuser: bool  # ... is a superuser (reported by the coordinator)
     leases: Leases  # the worker connections the session holds
     busy: bool  # a statement runs in the router: client bytes wait
@@ -65,6 +67,15 @@ class PlanHost:
     def logical(self) -> LogicalNames | None:
         """Shard names and oids → the logical tables' (:mod:`.logical`), for routed replies."""
         return names_for(self.db_route.routing.topology) if self.db_route is not None else None
+
+    def coordinator_part(self, sql: str) -> tuple[Shard, ReferenceWrite] | None:
+        """A reference-table write that the coordinator may run as a participant of the session's router
+        transaction (:mod:`.refpart`): its route there and what it writes; None otherwise."""
+        routing = self.routing
+        if routing is None or not routing.topology.coordinator:
+            return None
+        write = routing.cache.reference_write(sql, routing.topology, self.search_path)
+        return None if write is None else (Shard(routing.topology.coordinator, -1, (), sql), write)
 
     def role_on(self, conn: WorkerConnection) -> str:
         """The role a routed statement runs as: the client's, or for a superuser the router's login (the

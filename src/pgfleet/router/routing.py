@@ -17,6 +17,7 @@ from pglast.parser import ParseError, scan
 from . import planners
 from .analyze import Prepared, analyze, prepare
 from .ddl import adds_foreign_keys
+from .refpart import ReferenceWrite, coordinator_part
 from .routes import Coordinator, Route, Shard, Split
 from .backend import WorkerLogin
 from .copyplan import copy_is_neutral
@@ -83,6 +84,10 @@ def decide(sql: str, topology: RoutingTopology, search_path: tuple[str, ...],
 def _decide(sql: str, topology: RoutingTopology, search_path: tuple[str, ...],
             cache: PreparedCache | None) -> Decision:
     route = cache.route(sql, topology, search_path) if cache is not None else None
+    if route is None and cache is not None and (write := cache.reference_write(sql, topology, search_path)):
+        # a reference-table write (known by its shape, whatever its constants): no planner takes it, it calls
+        # only functions without side effects, and a transaction on workers runs it itself (refpart.py)
+        return Decision(Coordinator(f"writes to reference table {'.'.join(write.table)} go to every copy"), True)
     if route is None:
         route = analyze(sql, topology, search_path=search_path)
     if isinstance(route, Shard):  # routed statements are single DML calling only SAFE_FUNCTIONS: neutral
@@ -159,11 +164,13 @@ class PreparedCache:
         self._entries: OrderedDict[tuple[str, tuple[str, ...]], Prepared | Coordinator] = OrderedDict()
         self._exact: dict[tuple[str, tuple[str, ...]], Decision] = {}
         self._topology: RoutingTopology | None = None
+        self._writes: dict[tuple[str, tuple[str, ...]], ReferenceWrite | None] = {}
 
     def _check(self, topology: RoutingTopology) -> None:
         if topology is not self._topology:
             self._entries.clear()
             self._exact.clear()
+            self._writes.clear()
             self._topology = topology
 
     def decision(self, sql: str, topology: RoutingTopology, search_path: tuple[str, ...]) -> Decision | None:
@@ -174,6 +181,19 @@ class PreparedCache:
         if len(self._exact) >= self.exact_size:
             del self._exact[next(iter(self._exact))]  # the oldest entry (insertion order)
         self._exact[(sql, search_path)] = decision
+
+    def reference_write(self, sql: str, topology: RoutingTopology, search_path: tuple[str, ...]) -> ReferenceWrite | None:
+        """:func:`.refpart.coordinator_part` of ``sql``, kept by its text with constants made parameters (they
+        do not change the answer)."""
+        self._check(topology)
+        norm = normalize(sql)
+        key = (norm.text if norm is not None else sql, search_path)
+        if key in self._writes:
+            return self._writes[key]
+        if len(self._writes) >= self.size:
+            del self._writes[next(iter(self._writes))]
+        write = self._writes[key] = coordinator_part(key[0], topology, search_path)
+        return write
 
     def prepared(self, sql: str, topology: RoutingTopology, search_path: tuple[str, ...]) -> Prepared | Coordinator:
         """The analysis of a statement with parameters ($n) as the client wrote it (extended protocol)."""

@@ -15,13 +15,14 @@ from __future__ import annotations
 
 import copy
 import functools
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
 from pglast import ast, enums, parse_sql
 from pglast.stream import RawStream
 
 from .analyze import TableRef
+from .walk import walk
 
 AGGREGATES = frozenset({"count", "sum", "min", "max", "avg", "bool_and", "bool_or", "every"})
 # PostgreSQL's other built-in aggregates: a statement calling one is not scattered
@@ -41,21 +42,6 @@ _PREFIX = "_pgfleet_"
 
 class Unsupported(Exception):
     """Internal: not a shape the router scatters; the coordinator runs the statement."""
-
-
-def walk(node: object) -> Iterator[ast.Node]:
-    """Every node below ``node`` (nodes, tuples and lists of them), ``node`` included."""
-    stack = [node]
-    while stack:
-        item = stack.pop()
-        if isinstance(item, tuple | list):
-            stack.extend(item)
-        elif isinstance(item, ast.Node):
-            yield item
-            for name in getattr(type(item), "__slots__", ()):
-                value = getattr(item, name, None)
-                if isinstance(value, ast.Node | tuple | list):
-                    stack.append(value)
 
 
 def replace(node: ast.Node, fn: Callable[[ast.Node], ast.Node | None]) -> ast.Node:

@@ -22,6 +22,16 @@ ORDER BY a.attrelid, a.attnum
 
 _ROW_SECURITY = "SELECT oid::bigint FROM pg_class WHERE oid = ANY(%s::oid[]) AND relrowsecurity"
 
+# Reference tables that a statement can write as it writes the coordinator's table: nothing else fires.
+_STATEMENT_COPIES = """
+SELECT c.oid::bigint FROM pg_class c
+WHERE c.oid = ANY(%s::oid[])
+  AND NOT EXISTS (SELECT FROM pg_trigger t WHERE t.tgrelid = c.oid AND NOT t.tgisinternal
+                  AND t.tgfoid <> 'pgfleet.reference_replicate()'::regprocedure)
+  AND NOT EXISTS (SELECT FROM pg_rewrite r WHERE r.ev_class = c.oid)
+  AND NOT EXISTS (SELECT FROM pg_constraint f WHERE f.contype = 'f' AND f.confrelid = c.oid)
+"""
+
 # Everything FROM can name: tables, views, materialized views, foreign and partitioned tables, sequences.
 _RELATIONS = """
 SELECT n.nspname, c.relname FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
@@ -41,13 +51,15 @@ def load_routing_topology(conn: Conn) -> RoutingTopology:
             collated.setdefault(int(oid), []).append(str(name))
     tables = []
     secured = {int(r[0]) for r in conn.execute(_ROW_SECURITY, (oids,)).fetchall()}
+    references = [t.oid for t in topo.tables if t.method == "reference"]
+    plain = {int(r[0]) for r in conn.execute(_STATEMENT_COPIES, (references,)).fetchall()} if references else set()
     for t in topo.tables:
         cols = columns.get(t.oid, [])
         key_type = next((typ for name, typ, _ in cols if name == t.key), "")
         catalog = {f.name: getattr(t, f.name) for f in fields(t)}
         tables.append(RoutedTable(**catalog, key_type=key_type, columns=tuple(n for n, _, _ in cols),
                                   attnums=tuple(a for _, _, a in cols), row_security=t.oid in secured,
-                                  collated=tuple(collated.get(t.oid, ()))))
+                                  collated=tuple(collated.get(t.oid, ())), statement_copies=t.oid in plain))
     relations = frozenset((str(r[0]), str(r[1])) for r in conn.execute(_RELATIONS).fetchall())
     row = conn.execute("SELECT pgfleet.roles_fingerprint()").fetchone()
     return RoutingTopology(tables=tuple(tables), relations=relations, roles_fingerprint=str(row[0]) if row else "",

@@ -137,6 +137,11 @@ class Decision(enum.Enum):
     UNKNOWN = "unknown"  # sent, answer lost: recovery decides
 
 
+def decision_insert(gid: str, nodes: Sequence[str]) -> str:
+    return (f"INSERT INTO pgfleet.commit_decisions (gid, outcome, nodes) "
+            f"VALUES ({literal(gid)}, 'commit', {literal(nodes)}::text[])")
+
+
 class DecisionStore:
     """Router-owned superuser connections to the coordinator (a few kept idle), for decision rows."""
 
@@ -163,8 +168,7 @@ class DecisionStore:
             conn = await self._acquire()
         except BackendError as exc:
             return Decision.REFUSED, f"cannot reach the coordinator to record the commit decision: {exc}"
-        statement = (f"INSERT INTO pgfleet.commit_decisions (gid, outcome, nodes) "
-                     f"VALUES ({literal(gid)}, 'commit', {literal(nodes)}::text[])")
+        statement = decision_insert(gid, nodes)
         try:
             reply = await conn.exchange(statement)
         except BackendError as exc:
@@ -227,6 +231,17 @@ async def prepare_everywhere(gid: str, participants: Mapping[str, WorkerConnecti
     return Unprepared(error, lost, [node for node, ok in zip(nodes, prepared, strict=True) if not ok])
 
 
+async def commit_decided(gid: str, participants: Mapping[str, WorkerConnection],
+                         drop_worker: Callable[[str], None]) -> None:
+    """COMMIT PREPARED ``gid`` everywhere once the decision is committed; one that fails is left to recovery."""
+    replies = await run_everywhere(list(participants.values()), f"COMMIT PREPARED {literal(gid)}")
+    for node, reply in zip(participants, replies, strict=True):
+        if reply is None or first_error(reply) is not None:
+            log.warning("COMMIT PREPARED %s on %s failed; recovery will commit it", gid, node)
+            if reply is None:
+                drop_worker(node)
+
+
 async def commit_prepared(twophase: TwoPhase, gid: str, participants: Mapping[str, WorkerConnection],
                           drop_worker: Callable[[str], None], what: str = "transaction") -> bytes | None:
     """The second phase, once every participant PREPAREd ``gid``: record the decision, then COMMIT PREPARED
@@ -235,12 +250,7 @@ async def commit_prepared(twophase: TwoPhase, gid: str, participants: Mapping[st
     nodes, conns = list(participants), list(participants.values())
     outcome, why = await twophase.decisions.record_commit(gid, nodes)
     if outcome is Decision.COMMITTED:
-        replies = await run_everywhere(conns, f"COMMIT PREPARED {literal(gid)}")
-        for node, reply in zip(nodes, replies, strict=True):
-            if reply is None or first_error(reply) is not None:
-                log.warning("COMMIT PREPARED %s on %s failed; recovery will commit it", gid, node)
-                if reply is None:
-                    drop_worker(node)
+        await commit_decided(gid, participants, drop_worker)
         return None
     if outcome is Decision.REFUSED:
         await run_everywhere(conns, f"ROLLBACK PREPARED {literal(gid)}")
@@ -250,6 +260,48 @@ async def commit_prepared(twophase: TwoPhase, gid: str, participants: Mapping[st
                             "recovery reads the decision (commit if it was recorded, else abort)", severity="ERROR",
                             hint="pgfleet recovery finishes it within seconds of the coordinator being back; check the "
                             "rows before retrying").encode()
+
+
+async def commit_on_coordinator(gid: str, coordinator: str, participants: Mapping[str, WorkerConnection],
+                                drop_worker: Callable[[str], None], first: str = "") -> Unprepared | bytes | None:
+    """Commit a transaction whose participants include the coordinator (a reference-table write joined it,
+    :mod:`.refpart`): PREPARE on the workers; then the coordinator's part commits last, with the decision
+    row in it, so its commit is the decision. Its deferred triggers run first under the session's role
+    (SET CONSTRAINTS ALL IMMEDIATE: the reference tables' queue goes to their copies then, as at any
+    coordinator COMMIT). Then COMMIT PREPARED on the workers. None: committed; else what failed (all of
+    it rolled back), or the ErrorResponse for the client. ``first``: a statement the coordinator runs first."""
+    coord = participants[coordinator]
+    workers = {node: conn for node, conn in participants.items() if node != coordinator}
+    failed = await prepare_everywhere(gid, workers, drop_worker)
+    if failed is not None:
+        if (await run_everywhere([coord], "ROLLBACK"))[0] is None:
+            drop_worker(coordinator)
+        return failed
+    statement = "; ".join(s for s in (first, "SET CONSTRAINTS ALL IMMEDIATE", "RESET ROLE",
+                                      decision_insert(gid, list(workers)), "COMMIT") if s)
+    try:
+        reply = await coord.exchange(statement)
+    except BackendError as exc:
+        drop_worker(coordinator)
+        return p.error_response(COMPLETION_UNKNOWN, f"pgfleet router: the coordinator connection was lost while the "
+                                f"transaction committed there ({exc}); its outcome is unknown until recovery reads the "
+                                "decision (commit if it was recorded, else abort)", severity="ERROR",
+                                hint="check the rows before retrying").encode()
+    failure = first_error(reply)
+    if failure is None and tags(reply)[-1:] == ["COMMIT"]:
+        await commit_decided(gid, workers, drop_worker)
+        return None
+    if status_of(reply) != b"I" and (await run_everywhere([coord], "ROLLBACK"))[0] is None:
+        drop_worker(coordinator)
+    await run_everywhere(list(workers.values()), f"ROLLBACK PREPARED {literal(gid)}")
+    if failure is not None and failure.sqlstate == UNIQUE_VIOLATION and "commit_decisions" in (failure.message or ""):
+        failure = None  # recovery decided 'abort' first
+        why = "recovery aborted this transaction while its commit was delayed"
+    else:
+        why = "the coordinator did not commit it"
+    return failure.encode() if failure is not None else p.error_response(
+        TRANSACTION_ROLLBACK, f"pgfleet router: the transaction was rolled back: {why}", severity="ERROR",
+        hint="retry the transaction").encode()
 
 
 @dataclass

@@ -17,24 +17,37 @@ participant, COMMIT of a failed transaction answers ROLLBACK. A statement that n
 once the transaction wrote on a worker (or holds a REPEATABLE READ snapshot there) is refused with 0A000
 (the transaction becomes failed), as is a Query string with several statements: the router never gives
 a stale or partial view. After plain SELECTs only, in READ COMMITTED, the transaction moves to the
-coordinator instead."""
+coordinator instead. A write to a reference table is the exception (:mod:`.refpart`): the coordinator
+joins the transaction as one more participant and commits last, carrying the commit decision."""
 
 from __future__ import annotations
 
+import asyncio
 import logging
-from collections.abc import Callable, Coroutine, Sequence
-from dataclasses import dataclass, field
-from typing import Any, Protocol
+from collections.abc import Callable, Coroutine
+from typing import Any
 
 from psycopg import sql
 
 from . import protocol as p
 from .routes import MultiShard, Shard
 from .backend import BackendError, WorkerConnection
-from .logical import LogicalNames
+from .refcopies import DISARM, arm, before_completion, write_copies
+from .refpart import ReferenceWrite, reads_table
 from .routing import Decision
 from .stats import RouterStats
-from .twophase import TwoPhase, commit_prepared, first_error, messages, prepare_everywhere, run_everywhere, status_of, tags
+from .twophase import (
+    TwoPhase,
+    Unprepared,
+    commit_on_coordinator,
+    commit_prepared,
+    first_error,
+    messages,
+    prepare_everywhere,
+    run_everywhere,
+    status_of,
+    tags,
+)
 from .txnreply import (
     ACTIVE_TRANSACTION,
     CONNECTION_FAILURE,
@@ -51,50 +64,10 @@ from .txnreply import (
     without_setup,
 )
 from .txnplan import Finish, PlanInTransaction, in_transaction_status, runs_in_transaction
-from .txnstmt import BeginOptions, Control, Kind, control, reads_only
+from .txnstmt import Control, Kind, control
+from .txnstate import UNCHECKED_LIMIT, CopyRequest, Host, Transaction
 
 log = logging.getLogger(__name__)
-
-UNCHECKED_LIMIT = 64  # statements kept unparsed before checking whether they wrote
-
-
-class Host(Protocol):
-    """What the state machine needs of its client session."""
-
-    user: str
-    superuser: bool
-    running_on: WorkerConnection | None
-
-    def write(self, data: bytes) -> None: ...  # to the client
-    def role_on(self, conn: WorkerConnection) -> str: ...  # the role statements run as on that connection
-    def pin(self) -> bool: ...  # always False
-    def route(self, sql: str) -> Decision | None: ...  # None: analysis failed
-    async def worker(self, node: str) -> WorkerConnection: ...
-    def drop_worker(self, node: str) -> None: ...
-    def pace(self, conns: Sequence[WorkerConnection]) -> None: ...  # pause them while the client is full
-    def to_coordinator(self, setup: str, raw: bytes) -> None: ...  # setup's answer is not relayed
-    def spawn(self, coro: Coroutine[Any, Any, None]) -> None: ...
-    def resume(self) -> None: ...  # the statement is answered: go on with what the client sent meanwhile
-    def logical(self) -> LogicalNames | None: ...  # a routed reply in the logical tables' names and oids
-    def refuse(self, sqlstate: str, message: str, hint: str | None = None) -> None: ...  # error, then close
-
-
-@dataclass
-class Transaction:
-    options: BeginOptions
-    participants: dict[str, WorkerConnection] = field(default_factory=dict)  # by node, in joining order
-    savepoints: list[str] = field(default_factory=list)
-    failed: bool = False
-    wrote: bool = False  # a statement on a worker may have written or locked rows
-    unchecked: list[str] = field(default_factory=list)  # statements run on workers, not yet checked for writes
-
-    def has_written(self) -> bool:
-        """Whether a statement run on a worker may have written or locked rows (parsed only when asked)."""
-        if not self.wrote and self.unchecked:
-            self.wrote = not all(reads_only(text) for text in self.unchecked)
-            self.unchecked.clear()
-        return self.wrote
-
 
 class TransactionControl:
     def __init__(self, host: Host, stats: RouterStats, twophase: TwoPhase | None) -> None:
@@ -282,26 +255,33 @@ class TransactionControl:
             await self._prepare_and_commit(txn, ctl, twophase, gid)
 
     async def _prepare_and_commit(self, txn: Transaction, ctl: Control, twophase: TwoPhase, gid: str) -> None:
-        failed = await prepare_everywhere(gid, txn.participants, self.host.drop_worker)
-        if failed is not None:
-            self.txn = None
-            self.host.write((failed.error.encode() if failed.error is not None else error(
-                CONNECTION_FAILURE if failed.lost else TRANSACTION_ROLLBACK,
-                f"pgfleet router: the transaction could not be prepared on worker {', '.join(failed.refused)}; "
-                "it was rolled back", "retry the transaction")) + ready("I"))
-            return
-        settled = await commit_prepared(twophase, gid, txn.participants, self.host.drop_worker)
-        if settled is None:
+        outcome: Unprepared | bytes | None
+        if txn.coordinator in txn.participants:  # a reference-table write joined it: the coordinator commits last
+            assert txn.coordinator is not None
+            outcome = await commit_on_coordinator(gid, txn.coordinator, txn.participants, self.host.drop_worker,
+                                                  DISARM if txn.copies_armed else "")
+        else:
+            outcome = await prepare_everywhere(gid, txn.participants, self.host.drop_worker)
+            if outcome is None:
+                outcome = await commit_prepared(twophase, gid, txn.participants, self.host.drop_worker)
+        if outcome is None:
             self.stats.two_phase_commits += 1
             self._end(txn, ctl, "COMMIT")  # decided: durable, recovery finishes what is left
-        else:
-            self.txn = None
-            self.host.write(settled + ready("I"))
+            return
+        self.txn = None
+        if isinstance(outcome, Unprepared):
+            outcome = outcome.error.encode() if outcome.error is not None else error(
+                CONNECTION_FAILURE if outcome.lost else TRANSACTION_ROLLBACK,
+                f"pgfleet router: the transaction could not be prepared on worker {', '.join(outcome.refused)}; "
+                "it was rolled back", "retry the transaction")
+        self.host.write(outcome + ready("I"))
 
     # --- other statements ----------------------------------------------------------------------------
     def _statement(self, txn: Transaction, text: str, raw: bytes) -> None:
         decision = self.host.route(text)
         plan = decision.route if decision is not None and decision.keeps_state else None
+        if (runs_in_transaction(plan) or isinstance(plan, Shard)) and self.refused_stale(txn, text):
+            return
         if runs_in_transaction(plan) and (self.twophase is not None or not plan.writes):
             assert decision is not None
             self._background(lambda: self._multishard(txn, plan, decision, text, raw))
@@ -311,18 +291,22 @@ class TransactionControl:
                 self._fail(txn, NOT_SUPPORTED, "pgfleet router: this router cannot commit over several workers")
                 return
             self._background(lambda: self._on_worker(txn, route, text, raw))
-        elif (move := self.elsewhere(txn, decision, raw)) is not None:
+        elif (move := self.elsewhere(txn, decision, raw, text)) is not None:
             self._background(lambda: move)
 
-    def elsewhere(self, txn: Transaction, decision: Decision | None,
-                  raw: bytes) -> Coroutine[Any, Any, None] | None:
+    def elsewhere(self, txn: Transaction, decision: Decision | None, raw: bytes,
+                  text: str | None = None) -> Coroutine[Any, Any, None] | None:
         """A statement the workers cannot run in this transaction: the coordinator takes the transaction when
-        nothing ran on workers yet, or when only reads ran there in READ COMMITTED; else it is refused. The
-        move of a transaction that read on workers needs a round trip: it is returned, for the caller to run
-        in the background or to await when it runs there already."""
+        nothing ran on workers yet, or when only reads ran there in READ COMMITTED; it joins the transaction
+        for a reference-table write (``text``) after writes on workers; else the statement is refused. A
+        move or a join needs a round trip: it is returned, for the caller to run in the background or to
+        await when it runs there already."""
         if not txn.participants:
             self._coordinator_takes(txn, decision, raw)
         elif txn.has_written():
+            route = self.coordinator_joins(txn, text) if text is not None else None
+            if route is not None:
+                return self._on_worker(txn, route[0], text or "", raw, route[1])
             self._needs_coordinator(txn, decision, "wrote on")
         else:
             return self._move_to_coordinator(txn, decision, raw)
@@ -377,6 +361,73 @@ class TransactionControl:
             raise BackendError(f"worker {node} refused to join the transaction: {failure.message}")
         return conn
 
+    def coordinator_joins(self, txn: Transaction, text: str) -> tuple[Shard, ReferenceWrite] | None:
+        """The route of a reference-table write on the coordinator as a participant (:mod:`.refpart`), which
+        the transaction records; None when ``text`` is not one or nothing could commit it."""
+        found = self.host.coordinator_part(text) if self.twophase is not None else None
+        if found is not None:
+            txn.coordinator = found[0].node
+        return found
+
+    def copies_setup(self, txn: Transaction, conn: WorkerConnection, write: ReferenceWrite) -> tuple[list[str], bool]:
+        """What the coordinator runs before a reference-table write, and whether the router writes the copies
+        itself (:mod:`.refcopies`; its login must be a superuser for that) rather than the table's trigger."""
+        if write.copies and conn.superuser:
+            txn.copies_armed = True
+            return [arm(write)], True
+        txn.reference_written |= {write.table}
+        return [DISARM] if txn.copies_armed else [], False
+
+    async def write_copies(self, txn: Transaction, write: ReferenceWrite, reply: bytes,
+                           request_for: CopyRequest) -> bytes | None:
+        """After the coordinator wrote a reference table with ``reply``: the same write on every copy, on the
+        transaction's connections (:mod:`.refcopies`); a worker that joins the transaction gets its setup in
+        the same round trip. The client's reply; None when a connection was lost (the transaction is over,
+        and the client told)."""
+        async def lease(node: str) -> tuple[WorkerConnection, list[str]]:
+            conn = txn.participants.get(node)
+            if conn is not None:
+                return conn, []
+            conn = await self.host.worker(node)
+            txn.participants[node] = conn  # from now on it is rolled back with the transaction
+            return conn, self._setup(txn, conn)
+
+        leased = await asyncio.gather(*(lease(node) for node in write.copies), return_exceptions=True)
+        conns: list[WorkerConnection] = []
+        requests = []
+        for node, got in zip(write.copies, leased, strict=True):
+            if isinstance(got, BaseException):
+                if not isinstance(got, BackendError):
+                    raise got
+                await self._lost(txn, node)
+                return None
+            conns.append(got[0])
+            requests.append(request_for(*got))
+        done = await write_copies(write, conns, [request for request, _ in requests], reply)
+        if done.lost:
+            await self._lost(txn, done.lost[0])
+            return None
+        if done.failure is not None:
+            txn.failed = True
+            return before_completion(reply) + done.failure + ready("E")
+        for _, parsed in requests:
+            if parsed is not None:
+                parsed()
+        self.stats.reference_copies_written += 1
+        return reply
+
+    def refused_stale(self, txn: Transaction, text: str) -> bool:
+        """Whether ``text``, to run on workers, reads a reference table that this transaction wrote on the
+        coordinator (the workers' copies change only at COMMIT): then it is refused and the transaction fails."""
+        table = reads_table(text, txn.reference_written) if txn.reference_written else None
+        if table is None:
+            return False
+        self._fail(txn, NOT_SUPPORTED, f"pgfleet router: this transaction wrote reference table {table[0]}.{table[1]} "
+                   "on the coordinator; this statement would read it on a worker, whose copy changes only at COMMIT",
+                   "read the table before writing it in the transaction, or commit first; a transaction whose first "
+                   "statement writes the reference table runs on the coordinator and sees its own writes everywhere")
+        return True
+
     def _needs_coordinator(self, txn: Transaction, decision: Decision | None, what: str) -> None:
         reason = getattr(decision.route, "reason", "") if decision is not None else ""
         self._fail(txn, NOT_SUPPORTED,
@@ -424,7 +475,9 @@ class TransactionControl:
         setup += [f"SAVEPOINT {sql.Identifier(s).as_string()}" for s in txn.savepoints]
         return setup
 
-    async def _on_worker(self, txn: Transaction, route: Shard, route_text: str, raw: bytes) -> None:
+    async def _on_worker(self, txn: Transaction, route: Shard, route_text: str, raw: bytes,
+                         write: ReferenceWrite | None = None) -> None:
+        """``write``: the statement is a reference-table write on the coordinator (:mod:`.refcopies`)."""
         conn = txn.participants.get(route.node)
         setup: list[str] = []
         if conn is None:
@@ -439,9 +492,10 @@ class TransactionControl:
                                "roll back (to a savepoint) and retry")
                 return
             setup = self._setup(txn, conn)
+        before, copies = self.copies_setup(txn, conn, write) if write is not None else ([], False)
         self.host.running_on = conn
         try:
-            text = ";\n".join([*setup, route.sql]) if setup else route.sql  # the statement last: a -- comment ends it
+            text = ";\n".join([*setup, *before, route.sql])  # the statement last: a -- comment ends it
             reply = await conn.exchange(text)
         except BackendError:
             await self._lost(txn, route.node)
@@ -450,12 +504,22 @@ class TransactionControl:
             self.host.running_on = None
         if setup:
             txn.participants[route.node] = conn
-            reply = without_setup(reply, len(setup))
-        names = self.host.logical()
+        if setup or before:
+            reply = without_setup(reply, len(setup) + len(before))
+        if copies and write is not None and status_of(reply) != b"E":
+            copied = await self.write_copies(txn, write, reply, lambda _, setup: (
+                p.Query(";\n".join([*setup, route.sql])).encode(), None))
+            if copied is None:
+                return
+            reply = copied
+        names = self.host.logical() if route.shard_index >= 0 else None  # the coordinator's names are logical
         if names is not None:
             reply = await names.shape(route, conn, reply, conn.flagged)
         self.stats.routed += 1
-        if not txn.wrote:
+        if route.shard_index < 0:
+            txn.wrote = True
+            self.stats.coordinator_parts += 1
+        elif not txn.wrote:
             txn.unchecked.append(route_text)
             if len(txn.unchecked) > UNCHECKED_LIMIT:
                 txn.has_written()

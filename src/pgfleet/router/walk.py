@@ -33,6 +33,18 @@ def children(node: ast.Node) -> Iterator[object]:
             yield value
 
 
+def walk(node: object) -> Iterator[ast.Node]:
+    """Every node below ``node`` (nodes, tuples and lists of them), ``node`` included."""
+    stack = [node]
+    while stack:
+        item = stack.pop()
+        if isinstance(item, tuple | list):
+            stack.extend(item)
+        elif isinstance(item, ast.Node):
+            yield item
+            stack.extend(children(item))
+
+
 def conjuncts(expr: ast.Node | None) -> list[ast.Node]:
     """The AND-ed conditions of a WHERE or ON expression, nested ANDs flattened."""
     if expr is None:

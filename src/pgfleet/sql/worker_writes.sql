@@ -89,6 +89,15 @@ DECLARE
     new_rows jsonb;
     same_keys bool;
 BEGIN
+    -- The router wrote every copy itself with this statement, in the same transaction (router/refcopies.py):
+    -- nothing to queue. Only a superuser session (the router's login) may ask for that.
+    IF current_setting('pgfleet.copies_written', true) = TG_RELID::text THEN
+        IF NOT (SELECT rolsuper FROM pg_catalog.pg_roles WHERE rolname = session_user) THEN
+            RAISE EXCEPTION 'pgfleet: pgfleet.copies_written is the router''s setting; this session may not use it'
+                USING ERRCODE = '42501', HINT = 'Reset it (RESET pgfleet.copies_written) and write the table again.';
+        END IF;
+        RETURN NULL;
+    END IF;
     IF TG_OP = 'TRUNCATE' THEN
         PERFORM pgfleet.queue_for_copies(TG_RELID, 'TRUNCATE %1$I.%2$I', NULL);
         RETURN NULL;
