@@ -120,23 +120,20 @@ class _CopyRun:
             self.host.drop_worker(shard.node)
             self._fail(shard, None)
         else:
-            pos = 0
-            for type_byte, start, end in marks:
-                if start > pos:
-                    self._data(messages[pos:start])
-                if type_byte == b"H" and not self.started and self.failure is None:
-                    self.host.stream(messages[start:end])
-                    self.started = True
-                elif type_byte == b"E":
-                    self._fail(shard, messages[start:end])
-                elif type_byte == b"C":
-                    tag = messages[start + 5:end - 1]
-                    self.rows += int(tag[5:]) if tag.startswith(b"COPY ") and tag[5:].isdigit() else 0
-                pos = end
-            if pos < len(messages):
-                self._data(messages if pos == 0 else messages[pos:])
+            wire.hand_on(messages, marks, self._data,
+                         lambda type_byte, start, end: self._message(shard, type_byte, messages[start:end]))
         if last and not done.done():
             done.set_result(None)
+
+    def _message(self, shard: Shard, type_byte: bytes, message: bytes) -> None:
+        if type_byte == b"H" and not self.started and self.failure is None:
+            self.host.stream(message)
+            self.started = True
+        elif type_byte == b"E":
+            self._fail(shard, message)
+        elif type_byte == b"C":
+            tag = message[5:-1]
+            self.rows += int(tag[5:]) if tag.startswith(b"COPY ") and tag[5:].isdigit() else 0
 
     def _data(self, data: bytes) -> None:
         if self.failure is None:

@@ -114,14 +114,8 @@ class StreamedRead:
         if messages is None:
             self.lost = self.lost or node.node
         else:
-            pos = 0
-            for type_byte, start, end in marks:
-                if start > pos:
-                    self._rows(node, messages[pos:start])
-                self._message(node, type_byte, messages, start, end)
-                pos = end
-            if pos < len(messages):
-                self._rows(node, messages if pos == 0 else messages[pos:])
+            wire.hand_on(messages, marks, lambda rows: self._rows(node, rows),
+                         lambda type_byte, start, end: self._message(node, type_byte, messages, start, end))
         if self._failed:
             self._release()
         if last:

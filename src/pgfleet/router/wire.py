@@ -309,6 +309,19 @@ def search_path_statuses(data: bytes) -> list[str]:
     return found
 
 
+def hand_on(piece: bytes, marks: list[tuple[bytes, int, int]], bulk: Callable[[bytes], None],
+            marked: Callable[[bytes, int, int], None]) -> None:
+    """A piece cut by :class:`MessageCutter`, in order: each run of unmarked messages to ``bulk`` as one
+    slice, each marked message to ``marked`` as (type, start, end) in ``piece``."""
+    pos = 0
+    for type_byte, start, end in marks:
+        if start > pos:
+            bulk(piece[pos:start])
+        marked(type_byte, start, end)
+        pos = end
+    if pos < len(piece):
+        bulk(piece if pos == 0 else piece[pos:])
+
 
 class MessageCutter:
     """Cuts a backend byte stream at message boundaries as it arrives, for a relay that forwards the bytes of
