@@ -4,9 +4,11 @@ without reconnecting; a session in a transaction or with session state ends as b
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import hashlib
 import hmac
+from typing import Any
 
 import psycopg
 import pytest
@@ -17,7 +19,9 @@ from test_roles import drop_role
 from pgfleet.cluster.fleet import Fleet
 from pgfleet.cluster.local import LocalCluster
 from pgfleet.spec import DistributeSpec, HashSpec, QualifiedName
-from pgfleet.router.reauth import ScramRecord, parse_secret
+from pgfleet.router.backend import WorkerConnection, WorkerLogin
+from pgfleet.router.process import local_routing
+from pgfleet.router.reauth import ScramRecord, SecretReader, parse_secret
 
 pytestmark = pytest.mark.cluster
 
@@ -101,3 +105,26 @@ def test_an_idle_session_goes_on_after_the_coordinator_restarts(fleet: Fleet, cl
     finally:
         conn.execute(sql.SQL("DROP OWNED BY {}").format(sql.Identifier(ROLE)))
         drop_role(fleet, ROLE)
+
+
+def test_sessions_of_one_role_share_one_secret_read(cluster: LocalCluster, monkeypatch: pytest.MonkeyPatch) -> None:
+    """At a failover every idle session is logged in again at once: the secrets are read with a few superuser
+    connections, one read per role at a time, not one connection per session."""
+    login = local_routing(cluster).coordinator_login()  # type: ignore[misc]
+    opened: list[WorkerLogin] = []
+    real_open = WorkerConnection.open
+
+    async def counting_open(login: WorkerLogin, *args: Any, **kwargs: Any) -> WorkerConnection:
+        opened.append(login)  # the real connection opens: only counted
+        return await real_open(login, *args, **kwargs)
+
+    monkeypatch.setattr(WorkerConnection, "open", counting_open)
+
+    async def many() -> list[str | None]:
+        reader = SecretReader()
+        return list(await asyncio.gather(*(reader.secret(cluster.spec.superuser, login) for _ in range(20)),
+                                         *(reader.secret("pgfleet_no_such_role", login) for _ in range(5))))
+
+    found = asyncio.run(many())
+    assert all(s is not None and s.startswith("SCRAM-SHA-256$") for s in found[:20]) and found[20:] == [None] * 5
+    assert len(opened) == 2

@@ -14,6 +14,7 @@ from typing import TYPE_CHECKING
 from . import wire
 from .keys import KeyAllocator, process_of
 from .pool import POOL_TIMEOUT, WorkerPools
+from .reauth import SecretReader
 from .routing import Routing
 from .stats import RouterStats
 from .twophase import DecisionStore, GidMaker
@@ -64,6 +65,7 @@ class RouterContext:
     others: dict[str, tuple[DatabaseRoute | None, float]] = field(default_factory=dict)  # by name: route, retry at
     on_new_route: Callable[[DatabaseRoute], None] | None = None  # the server starts its refresh loop
     gids: GidMaker = field(init=False)  # one per process: gids are unique on a worker server, across databases
+    secrets: SecretReader = field(default_factory=SecretReader)  # for sessions logged in again (reconnect.py)
     _loading: dict[str, asyncio.Future[DatabaseRoute | None]] = field(default_factory=dict)
 
     def __post_init__(self) -> None:

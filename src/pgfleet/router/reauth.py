@@ -13,6 +13,7 @@ one is replayed. Sessions that logged in any other way (md5, password, trust) en
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import hashlib
 import hmac
@@ -106,23 +107,52 @@ def parse_secret(secret: str) -> tuple[bytes, bytes] | None:
         return None
 
 
-async def keys_for(record: ScramRecord, user: str, login: WorkerLogin) -> ScramKeys | None:
-    """The keys to log ``user`` in with again, from the coordinator's ``pg_authid`` (read as the router's
-    superuser login); None when the role's secret is not SCRAM or no longer matches the proof."""
-    conn = await WorkerConnection.open(login)
-    try:
-        query = sql.SQL("SELECT rolpassword FROM pg_catalog.pg_authid WHERE rolname = {}").format(sql.Literal(user))
-        messages = await conn.request(query.as_string())
-    finally:
-        conn.close()
-    rows = [payload for type_byte, payload in messages if type_byte == b"D"]
-    if len(rows) != 1:
-        return None
-    reader = wire.Reader(rows[0], "DataRow")
-    if reader.int16() != 1:
-        return None
-    length = reader.int32()
-    secret = parse_secret(reader.data[reader.pos:reader.pos + length].decode()) if length >= 0 else None
+SECRET_READS = 2  # superuser connections one router process opens at once to read roles' secrets
+
+
+class SecretReader:
+    """Reads roles' SCRAM secrets from the coordinator's ``pg_authid`` (as the router's superuser login) for
+    sessions logged in again. A failover carries many idle sessions over at once: sessions of one role that
+    ask at the same time share one read, and at most :data:`SECRET_READS` connections are open at once, so
+    the new primary does not get one superuser connection per session."""
+
+    def __init__(self) -> None:
+        self._reads: dict[tuple[str, str, int], asyncio.Future[str | None]] = {}
+        self._slots: asyncio.Semaphore | None = None  # made in the event loop
+
+    async def secret(self, user: str, login: WorkerLogin) -> str | None:
+        """The role's ``rolpassword`` (None: no such role, or no password); raises BackendError."""
+        key = (user, login.host, login.port)
+        read = self._reads.get(key)
+        if read is None:
+            read = self._reads[key] = asyncio.ensure_future(self._read(user, login))
+            read.add_done_callback(lambda _: self._reads.pop(key, None))
+        return await asyncio.shield(read)
+
+    async def _read(self, user: str, login: WorkerLogin) -> str | None:
+        if self._slots is None:
+            self._slots = asyncio.Semaphore(SECRET_READS)
+        async with self._slots:
+            conn = await WorkerConnection.open(login)
+            try:
+                query = sql.SQL("SELECT rolpassword FROM pg_catalog.pg_authid WHERE rolname = {}").format(sql.Literal(user))
+                messages = await conn.request(query.as_string())
+            finally:
+                conn.close()
+        rows = [payload for type_byte, payload in messages if type_byte == b"D"]
+        if len(rows) != 1:
+            return None
+        reader = wire.Reader(rows[0], "DataRow")
+        if reader.int16() != 1:
+            return None
+        length = reader.int32()
+        return reader.data[reader.pos:reader.pos + length].decode() if length >= 0 else None
+
+
+def keys_for(record: ScramRecord, rolpassword: str | None) -> ScramKeys | None:
+    """The keys to log the client of ``record`` in with again; None when the role's secret is not SCRAM or
+    no longer matches the proof."""
+    secret = parse_secret(rolpassword) if rolpassword is not None else None
     if secret is None:
         return None
     client_key = record.client_key(secret[0])

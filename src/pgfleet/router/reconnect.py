@@ -105,7 +105,7 @@ async def log_in_again(session: ClientSession) -> tuple[WorkerConnection, Addres
     deadline = loop.time() + RECONNECT_SECONDS
     while True:
         try:
-            keys = await keys_for(session.scram, session.user, routing.coordinator_login())
+            keys = keys_for(session.scram, await session.context.secrets.secret(session.user, routing.coordinator_login()))
             if keys is None:
                 log.info("session of %s: the role's SCRAM secret no longer matches; the session ends", session.user)
                 return None
