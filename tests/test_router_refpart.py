@@ -41,6 +41,7 @@ def tables(fleet: Fleet, schema: str) -> str:
     conn.execute("INSERT INTO zone SELECT g, 0 FROM generate_series(1, 3) g")
     conn.execute("CREATE FUNCTION zone_touch() RETURNS trigger LANGUAGE plpgsql AS $$ BEGIN RETURN NEW; END $$")
     conn.execute("CREATE TRIGGER zone_touch BEFORE UPDATE ON zone FOR EACH ROW EXECUTE FUNCTION zone_touch()")
+    conn.execute("CREATE TABLE journal (id bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY, note text)")  # plain
     fleet.distribute(DistributeSpec(QualifiedName(schema, "acct"), "id", HashSpec(4)))
     fleet.reference(ReferenceSpec(QualifiedName(schema, "branch")))
     fleet.reference(ReferenceSpec(QualifiedName(schema, "zone")))
@@ -263,6 +264,31 @@ def test_pgbench_tpcb_with_reference_branches_and_tellers(cluster: LocalCluster,
         conn.execute(drop)
 
 
+def test_a_coordinator_table_written_after_worker_writes_joins_too(cluster: LocalCluster, router: RouterServer,
+                                                                   tables: str) -> None:
+    """pgbench's TPC-B with pgbench_history left on the coordinator: a plain table of the coordinator's,
+    written after the workers, commits with them (or not at all)."""
+    with connect(cluster, router.config.port, tables) as conn, \
+            connect(cluster, cluster.spec.coordinator.port, tables) as direct:
+        for end in ("ROLLBACK", "COMMIT"):
+            run(conn, "BEGIN")
+            run(conn, "UPDATE acct SET balance = balance - 1 WHERE id = 5")
+            run(conn, "UPDATE branch SET total = total + 1 WHERE id = 1")
+            assert run(conn, f"INSERT INTO journal (note) VALUES ('{end}') RETURNING note") == [(end,)]
+            run(conn, end)
+        assert state(direct) == (ACCOUNTS * 100 - 1, 1, "b1,b2,b3")
+        assert run(direct, "SELECT note FROM journal") == [("COMMIT",)]
+        # a plain table with a trigger of its own could do anything there: refused after worker writes
+        run(direct, "CREATE TRIGGER zone_touch BEFORE UPDATE ON journal FOR EACH ROW EXECUTE FUNCTION zone_touch()")
+        time.sleep(2.5)  # the router's next refresh
+        run(conn, "BEGIN")
+        run(conn, "UPDATE acct SET balance = balance - 1 WHERE id = 5")
+        with pytest.raises(psycopg.errors.FeatureNotSupported, match="needs the coordinator"):
+            run(conn, "INSERT INTO journal (note) VALUES ('no')")
+        run(conn, "ROLLBACK")
+    assert prepared_everywhere(cluster) == 0
+
+
 # --- pure: which statements join, which are refused ---------------------------------------------------
 def topology() -> RoutingTopology:
     copies = tuple(Shard(shard_id=i, table_oid=1, index=0, node=node, shard_schema="public", shard_table="branch",
@@ -270,7 +296,9 @@ def topology() -> RoutingTopology:
     ref = RoutedTable(oid=1, name=QualifiedName("public", "branch"), method="reference", key=None, colocation_id=None,
                       shards=copies, columns=("id", "total", "name"), statement_copies=True)
     dist = RoutedTable(oid=2, name=QualifiedName("public", "acct"), method="hash", key="id", colocation_id=1)
-    return RoutingTopology(tables=(ref, dist), relations=frozenset({("public", "plain"), ("public", "branch_view")}))
+    return RoutingTopology(tables=(ref, dist), relations=frozenset({("public", "plain"), ("public", "branch_view"),
+                                                                   ("public", "hist")}),
+                           local_tables=frozenset({("public", "hist")}))
 
 
 @pytest.mark.parametrize(("statement", "joins"), [
@@ -296,13 +324,20 @@ def topology() -> RoutingTopology:
     ("WITH x AS (SELECT 1) UPDATE branch SET total = 1", False),
     ("SELECT * FROM branch", False),
     ("UPDATE branch SET total = 1; UPDATE branch SET total = 2", False),
+    ("UPDATE branch SET total = (SELECT count(*) FROM hist)", "trigger"),  # the copies have no hist
+    ("INSERT INTO hist VALUES (1, now())", "local"),
+    ("DELETE FROM hist h USING branch b WHERE h.id = b.id", "local"),
+    ("INSERT INTO hist SELECT * FROM acct", False),  # reads a distributed table
+    ("INSERT INTO plain VALUES (1)", False),  # a relation with triggers or rules of its own, or a view
 ])
 def test_which_statements_the_coordinator_joins_for(statement: str, joins: str | bool) -> None:
     found = coordinator_part(statement, topology(), ("public",))
     if not joins:
         assert found is None
+    elif joins == "local":
+        assert found is not None and found.local and found.table == ("public", "hist") and not found.copies
     else:
-        assert found is not None and found.table == ("public", "branch") and found.oid == 1
+        assert found is not None and found.table == ("public", "branch") and found.oid == 1 and not found.local
         assert found.copies == (("w1", "w2") if joins == "copies" else ())
 
 

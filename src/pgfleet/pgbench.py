@@ -10,10 +10,12 @@ from .cluster.local import LocalCluster
 from .proc import run
 
 
-def run_pgbench(local: LocalCluster, node: str, args: list[str], script: str | None = None) -> dict[str, float]:
-    """Run pgbench against ``node`` of ``local`` (password in the environment, never in argv)."""
+def run_pgbench(local: LocalCluster, node: str, args: list[str], script: str | None = None,
+                port: int | None = None) -> dict[str, float]:
+    """Run pgbench against ``node`` of ``local`` (password in the environment, never in argv); ``port``: at
+    that port instead (a router in front of the node), as the node's user."""
     ep = local.endpoint(node)
-    argv = [local.binaries.path("pgbench"), "-h", ep.host, "-p", str(ep.port), "-U", ep.user, *args]
+    argv = [local.binaries.path("pgbench"), "-h", ep.host, "-p", str(port or ep.port), "-U", ep.user, *args]
     env = {"PGPASSWORD": ep.password or "", "PGDATABASE": ep.dbname}
     if script is not None:
         with tempfile.NamedTemporaryFile("w", suffix=".sql", delete=False) as handle:

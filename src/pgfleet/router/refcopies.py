@@ -25,7 +25,7 @@ from dataclasses import dataclass
 
 from . import protocol as p
 from .backend import BackendError, WorkerConnection
-from .refpart import ReferenceWrite
+from .refpart import CoordinatorWrite
 from .twophase import first_error, messages, tags
 
 COPIES_SETTING = "pgfleet.copies_written"
@@ -33,7 +33,7 @@ DISARM = f"SET LOCAL {COPIES_SETTING} = ''"
 COPIES_DIFFER = "XX000"
 
 
-def arm(write: ReferenceWrite) -> str:
+def arm(write: CoordinatorWrite) -> str:
     """What the coordinator runs before the statement (an oid: no quoting needed)."""
     return f"SET LOCAL {COPIES_SETTING} = '{int(write.oid)}'"
 
@@ -55,7 +55,7 @@ class CopiesDone:
     lost: tuple[str, ...] = ()  # nodes whose connection broke
 
 
-async def write_copies(write: ReferenceWrite, conns: Sequence[WorkerConnection], requests: Sequence[bytes],
+async def write_copies(write: CoordinatorWrite, conns: Sequence[WorkerConnection], requests: Sequence[bytes],
                        coordinator_reply: bytes) -> CopiesDone:
     """Run each copy's request (conns in ``write.copies`` order) at once, and check each against the
     coordinator's reply."""
@@ -75,11 +75,12 @@ async def write_copies(write: ReferenceWrite, conns: Sequence[WorkerConnection],
         error = first_error(reply)
         if error is not None:
             return CopiesDone(error.encode())
-        if tags(reply)[-1:] != expected:
+        got = tags(reply)[-1:]
+        if got != expected:
             schema, table = write.table
             return CopiesDone(p.error_response(
                 COPIES_DIFFER, f"pgfleet router: the copies of reference table {schema}.{table} differ: the "
                 f"coordinator's table gave {' '.join(expected) or 'nothing'}, the copy on {node} "
-                f"{' '.join(tags(reply)[-1:]) or 'nothing'}; the statement was not applied", severity="ERROR",
+                f"{' '.join(got) or 'nothing'}; the statement was not applied", severity="ERROR",
                 hint="roll the transaction back; compare the copies with the coordinator's table").encode())
     return CopiesDone(None)

@@ -28,7 +28,7 @@ from .walk import SAFE_FUNCTIONS, walk
 TableName = tuple[str, str]  # (schema, name)
 
 # Functions that give the same value for the same arguments on every node (no clock, no settings, no
-# order of rows): a statement calling only these may run as it is on every copy (see ReferenceWrite).
+# order of rows): a statement calling only these may run as it is on every copy (see CoordinatorWrite).
 DETERMINISTIC_FUNCTIONS = frozenset({
     "count", "min", "max", "bool_and", "bool_or", "every", "abs", "round", "trunc", "floor", "ceil", "ceiling",
     "mod", "power", "sqrt", "lower", "upper", "length", "char_length", "octet_length", "substr", "substring",
@@ -40,19 +40,23 @@ DETERMINISTIC_FUNCTIONS = frozenset({
 
 
 @dataclass(frozen=True)
-class ReferenceWrite:
-    """A write to a reference table that the coordinator may run inside a router transaction."""
+class CoordinatorWrite:
+    """A write that the coordinator may run inside a router transaction: to a reference table, or to a plain
+    table of the coordinator's own (``local``)."""
 
     table: TableName
-    oid: int  # the coordinator's table
+    oid: int  # the coordinator's table (0 for a local one)
     # the worker nodes whose copies the router may write with the same statement (router/refcopies.py):
     # it calls only DETERMINISTIC_FUNCTIONS, takes no default, and nothing but pgfleet's trigger fires on the
     # table; () → the coordinator's trigger queues the written rows for the copies, applied at COMMIT
     copies: tuple[str, ...] = ()
+    local: bool = False  # a plain coordinator table: it has no copies
 
 
-def _resolve(node: ast.RangeVar, topology: RoutingTopology, search_path: tuple[str, ...]) -> RoutedTable | None:
-    """The reference table a name means (as the coordinator resolves it), None for anything else."""
+def _resolve(node: ast.RangeVar, topology: RoutingTopology,
+             search_path: tuple[str, ...]) -> RoutedTable | TableName | None:
+    """The reference table a name means (as the coordinator resolves it), a plain coordinator table's name
+    (see ``RoutingTopology.local_tables``), or None for anything else."""
     name = node.relname or ""
     schemas = (node.schemaname,) if node.schemaname else (
         search_path if "pg_catalog" in search_path else ("pg_catalog", *search_path))
@@ -61,13 +65,15 @@ def _resolve(node: ast.RangeVar, topology: RoutingTopology, search_path: tuple[s
             continue
         if topology.exists(schema, name):
             table = topology.table(schema, name)
-            return table if table is not None and table.is_reference else None
+            if table is not None:
+                return table if table.is_reference else None
+            return (schema, name) if (schema, name) in topology.local_tables else None
     return None
 
 
-def coordinator_part(sql: str, topology: RoutingTopology, search_path: tuple[str, ...]) -> ReferenceWrite | None:
-    """The write when ``sql`` is one INSERT, UPDATE or DELETE of a reference table that reads only reference
-    tables and calls only built-in functions without side effects; else None."""
+def coordinator_part(sql: str, topology: RoutingTopology, search_path: tuple[str, ...]) -> CoordinatorWrite | None:
+    """The write when ``sql`` is one INSERT, UPDATE or DELETE of a reference table or a plain coordinator table
+    that reads only such tables and calls only built-in functions without side effects; else None."""
     try:
         stmts = parse_sql(sql)
     except ParseError:
@@ -82,8 +88,11 @@ def coordinator_part(sql: str, topology: RoutingTopology, search_path: tuple[str
         return None
     deterministic = True
     for node in walk(stmt):
-        if isinstance(node, ast.RangeVar) and _resolve(node, topology, search_path) is None:
-            return None  # a distributed, plain or unknown table, or a view
+        if isinstance(node, ast.RangeVar):
+            found = _resolve(node, topology, search_path)
+            if found is None:
+                return None  # a distributed or unknown table, a view, a table with triggers of its own
+            deterministic = deterministic and not isinstance(found, tuple)  # the copies cannot read a local table
         if isinstance(node, ast.RangeFunction | ast.CurrentOfExpr):
             return None
         if isinstance(node, ast.FuncCall):
@@ -95,13 +104,15 @@ def coordinator_part(sql: str, topology: RoutingTopology, search_path: tuple[str
             deterministic = False  # CURRENT_TIMESTAMP, …, DEFAULT: evaluated on each node
         elif isinstance(node, ast.SelectStmt) and (node.limitCount is not None or node.limitOffset is not None):
             deterministic = False  # which rows a LIMIT keeps depends on each copy's order
+    if isinstance(target, tuple):
+        return CoordinatorWrite(target, 0, local=True)
     if isinstance(stmt, ast.InsertStmt):  # every column given, so no column takes its default
         given = [c.name for c in stmt.cols] if stmt.cols else list(target.columns)
         rows = stmt.selectStmt.valuesLists if isinstance(stmt.selectStmt, ast.SelectStmt) else None
         deterministic = deterministic and sorted(given) == sorted(target.columns) and bool(rows) \
             and all(len(row) == len(given) for row in rows or ())
     copies = tuple(sorted({s.node for s in target.shards})) if deterministic and target.statement_copies else ()
-    return ReferenceWrite((target.schema, target.relname), target.oid, copies)
+    return CoordinatorWrite((target.schema, target.relname), target.oid, copies)
 
 
 @functools.lru_cache(maxsize=512)

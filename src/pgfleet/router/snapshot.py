@@ -46,6 +46,8 @@ class RoutedTable(DistTable):
 class RoutingTopology:
     tables: tuple[RoutedTable, ...]
     relations: frozenset[tuple[str, str]] = field(default=frozenset())  # every (schema, name) on the coordinator
+    # the coordinator's plain tables without triggers or rules of their own (not distributed or reference)
+    local_tables: frozenset[tuple[str, str]] = field(default=frozenset())
     roles_fingerprint: str = ""  # pgfleet.roles_fingerprint(): the coordinator's roles, memberships, privileges
     coordinator: str = ""  # the coordinator's node name (a login for it: Routing.login), '' when unknown
 

@@ -21,7 +21,7 @@ class RouterStats:
     worker_transactions: int = 0  # transactions that ran on one worker (plain COMMIT or ROLLBACK there)
     coordinator_transactions: int = 0  # transactions the router began on the coordinator (first statement not routable)
     two_phase_commits: int = 0  # transactions committed on several workers with PREPARE / COMMIT PREPARED
-    coordinator_parts: int = 0  # reference-table writes the coordinator ran inside a router transaction (refpart.py)
+    coordinator_parts: int = 0  # reference-table writes the coordinator ran in a router transaction (refpart.py)
     reference_copies_written: int = 0  # of those, written on every copy by the router itself (refcopies.py)
     recovered_commits: int = 0  # prepared transactions recovery committed (the decision was 'commit')
     recovered_aborts: int = 0  # prepared transactions recovery rolled back (no decision: 'abort' written)

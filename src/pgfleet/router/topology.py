@@ -32,6 +32,16 @@ WHERE c.oid = ANY(%s::oid[])
   AND NOT EXISTS (SELECT FROM pg_constraint f WHERE f.contype = 'f' AND f.confrelid = c.oid)
 """
 
+# The coordinator's own tables that a router transaction may write there (router/refpart.py): plain tables
+# of the user's, on which nothing but PostgreSQL's internal triggers fires.
+_LOCAL_TABLES = """
+SELECT n.nspname, c.relname FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
+WHERE c.relkind = 'r' AND NOT c.relispartition AND c.oid <> ALL(%s::oid[])
+  AND n.nspname NOT IN ('pg_catalog', 'information_schema', 'pgfleet') AND n.nspname NOT LIKE 'pg\\_%%'
+  AND NOT EXISTS (SELECT FROM pg_trigger t WHERE t.tgrelid = c.oid AND NOT t.tgisinternal)
+  AND NOT EXISTS (SELECT FROM pg_rewrite r WHERE r.ev_class = c.oid)
+"""
+
 # Everything FROM can name: tables, views, materialized views, foreign and partitioned tables, sequences.
 _RELATIONS = """
 SELECT n.nspname, c.relname FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
@@ -61,6 +71,8 @@ def load_routing_topology(conn: Conn) -> RoutingTopology:
                                   attnums=tuple(a for _, _, a in cols), row_security=t.oid in secured,
                                   collated=tuple(collated.get(t.oid, ())), statement_copies=t.oid in plain))
     relations = frozenset((str(r[0]), str(r[1])) for r in conn.execute(_RELATIONS).fetchall())
+    local = frozenset((str(r[0]), str(r[1])) for r in conn.execute(_LOCAL_TABLES, (oids,)).fetchall())
     row = conn.execute("SELECT pgfleet.roles_fingerprint()").fetchone()
-    return RoutingTopology(tables=tuple(tables), relations=relations, roles_fingerprint=str(row[0]) if row else "",
+    return RoutingTopology(tables=tuple(tables), relations=relations, local_tables=local,
+                           roles_fingerprint=str(row[0]) if row else "",
                            coordinator=topo.coordinator.name if topo.coordinator is not None else "")
