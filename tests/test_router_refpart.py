@@ -5,6 +5,7 @@ trigger does at COMMIT."""
 
 from __future__ import annotations
 
+import re
 import time
 from collections.abc import Iterator
 from typing import Any
@@ -287,6 +288,33 @@ def test_a_coordinator_table_written_after_worker_writes_joins_too(cluster: Loca
             run(conn, "INSERT INTO journal (note) VALUES ('no')")
         run(conn, "ROLLBACK")
     assert prepared_everywhere(cluster) == 0
+
+
+def test_a_catalog_from_before_leaves_the_copies_to_its_trigger(cluster: LocalCluster, fleet: Fleet,
+                                                                router: RouterServer, tables: str) -> None:
+    """A coordinator whose catalog predates pgfleet.copies_written: its trigger would queue the rows too,
+    so the router leaves every copy to it."""
+    conn = fleet.conn()
+    row = conn.execute("SELECT pg_get_functiondef('pgfleet.reference_replicate()'::regprocedure)").fetchone()
+    assert row is not None
+    source = str(row[0])
+    older = re.sub(r"    -- The router wrote every copy.*?\n    END IF;\n", "", source, flags=re.S)
+    assert older != source and "copies_written" not in older
+    routing = router.context.routing
+    assert routing is not None
+    try:
+        conn.execute(older.encode())
+        routing.refresh()
+        with connect(cluster, router.config.port, tables) as client:
+            run(client, "BEGIN")
+            run(client, "UPDATE acct SET balance = balance + 1 WHERE id = 1")
+            run(client, "INSERT INTO branch VALUES (7, 7, 'seven')")
+            run(client, "COMMIT")
+        assert router.context.stats.coordinator_parts == 1 and router.context.stats.reference_copies_written == 0
+        assert copies(fleet, tables, "SELECT total FROM {copy} WHERE id = 7") == {(7,)}
+    finally:
+        conn.execute(source.encode())
+        routing.refresh()
 
 
 # --- pure: which statements join, which are refused ---------------------------------------------------

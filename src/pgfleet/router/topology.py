@@ -22,10 +22,14 @@ ORDER BY a.attrelid, a.attnum
 
 _ROW_SECURITY = "SELECT oid::bigint FROM pg_class WHERE oid = ANY(%s::oid[]) AND relrowsecurity"
 
-# Reference tables that a statement can write as it writes the coordinator's table: nothing else fires.
+# Reference tables that a statement can write as it writes the coordinator's table: nothing else fires,
+# and the catalog's trigger knows pgfleet.copies_written (a catalog installed before it would queue the rows
+# as well: they would reach the copies twice).
 _STATEMENT_COPIES = """
 SELECT c.oid::bigint FROM pg_class c
 WHERE c.oid = ANY(%s::oid[])
+  AND EXISTS (SELECT FROM pg_proc p WHERE p.oid = 'pgfleet.reference_replicate()'::regprocedure
+              AND p.prosrc LIKE '%%pgfleet.copies_written%%')
   AND NOT EXISTS (SELECT FROM pg_trigger t WHERE t.tgrelid = c.oid AND NOT t.tgisinternal
                   AND t.tgfoid <> 'pgfleet.reference_replicate()'::regprocedure)
   AND NOT EXISTS (SELECT FROM pg_rewrite r WHERE r.ev_class = c.oid)
