@@ -376,3 +376,18 @@ def test_pgbench_tpcb_through_the_router(cluster: LocalCluster, fleet: Fleet, ro
     finally:
         conn.execute("DROP TABLE IF EXISTS public.pgbench_accounts, public.pgbench_branches, public.pgbench_tellers, "
                      "public.pgbench_history")
+
+
+def test_ddl_after_reads_in_a_transaction_commits(cluster: LocalCluster, router: RouterServer, accounts: str) -> None:
+    """Through the coordinator, ALTER TABLE after reading the table in the same transaction waits for the
+    transaction's own postgres_fdw locks and fails with 55P03 (README, Limits). Through the router the reads
+    ran on pooled worker connections in READ COMMITTED: the transaction moves to the coordinator at the ALTER,
+    the workers' parts ended, and it commits."""
+    with connect(cluster, router.config.port, accounts) as conn, \
+            connect(cluster, cluster.spec.coordinator.port, accounts) as direct:
+        run(conn, "BEGIN")
+        assert balance(conn, 5) == BALANCE
+        assert run(conn, "SELECT count(*) FROM acct") == [(ACCOUNTS,)]  # every shard, scattered
+        run(conn, "ALTER TABLE acct ADD COLUMN flag int DEFAULT 1")
+        run(conn, "COMMIT")
+        assert run(direct, "SELECT flag FROM acct WHERE id = 5") == [(1,)]
