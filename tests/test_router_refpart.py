@@ -290,6 +290,24 @@ def test_a_coordinator_table_written_after_worker_writes_joins_too(cluster: Loca
     assert prepared_everywhere(cluster) == 0
 
 
+def test_reads_of_reference_and_coordinator_tables_after_worker_writes(cluster: LocalCluster, router: RouterServer,
+                                                                    tables: str) -> None:
+    """An ORM that looks up a row of a reference table after writing a distributed one, in one transaction:
+    the coordinator answers as a participant and sees the transaction's own writes there."""
+    with connect(cluster, router.config.port, tables) as conn:
+        run(conn, "BEGIN")
+        run(conn, "UPDATE acct SET balance = balance - 1 WHERE id = 5")
+        assert run(conn, "SELECT name FROM branch WHERE id = 2") == [("b2",)]
+        run(conn, "UPDATE zone SET total = 9 WHERE id = 1")  # its copies change at COMMIT
+        assert run(conn, "SELECT z.total, b.name FROM zone z JOIN branch b USING (id) WHERE id = 1") == [(9, "b1")]
+        run(conn, "INSERT INTO journal (note) VALUES ('x')")
+        assert run(conn, "SELECT count(*), 1 + 1 FROM journal") == [(1, 2)]
+        with pytest.raises(psycopg.errors.FeatureNotSupported, match="needs the coordinator"):
+            run(conn, "SELECT count(*) FROM acct a JOIN journal j ON j.id = a.id")  # a distributed table too
+        run(conn, "ROLLBACK")
+    assert router.context.stats.coordinator_parts == 5
+
+
 def test_a_catalog_from_before_leaves_the_copies_to_its_trigger(cluster: LocalCluster, fleet: Fleet,
                                                                 router: RouterServer, tables: str) -> None:
     """A coordinator whose catalog predates pgfleet.copies_written: its trigger would queue the rows too,
@@ -350,18 +368,24 @@ def topology() -> RoutingTopology:
     ("UPDATE branch SET name = pg_sleep(1)::text", False),  # a function with side effects
     ("UPDATE branch SET total = 1 WHERE id = nextval('s')", False),
     ("WITH x AS (SELECT 1) UPDATE branch SET total = 1", False),
-    ("SELECT * FROM branch", False),
     ("UPDATE branch SET total = 1; UPDATE branch SET total = 2", False),
     ("UPDATE branch SET total = (SELECT count(*) FROM hist)", "trigger"),  # the copies have no hist
     ("INSERT INTO hist VALUES (1, now())", "local"),
     ("DELETE FROM hist h USING branch b WHERE h.id = b.id", "local"),
     ("INSERT INTO hist SELECT * FROM acct", False),  # reads a distributed table
     ("INSERT INTO plain VALUES (1)", False),  # a relation with triggers or rules of its own, or a view
+    ("SELECT b.name, h.id FROM branch b JOIN hist h USING (id) WHERE upper(b.name) = 'X'", "read"),
+    ("SELECT 1", "read"),
+    ("SELECT * FROM branch, acct", False),
+    ("SELECT nextval('s')", False),
+    ("SELECT * INTO newtab FROM branch", False),
 ])
 def test_which_statements_the_coordinator_joins_for(statement: str, joins: str | bool) -> None:
     found = coordinator_part(statement, topology(), ("public",))
     if not joins:
         assert found is None
+    elif joins == "read":
+        assert found is not None and found.reads and not found.copies
     elif joins == "local":
         assert found is not None and found.local and found.table == ("public", "hist") and not found.copies
     else:

@@ -56,7 +56,7 @@ from .pipeline import PipelineSplitter
 from .extmulti import ExtendedMultiShard
 from .exttxn import MAX_BATCH, ExtendedTransactions, after_setup, frames, role_setup, setup_messages, worker_request
 from .pool import PoolExhausted, exhausted_reply
-from .refpart import CoordinatorWrite
+from .refpart import CoordinatorPart
 from .routing import session_neutral
 from .twophase import messages as reply_messages
 from .txnstmt import Kind, control
@@ -296,7 +296,7 @@ class ExtendedRouter:
 
         self._described(plan, batch, run)
 
-    def _coordinator_part(self, plan: Plan, batch: list[Message], part: tuple[Shard, CoordinatorWrite], reason: str) -> None:
+    def _coordinator_part(self, plan: Plan, batch: list[Message], part: tuple[Shard, CoordinatorPart], reason: str) -> None:
         """A reference-table write that the coordinator runs as a participant of the transaction (see
         :mod:`.refpart`), once its parameter types are known."""
         def run(statement: Statement, answered: bytes, exchanged: bool) -> None:

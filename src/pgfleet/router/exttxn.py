@@ -33,7 +33,7 @@ from .batches import Message, Plan, Statement, Statements, client_reply, read_bi
 from .routing import Decision
 from .twophase import messages, status_of
 from .txnstmt import Kind, control
-from .refpart import CoordinatorWrite
+from .refpart import CoordinatorPart
 from .txnstate import UNCHECKED_LIMIT, Transaction
 from .txnreply import CONNECTION_FAILURE, IN_FAILED_TRANSACTION, NOT_SUPPORTED, error, ready, without_parameter_status
 
@@ -280,7 +280,7 @@ class ExtendedTransactions:
         return raw
 
     def on_worker(self, plan: Plan, route: Shard, statement: Statement, answered: bytes,
-                  write: CoordinatorWrite | None = None) -> None:
+                  write: CoordinatorPart | None = None) -> None:
         """``write``: the statement is a reference-table write on the coordinator (:mod:`.refcopies`)."""
         session = self.session
         tc = session.transactions
@@ -299,7 +299,7 @@ class ExtendedTransactions:
         tc._background(lambda: self._run(txn, plan, route, statement, write))
 
     async def _run(self, txn: Transaction, plan: Plan, route: Shard, statement: Statement,
-                   write: CoordinatorWrite | None) -> None:
+                   write: CoordinatorPart | None) -> None:
         session = self.session
         tc = session.transactions
         conn = txn.participants.get(route.node)

@@ -15,7 +15,7 @@ from .extended import ExtendedRouter
 from .backend import WorkerConnection
 from .logical import LogicalNames, names_for
 from .pool import Leases
-from .refpart import CoordinatorWrite
+from .refpart import CoordinatorPart
 from .routes import MultiShard, Shard
 from .routing import Routing
 from .multishard import run_guarded
@@ -68,7 +68,7 @@ class PlanHost:
         """Shard names and oids → the logical tables' (:mod:`.logical`), for routed replies."""
         return names_for(self.db_route.routing.topology) if self.db_route is not None else None
 
-    def coordinator_part(self, sql: str) -> tuple[Shard, CoordinatorWrite] | None:
+    def coordinator_part(self, sql: str) -> tuple[Shard, CoordinatorPart] | None:
         """A reference-table write that the coordinator may run as a participant of the session's router
         transaction (:mod:`.refpart`): its route there and what it writes; None otherwise."""
         routing = self.routing

@@ -25,7 +25,7 @@ from dataclasses import dataclass
 
 from . import protocol as p
 from .backend import BackendError, WorkerConnection
-from .refpart import CoordinatorWrite
+from .refpart import CoordinatorPart
 from .twophase import first_error, messages, tags
 
 COPIES_SETTING = "pgfleet.copies_written"
@@ -33,7 +33,7 @@ DISARM = f"SET LOCAL {COPIES_SETTING} = ''"
 COPIES_DIFFER = "XX000"
 
 
-def arm(write: CoordinatorWrite) -> str:
+def arm(write: CoordinatorPart) -> str:
     """What the coordinator runs before the statement (an oid: no quoting needed)."""
     return f"SET LOCAL {COPIES_SETTING} = '{int(write.oid)}'"
 
@@ -55,7 +55,7 @@ class CopiesDone:
     lost: tuple[str, ...] = ()  # nodes whose connection broke
 
 
-async def write_copies(write: CoordinatorWrite, conns: Sequence[WorkerConnection], requests: Sequence[bytes],
+async def write_copies(write: CoordinatorPart, conns: Sequence[WorkerConnection], requests: Sequence[bytes],
                        coordinator_reply: bytes) -> CopiesDone:
     """Run each copy's request (conns in ``write.copies`` order) at once, and check each against the
     coordinator's reply."""

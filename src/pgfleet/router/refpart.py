@@ -28,7 +28,7 @@ from .walk import SAFE_FUNCTIONS, walk
 TableName = tuple[str, str]  # (schema, name)
 
 # Functions that give the same value for the same arguments on every node (no clock, no settings, no
-# order of rows): a statement calling only these may run as it is on every copy (see CoordinatorWrite).
+# order of rows): a statement calling only these may run as it is on every copy (see CoordinatorPart).
 DETERMINISTIC_FUNCTIONS = frozenset({
     "count", "min", "max", "bool_and", "bool_or", "every", "abs", "round", "trunc", "floor", "ceil", "ceiling",
     "mod", "power", "sqrt", "lower", "upper", "length", "char_length", "octet_length", "substr", "substring",
@@ -40,17 +40,18 @@ DETERMINISTIC_FUNCTIONS = frozenset({
 
 
 @dataclass(frozen=True)
-class CoordinatorWrite:
-    """A write that the coordinator may run inside a router transaction: to a reference table, or to a plain
-    table of the coordinator's own (``local``)."""
+class CoordinatorPart:
+    """A statement that the coordinator may run inside a router transaction: a write to a reference table,
+    or to a plain table of the coordinator's own (``local``), or a read of only such tables (``reads``)."""
 
-    table: TableName
-    oid: int  # the coordinator's table (0 for a local one)
+    table: TableName  # the table written (("", "") for a read)
+    oid: int  # the coordinator's table (0 for a local one or a read)
     # the worker nodes whose copies the router may write with the same statement (router/refcopies.py):
     # it calls only DETERMINISTIC_FUNCTIONS, takes no default, and nothing but pgfleet's trigger fires on the
     # table; () → the coordinator's trigger queues the written rows for the copies, applied at COMMIT
     copies: tuple[str, ...] = ()
-    local: bool = False  # a plain coordinator table: it has no copies
+    local: bool = False  # a plain coordinator table, or a read: no copies
+    reads: bool = False  # a SELECT
 
 
 def _resolve(node: ast.RangeVar, topology: RoutingTopology,
@@ -71,13 +72,15 @@ def _resolve(node: ast.RangeVar, topology: RoutingTopology,
     return None
 
 
-def coordinator_part(sql: str, topology: RoutingTopology, search_path: tuple[str, ...]) -> CoordinatorWrite | None:
+def coordinator_part(sql: str, topology: RoutingTopology, search_path: tuple[str, ...]) -> CoordinatorPart | None:
     """The write when ``sql`` is one INSERT, UPDATE or DELETE of a reference table or a plain coordinator table
     that reads only such tables and calls only built-in functions without side effects; else None."""
     try:
         stmts = parse_sql(sql)
     except ParseError:
         return None
+    if len(stmts) == 1 and isinstance(stmts[0].stmt, ast.SelectStmt):
+        return _read(stmts[0].stmt, topology, search_path)
     if len(stmts) != 1 or not isinstance(stmts[0].stmt, ast.InsertStmt | ast.UpdateStmt | ast.DeleteStmt):
         return None
     stmt = stmts[0].stmt
@@ -105,14 +108,30 @@ def coordinator_part(sql: str, topology: RoutingTopology, search_path: tuple[str
         elif isinstance(node, ast.SelectStmt) and (node.limitCount is not None or node.limitOffset is not None):
             deterministic = False  # which rows a LIMIT keeps depends on each copy's order
     if isinstance(target, tuple):
-        return CoordinatorWrite(target, 0, local=True)
+        return CoordinatorPart(target, 0, local=True)
     if isinstance(stmt, ast.InsertStmt):  # every column given, so no column takes its default
         given = [c.name for c in stmt.cols] if stmt.cols else list(target.columns)
         rows = stmt.selectStmt.valuesLists if isinstance(stmt.selectStmt, ast.SelectStmt) else None
         deterministic = deterministic and sorted(given) == sorted(target.columns) and bool(rows) \
             and all(len(row) == len(given) for row in rows or ())
     copies = tuple(sorted({s.node for s in target.shards})) if deterministic and target.statement_copies else ()
-    return CoordinatorWrite((target.schema, target.relname), target.oid, copies)
+    return CoordinatorPart((target.schema, target.relname), target.oid, copies)
+
+
+def _read(stmt: ast.SelectStmt, topology: RoutingTopology, search_path: tuple[str, ...]) -> CoordinatorPart | None:
+    """A SELECT that reads only reference tables and the coordinator's own plain tables, calling only built-in
+    functions without side effects (the coordinator participant sees the transaction's writes of both)."""
+    if stmt.intoClause is not None or stmt.withClause is not None:
+        return None
+    for node in walk(stmt):
+        if isinstance(node, ast.RangeVar) and _resolve(node, topology, search_path) is None:
+            return None
+        if isinstance(node, ast.RangeFunction | ast.IntoClause):
+            return None
+        if isinstance(node, ast.FuncCall) and \
+                ".".join(n.sval for n in node.funcname or ()).removeprefix("pg_catalog.") not in SAFE_FUNCTIONS:
+            return None
+    return CoordinatorPart(("", ""), 0, local=True, reads=True)
 
 
 @functools.lru_cache(maxsize=512)

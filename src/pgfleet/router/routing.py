@@ -17,7 +17,7 @@ from pglast.parser import ParseError, scan
 from . import planners
 from .analyze import Prepared, analyze, prepare
 from .ddl import adds_foreign_keys
-from .refpart import CoordinatorWrite, coordinator_part
+from .refpart import CoordinatorPart, coordinator_part
 from .routes import Coordinator, Route, Shard, Split
 from .backend import WorkerLogin
 from .copyplan import copy_is_neutral
@@ -88,7 +88,8 @@ def _decide(sql: str, topology: RoutingTopology, search_path: tuple[str, ...],
         # a write of a reference or coordinator table (known by its shape, whatever its constants): no planner
         # takes it, it calls only functions without side effects, and a router transaction runs it (refpart.py)
         name = ".".join(write.table)
-        return Decision(Coordinator(f"{name} is a table of the coordinator's own" if write.local
+        return Decision(Coordinator("it reads only reference tables and tables of the coordinator's own" if write.reads
+                                    else f"{name} is a table of the coordinator's own" if write.local
                                     else f"writes to reference table {name} go to every copy"), True)
     if route is None:
         route = analyze(sql, topology, search_path=search_path)
@@ -166,7 +167,7 @@ class PreparedCache:
         self._entries: OrderedDict[tuple[str, tuple[str, ...]], Prepared | Coordinator] = OrderedDict()
         self._exact: dict[tuple[str, tuple[str, ...]], Decision] = {}
         self._topology: RoutingTopology | None = None
-        self._writes: dict[tuple[str, tuple[str, ...]], CoordinatorWrite | None] = {}
+        self._writes: dict[tuple[str, tuple[str, ...]], CoordinatorPart | None] = {}
 
     def _check(self, topology: RoutingTopology) -> None:
         if topology is not self._topology:
@@ -184,7 +185,7 @@ class PreparedCache:
             del self._exact[next(iter(self._exact))]  # the oldest entry (insertion order)
         self._exact[(sql, search_path)] = decision
 
-    def reference_write(self, sql: str, topology: RoutingTopology, search_path: tuple[str, ...]) -> CoordinatorWrite | None:
+    def reference_write(self, sql: str, topology: RoutingTopology, search_path: tuple[str, ...]) -> CoordinatorPart | None:
         """:func:`.refpart.coordinator_part` of ``sql``, kept by its text with constants made parameters (they
         do not change the answer)."""
         self._check(topology)

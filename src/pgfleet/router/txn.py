@@ -32,7 +32,7 @@ from . import protocol as p
 from .routes import MultiShard, Shard
 from .backend import BackendError, WorkerConnection
 from .refcopies import DISARM
-from .refpart import CoordinatorWrite
+from .refpart import CoordinatorPart
 from .routing import Decision
 from .stats import RouterStats
 from .twophase import (
@@ -409,7 +409,7 @@ class TransactionControl(CoordinatorParts):
         return setup
 
     async def _on_worker(self, txn: Transaction, route: Shard, route_text: str, raw: bytes,
-                         write: CoordinatorWrite | None = None) -> None:
+                         write: CoordinatorPart | None = None) -> None:
         """``write``: the statement is a reference-table write on the coordinator (:mod:`.refcopies`)."""
         conn = txn.participants.get(route.node)
         setup: list[str] = []

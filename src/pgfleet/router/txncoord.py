@@ -9,7 +9,7 @@ import asyncio
 
 from .backend import BackendError, WorkerConnection
 from .refcopies import DISARM, arm, before_completion, write_copies
-from .refpart import CoordinatorWrite, reads_table
+from .refpart import CoordinatorPart, reads_table
 from .routes import Shard
 from .stats import RouterStats
 from .twophase import TwoPhase
@@ -33,7 +33,7 @@ class CoordinatorParts:
     def _setup(self, txn: Transaction, conn: WorkerConnection) -> list[str]:
         raise NotImplementedError
 
-    def coordinator_joins(self, txn: Transaction, text: str) -> tuple[Shard, CoordinatorWrite] | None:
+    def coordinator_joins(self, txn: Transaction, text: str) -> tuple[Shard, CoordinatorPart] | None:
         """The route of a reference-table write on the coordinator as a participant (:mod:`.refpart`), which
         the transaction records; None when ``text`` is not one or nothing could commit it."""
         found = self.host.coordinator_part(text) if self.twophase is not None else None
@@ -41,7 +41,7 @@ class CoordinatorParts:
             txn.coordinator = found[0].node
         return found
 
-    def copies_setup(self, txn: Transaction, conn: WorkerConnection, write: CoordinatorWrite) -> tuple[list[str], bool]:
+    def copies_setup(self, txn: Transaction, conn: WorkerConnection, write: CoordinatorPart) -> tuple[list[str], bool]:
         """What the coordinator runs before a reference-table write, and whether the router writes the copies
         itself (:mod:`.refcopies`; its login must be a superuser for that) rather than the table's trigger."""
         if write.copies and conn.superuser:
@@ -51,7 +51,7 @@ class CoordinatorParts:
             txn.reference_written |= {write.table}
         return [DISARM] if txn.copies_armed else [], False
 
-    async def write_copies(self, txn: Transaction, write: CoordinatorWrite, reply: bytes,
+    async def write_copies(self, txn: Transaction, write: CoordinatorPart, reply: bytes,
                            request_for: CopyRequest) -> bytes | None:
         """After the coordinator wrote a reference table with ``reply``: the same write on every copy, on the
         transaction's connections (:mod:`.refcopies`); a worker that joins the transaction gets its setup in

@@ -9,7 +9,7 @@ from typing import Any, Protocol
 
 from .backend import WorkerConnection
 from .logical import LogicalNames
-from .refpart import CoordinatorWrite, TableName
+from .refpart import CoordinatorPart, TableName
 from .routes import Shard
 from .routing import Decision
 from .txnstmt import BeginOptions, reads_only
@@ -31,7 +31,7 @@ class Host(Protocol):
     def role_on(self, conn: WorkerConnection) -> str: ...  # the role statements run as on that connection
     def pin(self) -> bool: ...  # always False
     def route(self, sql: str) -> Decision | None: ...  # None: analysis failed
-    def coordinator_part(self, sql: str) -> tuple[Shard, CoordinatorWrite] | None: ...  # see :mod:`.refpart`
+    def coordinator_part(self, sql: str) -> tuple[Shard, CoordinatorPart] | None: ...  # see :mod:`.refpart`
     async def worker(self, node: str) -> WorkerConnection: ...
     def drop_worker(self, node: str) -> None: ...
     def pace(self, conns: Sequence[WorkerConnection]) -> None: ...  # pause them while the client is full
