@@ -84,12 +84,12 @@ def decide(sql: str, topology: RoutingTopology, search_path: tuple[str, ...],
 def _decide(sql: str, topology: RoutingTopology, search_path: tuple[str, ...],
             cache: PreparedCache | None) -> Decision:
     route = cache.route(sql, topology, search_path) if cache is not None else None
-    if route is None and cache is not None and (write := cache.reference_write(sql, topology, search_path)):
+    if route is None and cache is not None and (write := cache.reference_write(sql, topology, search_path)) \
+            and not write.reads:
         # a write of a reference or coordinator table (known by its shape, whatever its constants): no planner
         # takes it, it calls only functions without side effects, and a router transaction runs it (refpart.py)
         name = ".".join(write.table)
-        return Decision(Coordinator("it reads only reference tables and tables of the coordinator's own" if write.reads
-                                    else f"{name} is a table of the coordinator's own" if write.local
+        return Decision(Coordinator(f"{name} is a table of the coordinator's own" if write.local
                                     else f"writes to reference table {name} go to every copy"), True)
     if route is None:
         route = analyze(sql, topology, search_path=search_path)
