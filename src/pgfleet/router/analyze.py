@@ -339,23 +339,17 @@ class _Analyzer:
 
     def resolve(self, node: ast.RangeVar) -> RoutedTable:
         name = node.relname or ""
-        if node.schemaname:
-            schemas: tuple[str, ...] = (node.schemaname,)
-        else:
-            if name in self.temp_names:
-                raise Refuse(f"{name} is a temporary table of this session")
-            schemas = self.search_path if "pg_catalog" in self.search_path else ("pg_catalog", *self.search_path)
-        for schema in schemas:
-            if schema in ("pg_temp",) or schema.startswith("pg_temp_"):
-                continue
-            table = self.topology.table(schema, name)
-            if table is not None:
-                if table.row_security:
-                    raise Refuse(f"{schema}.{name} has row-level security: the coordinator applies its policies")
-                return table
-            if self.topology.exists(schema, name):
-                raise Refuse(f"{schema}.{name} is not a distributed or reference table")
-        raise Refuse(f"relation {name} is not known to the router")
+        if not node.schemaname and name in self.temp_names:
+            raise Refuse(f"{name} is a temporary table of this session")
+        schema = self.topology.schema_of(node.schemaname, name, self.search_path)
+        if schema is None:
+            raise Refuse(f"relation {name} is not known to the router")
+        table = self.topology.table(schema, name)
+        if table is None:
+            raise Refuse(f"{schema}.{name} is not a distributed or reference table")
+        if table.row_security:
+            raise Refuse(f"{schema}.{name} has row-level security: the coordinator applies its policies")
+        return table
 
     # --- conditions ---------------------------------------------------------------------------------
     def restrict(self, expr: ast.Node | None, scope: Scope, restricted: Sequence[TableRef], *, constants: bool = True) -> None:

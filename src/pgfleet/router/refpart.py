@@ -23,7 +23,7 @@ from pglast import ast, parse_sql
 from pglast.parser import ParseError
 
 from .snapshot import RoutedTable, RoutingTopology
-from .walk import SAFE_FUNCTIONS, walk
+from .walk import SAFE_FUNCTIONS, function_name, walk
 
 TableName = tuple[str, str]  # (schema, name)
 
@@ -59,17 +59,13 @@ def _resolve(node: ast.RangeVar, topology: RoutingTopology,
     """The reference table a name means (as the coordinator resolves it), a plain coordinator table's name
     (see ``RoutingTopology.local_tables``), or None for anything else."""
     name = node.relname or ""
-    schemas = (node.schemaname,) if node.schemaname else (
-        search_path if "pg_catalog" in search_path else ("pg_catalog", *search_path))
-    for schema in schemas:
-        if schema == "pg_temp" or schema.startswith("pg_temp_"):
-            continue
-        if topology.exists(schema, name):
-            table = topology.table(schema, name)
-            if table is not None:
-                return table if table.is_reference else None
-            return (schema, name) if (schema, name) in topology.local_tables else None
-    return None
+    schema = topology.schema_of(node.schemaname, name, search_path)
+    if schema is None:
+        return None
+    table = topology.table(schema, name)
+    if table is not None:
+        return table if table.is_reference else None
+    return (schema, name) if (schema, name) in topology.local_tables else None
 
 
 def coordinator_part(sql: str, topology: RoutingTopology, search_path: tuple[str, ...]) -> CoordinatorPart | None:
@@ -99,7 +95,7 @@ def coordinator_part(sql: str, topology: RoutingTopology, search_path: tuple[str
         if isinstance(node, ast.RangeFunction | ast.CurrentOfExpr):
             return None
         if isinstance(node, ast.FuncCall):
-            name = ".".join(n.sval for n in node.funcname or ()).removeprefix("pg_catalog.")
+            name = function_name(node)
             if name not in SAFE_FUNCTIONS:
                 return None
             deterministic = deterministic and name in DETERMINISTIC_FUNCTIONS and node.over is None
@@ -128,8 +124,7 @@ def _read(stmt: ast.SelectStmt, topology: RoutingTopology, search_path: tuple[st
             return None
         if isinstance(node, ast.RangeFunction | ast.IntoClause):
             return None
-        if isinstance(node, ast.FuncCall) and \
-                ".".join(n.sval for n in node.funcname or ()).removeprefix("pg_catalog.") not in SAFE_FUNCTIONS:
+        if isinstance(node, ast.FuncCall) and function_name(node) not in SAFE_FUNCTIONS:
             return None
     return CoordinatorPart(("", ""), 0, local=True, reads=True)
 

@@ -32,9 +32,9 @@ from .gather import NodeQuery, ScatterRead, SortMerge
 from .logical import names_for
 from .routes import MultiShard
 from .scatter_final import (
-    AGGREGATES, OTHER_AGGREGATES, Unsupported, bare_name, build_aggregate, function_name, is_aggregate, is_star, position)
+    AGGREGATES, OTHER_AGGREGATES, Unsupported, bare_name, build_aggregate, is_aggregate, is_star, position)
 from .snapshot import RoutingTopology
-from .walk import walk
+from .walk import function_name, walk
 
 
 def plan_scatter(stmt: ast.Node, sql: str, topology: RoutingTopology, search_path: tuple[str, ...]) -> MultiShard | None:

@@ -22,7 +22,7 @@ from pglast import ast, enums, parse_sql
 from pglast.stream import RawStream
 
 from .analyze import TableRef
-from .walk import walk
+from .walk import function_name, walk
 
 AGGREGATES = frozenset({"count", "sum", "min", "max", "avg", "bool_and", "bool_or", "every"})
 # PostgreSQL's other built-in aggregates: a statement calling one is not scattered
@@ -56,12 +56,6 @@ def replace(node: ast.Node, fn: Callable[[ast.Node], ast.Node | None]) -> ast.No
         elif isinstance(value, tuple | list):
             setattr(node, name, tuple(replace(v, fn) if isinstance(v, ast.Node) else v for v in value))
     return node
-
-
-def function_name(call: ast.FuncCall) -> str:
-    """The function's name, '' when it is qualified by a schema other than pg_catalog."""
-    names = [str(n.sval) for n in call.funcname or ()]
-    return names[-1] if names and (len(names) == 1 or names[:-1] == ["pg_catalog"]) else ""
 
 
 def is_aggregate(node: ast.Node) -> bool:

@@ -56,3 +56,11 @@ class RoutingTopology:
 
     def exists(self, schema: str, name: str) -> bool:
         return (schema, name) in self.relations or self.table(schema, name) is not None
+
+    def schema_of(self, schema: str | None, name: str, search_path: tuple[str, ...]) -> str | None:
+        """The schema where the coordinator finds relation ``name``: ``schema`` when given, else the first of
+        ``search_path`` (pg_catalog first unless it is listed) that has it; temporary schemas are not
+        searched. None: no such relation."""
+        schemas = (schema,) if schema else (search_path if "pg_catalog" in search_path else ("pg_catalog", *search_path))
+        return next((s for s in schemas if s != "pg_temp" and not s.startswith("pg_temp_") and self.exists(s, name)),
+                    None)

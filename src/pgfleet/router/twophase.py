@@ -247,13 +247,19 @@ async def commit_prepared(twophase: TwoPhase, gid: str, participants: Mapping[st
     """The second phase, once every participant PREPAREd ``gid``: record the decision, then COMMIT PREPARED
     everywhere. None: committed (a COMMIT PREPARED that failed is finished by recovery); else the
     ErrorResponse for the client (rolled back, or the outcome is unknown until recovery decides)."""
-    nodes, conns = list(participants), list(participants.values())
-    outcome, why = await twophase.decisions.record_commit(gid, nodes)
+    outcome, why = await twophase.decisions.record_commit(gid, list(participants))
+    return await settle(outcome, why, gid, participants, drop_worker, what)
+
+
+async def settle(outcome: Decision, why: str, gid: str, participants: Mapping[str, WorkerConnection],
+                 drop_worker: Callable[[str], None], what: str = "transaction") -> bytes | None:
+    """Finish the prepared ``gid`` by the decision's outcome: commit it everywhere (None), roll it back (the
+    client's 40000), or leave it to recovery when the outcome is not known (40003)."""
     if outcome is Decision.COMMITTED:
         await commit_decided(gid, participants, drop_worker)
         return None
     if outcome is Decision.REFUSED:
-        await run_everywhere(conns, f"ROLLBACK PREPARED {literal(gid)}")
+        await run_everywhere(list(participants.values()), f"ROLLBACK PREPARED {literal(gid)}")
         return p.error_response(TRANSACTION_ROLLBACK, f"pgfleet router: the {what} was rolled back: {why}",
                                 severity="ERROR", hint=f"retry the {what}").encode()
     return p.error_response(COMPLETION_UNKNOWN, f"pgfleet router: {why}; the {what}'s outcome is unknown until "
@@ -283,25 +289,19 @@ async def commit_on_coordinator(gid: str, coordinator: str, participants: Mappin
         reply = await coord.exchange(statement)
     except BackendError as exc:
         drop_worker(coordinator)
-        return p.error_response(COMPLETION_UNKNOWN, f"pgfleet router: the coordinator connection was lost while the "
-                                f"transaction committed there ({exc}); its outcome is unknown until recovery reads the "
-                                "decision (commit if it was recorded, else abort)", severity="ERROR",
-                                hint="check the rows before retrying").encode()
+        return await settle(Decision.UNKNOWN, f"the coordinator connection was lost while the transaction committed "
+                            f"there ({exc})", gid, workers, drop_worker)
     failure = first_error(reply)
     if failure is None and tags(reply)[-1:] == ["COMMIT"]:
-        await commit_decided(gid, workers, drop_worker)
-        return None
+        return await settle(Decision.COMMITTED, "", gid, workers, drop_worker)
     if status_of(reply) != b"I" and (await run_everywhere([coord], "ROLLBACK"))[0] is None:
         drop_worker(coordinator)
-    await run_everywhere(list(workers.values()), f"ROLLBACK PREPARED {literal(gid)}")
-    if failure is not None and failure.sqlstate == UNIQUE_VIOLATION and "commit_decisions" in (failure.message or ""):
-        failure = None  # recovery decided 'abort' first
-        why = "recovery aborted this transaction while its commit was delayed"
-    else:
-        why = "the coordinator did not commit it"
-    return failure.encode() if failure is not None else p.error_response(
-        TRANSACTION_ROLLBACK, f"pgfleet router: the transaction was rolled back: {why}", severity="ERROR",
-        hint="retry the transaction").encode()
+    aborted = failure is not None and failure.sqlstate == UNIQUE_VIOLATION and \
+        "commit_decisions" in (failure.message or "")  # recovery decided 'abort' first
+    refused = await settle(Decision.REFUSED, "recovery aborted this transaction while its commit was delayed" if aborted
+                           else "the coordinator did not commit it", gid, workers, drop_worker)
+    # the coordinator's own error (a deferred constraint, a copy that refused the rows) as it said it, else ours
+    return failure.encode() if failure is not None and not aborted else refused
 
 
 @dataclass

@@ -33,6 +33,12 @@ def children(node: ast.Node) -> Iterator[object]:
             yield value
 
 
+def function_name(call: ast.FuncCall) -> str:
+    """The function's name, '' when it is qualified by a schema other than pg_catalog."""
+    names = [str(n.sval) for n in call.funcname or ()]
+    return names[-1] if names and (len(names) == 1 or names[:-1] == ["pg_catalog"]) else ""
+
+
 def walk(node: object) -> Iterator[ast.Node]:
     """Every node below ``node`` (nodes, tuples and lists of them), ``node`` included."""
     stack = [node]
