@@ -102,6 +102,20 @@ def connect(cluster: LocalCluster, port: int, schema: str) -> psycopg.Connection
                            options=f"-c search_path={schema},public")
 
 
+@contextmanager
+def login_role(fleet: Fleet, name: str, password: str = "pw") -> Iterator[str]:
+    """A LOGIN role made for one test; it and everything it owns are dropped after."""
+    conn = fleet.conn()
+    role = sql.Identifier(name)
+    conn.execute(sql.SQL("DROP ROLE IF EXISTS {}").format(role))
+    conn.execute(sql.SQL("CREATE ROLE {} LOGIN PASSWORD {}").format(role, sql.Literal(password)))
+    try:
+        yield name
+    finally:
+        conn.execute(sql.SQL("DROP OWNED BY {}").format(role))
+        conn.execute(sql.SQL("DROP ROLE {}").format(role))
+
+
 def shard_rows(fleet: Fleet, table: QualifiedName, query: str,
                params: Mapping[str, object] | None = None) -> set[tuple[object, ...]]:
     """The distinct rows ``query`` returns on the worker of each shard (or copy) of ``table``, with

@@ -15,6 +15,7 @@ from typing import Any
 import psycopg
 import pytest
 from psycopg import sql
+from conftest import login_role
 from test_router_txn import connect, prepared_everywhere, routing_router
 
 from pgfleet.cluster.fleet import Fleet
@@ -178,10 +179,7 @@ def test_a_role_without_the_privilege_gets_the_coordinators_error(cluster: Local
                                                                   tables: tuple[str, str]) -> None:
     schema, _ = tables
     conn = fleet.conn()
-    role = f"{schema}_reader"[:60]
-    conn.execute(sql.SQL("DROP ROLE IF EXISTS {}").format(sql.Identifier(role)))
-    conn.execute(sql.SQL("CREATE ROLE {} LOGIN PASSWORD 'pw'").format(sql.Identifier(role)))
-    try:
+    with login_role(fleet, f"{schema}_reader"[:60]) as role:
         conn.execute(sql.SQL("GRANT USAGE ON SCHEMA {} TO {}").format(sql.Identifier(schema), sql.Identifier(role)))
         conn.execute(sql.SQL("GRANT SELECT ON ALL TABLES IN SCHEMA {} TO {}").format(sql.Identifier(schema), sql.Identifier(role)))
         time.sleep(1.5)  # the router's next refresh copies the role to the workers
@@ -192,9 +190,6 @@ def test_a_role_without_the_privilege_gets_the_coordinators_error(cluster: Local
                 assert state == "42501", statement
         with connect(cluster, cluster.spec.coordinator.port, schema) as direct:
             assert outcome(direct, "SELECT count(*) FROM orders WHERE note = 'no'")[2] == [(0,)]
-    finally:
-        conn.execute(sql.SQL("DROP OWNED BY {}").format(sql.Identifier(role)))
-        conn.execute(sql.SQL("DROP ROLE {}").format(sql.Identifier(role)))
 
 
 def shard_on(cluster: LocalCluster, fleet: Fleet, schema: str, node: str) -> tuple[str, int]:

@@ -14,7 +14,7 @@ import psycopg
 import pytest
 from psycopg import sql
 
-from conftest import connect
+from conftest import connect, login_role
 from pgfleet.cluster.fleet import Fleet
 from pgfleet.cluster.local import LocalCluster
 from pgfleet.pgbench import pgbench_numbers
@@ -205,10 +205,7 @@ def test_extended_protocol_reference_write(cluster: LocalCluster, fleet: Fleet, 
 def test_a_role_without_the_privilege_gets_permission_denied(cluster: LocalCluster, fleet: Fleet, router: RouterServer,
                                                              tables: str) -> None:
     conn = fleet.conn()
-    role = f"{tables}_clerk"[:60]
-    conn.execute(sql.SQL("DROP ROLE IF EXISTS {}").format(sql.Identifier(role)))
-    conn.execute(sql.SQL("CREATE ROLE {} LOGIN PASSWORD 'pw'").format(sql.Identifier(role)))
-    try:
+    with login_role(fleet, f"{tables}_clerk"[:60]) as role:
         conn.execute(sql.SQL("GRANT USAGE ON SCHEMA {} TO {}").format(sql.Identifier(tables), sql.Identifier(role)))
         conn.execute(sql.SQL("GRANT SELECT, UPDATE ON acct TO {}").format(sql.Identifier(role)))
         conn.execute(sql.SQL("GRANT SELECT ON branch TO {}").format(sql.Identifier(role)))
@@ -221,9 +218,6 @@ def test_a_role_without_the_privilege_gets_permission_denied(cluster: LocalClust
                 run(clerk, "UPDATE branch SET total = total + 1 WHERE id = 1")
             run(clerk, "ROLLBACK")
         assert router.context.stats.coordinator_parts == 1
-    finally:
-        conn.execute(sql.SQL("DROP OWNED BY {}").format(sql.Identifier(role)))
-        conn.execute(sql.SQL("DROP ROLE {}").format(sql.Identifier(role)))
 
 
 def test_pgbench_tpcb_with_reference_branches_and_tellers(cluster: LocalCluster, fleet: Fleet,
