@@ -128,6 +128,11 @@ def test_django_migrations_crud_and_a_migration_after_distribution(shop: psycopg
         order_model.objects.bulk_create([order_model(customer=c, number=1, reference="t", total=5) for c in (a, b)])
     assert order_model.objects.filter(reference="t").count() == 2
     coordinator_before = router.context.stats.coordinator_transactions
+    with transaction.atomic():  # a new country (a reference table, identity id) and a customer there, one commit
+        gb = country_model.objects.create(code="GB", name="Britain")
+        gb_customer = customer_model.objects.create(name="gb1", country=gb)  # the shard's key finds the copy's row
+        assert customer_model.objects.select_related("country").get(id=gb_customer.id).country.code == "GB"
+    assert customer_model.objects.filter(country__code="GB").count() == 1
     with pytest.raises(RuntimeError), transaction.atomic():  # a routed write, then statements over every shard
         order_model.objects.filter(customer=first, number=1).update(reference="t")  # one shard
         assert order_model.objects.filter(reference="t").count() == 3  # every shard, and it sees the write above

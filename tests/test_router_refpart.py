@@ -109,13 +109,16 @@ def test_reference_write_after_a_worker_write_commits_everywhere(cluster: LocalC
         run(conn, "COMMIT")
         assert state(direct) == (ACCOUNTS * 100 - 9, 11, "b1,b2,b3,four")
         assert copies(fleet, tables, "SELECT sum(total) FROM {copy}") == {(11,)}
-        # not deterministic (now() differs between nodes): the coordinator's trigger writes the copies
+        # not deterministic (now() differs between nodes): the router writes the copies with the rows the
+        # coordinator's trigger queued for them, in the transaction too
         run(conn, "BEGIN")
         run(conn, "UPDATE acct SET balance = balance + 1 WHERE id = 3")
         run(conn, "UPDATE branch SET name = to_char(now(), 'YYYY') WHERE id = 4")
+        assert run(conn, "SELECT b.name FROM acct a, branch b WHERE a.id = 3 AND b.id = 4") == [(time.strftime("%Y"),)]
         run(conn, "COMMIT")
         assert copies(fleet, tables, "SELECT name FROM {copy} WHERE id = 4") == {(time.strftime("%Y"),)}
-        assert router.context.stats.reference_copies_written == 5  # 2 + 1 (rolled back) + 2
+        assert router.context.stats.reference_copies_written == 6  # 2 + 1 (rolled back) + 2 + 1
+        assert direct.execute("SELECT count(*) FROM pgfleet.ddl_queue").fetchone() == (0,)
     assert prepared_everywhere(cluster) == 0
 
 
@@ -302,10 +305,11 @@ def test_reads_of_reference_and_coordinator_tables_after_worker_writes(cluster: 
     assert router.context.stats.coordinator_parts == 5
 
 
-def test_a_catalog_from_before_leaves_the_copies_to_its_trigger(cluster: LocalCluster, fleet: Fleet,
-                                                                router: RouterServer, tables: str) -> None:
-    """A coordinator whose catalog predates pgfleet.copies_written: its trigger would queue the rows too,
-    so the router leaves every copy to it."""
+def test_a_trigger_from_before_leaves_the_copies_to_its_queue(cluster: LocalCluster, fleet: Fleet,
+                                                              router: RouterServer, tables: str) -> None:
+    """A coordinator whose trigger predates pgfleet.copies_written would queue the rows of a statement the
+    router writes on the copies too: the router does not run the statement there, it takes the rows the
+    trigger queued."""
     conn = fleet.conn()
     row = conn.execute("SELECT pg_get_functiondef('pgfleet.reference_replicate()'::regprocedure)").fetchone()
     assert row is not None
@@ -321,8 +325,9 @@ def test_a_catalog_from_before_leaves_the_copies_to_its_trigger(cluster: LocalCl
             run(client, "BEGIN")
             run(client, "UPDATE acct SET balance = balance + 1 WHERE id = 1")
             run(client, "INSERT INTO branch VALUES (7, 7, 'seven')")
+            assert run(client, "SELECT b.total FROM acct a, branch b WHERE a.id = 1 AND b.id = 7") == [(7,)]
             run(client, "COMMIT")
-        assert router.context.stats.coordinator_parts == 1 and router.context.stats.reference_copies_written == 0
+        assert router.context.stats.coordinator_parts == 1 and router.context.stats.reference_copies_written == 1
         assert copies(fleet, tables, "SELECT total FROM {copy} WHERE id = 7") == {(7,)}
     finally:
         conn.execute(source.encode())

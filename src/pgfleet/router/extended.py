@@ -263,8 +263,7 @@ class ExtendedRouter:
             return
         prepared = routing.cache.prepared(statement.sql, routing.topology, session.search_path)
         if isinstance(prepared, Coordinator):
-            if txn is not None and txn.participants and txn.has_written() and \
-                    (route := session.transactions.coordinator_joins(txn, statement.sql)) is not None:
+            if txn is not None and (route := session.transactions.joining(txn, statement.sql)) is not None:
                 self._coordinator_part(plan, batch, route, prepared.reason)
             elif self.multishard.candidate(statement.sql):  # not single-shard, but maybe the router's multi-shard work
                 self._multishard_only(plan, batch, prepared.reason)

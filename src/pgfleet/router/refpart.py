@@ -46,10 +46,12 @@ class CoordinatorPart:
 
     table: TableName  # the table written (("", "") for a read)
     oid: int  # the coordinator's table (0 for a local one or a read)
-    # the worker nodes whose copies the router may write with the same statement (router/refcopies.py):
-    # it calls only DETERMINISTIC_FUNCTIONS, takes no default, and nothing but pgfleet's trigger fires on the
-    # table; () → the coordinator's trigger queues the written rows for the copies, applied at COMMIT
+    # the worker nodes whose copies the router writes inside the transaction (router/refcopies.py): with the
+    # same statement when it calls only DETERMINISTIC_FUNCTIONS, takes no default, and nothing but pgfleet's
+    # trigger fires on the table; else (``from_queue``) with the statements the table's trigger queued for
+    # them. () → the queued statements reach the copies at COMMIT
     copies: tuple[str, ...] = ()
+    from_queue: bool = False
     local: bool = False  # a plain coordinator table, or a read: no copies
     reads: bool = False  # a SELECT
 
@@ -110,8 +112,12 @@ def coordinator_part(sql: str, topology: RoutingTopology, search_path: tuple[str
         rows = stmt.selectStmt.valuesLists if isinstance(stmt.selectStmt, ast.SelectStmt) else None
         deterministic = deterministic and sorted(given) == sorted(target.columns) and bool(rows) \
             and all(len(row) == len(given) for row in rows or ())
-    copies = tuple(sorted({s.node for s in target.shards})) if deterministic and target.statement_copies else ()
-    return CoordinatorPart((target.schema, target.relname), target.oid, copies)
+    nodes = tuple(sorted({s.node for s in target.shards}))
+    if deterministic and target.statement_copies:
+        return CoordinatorPart((target.schema, target.relname), target.oid, nodes)
+    if target.queued_copies:
+        return CoordinatorPart((target.schema, target.relname), target.oid, nodes, from_queue=True)
+    return CoordinatorPart((target.schema, target.relname), target.oid)
 
 
 def _read(stmt: ast.SelectStmt, topology: RoutingTopology, search_path: tuple[str, ...]) -> CoordinatorPart | None:

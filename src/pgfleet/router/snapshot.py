@@ -25,6 +25,9 @@ class RoutedTable(DistTable):
     # a reference table whose writes may run as the same statement on every copy (router/refcopies.py): no
     # trigger but pgfleet's, no rule, no foreign key that refers to it
     statement_copies: bool = False
+    # a reference table whose writes' queued statements the router may apply to the copies in its transaction
+    # (router/refcopies.py): no trigger but pgfleet's, no rule
+    queued_copies: bool = False
 
     @property
     def schema(self) -> str:

@@ -36,6 +36,18 @@ WHERE c.oid = ANY(%s::oid[])
   AND NOT EXISTS (SELECT FROM pg_constraint f WHERE f.contype = 'f' AND f.confrelid = c.oid)
 """
 
+# Reference tables whose writes' queued statements the router may apply to the copies inside its transaction
+# (router/refcopies.py): nothing but pgfleet's trigger fires, no rule, and the queue keeps each statement's rows.
+_QUEUED_COPIES = """
+SELECT c.oid::bigint FROM pg_class c
+WHERE c.oid = ANY(%s::oid[])
+  AND EXISTS (SELECT FROM pg_attribute a WHERE a.attrelid = 'pgfleet.ddl_queue'::regclass AND a.attname = 'rows'
+              AND NOT a.attisdropped)
+  AND NOT EXISTS (SELECT FROM pg_trigger t WHERE t.tgrelid = c.oid AND NOT t.tgisinternal
+                  AND t.tgfoid <> 'pgfleet.reference_replicate()'::regprocedure)
+  AND NOT EXISTS (SELECT FROM pg_rewrite r WHERE r.ev_class = c.oid)
+"""
+
 # The coordinator's own tables that a router transaction may write there (router/refpart.py): plain tables
 # of the user's, on which nothing but PostgreSQL's internal triggers fires.
 _LOCAL_TABLES = """
@@ -67,13 +79,15 @@ def load_routing_topology(conn: Conn) -> RoutingTopology:
     secured = {int(r[0]) for r in conn.execute(_ROW_SECURITY, (oids,)).fetchall()}
     references = [t.oid for t in topo.tables if t.method == "reference"]
     plain = {int(r[0]) for r in conn.execute(_STATEMENT_COPIES, (references,)).fetchall()} if references else set()
+    queued = {int(r[0]) for r in conn.execute(_QUEUED_COPIES, (references,)).fetchall()} if references else set()
     for t in topo.tables:
         cols = columns.get(t.oid, [])
         key_type = next((typ for name, typ, _ in cols if name == t.key), "")
         catalog = {f.name: getattr(t, f.name) for f in fields(t)}
         tables.append(RoutedTable(**catalog, key_type=key_type, columns=tuple(n for n, _, _ in cols),
                                   attnums=tuple(a for _, _, a in cols), row_security=t.oid in secured,
-                                  collated=tuple(collated.get(t.oid, ())), statement_copies=t.oid in plain))
+                                  collated=tuple(collated.get(t.oid, ())), statement_copies=t.oid in plain,
+                                  queued_copies=t.oid in queued))
     relations = frozenset((str(r[0]), str(r[1])) for r in conn.execute(_RELATIONS).fetchall())
     local = frozenset((str(r[0]), str(r[1])) for r in conn.execute(_LOCAL_TABLES, (oids,)).fetchall())
     row = conn.execute("SELECT pgfleet.roles_fingerprint()").fetchone()

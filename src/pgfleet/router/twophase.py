@@ -195,14 +195,20 @@ async def run_everywhere(conns: Sequence[WorkerConnection], statement: str) -> l
 
 async def run_each(conns: Sequence[WorkerConnection], statements: Sequence[str]) -> list[bytes | None]:
     """Each connection's own Query at once; each reply, None where the connection broke."""
+    return await roundtrip_each(conns, [p.Query(s).encode() for s in statements])
 
-    async def one(conn: WorkerConnection, statement: str) -> bytes | None:
+
+async def roundtrip_each(conns: Sequence[WorkerConnection], requests: Sequence[bytes]) -> list[bytes | None]:
+    """Each connection's own request (ending in a Query or a Sync) at once; each reply, None where the
+    connection broke."""
+
+    async def one(conn: WorkerConnection, request: bytes) -> bytes | None:
         try:
-            return await conn.exchange(statement)
+            return await conn.roundtrip(request)
         except BackendError:
             return None
 
-    return list(await asyncio.gather(*(one(c, s) for c, s in zip(conns, statements, strict=True))))
+    return list(await asyncio.gather(*(one(c, r) for c, r in zip(conns, requests, strict=True))))
 
 
 @dataclass(frozen=True)

@@ -301,12 +301,12 @@ class TransactionControl(CoordinatorParts):
         for a reference-table write (``text``) after writes on workers; else the statement is refused. A
         move or a join needs a round trip: it is returned, for the caller to run in the background or to
         await when it runs there already."""
+        route = self.joining(txn, text) if text is not None else None
+        if route is not None:
+            return self._on_worker(txn, route[0], text or "", raw, route[1])
         if not txn.participants:
             self._coordinator_takes(txn, decision, raw)
         elif txn.has_written():
-            route = self.coordinator_joins(txn, text) if text is not None else None
-            if route is not None:
-                return self._on_worker(txn, route[0], text or "", raw, route[1])
             self._needs_coordinator(txn, decision, "wrote on")
         else:
             return self._move_to_coordinator(txn, decision, raw)

@@ -104,6 +104,9 @@ ALTER TABLE pgfleet.ddl_queue ADD COLUMN IF NOT EXISTS flush bool NOT NULL DEFAU
 -- statement flush_queue() sends first on a link that has not prepared that name yet.
 ALTER TABLE pgfleet.ddl_queue ADD COLUMN IF NOT EXISTS prepared text;
 ALTER TABLE pgfleet.ddl_queue ADD COLUMN IF NOT EXISTS prepare text;
+-- The rows of such a statement (its parameter) once more, as a value: the router applies a reference
+-- write's queued statements to the copies inside its own transaction (router/refcopies.py), binding them.
+ALTER TABLE pgfleet.ddl_queue ADD COLUMN IF NOT EXISTS rows jsonb;
 CREATE INDEX IF NOT EXISTS ddl_queue_xid ON pgfleet.ddl_queue (xid);
 COMMENT ON TABLE pgfleet.ddl_queue IS
     'pgfleet: statements for the workers (DDL and reference-table writes), applied at COMMIT by flush_queue()';

@@ -66,9 +66,9 @@ BEGIN
     END IF;
     FOREACH batch IN ARRAY CASE WHEN jsonb_array_length(p_rows) <= batch_rows THEN ARRAY[p_rows]
                                 ELSE ARRAY(SELECT pgfleet.json_batches(p_rows, batch_rows)) END LOOP
-        INSERT INTO pgfleet.ddl_queue (node, statement, prepared, prepare, flush)
+        INSERT INTO pgfleet.ddl_queue (node, statement, prepared, prepare, rows, flush)
         SELECT s.node, format('EXECUTE %I(%L)', p.name, batch::text), p.name,
-               format('PREPARE %I(jsonb) AS %s', p.name, p.body), first AND row_number() OVER (ORDER BY s.node) = 1
+               format('PREPARE %I(jsonb) AS %s', p.name, p.body), batch, first AND row_number() OVER (ORDER BY s.node) = 1
         FROM pgfleet.shards s
         CROSS JOIN LATERAL (SELECT format(p_template, s.shard_schema, s.shard_table, '$1') AS body) b
         CROSS JOIN LATERAL (SELECT 'pgfleet_' || md5(b.body) AS name, b.body) p
