@@ -271,6 +271,9 @@ class _Analyzer:
         columns = [c.name for c in stmt.cols] if stmt.cols else list(table.columns)
         if table.key not in columns:
             raise Refuse(f"INSERT without the distribution key {table.key} (its default is computed on the coordinator)")
+        if table.key_identity == "a" and stmt.override != enums.OverridingKind.OVERRIDING_SYSTEM_VALUE:
+            raise Refuse(f"a value for {table.key}, an identity column GENERATED ALWAYS, without OVERRIDING SYSTEM "
+                         "VALUE (the coordinator refuses it)")
         position = columns.index(table.key)
         keys: list[KeyValue] = []
         for row in select.valuesLists:

@@ -307,6 +307,21 @@ class Leases:
         self.held[node] = conn
         return conn
 
+    async def exchange_once(self, node: str, text: str) -> bytes:
+        """``text`` as one Query on a pooled connection to ``node`` that the session does not hold: leased for
+        this Query only, outside any transaction of the session (raises BackendError, PoolExhausted)."""
+        if self.pools is None or self.closed:
+            raise BackendError("the client session ended")
+        pool = self.pools.node(node)
+        conn = await pool.lease(self.settings)
+        try:
+            reply = await conn.exchange(text)
+        except BackendError:
+            pool.discard(conn)
+            raise
+        pool.release(conn, self.settings)
+        return reply
+
     def drop(self, node: str) -> None:
         """Forget the connection held for ``node`` (broken, or its state not known): closed, not reused."""
         conn = self.held.pop(node, None)

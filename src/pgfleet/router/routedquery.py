@@ -14,6 +14,7 @@ import logging
 from . import protocol as p
 from . import wire
 from .backend import BackendError, WorkerConnection, denied, lost_in_flight
+from .keyfill import KeyFill, next_keys_sql
 from .logical import finish_routed
 from .planhost import PlanHost
 from .pool import PoolExhausted, exhausted_reply
@@ -34,6 +35,35 @@ class RoutedQueries(PlanHost):
 
     def _from_client(self, types: list[bytes], raw: bytes) -> None:
         raise NotImplementedError
+
+    def _route_query(self, sql: str, data: bytes) -> bool:
+        raise NotImplementedError
+
+    async def _fill_keys(self, fill: KeyFill, sql: str, data: bytes) -> None:
+        """An INSERT that leaves its distribution key to the key's sequence (:mod:`.keyfill`): the keys from the
+        coordinator's sequence into the statement, which then goes its way as if the client had sent it so.
+        When no keys came (no privilege, no connection), the statement goes as it came."""
+        routing = self.routing
+        assert routing is not None
+        keys: list[int] = []
+        try:
+            reply = await self.leases.exchange_once(routing.topology.coordinator, next_keys_sql(
+                fill, None if self.superuser else self.user))
+            rows = [p.decode_backend(t, body) for t, body in wire.Framer().feed(reply) if t == b"D"]
+            keys = [int(r.values[0]) for r in rows if isinstance(r, p.DataRow) and r.values[0] is not None]
+        except BackendError as exc:
+            log.warning("no keys from the coordinator's sequence, the INSERT goes as it came: %s", exc)
+        if self.phase is Phase.CLOSED:
+            return
+        if len(keys) == fill.rows:
+            sql = fill.sql_with(sql, keys)
+            data = p.Query(sql).encode()
+            self.context.stats.keys_drawn += fill.rows
+        self.busy = False
+        if not self._route_query(sql, data):
+            self._from_client([b"Q"], data)
+        if not self.busy:
+            self.resume()
 
     def _route(self, route: Shard, raw: bytes) -> None:
         conn = self.leases.free(route.node)

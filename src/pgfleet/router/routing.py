@@ -17,6 +17,7 @@ from pglast.parser import ParseError, scan
 from . import planners
 from .analyze import Prepared, analyze, prepare
 from .ddl import adds_foreign_keys
+from .keyfill import KeyFill, key_fill
 from .refpart import CoordinatorPart, coordinator_part
 from .routes import Coordinator, Route, Shard, Split
 from .backend import WorkerLogin
@@ -168,12 +169,14 @@ class PreparedCache:
         self._exact: dict[tuple[str, tuple[str, ...]], Decision] = {}
         self._topology: RoutingTopology | None = None
         self._writes: dict[tuple[str, tuple[str, ...]], CoordinatorPart | None] = {}
+        self._fills: dict[tuple[str, tuple[str, ...]], KeyFill | None] = {}
 
     def _check(self, topology: RoutingTopology) -> None:
         if topology is not self._topology:
             self._entries.clear()
             self._exact.clear()
             self._writes.clear()
+            self._fills.clear()
             self._topology = topology
 
     def decision(self, sql: str, topology: RoutingTopology, search_path: tuple[str, ...]) -> Decision | None:
@@ -197,6 +200,19 @@ class PreparedCache:
             del self._writes[next(iter(self._writes))]
         write = self._writes[key] = coordinator_part(key[0], topology, search_path)
         return write
+
+    def key_fill(self, sql: str, topology: RoutingTopology, search_path: tuple[str, ...]) -> KeyFill | None:
+        """:func:`.keyfill.key_fill` of an INSERT, kept by its exact text (where its keys go depends on it)."""
+        if sql.lstrip()[:6].upper() != "INSERT":
+            return None
+        self._check(topology)
+        key = (sql, search_path)
+        if key in self._fills:
+            return self._fills[key]
+        if len(self._fills) >= self.size:
+            del self._fills[next(iter(self._fills))]
+        fill = self._fills[key] = key_fill(sql, topology, search_path)
+        return fill
 
     def prepared(self, sql: str, topology: RoutingTopology, search_path: tuple[str, ...]) -> Prepared | Coordinator:
         """The analysis of a statement with parameters ($n) as the client wrote it (extended protocol)."""

@@ -309,6 +309,24 @@ class ClientSession(RoutedQueries, asyncio.Protocol):
             return False
         if deallocates_all(sql):  # psycopg's after a ROLLBACK: the session is not pinned
             return self.extended.txns.deallocate_all(sql, data)
+        fill = routing.cache.key_fill(sql, routing.topology, self.search_path)
+        if fill is not None and (self.superuser or routing.roles_current) and self._fills_keys():
+            self.spawn(self._fill_keys(fill, sql, data))  # then _route_query with the keys in the statement
+            return True
+        return self._route_query(sql, data)
+
+    def _fills_keys(self) -> bool:
+        """Whether an INSERT that leaves its key to a sequence gets its keys here (:mod:`.keyfill`): in
+        autocommit, and in a transaction that wrote on workers (where the coordinator could not run it). As a
+        transaction's first statement it lets the coordinator take the transaction, as before: ORMs follow
+        such INSERTs with statements the router cannot run in a transaction (Django's bulk_create)."""
+        txn = self.transactions.txn
+        return txn is None or (not txn.failed and bool(txn.participants) and txn.has_written())
+
+    def _route_query(self, sql: str, data: bytes) -> bool:
+        """The Query ``sql`` (``data``) of an idle session: the transaction's, routed, or (False) the coordinator's."""
+        routing = self.routing
+        assert routing is not None
         if self.transactions.handle(sql, data):
             self.context.stats.queries += 1
             return True

@@ -28,6 +28,10 @@ class RoutedTable(DistTable):
     # a reference table whose writes' queued statements the router may apply to the copies in its transaction
     # (router/refcopies.py): no trigger but pgfleet's, no rule
     queued_copies: bool = False
+    # the sequence the distribution key's default draws from (an identity column's, a serial's; 0: none) and
+    # the identity kind ('a' ALWAYS, 'd' BY DEFAULT, '' a serial): router/keyfill.py
+    key_sequence: int = 0
+    key_identity: str = ""
 
     @property
     def schema(self) -> str:

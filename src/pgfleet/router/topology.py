@@ -48,6 +48,16 @@ WHERE c.oid = ANY(%s::oid[])
   AND NOT EXISTS (SELECT FROM pg_rewrite r WHERE r.ev_class = c.oid)
 """
 
+# The sequence each distributed table's key draws from when an INSERT does not give it (router/keyfill.py): an
+# identity column's, or a serial's (the sequence the column owns); and the identity kind.
+_KEY_SEQUENCES = """
+SELECT t.oid::bigint, a.attidentity::text,
+       pg_get_serial_sequence(format('%%I.%%I', n.nspname, c.relname), a.attname)::regclass::oid::bigint
+FROM unnest(%s::oid[], %s::text[]) AS t(oid, key)
+JOIN pg_class c ON c.oid = t.oid JOIN pg_namespace n ON n.oid = c.relnamespace
+JOIN pg_attribute a ON a.attrelid = t.oid AND a.attname = t.key AND NOT a.attisdropped AND a.attgenerated = ''
+"""
+
 # The coordinator's own tables that a router transaction may write there (router/refpart.py): plain tables
 # of the user's, on which nothing but PostgreSQL's internal triggers fires.
 _LOCAL_TABLES = """
@@ -80,6 +90,10 @@ def load_routing_topology(conn: Conn) -> RoutingTopology:
     references = [t.oid for t in topo.tables if t.method == "reference"]
     plain = {int(r[0]) for r in conn.execute(_STATEMENT_COPIES, (references,)).fetchall()} if references else set()
     queued = {int(r[0]) for r in conn.execute(_QUEUED_COPIES, (references,)).fetchall()} if references else set()
+    distributed = [t for t in topo.tables if t.method != "reference" and t.key]
+    sequences = {int(r[0]): (str(r[1]), int(r[2])) for r in conn.execute(
+        _KEY_SEQUENCES, ([t.oid for t in distributed], [t.key for t in distributed])).fetchall()
+        if r[2] is not None} if distributed else {}
     for t in topo.tables:
         cols = columns.get(t.oid, [])
         key_type = next((typ for name, typ, _ in cols if name == t.key), "")
@@ -87,7 +101,8 @@ def load_routing_topology(conn: Conn) -> RoutingTopology:
         tables.append(RoutedTable(**catalog, key_type=key_type, columns=tuple(n for n, _, _ in cols),
                                   attnums=tuple(a for _, _, a in cols), row_security=t.oid in secured,
                                   collated=tuple(collated.get(t.oid, ())), statement_copies=t.oid in plain,
-                                  queued_copies=t.oid in queued))
+                                  queued_copies=t.oid in queued, key_identity=sequences.get(t.oid, ("", 0))[0],
+                                  key_sequence=sequences.get(t.oid, ("", 0))[1]))
     relations = frozenset((str(r[0]), str(r[1])) for r in conn.execute(_RELATIONS).fetchall())
     local = frozenset((str(r[0]), str(r[1])) for r in conn.execute(_LOCAL_TABLES, (oids,)).fetchall())
     row = conn.execute("SELECT pgfleet.roles_fingerprint()").fetchone()
