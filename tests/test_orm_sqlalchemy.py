@@ -192,6 +192,22 @@ def test_crud_relationships_and_transactions(engine: Any, router: RouterServer) 
     with pytest.raises(IntegrityError, match="sa_customers_country_id_fkey"), Session(engine) as s, s.begin():
         s.add(Customer(name="nowhere", country_id=10**9))
 
+    coordinator_before, drawn_before = router.context.stats.coordinator_transactions, router.context.stats.keys_drawn
+    with Session(engine) as s, s.begin():  # a new country (a reference table) and a customer there, one transaction
+        gb = Country(code="GB")
+        s.add(gb)
+        s.flush()  # the coordinator joins the transaction, and the router writes the copies in it
+        gb_customer = Customer(name="gb1", country_id=gb.id)
+        s.add(gb_customer)
+        s.flush()  # its id drawn from the coordinator's sequence; its shard's key to sa_countries finds the copy's row
+        assert s.scalar(select(Country.code).join(Customer, Customer.country_id == Country.id)
+                        .where(Customer.id == gb_customer.id)) == "GB"
+        gb_customer_id = gb_customer.id
+    assert router.context.stats.coordinator_transactions == coordinator_before
+    assert router.context.stats.keys_drawn == drawn_before + 1
+    with Session(engine) as s, s.begin():
+        s.delete(s.get(Customer, gb_customer_id))
+
     with pytest.raises(RuntimeError), Session(engine) as s, s.begin():  # rolled back: nothing anywhere
         s.add(Customer(name="gone", country_id=gh_id, orders=[Order(number=1, reference="g", total=1)]))
         s.flush()

@@ -15,6 +15,7 @@ from psycopg import sql
 from conftest import connect, login_role
 from pgfleet.cluster.fleet import Fleet
 from pgfleet.cluster.local import LocalCluster
+from pgfleet.router.keycache import KeyCache
 from pgfleet.router.keyfill import MAX_ROWS, key_fill, next_keys_sql
 from pgfleet.router.server import RouterServer
 from pgfleet.router.snapshot import RoutedTable, RoutingTopology
@@ -128,7 +129,7 @@ def test_a_role_gets_keys_as_its_privileges_allow(cluster: LocalCluster, fleet: 
 # --- pure ---------------------------------------------------------------------------------------------------------
 def _topology(identity: str = "a") -> RoutingTopology:
     tables = (RoutedTable(oid=7, name=QualifiedName("public", "ticket"), method="hash", key="id", colocation_id=1,
-                          columns=("id", "note"), key_sequence=70, key_identity=identity),
+                          columns=("id", "note"), key_type="bigint", key_sequence=70, key_identity=identity),
               RoutedTable(oid=8, name=QualifiedName("public", "acct"), method="hash", key="id", colocation_id=1,
                           columns=("id", "note")),
               RoutedTable(oid=9, name=QualifiedName("public", "kind"), method="reference", key=None,
@@ -181,3 +182,53 @@ def test_the_keys_query_checks_the_role() -> None:
     assert "has_sequence_privilege('o''clerk', 70::regclass, 'USAGE, UPDATE')" in checked
     identity = key_fill("INSERT INTO ticket (note) VALUES ('a')", _topology("a"), ("public",))
     assert identity is not None and "has_sequence_privilege" not in next_keys_sql(identity, "clerk")
+
+
+def test_extended_protocol(cluster: LocalCluster, router: RouterServer, tables: str) -> None:
+    """psycopg's bound parameters (text and binary, prepared after a few runs), one row and rows over several
+    shards, in autocommit and after a worker write in a transaction: the same ids as one plain table."""
+    stats = router.context.stats
+    with psycopg.connect(host="127.0.0.1", port=router.config.port, dbname=cluster.spec.dbname,
+                         user=cluster.spec.superuser, password=cluster.spec.coordinator.password, autocommit=True,
+                         options=f"-c search_path={tables}") as conn:
+        for table in ("badge", "plain_badge"):
+            got = []
+            for n in range(4):  # psycopg prepares the statement from the third run on (prepare_threshold)
+                got += conn.execute(f"INSERT INTO {table} (note) VALUES (%s) RETURNING id", (f"n{n}",)).fetchall()
+            got += conn.execute(f"INSERT INTO {table} (note) VALUES (%b), (%b), (%b) RETURNING id, note",
+                                ("x", "y", "z")).fetchall()
+            with conn.transaction():
+                conn.execute(f"UPDATE {table} SET note = 'first' WHERE id = 1")
+                got += conn.execute(f"INSERT INTO {table} (note) VALUES (%s) RETURNING id", ("in",)).fetchall()
+            got += conn.execute(f"SELECT id, note FROM {table} ORDER BY id").fetchall()
+            if table == "badge":
+                fleet_rows, drawn, moved = got, stats.keys_drawn, stats.coordinator_transactions
+            else:
+                assert got == fleet_rows
+    assert drawn == 8 and moved == 0
+
+
+def test_the_cache_draws_more_only_while_the_sequence_is_busy() -> None:
+    now = [100.0]
+    cache = KeyCache(clock=lambda: now[0])
+    assert cache.block(70, 1) == 1  # quiet: one key per statement, as the coordinator would hand it out
+    assert cache.drawn(70, [1], 1, None, 7) == [1] and cache.take(70, 1, None, 7) is None
+    now[0] += 0.1
+    assert cache.block(70, 1) == 2  # busy: the block doubles
+    assert cache.drawn(70, [2, 3], 1, None, 7) == [2]
+    assert cache.take(70, 1, None, 7) == [3] and cache.take(70, 1, None, 7) is None
+    sizes = []
+    for _ in range(8):
+        now[0] += 0.1
+        sizes.append(cache.block(70, 1))
+    assert sizes == [4, 8, 16, 32, 64, 64, 64, 64]
+    assert cache.block(70, 100) == 100  # never fewer than the statement's rows
+    now[0] += 5
+    assert cache.block(70, 1) == 1  # quiet again
+    # a role takes cached keys only after a draw checked its rights; a new snapshot forgets that
+    cache.drawn(70, [10, 11, 12], 1, None, 7)
+    assert cache.take(70, 1, "clerk", 7) is None
+    assert cache.drawn(70, [13, 14], 1, "clerk", 7) == [13]
+    assert cache.take(70, 2, "clerk", 7) == [11, 12] and cache.take(70, 1, "clerk", 8) is None
+    cache.forget_roles()
+    assert cache.take(70, 1, "clerk", 7) is None and cache.take(70, 1, None, 7) == [14]

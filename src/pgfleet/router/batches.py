@@ -97,6 +97,13 @@ class Plan:
     describe: bool  # Describe of the unnamed portal after the Bind
     execute: p.Execute
     tail: tuple[Message, ...]  # Bind … Sync as they came
+    # the batch as the client sent it, when this one is the router's rework of it (keys drawn for an
+    # INSERT: extkeys.py); what goes to the coordinator when the batch is not routed after all
+    original: Plan | None = None
+
+    @property
+    def as_sent(self) -> Plan:
+        return self.original or self
 
     def statement(self, known: Statements) -> Statement | None:
         """The statement the Bind uses: parsed in this batch, or known to exist on the coordinator."""

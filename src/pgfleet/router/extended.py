@@ -53,6 +53,7 @@ from .batches import (
     read_parse,
 )
 from .pipeline import PipelineSplitter
+from .extkeys import ExtendedKeys
 from .extmulti import ExtendedMultiShard
 from .exttxn import MAX_BATCH, ExtendedTransactions, after_setup, frames, role_setup, setup_messages, worker_request
 from .pool import PoolExhausted, exhausted_reply
@@ -100,6 +101,7 @@ class ExtendedRouter:
         self.discarding = False  # a refused partial batch: its messages are dropped up to Sync, as after an error
         self.txns = ExtendedTransactions(self)
         self.multishard = ExtendedMultiShard(self)
+        self.keys = ExtendedKeys(self)
         self.pipelines = PipelineSplitter(self)
 
     # --- client side ---------------------------------------------------------------------------------
@@ -265,6 +267,9 @@ class ExtendedRouter:
         if isinstance(prepared, Coordinator):
             if txn is not None and (route := session.transactions.joining(txn, statement.sql)) is not None:
                 self._coordinator_part(plan, batch, route, prepared.reason)
+            elif (fill := self.keys.fill(statement.sql)) is not None:  # keys drawn, then routed (extkeys.py)
+                self._described(plan, batch, lambda described, answered, exchanged: self.keys.run(
+                    plan, batch, fill, described, answered, exchanged))
             elif self.multishard.candidate(statement.sql):  # not single-shard, but maybe the router's multi-shard work
                 self._multishard_only(plan, batch, prepared.reason)
             else:
@@ -383,6 +388,7 @@ class ExtendedRouter:
     def _fallback(self, plan: Plan, batch: list[Message], answered: bytes, exchanged: bool) -> None:
         """Not routed after all: to the coordinator from the Bind on when its statement messages ran there."""
         in_txn = self.session.transactions.txn is not None  # then the transaction machine resumes the session
+        plan = plan.as_sent
         if exchanged:  # the coordinator answered the statement messages: from the Bind on
             self._coordinator(plan.tail, "its values do not place it on one shard", answered)
         else:  # the whole batch, which the coordinator answers whole (a ParseComplete the router made is not sent)

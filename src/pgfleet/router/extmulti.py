@@ -291,7 +291,7 @@ class ExtendedMultiShard:
                 session.resume()
             return True
         session.reply_shaper = lambda data: extended_reply(data, statement, plan)
-        raw = self.router.txns._for_coordinator(plan.tail if exchanged else batch)
+        raw = self.router.txns._for_coordinator(plan.as_sent.tail if exchanged else batch)
         async def finish(conn: WorkerConnection, reply: bytes) -> bytes | None:
             if rows_left(reply, plan.execute.max_rows):
                 return None  # the portal would outlive the Sync in this transaction, and the rest is nowhere

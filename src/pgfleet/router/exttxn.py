@@ -310,7 +310,7 @@ class ExtendedTransactions:
             except BackendError as exc:
                 if not txn.participants:  # nothing ran yet: the coordinator takes the transaction
                     log.warning("cannot reach %s, the transaction goes to the coordinator: %s", route.node, exc)
-                    tc._to_coordinator(txn, self._for_coordinator(plan.tail))
+                    tc._to_coordinator(txn, self._for_coordinator(plan.as_sent.tail))
                 else:
                     tc._fail(txn, CONNECTION_FAILURE, f"pgfleet router: cannot connect to worker {route.node}: {exc}",
                              "roll back (to a savepoint) and retry")

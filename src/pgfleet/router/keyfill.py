@@ -1,6 +1,7 @@
 """An INSERT into a distributed table that leaves the distribution key to its sequence (an identity column, a
 ``serial``): the router takes the keys from the coordinator's sequence first and writes them into the
-statement, which then goes to the shards of its rows like any INSERT that gives its key (pure).
+statement, which then goes to the shards of its rows like any INSERT that gives its key (pure but for
+:func:`draw_keys`).
 
 Without this such an INSERT — every ``Model.objects.create()`` of Django, every ``session.add()`` of an
 identity model — could only run on the coordinator, whose partitioned table computes the default: through
@@ -19,6 +20,7 @@ PostgreSQL answers in its own words."""
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -26,10 +28,18 @@ from pglast import ast, enums, parse_sql
 from pglast.parser import ParseError
 from psycopg import sql
 
+from . import protocol as p
+from . import wire
+from .backend import BackendError
+from .keycache import KeyCache
+from .pool import Leases
 from .rewrite import Edit, _tokens, apply_edits, qualified, values_rows
 from .snapshot import RoutedTable, RoutingTopology
 
+log = logging.getLogger(__name__)
+
 MAX_ROWS = 1000  # more rows than that: the coordinator computes the keys, as before
+KEY_TYPE_OIDS = {"smallint": 21, "integer": 23, "bigint": 20}  # a key drawn into a $n parameter is of its column's type
 
 
 @dataclass(frozen=True)
@@ -46,8 +56,15 @@ class KeyFill:
         """``text`` with ``keys`` (one per row, in order) as the rows' distribution key."""
         if len(keys) != self.rows:
             raise ValueError(f"{self.rows} rows, {len(keys)} keys")
+        return self._edited(text, [str(int(key)) for key in keys])
+
+    def sql_with_parameters(self, text: str, first: int) -> str:
+        """``text`` with parameters ``$first``, ``$first + 1``, … as the rows' distribution key (extkeys.py)."""
+        return self._edited(text, [f"${first + i}" for i in range(self.rows)])
+
+    def _edited(self, text: str, keys: list[str]) -> str:
         edits = [Edit(self.column_at, self.column_at, f"{qualified(self.table.key)}, ")]
-        edits += [Edit(at, at, f"{int(key)}, ") for at, key in zip(self.row_starts, keys, strict=True)]
+        edits += [Edit(at, at, f"{key}, ") for at, key in zip(self.row_starts, keys, strict=True)]
         if self.table.key_identity == "a":
             edits.append(Edit(self.values_at, self.values_at, "OVERRIDING SYSTEM VALUE "))
         return apply_edits(text, edits)
@@ -71,7 +88,7 @@ def key_fill(text: str, topology: RoutingTopology, search_path: tuple[str, ...])
         return None
     schema = topology.schema_of(relation.schemaname, relation.relname or "", search_path)
     table = topology.table(schema, relation.relname or "") if schema is not None else None
-    if table is None or table.is_reference or not table.key_sequence:
+    if table is None or table.is_reference or not table.key_sequence or table.key_type not in KEY_TYPE_OIDS:
         return None
     if any(c.name == table.key for c in stmt.cols):
         return None
@@ -88,10 +105,10 @@ def key_fill(text: str, topology: RoutingTopology, search_path: tuple[str, ...])
     return KeyFill(table, len(spans), stmt.cols[0].location or 0, tuple(start + 1 for start, _ in spans), values_at)
 
 
-def next_keys_sql(fill: KeyFill, role: str | None) -> str:
-    """What the coordinator runs for the keys of ``fill``'s rows: ``nextval`` of the key's sequence once per
-    row, in order; for a session that is not a superuser (``role``), no row unless the role may give the key
-    column and (for a ``serial``) use the sequence."""
+def next_keys_sql(fill: KeyFill, role: str | None, count: int | None = None) -> str:
+    """What the coordinator runs for ``count`` keys (default: one per row of ``fill``): ``nextval`` of the key's
+    sequence that many times, in order; for a session that is not a superuser (``role``), no row unless the
+    role may give the key column and (for a ``serial``) use the sequence."""
     table = fill.table
     checks: list[sql.Composable] = []
     if role is not None:
@@ -102,4 +119,28 @@ def next_keys_sql(fill: KeyFill, role: str | None) -> str:
                 role=sql.Literal(role), seq=sql.Literal(table.key_sequence)))
     where = sql.SQL(" WHERE ") + sql.SQL(" AND ").join(checks) if checks else sql.SQL("")
     return sql.SQL("SELECT nextval({seq}::regclass) FROM generate_series(1, {n}) AS g{where} ORDER BY g").format(
-        seq=sql.Literal(table.key_sequence), n=sql.Literal(fill.rows), where=where).as_string()
+        seq=sql.Literal(table.key_sequence), n=sql.Literal(count or fill.rows), where=where).as_string()
+
+
+def cached_keys(cache: KeyCache, fill: KeyFill, role: str | None) -> list[int] | None:
+    """The keys of ``fill``'s rows from the process's cache (:mod:`.keycache`), at once; None: draw them."""
+    return cache.take(fill.table.key_sequence, fill.rows, role, fill.table.oid)
+
+
+async def draw_keys(leases: Leases, coordinator: str, cache: KeyCache, fill: KeyFill,
+                    role: str | None) -> list[int] | None:
+    """The keys of ``fill``'s rows from the coordinator's sequence (:func:`next_keys_sql`; more when the
+    sequence is busy, kept in ``cache``), on a pooled connection leased for that one Query; None when none
+    came (no privilege, no connection)."""
+    table = fill.table
+    count = cache.block(table.key_sequence, fill.rows)
+    try:
+        reply = await leases.exchange_once(coordinator, next_keys_sql(fill, role, count))
+    except BackendError as exc:
+        log.warning("no keys from the coordinator's sequence, the INSERT goes as it came: %s", exc)
+        return None
+    rows = [p.decode_backend(t, body) for t, body in wire.Framer().feed(reply) if t == b"D"]
+    keys = [int(r.values[0]) for r in rows if isinstance(r, p.DataRow) and r.values[0] is not None]
+    if len(keys) != count:
+        return None
+    return cache.drawn(table.key_sequence, keys, fill.rows, role, table.oid)

@@ -14,7 +14,7 @@ import logging
 from . import protocol as p
 from . import wire
 from .backend import BackendError, WorkerConnection, denied, lost_in_flight
-from .keyfill import KeyFill, next_keys_sql
+from .keyfill import KeyFill, draw_keys
 from .logical import finish_routed
 from .planhost import PlanHost
 from .pool import PoolExhausted, exhausted_reply
@@ -45,17 +45,11 @@ class RoutedQueries(PlanHost):
         When no keys came (no privilege, no connection), the statement goes as it came."""
         routing = self.routing
         assert routing is not None
-        keys: list[int] = []
-        try:
-            reply = await self.leases.exchange_once(routing.topology.coordinator, next_keys_sql(
-                fill, None if self.superuser else self.user))
-            rows = [p.decode_backend(t, body) for t, body in wire.Framer().feed(reply) if t == b"D"]
-            keys = [int(r.values[0]) for r in rows if isinstance(r, p.DataRow) and r.values[0] is not None]
-        except BackendError as exc:
-            log.warning("no keys from the coordinator's sequence, the INSERT goes as it came: %s", exc)
+        keys = await draw_keys(self.leases, routing.topology.coordinator, routing.keys, fill,
+                               None if self.superuser else self.user)
         if self.phase is Phase.CLOSED:
             return
-        if len(keys) == fill.rows:
+        if keys is not None:
             sql = fill.sql_with(sql, keys)
             data = p.Query(sql).encode()
             self.context.stats.keys_drawn += fill.rows

@@ -17,6 +17,7 @@ from pglast.parser import ParseError, scan
 from . import planners
 from .analyze import Prepared, analyze, prepare
 from .ddl import adds_foreign_keys
+from .keycache import KeyCache
 from .keyfill import KeyFill, key_fill
 from .refpart import CoordinatorPart, coordinator_part
 from .routes import Coordinator, Route, Shard, Split
@@ -43,6 +44,7 @@ class Routing:
     # copies the coordinator's roles and privileges to the workers (Fleet.sync_roles); None: not needed
     sync_roles: Callable[[], None] | None = None
     roles_synced: str | None = None  # the roles fingerprint last copied to the workers
+    keys: KeyCache = field(default_factory=KeyCache)  # keys drawn ahead from sequences (keycache.py)
 
     @property
     def roles_current(self) -> bool:
@@ -61,6 +63,7 @@ class Routing:
                     log.warning("could not copy roles to the workers: %s", str(exc).splitlines()[0] if str(exc) else exc)
             if fresh != self.topology:
                 self.topology = fresh
+                self.keys.forget_roles()
         except Exception as exc:  # the coordinator may be down or failing over: keep the last snapshot
             log.warning("could not refresh the routing topology: %s", str(exc).splitlines()[0] if str(exc) else exc)
 

@@ -21,6 +21,7 @@ from typing import cast
 from . import ddl, reconnect
 from . import protocol as p
 from . import wire
+from .keyfill import cached_keys
 from .routes import Coordinator, MultiShard, Shard
 from .backend import WorkerConnection
 from .backend import CANNOT_CONNECT
@@ -310,17 +311,24 @@ class ClientSession(RoutedQueries, asyncio.Protocol):
         if deallocates_all(sql):  # psycopg's after a ROLLBACK: the session is not pinned
             return self.extended.txns.deallocate_all(sql, data)
         fill = routing.cache.key_fill(sql, routing.topology, self.search_path)
-        if fill is not None and (self.superuser or routing.roles_current) and self._fills_keys():
-            self.spawn(self._fill_keys(fill, sql, data))  # then _route_query with the keys in the statement
-            return True
+        if fill is not None and (self.superuser or routing.roles_current) and self.fills_keys():
+            keys = cached_keys(routing.keys, fill, None if self.superuser else self.user)
+            if keys is None:
+                self.spawn(self._fill_keys(fill, sql, data))  # then _route_query with the keys in the statement
+                return True
+            self.context.stats.keys_drawn += fill.rows
+            sql = fill.sql_with(sql, keys)
+            data = p.Query(sql).encode()
         return self._route_query(sql, data)
 
-    def _fills_keys(self) -> bool:
+    def fills_keys(self) -> bool:
         """Whether an INSERT that leaves its key to a sequence gets its keys here (:mod:`.keyfill`): in
         autocommit, and in a transaction that wrote on workers (where the coordinator could not run it). As a
         transaction's first statement it lets the coordinator take the transaction, as before: ORMs follow
         such INSERTs with statements the router cannot run in a transaction (Django's bulk_create)."""
         txn = self.transactions.txn
+        if self.routing is None or not self.routing.topology.coordinator:
+            return False
         return txn is None or (not txn.failed and bool(txn.participants) and txn.has_written())
 
     def _route_query(self, sql: str, data: bytes) -> bool:
