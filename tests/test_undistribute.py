@@ -96,6 +96,23 @@ def test_undistribute_is_all_or_nothing(fleet: Fleet, cluster: LocalCluster, sch
             w.execute(f'DROP VIEW "{shard[0]}".blocker'.encode())
 
 
+def test_reshard_with_the_same_count_spreads_a_table_over_every_worker(fleet: Fleet, cluster: LocalCluster,
+                                                                       schema: str) -> None:
+    """How a table placed on some workers (or before workers were added) is laid out over all of them: the
+    README's answer to rebalancing."""
+    conn = fleet.conn()
+    conn.execute(SETUP.format(t="dist", n=ROWS).encode())
+    fleet.distribute(DistributeSpec(QualifiedName(schema, "dist"), "id", HashSpec(4), nodes=("w1",)))
+    placed = b"SELECT array_agg(DISTINCT node ORDER BY node) FROM pgfleet.shards WHERE relid = 'dist'::regclass"
+    assert conn.execute(placed).fetchone() == (["w1"],)
+    result = pgfleet_cli("reshard", f"{schema}.dist", "--shards", "4", directory=cluster.directory)
+    assert result.returncode == 0, result.stderr
+    assert conn.execute(placed).fetchone() == (["w1", "w2"],)
+    assert conn.execute(b"SELECT count(*) FROM dist").fetchone() == (ROWS,)
+    again = pgfleet_cli("reshard", f"{schema}.dist", "--shards", "4", directory=cluster.directory)
+    assert again.returncode != 0 and "spread over every worker" in again.stdout + again.stderr
+
+
 def test_reshard_changes_the_shard_count(fleet: Fleet, cluster: LocalCluster, schema: str) -> None:
     conn = _setup(fleet, schema)
     result = pgfleet_cli("reshard", f"{schema}.dist", "--shards", "6", directory=cluster.directory)

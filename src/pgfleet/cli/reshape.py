@@ -24,11 +24,12 @@ def undistribute(ctx: click.Context, table: str) -> None:
 @click.option("--shards", type=int, required=True, help="The new number of hash shards.")
 @click.pass_context
 def reshard(ctx: click.Context, table: str, shards: int) -> None:
-    """Change the shard count of hash-distributed TABLE (undistribute, then distribute; each verified)."""
+    """Change the shard count of hash-distributed TABLE, or with its count lay it out again over every worker
+    (new ones included): undistribute, then distribute; each verified."""
     name = parse_name(table)
     with open_fleet(ctx) as fleet, progress_bar(str(name)) as bar:
         rows = fleet.reshard(name, shards, bar)
-    out.print(f"{name} now has {shards} shards; {rows} rows moved and verified")
+    out.print(f"{name} now has {shards} shards over every worker; {rows} rows moved and verified")
 
 
 COMMANDS = (undistribute, reshard)

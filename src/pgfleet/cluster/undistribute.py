@@ -22,6 +22,7 @@ from psycopg import sql
 from ..errors import ExecuteError, SpecError
 from ..execute.connect import Conn, describe_error
 from ..plan import tables
+from ..plan.layout import round_robin
 from ..spec import DistributeSpec, HashSpec, QualifiedName
 from ..topology.model import DistTable
 from ..topology.read import resolve_table, table_def
@@ -150,8 +151,9 @@ def _restore_keys(fleet: Fleet, lock: Conn, dist: DistTable, staging: QualifiedN
 
 
 def reshard(fleet: Fleet, name: QualifiedName, shard_count: int, progress: Progress | None = None) -> int:
-    """Change the shard count of a hash-distributed table: undistribute, then distribute again (each step
-    verified; if the second fails, the table is a plain table holding every row). Returns rows moved."""
+    """Change the shard count of a hash-distributed table, or with the same count lay it out again over every
+    current worker (new ones included): undistribute, then distribute again (each step verified; if the
+    second fails, the table is a plain table holding every row). Returns rows moved."""
     spec_method = HashSpec(shard_count)
     dist = _distributed(fleet, name)
     if dist.method != "hash" or dist.key is None:
@@ -163,7 +165,10 @@ def reshard(fleet: Fleet, name: QualifiedName, shard_count: int, progress: Progr
         raise SpecError(f"{dist.name} is co-located with {', '.join(map(str, partners))}",
                         hint="undistribute the co-located tables first, reshard, then distribute them again "
                              "with --colocate-with")
-    if len(dist.shards) == shard_count:
-        raise SpecError(f"{dist.name} already has {shard_count} shards", hint="choose another shard count")
+    workers = [w.name for w in fleet.topology().workers]
+    placed = [s.node for s in sorted(dist.shards, key=lambda s: s.index)]
+    if len(dist.shards) == shard_count and placed == round_robin(shard_count, workers):
+        raise SpecError(f"{dist.name} already has {shard_count} shards, spread over every worker",
+                        hint="choose another shard count")
     undistribute(fleet, dist.name, progress)
     return fleet.distribute(DistributeSpec(dist.name, dist.key, spec_method), progress)
