@@ -19,18 +19,17 @@ Prints the median tps of each side and the ratios to the single server; writes a
 from __future__ import annotations
 
 import argparse
-import json
 import statistics
 import sys
 import tempfile
 import time
 from pathlib import Path
 
-from router_relay import arguments, cluster_pair, scratch, tps
+from router_relay import arguments, cluster_pair, scratch, teardown, tps, write_report
 
 from pgfleet.cluster.fleet import Fleet
 from pgfleet.cluster.local import LocalCluster
-from pgfleet.router.process import read_status, start_background, stop_background
+from pgfleet.router.process import read_status, start_background
 from pgfleet.spec import DistributeSpec, HashSpec, QualifiedName
 
 SETUP = "CREATE TABLE ticket (id bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY, note text)"
@@ -67,16 +66,12 @@ def main() -> None:
                     results.append(_case(single, fleet_local, proc.port, case, path, clients, args))
         drawn = _keys_drawn(fleet_local)
     finally:
-        stop_background(fleet_local)
-        fleet_local.destroy()
-        single.destroy()
-    out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
-    report = {"duration": args.duration, "reps": args.reps, "results": results, "keys_drawn": drawn,
-              "elapsed_seconds": round(time.monotonic() - started)}
-    (out / "router_inserts.json").write_text(json.dumps(report, indent=2) + "\n")
-    print(f"keys drawn by the router: {drawn}; raw results: {out / 'router_inserts.json'} "
-          f"({report['elapsed_seconds']} s)", file=sys.stderr)
+        teardown(single, fleet_local)
+    elapsed = round(time.monotonic() - started)
+    path = write_report(args.out, "router_inserts.json", {"duration": args.duration, "reps": args.reps,
+                                                          "results": results, "keys_drawn": drawn,
+                                                          "elapsed_seconds": elapsed})
+    print(f"keys drawn by the router: {drawn}; raw results: {path} ({elapsed} s)", file=sys.stderr)
 
 
 def _case(single: LocalCluster, fleet_local: LocalCluster, router_port: int, case: str, script: Path, clients: int,

@@ -91,6 +91,22 @@ def arguments(description: str | None, report: str,
     return parser.parse_args()
 
 
+def teardown(single: LocalCluster, fleet_local: LocalCluster) -> None:
+    """Stop the fleet's router and remove both clusters of :func:`cluster_pair`."""
+    stop_background(fleet_local)
+    fleet_local.destroy()
+    single.destroy()
+
+
+def write_report(out_dir: str, name: str, report: dict[str, object]) -> Path:
+    """``report`` as JSON in ``out_dir``/``name``; the path."""
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    path = out / name
+    path.write_text(json.dumps(report, indent=2) + "\n")
+    return path
+
+
 def scratch(prefix: str) -> Path:
     """A directory under /tmp the server account can traverse."""
     base = Path(tempfile.mkdtemp(prefix=prefix, dir="/tmp"))

@@ -104,6 +104,7 @@ def test_django_migrations_crud_and_a_migration_after_distribution(shop: psycopg
     order_model.objects.bulk_create([order_model(customer=c, number=n, reference=f"r{c.id}-{n}", total=Decimal(n * 10))
                                      for c in customers for n in (1, 2, 3)])
     assert order_model.objects.count() == 24
+    assert router.context.stats.keys_drawn >= 8  # the customers' ids came from the coordinator's sequence
     first = customers[0]
     rows = list(order_model.objects.select_related("customer__country").filter(customer=first).order_by("number"))
     assert [(o.number, o.customer.name, o.customer.country.code) for o in rows] == [(n, "c1", "GH") for n in (1, 2, 3)]
@@ -133,6 +134,14 @@ def test_django_migrations_crud_and_a_migration_after_distribution(shop: psycopg
         gb_customer = customer_model.objects.create(name="gb1", country=gb)  # the shard's key finds the copy's row
         assert customer_model.objects.select_related("country").get(id=gb_customer.id).country.code == "GB"
     assert customer_model.objects.filter(country__code="GB").count() == 1
+    got_first = router.context.stats.rows_got_first
+    with transaction.atomic():  # a routed write, then bulk_create (INSERT … SELECT * FROM UNNEST): its rows first
+        customer_model.objects.filter(id=gb_customer.id).update(name="gb2")
+        order_model.objects.bulk_create([order_model(customer=gb_customer, number=n, reference=f"gb{n}", total=n)
+                                         for n in (1, 2)])
+    assert router.context.stats.rows_got_first == got_first + 2
+    assert order_model.objects.filter(customer=gb_customer).count() == 2
+    order_model.objects.filter(customer=gb_customer).delete()
     gb_customer.delete()
     with pytest.raises(RuntimeError), transaction.atomic():  # a routed write, then statements over every shard
         order_model.objects.filter(customer=first, number=1).update(reference="t")  # one shard

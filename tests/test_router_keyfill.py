@@ -17,6 +17,7 @@ from pgfleet.cluster.fleet import Fleet
 from pgfleet.cluster.local import LocalCluster
 from pgfleet.router.keycache import KeyCache
 from pgfleet.router.keyfill import MAX_ROWS, key_fill, next_keys_sql
+from pgfleet.router.rowsource import row_source
 from pgfleet.router.server import RouterServer
 from pgfleet.router.snapshot import RoutedTable, RoutingTopology
 from pgfleet.spec import DistributeSpec, HashSpec, QualifiedName
@@ -232,3 +233,65 @@ def test_the_cache_draws_more_only_while_the_sequence_is_busy() -> None:
     assert cache.take(70, 2, "clerk", 7) == [11, 12] and cache.take(70, 1, "clerk", 8) is None
     cache.forget_roles()
     assert cache.take(70, 1, "clerk", 7) is None and cache.take(70, 1, None, 7) == [14]
+
+
+# --- INSERT … SELECT of constants (router/rowsource.py): ORMs' bulk inserts --------------------------------------
+BULK = [
+    "INSERT INTO {t} (note) SELECT * FROM UNNEST(('{{a,b,NULL}}')::text[]) RETURNING id, note",
+    "INSERT INTO {t} (id, note) SELECT * FROM UNNEST(ARRAY[50, 51]::bigint[], ARRAY['x', 'y']::text[]) "
+    "ON CONFLICT (id) DO NOTHING RETURNING id",
+    "INSERT INTO {t} (id, note) SELECT * FROM UNNEST(ARRAY[50, 52]::bigint[], ARRAY['again', 'z']::text[]) "
+    "ON CONFLICT (id) DO NOTHING RETURNING id",
+    "INSERT INTO {t} (note) SELECT p0::VARCHAR FROM (VALUES ('s1', 0), ('s2', 1)) AS imp_sen(p0, sen) "
+    "ORDER BY sen RETURNING id, id AS id__1",
+    "INSERT INTO {t} (note) SELECT * FROM UNNEST(('{{}}')::text[])",  # no row: the coordinator says INSERT 0 0
+    "INSERT INTO {t} (id, note) SELECT * FROM UNNEST(ARRAY['nine', 'ten'], ARRAY['a', 'b'])",  # a bad key
+    "SELECT id, note FROM {t} ORDER BY id",
+]
+
+
+def test_bulk_inserts_of_constants_as_on_one_plain_table(cluster: LocalCluster, router: RouterServer,
+                                                         tables: str) -> None:
+    """Django's bulk_create (UNNEST) and SQLAlchemy's multi-row form: their rows go straight to the shards,
+    RETURNING in the rows' order, in autocommit and in a transaction after a worker write."""
+    stats = router.context.stats
+    with connect(cluster, router.config.port, tables) as conn:
+        for statement in BULK:
+            assert outcome(conn, statement.format(t="badge")) == outcome(conn, statement.format(t="plain_badge")), \
+                statement
+        got = stats.rows_got_first
+        assert got == 3 + 2 + 2 + 2 + 2  # the bad keys' rows too: the coordinator refuses their statement
+        for table in ("badge", "plain_badge"):
+            run(conn, "BEGIN")
+            run(conn, f"UPDATE {table} SET note = 'touched' WHERE id = 1")
+            rows = run(conn, f"INSERT INTO {table} (note) SELECT * FROM UNNEST(ARRAY['p', 'q', 'r']) RETURNING note, id")
+            run(conn, "COMMIT")
+            if table == "badge":
+                fleet_rows = rows
+            else:
+                assert rows == fleet_rows
+        assert run(conn, "SELECT id, note FROM badge ORDER BY id") == run(conn, "SELECT id, note FROM plain_badge ORDER BY id")
+    assert stats.rows_got_first == got + 3 and stats.coordinator_transactions == 1  # plain_badge's
+
+
+@pytest.mark.parametrize(("statement", "source"), [
+    ("INSERT INTO ticket (note) SELECT * FROM UNNEST(('{a,b}')::text[]) RETURNING id",
+     ("INSERT INTO ticket (note) ", "SELECT * FROM UNNEST(('{a,b}')::text[]) ", "RETURNING id")),
+    ("insert into ticket (id, note) select p0, p1 from (values (1, 'x')) as v(p0, p1) on conflict do nothing;",
+     ("insert into ticket (id, note) ", "select p0, p1 from (values (1, 'x')) as v(p0, p1) ", "on conflict do nothing;")),
+    ("INSERT INTO ticket (note) SELECT * FROM UNNEST(ARRAY['a)', 'RETURNING'])",
+     ("INSERT INTO ticket (note) ", "SELECT * FROM UNNEST(ARRAY['a)', 'RETURNING'])", "")),
+    ("INSERT INTO ticket (note) SELECT note FROM acct", None),  # reads a table
+    ("INSERT INTO ticket (note) SELECT now()::text FROM UNNEST(ARRAY[1])", None),  # the clock
+    ("INSERT INTO ticket (note) SELECT upper(x) FROM UNNEST(ARRAY['a']) AS u(x)", None),  # only unnest
+    ("INSERT INTO ticket (note) SELECT * FROM UNNEST(ARRAY[(SELECT 'a')])", None),  # a subquery
+    ("INSERT INTO ticket SELECT * FROM UNNEST(ARRAY[1], ARRAY['a'])", None),  # no column list
+    ("INSERT INTO kind (note) SELECT * FROM UNNEST(ARRAY['a'])", None),  # a reference table
+    ("INSERT INTO ticket (note) SELECT 'a'", None),  # no FROM: a one-row VALUES is what clients send
+])
+def test_which_inserts_get_their_rows_first(statement: str, source: tuple[str, str, str] | None) -> None:
+    found = row_source(statement, _topology(), ("public",))
+    assert (found.head, found.select, found.tail) == source if found is not None else source is None
+    if found is not None:
+        assert found.insert_with([["1", None], ["it's", "x"]], ["bigint", "text"]) == \
+            found.head + "VALUES ('1'::bigint, NULL::text), ('it''s'::bigint, 'x'::text)" + found.tail

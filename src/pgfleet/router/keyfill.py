@@ -70,9 +70,8 @@ class KeyFill:
         return apply_edits(text, edits)
 
 
-def key_fill(text: str, topology: RoutingTopology, search_path: tuple[str, ...]) -> KeyFill | None:
-    """The INSERT ``text`` as a :class:`KeyFill` when it inserts VALUES rows into a distributed table whose
-    key comes from a sequence, without giving the key; None for anything else."""
+def parsed_insert(text: str) -> ast.InsertStmt | None:
+    """``text`` parsed when it is one INSERT statement; None for anything else (cheaply for most)."""
     if text.lstrip()[:6].upper() != "INSERT":
         return None
     try:
@@ -81,7 +80,16 @@ def key_fill(text: str, topology: RoutingTopology, search_path: tuple[str, ...])
         return None
     if len(stmts) != 1 or not isinstance(stmts[0].stmt, ast.InsertStmt):
         return None
-    stmt = stmts[0].stmt
+    return stmts[0].stmt
+
+
+def key_fill(text: str, topology: RoutingTopology, search_path: tuple[str, ...],
+             stmt: ast.InsertStmt | None = None) -> KeyFill | None:
+    """The INSERT ``text`` (``stmt`` when parsed already) as a :class:`KeyFill` when it inserts VALUES rows
+    into a distributed table whose key comes from a sequence, without giving the key; None for anything else."""
+    stmt = stmt if stmt is not None else parsed_insert(text)
+    if stmt is None:
+        return None
     relation = stmt.relation
     if stmt.withClause is not None or relation is None or relation.catalogname or not stmt.cols \
             or stmt.override != enums.OverridingKind.OVERRIDING_NOT_SET:

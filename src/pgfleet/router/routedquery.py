@@ -14,11 +14,12 @@ import logging
 from . import protocol as p
 from . import wire
 from .backend import BackendError, WorkerConnection, denied, lost_in_flight
-from .keyfill import KeyFill, draw_keys
+from .keyfill import KeyFill, cached_keys, draw_keys, key_fill
 from .logical import finish_routed
 from .planhost import PlanHost
 from .pool import PoolExhausted, exhausted_reply
 from .routes import Shard
+from .rowsource import RowSource, evaluate_rows
 from .upstream import Phase
 
 log = logging.getLogger(__name__)
@@ -39,20 +40,33 @@ class RoutedQueries(PlanHost):
     def _route_query(self, sql: str, data: bytes) -> bool:
         raise NotImplementedError
 
-    async def _fill_keys(self, fill: KeyFill, sql: str, data: bytes) -> None:
-        """An INSERT that leaves its distribution key to the key's sequence (:mod:`.keyfill`): the keys from the
-        coordinator's sequence into the statement, which then goes its way as if the client had sent it so.
-        When no keys came (no privilege, no connection), the statement goes as it came."""
+    async def _rework_then_route(self, rework: KeyFill | RowSource, sql: str, data: bytes) -> None:
+        """An INSERT that leaves its distribution key to the key's sequence (:mod:`.keyfill`), or an INSERT …
+        SELECT of constants (:mod:`.rowsource`): the rows got and the keys drawn from the coordinator into the
+        statement, which then goes its way as if the client had sent it so. What cannot be had (no privilege,
+        no connection, an error) leaves the statement as it came."""
         routing = self.routing
         assert routing is not None
-        keys = await draw_keys(self.leases, routing.topology.coordinator, routing.keys, fill,
-                               None if self.superuser else self.user)
+        role = None if self.superuser else self.user
+        fill = rework if isinstance(rework, KeyFill) else None
+        text = sql
+        if isinstance(rework, RowSource):
+            rows = await evaluate_rows(self.leases, routing.topology.coordinator, rework, routing.type_names)
+            if rows is not None:
+                text = rework.insert_with(rows.values, rows.types)
+                fill = key_fill(text, routing.topology, self.search_path)
+                self.context.stats.rows_got_first += len(rows.values)
+        if fill is not None:
+            keys = cached_keys(routing.keys, fill, role)
+            if keys is None:
+                keys = await draw_keys(self.leases, routing.topology.coordinator, routing.keys, fill, role)
+            if keys is not None:
+                text = fill.sql_with(text, keys)
+                self.context.stats.keys_drawn += fill.rows
         if self.phase is Phase.CLOSED:
             return
-        if keys is not None:
-            sql = fill.sql_with(sql, keys)
-            data = p.Query(sql).encode()
-            self.context.stats.keys_drawn += fill.rows
+        if text != sql:
+            sql, data = text, p.Query(text).encode()
         self.busy = False
         if not self._route_query(sql, data):
             self._from_client([b"Q"], data)

@@ -18,7 +18,8 @@ from . import planners
 from .analyze import Prepared, analyze, prepare
 from .ddl import adds_foreign_keys
 from .keycache import KeyCache
-from .keyfill import KeyFill, key_fill
+from .keyfill import KeyFill, key_fill, parsed_insert
+from .rowsource import RowSource, row_source
 from .refpart import CoordinatorPart, coordinator_part
 from .routes import Coordinator, Route, Shard, Split
 from .backend import WorkerLogin
@@ -45,6 +46,7 @@ class Routing:
     sync_roles: Callable[[], None] | None = None
     roles_synced: str | None = None  # the roles fingerprint last copied to the workers
     keys: KeyCache = field(default_factory=KeyCache)  # keys drawn ahead from sequences (keycache.py)
+    type_names: dict[int, str] = field(default_factory=dict)  # format_type of type oids met (rowsource.py)
 
     @property
     def roles_current(self) -> bool:
@@ -172,14 +174,14 @@ class PreparedCache:
         self._exact: dict[tuple[str, tuple[str, ...]], Decision] = {}
         self._topology: RoutingTopology | None = None
         self._writes: dict[tuple[str, tuple[str, ...]], CoordinatorPart | None] = {}
-        self._fills: dict[tuple[str, tuple[str, ...]], KeyFill | None] = {}
+        self._reworks: dict[tuple[str, tuple[str, ...]], KeyFill | RowSource | None] = {}
 
     def _check(self, topology: RoutingTopology) -> None:
         if topology is not self._topology:
             self._entries.clear()
             self._exact.clear()
             self._writes.clear()
-            self._fills.clear()
+            self._reworks.clear()
             self._topology = topology
 
     def decision(self, sql: str, topology: RoutingTopology, search_path: tuple[str, ...]) -> Decision | None:
@@ -204,18 +206,26 @@ class PreparedCache:
         write = self._writes[key] = coordinator_part(key[0], topology, search_path)
         return write
 
-    def key_fill(self, sql: str, topology: RoutingTopology, search_path: tuple[str, ...]) -> KeyFill | None:
-        """:func:`.keyfill.key_fill` of an INSERT, kept by its exact text (where its keys go depends on it)."""
+    def insert_rework(self, sql: str, topology: RoutingTopology,
+                      search_path: tuple[str, ...]) -> KeyFill | RowSource | None:
+        """What the router does to an INSERT before routing it: keys drawn (:mod:`.keyfill`) or rows got
+        first (:mod:`.rowsource`); kept by the exact text (where the edits go depends on it)."""
         if sql.lstrip()[:6].upper() != "INSERT":
             return None
         self._check(topology)
         key = (sql, search_path)
-        if key in self._fills:
-            return self._fills[key]
-        if len(self._fills) >= self.size:
-            del self._fills[next(iter(self._fills))]
-        fill = self._fills[key] = key_fill(sql, topology, search_path)
-        return fill
+        if key in self._reworks:
+            return self._reworks[key]
+        if len(self._reworks) >= self.size:
+            del self._reworks[next(iter(self._reworks))]
+        stmt = parsed_insert(sql)
+        rework = self._reworks[key] = None if stmt is None else (
+            key_fill(sql, topology, search_path, stmt) or row_source(sql, topology, search_path, stmt))
+        return rework
+
+    def key_fill(self, sql: str, topology: RoutingTopology, search_path: tuple[str, ...]) -> KeyFill | None:
+        rework = self.insert_rework(sql, topology, search_path)
+        return rework if isinstance(rework, KeyFill) else None
 
     def prepared(self, sql: str, topology: RoutingTopology, search_path: tuple[str, ...]) -> Prepared | Coordinator:
         """The analysis of a statement with parameters ($n) as the client wrote it (extended protocol)."""

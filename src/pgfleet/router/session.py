@@ -21,7 +21,7 @@ from typing import cast
 from . import ddl, reconnect
 from . import protocol as p
 from . import wire
-from .keyfill import cached_keys
+from .keyfill import KeyFill, cached_keys
 from .routes import Coordinator, MultiShard, Shard
 from .backend import WorkerConnection
 from .backend import CANNOT_CONNECT
@@ -310,22 +310,24 @@ class ClientSession(RoutedQueries, asyncio.Protocol):
             return False
         if deallocates_all(sql):  # psycopg's after a ROLLBACK: the session is not pinned
             return self.extended.txns.deallocate_all(sql, data)
-        fill = routing.cache.key_fill(sql, routing.topology, self.search_path)
-        if fill is not None and (self.superuser or routing.roles_current) and self.fills_keys():
-            keys = cached_keys(routing.keys, fill, None if self.superuser else self.user)
-            if keys is None:
-                self.spawn(self._fill_keys(fill, sql, data))  # then _route_query with the keys in the statement
+        rework = routing.cache.insert_rework(sql, routing.topology, self.search_path)
+        if rework is not None and (self.superuser or routing.roles_current) and self.fills_keys():
+            keys = cached_keys(routing.keys, rework, None if self.superuser else self.user) \
+                if isinstance(rework, KeyFill) else None
+            if keys is None or not isinstance(rework, KeyFill):
+                self.spawn(self._rework_then_route(rework, sql, data))  # then _route_query with the new text
                 return True
-            self.context.stats.keys_drawn += fill.rows
-            sql = fill.sql_with(sql, keys)
+            self.context.stats.keys_drawn += rework.rows
+            sql = rework.sql_with(sql, keys)
             data = p.Query(sql).encode()
         return self._route_query(sql, data)
 
     def fills_keys(self) -> bool:
-        """Whether an INSERT that leaves its key to a sequence gets its keys here (:mod:`.keyfill`): in
-        autocommit, and in a transaction that wrote on workers (where the coordinator could not run it). As a
-        transaction's first statement it lets the coordinator take the transaction, as before: ORMs follow
-        such INSERTs with statements the router cannot run in a transaction (Django's bulk_create)."""
+        """Whether an INSERT that leaves its key to a sequence gets its keys here (:mod:`.keyfill`), and an
+        INSERT … SELECT of constants its rows (:mod:`.rowsource`): in autocommit, and in a transaction that
+        wrote on workers (where the coordinator could not run it). As a transaction's first statement it lets
+        the coordinator take the transaction, as before: ORMs follow such INSERTs with statements the router
+        cannot run in a transaction (SQLAlchemy's multi-row INSERT with parameters)."""
         txn = self.transactions.txn
         if self.routing is None or not self.routing.topology.coordinator:
             return False

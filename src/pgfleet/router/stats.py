@@ -24,6 +24,7 @@ class RouterStats:
     coordinator_parts: int = 0  # reference-table writes the coordinator ran in a router transaction (refpart.py)
     reference_copies_written: int = 0  # of those, written on every copy by the router itself (refcopies.py)
     keys_drawn: int = 0  # distribution keys drawn from the coordinator's sequences for INSERTs (keyfill.py)
+    rows_got_first: int = 0  # rows of INSERT … SELECT of constants got first, inserted as VALUES (rowsource.py)
     recovered_commits: int = 0  # prepared transactions recovery committed (the decision was 'commit')
     recovered_aborts: int = 0  # prepared transactions recovery rolled back (no decision: 'abort' written)
     in_doubt: int = 0  # prepared router transactions recovery saw unresolved in its last pass (a gauge)
