@@ -208,6 +208,20 @@ def test_crud_relationships_and_transactions(engine: Any, router: RouterServer) 
     with Session(engine) as s, s.begin():
         s.delete(s.get(Customer, gb_customer_id))
 
+    got_first = router.context.stats.rows_got_first
+    with Session(engine, expire_on_commit=False) as s, s.begin():  # a routed write, then a multi-row flush
+        s.execute(sa.update(Customer).where(Customer.id == ids[0]).values(name="c1"))  # one shard
+        bulk = [Customer(name=f"bulk{i}", country_id=gh_id) for i in range(3)]
+        s.add_all(bulk)
+        s.flush()  # INSERT … SELECT p0, p1 FROM (VALUES ($1, $2, 0), …) ORDER BY sen_counter: its rows read first
+    assert router.context.stats.rows_got_first == got_first + 3
+    assert router.context.stats.coordinator_transactions == coordinator_before
+    bulk_ids = [c.id for c in bulk]
+    assert bulk_ids == sorted(bulk_ids) and len(set(bulk_ids)) == 3  # each object got its own row's id
+    with Session(engine) as s, s.begin():
+        assert [s.get(Customer, i).name for i in bulk_ids] == ["bulk0", "bulk1", "bulk2"]  # type: ignore[union-attr]
+        s.execute(sa.delete(Customer).where(Customer.id.in_(bulk_ids)))
+
     with pytest.raises(RuntimeError), Session(engine) as s, s.begin():  # rolled back: nothing anywhere
         s.add(Customer(name="gone", country_id=gh_id, orders=[Order(number=1, reference="g", total=1)]))
         s.flush()

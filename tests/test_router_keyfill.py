@@ -295,3 +295,25 @@ def test_which_inserts_get_their_rows_first(statement: str, source: tuple[str, s
     if found is not None:
         assert found.insert_with([["1", None], ["it's", "x"]], ["bigint", "text"]) == \
             found.head + "VALUES ('1'::bigint, NULL::text), ('it''s'::bigint, 'x'::text)" + found.tail
+
+
+def test_sqlalchemy_multi_row_form_with_parameters(cluster: LocalCluster, router: RouterServer, tables: str) -> None:
+    """SQLAlchemy's multi-row INSERT ($n values, extended protocol) after a worker write in a transaction: its
+    rows are read first with the client's values; RETURNING in the rows' order, as on one plain table."""
+    statement = ("INSERT INTO {t} (note) SELECT p0::VARCHAR FROM (VALUES (%s::VARCHAR, 0), (%s::VARCHAR, 1), "
+                 "(%s::VARCHAR, 2)) AS imp_sen(p0, sen_counter) ORDER BY sen_counter RETURNING {t}.id, {t}.id AS id__1")
+    stats = router.context.stats
+    with psycopg.connect(host="127.0.0.1", port=router.config.port, dbname=cluster.spec.dbname,
+                         user=cluster.spec.superuser, password=cluster.spec.coordinator.password,
+                         options=f"-c search_path={tables}") as conn:
+        results = []
+        for table in ("badge", "plain_badge"):
+            conn.execute(f"INSERT INTO {table} (note) VALUES ('seed')")
+            conn.commit()
+            conn.execute(f"UPDATE {table} SET note = 'touched' WHERE id = 1")
+            results.append(conn.execute(statement.format(t=table), ("a", "b", None)).fetchall())
+            conn.commit()
+            results.append(conn.execute(f"SELECT id, note FROM {table} ORDER BY id").fetchall())
+            conn.commit()
+        assert results[0] == results[2] and results[1] == results[3]
+    assert stats.rows_got_first == 3

@@ -18,8 +18,9 @@ from typing import TYPE_CHECKING
 
 from . import protocol as p
 from .batches import Message, Plan, Statement
-from .keyfill import KEY_TYPE_OIDS, KeyFill, cached_keys, draw_keys
+from .keyfill import KEY_TYPE_OIDS, KeyFill, cached_keys, draw_keys, key_fill
 from .routes import Coordinator
+from .rowsource import RowSource, evaluate_rows
 
 if TYPE_CHECKING:
     from .extended import ExtendedRouter
@@ -52,17 +53,19 @@ class ExtendedKeys:
         self.router = router
         self.session = router.session
 
-    def fill(self, sql: str) -> KeyFill | None:
-        """Where the keys go into ``sql`` when the session draws keys now (:mod:`.keyfill`); else None."""
+    def fill(self, sql: str) -> KeyFill | RowSource | None:
+        """What the router does to ``sql`` first when the session reworks INSERTs now: keys drawn
+        (:mod:`.keyfill`) or rows got (:mod:`.rowsource`); else None."""
         session = self.session
         routing = session.routing
         if routing is None or not (session.superuser or routing.roles_current) or not session.fills_keys():
             return None
-        return routing.cache.key_fill(sql, routing.topology, session.search_path)
+        return routing.cache.insert_rework(sql, routing.topology, session.search_path)
 
-    def run(self, plan: Plan, batch: list[Message], fill: KeyFill, statement: Statement, answered: bytes,
-            exchanged: bool) -> None:
-        """The described statement: keys drawn, then routed; as it came to the coordinator when it cannot be."""
+    def run(self, plan: Plan, batch: list[Message], fill: KeyFill | RowSource, statement: Statement,
+            answered: bytes, exchanged: bool) -> None:
+        """The described statement: keys drawn (or rows got), then routed; as it came to the coordinator when
+        it cannot be."""
         types = statement.param_types
         if types is None or not statement.portable or len(types) != len(plan.bind.params):
             self.router._fallback(plan, batch, answered, exchanged)
@@ -70,12 +73,50 @@ class ExtendedKeys:
         session = self.session
         routing = session.routing
         assert routing is not None
+        if isinstance(fill, RowSource):
+            session.busy = True
+            session.context.spawn(self._rows_first(plan, batch, fill, statement, answered, exchanged))
+            return
         keys = cached_keys(routing.keys, fill, None if session.superuser else session.user)
         if keys is not None:
             self._route(plan, batch, fill, statement, answered, exchanged, keys)
             return
         session.busy = True
         session.context.spawn(self._drawn(plan, batch, fill, statement, answered, exchanged))
+
+    async def _rows_first(self, plan: Plan, batch: list[Message], source: RowSource, statement: Statement,
+                          answered: bytes, exchanged: bool) -> None:
+        """SQLAlchemy's multi-row INSERT (``INSERT … SELECT p0::T, … FROM (VALUES ($1, …), …) ORDER BY …``): the
+        rows got first with the client's values, then one INSERT of literal rows without parameters."""
+        session = self.session
+        routing = session.routing
+        assert routing is not None and statement.param_types is not None
+        rows = await evaluate_rows(session.leases, routing.topology.coordinator, source, routing.type_names,
+                                   plan.bind, statement.param_types)
+        if rows is None:
+            self.router._fallback(plan, batch, answered, exchanged)
+            return
+        text = source.insert_with(rows.values, rows.types)
+        fill = key_fill(text, routing.topology, session.search_path)
+        if fill is not None:
+            role = None if session.superuser else session.user
+            keys = cached_keys(routing.keys, fill, role)
+            if keys is None:
+                keys = await draw_keys(session.leases, routing.topology.coordinator, routing.keys, fill, role)
+            if keys is None:
+                self.router._fallback(plan, batch, answered, exchanged)
+                return
+            text = fill.sql_with(text, keys)
+            session.context.stats.keys_drawn += fill.rows
+        prepared = routing.cache.prepared(text, routing.topology, session.search_path)
+        if isinstance(prepared, Coordinator):
+            self.router._fallback(plan, batch, answered, exchanged)
+            return
+        session.context.stats.rows_got_first += len(rows.values)
+        bind = p.Bind(plan.bind.portal, plan.bind.statement, (), (), plan.bind.result_formats)
+        literal = replace(plan, prefix=(), bind=bind, tail=((b"B", bind.payload()), *plan.tail[1:]), original=plan)
+        self.router._run(literal, batch, prepared, Statement(text, (), (), statement.columns), answered,
+                         exchanged=exchanged)
 
     async def _drawn(self, plan: Plan, batch: list[Message], fill: KeyFill, statement: Statement, answered: bytes,
                      exchanged: bool) -> None:

@@ -310,12 +310,16 @@ class Leases:
     async def exchange_once(self, node: str, text: str) -> bytes:
         """``text`` as one Query on a pooled connection to ``node`` that the session does not hold: leased for
         this Query only, outside any transaction of the session (raises BackendError, PoolExhausted)."""
+        return await self.roundtrip_once(node, p.Query(text).encode())
+
+    async def roundtrip_once(self, node: str, request: bytes) -> bytes:
+        """:meth:`exchange_once` of messages ending in a Query or a Sync."""
         if self.pools is None or self.closed:
             raise BackendError("the client session ended")
         pool = self.pools.node(node)
         conn = await pool.lease(self.settings)
         try:
-            reply = await conn.exchange(text)
+            reply = await conn.roundtrip(request)
         except BackendError:
             pool.discard(conn)
             raise

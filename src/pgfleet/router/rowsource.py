@@ -38,7 +38,7 @@ log = logging.getLogger(__name__)
 
 MAX_ROWS = 5000  # more rows than that: the coordinator runs the statement, as before
 _ALLOWED_FUNCTIONS = frozenset({"unnest"})
-_FORBIDDEN = (ast.RangeVar, ast.ParamRef, ast.SubLink, ast.SQLValueFunction, ast.WithClause, ast.LockingClause,
+_FORBIDDEN = (ast.RangeVar, ast.SubLink, ast.SQLValueFunction, ast.WithClause, ast.LockingClause,
               ast.IntoClause, ast.JoinExpr, ast.CurrentOfExpr, ast.RangeTableSample, ast.GroupingSet, ast.WindowDef)
 
 
@@ -74,6 +74,8 @@ def row_source(text: str, topology: RoutingTopology, search_path: tuple[str, ...
     table = topology.table(schema, relation.relname or "") if schema is not None else None
     if table is None or table.is_reference:
         return None
+    if any(isinstance(node, ast.ParamRef) for node in walk([stmt.onConflictClause, stmt.returningClause])):
+        return None  # the rows' statement carries no parameter
     for node in walk(select):
         if isinstance(node, _FORBIDDEN):
             return None
@@ -107,13 +109,21 @@ class Rows:
     types: list[str]  # each column's type, as format_type names it
 
 
-async def evaluate_rows(leases: Leases, coordinator: str, source: RowSource, type_names: dict[int, str]) -> Rows | None:
+async def evaluate_rows(leases: Leases, coordinator: str, source: RowSource, type_names: dict[int, str],
+                        bind: p.Bind | None = None, param_types: tuple[int, ...] = ()) -> Rows | None:
     """The rows of ``source``'s SELECT and their columns' types, from a pooled coordinator connection leased
-    for that one Query (``type_names``: the names of type oids known already; a type seen first costs one
-    more Query); None when they cannot be had or do not fit (an error, no row, too many rows, another number
-    of values than the column list): the statement then goes as it came."""
+    for that one Query — with the client's ``bind`` values of ``$n`` parameters (extended protocol) when
+    given; ``type_names``: the names of type oids known already (a type seen first costs one more Query).
+    None when they cannot be had or do not fit (an error, no row, too many rows, another number of values
+    than the column list): the statement then goes as it came."""
     try:
-        reply = await leases.exchange_once(coordinator, f"{source.select}\n")  # the newline ends a -- comment
+        if bind is None:
+            reply = await leases.exchange_once(coordinator, f"{source.select}\n")  # the newline ends a -- comment
+        else:
+            reply = await leases.roundtrip_once(coordinator, b"".join((
+                p.Parse("", source.select, param_types).encode(),
+                p.Bind("", "", bind.param_formats, bind.params, ()).encode(),
+                p.Describe("P", "").encode(), p.Execute("", 0).encode(), p.Sync().encode())))
         oids: tuple[int, ...] = ()
         values: list[list[str | None]] = []
         for type_byte, payload in wire.Framer().feed(reply):
