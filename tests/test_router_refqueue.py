@@ -77,6 +77,14 @@ def test_a_new_reference_row_then_a_distributed_row_referring_to_it(cluster: Loc
         run(conn, "INSERT INTO kind (name) VALUES ('kept')")
         run(conn, "COMMIT")
         assert {r[1] for r in kinds(fleet, tables)} == {"tools", "kept"}
+        # the price of joining at the first statement: what only the coordinator runs is refused after it
+        run(conn, "BEGIN")
+        run(conn, "INSERT INTO kind (name) VALUES ('more')")
+        with pytest.raises(psycopg.errors.FeatureNotSupported, match=r"wrote on worker w1, w2 and a connection "
+                           r"of the coordinator's \(coord\)"):
+            run(conn, "CREATE TABLE refused_here (id int)")
+        run(conn, "ROLLBACK")
+        assert direct.execute("SELECT count(*) FROM kind WHERE name = 'more'").fetchone() == (0,)
     assert kinds(fleet, tables) == {tuple(r) for r in fleet.conn().execute(
         sql.SQL("SELECT id, name, made FROM {}.kind").format(sql.Identifier(tables))).fetchall()}
     assert prepared_everywhere(cluster) == 0

@@ -363,8 +363,12 @@ class TransactionControl(CoordinatorParts):
 
     def _needs_coordinator(self, txn: Transaction, decision: Decision | None, what: str) -> None:
         reason = getattr(decision.route, "reason", "") if decision is not None else ""
+        workers = [node for node in txn.participants if node != txn.coordinator]
+        where = f"worker {', '.join(workers)}" if workers else ""
+        if txn.coordinator in txn.participants:  # joined for a reference-table write: the coordinator's connection
+            where += f"{' and ' if where else ''}a connection of the coordinator's ({txn.coordinator})"
         self._fail(txn, NOT_SUPPORTED,
-                   f"pgfleet router: this transaction {what} worker {', '.join(txn.participants)}; this statement "
+                   f"pgfleet router: this transaction {what} {where}; this statement "
                    f"needs the coordinator{f' ({reason})' if reason else ''} and cannot join it",
                    "run it in its own transaction, or as the first statement of a transaction (which then runs "
                    "on the coordinator); send one statement per Query in a transaction")
