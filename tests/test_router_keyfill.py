@@ -233,6 +233,13 @@ def test_the_cache_draws_more_only_while_the_sequence_is_busy() -> None:
     assert cache.take(70, 2, "clerk", 7) == [11, 12] and cache.take(70, 1, "clerk", 8) is None
     cache.forget_roles()
     assert cache.take(70, 1, "clerk", 7) is None and cache.take(70, 1, None, 7) == [14]
+    # leftovers of a draw more than KEEP_SECONDS old are dropped: a quiet sequence gives the coordinator's next
+    cache.drawn(70, [20, 21, 22], 1, None, 7)
+    now[0] += 6
+    assert cache.take(70, 1, None, 7) is None
+    now[0] += 0.1
+    cache.block(70, 1)
+    assert cache.drawn(70, [23], 1, None, 7) == [23] and cache.take(70, 1, None, 7) is None
 
 
 # --- INSERT … SELECT of constants (router/rowsource.py): ORMs' bulk inserts --------------------------------------

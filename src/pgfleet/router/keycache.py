@@ -3,10 +3,11 @@
 
 A draw asks the coordinator for as many keys as the statement needs, or more when the sequence is busy:
 the block doubles (up to :data:`MAX_BLOCK`) each time the cache runs dry within :data:`BUSY_SECONDS` of the
-previous draw, and falls back to one draw per statement when it is quiet. So an occasional INSERT takes the
-next value as the coordinator would give it, and a stream of INSERTs mostly finds its keys here, without a
-round trip to the coordinator. As with ``CACHE`` in PostgreSQL, keys are unique but not handed out in
-the order of the statements over all sessions, and keys a process held when it stopped are never used.
+previous draw, and falls back to one draw per statement when it is quiet; keys left over from a draw more
+than :data:`KEEP_SECONDS` old are dropped. So an occasional INSERT takes the next value as the coordinator
+would give it, and a stream of INSERTs mostly finds its keys here, without a round trip to the
+coordinator. As with ``CACHE`` in PostgreSQL, keys are unique but not handed out in the order of the
+statements over all sessions, and keys a process held when it stopped are never used.
 
 A session of a role other than a superuser takes cached keys only once a draw checked that role's right
 to the key (:func:`.keyfill.next_keys_sql`); those checks are forgotten with every new topology snapshot,
@@ -20,6 +21,7 @@ from collections.abc import Callable
 
 MAX_BLOCK = 64
 BUSY_SECONDS = 1.0
+KEEP_SECONDS = 5.0  # keys left from a draw older than that are dropped (a RESTART of the sequence, a quiet one)
 
 
 class KeyCache:
@@ -34,6 +36,8 @@ class KeyCache:
         """``rows`` cached keys of ``sequence`` for a session of ``role`` (None: a superuser); None when
         there are not enough, or the role's rights were not checked yet."""
         keys = self._keys.get(sequence)
+        if keys and self._clock() - self._drawn_at.get(sequence, float("-inf")) > KEEP_SECONDS:
+            keys.clear()  # left over from a busy spell: dropped (a gap), so a quiet sequence stays exact
         if not keys or len(keys) < rows or (role is not None and (role, table) not in self._checked):
             return None
         return [keys.popleft() for _ in range(rows)]
