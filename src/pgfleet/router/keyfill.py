@@ -9,7 +9,8 @@ postgres_fdw in autocommit, and refused (``0A000``) in a router transaction that
 
 The keys are what the coordinator's INSERT would have drawn, from the same sequence: ``nextval`` of it,
 once per row and in row order (:func:`next_keys_sql`), so later INSERTs on the coordinator continue after
-them. The statement gets the key column first in its column list and each row's key first in its row
+them (a busy sequence is drawn ahead, as a sequence's ``CACHE`` does: :mod:`.keycache`). The statement
+gets the key column first in its column list and each row's key first in its row
 (:meth:`KeyFill.sql_with`); for a ``GENERATED ALWAYS`` identity also ``OVERRIDING SYSTEM VALUE``, which is
 what PostgreSQL requires to give such a column (shards have plain columns, which accept the clause too).
 
@@ -33,7 +34,7 @@ from . import wire
 from .backend import BackendError
 from .keycache import KeyCache
 from .pool import Leases
-from .rewrite import Edit, _tokens, apply_edits, qualified, values_rows
+from .rewrite import Edit, scanned_tokens, apply_edits, qualified, values_rows
 from .snapshot import RoutedTable, RoutingTopology
 
 log = logging.getLogger(__name__)
@@ -107,7 +108,7 @@ def key_fill(text: str, topology: RoutingTopology, search_path: tuple[str, ...],
     spans, _ = values_rows(text, relation.location or 0)
     if len(spans) != len(select.valuesLists):
         return None
-    values_at = next((t[0] for t in _tokens(text) if t[0] > (relation.location or 0) and t[2] == "VALUES"), None)
+    values_at = next((t[0] for t in scanned_tokens(text) if t[0] > (relation.location or 0) and t[2] == "VALUES"), None)
     if values_at is None:
         return None
     return KeyFill(table, len(spans), stmt.cols[0].location or 0, tuple(start + 1 for start, _ in spans), values_at)

@@ -20,14 +20,14 @@ class Edit:
 
 
 @functools.lru_cache(maxsize=256)
-def _tokens(text: str) -> tuple[tuple[int, int, str], ...]:
+def scanned_tokens(text: str) -> tuple[tuple[int, int, str], ...]:
     """(start, exclusive end, token name) of every token, in character offsets."""
     return tuple((t.start, t.end + 1, t.name) for t in scan(text))
 
 
 def name_span(text: str, location: int) -> tuple[int, int]:
     """The extent of a possibly dotted name (``a``, ``s.a``, ``"S"."a b"``) starting at ``location``."""
-    tokens = _tokens(text)
+    tokens = scanned_tokens(text)
     i = next(n for n, t in enumerate(tokens) if t[0] == location)
     end = tokens[i][1]
     while i + 2 < len(tokens) and tokens[i + 1][2] == "ASCII_46":
@@ -39,7 +39,7 @@ def name_span(text: str, location: int) -> tuple[int, int]:
 def values_rows(text: str, after: int) -> tuple[list[tuple[int, int]], tuple[int, int]]:
     """The span of each parenthesized row of the first VALUES list after offset ``after``, and the span
     from the first row's '(' to the last row's ')'."""
-    tokens = _tokens(text)
+    tokens = scanned_tokens(text)
     i = next(n for n, t in enumerate(tokens) if t[0] > after and t[2] == "VALUES") + 1
     rows: list[tuple[int, int]] = []
     while i < len(tokens) and tokens[i][2] == "ASCII_40":

@@ -30,7 +30,7 @@ from . import wire
 from .backend import BackendError
 from .keyfill import parsed_insert
 from .pool import Leases
-from .rewrite import _tokens
+from .rewrite import scanned_tokens
 from .snapshot import RoutingTopology
 from .walk import function_name, walk
 
@@ -91,7 +91,7 @@ def row_source(text: str, topology: RoutingTopology, search_path: tuple[str, ...
 def _select_span(text: str, after: int) -> tuple[int, int] | None:
     """Where the SELECT after the column list (whose last column starts at ``after``) starts and ends: at the
     first ON (CONFLICT), RETURNING or ';' outside parentheses, or at the end."""
-    tokens = _tokens(text)
+    tokens = scanned_tokens(text)
     i = next((n for n, t in enumerate(tokens) if t[0] > after and t[2] == "ASCII_41"), None)  # the list's ')'
     if i is None or i + 1 >= len(tokens) or tokens[i + 1][2] != "SELECT":
         return None
