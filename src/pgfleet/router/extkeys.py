@@ -99,10 +99,8 @@ class ExtendedKeys:
         text = source.insert_with(rows.values, rows.types)
         fill = key_fill(text, routing.topology, session.search_path)
         if fill is not None:
-            role = None if session.superuser else session.user
-            keys = cached_keys(routing.keys, fill, role)
-            if keys is None:
-                keys = await draw_keys(session.leases, routing.topology.coordinator, routing.keys, fill, role)
+            keys = await draw_keys(session.leases, routing.topology.coordinator, routing.keys, fill,
+                                   None if session.superuser else session.user)
             if keys is None:
                 self.router._fallback(plan, batch, answered, exchanged)
                 return

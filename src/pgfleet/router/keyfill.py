@@ -138,9 +138,12 @@ def cached_keys(cache: KeyCache, fill: KeyFill, role: str | None) -> list[int] |
 
 async def draw_keys(leases: Leases, coordinator: str, cache: KeyCache, fill: KeyFill,
                     role: str | None) -> list[int] | None:
-    """The keys of ``fill``'s rows from the coordinator's sequence (:func:`next_keys_sql`; more when the
-    sequence is busy, kept in ``cache``), on a pooled connection leased for that one Query; None when none
-    came (no privilege, no connection)."""
+    """The keys of ``fill``'s rows: from ``cache`` when it has them, else from the coordinator's sequence
+    (:func:`next_keys_sql`; more when the sequence is busy, kept in ``cache``) on a pooled connection leased
+    for that one Query; None when none came (no privilege, no connection)."""
+    cached = cached_keys(cache, fill, role)
+    if cached is not None:
+        return cached
     table = fill.table
     count = cache.block(table.key_sequence, fill.rows)
     try:

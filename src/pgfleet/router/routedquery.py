@@ -14,7 +14,7 @@ import logging
 from . import protocol as p
 from . import wire
 from .backend import BackendError, WorkerConnection, denied, lost_in_flight
-from .keyfill import KeyFill, cached_keys, draw_keys, key_fill
+from .keyfill import KeyFill, draw_keys, key_fill
 from .logical import finish_routed
 from .planhost import PlanHost
 from .pool import PoolExhausted, exhausted_reply
@@ -57,9 +57,7 @@ class RoutedQueries(PlanHost):
                 fill = key_fill(text, routing.topology, self.search_path)
                 self.context.stats.rows_got_first += len(rows.values)
         if fill is not None:
-            keys = cached_keys(routing.keys, fill, role)
-            if keys is None:
-                keys = await draw_keys(self.leases, routing.topology.coordinator, routing.keys, fill, role)
+            keys = await draw_keys(self.leases, routing.topology.coordinator, routing.keys, fill, role)
             if keys is not None:
                 text = fill.sql_with(text, keys)
                 self.context.stats.keys_drawn += fill.rows

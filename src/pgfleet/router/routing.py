@@ -223,10 +223,6 @@ class PreparedCache:
             key_fill(sql, topology, search_path, stmt) or row_source(sql, topology, search_path, stmt))
         return rework
 
-    def key_fill(self, sql: str, topology: RoutingTopology, search_path: tuple[str, ...]) -> KeyFill | None:
-        rework = self.insert_rework(sql, topology, search_path)
-        return rework if isinstance(rework, KeyFill) else None
-
     def prepared(self, sql: str, topology: RoutingTopology, search_path: tuple[str, ...]) -> Prepared | Coordinator:
         """The analysis of a statement with parameters ($n) as the client wrote it (extended protocol)."""
         self._check(topology)

@@ -312,12 +312,11 @@ class ClientSession(RoutedQueries, asyncio.Protocol):
             return self.extended.txns.deallocate_all(sql, data)
         rework = routing.cache.insert_rework(sql, routing.topology, self.search_path)
         if rework is not None and (self.superuser or routing.roles_current) and self.fills_keys():
-            keys = cached_keys(routing.keys, rework, None if self.superuser else self.user) \
-                if isinstance(rework, KeyFill) else None
-            if keys is None or not isinstance(rework, KeyFill):
+            role = None if self.superuser else self.user
+            if not isinstance(rework, KeyFill) or (keys := cached_keys(routing.keys, rework, role)) is None:
                 self.spawn(self._rework_then_route(rework, sql, data))  # then _route_query with the new text
                 return True
-            self.context.stats.keys_drawn += rework.rows
+            self.context.stats.keys_drawn += rework.rows  # from the process's cache: no round trip, no task
             sql = rework.sql_with(sql, keys)
             data = p.Query(sql).encode()
         return self._route_query(sql, data)

@@ -44,28 +44,19 @@ class CoordinatorParts:
     def _setup(self, txn: Transaction, conn: WorkerConnection) -> list[str]:
         raise NotImplementedError
 
-    def coordinator_joins(self, txn: Transaction, text: str) -> tuple[Shard, CoordinatorPart] | None:
-        """The route of a reference-table write on the coordinator as a participant (:mod:`.refpart`), which
-        the transaction records; None when ``text`` is not one or nothing could commit it."""
-        found = self.host.coordinator_part(text) if self.twophase is not None else None
-        if found is not None:
-            txn.coordinator = found[0].node
-        return found
-
     def joining(self, txn: Transaction, text: str) -> tuple[Shard, CoordinatorPart] | None:
-        """The coordinator's route when it joins the transaction for ``text`` (:meth:`first_joins` for the
-        first statement, :meth:`coordinator_joins` after writes on workers); None: it does not join."""
-        if not txn.participants:
-            return self.first_joins(txn, text)
-        return self.coordinator_joins(txn, text) if txn.has_written() else None
+        """The coordinator's route when it joins the transaction as a participant for ``text`` (:mod:`.refpart`),
+        which the transaction records; None when it does not join (or nothing could commit it).
 
-    def first_joins(self, txn: Transaction, text: str) -> tuple[Shard, CoordinatorPart] | None:
-        """A transaction's first statement that writes a reference table whose copies the router writes in the
-        transaction: the coordinator joins as a participant, so that later statements run on the workers and
-        see the write there (an ORM's new row that a distributed row then refers to); None: the coordinator
-        takes the transaction, as for any other statement the workers cannot run."""
+        After writes on workers it joins for any such statement. For a transaction's first statement it
+        joins only for a reference-table write whose copies the router writes in the transaction, so that
+        later statements run on the workers and see the write there (an ORM's new row that a distributed
+        row then refers to); otherwise the coordinator takes the transaction, as for any other statement
+        the workers cannot run."""
+        if txn.participants and not txn.has_written():
+            return None
         found = self.host.coordinator_part(text) if self.twophase is not None else None
-        if found is None or not found[1].copies:
+        if found is None or (not txn.participants and not found[1].copies):
             return None
         txn.coordinator = found[0].node
         return found
