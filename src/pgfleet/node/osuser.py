@@ -25,9 +25,13 @@ def server_account(name: str | None = None) -> RunAs | None:
         if useradd is None:
             raise NodeError(f"system account {user!r} does not exist and useradd is not available",
                             hint=f"create an unprivileged account and set {ENV_VAR}") from None
-        run([useradd, "--system", "--no-create-home", "--home-dir", "/nonexistent",
-             "--shell", "/usr/sbin/nologin", user], what=f"useradd {user}")
-        entry = pwd.getpwnam(user)
+        added = run([useradd, "--system", "--no-create-home", "--home-dir", "/nonexistent",
+                     "--shell", "/usr/sbin/nologin", user], what=f"useradd {user}", check=False)
+        try:  # another pgfleet started at the same moment may have created it first
+            entry = pwd.getpwnam(user)
+        except KeyError:
+            raise NodeError(f"could not create the system account {user!r}: {added.stderr.strip()}",
+                            hint=f"create an unprivileged account and set {ENV_VAR}") from None
     if entry.pw_uid == 0:
         raise NodeError(f"account {user!r} is root; PostgreSQL refuses to run as root",
                         hint=f"set {ENV_VAR} to an unprivileged account")
