@@ -27,6 +27,7 @@ from .routes import Route as Route
 from .routes import Shard as Shard
 from .routes import Split as Split
 from .rewrite import Edit, apply_edits, name_span, qualified, values_rows
+from .identity import insert_refusal, update_refusal
 from .shardmap import KeyValue, NotPlaced, Param, shard_index
 from .snapshot import RoutedTable, RoutingTopology
 from .walk import SAFE_FUNCTIONS, children, conjuncts
@@ -249,6 +250,8 @@ class _Analyzer:
             for res in stmt.targetList or ():
                 if res.name == target.table.key:
                     raise Refuse(f"UPDATE of the distribution key {target.table.key} moves rows between shards")
+            if (why := update_refusal(target.table, stmt.targetList or ())) is not None:
+                raise Refuse(why)
             self.expressions(stmt.targetList, scope)
         if stmt.whereClause is not None and isinstance(stmt.whereClause, ast.CurrentOfExpr):
             raise Refuse("WHERE CURRENT OF a cursor")
@@ -271,9 +274,8 @@ class _Analyzer:
         columns = [c.name for c in stmt.cols] if stmt.cols else list(table.columns)
         if table.key not in columns:
             raise Refuse(f"INSERT without the distribution key {table.key} (its default is computed on the coordinator)")
-        if table.key_identity == "a" and stmt.override != enums.OverridingKind.OVERRIDING_SYSTEM_VALUE:
-            raise Refuse(f"a value for {table.key}, an identity column GENERATED ALWAYS, without OVERRIDING SYSTEM "
-                         "VALUE (the coordinator refuses it)")
+        if (why := insert_refusal(table, columns, select.valuesLists, stmt.override)) is not None:
+            raise Refuse(why)
         position = columns.index(table.key)
         keys: list[KeyValue] = []
         for row in select.valuesLists:

@@ -22,6 +22,8 @@ class RoutedTable(DistTable):
     attnums: tuple[int, ...] = ()  # the coordinator's attribute number of each column (dropped columns leave gaps)
     row_security: bool = False  # relrowsecurity: its policies are the coordinator's, so it is never routed
     collated: tuple[str, ...] = ()  # columns with a collation other than the database default
+    always: tuple[str, ...] = ()  # identity columns GENERATED ALWAYS (a value needs OVERRIDING SYSTEM VALUE)
+    drawn: tuple[str, ...] = ()  # columns whose default draws from a sequence: the shards have no such default
     # a reference table whose writes may run as the same statement on every copy (router/refcopies.py): no
     # trigger but pgfleet's, no rule, no foreign key that refers to it
     statement_copies: bool = False

@@ -14,8 +14,9 @@ from ..topology.read import read_topology
 from .snapshot import RoutedTable, RoutingTopology
 
 _COLUMNS = """
-SELECT a.attrelid::bigint, a.attname, format_type(a.atttypid, NULL), a.attnum, a.attcollation NOT IN (0, 100)
-FROM pg_attribute a
+SELECT a.attrelid::bigint, a.attname, format_type(a.atttypid, NULL), a.attnum, a.attcollation NOT IN (0, 100),
+       a.attidentity = 'a', a.attidentity <> '' OR pg_get_expr(d.adbin, d.adrelid) LIKE '%%nextval(%%'
+FROM pg_attribute a LEFT JOIN pg_attrdef d ON d.adrelid = a.attrelid AND d.adnum = a.attnum
 WHERE a.attrelid = ANY(%s::oid[]) AND a.attnum > 0 AND NOT a.attisdropped
 ORDER BY a.attrelid, a.attnum
 """
@@ -81,10 +82,14 @@ def load_routing_topology(conn: Conn) -> RoutingTopology:
     oids = [t.oid for t in topo.tables]
     columns: dict[int, list[tuple[str, str, int]]] = {}
     collated: dict[int, list[str]] = {}  # columns whose collation is not the database default
-    for oid, name, type_name, attnum, other_collation in conn.execute(_COLUMNS, (oids,)).fetchall():
+    always: dict[int, list[str]] = {}  # identity columns GENERATED ALWAYS
+    drawn: dict[int, list[str]] = {}  # columns whose default draws from a sequence (the shards have no such default)
+    for oid, name, type_name, attnum, other_collation, identity_always, sequence_default in conn.execute(
+            _COLUMNS, (oids,)).fetchall():
         columns.setdefault(int(oid), []).append((str(name), str(type_name), int(attnum)))
-        if other_collation:
-            collated.setdefault(int(oid), []).append(str(name))
+        for found, names in ((other_collation, collated), (identity_always, always), (sequence_default, drawn)):
+            if found:
+                names.setdefault(int(oid), []).append(str(name))
     tables = []
     secured = {int(r[0]) for r in conn.execute(_ROW_SECURITY, (oids,)).fetchall()}
     references = [t.oid for t in topo.tables if t.method == "reference"]
@@ -100,7 +105,9 @@ def load_routing_topology(conn: Conn) -> RoutingTopology:
         catalog = {f.name: getattr(t, f.name) for f in fields(t)}
         tables.append(RoutedTable(**catalog, key_type=key_type, columns=tuple(n for n, _, _ in cols),
                                   attnums=tuple(a for _, _, a in cols), row_security=t.oid in secured,
-                                  collated=tuple(collated.get(t.oid, ())), statement_copies=t.oid in plain,
+                                  collated=tuple(collated.get(t.oid, ())), always=tuple(always.get(t.oid, ())),
+                                  drawn=tuple(drawn.get(t.oid, ())),
+                                  statement_copies=t.oid in plain,
                                   queued_copies=t.oid in queued, key_identity=sequences.get(t.oid, ("", 0))[0],
                                   key_sequence=sequences.get(t.oid, ("", 0))[1]))
     relations = frozenset((str(r[0]), str(r[1])) for r in conn.execute(_RELATIONS).fetchall())
