@@ -60,7 +60,8 @@ class ExtendedKeys:
         routing = session.routing
         if routing is None or not (session.superuser or routing.roles_current) or not session.fills_keys():
             return None
-        return routing.cache.insert_rework(sql, routing.topology, session.search_path)
+        rework = routing.cache.insert_rework(sql, routing.topology, session.search_path)
+        return rework if session.fills_keys(rework) else None
 
     def run(self, plan: Plan, batch: list[Message], fill: KeyFill | RowSource, statement: Statement,
             answered: bytes, exchanged: bool) -> None:
@@ -92,7 +93,7 @@ class ExtendedKeys:
         routing = session.routing
         assert routing is not None and statement.param_types is not None
         rows = await evaluate_rows(session.leases, routing.topology.coordinator, source, routing.type_names,
-                                   plan.bind, statement.param_types)
+                                   None if session.superuser else session.user, plan.bind, statement.param_types)
         if rows is None:
             self.router._fallback(plan, batch, answered, exchanged)
             return

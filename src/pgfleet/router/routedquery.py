@@ -51,7 +51,7 @@ class RoutedQueries(PlanHost):
         fill = rework if isinstance(rework, KeyFill) else None
         text = sql
         if isinstance(rework, RowSource):
-            rows = await evaluate_rows(self.leases, routing.topology.coordinator, rework, routing.type_names)
+            rows = await evaluate_rows(self.leases, routing.topology.coordinator, rework, routing.type_names, role)
             if rows is not None:
                 text = rework.insert_with(rows.values, rows.types)
                 fill = key_fill(text, routing.topology, self.search_path)

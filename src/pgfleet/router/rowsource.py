@@ -1,19 +1,25 @@
-"""``INSERT … SELECT`` whose SELECT reads no table — only constants, casts and ``unnest`` of them: the
-router gets the rows first and inserts them as a VALUES list, which then goes to the rows' shards like any
-multi-row INSERT (pure but for :func:`evaluate_rows`).
+"""``INSERT … SELECT`` into a distributed table that the router cannot pair shard by shard: the router gets the
+selected rows first and inserts them as a VALUES list, which then goes to the rows' shards like any multi-row
+INSERT (pure but for :func:`evaluate_rows`).
 
-This is how ORMs insert many rows at once: Django's ``bulk_create`` sends ``INSERT INTO t (a, b) SELECT *
-FROM UNNEST((%s)::bigint[], (%s)::varchar[]) RETURNING id``. Without this such a statement could only run
-on the coordinator: through postgres_fdw in autocommit, and refused inside a router transaction that wrote
-on a worker.
+* A SELECT that reads no table — constants, casts, ``unnest``, ``generate_series`` — is how ORMs insert many
+  rows at once: Django's ``bulk_create`` sends ``INSERT INTO t (a, b) SELECT * FROM UNNEST((%s)::bigint[],
+  (%s)::varchar[]) RETURNING id``. It is evaluated on a pooled coordinator connection outside the session's
+  transaction, which is the same as inside: it reads nothing. This works in autocommit and inside router
+  transactions.
+* A SELECT that reads tables (another co-location group, a key computed from the row, reference and local
+  tables, joins, subqueries, aggregates): in autocommit only (inside a transaction it would not see the
+  transaction's own writes), on a pooled coordinator connection in a read-only transaction under the client's
+  role, so that it reads what the client may read and changes nothing. Only built-in functions without side
+  effects (``SAFE_FUNCTIONS``) are allowed; no row locks, no ``current_user`` and the like (the pooled
+  session's answer would differ).
 
-The SELECT is evaluated on a pooled coordinator connection outside the session's transaction, which is
-the same as evaluating it inside: it reads nothing and calls nothing but ``unnest`` (:func:`row_source`
-refuses anything else). Its rows come back as text in the session's settings and go into the VALUES list
-as quoted literals, which the columns' input functions read as the SELECT's values would have been
-assigned (the casts ORMs write are the columns' own types). The multi-row INSERT then returns its
-RETURNING rows in the VALUES order (:mod:`.shardwrite`), which ORMs rely on to give each object its id; a
-key left to its sequence is drawn as for any INSERT (:mod:`.keyfill`)."""
+Either way the rows come back as text in the session's settings and go into the VALUES list as quoted
+literals cast to the SELECT columns' types, which the columns' input functions read as the SELECT's values
+would have been assigned. The multi-row INSERT returns its RETURNING rows in the VALUES order
+(:mod:`.shardwrite`), which ORMs rely on to give each object its id; a key left to its sequence is drawn as for
+any INSERT (:mod:`.keyfill`). More than ``MAX_ROWS`` rows, an error, or no row at all: the statement goes to the
+coordinator as it came (which reports the error in its own words)."""
 
 from __future__ import annotations
 
@@ -28,18 +34,19 @@ from psycopg import sql
 from . import protocol as p
 from . import wire
 from .backend import BackendError
+from .identity import insert_refusal
 from .keyfill import parsed_insert
 from .pool import Leases
-from .rewrite import scanned_tokens
+from .rewrite import qualified, scanned_tokens
 from .snapshot import RoutingTopology
-from .walk import function_name, walk
+from .walk import SAFE_FUNCTIONS, function_name, walk
 
 log = logging.getLogger(__name__)
 
 MAX_ROWS = 5000  # more rows than that: the coordinator runs the statement, as before
-_ALLOWED_FUNCTIONS = frozenset({"unnest"})
-_FORBIDDEN = (ast.RangeVar, ast.SubLink, ast.SQLValueFunction, ast.WithClause, ast.LockingClause,
-              ast.IntoClause, ast.JoinExpr, ast.CurrentOfExpr, ast.RangeTableSample, ast.GroupingSet, ast.WindowDef)
+_CONSTANT_FUNCTIONS = frozenset({"unnest", "generate_series"})  # in SAFE_FUNCTIONS: built-in, without side effects
+_NEVER = (ast.SQLValueFunction, ast.LockingClause, ast.IntoClause, ast.CurrentOfExpr)  # the pooled session's answer
+_READS = (ast.RangeVar, ast.SubLink, ast.WithClause, ast.JoinExpr, ast.RangeTableSample, ast.GroupingSet, ast.WindowDef)
 
 
 @dataclass(frozen=True)
@@ -48,6 +55,7 @@ class RowSource:
     select: str  # the SELECT, to evaluate
     tail: str  # what follows it: ON CONFLICT …, RETURNING …
     columns: int  # how many values each row must have
+    reads: bool = False  # the SELECT reads tables (or aggregates): got only in autocommit, as the client's role
 
     def insert_with(self, rows: Sequence[Sequence[str | None]], types: Sequence[str]) -> str:
         """The statement with ``rows`` (text values, None for NULL) as a VALUES list, each value cast to its
@@ -72,20 +80,26 @@ def row_source(text: str, topology: RoutingTopology, search_path: tuple[str, ...
         return None
     schema = topology.schema_of(relation.schemaname, relation.relname or "", search_path)
     table = topology.table(schema, relation.relname or "") if schema is not None else None
-    if table is None or table.is_reference:
-        return None
+    if table is None or table.is_reference \
+            or insert_refusal(table, [str(c.name) for c in stmt.cols], (), stmt.override) is not None:
+        return None  # the rows' INSERT would go to the coordinator as well
     if any(isinstance(node, ast.ParamRef) for node in walk([stmt.onConflictClause, stmt.returningClause])):
         return None  # the rows' statement carries no parameter
+    reads = False
     for node in walk(select):
-        if isinstance(node, _FORBIDDEN):
+        if isinstance(node, _NEVER):
             return None
-        if isinstance(node, ast.FuncCall) and (function_name(node) not in _ALLOWED_FUNCTIONS or node.over is not None):
-            return None
+        reads = reads or isinstance(node, _READS)
+        if isinstance(node, ast.FuncCall):
+            name = function_name(node)
+            if name not in SAFE_FUNCTIONS:
+                return None
+            reads = reads or name not in _CONSTANT_FUNCTIONS or node.over is not None
     span = _select_span(text, stmt.cols[-1].location or 0)
     if span is None:
         return None
     start, end = span
-    return RowSource(text[:start], text[start:end], text[end:], len(stmt.cols))
+    return RowSource(text[:start], text[start:end], text[end:], len(stmt.cols), reads)
 
 
 def _select_span(text: str, after: int) -> tuple[int, int] | None:
@@ -110,20 +124,34 @@ class Rows:
 
 
 async def evaluate_rows(leases: Leases, coordinator: str, source: RowSource, type_names: dict[int, str],
-                        bind: p.Bind | None = None, param_types: tuple[int, ...] = ()) -> Rows | None:
+                        role: str | None = None, bind: p.Bind | None = None,
+                        param_types: tuple[int, ...] = ()) -> Rows | None:
     """The rows of ``source``'s SELECT and their columns' types, from a pooled coordinator connection leased
     for that one Query — with the client's ``bind`` values of ``$n`` parameters (extended protocol) when
     given; ``type_names``: the names of type oids known already (a type seen first costs one more Query).
-    None when they cannot be had or do not fit (an error, no row, too many rows, another number of values
-    than the column list): the statement then goes as it came."""
+    A SELECT that reads tables runs as ``role`` (None: the login) in a read-only transaction, at most
+    ``MAX_ROWS`` + 1 rows of it. None when they cannot be had or do not fit (an error, no row, too many rows,
+    another number of values than the column list): the statement then goes as it came."""
+    select = source.select
+    first: list[str] = []  # statements before the SELECT, and after it
+    last: list[str] = []
+    if source.reads:
+        select = f"SELECT * FROM (\n{select}\n) AS _pgfleet_rows LIMIT {MAX_ROWS + 1}"
+        as_role = [f"SET LOCAL ROLE {qualified(role)}"] if role is not None else []
+        # a Query's statements share an implicit transaction that SET TRANSACTION applies to; the extended
+        # protocol's needs a block (after an error it is left failed, and the pool closes the connection)
+        first, last = (["SET TRANSACTION READ ONLY", *as_role], []) if bind is None else \
+            (["BEGIN READ ONLY", *as_role], ["COMMIT"])
     try:
-        if bind is None:
-            reply = await leases.exchange_once(coordinator, f"{source.select}\n")  # the newline ends a -- comment
+        if bind is None:  # the newline ends a -- comment
+            reply = await leases.exchange_once(coordinator, "".join(f"{s};\n" for s in first) + f"{select}\n")
         else:
             reply = await leases.roundtrip_once(coordinator, b"".join((
-                p.Parse("", source.select, param_types).encode(),
+                *map(_unnamed, first),
+                p.Parse("", select, param_types).encode(),
                 p.Bind("", "", bind.param_formats, bind.params, ()).encode(),
-                p.Describe("P", "").encode(), p.Execute("", 0).encode(), p.Sync().encode())))
+                p.Describe("P", "").encode(), p.Execute("", 0).encode(),
+                *map(_unnamed, last), p.Sync().encode())))
         oids: tuple[int, ...] = ()
         values: list[list[str | None]] = []
         for type_byte, payload in wire.Framer().feed(reply):
@@ -152,3 +180,8 @@ async def evaluate_rows(leases: Leases, coordinator: str, source: RowSource, typ
         log.warning("could not evaluate the rows of an INSERT … SELECT, it goes as it came: %s", exc)
         return None
     return Rows(values, [type_names[oid] for oid in oids])
+
+
+def _unnamed(statement: str) -> bytes:
+    """``statement`` (without parameters or result) as the unnamed statement: Parse, Bind, Execute."""
+    return p.Parse("", statement, ()).encode() + p.Bind("", "", (), (), ()).encode() + p.Execute("", 0).encode()

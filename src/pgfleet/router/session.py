@@ -22,6 +22,7 @@ from . import ddl, reconnect
 from . import protocol as p
 from . import wire
 from .keyfill import KeyFill, cached_keys
+from .rowsource import RowSource
 from .routes import Coordinator, MultiShard, Shard
 from .backend import WorkerConnection
 from .backend import CANNOT_CONNECT
@@ -311,7 +312,7 @@ class ClientSession(RoutedQueries, asyncio.Protocol):
         if deallocates_all(sql):  # psycopg's after a ROLLBACK: the session is not pinned
             return self.extended.txns.deallocate_all(sql, data)
         rework = routing.cache.insert_rework(sql, routing.topology, self.search_path)
-        if rework is not None and (self.superuser or routing.roles_current) and self.fills_keys():
+        if rework is not None and (self.superuser or routing.roles_current) and self.fills_keys(rework):
             role = None if self.superuser else self.user
             if not isinstance(rework, KeyFill) or (keys := cached_keys(routing.keys, rework, role)) is None:
                 self.spawn(self._rework_then_route(rework, sql, data))  # then _route_query with the new text
@@ -321,15 +322,19 @@ class ClientSession(RoutedQueries, asyncio.Protocol):
             data = p.Query(sql).encode()
         return self._route_query(sql, data)
 
-    def fills_keys(self) -> bool:
+    def fills_keys(self, rework: KeyFill | RowSource | None = None) -> bool:
         """Whether an INSERT that leaves its key to a sequence gets its keys here (:mod:`.keyfill`), and an
         INSERT … SELECT of constants its rows (:mod:`.rowsource`): in autocommit, and in a transaction that
         wrote on workers (where the coordinator could not run it). As a transaction's first statement it lets
         the coordinator take the transaction, as before: ORMs follow such INSERTs with statements the router
-        cannot run in a transaction (SQLAlchemy's multi-row INSERT with parameters)."""
+        cannot run in a transaction (SQLAlchemy's multi-row INSERT with parameters). An INSERT … SELECT that
+        reads tables (``rework``) only in autocommit: in a transaction its SELECT would not see the
+        transaction's own writes."""
         txn = self.transactions.txn
         if self.routing is None or not self.routing.topology.coordinator:
             return False
+        if isinstance(rework, RowSource) and rework.reads:
+            return txn is None
         return txn is None or (not txn.failed and bool(txn.participants) and txn.has_written())
 
     def _route_query(self, sql: str, data: bytes) -> bool:

@@ -19,7 +19,7 @@ SAFE_FUNCTIONS = frozenset({
     "make_date", "make_interval", "json_build_object", "jsonb_build_object", "json_build_array",
     "jsonb_build_array", "to_json", "to_jsonb", "jsonb_set", "array_length", "cardinality", "unnest",
     "array_position", "starts_with", "split_part", "regexp_replace", "regexp_match", "initcap", "reverse",
-    "repeat", "sign", "greatest", "least", "num_nonnulls", "num_nulls",
+    "repeat", "sign", "greatest", "least", "num_nonnulls", "num_nulls", "generate_series",
 })
 
 
