@@ -3,6 +3,7 @@ a refusal comes back in the coordinator's words, and tables with row-level secur
 
 from __future__ import annotations
 
+import time
 from collections.abc import Iterator
 from typing import Any
 
@@ -142,3 +143,43 @@ def test_a_roles_transaction_runs_on_the_worker_under_that_role(cluster: LocalCl
         assert run(via_router, "ROLLBACK") == "ROLLBACK"
     assert fleet.conn().execute("SELECT note, grp FROM t WHERE id IN (5, 6) ORDER BY id").fetchall() == [
         ("by app", 5), ("n6", 6)]
+
+
+def test_a_membership_revoked_through_the_router_counts_at_once(cluster: LocalCluster, fleet: Fleet,
+                                                                 router: RouterServer, data: str) -> None:
+    """Roles and memberships fire no trigger on the coordinator: the router copies them to the workers every
+    2 s, and at once after a statement of its own clients that may change them. Until the copy is made no
+    statement of another role is routed, so a revoked membership never lets a routed statement read what the
+    coordinator now refuses."""
+    reader = f"{data}_reader"[:60]
+    admin = fleet.conn()
+    admin.execute(sql.SQL("CREATE ROLE {}").format(sql.Identifier(reader)))
+    try:
+        admin.execute(sql.SQL("GRANT SELECT ON u TO {}").format(sql.Identifier(reader)))  # app: id and grp only
+        stats = router.context.stats
+        routing = router.config.routing
+        assert routing is not None
+        with connect(cluster, router.config.port, data, APP, PASSWORD) as app, \
+                psycopg.connect(host="127.0.0.1", port=router.config.port, dbname=cluster.spec.dbname,
+                                user=cluster.spec.superuser, password=cluster.spec.coordinator.password,
+                                autocommit=True) as via_router:
+            assert run(via_router, f'GRANT "{reader}" TO "{APP}"') == "GRANT ROLE"
+            assert run(app, "SELECT note FROM u WHERE id = 3") == [("n3",)]  # allowed now, wherever it ran
+            deadline = time.monotonic() + 10
+            while not routing.roles_current:  # copied at once, not at the next 2 s refresh
+                assert time.monotonic() < deadline
+                time.sleep(0.05)
+            while True:  # the table's GRANT to the new role reaches the shards with the role
+                before = stats.routed
+                assert run(app, "SELECT note FROM u WHERE id = 4") == [("n4",)]
+                if stats.routed == before + 1:  # by the worker's copy of the membership
+                    break
+                assert time.monotonic() < deadline
+                time.sleep(0.1)
+            for _ in range(5):
+                assert run(via_router, f'REVOKE "{reader}" FROM "{APP}"') == "REVOKE ROLE"
+                state, _message = error_of(app, "SELECT note FROM u WHERE id = 5")  # right after it
+                assert state == "42501"
+                assert run(via_router, f'GRANT "{reader}" TO "{APP}"') == "GRANT ROLE"
+    finally:
+        drop_role(fleet, reader)

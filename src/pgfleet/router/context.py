@@ -123,6 +123,17 @@ class RouterContext:
             self.on_new_route(route)
         return route
 
+    def roles_changed(self, *, refresh: bool) -> None:
+        """A session sent a statement that may change roles or memberships (which fire no trigger on the
+        coordinator): until the workers have the roles again, statements of roles other than superusers are
+        not routed in any database (they go to the coordinator, which checks their rights as they are now);
+        with ``refresh`` (its ReadyForQuery came, so it is committed or rolled back) the roles are copied to
+        the workers now rather than at the next periodic refresh."""
+        for route in self.routes():
+            route.routing.roles_synced = None
+            if refresh:
+                self.spawn(asyncio.to_thread(route.routing.refresh))
+
     def spawn(self, coro: object) -> None:
         task: asyncio.Task[None] = asyncio.get_running_loop().create_task(coro)  # type: ignore[arg-type]
         self.tasks.add(task)

@@ -7,6 +7,7 @@ from __future__ import annotations
 import functools
 import logging
 import re
+import threading
 from collections import OrderedDict
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -31,6 +32,23 @@ log = logging.getLogger(__name__)
 
 DML = (ast.SelectStmt, ast.InsertStmt, ast.UpdateStmt, ast.DeleteStmt)
 
+# Client bytes that may change roles or memberships (CREATE / ALTER / DROP ROLE, GRANT role TO role, …): the
+# coordinator fires no trigger for them, so the router copies the roles to the workers itself after them
+# (RouterContext.roles_changed). A false positive costs one copy of the roles.
+_ROLE_WORDS = re.compile(rb'(?i)(?:(?:create|alter|drop)\s+(?:role|user|group)|grant|revoke|(?:reassign|drop)\s+owned)\b(?!")')
+READY_IDLE = b"Z\x00\x00\x00\x05I"  # ReadyForQuery, outside a transaction block
+
+
+def may_change_roles(data: bytes) -> bool:
+    """Whether client bytes hold one of those words, standing alone (not inside an identifier or a quoted
+    name), or starting a Query's text (after its length, whose last byte may be a letter)."""
+    for found in _ROLE_WORDS.finditer(data):
+        at = found.start()
+        before = data[at - 1:at]
+        if not before or not (before.isalnum() or before in (b"_", b'"')) or data[at - 5:at - 4] == b"Q":
+            return True
+    return False
+
 
 @dataclass
 class Routing:
@@ -47,6 +65,7 @@ class Routing:
     roles_synced: str | None = None  # the roles fingerprint last copied to the workers
     keys: KeyCache = field(default_factory=KeyCache)  # keys drawn ahead from sequences (keycache.py)
     type_names: dict[int, str] = field(default_factory=dict)  # format_type of type oids met (rowsource.py)
+    _refreshing: threading.Lock = field(default_factory=threading.Lock, repr=False, compare=False)
 
     @property
     def roles_current(self) -> bool:
@@ -54,6 +73,10 @@ class Routing:
         return self.sync_roles is None or self.roles_synced == self.topology.roles_fingerprint
 
     def refresh(self) -> None:
+        with self._refreshing:  # the periodic refresh and one after a role change may overlap
+            self._refresh()
+
+    def _refresh(self) -> None:
         try:
             fresh = self.load_topology()
             if self.sync_roles is not None and fresh.roles_fingerprint != self.roles_synced:

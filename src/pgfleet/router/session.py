@@ -33,7 +33,7 @@ from .keys import CancelKey
 from .routedquery import RoutedQueries
 from .pool import Leases
 from .reauth import ScramRecord
-from .routing import Decision, deallocates_all, decide, parse_search_path
+from .routing import READY_IDLE, Decision, deallocates_all, decide, may_change_roles, parse_search_path
 from .txn import TransactionControl
 from .txnreply import ReplySkipper
 from .upstream import Phase, ServerSide, coordinator_lost
@@ -82,6 +82,7 @@ class ClientSession(RoutedQueries, asyncio.Protocol):
         self.terminating = False  # the client sent Terminate
         self.reply_shaper: Callable[[bytes], bytes] | None = None  # the next answer of the transaction machine
         self.rewriter: ddl.ReplyRewriter | None = None  # reshapes the reply to a Query that router/ddl.py rewrote
+        self.role_change = False  # sent a statement that may change roles: copy them when it has ended
 
     # --- client side ------------------------------------------------------------------------------
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
@@ -94,6 +95,9 @@ class ClientSession(RoutedQueries, asyncio.Protocol):
             if self.phase is Phase.STARTUP:
                 self._startup(data)
             elif self.phase is not Phase.CLOSED:
+                if may_change_roles(data):
+                    self.role_change = True
+                    self.context.roles_changed(refresh=False)
                 if self.busy:
                     (self.listener or self.held.append)(data)
                     return
@@ -217,6 +221,9 @@ class ClientSession(RoutedQueries, asyncio.Protocol):
         self.pending.clear()
 
     def from_server(self, data: bytes) -> None:
+        if self.role_change and READY_IDLE in data:
+            self.role_change = False
+            self.context.roles_changed(refresh=True)
         if self.phase is Phase.RELAY:
             if self.extended.capture is not None:  # the router's own exchange for a batch
                 rest = self.extended.server_data(data)
