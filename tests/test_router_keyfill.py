@@ -93,13 +93,15 @@ def test_inside_a_transaction_that_wrote_on_a_worker(cluster: LocalCluster, rout
             (1, "changed"), (2, "x"), (3, "y")]
         # the coordinator's own inserts continue after the keys the router drew
         assert direct.execute("INSERT INTO ticket (note) VALUES ('direct') RETURNING id").fetchone() == (4,)
-        # as a transaction's first statement it lets the coordinator take the transaction (ORMs follow it with
-        # statements the router cannot run in one); a rolled-back transaction leaves a gap, as on one server
+        # as a transaction's first statement too: the transaction runs on the workers, not on the coordinator;
+        # a rolled-back transaction leaves a gap, as on one server
         run(conn, "BEGIN")
-        run(conn, "INSERT INTO ticket (note) VALUES ('gone')")
+        [(gone,)] = run(conn, "INSERT INTO ticket (note) VALUES ('gone') RETURNING id") or []
+        assert run(conn, "SELECT note FROM ticket WHERE id = %d" % gone) == [("gone",)]
         run(conn, "ROLLBACK")
-        assert run(conn, "INSERT INTO ticket (note) VALUES ('after') RETURNING id") == [(6,)]
-    assert stats.keys_drawn == 4 and stats.coordinator_transactions == 1
+        assert run(conn, "INSERT INTO ticket (note) VALUES ('after') RETURNING id") == [(gone + 1,)]
+        assert direct.execute("SELECT count(*) FROM ticket WHERE note = 'gone'").fetchone() == (0,)
+    assert stats.keys_drawn == 5 and stats.coordinator_transactions == 0
     assert prepared_everywhere(cluster) == 0
 
 

@@ -331,10 +331,11 @@ class ClientSession(RoutedQueries, asyncio.Protocol):
 
     def fills_keys(self, rework: KeyFill | RowSource | None = None) -> bool:
         """Whether an INSERT that leaves its key to a sequence gets its keys here (:mod:`.keyfill`), and an
-        INSERT … SELECT of constants its rows (:mod:`.rowsource`): in autocommit, and in a transaction that
-        wrote on workers (where the coordinator could not run it). As a transaction's first statement it lets
-        the coordinator take the transaction, as before: ORMs follow such INSERTs with statements the router
-        cannot run in a transaction (SQLAlchemy's multi-row INSERT with parameters). An INSERT … SELECT that
+        INSERT … SELECT of constants its rows (:mod:`.rowsource`): in autocommit, as a transaction's first
+        statement (the transaction then runs on the workers: ORMs begin with such INSERTs, and what they send
+        next — SQLAlchemy's multi-row INSERT with parameters, Django's bulk_create — is reworked the same
+        way), and in a transaction that wrote on workers (where the coordinator could not run it); not in a
+        transaction that only read on workers, which the coordinator may still take. An INSERT … SELECT that
         reads tables (``rework``) only in autocommit: in a transaction its SELECT would not see the
         transaction's own writes."""
         txn = self.transactions.txn
@@ -342,7 +343,7 @@ class ClientSession(RoutedQueries, asyncio.Protocol):
             return False
         if isinstance(rework, RowSource) and rework.reads:
             return txn is None
-        return txn is None or (not txn.failed and bool(txn.participants) and txn.has_written())
+        return txn is None or (not txn.failed and (not txn.participants or txn.has_written()))
 
     def _route_query(self, sql: str, data: bytes) -> bool:
         """The Query ``sql`` (``data``) of an idle session: the transaction's, routed, or (False) the coordinator's."""
