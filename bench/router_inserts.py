@@ -11,7 +11,9 @@ and 4 clients:
 
 1. autocommit ``INSERT INTO ticket (note) VALUES (…) RETURNING id``;
 2. a transaction of that INSERT after an UPDATE by key of another row (which, through the router, runs on a
-   worker first: before key drawing the INSERT was refused there).
+   worker first: before key drawing the INSERT was refused there);
+3. a transaction of two such INSERTs (an ORM's two creates in one ``atomic()``): through the router, the
+   first statement draws its key and the transaction runs on the workers.
 
 Prints the median tps of each side and the ratios to the single server; writes a JSON report.
 """
@@ -38,6 +40,8 @@ SCRIPTS = {
     "autocommit": "INSERT INTO ticket (note) VALUES ('made by pgbench') RETURNING id;\n",
     "after_update": "\\set id random(1, 1000)\nBEGIN;\nUPDATE ticket SET note = 'touched' WHERE id = :id;\n"
                     "INSERT INTO ticket (note) VALUES ('made by pgbench') RETURNING id;\nCOMMIT;\n",
+    "insert_first": "BEGIN;\nINSERT INTO ticket (note) VALUES ('parent') RETURNING id;\n"
+                    "INSERT INTO ticket (note) VALUES ('child') RETURNING id;\nCOMMIT;\n",
 }
 
 
