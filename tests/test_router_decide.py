@@ -89,3 +89,18 @@ def test_the_same_text_is_decided_once_per_topology() -> None:
     assert decide(sql, TOPOLOGY, ("public",), cache) is not first and decide(sql, TOPOLOGY, ("public",), cache) == first
     moved = RoutingTopology(tables=TOPOLOGY.tables[:1])  # a new snapshot: decisions are made again
     assert decide(sql, moved, ("public",), cache) is not first
+
+
+def test_built_in_functions_leave_the_session_routable() -> None:
+    """With the names of pg_catalog's functions (the topology snapshot reads them), a statement that calls only
+    built-in functions keeps the session routable, unless a function changes the session's state."""
+    builtin = frozenset({"gen_random_uuid", "random", "clock_timestamp", "set_config", "setseed", "pg_advisory_lock"})
+    topology = RoutingTopology(tables=TOPOLOGY.tables, builtin_functions=builtin)
+    for sql in ("SELECT gen_random_uuid()", "SELECT random() FROM orders", "SELECT pg_catalog.clock_timestamp()"):
+        assert not session_neutral(sql), sql  # without the snapshot's list
+        assert session_neutral(sql, builtin), sql
+        assert decide(sql, topology, ("public",)).keeps_state, sql
+    for sql in ("SELECT set_config('a.b', 'c', false)", "SELECT setseed(0.5)", "SELECT pg_advisory_lock(1)",
+                "SELECT my_function()", "SELECT other.random()"):
+        assert not session_neutral(sql, builtin), sql
+        assert decide(sql, topology, ("public",)).keeps_state is False, sql

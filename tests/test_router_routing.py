@@ -114,6 +114,24 @@ def test_session_state_keeps_the_session_on_the_coordinator(cluster: LocalCluste
         assert stats.routed == routed + 1 and stats.pinned_sessions == 2
 
 
+def test_built_in_functions_keep_the_session_routable(cluster: LocalCluster, router: RouterServer, data: str) -> None:
+    """A statement calling built-in functions that leave no session state (gen_random_uuid, random,
+    clock_timestamp, …) goes to the coordinator when it cannot be routed, and the session's next statements are
+    routed still; set_config pins the session, as any statement that may change its state."""
+    stats = router.context.stats
+    with connect(cluster, router.config.port, data) as conn:
+        for statement in ("SELECT gen_random_uuid() IS NOT NULL, random() < 1, clock_timestamp() > '2000-01-01'",
+                          "SELECT count(*) FROM generate_series(1, 3) g WHERE g::text ~ '^[0-9]$'"):
+            assert run(conn, statement)[0] in ([(True, True, True)], [(3,)])
+            routed = stats.routed
+            assert run(conn, "SELECT note FROM t WHERE id = 9")[0] == [("n9",)]
+            assert stats.routed == routed + 1 and stats.pinned_sessions == 0, statement
+        run(conn, "SELECT set_config('pgfleet_test.x', 'y', false)")
+        routed = stats.routed
+        assert run(conn, "SELECT note, current_setting('pgfleet_test.x') FROM t WHERE id = 9")[0] == [("n9", "y")]
+        assert stats.routed == routed and stats.pinned_sessions == 1
+
+
 @pytest.fixture
 def reader(fleet: Fleet, data: str) -> Iterator[tuple[str, str]]:
     role, password = "router_reader", "reader pw"

@@ -153,7 +153,9 @@ class ExtendedRouter:
         in_txn = self.session.transactions.txn is not None
         if type_byte == b"P":
             text = read_parse(payload).sql
-            if control(text) is None and not session_neutral(text):
+            routing = self.session.routing
+            if control(text) is None and not session_neutral(
+                    text, routing.topology.builtin_functions if routing is not None else frozenset()):
                 if not in_txn:
                     return False
                 self.stateful = True  # the transaction's statement: pinned when it goes to the coordinator

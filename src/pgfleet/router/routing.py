@@ -127,7 +127,7 @@ def _decide(sql: str, topology: RoutingTopology, search_path: tuple[str, ...],
         route = analyze(sql, topology, search_path=search_path)
     if isinstance(route, Shard):  # routed statements are single DML calling only SAFE_FUNCTIONS: neutral
         return Decision(route, True)
-    if not session_neutral(sql):
+    if not session_neutral(sql, topology.builtin_functions):
         return Decision(Coordinator("may change session state"), False)
     if isinstance(route, Coordinator | Split) and planners.PLANNERS:  # a Split runs as a multi-shard write
         try:
@@ -290,6 +290,17 @@ _INFORMATIONAL_FUNCTIONS = frozenset({
 })
 
 
+# Built-in functions that change the state of the session that calls them (settings, the random seed,
+# session-level advisory locks, replication origins): a statement calling them keeps the session on the
+# coordinator. Every other function of pg_catalog leaves no state behind a statement.
+_SESSION_STATE_FUNCTIONS = frozenset({
+    "set_config", "setseed", "pg_advisory_lock", "pg_advisory_lock_shared", "pg_try_advisory_lock",
+    "pg_try_advisory_lock_shared", "pg_advisory_unlock", "pg_advisory_unlock_shared", "pg_advisory_unlock_all",
+    "pg_replication_origin_session_setup", "pg_replication_origin_session_reset", "pg_replication_origin_xact_setup",
+    "pg_replication_origin_xact_reset",
+})
+
+
 @functools.lru_cache(maxsize=1024)
 def deallocates_all(sql: str) -> bool:
     """Whether the statement is one DEALLOCATE ALL (psycopg sends it after a ROLLBACK when it has prepared
@@ -303,10 +314,11 @@ def deallocates_all(sql: str) -> bool:
     return len(stmts) == 1 and isinstance(stmts[0].stmt, ast.DeallocateStmt) and bool(stmts[0].stmt.isall)
 
 
-def session_neutral(sql: str) -> bool:
-    """True when the statement is one SELECT/INSERT/UPDATE/DELETE calling only built-in functions without
-    side effects: it cannot change settings, roles, temporary tables, cursors, prepared statements,
-    listeners or locks that outlive it."""
+def session_neutral(sql: str, builtin: frozenset[str] = frozenset()) -> bool:
+    """True when the statement is one SELECT/INSERT/UPDATE/DELETE calling only built-in functions that leave
+    no session state (``builtin``: the names of pg_catalog's functions, from the topology snapshot; without
+    it, only those the router knows): it cannot change settings, roles, temporary tables, cursors, prepared
+    statements, listeners or locks that outlive it."""
     try:
         stmts = parse_sql(sql)
     except ParseError:
@@ -327,8 +339,9 @@ def session_neutral(sql: str) -> bool:
             stack.extend(node)
         elif isinstance(node, ast.Node):
             if isinstance(node, ast.FuncCall):
-                name = ".".join(n.sval for n in node.funcname or ())
-                if name.removeprefix("pg_catalog.") not in SAFE_FUNCTIONS | _INFORMATIONAL_FUNCTIONS:
+                name = ".".join(n.sval for n in node.funcname or ()).removeprefix("pg_catalog.")
+                if name not in SAFE_FUNCTIONS and name not in _INFORMATIONAL_FUNCTIONS \
+                        and (name not in builtin or name in _SESSION_STATE_FUNCTIONS):
                     return False
             if isinstance(node, ast.IntoClause):
                 return False

@@ -59,6 +59,7 @@ class RoutingTopology:
     local_tables: frozenset[tuple[str, str]] = field(default=frozenset())
     roles_fingerprint: str = ""  # pgfleet.roles_fingerprint(): the coordinator's roles, memberships, privileges
     coordinator: str = ""  # the coordinator's node name (a login for it: Routing.login), '' when unknown
+    builtin_functions: frozenset[str] = field(default=frozenset())  # names of pg_catalog's functions
 
     def table(self, schema: str, name: str) -> RoutedTable | None:
         return next((t for t in self.tables if t.schema == schema and t.relname == name), None)

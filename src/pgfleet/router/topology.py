@@ -113,6 +113,19 @@ def load_routing_topology(conn: Conn) -> RoutingTopology:
     relations = frozenset((str(r[0]), str(r[1])) for r in conn.execute(_RELATIONS).fetchall())
     local = frozenset((str(r[0]), str(r[1])) for r in conn.execute(_LOCAL_TABLES, (oids,)).fetchall())
     row = conn.execute("SELECT pgfleet.roles_fingerprint()").fetchone()
+    builtin = _builtin_functions(conn)
     return RoutingTopology(tables=tuple(tables), relations=relations, local_tables=local,
-                           roles_fingerprint=str(row[0]) if row else "",
+                           roles_fingerprint=str(row[0]) if row else "", builtin_functions=builtin,
                            coordinator=topo.coordinator.name if topo.coordinator is not None else "")
+
+
+_BUILTINS: dict[int, frozenset[str]] = {}  # by server version: pg_catalog's functions do not change
+
+
+def _builtin_functions(conn: Conn) -> frozenset[str]:
+    """The names of pg_catalog's functions (read once per server version and process)."""
+    version = conn.info.server_version
+    if version not in _BUILTINS:
+        rows = conn.execute("SELECT DISTINCT proname::text FROM pg_proc WHERE pronamespace = 'pg_catalog'::regnamespace")
+        _BUILTINS[version] = frozenset(str(r[0]) for r in rows.fetchall())
+    return _BUILTINS[version]
