@@ -17,7 +17,9 @@ from pgfleet.cluster.fleet import Fleet
 from pgfleet.cluster.local import LocalCluster
 from pgfleet.router.keycache import KeyCache
 from pgfleet.router.keyfill import MAX_ROWS, key_fill, next_keys_sql
+from pgfleet.router import protocol as p
 from pgfleet.router.rowsource import row_source
+from pgfleet.router.seqstate import SessionSequences
 from pgfleet.router.server import RouterServer
 from pgfleet.router.snapshot import RoutedTable, RoutingTopology
 from pgfleet.spec import DistributeSpec, HashSpec, QualifiedName
@@ -97,7 +99,7 @@ def test_inside_a_transaction_that_wrote_on_a_worker(cluster: LocalCluster, rout
         # a rolled-back transaction leaves a gap, as on one server
         run(conn, "BEGIN")
         [(gone,)] = run(conn, "INSERT INTO ticket (note) VALUES ('gone') RETURNING id") or []
-        assert run(conn, "SELECT note FROM ticket WHERE id = %d" % gone) == [("gone",)]
+        assert run(conn, f"SELECT note FROM ticket WHERE id = {gone}") == [("gone",)]
         run(conn, "ROLLBACK")
         assert run(conn, "INSERT INTO ticket (note) VALUES ('after') RETURNING id") == [(gone + 1,)]
         assert direct.execute("SELECT count(*) FROM ticket WHERE note = 'gone'").fetchone() == (0,)
@@ -327,3 +329,67 @@ def test_sqlalchemy_multi_row_form_with_parameters(cluster: LocalCluster, router
             conn.commit()
         assert results[0] == results[2] and results[1] == results[3]
     assert stats.rows_got_first == 3
+
+
+LASTVAL = [  # {t}: the table, {s}: its sequence's name (as pg_get_serial_sequence gives it)
+    "SELECT lastval()",  # 55000: not yet defined in this session
+    "INSERT INTO {t} (note) VALUES ('a')",
+    "SELECT lastval()",
+    "SELECT LASTVAL() AS id, currval('{s}'), pg_catalog.currval(pg_get_serial_sequence('{t}', 'id')) + 1",
+    "INSERT INTO {t} (note) VALUES ('b'), ('c')",
+    "SELECT lastval()",
+    "SELECT currval('{s}')",
+    "BEGIN",
+    "INSERT INTO {t} (note) VALUES ('d')",
+    "SELECT lastval()",
+    "INSERT INTO {t} (note) VALUES ('e') RETURNING id",
+    "SELECT currval('{s}') AS current",
+    "COMMIT",
+    "SELECT lastval(), currval('{s}')",
+]
+
+
+@pytest.mark.parametrize("table", ["visit", "badge"])
+def test_lastval_after_keys_the_router_drew(cluster: LocalCluster, router: RouterServer, tables: str, table: str) -> None:
+    """PHP's PDO lastInsertId() (Doctrine's identity ids) asks SELECT LASTVAL() after the INSERT, others
+    currval(): the keys the router drew, as the session's own nextval would have left them
+    (router/seqstate.py). Compared with one plain table in a session of its own, in autocommit and in a
+    transaction: the same values and column names."""
+    stats = router.context.stats
+    got = {}
+    for name in (table, f"plain_{table}"):
+        with connect(cluster, router.config.port, tables) as conn:
+            [(sequence,)] = run(conn, f"SELECT pg_get_serial_sequence('{name}', 'id')") or []
+            results = []
+            for statement in LASTVAL:
+                cur = psycopg.ClientCursor(conn)
+                try:
+                    cur.execute(statement.format(t=name, s=sequence))
+                    results.append((cur.fetchall() if cur.description else None,
+                                    [d.name for d in cur.description or []]))
+                except psycopg.Error as exc:
+                    results.append((exc.sqlstate, []))
+            got[name] = results
+    assert got[table] == got[f"plain_{table}"]
+    assert stats.keys_drawn == 5 and stats.coordinator_transactions == 1  # the plain table's
+
+
+@pytest.mark.parametrize(("statement", "answered"), [
+    ("SELECT LASTVAL()", 'SELECT (6::bigint) AS "lastval"'),
+    ("select pg_catalog.lastval() + 1", "select (6::bigint) + 1"),
+    ("SELECT currval('public.visit_id_seq'::regclass) AS id", "SELECT (6::bigint) AS id"),
+    ("SELECT currval('VISIT_ID_SEQ')", 'SELECT (6::bigint) AS "currval"'),  # unquoted: folded
+    ("SELECT currval(x) FROM t", 'SELECT (CASE (x)::regclass::oid WHEN 70 THEN 6::bigint '
+                                 'ELSE pg_catalog.currval(x) END) AS "currval" FROM t'),
+    ("SELECT currval('\"VISIT_ID_SEQ\"')", "SELECT (CASE ('\"VISIT_ID_SEQ\"')::regclass::oid WHEN 70 THEN 6::bigint "
+                                          "ELSE pg_catalog.currval('\"VISIT_ID_SEQ\"') END) AS \"currval\""),
+    ("SELECT 'lastval()', other.lastval()", None),  # a string, another schema's function
+    ("SELECT lastval(1)", None),
+])
+def test_lastval_rewrite(statement: str, answered: str | None) -> None:
+    sequences = SessionSequences()
+    assert sequences.answered(statement) is None  # nothing drawn: the coordinator answers
+    sequences.drew(70, [5, 6], ("public", "visit_id_seq"))
+    assert sequences.answered(statement) == answered
+    sequences.relayed([b"Q"], p.Query("INSERT INTO t VALUES (1)").encode())  # may call nextval there
+    assert sequences.answered(statement) is None

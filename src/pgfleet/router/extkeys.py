@@ -106,7 +106,7 @@ class ExtendedKeys:
                 self.router._fallback(plan, batch, answered, exchanged)
                 return
             text = fill.sql_with(text, keys)
-            session.context.stats.keys_drawn += fill.rows
+            session.used_keys(fill, keys)
         prepared = routing.cache.prepared(text, routing.topology, session.search_path)
         if isinstance(prepared, Coordinator):
             self.router._fallback(plan, batch, answered, exchanged)
@@ -139,5 +139,5 @@ class ExtendedKeys:
         if isinstance(prepared, Coordinator):
             self.router._fallback(plan, batch, answered, exchanged)
             return
-        session.context.stats.keys_drawn += fill.rows
+        session.used_keys(fill, keys)
         self.router._run(filled, batch, prepared, described, answered, exchanged=exchanged)

@@ -20,6 +20,7 @@ from .planhost import PlanHost
 from .pool import PoolExhausted, exhausted_reply
 from .routes import Shard
 from .rowsource import RowSource, evaluate_rows
+from .seqstate import SessionSequences
 from .upstream import Phase
 
 log = logging.getLogger(__name__)
@@ -30,6 +31,7 @@ class RoutedQueries(PlanHost):
 
     phase: Phase
     running_on: WorkerConnection | None  # the connection a routed statement runs on (for cancel requests)
+    sequences: SessionSequences  # the keys drawn for this session (lastval, currval)
 
     def resume(self) -> None:
         raise NotImplementedError
@@ -39,6 +41,12 @@ class RoutedQueries(PlanHost):
 
     def _route_query(self, sql: str, data: bytes) -> bool:
         raise NotImplementedError
+
+    def used_keys(self, fill: KeyFill, keys: list[int]) -> None:
+        """Keys drawn for one of this session's INSERTs: counted, and what its lastval() would give
+        (:mod:`.seqstate`)."""
+        self.context.stats.keys_drawn += fill.rows
+        self.sequences.drew(fill.table.key_sequence, keys, fill.table.key_sequence_name)
 
     async def _rework_then_route(self, rework: KeyFill | RowSource, sql: str, data: bytes) -> None:
         """An INSERT that leaves its distribution key to the key's sequence (:mod:`.keyfill`), or an INSERT …
@@ -60,7 +68,7 @@ class RoutedQueries(PlanHost):
             keys = await draw_keys(self.leases, routing.topology.coordinator, routing.keys, fill, role)
             if keys is not None:
                 text = fill.sql_with(text, keys)
-                self.context.stats.keys_drawn += fill.rows
+                self.used_keys(fill, keys)
         if self.phase is Phase.CLOSED:
             return
         if text != sql:

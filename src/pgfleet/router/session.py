@@ -23,6 +23,7 @@ from . import protocol as p
 from . import wire
 from .keyfill import KeyFill, cached_keys
 from .rowsource import RowSource
+from .seqstate import SessionSequences
 from .routes import Coordinator, MultiShard, Shard
 from .backend import WorkerConnection
 from .backend import CANNOT_CONNECT
@@ -83,6 +84,7 @@ class ClientSession(RoutedQueries, asyncio.Protocol):
         self.reply_shaper: Callable[[bytes], bytes] | None = None  # the next answer of the transaction machine
         self.rewriter: ddl.ReplyRewriter | None = None  # reshapes the reply to a Query that router/ddl.py rewrote
         self.role_change = False  # sent a statement that may change roles: copy them when it has ended
+        self.sequences = SessionSequences()  # the keys the router drew for this session (lastval, currval)
 
     # --- client side ------------------------------------------------------------------------------
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
@@ -112,6 +114,9 @@ class ClientSession(RoutedQueries, asyncio.Protocol):
                         return
                     data, types, whole = b"".join(d for d, _ in self.partial), [t for _, ts in self.partial for t in ts], True
                     self.partial.clear()
+                if types == [b"Q"] and self.sequences.known and whole and self.framer.at_boundary:
+                    answered = self.sequences.answered(data[5:-1].decode(errors="replace"))
+                    data = data if answered is None else p.Query(answered).encode()  # lastval(): seqstate.py
                 if not self.pinned and self.phase is Phase.RELAY and self._try_route(types, data, whole):
                     return
                 self._from_client(types, data)
@@ -160,6 +165,7 @@ class ClientSession(RoutedQueries, asyncio.Protocol):
             self.context.spawn(self._connect())
 
     def _from_client(self, types: list[bytes], raw: bytes) -> None:
+        self.sequences.relayed(types, raw)  # it may call nextval there (seqstate.py)
         if types == [b"Q"]:
             raw = self._translated(raw)
         stats = self.context.stats
@@ -324,7 +330,7 @@ class ClientSession(RoutedQueries, asyncio.Protocol):
             if not isinstance(rework, KeyFill) or (keys := cached_keys(routing.keys, rework, role)) is None:
                 self.spawn(self._rework_then_route(rework, sql, data))  # then _route_query with the new text
                 return True
-            self.context.stats.keys_drawn += rework.rows  # from the process's cache: no round trip, no task
+            self.used_keys(rework, keys)  # from the process's cache: no round trip, no task
             sql = rework.sql_with(sql, keys)
             data = p.Query(sql).encode()
         return self._route_query(sql, data)
@@ -395,6 +401,7 @@ class ClientSession(RoutedQueries, asyncio.Protocol):
             return None
 
     def to_coordinator(self, setup: str, raw: bytes) -> None:
+        self.sequences.forget()  # the statement may call nextval there
         self.skipper = ReplySkipper(extra_parse=isinstance(raw, WithParse))
         self.coordinator_txn = True
         self.outstanding += 1  # the setup's ReadyForQuery is not counted

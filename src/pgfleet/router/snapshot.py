@@ -34,6 +34,7 @@ class RoutedTable(DistTable):
     # the identity kind ('a' ALWAYS, 'd' BY DEFAULT, '' a serial): router/keyfill.py
     key_sequence: int = 0
     key_identity: str = ""
+    key_sequence_name: tuple[str, str] = ("", "")  # its schema and name (router/seqstate.py)
 
     @property
     def schema(self) -> str:

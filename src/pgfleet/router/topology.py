@@ -52,12 +52,17 @@ WHERE c.oid = ANY(%s::oid[])
 # The sequence each distributed table's key draws from when an INSERT does not give it (router/keyfill.py): an
 # identity column's, or a serial's (the sequence the column owns); and the identity kind.
 _KEY_SEQUENCES = """
-SELECT t.oid::bigint, a.attidentity::text,
-       pg_get_serial_sequence(format('%%I.%%I', n.nspname, c.relname), a.attname)::regclass::oid::bigint
-FROM unnest(%s::oid[], %s::text[]) AS t(oid, key)
-JOIN pg_class c ON c.oid = t.oid JOIN pg_namespace n ON n.oid = c.relnamespace
-JOIN pg_attribute a ON a.attrelid = t.oid AND a.attname = t.key AND NOT a.attisdropped AND a.attgenerated = ''
+SELECT q.oid, q.identity, q.seq, sn.nspname::text, sc.relname::text
+FROM (SELECT t.oid::bigint AS oid, a.attidentity::text AS identity,
+             pg_get_serial_sequence(format('%%I.%%I', n.nspname, c.relname), a.attname)::regclass::oid AS seq
+      FROM unnest(%s::oid[], %s::text[]) AS t(oid, key)
+      JOIN pg_class c ON c.oid = t.oid JOIN pg_namespace n ON n.oid = c.relnamespace
+      JOIN pg_attribute a ON a.attrelid = t.oid AND a.attname = t.key AND NOT a.attisdropped
+                             AND a.attgenerated = '') AS q
+JOIN pg_class sc ON sc.oid = q.seq JOIN pg_namespace sn ON sn.oid = sc.relnamespace
 """
+
+_NO_SEQUENCE: tuple[str, int, tuple[str, str]] = ("", 0, ("", ""))
 
 # The coordinator's own tables that a router transaction may write there (router/refpart.py): plain tables
 # of the user's, on which nothing but PostgreSQL's internal triggers fires.
@@ -96,7 +101,7 @@ def load_routing_topology(conn: Conn) -> RoutingTopology:
     plain = {int(r[0]) for r in conn.execute(_STATEMENT_COPIES, (references,)).fetchall()} if references else set()
     queued = {int(r[0]) for r in conn.execute(_QUEUED_COPIES, (references,)).fetchall()} if references else set()
     distributed = [t for t in topo.tables if t.method != "reference" and t.key]
-    sequences = {int(r[0]): (str(r[1]), int(r[2])) for r in conn.execute(
+    sequences = {int(r[0]): (str(r[1]), int(r[2]), (str(r[3]), str(r[4]))) for r in conn.execute(
         _KEY_SEQUENCES, ([t.oid for t in distributed], [t.key for t in distributed])).fetchall()
         if r[2] is not None} if distributed else {}
     for t in topo.tables:
@@ -108,8 +113,9 @@ def load_routing_topology(conn: Conn) -> RoutingTopology:
                                   collated=tuple(collated.get(t.oid, ())), always=tuple(always.get(t.oid, ())),
                                   drawn=tuple(drawn.get(t.oid, ())),
                                   statement_copies=t.oid in plain,
-                                  queued_copies=t.oid in queued, key_identity=sequences.get(t.oid, ("", 0))[0],
-                                  key_sequence=sequences.get(t.oid, ("", 0))[1]))
+                                  queued_copies=t.oid in queued, key_identity=sequences.get(t.oid, _NO_SEQUENCE)[0],
+                                  key_sequence=sequences.get(t.oid, _NO_SEQUENCE)[1],
+                                  key_sequence_name=sequences.get(t.oid, _NO_SEQUENCE)[2]))
     relations = frozenset((str(r[0]), str(r[1])) for r in conn.execute(_RELATIONS).fetchall())
     local = frozenset((str(r[0]), str(r[1])) for r in conn.execute(_LOCAL_TABLES, (oids,)).fetchall())
     row = conn.execute("SELECT pgfleet.roles_fingerprint()").fetchone()
