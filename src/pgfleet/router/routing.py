@@ -37,13 +37,15 @@ DML = (ast.SelectStmt, ast.InsertStmt, ast.UpdateStmt, ast.DeleteStmt)
 # (RouterContext.roles_changed). A false positive costs one copy of the roles.
 _ROLE_WORDS = re.compile(rb'(?i)(?:(?:create|alter|drop)\s+(?:role|user|group)|grant|revoke|(?:reassign|drop)\s+owned)\b(?!")')
 _ROLE_HINTS = re.compile(rb"grant|revoke|role|user|group|owned")
+_ROLE_LOOK_LIMIT = 64 << 10
 READY_IDLE = b"Z\x00\x00\x00\x05I"  # ReadyForQuery, outside a transaction block
 
 
 def may_change_roles(data: bytes) -> bool:
     """Whether client bytes hold one of those words, standing alone (not inside an identifier or a quoted
-    name), or starting a Query's text (after its length, whose last byte may be a letter)."""
-    if _ROLE_HINTS.search(data.lower()) is None:  # a plain search first: the full one costs microseconds
+    name), or starting a Query's text (after its length, whose last byte may be a letter). Only a read that
+    begins with a Query or a Parse and is small is looked at: not COPY data, not a bulk of rows."""
+    if data[:1] not in (b"Q", b"P") or len(data) > _ROLE_LOOK_LIMIT or _ROLE_HINTS.search(data.lower()) is None:  # a plain search first: the full one costs microseconds
         return False
     for found in _ROLE_WORDS.finditer(data):
         at = found.start()
