@@ -45,7 +45,9 @@ def may_change_roles(data: bytes) -> bool:
     """Whether client bytes hold one of those words, standing alone (not inside an identifier or a quoted
     name), or starting a Query's text (after its length, whose last byte may be a letter). Only a read that
     begins with a Query or a Parse and is small is looked at: not COPY data, not a bulk of rows."""
-    if data[:1] not in (b"Q", b"P") or len(data) > _ROLE_LOOK_LIMIT or _ROLE_HINTS.search(data.lower()) is None:  # a plain search first: the full one costs microseconds
+    if data[:1] not in (b"Q", b"P") or len(data) > _ROLE_LOOK_LIMIT:
+        return False
+    if _ROLE_HINTS.search(data.lower()) is None:  # a plain search first: the full one costs microseconds
         return False
     for found in _ROLE_WORDS.finditer(data):
         at = found.start()
