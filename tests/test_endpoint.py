@@ -194,10 +194,11 @@ def test_router_after_a_coordinator_failover(routed_cluster: LocalCluster) -> No
     assert proc is not None
     dsn = router_dsn(local, proc.port)
     # The session's coordinator backend dies without a word. The session is pinned to the coordinator
-    # (pg_backend_pid() is not a function the router knows to leave no session state), so the router does not
-    # log it in again: it ends the session with its own 57P01 telling the client to reconnect.
+    # (set_config changed its state), so the router does not log it in again: it ends the session with its own
+    # 57P01 telling the client to reconnect.
     with _simple(dsn) as session:
-        backend = session.execute("SELECT pg_backend_pid()").fetchone()[0]  # type: ignore[index]
+        backend = session.execute("SELECT pg_backend_pid(), set_config('pgfleet_test.pinned', 'yes', false)"
+                                  ).fetchone()[0]  # type: ignore[index]
         os.kill(backend, signal.SIGKILL)
         time.sleep(0.3)
         with pytest.raises(psycopg.errors.AdminShutdown) as lost:
