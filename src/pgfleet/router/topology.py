@@ -50,7 +50,7 @@ WHERE c.oid = ANY(%s::oid[])
 """
 
 # The sequence each distributed table's key draws from when an INSERT does not give it (router/keyfill.py): an
-# identity column's, or a serial's (the sequence the column owns); and the identity kind.
+# identity column's, or a serial's (the sequence the column owns); the identity kind, and the sequence's schema and name.
 _KEY_SEQUENCES = """
 SELECT q.oid, q.identity, q.seq, sn.nspname::text, sc.relname::text
 FROM (SELECT t.oid::bigint AS oid, a.attidentity::text AS identity,
