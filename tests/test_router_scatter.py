@@ -239,3 +239,30 @@ def test_random_aggregates_with_values_match_one_plain_table(cluster: LocalClust
         got = bound(via_router, "t")
         assert router.context.stats.routed == before + 1, statement
         assert got == bound(direct, "t_plain"), (statement, value)
+
+
+def test_select_for_update_over_every_shard_in_a_transaction(cluster: LocalCluster, router: RouterServer,
+                                                             data: str) -> None:
+    """An ORM's select_for_update() without the key, in a transaction that runs on the workers: every shard
+    returns and locks its rows (the same rows as one plain table); a writer of a locked row waits for the
+    transaction; with ORDER BY or LIMIT (one server locks only what it returns) it goes to the coordinator,
+    refused in such a transaction."""
+    with connect(cluster, router.config.port, data) as conn, \
+            connect(cluster, cluster.spec.coordinator.port, data) as other:
+        conn.autocommit = False
+        cur = psycopg.ClientCursor(conn)
+        cur.execute("UPDATE t SET note = 'mine' WHERE id = 1")  # the transaction runs on a worker
+        for name in ("t", "t_plain"):
+            plain = psycopg.ClientCursor(other)
+            plain.execute(f"SELECT id, n FROM {name} WHERE n = 3 ORDER BY id")
+            expected = plain.fetchall()
+        cur.execute("SELECT id, n FROM t WHERE n = 3 FOR UPDATE")
+        assert sorted(cur.fetchall()) == expected and len(expected) > 10
+        other.execute("SET statement_timeout = '500ms'")  # it cancels postgres_fdw's remote statement too
+        locked = expected[-1][0]
+        with pytest.raises(psycopg.errors.QueryCanceled):
+            other.execute("UPDATE t SET note = 'theirs' WHERE id = %s", (locked,))
+        with pytest.raises(psycopg.errors.FeatureNotSupported):
+            cur.execute("SELECT id FROM t WHERE n = 3 ORDER BY id LIMIT 2 FOR UPDATE")
+        conn.rollback()
+        other.execute("UPDATE t SET note = 'theirs' WHERE id = %s", (locked,))  # free again

@@ -7,11 +7,13 @@ shard is planned here when it has one of two shapes, and goes to the coordinator
   HAVING, ORDER BY, LIMIT/OFFSET: every shard computes partial aggregates grouped by the GROUP BY
   expressions; the final combine (:mod:`.scatter_final`) runs as one SQL statement over the partials;
 - **plain rows**: the shards' rows concatenated; with ORDER BY the shards' rows are merged by one SQL
-  statement over their sort keys (with LIMIT n, LIMIT n + offset runs on every shard first).
+  statement over their sort keys (with LIMIT n, LIMIT n + offset runs on every shard first). FOR UPDATE /
+  SHARE only here and without ORDER BY, LIMIT or OFFSET (every shard then locks exactly the rows it
+  returns): ORMs' ``select_for_update()`` in a transaction that runs on the workers.
 
 FROM may hold one distributed table, reference tables, and tables co-located with it joined on the key
 (inner joins, or outer joins whose preserved side holds a distributed table). Subqueries, WITH, set
-operations, DISTINCT, window functions, locking clauses, functions outside ``walk.SAFE_FUNCTIONS`` and
+operations, DISTINCT, window functions, other locking clauses, functions outside ``walk.SAFE_FUNCTIONS`` and
 aggregates other than those above go to the coordinator. Name resolution, columns and functions are
 checked by single-shard analysis (:func:`.analyze.prepare`); tables are renamed to shard tables in a copy
 of the parse tree, which is deparsed (pglast) per shard.
@@ -65,6 +67,8 @@ def _plan(stmt: ast.SelectStmt, sql: str, topology: RoutingTopology,
     aggregated = bool(stmt.groupClause) or stmt.havingClause is not None or any(
         is_aggregate(n) for n in walk((stmt.targetList, stmt.sortClause)))
     if aggregated:
+        if stmt.lockingClause:
+            raise Unsupported("locking with aggregates")
         partial, final = build_aggregate(stmt, prepared.refs)
         nodes = _node_queries(partial, by_location, placements, parenthesize=False)
         return ScatterRead(nodes=nodes, final=final), shard_ids
@@ -73,8 +77,11 @@ def _plan(stmt: ast.SelectStmt, sql: str, topology: RoutingTopology,
 
 def _check_shape(stmt: ast.SelectStmt) -> None:
     if stmt.withClause is not None or stmt.op != enums.SetOperation.SETOP_NONE or stmt.valuesLists \
-            or stmt.intoClause is not None or stmt.lockingClause or stmt.distinctClause or stmt.windowClause:
-        raise Unsupported("WITH, set operations, VALUES, INTO, locking, DISTINCT or WINDOW")
+            or stmt.intoClause is not None or stmt.distinctClause or stmt.windowClause:
+        raise Unsupported("WITH, set operations, VALUES, INTO, DISTINCT or WINDOW")
+    if stmt.lockingClause and (stmt.sortClause or stmt.limitCount is not None or stmt.limitOffset is not None
+                               or stmt.groupClause or stmt.havingClause is not None):
+        raise Unsupported("locking with ORDER BY, LIMIT, OFFSET or aggregates (one server locks only what it returns)")
     if stmt.limitOption == enums.LimitOption.LIMIT_OPTION_WITH_TIES:
         raise Unsupported("FETCH … WITH TIES")
     for node in walk((stmt.targetList, stmt.fromClause, stmt.whereClause, stmt.groupClause, stmt.havingClause,
@@ -178,10 +185,13 @@ def _table_name(schema: str, table: str) -> str:
 
 
 def _node_queries(stmt: ast.SelectStmt, by_location: dict[int | None, TableRef],
-                  placements: tuple[tuple[str, dict[int, tuple[str, str]]], ...], *, parenthesize: bool) -> tuple[NodeQuery, ...]:
+                  placements: tuple[tuple[str, dict[int, tuple[str, str]]], ...], *, parenthesize: bool,
+                  locking: bool = False) -> tuple[NodeQuery, ...]:
     """One query per node: its shards' statements joined by UNION ALL. The statement is deparsed once, with
     a marker in place of each table name, and each shard's text made by putting its table names there:
-    deparsing per shard cost 0.2–0.4 ms a shard, paid again for every new statement text."""
+    deparsing per shard cost 0.2–0.4 ms a shard, paid again for every new statement text. A statement with
+    FOR UPDATE / SHARE (not allowed in a UNION's branches) is each branch's subquery: ``SELECT * FROM (…)``,
+    which locks the rows it reads as the statement itself would."""
     locations = {location for location in by_location if location is not None}
     markers = {location: f"pgfleet_table_{i}_x" for i, location in enumerate(sorted(locations))}
     template = _render(stmt, {location: (None, marker) for location, marker in markers.items()})
@@ -198,6 +208,9 @@ def _node_queries(stmt: ast.SelectStmt, by_location: dict[int | None, TableRef],
         else:
             text = _render(stmt, dict(names))
         per_node.setdefault(node, []).append(f"({text})" if parenthesize else text)
+    if locking:
+        per_node = {node: parts if len(parts) == 1 else [f"SELECT * FROM ({text}) AS _pgfleet_locked" for text in parts]
+                    for node, parts in per_node.items()}
     return tuple(NodeQuery(node, " UNION ALL ".join(parts), len(parts)) for node, parts in per_node.items())
 
 
@@ -225,7 +238,8 @@ def _plain(stmt: ast.SelectStmt, by_location: dict[int | None, TableRef],
         merge = _sort_merge(shard)
         if limit is None:
             shard.sortClause = None  # the merge sorts every row anyway
-    nodes = _node_queries(shard, by_location, placements, parenthesize=limit is not None)
+    nodes = _node_queries(shard, by_location, placements, parenthesize=limit is not None,
+                          locking=bool(stmt.lockingClause))
     return ScatterRead(nodes=nodes, merge=merge, limit=limit, offset=offset)
 
 
