@@ -18,9 +18,9 @@ from typing import TYPE_CHECKING
 
 from . import protocol as p
 from .batches import Message, Plan, Statement
-from .keyfill import KEY_TYPE_OIDS, KeyFill, cached_keys, draw_keys, key_fill
+from .keyfill import KEY_TYPE_OIDS, KeyFill, cached_keys, draw_keys
 from .routes import Coordinator
-from .rowsource import RowSource, evaluate_rows
+from .rowsource import RowSource
 
 if TYPE_CHECKING:
     from .extended import ExtendedRouter
@@ -58,10 +58,10 @@ class ExtendedKeys:
         (:mod:`.keyfill`) or rows got (:mod:`.rowsource`); else None."""
         session = self.session
         routing = session.routing
-        if routing is None or not (session.superuser or routing.roles_current) or not session.fills_keys():
+        if routing is None or not (session.superuser or routing.roles_current):
             return None
         rework = routing.cache.insert_rework(sql, routing.topology, session.search_path)
-        return rework if session.fills_keys(rework) else None
+        return rework if rework is not None and session.fills_keys(rework) else None
 
     def run(self, plan: Plan, batch: list[Message], fill: KeyFill | RowSource, statement: Statement,
             answered: bytes, exchanged: bool) -> None:
@@ -78,7 +78,7 @@ class ExtendedKeys:
             session.busy = True
             session.context.spawn(self._rows_first(plan, batch, fill, statement, answered, exchanged))
             return
-        keys = cached_keys(routing.keys, fill, None if session.superuser else session.user)
+        keys = cached_keys(routing.keys, fill, session.key_role)
         if keys is not None:
             self._route(plan, batch, fill, statement, answered, exchanged, keys)
             return
@@ -92,26 +92,14 @@ class ExtendedKeys:
         session = self.session
         routing = session.routing
         assert routing is not None and statement.param_types is not None
-        rows = await evaluate_rows(session.leases, routing.topology.coordinator, source, routing.type_names,
-                                   None if session.superuser else session.user, plan.bind, statement.param_types)
-        if rows is None:
+        text = await session.reworked(source, statement.sql, plan.bind, statement.param_types)
+        if text is None:
             self.router._fallback(plan, batch, answered, exchanged)
             return
-        text = source.insert_with(rows.values, rows.types)
-        fill = key_fill(text, routing.topology, session.search_path)
-        if fill is not None:
-            keys = await draw_keys(session.leases, routing.topology.coordinator, routing.keys, fill,
-                                   None if session.superuser else session.user)
-            if keys is None:
-                self.router._fallback(plan, batch, answered, exchanged)
-                return
-            text = fill.sql_with(text, keys)
-            session.used_keys(fill, keys)
         prepared = routing.cache.prepared(text, routing.topology, session.search_path)
         if isinstance(prepared, Coordinator):
             self.router._fallback(plan, batch, answered, exchanged)
             return
-        session.context.stats.rows_got_first += len(rows.values)
         bind = p.Bind(plan.bind.portal, plan.bind.statement, (), (), plan.bind.result_formats)
         literal = replace(plan, prefix=(), bind=bind, tail=((b"B", bind.payload()), *plan.tail[1:]), original=plan)
         self.router._run(literal, batch, prepared, Statement(text, (), (), statement.columns), answered,
@@ -122,8 +110,7 @@ class ExtendedKeys:
         session = self.session
         routing = session.routing
         assert routing is not None
-        keys = await draw_keys(session.leases, routing.topology.coordinator, routing.keys, fill,
-                               None if session.superuser else session.user)
+        keys = await draw_keys(session.leases, routing.topology.coordinator, routing.keys, fill, session.key_role)
         if keys is None:
             self.router._fallback(plan, batch, answered, exchanged)
             return

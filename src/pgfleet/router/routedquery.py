@@ -42,33 +42,46 @@ class RoutedQueries(PlanHost):
     def _route_query(self, sql: str, data: bytes) -> bool:
         raise NotImplementedError
 
+    @property
+    def key_role(self) -> str | None:
+        """The role keys are drawn and rows got as (None: a superuser, as the router's login)."""
+        return None if self.superuser else self.user
+
     def used_keys(self, fill: KeyFill, keys: list[int]) -> None:
         """Keys drawn for one of this session's INSERTs: counted, and what its lastval() would give
         (:mod:`.seqstate`)."""
         self.context.stats.keys_drawn += fill.rows
         self.sequences.drew(fill.table.key_sequence, keys, fill.table.key_sequence_name)
 
-    async def _rework_then_route(self, rework: KeyFill | RowSource, sql: str, data: bytes) -> None:
-        """An INSERT that leaves its distribution key to the key's sequence (:mod:`.keyfill`), or an INSERT …
-        SELECT of constants (:mod:`.rowsource`): the rows got and the keys drawn from the coordinator into the
-        statement, which then goes its way as if the client had sent it so. What cannot be had (no privilege,
-        no connection, an error) leaves the statement as it came."""
+    async def reworked(self, rework: KeyFill | RowSource, sql: str, bind: p.Bind | None = None,
+                       param_types: tuple[int, ...] = ()) -> str | None:
+        """``sql`` with the rows of its SELECT got first (:mod:`.rowsource`, with the client's ``bind`` values
+        of the extended protocol) and its keys drawn (:mod:`.keyfill`); None when what it needs cannot be had
+        (no privilege, no connection, an error): the statement then goes as it came."""
         routing = self.routing
         assert routing is not None
-        role = None if self.superuser else self.user
         fill = rework if isinstance(rework, KeyFill) else None
         text = sql
         if isinstance(rework, RowSource):
-            rows = await evaluate_rows(self.leases, routing.topology.coordinator, rework, routing.type_names, role)
-            if rows is not None:
-                text = rework.insert_with(rows.values, rows.types)
-                fill = key_fill(text, routing.topology, self.search_path)
-                self.context.stats.rows_got_first += len(rows.values)
+            rows = await evaluate_rows(self.leases, routing.topology.coordinator, rework, routing.type_names,
+                                       self.key_role, bind, param_types)
+            if rows is None:
+                return None
+            text = rework.insert_with(rows.values, rows.types)
+            fill = key_fill(text, routing.topology, self.search_path)
+            self.context.stats.rows_got_first += len(rows.values)
         if fill is not None:
-            keys = await draw_keys(self.leases, routing.topology.coordinator, routing.keys, fill, role)
-            if keys is not None:
-                text = fill.sql_with(text, keys)
-                self.used_keys(fill, keys)
+            keys = await draw_keys(self.leases, routing.topology.coordinator, routing.keys, fill, self.key_role)
+            if keys is None:
+                return None
+            text = fill.sql_with(text, keys)
+            self.used_keys(fill, keys)
+        return text
+
+    async def _rework_then_route(self, rework: KeyFill | RowSource, sql: str, data: bytes) -> None:
+        """An INSERT that leaves its distribution key to the key's sequence, or an INSERT … SELECT the router
+        gets the rows of first (:meth:`reworked`): then it goes its way as if the client had sent it so."""
+        text = await self.reworked(rework, sql) or sql
         if self.phase is Phase.CLOSED:
             return
         if text != sql:

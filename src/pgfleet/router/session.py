@@ -326,8 +326,7 @@ class ClientSession(RoutedQueries, asyncio.Protocol):
             return self.extended.txns.deallocate_all(sql, data)
         rework = routing.cache.insert_rework(sql, routing.topology, self.search_path)
         if rework is not None and (self.superuser or routing.roles_current) and self.fills_keys(rework):
-            role = None if self.superuser else self.user
-            if not isinstance(rework, KeyFill) or (keys := cached_keys(routing.keys, rework, role)) is None:
+            if not isinstance(rework, KeyFill) or (keys := cached_keys(routing.keys, rework, self.key_role)) is None:
                 self.spawn(self._rework_then_route(rework, sql, data))  # then _route_query with the new text
                 return True
             self.used_keys(rework, keys)  # from the process's cache: no round trip, no task
