@@ -9,7 +9,9 @@ with ``src``; the router runs with ``--route`` in its own process. Cases, interl
 
 1. ``UPDATE upd SET v = v + 1`` — no key in the statement, every one of ``--rows`` rows;
 2. ``INSERT INTO dst SELECT * FROM src`` — ``--insert-rows`` rows between co-located tables (``dst``
-   emptied with TRUNCATE before each run, not timed).
+   emptied with TRUNCATE before each run, not timed);
+3. ``INSERT INTO dst SELECT * FROM stage`` — the same rows from a plain table of the coordinator's (a
+   staging table an ETL job loaded): the router streams them from the coordinator to their shards.
 
 Prints the median milliseconds of each side and the ratios to the single server; writes a JSON report.
 """
@@ -36,10 +38,12 @@ SETUP = [
     "CREATE TABLE upd (id bigint PRIMARY KEY, v int NOT NULL, pad text)",
     "CREATE TABLE src (id bigint PRIMARY KEY, v int NOT NULL, pad text)",
     "CREATE TABLE dst (id bigint PRIMARY KEY, v int NOT NULL, pad text)",
+    "CREATE TABLE stage (id bigint, v int, pad text)",
 ]
 CASES = {
     "update_without_key": ("UPDATE upd SET v = v + 1", None),
     "insert_select_colocated": ("INSERT INTO dst SELECT * FROM src", "TRUNCATE dst"),
+    "insert_select_from_local": ("INSERT INTO dst SELECT * FROM stage", "TRUNCATE dst"),
 }
 
 
@@ -80,6 +84,7 @@ def main() -> None:
                     psql(local, port, statement)
                 psql(local, port, f"INSERT INTO upd SELECT g, 0, repeat('x', 40) FROM generate_series(1, {args.rows}) g")
                 psql(local, port, f"INSERT INTO src SELECT g, g % 1000, repeat('y', 40) FROM generate_series(1, {args.insert_rows}) g")
+                psql(local, port, "INSERT INTO stage SELECT * FROM src")
             for name in ("upd", "src"):
                 fleet.distribute(DistributeSpec(QualifiedName("public", name), "id", HashSpec(8)))
             fleet.distribute(DistributeSpec(QualifiedName("public", "dst"), "id", colocate_with=QualifiedName("public", "src")))

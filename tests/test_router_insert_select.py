@@ -47,6 +47,12 @@ STATEMENTS = [
     "ON CONFLICT (id) DO UPDATE SET note = excluded.note || '!' RETURNING id, note",
     "INSERT INTO {p}dst (id, note) SELECT id + 2000, 'again' FROM {p}src WHERE id <= 2 ORDER BY 1 "
     "ON CONFLICT (id) DO UPDATE SET note = excluded.note || '!' RETURNING id, note",
+    # a string constant is read by the column's type, as the INSERT of that SELECT does; a text value is not
+    "INSERT INTO {p}dst (id, note, made) SELECT g + 3000, 'n', '2024-01-01 10:00+00' FROM generate_series(1, 3) g "
+    "RETURNING id, made",
+    "INSERT INTO {p}dst (id, note, made) SELECT g + 3100, 'n', '2024-01-01'::text FROM generate_series(1, 3) g",  # 42804
+    "INSERT INTO {p}dst (id, note) SELECT k.id + 4000, e.weight::text FROM {p}kind k JOIN {p}extra e ON e.id = k.id "
+    "ORDER BY 1 RETURNING id, note",  # a join's ON is not ON CONFLICT
     "SELECT id, note, made IS NOT NULL FROM {p}dst ORDER BY id",
 ]
 
@@ -69,7 +75,7 @@ def test_the_same_rows_and_errors_as_plain_tables(cluster: LocalCluster, router:
     with connect(cluster, router.config.port, schema) as conn:
         for statement in STATEMENTS:
             assert outcome(conn, statement.format(p="")) == outcome(conn, statement.format(p="plain_")), statement
-    assert stats.rows_got_first >= 5 + 2 + 13 + 1 + 5 + 2 + 2
+    assert stats.rows_got_first >= 5 + 2 + 13 + 1 + 5 + 2 + 2 + 3 + 2
     assert stats.coordinator_transactions == 0
 
 

@@ -21,7 +21,7 @@ import asyncio
 import logging
 import tempfile
 from dataclasses import dataclass
-from typing import IO, TYPE_CHECKING
+from typing import IO, TYPE_CHECKING, Protocol
 
 from psycopg import sql
 
@@ -47,6 +47,17 @@ QUERY_CANCELED = "57014"
 
 if TYPE_CHECKING:  # copyplan imports this module
     from .copyplan import CopyOptions
+
+
+class CopySource(Protocol):
+    """Where a COPY FROM's data comes from: the client (:class:`ClientCopy`), or rows another server sends."""
+
+    end: str | None  # done | fail | unexpected | lost (None: more may come)
+    fail_message: str
+
+    async def take(self, want: int) -> bytes: ...
+
+    async def drain(self) -> None: ...
 
 
 class ClientCopy:
@@ -195,7 +206,9 @@ class CopyIn(MultiShard):
 class _Load:
     """One COPY FROM STDIN in progress (the plan is immutable and shared: its state lives here)."""
 
-    def __init__(self, plan: CopyIn, host: MultiShardHost, conns: dict[str, WorkerConnection], reader: ClientCopy,
+    replays = True  # keeps what it read, for the coordinator to load when the data cannot be split here
+
+    def __init__(self, plan: CopyIn, host: MultiShardHost, conns: dict[str, WorkerConnection], reader: CopySource,
                  targets: ShardTargets, column: int) -> None:
         self.plan = plan
         self.host = host
@@ -221,7 +234,8 @@ class _Load:
         header = self.plan.options.header
         while True:
             block = await self.reader.take(CHUNK_BYTES)
-            self.spool.write(block)
+            if self.replays:
+                self.spool.write(block)
             end = self.reader.end
             if end is not None and end != "done":
                 return await self._abandon()
@@ -293,8 +307,11 @@ class _Load:
         return b""  # the client is gone
 
     # --- the end ----------------------------------------------------------------------------------------
+    def tag(self) -> str:
+        return f"COPY {self.rows}"
+
     async def _commit(self) -> bytes:
-        done = p.CommandComplete(f"COPY {self.rows}").encode() + p.ReadyForQuery("I").encode()
+        done = p.CommandComplete(self.tag()).encode() + p.ReadyForQuery("I").encode()
         if len(self.conns) == 1:
             [(node, conn)] = self.conns.items()
             try:
@@ -343,6 +360,8 @@ class _Load:
         return b"".join(out)
 
     async def _replay(self, conn: WorkerConnection) -> bytes:
+        reader = self.reader
+        assert isinstance(reader, ClientCopy)  # the data is the client's
         future: asyncio.Future[bytes | None] = asyncio.get_running_loop().create_future()
 
         def answered(reply: bytes | None) -> None:
@@ -355,14 +374,14 @@ class _Load:
         self.spool.seek(0)
         while piece := self.spool.read(CHUNK_BYTES):
             transport.write(wire.frame(b"d", piece))
-        while self.reader.end is None:
-            transport.write(wire.frame(b"d", await self.reader.take(CHUNK_BYTES)))
-        if self.reader.parts:
-            transport.write(wire.frame(b"d", await self.reader.take(0)))
-        if self.reader.end == "done":
+        while reader.end is None:
+            transport.write(wire.frame(b"d", await reader.take(CHUNK_BYTES)))
+        if reader.parts:
+            transport.write(wire.frame(b"d", await reader.take(0)))
+        if reader.end == "done":
             transport.write(wire.frame(b"c", b""))
         else:
-            transport.write(p.CopyFail(self.reader.fail_message or "the client went away").encode())
+            transport.write(p.CopyFail(reader.fail_message or "the client went away").encode())
         reply = await future
         if reply is None:
             raise BackendError("coordinator connection lost")

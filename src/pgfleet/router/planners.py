@@ -9,6 +9,7 @@ from collections.abc import Sequence
 from pglast import ast
 
 from .copyplan import plan_copy
+from .insertstream import plan_insert_stream
 from .multishard import Planner
 from .mwrite import plan_write
 from .routes import MultiShard
@@ -19,6 +20,7 @@ from .vacuum import planner as vacuum_planner
 PLANNERS: list[Planner] = [  # tried in order; the first plan wins (each planner adds one line here)
     vacuum_planner,
     plan_write,
+    plan_insert_stream,
     plan_copy,
     plan_scatter,
 ]

@@ -29,6 +29,7 @@ from dataclasses import dataclass
 import logging
 
 from pglast import ast
+from pglast.enums import SetOperation
 from psycopg import sql
 
 from . import protocol as p
@@ -56,13 +57,19 @@ class RowSource:
     tail: str  # what follows it: ON CONFLICT …, RETURNING …
     columns: int  # how many values each row must have
     reads: bool = False  # the SELECT reads tables (or aggregates): got only in autocommit, as the client's role
+    untyped: tuple[bool, ...] = ()  # per column: a string constant of the SELECT's own list (type unknown)
 
     def insert_with(self, rows: Sequence[Sequence[str | None]], types: Sequence[str]) -> str:
         """The statement with ``rows`` (text values, None for NULL) as a VALUES list, each value cast to its
         SELECT column's type (``types``, as format_type names them), so that PostgreSQL assigns them to the
-        columns as it would the SELECT's values (and refuses what it would refuse)."""
-        values = ", ".join("(" + ", ".join(f"{'NULL' if v is None else sql.Literal(v).as_string()}::{t}"
-                                           for v, t in zip(row, types, strict=True)) + ")" for row in rows)
+        columns as it would the SELECT's values (and refuses what it would refuse). A column that the SELECT
+        gives as a string constant stays a constant without a type, which the column's type reads, as the
+        INSERT of that SELECT does (``SELECT g, '2024-01-01'`` into a date column)."""
+        casts = [f"::{t}" for t in types]
+        for i, untyped in enumerate(self.untyped[:len(casts)]):
+            casts[i] = "" if untyped else casts[i]
+        values = ", ".join("(" + ", ".join(f"{'NULL' if v is None else sql.Literal(v).as_string()}{cast}"
+                                           for v, cast in zip(row, casts, strict=True)) + ")" for row in rows)
         return f"{self.head}VALUES {values}{self.tail}"
 
 
@@ -85,6 +92,30 @@ def row_source(text: str, topology: RoutingTopology, search_path: tuple[str, ...
         return None  # the rows' INSERT would go to the coordinator as well
     if any(isinstance(node, ast.ParamRef) for node in walk([stmt.onConflictClause, stmt.returningClause])):
         return None  # the rows' statement carries no parameter
+    reads = select_reads(select)
+    if reads is None:
+        return None
+    span = _select_span(text, stmt.cols[-1].location or 0)
+    if span is None:
+        return None
+    start, end = span
+    return RowSource(text[:start], text[start:end], text[end:], len(stmt.cols), reads, untyped_constants(select))
+
+
+def untyped_constants(select: ast.SelectStmt) -> tuple[bool, ...]:
+    """Per column of ``select``'s own list, whether it is a string constant without a cast (its type is
+    unknown until the INSERT assigns it); () when the columns cannot be told apart (``*``, UNION, …)."""
+    targets = select.targetList or ()
+    if select.op != SetOperation.SETOP_NONE or any(
+            isinstance(t.val, ast.ColumnRef) and isinstance((t.val.fields or (None,))[-1], ast.A_Star) for t in targets):
+        return ()
+    return tuple(isinstance(t.val, ast.A_Const) and isinstance(t.val.val, ast.String) for t in targets)
+
+
+def select_reads(select: ast.SelectStmt) -> bool | None:
+    """Whether ``select`` reads tables (or aggregates), which a pooled coordinator connection may answer as the
+    client's session would only in autocommit; None when another session's answer could differ: row locks,
+    ``current_user`` and the like, a function not known to be without side effects."""
     reads = False
     for node in walk(select):
         if isinstance(node, _NEVER):
@@ -95,24 +126,21 @@ def row_source(text: str, topology: RoutingTopology, search_path: tuple[str, ...
             if name not in SAFE_FUNCTIONS:
                 return None
             reads = reads or name not in _CONSTANT_FUNCTIONS or node.over is not None
-    span = _select_span(text, stmt.cols[-1].location or 0)
-    if span is None:
-        return None
-    start, end = span
-    return RowSource(text[:start], text[start:end], text[end:], len(stmt.cols), reads)
+    return reads
 
 
 def _select_span(text: str, after: int) -> tuple[int, int] | None:
     """Where the SELECT after the column list (whose last column starts at ``after``) starts and ends: at the
-    first ON (CONFLICT), RETURNING or ';' outside parentheses, or at the end."""
+    first ON CONFLICT (not a join's ON), RETURNING or ';' outside parentheses, or at the end."""
     tokens = scanned_tokens(text)
     i = next((n for n, t in enumerate(tokens) if t[0] > after and t[2] == "ASCII_41"), None)  # the list's ')'
     if i is None or i + 1 >= len(tokens) or tokens[i + 1][2] != "SELECT":
         return None
     start, depth = tokens[i + 1][0], 0
-    for token_start, _, name in tokens[i + 2:]:
+    for n, (token_start, _, name) in enumerate(tokens[i + 2:], i + 2):
         depth += (name == "ASCII_40") - (name == "ASCII_41")
-        if depth == 0 and name in ("ON", "RETURNING", "ASCII_59"):
+        if depth == 0 and (name in ("RETURNING", "ASCII_59")
+                           or (name == "ON" and n + 1 < len(tokens) and tokens[n + 1][2] == "CONFLICT")):
             return start, token_start
     return start, len(text)
 
@@ -147,11 +175,11 @@ async def evaluate_rows(leases: Leases, coordinator: str, source: RowSource, typ
             reply = await leases.exchange_once(coordinator, "".join(f"{s};\n" for s in first) + f"{select}\n")
         else:
             reply = await leases.roundtrip_once(coordinator, b"".join((
-                *map(_unnamed, first),
+                *map(unnamed, first),
                 p.Parse("", select, param_types).encode(),
                 p.Bind("", "", bind.param_formats, bind.params, ()).encode(),
                 p.Describe("P", "").encode(), p.Execute("", 0).encode(),
-                *map(_unnamed, last), p.Sync().encode())))
+                *map(unnamed, last), p.Sync().encode())))
         oids: tuple[int, ...] = ()
         values: list[list[str | None]] = []
         for type_byte, payload in wire.Framer().feed(reply):
@@ -182,6 +210,6 @@ async def evaluate_rows(leases: Leases, coordinator: str, source: RowSource, typ
     return Rows(values, [type_names[oid] for oid in oids])
 
 
-def _unnamed(statement: str) -> bytes:
+def unnamed(statement: str) -> bytes:
     """``statement`` (without parameters or result) as the unnamed statement: Parse, Bind, Execute."""
     return p.Parse("", statement, ()).encode() + p.Bind("", "", (), (), ()).encode() + p.Execute("", 0).encode()
