@@ -67,15 +67,35 @@ def hashint4extended(value: int, seed: int) -> int:
     return hash_uint32_extended(value & M32, seed)
 
 
+def _seeded() -> tuple[int, int, int]:
+    a = b = c = (0x9E3779B9 + 4 + 3923095) & M32
+    return _mix((a + (HASH_PARTITION_SEED >> 32)) & M32, (b + (HASH_PARTITION_SEED & M32)) & M32, c)
+
+
+_A0, _B0, _C0 = _seeded()  # lookup3's state after the partition seed, the same for every key
+
+
 def remainder(value: int, modulus: int, type_name: str = "bigint") -> int:
-    """The hash partition (remainder) PostgreSQL gives an integer key for ``modulus`` partitions."""
+    """The hash partition (remainder) PostgreSQL gives an integer key for ``modulus`` partitions: what
+    ``hashint8extended`` / ``hashint4extended`` with the partition seed give, with the seeded state computed
+    once and lookup3's final mix written out (the router hashes a key per routed statement)."""
     if type_name == "bigint":
-        h = hashint8extended(value, HASH_PARTITION_SEED)
+        k = value & M32
+        hi = (value >> 32) & M32
+        k ^= hi if value >= 0 else (~hi & M32)
     elif type_name in ("integer", "smallint"):
-        h = hashint4extended(value, HASH_PARTITION_SEED)
+        k = value & M32
     else:
         raise ValueError(f"no client-side hash for {type_name}")
-    return ((h + HASH_COMBINE_CONST) & M64) % modulus
+    a, b, c = (_A0 + k) & M32, _B0, _C0
+    c ^= b; c = (c - (((b << 14) | (b >> 18)) & M32)) & M32
+    a ^= c; a = (a - (((c << 11) | (c >> 21)) & M32)) & M32
+    b ^= a; b = (b - (((a << 25) | (a >> 7)) & M32)) & M32
+    c ^= b; c = (c - (((b << 16) | (b >> 16)) & M32)) & M32
+    a ^= c; a = (a - (((c << 4) | (c >> 28)) & M32)) & M32
+    b ^= a; b = (b - (((a << 14) | (a >> 18)) & M32)) & M32
+    c ^= b; c = (c - (((b << 24) | (b >> 8)) & M32)) & M32
+    return ((((b << 32) | c) + HASH_COMBINE_CONST) & M64) % modulus
 
 
 def remainders(keys: Any, modulus: int, type_name: str = "bigint") -> Any:
