@@ -127,6 +127,38 @@ def test_a_column_with_another_collation_is_read_by_the_coordinator(fleet: Fleet
             assert server.context.stats.routed == before, statement  # the coordinator ran it
 
 
+DESCRIBED = [
+    "SELECT * FROM t WHERE n > 2",  # streamed
+    "SELECT grp, val, count(*), sum(val) FROM t GROUP BY grp, val ORDER BY 1, 2 LIMIT 5",  # combined
+    "SELECT id, val, note FROM t ORDER BY val DESC NULLS LAST, id LIMIT 4",  # merged
+    "SELECT t.id, g.label, l.qty FROM t JOIN grps g ON g.grp = t.grp JOIN lines l ON l.id = t.id ORDER BY 3, 1 LIMIT 3",
+]
+
+
+def test_row_descriptions_are_the_coordinators(cluster: LocalCluster, router: RouterServer, data: str) -> None:
+    """Table oids, attribute numbers and type modifiers (``numeric(10, 2)``) as the coordinator describes the
+    same statement over the same distributed tables, in autocommit and in a transaction on the workers."""
+    def described(conn: psycopg.Connection[Any], statement: str) -> list[tuple[int, int, int, int]]:
+        result = conn.pgconn.exec_(statement.encode())  # the simple protocol, as psql sends it
+        assert result.status == psycopg.pq.ExecStatus.TUPLES_OK, result.error_message
+        return [(result.ftype(i), result.ftable(i), result.ftablecol(i), result.fmod(i)) for i in range(result.nfields)]
+
+    stats = router.context.stats
+    with connect(cluster, router.config.port, data) as via_router, \
+            connect(cluster, cluster.spec.coordinator.port, data) as direct:
+        for statement in DESCRIBED:
+            want = described(direct, statement)
+            assert any(table for _, table, _, _ in want), statement
+            before = stats.routed
+            assert described(via_router, statement) == want, statement
+            assert stats.routed == before + 1, statement
+            via_router.pgconn.exec_(b"BEGIN")
+            described(via_router, "SELECT n FROM t WHERE id = 1")  # the transaction runs on a worker
+            assert described(via_router, statement) == want, f"in a transaction: {statement}"
+            via_router.pgconn.exec_(b"COMMIT")
+        assert stats.coordinator_transactions == 0
+
+
 def test_values_and_types_are_the_servers(cluster: LocalCluster, router: RouterServer, data: str) -> None:
     with connect(cluster, router.config.port, data) as conn:
         cur = psycopg.ClientCursor(conn)

@@ -22,7 +22,7 @@ from .multishard import MultiShardHost
 from .rewrite import qualified
 from .logical import Renames, renamed
 from .routes import MultiShard
-from .rowstream import StreamedRead
+from .rowstream import StreamedRead, fitting_description
 from .scatter_final import AggregateFinal
 
 _HEADER = struct.Struct("!cI")
@@ -65,6 +65,7 @@ class ScatterRead(MultiShard):
     limit: int | None = None  # plain rows: LIMIT and OFFSET over the concatenation
     offset: int = 0
     renames: Renames | None = field(default=None, compare=False)  # a shard's error in the logical tables' terms
+    text: str = field(default="", compare=False)  # the statement, for the coordinator's RowDescription
 
     description = "scatter/gather read"
     transactional = True
@@ -78,9 +79,17 @@ class ScatterRead(MultiShard):
         return await self._run(host, fall_back=False)
 
     async def _run(self, host: MultiShardHost, fall_back: bool) -> bytes | None:
-        if host.streaming and self.final is None and self.merge is None and self.limit is None:
-            queries = [(q.node, q.sql) for q in self.nodes]
-            return await StreamedRead(host, queries, self.renames, fall_back).run()
+        described = asyncio.ensure_future(host.described(self.text)) if self.text else None  # meanwhile
+        try:
+            if host.streaming and self.final is None and self.merge is None and self.limit is None:
+                queries = [(q.node, q.sql) for q in self.nodes]
+                return await StreamedRead(host, queries, self.renames, fall_back, described).run()
+            return await with_description(await self._gather(host, fall_back), described)
+        finally:
+            if described is not None and not described.done():
+                described.cancel()
+
+    async def _gather(self, host: MultiShardHost, fall_back: bool) -> bytes | None:
         replies = await asyncio.gather(*(_run_node(host, q) for q in self.nodes))
         answered = [r for r in replies if r is not None]
         if len(answered) != len(replies):
@@ -149,6 +158,17 @@ class ScatterRead(MultiShard):
         description = replies[0].description if not merge.hidden else \
             p.RowDescription(fields[:visible]).payload()
         return b"".join((wire.frame(b"T", description), *out, _complete(len(out)), READY))
+
+
+async def with_description(reply: bytes | None, described: asyncio.Future[bytes | None] | None) -> bytes | None:
+    """``reply`` with its RowDescription replaced by the coordinator's (``described``) when that describes the
+    same number of columns of the same types: then the table oids, attribute numbers and type modifiers are
+    what one server gives, where a result put together from the shards has none (or a shard's)."""
+    if reply is None or described is None or reply[:1] != b"T":
+        return reply
+    end = 1 + int.from_bytes(reply[1:5], "big")
+    description = fitting_description(reply[5:end], await described)
+    return reply if description is None else wire.frame(b"T", description) + reply[end:]
 
 
 def _complete(count: int) -> bytes:

@@ -54,6 +54,12 @@ class MultiShardHost(Protocol):
         the client's role and settings) and return its reply up to ReadyForQuery, not relayed."""
         ...
 
+    async def described(self, sql: str) -> bytes | None:
+        """The coordinator's RowDescription payload of the statement ``sql`` (its table oids, attribute numbers
+        and type modifiers, which a result put together from the shards lacks), when the client gets the
+        plan's RowDescription (simple Query); None otherwise or when it cannot be had."""
+        ...
+
     def stream(self, data: bytes) -> None:
         """Send part of the reply to the client now (large results); ``run`` returns the rest."""
         ...

@@ -10,11 +10,12 @@ from collections.abc import Callable, Coroutine, Sequence
 from typing import TYPE_CHECKING, Any, cast
 
 from . import protocol as p
+from . import wire
 from .context import DatabaseRoute, RouterContext
 from .extended import ExtendedRouter
-from .backend import WorkerConnection
+from .backend import BackendError, WorkerConnection
 from .logical import LogicalNames, names_for
-from .pool import Leases
+from .pool import Leases, PoolExhausted
 from .refpart import CoordinatorPart
 from .routes import MultiShard, Shard
 from .routing import Routing
@@ -47,6 +48,7 @@ class PlanHost:
     streamed: bool  # the running plan sent part of its reply with ``stream``
     paced: Sequence[WorkerConnection]  # connections whose reading pauses while the client's buffer is full
     client_full: bool  # the client's transport asked to pause writing
+    describing = False  # the running plan answers a simple Query: its RowDescription should be the coordinator's
 
     def spawn(self, coro: Coroutine[Any, Any, None]) -> None:
         self.busy = True
@@ -90,12 +92,28 @@ class PlanHost:
 
     async def _run_multishard(self, plan: MultiShard, raw: bytes) -> None:
         """A statement the router runs itself over several shards (:mod:`.multishard`)."""
-        self.streaming = True
+        self.streaming = self.describing = True
         try:
             reply = await run_guarded(plan, cast("MultiShardHost", self))  # the session is the whole host
         finally:
-            self.streaming = False
+            self.streaming = self.describing = False
         self._routed_done(reply, raw)
+
+    async def described(self, sql: str) -> bytes | None:
+        return await self.coordinator_description(sql) if self.describing else None
+
+    async def coordinator_description(self, sql: str) -> bytes | None:
+        """The RowDescription payload the coordinator gives ``sql`` (Parse and Describe of the unnamed statement
+        on a pooled connection with the session's settings: nothing runs), or None."""
+        routing = self.routing
+        if routing is None or not routing.topology.coordinator:
+            return None
+        request = p.Parse("", sql, ()).encode() + p.Describe("S", "").encode() + p.Sync().encode()
+        try:
+            reply = await self.leases.roundtrip_once(routing.topology.coordinator, request)
+        except (BackendError, PoolExhausted):
+            return None
+        return next((payload for type_byte, payload in wire.Framer().feed(reply) if type_byte == b"T"), None)
 
     # --- flow control: the client's transport calls pause_/resume_writing --------------------------------
     def pause_writing(self) -> None:

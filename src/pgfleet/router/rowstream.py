@@ -43,12 +43,26 @@ class _Node:
     done: bool = False
 
 
+def fitting_description(own: bytes, coordinator: bytes | None) -> bytes | None:
+    """``coordinator`` (a RowDescription payload) when it describes ``own``'s columns with the same types and
+    formats (then only the table oids, attribute numbers and type modifiers differ), else None."""
+    if coordinator is None:
+        return None
+    theirs, ours = p.decode_backend(b"T", coordinator), p.decode_backend(b"T", own)
+    if not isinstance(theirs, p.RowDescription) or not isinstance(ours, p.RowDescription) \
+            or len(theirs.fields) != len(ours.fields) or any(
+                a.type_oid != b.type_oid or a.format != b.format for a, b in zip(theirs.fields, ours.fields, strict=True)):
+        return None
+    return coordinator
+
+
 class StreamedRead:
     """One run of a plain read over ``queries`` (node, SQL) on ``host``."""
 
     def __init__(self, host: MultiShardHost, queries: Sequence[tuple[str, str]], renames: Renames | None,
-                 fall_back: bool) -> None:
+                 fall_back: bool, described: asyncio.Future[bytes | None] | None = None) -> None:
         self.host = host
+        self.described = described  # the coordinator's RowDescription payload, on its way (MultiShardHost.described)
         self.queries = queries
         self.renames = renames
         self.fall_back = fall_back
@@ -82,6 +96,9 @@ class StreamedRead:
         self.host.pace(opened)
         try:
             await self.finished
+            if not self.started and self.described is not None:  # every node answered before the coordinator
+                await asyncio.wait([self.described])
+                self._start()
         finally:
             self.host.pace(())
         return self._ending()
@@ -166,9 +183,15 @@ class StreamedRead:
         if self.started or self._failed or len(self.nodes) != len(self.queries) \
                 or any(n.description is None for n in self.nodes):
             return
+        if self.described is not None and not self.described.done():
+            self.described.add_done_callback(lambda _: self._start())
+            return
         self.started = True
         first = self.nodes[0].description
         assert first is not None
+        if self.described is not None and not self.described.cancelled():
+            description = fitting_description(first[5:], self.described.result())
+            first = first if description is None else wire.frame(b"T", description)
         held = [r for n in self.nodes for r in n.held]
         self._release()  # before the write below, which pauses every paced read again if the client is full
         head = self.host.stream_head

@@ -47,7 +47,8 @@ def plan_scatter(stmt: ast.Node, sql: str, topology: RoutingTopology, search_pat
         plan, shard_ids = _plan(stmt, sql, topology, search_path)
     except Unsupported:
         return None
-    return replace(plan, renames=names_for(topology).renames(shard_ids))  # a shard's error, in logical terms
+    # a shard's error in logical terms; the text, for the coordinator's RowDescription of the result
+    return replace(plan, renames=names_for(topology).renames(shard_ids), text=sql)
 
 
 def _plan(stmt: ast.SelectStmt, sql: str, topology: RoutingTopology,

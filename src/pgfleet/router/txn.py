@@ -318,7 +318,8 @@ class TransactionControl(CoordinatorParts):
         ``finish`` reworks the reply on one of them (binary results of the extended protocol)."""
         joined_before = set(txn.participants)
         host = PlanInTransaction(lambda node: self._join(txn, node), self.host.superuser, self.host.user,
-                                 writer=self.host.write if finish is None else None, pacer=self.host.pace)
+                                 writer=self.host.write if finish is None else None, pacer=self.host.pace,
+                                 describe=self.host.coordinator_description if raw[:1] == b"Q" else None)
         reply = await plan.run_in_transaction(host)
         if host.lost:
             await self._lost(txn, host.lost[0])

@@ -32,6 +32,7 @@ class PlanInTransaction:
     writer: Callable[[bytes], None] | None = None  # to the client, for a plain read's rows as they come
     pacer: Callable[[Sequence[WorkerConnection]], None] | None = None
     lost: list[str] = field(default_factory=list)  # nodes whose connection broke: the transaction is gone
+    describe: Callable[[str], Awaitable[bytes | None]] | None = None  # a simple Query's: the coordinator's description
 
     def __post_init__(self) -> None:
         self.streaming = self.writer is not None
@@ -52,6 +53,9 @@ class PlanInTransaction:
 
     async def coordinator(self, sql: str) -> list[tuple[bytes, bytes]]:
         raise BackendError("the coordinator is not part of this transaction")
+
+    async def described(self, sql: str) -> bytes | None:
+        return await self.describe(sql) if self.describe is not None else None
 
     def stream(self, data: bytes) -> None:
         assert self.writer is not None, "streamed without a writer"

@@ -40,6 +40,7 @@ class Host(Protocol):
     def resume(self) -> None: ...  # the statement is answered: go on with what the client sent meanwhile
     def logical(self) -> LogicalNames | None: ...  # a routed reply in the logical tables' names and oids
     def refuse(self, sqlstate: str, message: str, hint: str | None = None) -> None: ...  # error, then close
+    async def coordinator_description(self, sql: str) -> bytes | None: ...  # its RowDescription on the coordinator
 
 
 @dataclass
