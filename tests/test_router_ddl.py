@@ -146,3 +146,56 @@ def test_the_rewrite_follows_set_search_path(cluster: LocalCluster, fleet: Fleet
         cur.execute("RESET search_path")  # back to public: items is not found there, as on one server
         with pytest.raises(psycopg.errors.UndefinedTable):
             cur.execute("ALTER TABLE items ADD FOREIGN KEY (order_id) REFERENCES orders (id)")
+
+
+def test_unique_constraints_of_distributed_tables_are_translated() -> None:
+    assert planned("ALTER TABLE orders ADD CONSTRAINT per_customer UNIQUE (customer, id)") == (
+        "SELECT pgfleet.add_unique_constraint('\"orders\"'::regclass, 'per_customer', '{customer,id}'::text[], false, "
+        "'NOT DEFERRABLE', false)")
+    assert planned('ALTER TABLE orders ADD PRIMARY KEY ("id") DEFERRABLE') == (
+        "SELECT pgfleet.add_unique_constraint('\"orders\"'::regclass, NULL, '{id}'::text[], true, "
+        "'DEFERRABLE INITIALLY IMMEDIATE', false)")
+    assert str(planned("ALTER TABLE orders ADD UNIQUE NULLS NOT DISTINCT (id, note)")).endswith("false, 'NOT DEFERRABLE', true)")
+    for other in ("ALTER TABLE orders ADD UNIQUE (id) INCLUDE (note)",  # what the shards' constraint would not carry
+                  "ALTER TABLE orders ADD UNIQUE USING INDEX orders_idx",
+                  "ALTER TABLE orders ADD UNIQUE (id) WITH (fillfactor = 70)",
+                  "ALTER TABLE countries ADD UNIQUE (code)",  # a reference table: the coordinator's
+                  "ALTER TABLE orders ADD COLUMN u int UNIQUE"):  # PostgreSQL says what is missing
+        assert planned(other) is None, other
+
+
+def test_unique_constraints_after_distribution(cluster: LocalCluster, fleet: Fleet, schema: str,
+                                               router: RouterServer) -> None:
+    """A migration's unique constraint that includes the distribution column (a multi-tenant app's
+    ``UNIQUE (tenant, email)``): enforced on every shard from COMMIT on, dropped by name, kept by undistribute."""
+    conn = fleet.conn()
+    conn.execute("CREATE TABLE accounts (tenant bigint NOT NULL, email text, name text)")
+    fleet.distribute(DistributeSpec(QualifiedName(schema, "accounts"), "tenant", HashSpec(4)))
+    router.context.routing.refresh()  # type: ignore[union-attr]  # else within its 2 s
+    with psycopg.connect(host="127.0.0.1", port=router.config.port, dbname=cluster.spec.dbname,
+                         user=cluster.spec.superuser, password=cluster.spec.coordinator.password,
+                         options=f"-c search_path={schema}", autocommit=True) as client:
+        cur = psycopg.ClientCursor(client)  # simple protocol, as psql and migration tools
+        cur.execute("INSERT INTO accounts VALUES (1, 'a@x', 'one'), (2, 'a@x', 'two')")
+        with client.transaction():  # Django runs a migration in one
+            cur.execute('ALTER TABLE "accounts" ADD CONSTRAINT "accounts_tenant_email_uniq" UNIQUE ("tenant", "email")')
+            assert cur.statusmessage == "ALTER TABLE"
+        cur.execute("INSERT INTO accounts VALUES (3, 'a@x', 'three')")  # another tenant: allowed
+        with pytest.raises(psycopg.errors.UniqueViolation, match="accounts_tenant_email_uniq"):
+            cur.execute("INSERT INTO accounts VALUES (1, 'a@x', 'again')")
+        with pytest.raises(psycopg.errors.FeatureNotSupported, match="distribution column tenant") as info:
+            cur.execute("ALTER TABLE accounts ADD CONSTRAINT by_email UNIQUE (email)")
+        assert "add tenant" in (info.value.diag.message_hint or "")
+        with pytest.raises(psycopg.errors.UndefinedColumn, match="nope"):
+            cur.execute("ALTER TABLE accounts ADD UNIQUE (tenant, nope)")
+        cur.execute("ALTER TABLE accounts ADD PRIMARY KEY (tenant, name)")
+        with pytest.raises(psycopg.errors.UniqueViolation, match="accounts_pkey"):
+            cur.execute("INSERT INTO accounts VALUES (2, 'b@x', 'two')")
+        assert router.context.stats.pinned_sessions == 0  # adding keys keeps the session routable
+        cur.execute("ALTER TABLE accounts DROP CONSTRAINT accounts_tenant_email_uniq")  # only the shards hold it
+        assert cur.statusmessage == "ALTER TABLE"
+        cur.execute("INSERT INTO accounts VALUES (1, 'a@x', 'again')")
+        cur.execute("ALTER TABLE accounts DROP CONSTRAINT IF EXISTS accounts_tenant_email_uniq")
+    fleet.undistribute(QualifiedName(schema, "accounts"))
+    assert conn.execute("SELECT pg_get_constraintdef(oid) FROM pg_constraint WHERE conrelid = 'accounts'::regclass "
+                        "AND contype = 'p'").fetchall() == [("PRIMARY KEY (tenant, name)",)]

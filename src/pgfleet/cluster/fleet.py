@@ -47,7 +47,8 @@ COORDINATOR_SETTINGS: tuple[tuple[str, str], ...] = (
 # The catalog (tables, DDL triggers), the types tables use on the workers, indexes, roles and privileges on the
 # workers, foreign keys on the shards, how writes reach the workers (reference triggers, flush_queue) and the
 # SQL API for migrations (distribute_table, reference_table, undistribute_table).
-CATALOG_FILES = ("catalog.sql", "types.sql", "indexes.sql", "grants.sql", "foreign_keys.sql", "worker_writes.sql",
+CATALOG_FILES = ("catalog.sql", "types.sql", "indexes.sql", "grants.sql", "foreign_keys.sql", "unique_keys.sql",
+                 "worker_writes.sql",
                  "parked_keys.sql", "value_shards.sql", "migrations.sql")
 
 Progress = Callable[[str, int, int], None]  # (phase, done, total)

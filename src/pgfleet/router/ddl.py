@@ -12,9 +12,12 @@ coordinator — ORMs' migrations run in transactions), into pgfleet's SQL API on
   TABLE without the key, then the call;
 * ``SET CONSTRAINTS n IMMEDIATE`` naming only keys rewritten in the same Query (Django sends it after
   its AddField) → not sent: the shards get the key at COMMIT;
+* ``ALTER TABLE t ADD [CONSTRAINT n] UNIQUE | PRIMARY KEY (…) [DEFERRABLE …]`` (Django's AddConstraint
+  and ``unique_together``) → ``SELECT pgfleet.add_unique_constraint(…)`` (on every shard,
+  sql/unique_keys.sql; PostgreSQL refuses a unique index over foreign partitions);
 * ``ALTER TABLE t DROP CONSTRAINT [IF EXISTS] n [CASCADE]`` → ``pgfleet.drop_constraint(…)``: a key only
-  the shards hold goes with ``drop_foreign_key``, any other constraint as the statement says (run with
-  the caller's rights).
+  the shards hold goes with ``drop_foreign_key`` or ``drop_unique_constraint``, any other constraint as the
+  statement says (run with the caller's rights).
 
 The client gets the replies of the statements it sent (``ALTER TABLE``, ``SET CONSTRAINTS``):
 :class:`ReplyRewriter` reshapes the coordinator's reply. Everything else passes untouched.
@@ -36,7 +39,8 @@ from .snapshot import RoutingTopology
 from .vacuum import resolve_table
 
 ACTIONS = {"a": "NO ACTION", "r": "RESTRICT", "c": "CASCADE", "n": "SET NULL", "d": "SET DEFAULT"}
-MAYBE = re.compile(rb"(?i)references|drop\s+constraint")  # the cheap test before any parsing
+MAYBE = re.compile(rb"(?i)references|drop\s+constraint|unique|primary\s+key")  # the cheap test before any parsing
+_UNIQUE = (enums.ConstrType.CONSTR_UNIQUE, enums.ConstrType.CONSTR_PRIMARY)
 
 PASS, DROP = None, ""
 
@@ -63,10 +67,11 @@ class Translation:
 
 
 def adds_foreign_keys(stmt: ast.Node | None) -> bool:
-    """An ALTER TABLE that only adds foreign keys: it changes no session state and nothing routing knows."""
+    """An ALTER TABLE that only adds foreign keys, primary keys or unique constraints: it changes no session
+    state and nothing routing knows."""
     return isinstance(stmt, ast.AlterTableStmt) and bool(stmt.cmds) and all(
         isinstance(c, ast.AlterTableCmd) and c.subtype == enums.AlterTableType.AT_AddConstraint
-        and isinstance(c.def_, ast.Constraint) and c.def_.contype == enums.ConstrType.CONSTR_FOREIGN
+        and isinstance(c.def_, ast.Constraint) and c.def_.contype in (enums.ConstrType.CONSTR_FOREIGN, *_UNIQUE)
         for c in stmt.cmds or ())
 
 
@@ -134,6 +139,12 @@ def _foreign_keys(stmt: ast.AlterTableStmt, topology: RoutingTopology, search_pa
             if call is None:
                 return None
             keys.append((cmd.def_.conname, call))
+        elif cmd.subtype == enums.AlterTableType.AT_AddConstraint and isinstance(cmd.def_, ast.Constraint) \
+                and cmd.def_.contype in _UNIQUE:
+            call = _unique_call(stmt.relation, cmd.def_)
+            if call is None:
+                return None
+            keys.append((cmd.def_.conname, call))
         elif cmd.subtype == enums.AlterTableType.AT_AddColumn and isinstance(cmd.def_, ast.ColumnDef) \
                 and any(isinstance(c, ast.Constraint) and c.contype == enums.ConstrType.CONSTR_FOREIGN
                         for c in cmd.def_.constraints or ()):
@@ -188,6 +199,21 @@ def _call(relation: ast.RangeVar, key: ast.Constraint, columns: list[str], defer
         sql.Literal(_name(relation)), sql.Literal(key.conname), sql.Literal(columns), sql.Literal(_name(key.pktable)),
         sql.Literal(ref_columns or None), sql.Literal(ACTIONS[key.fk_del_action]), sql.Literal(ACTIONS[key.fk_upd_action]),
         sql.Literal(deferral)).as_string()
+
+
+def _unique_call(relation: ast.RangeVar, key: ast.Constraint) -> str | None:
+    """``pgfleet.add_unique_constraint(…)`` for a UNIQUE or PRIMARY KEY constraint over plain columns; None for
+    what the shards' constraint would not carry (USING INDEX, INCLUDE, WITH, a tablespace)."""
+    columns = [str(c.sval) for c in key.keys or () if isinstance(c, ast.String)]
+    if not columns or len(columns) != len(key.keys or ()) or key.indexname or key.including or key.options \
+            or key.indexspace or key.skip_validation:
+        return None
+    deferral = ("DEFERRABLE INITIALLY DEFERRED" if key.initdeferred else
+                "DEFERRABLE INITIALLY IMMEDIATE" if key.deferrable else "NOT DEFERRABLE")
+    return sql.SQL("SELECT pgfleet.add_unique_constraint({}::regclass, {}, {}::text[], {}, {}, {})").format(
+        sql.Literal(_name(relation)), sql.Literal(key.conname), sql.Literal(columns),
+        sql.Literal(key.contype == enums.ConstrType.CONSTR_PRIMARY), sql.Literal(deferral),
+        sql.Literal(bool(key.nulls_not_distinct))).as_string()
 
 
 def _name(node: ast.RangeVar) -> str:

@@ -195,14 +195,18 @@ BEGIN
     END LOOP;
 END $$;
 
--- Plain ALTER TABLE t DROP CONSTRAINT n through the router (router/ddl.py): a key of a distributed table
--- that only its shards hold goes with drop_foreign_key; any other constraint is the table's own, dropped
--- by the same statement run with the caller's rights.
+-- Plain ALTER TABLE t DROP CONSTRAINT n through the router (router/ddl.py): a foreign key of a distributed
+-- table that only its shards hold goes with drop_foreign_key; a constraint the coordinator's table does not
+-- have, of a distributed table, is a primary key or unique constraint of its shards (unique_keys.sql); any
+-- other constraint is the table's own, dropped by the same statement run with the caller's rights.
 CREATE OR REPLACE FUNCTION pgfleet.drop_constraint(p_table regclass, p_name text, p_missing_ok bool, p_cascade bool)
 RETURNS void LANGUAGE plpgsql SET search_path = pg_catalog, pgfleet AS $$
 BEGIN
     IF EXISTS (SELECT FROM pgfleet.foreign_keys f WHERE f.relid = p_table AND f.name = p_name) THEN
         PERFORM pgfleet.drop_foreign_key(p_table, p_name);
+    ELSIF NOT EXISTS (SELECT FROM pg_constraint WHERE conrelid = p_table AND conname = p_name)
+            AND (SELECT method FROM pgfleet.tables WHERE relid = p_table) IN ('hash', 'range', 'list') THEN
+        PERFORM pgfleet.drop_unique_constraint(p_table, p_name, p_missing_ok, p_cascade);
     ELSE
         EXECUTE format('ALTER TABLE %s DROP CONSTRAINT %s%I %s', p_table,
                        CASE WHEN p_missing_ok THEN 'IF EXISTS ' ELSE '' END, p_name,

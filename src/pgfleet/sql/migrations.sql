@@ -687,7 +687,8 @@ BEGIN
     FOR f IN SELECT p.oid::regprocedure FROM pg_proc p
              WHERE p.pronamespace = 'pgfleet'::regnamespace AND p.prosecdef AND p.prokind = 'f'
                AND p.proname NOT IN ('distribute_table', 'reference_table', 'undistribute_table',
-                                     'add_foreign_key', 'drop_foreign_key') LOOP
+                                     'add_foreign_key', 'drop_foreign_key', 'add_unique_constraint',
+                                     'drop_unique_constraint') LOOP
         EXECUTE format('REVOKE EXECUTE ON FUNCTION %s FROM PUBLIC', f);
     END LOOP;
 END $$;
