@@ -199,3 +199,29 @@ def test_unique_constraints_after_distribution(cluster: LocalCluster, fleet: Fle
     fleet.undistribute(QualifiedName(schema, "accounts"))
     assert conn.execute("SELECT pg_get_constraintdef(oid) FROM pg_constraint WHERE conrelid = 'accounts'::regclass "
                         "AND contype = 'p'").fetchall() == [("PRIMARY KEY (tenant, name)",)]
+
+
+def test_a_migration_right_after_distribute_table(cluster: LocalCluster, fleet: Fleet, schema: str,
+                                                  router: RouterServer) -> None:
+    """Django runs one migration after the other: the statement after ``distribute_table``'s commit already
+    sees the table distributed (the session waits for a new routing snapshot), and after
+    ``undistribute_table`` a plain table."""
+    fleet.conn().execute("CREATE TABLE tickets (id bigint PRIMARY KEY, order_id bigint, code text)")
+    with psycopg.connect(host="127.0.0.1", port=router.config.port, dbname=cluster.spec.dbname,
+                         user=cluster.spec.superuser, password=cluster.spec.coordinator.password,
+                         options=f"-c search_path={schema}", autocommit=True) as client:
+        cur = psycopg.ClientCursor(client)
+        for _ in range(3):  # no 2 s refresh in between could make this pass by luck three times
+            cur.execute("SELECT pgfleet.distribute_table('tickets', 'id', colocate_with => 'orders')")
+            cur.execute("ALTER TABLE tickets ADD CONSTRAINT tickets_code UNIQUE (id, code)")
+            cur.execute("ALTER TABLE tickets ADD FOREIGN KEY (id) REFERENCES orders (id)")
+            with pytest.raises(psycopg.errors.ForeignKeyViolation, match="tickets_id_fkey"):
+                cur.execute("INSERT INTO tickets VALUES (999, 1, 'x')")
+            cur.execute("INSERT INTO tickets VALUES (7, 1, 'x')")
+            cur.execute("SELECT pgfleet.undistribute_table('tickets')")
+            cur.execute("INSERT INTO tickets VALUES (8, 1, 'y')")  # the plain table's now, on the coordinator
+            cur.execute("SELECT id FROM tickets ORDER BY id")
+            assert cur.fetchall() == [(7,), (8,)]
+            # the plain table keeps the unique constraint (from a shard); a key to a distributed table cannot stay
+            cur.execute("ALTER TABLE tickets DROP CONSTRAINT tickets_code")
+            cur.execute("TRUNCATE tickets")

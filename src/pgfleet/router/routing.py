@@ -41,6 +41,18 @@ _ROLE_LOOK_LIMIT = 64 << 10
 READY_IDLE = b"Z\x00\x00\x00\x05I"  # ReadyForQuery, outside a transaction block
 
 
+# Client bytes that change which tables are distributed, and how: pgfleet's SQL API, DROP TABLE. The session
+# that sent them waits for a fresh routing snapshot after them (ClientSession.from_server), so that its next
+# statement — a migration's ALTER TABLE … ADD FOREIGN KEY after distribute_table — sees the change.
+_TOPOLOGY_WORDS = re.compile(rb"(?i)pgfleet\s*\.\s*(?:distribute_table|reference_table|undistribute_table)\b"
+                             rb"|\bdrop\s+table\b")
+
+
+def may_change_topology(data: bytes) -> bool:
+    """Whether a Query or Parse (not COPY data, not a bulk of rows) may change the distributed tables."""
+    return data[:1] in (b"Q", b"P") and len(data) <= _ROLE_LOOK_LIMIT and _TOPOLOGY_WORDS.search(data) is not None
+
+
 def may_change_roles(data: bytes) -> bool:
     """Whether client bytes hold one of those words, standing alone (not inside an identifier or a quoted
     name), or starting a Query's text (after its length, whose last byte may be a letter). Only a read that

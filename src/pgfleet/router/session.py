@@ -34,7 +34,8 @@ from .keys import CancelKey
 from .routedquery import RoutedQueries
 from .pool import Leases
 from .reauth import ScramRecord
-from .routing import READY_IDLE, Decision, deallocates_all, decide, may_change_roles, parse_search_path
+from .routing import READY_IDLE, Decision, Routing, deallocates_all, decide, may_change_roles, may_change_topology, \
+    parse_search_path
 from .txn import TransactionControl
 from .txnreply import ReplySkipper
 from .upstream import Phase, ServerSide, coordinator_lost
@@ -84,6 +85,7 @@ class ClientSession(RoutedQueries, asyncio.Protocol):
         self.reply_shaper: Callable[[bytes], bytes] | None = None  # the next answer of the transaction machine
         self.rewriter: ddl.ReplyRewriter | None = None  # reshapes the reply to a Query that router/ddl.py rewrote
         self.role_change = False  # sent a statement that may change roles: copy them when it has ended
+        self.topology_change = False  # ... that may change the distributed tables: routing waits for a new snapshot
         self.sequences = SessionSequences()  # the keys the router drew for this session (lastval, currval)
 
     # --- client side ------------------------------------------------------------------------------
@@ -100,6 +102,8 @@ class ClientSession(RoutedQueries, asyncio.Protocol):
                 if may_change_roles(data):
                     self.role_change = True
                     self.context.roles_changed(refresh=False)
+                if may_change_topology(data):
+                    self.topology_change = True
                 if self.busy:
                     (self.listener or self.held.append)(data)
                     return
@@ -230,6 +234,9 @@ class ClientSession(RoutedQueries, asyncio.Protocol):
         if self.role_change and READY_IDLE in data:
             self.role_change = False
             self.context.roles_changed(refresh=True)
+        if self.topology_change and READY_IDLE in data and self.routing is not None:
+            self.topology_change = False  # committed or rolled back: what the client sends next waits for it
+            self.spawn(self._fresh_topology(self.routing))
         if self.phase is Phase.RELAY:
             if self.extended.capture is not None:  # the router's own exchange for a batch
                 rest = self.extended.server_data(data)
@@ -412,6 +419,11 @@ class ClientSession(RoutedQueries, asyncio.Protocol):
             raw = self._translated(raw)
         if self.server and self.server.transport:
             self.server.transport.write(p.Query(setup).encode() + raw)
+
+    async def _fresh_topology(self, routing: Routing) -> None:
+        await asyncio.to_thread(routing.refresh)
+        if self.phase is not Phase.CLOSED:
+            self.resume()
 
     def resume(self) -> None:
         """The routed statement is answered: what the client sent meanwhile, in order."""
