@@ -3,6 +3,7 @@ coordinator returns: rows, column types, command tags, errors; sessions with sta
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Iterator
 from typing import Any
 
@@ -97,21 +98,56 @@ def test_command_tags_and_errors_match(cluster: LocalCluster, router: RouterServ
         assert router.context.stats.routed == 4  # INSERT, UPDATE, the failing SELECT, the SELECT after it
 
 
+SETTINGS = [  # (a SET or RESET, a routed statement whose answer it changes)
+    ("SET TimeZone = 'Asia/Tokyo'", "SELECT at::text FROM t WHERE id = 9"),
+    ("SET extra_float_digits = 0", "SELECT (val::float8 / 3)::text, 0.1::float8 + 0.2 FROM t WHERE id = 9"),
+    ("SET bytea_output = 'escape'", "SELECT note::bytea FROM t WHERE id = 9"),
+    ("SET IntervalStyle = 'sql_standard'", "SELECT (at - '2024-01-01')::text FROM t WHERE id = 9"),
+    ("SET LOCAL bytea_output = 'hex'", "SELECT note::bytea FROM t WHERE id = 9"),  # no effect here
+    ("SET no_such_setting = 1", "SELECT at::text FROM t WHERE id = 9"),  # refused: nothing changes
+    ("RESET extra_float_digits", "SELECT (val::float8 / 3)::text, 0.1::float8 + 0.2 FROM t WHERE id = 9"),
+    ("RESET ALL", "SELECT at::text, note::bytea FROM t WHERE id = 9"),
+]
+
+
+def test_set_applies_to_routed_statements(cluster: LocalCluster, router: RouterServer, data: str) -> None:
+    """SET / RESET in autocommit (simple protocol, as psql) keep the session routable, and its routed
+    statements answer under the settings as the coordinator does in the same session."""
+    stats = router.context.stats
+    with connect(cluster, router.config.port, data) as conn, \
+            connect(cluster, cluster.spec.coordinator.port, data) as direct:
+        for setting, statement in SETTINGS:
+            want = []
+            for session in (conn, direct):
+                with contextlib.suppress(psycopg.errors.UndefinedObject):
+                    run(session, setting)
+                want.append(run(session, statement))
+            routed = stats.routed
+            assert run(conn, statement) == want[1], setting  # once more, to count it
+            assert want[0] == want[1], setting
+            assert stats.routed == routed + 1 and stats.pinned_sessions == 0, setting
+        assert router.context.stats.routing_fallbacks == 0
+
+
 def test_session_state_keeps_the_session_on_the_coordinator(cluster: LocalCluster, router: RouterServer, data: str) -> None:
     stats = router.context.stats
     with connect(cluster, router.config.port, data) as conn:
         run(conn, "SELECT note FROM t WHERE id = 9")
         routed = stats.routed
-        run(conn, "SET TimeZone = 'Asia/Tokyo'")
-        rows = run(conn, "SELECT at::text FROM t WHERE id = 9")[0]
-        assert rows == [("2024-01-01 18:00:00+09",)]  # the coordinator applied the session's time zone
+        run(conn, "SET ROLE NONE")  # a role, not a setting: the coordinator's from now on
+        assert run(conn, "SELECT note FROM t WHERE id = 9")[0] == [("n9",)]
         assert stats.routed == routed and stats.pinned_sessions == 1
     with connect(cluster, router.config.port, data) as conn:
         assert conn.execute("SELECT note FROM t WHERE id = %s", (9,)).fetchall() == [("n9",)]  # extended: routed
         assert stats.routed == routed + 1
-        conn.execute("SET TimeZone = 'Asia/Tokyo'")  # the extended protocol's SET pins the session as well
+        # psycopg sends a statement without values as a simple Query: a SET keeps the session routable
+        conn.execute("SET TimeZone = 'Asia/Tokyo'")
         assert conn.execute("SELECT at::text FROM t WHERE id = %s", (9,)).fetchall() == [("2024-01-01 18:00:00+09",)]
-        assert stats.routed == routed + 1 and stats.pinned_sessions == 2
+        assert stats.routed == routed + 2 and stats.pinned_sessions == 1
+        # Django's time zone (set_config with a value, the extended protocol) pins it
+        conn.execute("SELECT set_config('TimeZone', %s, false)", ("Europe/Paris",))
+        assert conn.execute("SELECT at::text FROM t WHERE id = %s", (9,)).fetchall() == [("2024-01-01 10:00:00+01",)]
+        assert stats.routed == routed + 2 and stats.pinned_sessions == 2
 
 
 def test_built_in_functions_keep_the_session_routable(cluster: LocalCluster, router: RouterServer, data: str) -> None:

@@ -43,6 +43,7 @@ def may_reconnect(session: ClientSession) -> bool:
     return (session.phase is Phase.RELAY and not session.terminating and not session.pinned
             and routing is not None and routing.coordinator_login is not None and session.scram.usable
             and session.outstanding == 0 and not session.busy and session.transactions.txn is None
+            and not session.settings_changed
             and not session.coordinator_txn and session.skipper is None and session.rewriter is None
             and session.extended.capture is None and session.extended.statements.settled
             and session.server_framer.last_status == b"I")

@@ -36,6 +36,7 @@ from .pool import Leases
 from .reauth import ScramRecord
 from .routing import READY_IDLE, Decision, Routing, deallocates_all, decide, may_change_roles, may_change_topology, \
     parse_search_path
+from .settings import SettingChange, setting_change, settle, worker_settings
 from .txn import TransactionControl
 from .txnreply import ReplySkipper
 from .upstream import Phase, ServerSide, coordinator_lost
@@ -86,6 +87,10 @@ class ClientSession(RoutedQueries, asyncio.Protocol):
         self.rewriter: ddl.ReplyRewriter | None = None  # reshapes the reply to a Query that router/ddl.py rewrote
         self.role_change = False  # sent a statement that may change roles: copy them when it has ended
         self.topology_change = False  # ... that may change the distributed tables: routing waits for a new snapshot
+        self.session_settings: dict[str, str] = {}  # SET values carried to routed statements (settings.py)
+        self.pending_setting: SettingChange | None = None  # a SET sent to the coordinator, not answered yet
+        self.setting_reply: list[bytes] = []
+        self.settings_changed = False  # a SET ran on the coordinator: a new backend there would lack it
         self.sequences = SessionSequences()  # the keys the router drew for this session (lastval, currval)
 
     # --- client side ------------------------------------------------------------------------------
@@ -265,6 +270,10 @@ class ClientSession(RoutedQueries, asyncio.Protocol):
                     types = self.server_framer.scan(data)
                     self.outstanding = max(0, self.outstanding - types.count(b"Z"))
                     self.extended.statements.replies(types)
+                    if self.pending_setting is not None:
+                        self.setting_reply.append(data)
+                        if b"Z" in types:
+                            self._setting_answered()
                 except wire.ProtocolViolation:
                     self.pin()
             self._write(data)
@@ -364,6 +373,10 @@ class ClientSession(RoutedQueries, asyncio.Protocol):
         if self.transactions.handle(sql, data):
             self.context.stats.queries += 1
             return True
+        if self.transactions.txn is None and (change := setting_change(sql)) is not None:
+            self.pending_setting, self.setting_reply = change, []  # the coordinator's answer applies it
+            self.settings_changed = True
+            return False
         try:
             decision = decide(sql, routing.topology, self.search_path, routing.cache)
         except Exception:  # a bug in analysis must not lose the client's statement: the coordinator runs it
@@ -386,13 +399,16 @@ class ClientSession(RoutedQueries, asyncio.Protocol):
         return True
 
     def _worker_settings(self) -> tuple[tuple[str, str], ...]:
-        """The client's startup settings and the coordinator's reported ones, for a worker connection."""
-        settings = {k: v for k, v in self.startup_params if k not in ("user", "database", "replication",
-                                                                   "application_name") and not k.startswith("_pq_.")}
-        for name in ("DateStyle", "IntervalStyle", "TimeZone", "search_path", "client_encoding"):
-            if name in self.reported:
-                settings[name] = self.reported[name]
-        return tuple(settings.items())
+        return worker_settings(self.startup_params, self.reported, self.session_settings)
+
+    def _setting_answered(self) -> None:
+        """The coordinator answered a SET / RESET the session's routed statements follow (:mod:`.settings`)."""
+        change, self.pending_setting = self.pending_setting, None
+        reply, self.setting_reply = b"".join(self.setting_reply), []
+        if change is not None and settle(change, reply, self.session_settings, self.reported):
+            if self.reported.get("client_encoding") != "UTF8" or self.reported.get("standard_conforming_strings") != "on":
+                self.pin()
+            self.leases.settings = self._worker_settings()
 
     # --- hooks of the transaction state machine (txn.Host) -------------------------------------------------
     def route(self, sql: str) -> Decision | None:

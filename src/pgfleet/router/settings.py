@@ -1,0 +1,114 @@
+"""``SET name = value`` / ``RESET name`` / ``RESET ALL`` of a session in autocommit, carried to its routed
+statements instead of keeping the session on the coordinator (pure).
+
+The statement still goes to the coordinator, whose session keeps it for what runs there; once the
+coordinator accepted it, the session's worker connections are the pooled ones opened with that setting as a
+startup parameter (``ClientSession._worker_settings``: the pool gives a session only connections of its
+settings), so a routed statement runs under it as on one server. The settings PostgreSQL reports
+(TimeZone, DateStyle, IntervalStyle, search_path) come from the coordinator's ParameterStatus instead.
+
+Not carried (the session stays on the coordinator, as before): SET ROLE and SESSION AUTHORIZATION, client
+encoding and standard_conforming_strings (the router reads statements in UTF-8 with standard strings), the
+transaction settings (the router's transactions reason about their isolation), ``seed``, a value that is
+not one constant (``SET x = a, b``, ``FROM CURRENT``, ``TIME ZONE INTERVAL …``), and anything inside a
+transaction block (a SET there is undone by ROLLBACK)."""
+
+from __future__ import annotations
+
+import functools
+from dataclasses import dataclass
+
+from collections.abc import Sequence
+
+from pglast import ast, parse_sql
+from pglast.enums import VariableSetKind
+from pglast.parser import ParseError
+
+from . import protocol as p
+from . import wire
+
+REPORTED = frozenset({"timezone", "datestyle", "intervalstyle", "search_path"})  # the coordinator reports them
+NOT_RESULTS = frozenset({"application_name"})  # changes nothing a statement returns: not worth a connection
+_KEPT_ON_COORDINATOR = frozenset({
+    "role", "session_authorization", "client_encoding", "names", "standard_conforming_strings", "seed",
+    "transaction_isolation", "transaction_read_only", "transaction_deferrable", "default_transaction_isolation",
+    "default_transaction_read_only", "default_transaction_deferrable", "idle_session_timeout",
+})
+
+
+@dataclass(frozen=True)
+class SettingChange:
+    name: str | None  # None: RESET ALL
+    value: str | None  # None: back to its default (RESET, SET … TO DEFAULT)
+    local: bool = False  # SET LOCAL outside a transaction block: PostgreSQL warns and changes nothing
+
+    def apply(self, settings: dict[str, str]) -> None:
+        """``settings`` (the session's carried values, by lower-case name) after this change."""
+        if self.local:
+            return
+        if self.name is None:
+            settings.clear()
+        elif self.value is None or self.name in REPORTED or self.name in NOT_RESULTS:
+            settings.pop(self.name, None)
+        else:
+            settings[self.name] = self.value
+
+
+@functools.lru_cache(maxsize=256)
+def setting_change(sql: str) -> SettingChange | None:
+    """The change when ``sql`` is one SET / RESET the router carries to routed statements, else None."""
+    if not sql.lstrip()[:5].upper().startswith(("SET", "RESET")):
+        return None
+    try:
+        statements = parse_sql(sql)
+    except ParseError:
+        return None
+    if len(statements) != 1 or not isinstance(stmt := statements[0].stmt, ast.VariableSetStmt):
+        return None
+    if stmt.kind == VariableSetKind.VAR_RESET_ALL:
+        return SettingChange(None, None)
+    name = str(stmt.name or "").lower()
+    if not name or name in _KEPT_ON_COORDINATOR:
+        return None
+    if stmt.kind in (VariableSetKind.VAR_RESET, VariableSetKind.VAR_SET_DEFAULT):
+        return SettingChange(name, None, bool(stmt.is_local))
+    if stmt.kind != VariableSetKind.VAR_SET_VALUE or len(stmt.args or ()) != 1:
+        return None
+    [arg] = stmt.args or ()
+    value = arg.val if isinstance(arg, ast.A_Const) else None
+    if isinstance(value, ast.String):
+        text = str(value.sval)
+    elif isinstance(value, ast.Integer):
+        text = str(value.ival)
+    elif isinstance(value, ast.Float):
+        text = str(value.fval)
+    else:
+        return None
+    return SettingChange(name, text, bool(stmt.is_local))
+
+
+def settle(change: SettingChange, reply: bytes, settings: dict[str, str], reported: dict[str, str]) -> bool:
+    """The coordinator's whole ``reply`` to the SET: when it accepted it, ``settings`` take the change and
+    ``reported`` the ParameterStatus it sent (True); refused, nothing changes (False)."""
+    messages = wire.Framer().feed(reply)
+    if any(t == b"E" for t, _ in messages) or not any(t == b"C" and body[:-1] in (b"SET", b"RESET") for t, body in messages):
+        return False
+    change.apply(settings)
+    for type_byte, payload in messages:
+        if type_byte == b"S" and isinstance(status := p.decode_backend(type_byte, payload), p.ParameterStatus):
+            reported[status.name] = status.value
+    return True
+
+
+def worker_settings(startup: Sequence[tuple[str, str]], reported: dict[str, str],
+                    settings: dict[str, str]) -> tuple[tuple[str, str], ...]:
+    """A session's worker connections' startup parameters: the client's own (not the login's), the
+    coordinator's reported DateStyle, IntervalStyle, TimeZone, search_path and client_encoding, and the
+    session's carried SET values."""
+    out = {k: v for k, v in startup if k not in ("user", "database", "replication", "application_name")
+           and not k.startswith("_pq_.")}
+    for name in ("DateStyle", "IntervalStyle", "TimeZone", "search_path", "client_encoding"):
+        if name in reported:
+            out[name] = reported[name]
+    out.update(settings)
+    return tuple(out.items())
