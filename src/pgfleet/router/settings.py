@@ -9,7 +9,8 @@ settings), so a routed statement runs under it as on one server. The settings Po
 
 Not carried (the session stays on the coordinator, as before): SET ROLE and SESSION AUTHORIZATION, client
 encoding and standard_conforming_strings (the router reads statements in UTF-8 with standard strings), the
-transaction settings (the router's transactions reason about their isolation), ``seed``, a value that is
+transaction settings (the router's transactions reason about their isolation), ``extra_float_digits`` (the
+router moves values as text: below 1 that would round floats), ``seed``, a value that is
 not one constant (``SET x = a, b``, ``FROM CURRENT``, ``TIME ZONE INTERVAL …``), and anything inside a
 transaction block (a SET there is undone by ROLLBACK)."""
 
@@ -32,7 +33,10 @@ NOT_RESULTS = frozenset({"application_name"})  # changes nothing a statement ret
 _KEPT_ON_COORDINATOR = frozenset({
     "role", "session_authorization", "client_encoding", "names", "standard_conforming_strings", "seed",
     "transaction_isolation", "transaction_read_only", "transaction_deferrable", "default_transaction_isolation",
-    "default_transaction_read_only", "default_transaction_deferrable", "idle_session_timeout",
+    "default_transaction_read_only", "default_transaction_deferrable", "idle_session_timeout", "transaction_timeout",
+    # below 1, floats print with fewer digits than they hold: the router's text round trips of values (partial
+    # aggregates, rows it inserts) would round them
+    "extra_float_digits",
 })
 
 
