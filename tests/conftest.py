@@ -10,7 +10,7 @@ import shutil
 import subprocess
 import sys
 import tempfile
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterator, Mapping, Sequence
 from typing import Any
 from contextlib import contextmanager
 from pathlib import Path
@@ -92,6 +92,14 @@ def routing_router(cluster: LocalCluster, **options: Any) -> Iterator[RouterServ
             yield server
     finally:
         release_ports([port], cluster.directory)
+
+
+def create_twins(conn: psycopg.Connection[Any], statements: Sequence[str]) -> None:
+    """Each statement twice: with ``{p}`` empty (the tables to distribute) and ``plain_`` (the same tables
+    left plain, to compare with)."""
+    for statement in statements:
+        conn.execute(statement.format(p=""))
+        conn.execute(statement.format(p="plain_"))
 
 
 def connect(cluster: LocalCluster, port: int, schema: str) -> psycopg.Connection[Any]:

@@ -12,7 +12,7 @@ import psycopg
 import pytest
 from psycopg import sql
 
-from conftest import connect, login_role
+from conftest import connect, create_twins, login_role
 from pgfleet.cluster.fleet import Fleet
 from pgfleet.cluster.local import LocalCluster
 from pgfleet.router.rowsource import MAX_ROWS, row_source
@@ -60,9 +60,7 @@ STATEMENTS = [
 @pytest.fixture
 def router(cluster: LocalCluster, fleet: Fleet, schema: str) -> Iterator[RouterServer]:
     conn = fleet.conn()
-    for statement in SETUP:
-        conn.execute(statement.format(p=""))
-        conn.execute(statement.format(p="plain_"))
+    create_twins(conn, SETUP)
     fleet.distribute(DistributeSpec(QualifiedName(schema, "dst"), "id", HashSpec(4)))
     fleet.distribute(DistributeSpec(QualifiedName(schema, "src"), "k", HashSpec(4)))  # another group
     fleet.reference(ReferenceSpec(QualifiedName(schema, "kind")))

@@ -11,7 +11,7 @@ import psycopg
 import pytest
 from pglast import parse_sql
 
-from conftest import connect
+from conftest import connect, create_twins
 from pgfleet.cluster.fleet import Fleet
 from pgfleet.cluster.local import LocalCluster
 from pgfleet.router.insertstream import InsertStream, plan_insert_stream
@@ -48,9 +48,7 @@ STATEMENTS = [
 @pytest.fixture
 def router(cluster: LocalCluster, fleet: Fleet, schema: str) -> Iterator[RouterServer]:
     conn = fleet.conn()
-    for statement in SETUP:
-        conn.execute(statement.format(p=""))
-        conn.execute(statement.format(p="plain_"))
+    create_twins(conn, SETUP)
     conn.execute("CREATE TABLE stage (id bigint, d date, n int, s text)")
     conn.execute(f"INSERT INTO stage SELECT g, date '2024-01-01' + g % 400, g, 'row ' || g "
                  f"FROM generate_series(1, {ROWS}) g")

@@ -60,20 +60,46 @@ class CopySource(Protocol):
     async def drain(self) -> None: ...
 
 
-class ClientCopy:
+class CopyDataBuffer:
+    """CopyData payloads buffered as they come and handed out by :meth:`take`; a subclass stops what sends
+    them while too much waits and lets it go on in :meth:`_resume`."""
+
+    def __init__(self) -> None:
+        self.parts: list[bytes | memoryview] = []
+        self.size = 0
+        self.end: str | None = None  # done | fail | unexpected | lost (None: more may come)
+        self.fail_message = ""
+        self.paused = False
+        self._waiter: asyncio.Future[None] | None = None
+
+    def _wake(self) -> None:
+        if self._waiter is not None and not self._waiter.done():
+            self._waiter.set_result(None)
+
+    def _resume(self) -> None:
+        raise NotImplementedError
+
+    async def take(self, want: int) -> bytes:
+        """At least ``want`` bytes of CopyData (less once the data ended): everything buffered."""
+        while self.size < want and self.end is None:
+            self._waiter = asyncio.get_running_loop().create_future()
+            await self._waiter
+            self._waiter = None
+        data = b"".join(self.parts)
+        self.parts, self.size = [], 0
+        self._resume()
+        return data
+
+
+class ClientCopy(CopyDataBuffer):
     """The client's COPY FROM STDIN messages, as the session hands its bytes over (a listener): CopyData
     payloads buffered, the end (CopyDone, CopyFail, another message, the client gone) remembered, and
     what follows the end given back to the session."""
 
     def __init__(self, host: MultiShardHost) -> None:
+        super().__init__()
         self.host = host
         self.framer = wire.Framer(limit=wire.frontend_limit)
-        self.parts: list[bytes] = []
-        self.size = 0
-        self.end: str | None = None  # done | fail | unexpected | lost
-        self.fail_message = ""
-        self.paused = False
-        self._waiter: asyncio.Future[None] | None = None
 
     def feed(self, data: bytes) -> None:
         if self.end is not None:
@@ -116,25 +142,10 @@ class ClientCopy:
         self._resume()
         self._wake()
 
-    def _wake(self) -> None:
-        if self._waiter is not None and not self._waiter.done():
-            self._waiter.set_result(None)
-
     def _resume(self) -> None:
         if self.paused:
             self.paused = False
             self.host.resume_client()
-
-    async def take(self, want: int) -> bytes:
-        """At least ``want`` bytes of CopyData (less once the data ended): everything buffered."""
-        while self.size < want and self.end is None:
-            self._waiter = asyncio.get_running_loop().create_future()
-            await self._waiter
-            self._waiter = None
-        data = b"".join(self.parts)
-        self.parts, self.size = [], 0
-        self._resume()
-        return data
 
     async def drain(self) -> None:
         """Discard CopyData until the client ends the COPY (as the server does after an error)."""

@@ -16,7 +16,6 @@ an error of the SELECT or of a shard reaches the client as one server words it, 
 
 from __future__ import annotations
 
-import asyncio
 import logging
 import struct
 from dataclasses import dataclass
@@ -30,7 +29,7 @@ from ..copyroute import ShardTargets
 from ..copytext import CannotSplit, CopyFormat
 from ..topology.model import Shard
 from .backend import BackendError, WorkerConnection
-from .copyin import HIGH_WATER, CopyIn, _Load
+from .copyin import HIGH_WATER, CopyDataBuffer, CopyIn, _Load
 from .copyplan import CopyOptions, _resolve
 from .identity import insert_refusal
 from .multishard import MultiShardHost
@@ -185,19 +184,15 @@ async def _finish_source(host: MultiShardHost, node: str, source: WorkerConnecti
         host.drop_worker(node)
 
 
-class SelectedRows:
-    """The coordinator's COPY TO output as the router's COPY FROM reads a client's data (``take``, ``end``):
-    the CopyData payloads, the reading of the coordinator paused while enough is buffered."""
+class SelectedRows(CopyDataBuffer):
+    """The coordinator's COPY TO output as the router's COPY FROM reads a client's data (``take``, ``end``:
+    done, fail — the SELECT's error — or lost): the CopyData payloads, the reading of the coordinator paused
+    while enough is buffered."""
 
     def __init__(self, source: WorkerConnection) -> None:
+        super().__init__()
         self.source = source
-        self.parts: list[bytes | memoryview] = []
-        self.size = 0
-        self.end: str | None = None  # done | fail (the SELECT's error) | lost
         self.error: bytes | None = None
-        self.fail_message = ""
-        self.paused = False
-        self._waiter: asyncio.Future[None] | None = None
 
     def sink(self, messages: bytes | None, marks: list[tuple[bytes, int, int]], last: bool) -> None:
         if messages is None:
@@ -215,8 +210,7 @@ class SelectedRows:
             elif self.size >= HIGH_WATER and not self.paused:
                 self.paused = True
                 self.source.pause(True)
-        if self._waiter is not None and not self._waiter.done():
-            self._waiter.set_result(None)
+        self._wake()
 
     def _payloads(self, view: memoryview, pos: int, stop: int) -> None:
         """The payloads of the CopyData messages in ``view[pos:stop]`` (nothing else lies there)."""
@@ -228,26 +222,14 @@ class SelectedRows:
             pos = end
         self.size += size
 
-    async def take(self, want: int) -> bytes:
-        while self.size < want and self.end is None:
-            self._waiter = asyncio.get_running_loop().create_future()
-            await self._waiter
-            self._waiter = None
-        data = b"".join(self.parts)
-        self.parts, self.size = [], 0
+    def _resume(self) -> None:
         if self.paused:
             self.paused = False
             self.source.pause(False)
-        return data
 
     async def drain(self) -> None:
         """Nothing to read to the end: the source's connection is dropped unless it finished."""
         self.parts, self.size = [], 0
-
-    def close(self) -> None:
-        if self.paused:
-            self.paused = False
-            self.source.pause(False)
 
 
 class _NotHere(Exception):
