@@ -58,11 +58,15 @@ class SettingChange:
             settings[self.name] = self.value
 
 
-@functools.lru_cache(maxsize=256)
 def setting_change(sql: str) -> SettingChange | None:
     """The change when ``sql`` is one SET / RESET the router carries to routed statements, else None."""
     if not sql.lstrip()[:5].upper().startswith(("SET", "RESET")):
-        return None
+        return None  # every statement comes here: no parse, no cache entry
+    return _parsed_change(sql)
+
+
+@functools.lru_cache(maxsize=256)
+def _parsed_change(sql: str) -> SettingChange | None:
     try:
         statements = parse_sql(sql)
     except ParseError:
