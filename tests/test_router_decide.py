@@ -4,11 +4,14 @@ analysis, and the cached route is exactly the route of the statement analyzed on
 from __future__ import annotations
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from pglast import parse_sql
 from test_router_analyze import NOT_ROUTED, ROUTED, TOPOLOGY
 
 from pgfleet.router import planners
 from pgfleet.router.analyze import Coordinator, Shard, Split, analyze
+from pgfleet.router.normalize import _constants_by_expression, _constants_by_scanner
 from pgfleet.router.routes import MultiShard
 from pgfleet.router.snapshot import RoutingTopology
 from pgfleet.router.routing import PreparedCache, decide, normalize, parse_search_path, session_neutral
@@ -104,3 +107,27 @@ def test_built_in_functions_leave_the_session_routable() -> None:
                 "SELECT my_function()", "SELECT other.random()"):
         assert not session_neutral(sql, builtin), sql
         assert decide(sql, topology, ("public",)).keeps_state is False, sql
+
+
+# pieces of statements, the unusual among them: the expression path must find what PostgreSQL's scanner finds
+PIECE = st.sampled_from([
+    "SELECT", " ", "\n", "\t", "x", "t1", "_a", "abc_2", "FROM", "WHERE", "=", ",", "(", ")", "-", "+", "*", ".", "::",
+    "int", "0", "7", "42", "1.5", ".5", "1.", "1e5", "2.5E-3", "1e", "0x1F", "1_000", "'a'", "'it''s'", "''", "'",
+    "'x y'", "E'q'", "e'q'", "B'01'", "U&'d'", "N'n'", "$1", "$$d$$", '"Q1"', "--c\n", "/*c*/", "..", "é", "\\",
+])
+
+
+@settings(max_examples=400, deadline=None)
+@given(pieces=st.lists(PIECE, max_size=12))
+def test_the_constants_are_the_scanners(pieces: list[str]) -> None:
+    sql = "".join(pieces)
+    by_expression = _constants_by_expression(sql)
+    if by_expression is not None:
+        assert by_expression == _constants_by_scanner(sql), sql
+
+
+def test_common_statements_take_the_expression_path() -> None:
+    for sql in ("SELECT abalance FROM pgbench_accounts WHERE aid = 123456;",
+                "UPDATE t SET note = 'it''s', v = 1.5e3 WHERE id IN (1, 2, .5)",
+                "INSERT INTO t (id, note) VALUES (1, 'a'), (2, 'b') RETURNING id"):
+        assert _constants_by_expression(sql) == _constants_by_scanner(sql) and _constants_by_expression(sql), sql

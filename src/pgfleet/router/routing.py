@@ -13,12 +13,13 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from pglast import ast, parse_sql
-from pglast.parser import ParseError, scan
+from pglast.parser import ParseError
 
 from . import planners
 from .analyze import Prepared, analyze, prepare
 from .ddl import adds_foreign_keys
 from .keycache import KeyCache
+from .normalize import normalize
 from .keyfill import KeyFill, key_fill, parsed_insert
 from .rowsource import RowSource, row_source
 from .refpart import CoordinatorPart, coordinator_part
@@ -157,55 +158,6 @@ def _decide(sql: str, topology: RoutingTopology, search_path: tuple[str, ...],
         if planned is not None:
             return Decision(planned, True)
     return Decision(route, True)
-
-
-@dataclass(frozen=True)
-class Normalized:
-    """A statement with its simple constants replaced by parameters ($1, $2, …), so that statements that
-    differ only in constants share one analysis."""
-
-    text: str
-    values: tuple[str, ...]  # the constants, in text form, as parameter values
-    shifts: tuple[tuple[int, int], ...]  # (offset in ``text`` after a placeholder, its growth in the original)
-
-    def position(self, offset: int) -> int:
-        """An offset in ``text`` that is not inside a placeholder, mapped to the original statement."""
-        return offset + sum(grow for at, grow in self.shifts if at <= offset)
-
-
-_PLAIN_STRING = re.compile(r"'(?:[^']|'')*'")
-
-
-def normalize(sql: str) -> Normalized | None:
-    """None when the statement has parameters already or a constant that is not plain."""
-    try:
-        tokens = scan(sql)
-    except ParseError:
-        return None
-    parts: list[str] = []
-    values: list[str] = []
-    shifts: list[tuple[int, int]] = []
-    last = length = 0
-    for token in tokens:
-        if token.name == "PARAM":
-            return None
-        if token.name not in ("ICONST", "FCONST", "SCONST"):
-            continue
-        raw = sql[token.start:token.end + 1]
-        if token.name == "SCONST":
-            if not _PLAIN_STRING.fullmatch(raw):
-                return None  # E'', U&'', $$…$$, continued strings: analyzed from their own text
-            value = raw[1:-1].replace("''", "'")
-        else:
-            value = raw
-        placeholder = f"${len(values) + 1}"
-        parts += [sql[last:token.start], placeholder]
-        length += token.start - last + len(placeholder)
-        shifts.append((length, len(raw) - len(placeholder)))
-        values.append(value)
-        last = token.end + 1
-    parts.append(sql[last:])
-    return Normalized("".join(parts), tuple(values), tuple(shifts))
 
 
 class PreparedCache:
