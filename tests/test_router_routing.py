@@ -146,10 +146,14 @@ def test_session_state_keeps_the_session_on_the_coordinator(cluster: LocalCluste
         conn.execute("SET TimeZone = 'Asia/Tokyo'")
         assert conn.execute("SELECT at::text FROM t WHERE id = %s", (9,)).fetchall() == [("2024-01-01 18:00:00+09",)]
         assert stats.routed == routed + 2 and stats.pinned_sessions == 1
+        # the extended protocol (Parse of the unnamed statement, Bind, Execute: JDBC's way) is carried too
+        conn.cursor(binary=True).execute("SET bytea_output = 'escape'")  # binary: psycopg's extended protocol
+        assert conn.execute("SELECT note::bytea::text FROM t WHERE id = %s", (9,)).fetchall() == [("n9",)]
+        assert stats.routed == routed + 3 and stats.pinned_sessions == 1
         # Django's time zone (set_config with a value, the extended protocol) pins it
         conn.execute("SELECT set_config('TimeZone', %s, false)", ("Europe/Paris",))
         assert conn.execute("SELECT at::text FROM t WHERE id = %s", (9,)).fetchall() == [("2024-01-01 10:00:00+01",)]
-        assert stats.routed == routed + 2 and stats.pinned_sessions == 2
+        assert stats.routed == routed + 3 and stats.pinned_sessions == 2
 
 
 def test_built_in_functions_keep_the_session_routable(cluster: LocalCluster, router: RouterServer, data: str) -> None:

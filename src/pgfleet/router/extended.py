@@ -152,13 +152,14 @@ class ExtendedRouter:
             return False  # COPY data, a function call, a Query or Terminate inside a batch
         in_txn = self.session.transactions.txn is not None
         if type_byte == b"P":
-            text = read_parse(payload).sql
+            parse = read_parse(payload)
             routing = self.session.routing
-            if control(text) is None and not session_neutral(
-                    text, routing.topology.builtin_functions if routing is not None else frozenset()):
-                if not in_txn:
-                    return False
-                self.stateful = True  # the transaction's statement: pinned when it goes to the coordinator
+            if control(parse.sql) is None and not session_neutral(
+                    parse.sql, routing.topology.builtin_functions if routing is not None else frozenset()):
+                if in_txn:
+                    self.stateful = True  # the transaction's statement: pinned when it goes to the coordinator
+                elif parse.name or self.batch or not self._idle() or not self.session.follow_setting(parse.sql):
+                    return False  # a SET is carried when its batch starts with the unnamed statement (JDBC's)
         if type_byte == b"H" and self.batch and not self.forwarding and self._idle() \
                 and all(t in (b"P", b"D") for t, _ in self.batch):
             # asyncpg prepares with Parse, Describe, Flush: the coordinator answers them now (outside any

@@ -36,14 +36,14 @@ from .pool import Leases
 from .reauth import ScramRecord
 from .routing import READY_IDLE, Decision, Routing, deallocates_all, decide, may_change_roles, may_change_topology, \
     parse_search_path
-from .settings import SettingChange, setting_change, settle, worker_settings
+from .settings import SessionSettings, SettingChange
 from .txn import TransactionControl
 from .txnreply import ReplySkipper
 from .upstream import Phase, ServerSide, coordinator_lost
 
 log = logging.getLogger(__name__)
 
-class ClientSession(RoutedQueries, asyncio.Protocol):
+class ClientSession(RoutedQueries, SessionSettings, asyncio.Protocol):
     def __init__(self, context: RouterContext) -> None:
         self.context = context
         self.phase = Phase.STARTUP
@@ -373,9 +373,7 @@ class ClientSession(RoutedQueries, asyncio.Protocol):
         if self.transactions.handle(sql, data):
             self.context.stats.queries += 1
             return True
-        if self.transactions.txn is None and (change := setting_change(sql)) is not None:
-            self.pending_setting, self.setting_reply = change, []  # the coordinator's answer applies it
-            self.settings_changed = True
+        if self.transactions.txn is None and self.follow_setting(sql):
             return False
         try:
             decision = decide(sql, routing.topology, self.search_path, routing.cache)
@@ -397,18 +395,6 @@ class ClientSession(RoutedQueries, asyncio.Protocol):
         else:
             self._route(decision.route, data)
         return True
-
-    def _worker_settings(self) -> tuple[tuple[str, str], ...]:
-        return worker_settings(self.startup_params, self.reported, self.session_settings)
-
-    def _setting_answered(self) -> None:
-        """The coordinator answered a SET / RESET the session's routed statements follow (:mod:`.settings`)."""
-        change, self.pending_setting = self.pending_setting, None
-        reply, self.setting_reply = b"".join(self.setting_reply), []
-        if change is not None and settle(change, reply, self.session_settings, self.reported):
-            if self.reported.get("client_encoding") != "UTF8" or self.reported.get("standard_conforming_strings") != "on":
-                self.pin()
-            self.leases.settings = self._worker_settings()
 
     # --- hooks of the transaction state machine (txn.Host) -------------------------------------------------
     def route(self, sql: str) -> Decision | None:

@@ -1,5 +1,7 @@
 """``SET name = value`` / ``RESET name`` / ``RESET ALL`` of a session in autocommit, carried to its routed
-statements instead of keeping the session on the coordinator (pure).
+statements instead of keeping the session on the coordinator (the rules pure; :class:`SessionSettings`, the
+session's side). A simple Query, or an extended-protocol batch whose first message parses the unnamed
+statement (JDBC's way; a named prepared SET still pins).
 
 The statement still goes to the coordinator, whose session keeps it for what runs there; once the
 coordinator accepted it, the session's worker connections are the pooled ones opened with that setting as a
@@ -27,6 +29,7 @@ from pglast.parser import ParseError
 
 from . import protocol as p
 from . import wire
+from .pool import Leases
 
 REPORTED = frozenset({"timezone", "datestyle", "intervalstyle", "search_path"})  # the coordinator reports them
 NOT_RESULTS = frozenset({"application_name"})  # changes nothing a statement returns: not worth a connection
@@ -120,3 +123,39 @@ def worker_settings(startup: Sequence[tuple[str, str]], reported: dict[str, str]
             out[name] = reported[name]
     out.update(settings)
     return tuple(out.items())
+
+
+class SessionSettings:
+    """Mixed into the client session: the SETs its routed statements follow. The session sets these
+    attributes and defines ``pin``."""
+
+    startup_params: tuple[tuple[str, str], ...]  # the client's startup message's
+    reported: dict[str, str]  # the coordinator's ParameterStatus values
+    session_settings: dict[str, str]  # the SET values carried (by lower-case name)
+    pending_setting: SettingChange | None  # a SET sent to the coordinator, not answered yet
+    setting_reply: list[bytes]  # the coordinator's reply to it so far
+    settings_changed: bool  # a SET ran on the coordinator: a new backend there would lack it
+    leases: Leases
+
+    def pin(self) -> bool:
+        raise NotImplementedError
+
+    def follow_setting(self, sql: str) -> bool:
+        """Whether ``sql`` is a SET the session's routed statements follow (:mod:`.settings`): then it goes to the
+        coordinator and its answer applies it."""
+        change = setting_change(sql)
+        if change is not None:
+            self.pending_setting, self.setting_reply, self.settings_changed = change, [], True
+        return change is not None
+
+    def _worker_settings(self) -> tuple[tuple[str, str], ...]:
+        return worker_settings(self.startup_params, self.reported, self.session_settings)
+
+    def _setting_answered(self) -> None:
+        """The coordinator answered a SET / RESET the session's routed statements follow (:mod:`.settings`)."""
+        change, self.pending_setting = self.pending_setting, None
+        reply, self.setting_reply = b"".join(self.setting_reply), []
+        if change is not None and settle(change, reply, self.session_settings, self.reported):
+            if self.reported.get("client_encoding") != "UTF8" or self.reported.get("standard_conforming_strings") != "on":
+                self.pin()
+            self.leases.settings = self._worker_settings()
