@@ -79,15 +79,12 @@ class ScatterRead(MultiShard):
         return await self._run(host, fall_back=False)
 
     async def _run(self, host: MultiShardHost, fall_back: bool) -> bytes | None:
-        described = asyncio.ensure_future(host.described(self.text)) if self.text else None  # meanwhile
-        try:
-            if host.streaming and self.final is None and self.merge is None and self.limit is None:
-                queries = [(q.node, q.sql) for q in self.nodes]
-                return await StreamedRead(host, queries, self.renames, fall_back, described).run()
-            return await with_description(await self._gather(host, fall_back), described)
-        finally:
-            if described is not None and not described.done():
-                described.cancel()
+        # meanwhile (not cancelled when not needed: it ends on its own within one round trip)
+        described = asyncio.ensure_future(host.described(self.text)) if self.text else None
+        if host.streaming and self.final is None and self.merge is None and self.limit is None:
+            queries = [(q.node, q.sql) for q in self.nodes]
+            return await StreamedRead(host, queries, self.renames, fall_back, described).run()
+        return await with_description(await self._gather(host, fall_back), described)
 
     async def _gather(self, host: MultiShardHost, fall_back: bool) -> bytes | None:
         replies = await asyncio.gather(*(_run_node(host, q) for q in self.nodes))

@@ -27,6 +27,9 @@ if TYPE_CHECKING:
     from .multishard import MultiShardHost
 
 
+DESCRIBE_SECONDS = 1.0  # the coordinator's RowDescription of a multi-shard read, at most this late
+
+
 class PlanHost:
     """Mixed into the session, which sets these attributes and defines ``_write`` and ``_routed_done``."""
 
@@ -109,9 +112,10 @@ class PlanHost:
         if routing is None or not routing.topology.coordinator:
             return None
         request = p.Parse("", sql, ()).encode() + p.Describe("S", "").encode() + p.Sync().encode()
-        try:
-            reply = await self.leases.roundtrip_once(routing.topology.coordinator, request)
-        except (BackendError, PoolExhausted):
+        try:  # not worth a wait for a free connection: the result's own description will do
+            reply = await asyncio.wait_for(self.leases.roundtrip_once(routing.topology.coordinator, request),
+                                           DESCRIBE_SECONDS)
+        except (BackendError, PoolExhausted, TimeoutError):
             return None
         return next((payload for type_byte, payload in wire.Framer().feed(reply) if type_byte == b"T"), None)
 

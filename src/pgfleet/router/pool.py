@@ -320,7 +320,7 @@ class Leases:
         conn = await pool.lease(self.settings)
         try:
             reply = await conn.roundtrip(request)
-        except BackendError:
+        except BaseException:  # broken, or the caller cancelled: its reply may still come, so it is not reused
             pool.discard(conn)
             raise
         pool.release(conn, self.settings)
