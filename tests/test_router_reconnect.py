@@ -71,6 +71,7 @@ def test_an_idle_session_goes_on_after_the_coordinator_restarts(fleet: Fleet, cl
                         autocommit=True, options=f"-c search_path={schema}")
             with psycopg.connect(user=ROLE, **info) as idle, \
                     psycopg.connect(user=ROLE, **info) as in_transaction, \
+                    psycopg.connect(user=ROLE, **info) as with_set, \
                     psycopg.connect(user=ROLE, **info) as with_state:  # type: ignore[arg-type]
                 idle.execute(b"INSERT INTO r VALUES (1, 10)")
                 prepared = b"SELECT count(*) FROM r WHERE v > %s"
@@ -78,7 +79,9 @@ def test_an_idle_session_goes_on_after_the_coordinator_restarts(fleet: Fleet, cl
                 idle.execute(b"SELECT count(*) FROM pg_class")  # on the coordinator, nothing kept
                 in_transaction.execute(b"BEGIN")
                 in_transaction.execute(b"SELECT count(*) FROM pg_class")  # a transaction on the coordinator
-                with_state.execute(b"SET statement_timeout = '5s'")  # state the new backend would not have
+                with_set.execute(b"SET statement_timeout = '5s'")  # carried: the new backend gets it too
+                with_set.execute(b"SET TimeZone = 'Asia/Tokyo'")
+                with_state.execute(b"CREATE TEMP TABLE mine (x int)")  # state the new backend would not have
                 server = cluster.server(cluster.spec.coordinator.name)
                 server.stop("immediate")  # as a crash: no goodbye to the sessions
                 server.start()
@@ -93,15 +96,19 @@ def test_an_idle_session_goes_on_after_the_coordinator_restarts(fleet: Fleet, cl
                     in_transaction.execute(b"SELECT 1")
                 with pytest.raises(psycopg.OperationalError):
                     with_state.execute(b"SELECT 1")
+                assert with_set.execute(b"SELECT current_setting('statement_timeout'), current_setting('TimeZone')"
+                                        ).fetchone() == ("5s", "Asia/Tokyo")
+                with_set.execute(b"INSERT INTO r VALUES (3, 30)")  # routed, under the same settings
                 # a planned restart: every backend says FATAL 57P01 before it goes; for the idle session the
                 # router keeps that from the client and logs it in again
                 server.stop("fast")
                 server.start()
                 conn.close()
                 conn = fleet.conn()
-                assert idle.execute(b"SELECT sum(v) FROM r").fetchone() == (30,)
-                assert idle.execute(prepared, (0,), prepare=True).fetchone() == (2,)
-            assert router.context.stats.sessions_logged_in_again == 2
+                assert idle.execute(b"SELECT sum(v) FROM r").fetchone() == (60,)
+                assert idle.execute(prepared, (0,), prepare=True).fetchone() == (3,)
+                assert with_set.execute(b"SHOW TimeZone").fetchone() == ("Asia/Tokyo",)
+            assert router.context.stats.sessions_logged_in_again == 4
     finally:
         conn.execute(sql.SQL("DROP OWNED BY {}").format(sql.Identifier(ROLE)))
         drop_role(fleet, ROLE)

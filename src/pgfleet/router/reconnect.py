@@ -3,8 +3,10 @@ failed over) is logged in again on the coordinator's current primary as the same
 prepared statements parsed again there, and goes on: the client does not notice, apart from a new backend.
 
 Only a session that holds nothing the new backend would lack is carried over: idle (no statement in flight,
-no transaction), never pinned to the coordinator (so no SET, temporary table, cursor, LISTEN, advisory lock
-or SQL-level PREPARE since its startup, whose parameters are sent again), logged in with SCRAM-SHA-256. Any
+no transaction), never pinned to the coordinator (so no temporary table, cursor, LISTEN, advisory lock,
+SQL-level PREPARE or SET the router does not carry since its startup, whose parameters are sent again, with
+the values of the SETs it carries: :meth:`.settings.SessionSettings.coordinator_params`), logged in with
+SCRAM-SHA-256. Any
 other session ends as before with 57P01 and reconnects. Client bytes that arrive meanwhile wait; the new
 login is tried for up to :data:`RECONNECT_SECONDS` (a failover takes a few seconds).
 
@@ -43,7 +45,6 @@ def may_reconnect(session: ClientSession) -> bool:
     return (session.phase is Phase.RELAY and not session.terminating and not session.pinned
             and routing is not None and routing.coordinator_login is not None and session.scram.usable
             and session.outstanding == 0 and not session.busy and session.transactions.txn is None
-            and not session.settings_changed
             and not session.coordinator_txn and session.skipper is None and session.rewriter is None
             and session.extended.capture is None and session.extended.statements.settled
             and session.server_framer.last_status == b"I")
@@ -111,7 +112,7 @@ async def log_in_again(session: ClientSession) -> tuple[WorkerConnection, Addres
                 log.info("session of %s: the role's SCRAM secret no longer matches; the session ends", session.user)
                 return None
             address = session.context.upstream()
-            conn = await login_again(*address, session.startup_params, keys)
+            conn = await login_again(*address, session.coordinator_params(), keys)
             if not await _prepare_again(conn, session):
                 conn.close()
                 return None

@@ -148,6 +148,18 @@ class SessionSettings:
             self.pending_setting, self.setting_reply, self.settings_changed = change, [], True
         return change is not None
 
+    def coordinator_params(self) -> tuple[tuple[str, str], ...]:
+        """The startup parameters of a new coordinator backend for this session (after a failover): the
+        client's own, and after a SET the values its backend had (reported ones, the carried SETs)."""
+        if not self.settings_changed:
+            return self.startup_params
+        params = dict(self.startup_params)
+        for name in ("DateStyle", "IntervalStyle", "TimeZone", "search_path", "application_name"):
+            if name in self.reported:
+                params[name] = self.reported[name]
+        params.update(self.session_settings)
+        return tuple(params.items())
+
     def _worker_settings(self) -> tuple[tuple[str, str], ...]:
         return worker_settings(self.startup_params, self.reported, self.session_settings)
 
