@@ -1,6 +1,7 @@
 """A Django project through the pgfleet endpoint (the router, psycopg 3 backend): migrations that create the
 models and distribute them through the SQL API, CRUD, select_related, bulk_create, atomic, then a migration
-after distribution adding a column, an index and a foreign key; a role with SELECT on one table only.
+after distribution adding a column, an index, a unique constraint and a foreign key; a role with SELECT on one
+table only.
 
 The app is tests/djshop (models in their final state, migrations 0001–0003). Django's settings can be
 configured once per process: this module does it for one router and one schema."""
@@ -174,7 +175,7 @@ def test_django_migrations_crud_and_a_migration_after_distribution(shop: psycopg
     with connection.schema_editor() as editor:  # RemoveField drops the column, and the key with it
         editor.remove_field(order_model, field)
 
-    # 0003: a column, an index and a foreign key (pgfleet.add_foreign_key) after distribution
+    # 0003: a column, an index, a unique constraint and a foreign key (pgfleet.add_foreign_key) after distribution
     from django.core.management import call_command
 
     from djshop.models import Country, Customer, Order
@@ -184,6 +185,8 @@ def test_django_migrations_crud_and_a_migration_after_distribution(shop: psycopg
     assert list(Order.objects.filter(note="fragile").values_list("ship_to__code", flat=True).distinct()) == ["FR"]
     with pytest.raises(IntegrityError, match="djshop_order_ship_to_fk"):
         Order.objects.filter(customer_id=first.id, number=1).update(ship_to_id=10**9)
+    with pytest.raises(IntegrityError, match="djshop_order_customer_total"):  # 0003's unique constraint, on the shard
+        Order.objects.create(customer_id=first.id, number=7, reference="dup", total=Decimal(10))
     assert Customer.objects.filter(name="c3").count() == 1
     indexes = {r[0] for r in shop.execute("SELECT indexname FROM pg_indexes WHERE schemaname = %s", [SCHEMA])}
     assert "djshop_customer_name_idx" in indexes

@@ -39,4 +39,5 @@ class Order(models.Model):
 
     class Meta:
         app_label = "djshop"
-        constraints = [models.UniqueConstraint(fields=["customer", "reference"], name="djshop_order_customer_reference")]
+        constraints = [models.UniqueConstraint(fields=["customer", "reference"], name="djshop_order_customer_reference"),
+                       models.UniqueConstraint(fields=["customer", "total"], name="djshop_order_customer_total")]
