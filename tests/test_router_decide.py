@@ -11,8 +11,10 @@ from test_router_analyze import NOT_ROUTED, ROUTED, TOPOLOGY
 
 from pgfleet.router import planners
 from pgfleet.router.analyze import Coordinator, Shard, Split, analyze
+from pgfleet.router import protocol as p
 from pgfleet.router.normalize import _constants_by_expression, _constants_by_scanner
 from pgfleet.router.routes import MultiShard
+from pgfleet.router.settings import SettingChange, setting_change, settle
 from pgfleet.router.snapshot import RoutingTopology
 from pgfleet.router.routing import PreparedCache, decide, normalize, parse_search_path, session_neutral
 
@@ -131,3 +133,21 @@ def test_common_statements_take_the_expression_path() -> None:
                 "UPDATE t SET note = 'it''s', v = 1.5e3 WHERE id IN (1, 2, .5)",
                 "INSERT INTO t (id, note) VALUES (1, 'a'), (2, 'b') RETURNING id"):
         assert _constants_by_expression(sql) == _constants_by_scanner(sql) and _constants_by_expression(sql), sql
+
+
+def test_which_settings_are_carried_and_when() -> None:
+    assert setting_change("SET statement_timeout = '5s'") == SettingChange("statement_timeout", "5s")
+    assert setting_change("set TIME ZONE INTERVAL '+02:00' HOUR TO MINUTE") == SettingChange("timezone", None)
+    assert setting_change("SET extra_float_digits TO -1") is None  # floats travel as text in the router
+    assert setting_change("RESET ALL") == SettingChange(None, None)
+    assert setting_change("SET LOCAL work_mem = '64MB'") == SettingChange("work_mem", "64MB", local=True)
+    assert setting_change("SET search_path = a, public") == SettingChange("search_path", None)  # as reported
+    for pinned in ("SET ROLE x", "SET x = a, b", "SET client_encoding = 'LATIN1'", "SET x = 1; SELECT 1",
+                   "SET SESSION CHARACTERISTICS AS TRANSACTION READ ONLY", "SELECT set_config('a.b', 'c', false)"):
+        assert setting_change(pinned) is None, pinned
+    settings: dict[str, str] = {}
+    ok, failed = p.CommandComplete("SET").encode() + p.ReadyForQuery("I").encode(), \
+        p.error_response("42704", "no such setting", severity="ERROR").encode() + p.ReadyForQuery("I").encode()
+    assert settle(SettingChange("work_mem", "64MB"), ok + failed, settings, {}) and settings == {"work_mem": "64MB"}
+    assert not settle(SettingChange("nosuch", "1"), failed + ok, settings, {}) and settings == {"work_mem": "64MB"}
+    assert settle(SettingChange("work_mem", None), ok, settings, {}) and settings == {}

@@ -83,6 +83,8 @@ def _parsed_change(sql: str) -> SettingChange | None:
         return None
     if stmt.kind in (VariableSetKind.VAR_RESET, VariableSetKind.VAR_SET_DEFAULT):
         return SettingChange(name, None, bool(stmt.is_local))
+    if name in REPORTED and stmt.kind == VariableSetKind.VAR_SET_VALUE:
+        return SettingChange(name, None, bool(stmt.is_local))  # any value: the coordinator reports what it became
     if stmt.kind != VariableSetKind.VAR_SET_VALUE or len(stmt.args or ()) != 1:
         return None
     [arg] = stmt.args or ()
@@ -102,6 +104,8 @@ def settle(change: SettingChange, reply: bytes, settings: dict[str, str], report
     """The coordinator's whole ``reply`` to the SET: when it accepted it, ``settings`` take the change and
     ``reported`` the ParameterStatus it sent (True); refused, nothing changes (False)."""
     messages = wire.Framer().feed(reply)
+    ready = next((i for i, (t, _) in enumerate(messages) if t == b"Z"), len(messages))
+    messages = messages[:ready]  # the SET's own reply: what follows answers the client's next statements
     if any(t == b"E" for t, _ in messages) or not any(t == b"C" and body[:-1] in (b"SET", b"RESET") for t, body in messages):
         return False
     change.apply(settings)
