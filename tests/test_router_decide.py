@@ -142,7 +142,7 @@ def test_which_settings_are_carried_and_when() -> None:
     assert setting_change("RESET ALL") == SettingChange(None, None)
     assert setting_change("SET LOCAL work_mem = '64MB'") == SettingChange("work_mem", "64MB", local=True)
     assert setting_change("SET search_path = a, public") == SettingChange("search_path", None)  # as reported
-    for pinned in ("SET ROLE x", "SET x = a, b", "SET client_encoding = 'LATIN1'", "SET x = 1; SELECT 1",
+    for pinned in ("SET ROLE x", "SET x = a, b", "SET pgfleet.internal = on", "SET client_encoding = 'LATIN1'", "SET x = 1; SELECT 1",
                    "SET SESSION CHARACTERISTICS AS TRANSACTION READ ONLY", "SELECT set_config('a.b', 'c', false)"):
         assert setting_change(pinned) is None, pinned
     settings: dict[str, str] = {}

@@ -12,7 +12,8 @@ settings), so a routed statement runs under it as on one server. The settings Po
 Not carried (the session stays on the coordinator, as before): SET ROLE and SESSION AUTHORIZATION, client
 encoding and standard_conforming_strings (the router reads statements in UTF-8 with standard strings), the
 transaction settings (the router's transactions reason about their isolation), ``extra_float_digits`` (the
-router moves values as text: below 1 that would round floats), ``seed``, a value that is
+router moves values as text: below 1 that would round floats), pgfleet's own ``pgfleet.*`` switches,
+``seed``, a value that is
 not one constant (``SET x = a, b``, ``FROM CURRENT``, ``TIME ZONE INTERVAL …``), and anything inside a
 transaction block (a SET there is undone by ROLLBACK)."""
 
@@ -79,7 +80,7 @@ def _parsed_change(sql: str) -> SettingChange | None:
     if stmt.kind == VariableSetKind.VAR_RESET_ALL:
         return SettingChange(None, None)
     name = str(stmt.name or "").lower()
-    if not name or name in _KEPT_ON_COORDINATOR:
+    if not name or name in _KEPT_ON_COORDINATOR or name.startswith("pgfleet."):  # pgfleet's own switches: never
         return None
     if stmt.kind in (VariableSetKind.VAR_RESET, VariableSetKind.VAR_SET_DEFAULT):
         return SettingChange(name, None, bool(stmt.is_local))
