@@ -33,9 +33,9 @@ from .copyin import HIGH_WATER, CopyDataBuffer, CopyIn, _Load
 from .copyplan import CopyOptions, _resolve
 from .identity import insert_refusal
 from .multishard import MultiShardHost
-from .rewrite import qualified, scanned_tokens
+from .rewrite import qualified
 from .routes import MultiShard
-from .rowsource import select_reads, unnamed, untyped_constants
+from .rowsource import select_reads, select_span, unnamed, untyped_constants
 from .shardcopy import begin_everywhere, open_nodes, rollback
 from .snapshot import RoutedTable, RoutingTopology
 from .twophase import first_error
@@ -286,29 +286,9 @@ def plan_insert_stream(stmt: ast.Node, sql_text: str, topology: RoutingTopology,
             or any(c not in table.columns for c in columns) or (columns and str(table.key) not in columns) \
             or insert_refusal(table, columns or table.columns, (), stmt.override) is not None:
         return None
-    span = _select_span(sql_text, stmt.relation.location or 0)
+    span = select_span(sql_text, stmt.relation.location or 0)
     if span is None:
         return None
     return InsertStream(table=table, shards=tuple(sorted(table.shards, key=lambda s: s.index)), columns=columns,
                         select=sql_text[span[0]:span[1]], untyped=untyped_constants(select), original=sql_text,
                         coordinator=topology.coordinator)
-
-
-def _select_span(text: str, relation_at: int) -> tuple[int, int] | None:
-    """Where the SELECT of the INSERT whose table name starts at ``relation_at`` starts and ends: its first
-    SELECT keyword after the name (and column list) up to the first ';' outside parentheses (there is no
-    ON CONFLICT or RETURNING)."""
-    tokens = [t for t in scanned_tokens(text) if t[0] > relation_at]
-    depth, start = 0, None
-    for token_start, _, name in tokens:
-        if start is None:
-            depth += (name == "ASCII_40") - (name == "ASCII_41")
-            if name == "SELECT" and depth == 0:
-                start, depth = token_start, 0
-            elif name in ("VALUES", "WITH", "TABLE", "DEFAULT") and depth == 0:
-                return None
-            continue
-        depth += (name == "ASCII_40") - (name == "ASCII_41")
-        if depth == 0 and name == "ASCII_59":
-            return start, token_start
-    return (start, len(text)) if start is not None else None

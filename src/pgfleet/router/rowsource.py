@@ -95,7 +95,7 @@ def row_source(text: str, topology: RoutingTopology, search_path: tuple[str, ...
     reads = select_reads(select)
     if reads is None:
         return None
-    span = _select_span(text, stmt.cols[-1].location or 0)
+    span = select_span(text, relation.location or 0)
     if span is None:
         return None
     start, end = span
@@ -129,20 +129,24 @@ def select_reads(select: ast.SelectStmt) -> bool | None:
     return reads
 
 
-def _select_span(text: str, after: int) -> tuple[int, int] | None:
-    """Where the SELECT after the column list (whose last column starts at ``after``) starts and ends: at the
-    first ON CONFLICT (not a join's ON), RETURNING or ';' outside parentheses, or at the end."""
-    tokens = scanned_tokens(text)
-    i = next((n for n, t in enumerate(tokens) if t[0] > after and t[2] == "ASCII_41"), None)  # the list's ')'
-    if i is None or i + 1 >= len(tokens) or tokens[i + 1][2] != "SELECT":
-        return None
-    start, depth = tokens[i + 1][0], 0
-    for n, (token_start, _, name) in enumerate(tokens[i + 2:], i + 2):
+def select_span(text: str, relation_at: int) -> tuple[int, int] | None:
+    """Where the SELECT of the INSERT whose table name starts at ``relation_at`` starts and ends: its first
+    SELECT keyword outside parentheses after the name (and column list), up to the first ON CONFLICT (not a
+    join's ON), RETURNING or ';' outside parentheses, or the end; None when VALUES, WITH, TABLE, DEFAULT or
+    a parenthesized query comes instead."""
+    tokens = [t for t in scanned_tokens(text) if t[0] > relation_at]
+    depth, start = 0, None
+    for n, (token_start, _, name) in enumerate(tokens):
         depth += (name == "ASCII_40") - (name == "ASCII_41")
-        if depth == 0 and (name in ("RETURNING", "ASCII_59")
-                           or (name == "ON" and n + 1 < len(tokens) and tokens[n + 1][2] == "CONFLICT")):
+        if start is None:
+            if name == "SELECT" and depth == 0:
+                start = token_start
+            elif name in ("VALUES", "WITH", "TABLE", "DEFAULT") and depth == 0:
+                return None
+        elif depth == 0 and (name in ("RETURNING", "ASCII_59")
+                             or (name == "ON" and n + 1 < len(tokens) and tokens[n + 1][2] == "CONFLICT")):
             return start, token_start
-    return start, len(text)
+    return (start, len(text)) if start is not None else None
 
 
 @dataclass(frozen=True)
