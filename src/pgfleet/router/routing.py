@@ -49,22 +49,20 @@ _TOPOLOGY_WORDS = re.compile(rb"(?i)pgfleet\s*\.\s*(?:distribute_table|reference
                              rb"|\bdrop\s+table\b")
 
 
-def may_change_topology(data: bytes) -> bool:
-    """Whether a Query or Parse (not COPY data, not a bulk of rows) may change the distributed tables."""
+def may_change(data: bytes) -> tuple[bool, bool]:
+    """(whether client bytes may change roles, whether they may change the distributed tables). Only a read
+    that begins with a Query or a Parse and is small is looked at: not COPY data, not a bulk of rows; plain
+    searches of its lower-cased bytes come first (the regular expressions cost microseconds a statement)."""
     if data[:1] not in (b"Q", b"P") or len(data) > _ROLE_LOOK_LIMIT:
-        return False
-    low = data.lower()  # plain searches first: the regex costs microseconds a statement
-    return (b"pgfleet" in low or b"drop" in low) and _TOPOLOGY_WORDS.search(data) is not None
+        return False, False
+    low = data.lower()
+    topology = (b"pgfleet" in low or b"drop" in low) and _TOPOLOGY_WORDS.search(data) is not None
+    return _ROLE_HINTS.search(low) is not None and _role_words(data), topology
 
 
-def may_change_roles(data: bytes) -> bool:
-    """Whether client bytes hold one of those words, standing alone (not inside an identifier or a quoted
-    name), or starting a Query's text (after its length, whose last byte may be a letter). Only a read that
-    begins with a Query or a Parse and is small is looked at: not COPY data, not a bulk of rows."""
-    if data[:1] not in (b"Q", b"P") or len(data) > _ROLE_LOOK_LIMIT:
-        return False
-    if _ROLE_HINTS.search(data.lower()) is None:  # a plain search first: the full one costs microseconds
-        return False
+def _role_words(data: bytes) -> bool:
+    """Whether the bytes hold one of the role words, standing alone (not inside an identifier or a quoted
+    name), or starting a Query's text (after its length, whose last byte may be a letter)."""
     for found in _ROLE_WORDS.finditer(data):
         at = found.start()
         before = data[at - 1:at]

@@ -34,8 +34,7 @@ from .keys import CancelKey
 from .routedquery import RoutedQueries
 from .pool import Leases
 from .reauth import ScramRecord
-from .routing import READY_IDLE, Decision, Routing, deallocates_all, decide, may_change_roles, may_change_topology, \
-    parse_search_path
+from .routing import READY_IDLE, Decision, Routing, deallocates_all, decide, may_change, parse_search_path
 from .settings import SessionSettings, SettingChange
 from .txn import TransactionControl
 from .txnreply import ReplySkipper
@@ -104,10 +103,11 @@ class ClientSession(RoutedQueries, SessionSettings, asyncio.Protocol):
             if self.phase is Phase.STARTUP:
                 self._startup(data)
             elif self.phase is not Phase.CLOSED:
-                if may_change_roles(data):
+                roles, topology = may_change(data)
+                if roles:
                     self.role_change = True
                     self.context.roles_changed(refresh=False)
-                if may_change_topology(data):
+                if topology:
                     self.topology_change = True
                 if self.busy:
                     (self.listener or self.held.append)(data)

@@ -32,7 +32,9 @@ from . import protocol as p
 from . import wire
 from .pool import Leases
 
-REPORTED = frozenset({"timezone", "datestyle", "intervalstyle", "search_path"})  # the coordinator reports them
+# settings the coordinator reports (ParameterStatus) that routed statements follow, as it names them
+REPORTED_NAMES = ("DateStyle", "IntervalStyle", "TimeZone", "search_path")
+REPORTED = frozenset(name.lower() for name in REPORTED_NAMES)
 NOT_RESULTS = frozenset({"application_name"})  # changes nothing a statement returns: not worth a connection
 _KEPT_ON_COORDINATOR = frozenset({
     "role", "session_authorization", "client_encoding", "names", "standard_conforming_strings", "seed",
@@ -123,7 +125,7 @@ def worker_settings(startup: Sequence[tuple[str, str]], reported: dict[str, str]
     session's carried SET values."""
     out = {k: v for k, v in startup if k not in ("user", "database", "replication", "application_name")
            and not k.startswith("_pq_.")}
-    for name in ("DateStyle", "IntervalStyle", "TimeZone", "search_path", "client_encoding"):
+    for name in (*REPORTED_NAMES, "client_encoding"):
         if name in reported:
             out[name] = reported[name]
     out.update(settings)
@@ -159,7 +161,7 @@ class SessionSettings:
         if not self.settings_changed:
             return self.startup_params
         params = dict(self.startup_params)
-        for name in ("DateStyle", "IntervalStyle", "TimeZone", "search_path", "application_name"):
+        for name in (*REPORTED_NAMES, "application_name"):
             if name in self.reported:
                 params[name] = self.reported[name]
         params.update(self.session_settings)

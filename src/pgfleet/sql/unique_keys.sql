@@ -22,7 +22,7 @@ BEGIN
     IF NOT pg_has_role(session_user, (SELECT relowner FROM pg_class WHERE oid = p_table), 'MEMBER') THEN
         RAISE EXCEPTION 'must be owner of table %', p_table USING ERRCODE = 'insufficient_privilege';
     END IF;
-    IF t.method IS DISTINCT FROM 'hash' AND t.method IS DISTINCT FROM 'range' AND t.method IS DISTINCT FROM 'list' THEN
+    IF t.method IS NULL OR t.method NOT IN ('hash', 'range', 'list') THEN
         RAISE EXCEPTION '% is not a distributed table', p_table USING ERRCODE = 'object_not_in_prerequisite_state',
             HINT = 'on plain and reference tables use ALTER TABLE … ADD CONSTRAINT';
     END IF;
@@ -69,13 +69,12 @@ CREATE OR REPLACE FUNCTION pgfleet.drop_unique_constraint(p_table regclass, p_na
 RETURNS void LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pgfleet AS $$
 DECLARE
     sh pgfleet.shards;
+    method text := (SELECT t.method FROM pgfleet.tables t WHERE t.relid = p_table);
 BEGIN
     IF NOT pg_has_role(session_user, (SELECT relowner FROM pg_class WHERE oid = p_table), 'MEMBER') THEN
         RAISE EXCEPTION 'must be owner of table %', p_table USING ERRCODE = 'insufficient_privilege';
     END IF;
-    IF (SELECT method FROM pgfleet.tables WHERE relid = p_table) IS DISTINCT FROM 'hash'
-            AND (SELECT method FROM pgfleet.tables WHERE relid = p_table) IS DISTINCT FROM 'range'
-            AND (SELECT method FROM pgfleet.tables WHERE relid = p_table) IS DISTINCT FROM 'list' THEN
+    IF method IS NULL OR method NOT IN ('hash', 'range', 'list') THEN
         RAISE EXCEPTION '% is not a distributed table', p_table USING ERRCODE = 'object_not_in_prerequisite_state',
             HINT = 'on plain and reference tables use ALTER TABLE … DROP CONSTRAINT';
     END IF;
