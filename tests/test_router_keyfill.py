@@ -176,6 +176,27 @@ def test_what_is_left_as_it_is(statement: str) -> None:
     assert key_fill(statement, _topology(), ("public",)) is None
 
 
+def test_reworks_known_by_shape_and_by_text(monkeypatch: pytest.MonkeyPatch) -> None:
+    """An INSERT that needs no rework is parsed once per shape (its constants made parameters): pgbench's
+    history INSERT differs in every statement. One that needs it is reworked at its own text."""
+    from pgfleet.router import routing
+    parses: list[str] = []
+    parse = routing.parsed_insert
+    monkeypatch.setattr(routing, "parsed_insert", lambda text: parses.append(text) or parse(text))
+    cache, topology = routing.PreparedCache(), _topology()
+    for i in range(3):
+        assert cache.insert_rework(f"INSERT INTO ticket (id, note) VALUES ({i}, 'n{i}')", topology, ("public",)) is None
+    assert len(parses) == 1
+    for i in range(2):
+        text = f"INSERT INTO ticket (note) VALUES ('n{i}')"
+        fill = cache.insert_rework(text, topology, ("public",))
+        assert fill is not None and fill.sql_with(text, [9]) == \
+            f"INSERT INTO ticket (\"id\", note) OVERRIDING SYSTEM VALUE VALUES (9, 'n{i}')"
+    assert len(parses) == 3
+    assert cache.insert_rework("INSERT INTO ticket (id, note) VALUES (7, 'x')", topology, ("other",)) is None
+    assert len(parses) == 4  # another search_path: another answer
+
+
 def test_the_keys_query_checks_the_role() -> None:
     topology = _topology("")
     fill = key_fill("INSERT INTO ticket (note) VALUES ('a')", topology, ("public",))

@@ -11,6 +11,7 @@ import threading
 from collections import OrderedDict
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import TypeVar
 
 from pglast import ast, parse_sql
 from pglast.parser import ParseError
@@ -19,7 +20,7 @@ from . import planners
 from .analyze import Prepared, analyze, prepare
 from .ddl import adds_foreign_keys
 from .keycache import KeyCache
-from .normalize import normalize
+from .normalize import Normalized, normalize
 from .keyfill import KeyFill, key_fill, parsed_insert
 from .rowsource import RowSource, row_source
 from .refpart import CoordinatorPart, coordinator_part
@@ -30,6 +31,9 @@ from .snapshot import RoutingTopology
 from .walk import SAFE_FUNCTIONS, children
 
 log = logging.getLogger(__name__)
+
+K = TypeVar("K")
+V = TypeVar("V")
 
 DML = (ast.SelectStmt, ast.InsertStmt, ast.UpdateStmt, ast.DeleteStmt)
 
@@ -120,6 +124,13 @@ class Decision:
     keeps_state: bool  # False: the statement may change session state; the session stays on the coordinator
 
 
+def _bounded_put(entries: OrderedDict[K, V], key: K, value: V, size: int) -> None:
+    """``entries[key] = value``, the oldest entry dropped when there are ``size`` already."""
+    if len(entries) >= size:
+        entries.popitem(last=False)
+    entries[key] = value
+
+
 def decide(sql: str, topology: RoutingTopology, search_path: tuple[str, ...],
            cache: PreparedCache | None = None) -> Decision:
     if cache is None:
@@ -166,10 +177,15 @@ class PreparedCache:
         self.size = size
         self.exact_size = exact_size
         self._entries: OrderedDict[tuple[str, tuple[str, ...]], Prepared | Coordinator] = OrderedDict()
-        self._exact: dict[tuple[str, tuple[str, ...]], Decision] = {}
+        # oldest first, dropped with popitem: a plain dict's first key after many deletions is found by a scan
+        self._exact: OrderedDict[tuple[str, tuple[str, ...]], Decision] = OrderedDict()
         self._topology: RoutingTopology | None = None
-        self._writes: dict[tuple[str, tuple[str, ...]], CoordinatorPart | None] = {}
-        self._reworks: dict[tuple[str, tuple[str, ...]], KeyFill | RowSource | None] = {}
+        self._writes: OrderedDict[tuple[str, tuple[str, ...]], CoordinatorPart | None] = OrderedDict()
+        self._reworks: OrderedDict[tuple[str, tuple[str, ...]], KeyFill | RowSource | None] = OrderedDict()
+        # INSERT shapes (constants made parameters) that need no rework: whether one does depends on its
+        # structure only, so an INSERT that differs in its constants alone is not parsed again
+        self._plain_inserts: OrderedDict[tuple[str, tuple[str, ...]], None] = OrderedDict()
+        self._normalized: tuple[str, Normalized | None] = ("", None)  # the last statement normalized
 
     def _check(self, topology: RoutingTopology) -> None:
         if topology is not self._topology:
@@ -177,6 +193,7 @@ class PreparedCache:
             self._exact.clear()
             self._writes.clear()
             self._reworks.clear()
+            self._plain_inserts.clear()
             self._topology = topology
 
     def decision(self, sql: str, topology: RoutingTopology, search_path: tuple[str, ...]) -> Decision | None:
@@ -184,21 +201,27 @@ class PreparedCache:
         return self._exact.get((sql, search_path))
 
     def remember(self, sql: str, search_path: tuple[str, ...], decision: Decision) -> None:
-        if len(self._exact) >= self.exact_size:
-            del self._exact[next(iter(self._exact))]  # the oldest entry (insertion order)
-        self._exact[(sql, search_path)] = decision
+        _bounded_put(self._exact, (sql, search_path), decision, self.exact_size)
+
+    def normalized(self, sql: str) -> Normalized | None:
+        """:func:`.normalize.normalize` of ``sql``, kept for the last statement (an INSERT is normalized for its
+        rework, then for its route)."""
+        last, norm = self._normalized
+        if last is not sql and last != sql:
+            norm = normalize(sql)
+            self._normalized = (sql, norm)
+        return norm
 
     def reference_write(self, sql: str, topology: RoutingTopology, search_path: tuple[str, ...]) -> CoordinatorPart | None:
         """:func:`.refpart.coordinator_part` of ``sql``, kept by its text with constants made parameters (they
         do not change the answer)."""
         self._check(topology)
-        norm = normalize(sql)
+        norm = self.normalized(sql)
         key = (norm.text if norm is not None else sql, search_path)
         if key in self._writes:
             return self._writes[key]
-        if len(self._writes) >= self.size:
-            del self._writes[next(iter(self._writes))]
-        write = self._writes[key] = coordinator_part(key[0], topology, search_path)
+        write = coordinator_part(key[0], topology, search_path)
+        _bounded_put(self._writes, key, write, self.size)
         return write
 
     def insert_rework(self, sql: str, topology: RoutingTopology,
@@ -211,11 +234,17 @@ class PreparedCache:
         key = (sql, search_path)
         if key in self._reworks:
             return self._reworks[key]
-        if len(self._reworks) >= self.size:
-            del self._reworks[next(iter(self._reworks))]
+        norm = self.normalized(sql)
+        shape = (norm.text, search_path) if norm is not None else None
+        if shape is not None and shape in self._plain_inserts:
+            return None
         stmt = parsed_insert(sql)
-        rework = self._reworks[key] = None if stmt is None else (
+        rework = None if stmt is None else (
             key_fill(sql, topology, search_path, stmt) or row_source(sql, topology, search_path, stmt))
+        if rework is None and shape is not None:
+            _bounded_put(self._plain_inserts, shape, None, self.size)
+        else:
+            _bounded_put(self._reworks, key, rework, self.size)
         return rework
 
     def prepared(self, sql: str, topology: RoutingTopology, search_path: tuple[str, ...]) -> Prepared | Coordinator:
@@ -235,7 +264,7 @@ class PreparedCache:
     def route(self, sql: str, topology: RoutingTopology, search_path: tuple[str, ...]) -> Route | None:
         """The route of ``sql`` from a cached analysis; None when it cannot be normalized."""
         self._check(topology)
-        norm = normalize(sql)
+        norm = self.normalized(sql)
         if norm is None or not norm.values:
             return None
         prepared = self.prepared(norm.text, topology, search_path)
