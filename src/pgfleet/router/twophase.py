@@ -18,6 +18,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import enum
+import functools
 import itertools
 import logging
 import os
@@ -46,6 +47,13 @@ COMPLETION_UNKNOWN = "40003"
 
 def literal(value: str | Sequence[str]) -> str:
     """A string or text[] literal for SQL the router sends itself (standard_conforming_strings on)."""
+    return _quoted(value if isinstance(value, str) else tuple(value))
+
+
+@functools.lru_cache(maxsize=512)
+def _quoted(value: str | tuple[str, ...]) -> str:
+    # kept: a transaction's gid is quoted for PREPARE, its decision and COMMIT PREPARED, and psycopg's quoting
+    # costs more than the rest of making those statements
     return sql.Literal(value if isinstance(value, str) else list(value)).as_string(None)
 
 
