@@ -358,7 +358,7 @@ def _abandon(fleet: Fleet, lock: Conn | None, sources: dict[str, Conn], created:
         with suppress(psycopg.Error):
             lock.rollback()
     _close_all(sources)
-    if not drop_shards(fleet, created):
+    if not drop_shards(fleet, created)[0]:
         for op in ops.values():
             operation_end(fleet.conn(), op, "failed")
 
@@ -379,9 +379,9 @@ def _drop_old(sources: dict[str, Conn], members: Sequence[Member]) -> list[Shard
     return left
 
 
-def drop_marked(conn: Conn, shards: Sequence[Shard]) -> None:
+def drop_marked(conn: Conn, shards: Sequence[Shard]) -> int:
     """Drop ``shards`` (all on ``conn``'s worker) in one statement, so foreign keys among them do not stand in
-    the way; only tables that carry their shard's marker (never one pgfleet did not create)."""
+    the way; only tables that carry their shard's marker (never one pgfleet did not create). How many."""
     names = [tables.ident(s.shard_name).as_string(conn) for s in shards]
     rows = conn.execute("SELECT n, obj_description(to_regclass(n), 'pg_class') FROM unnest(%s::text[]) n",
                         (names,)).fetchall()
@@ -389,28 +389,31 @@ def drop_marked(conn: Conn, shards: Sequence[Shard]) -> None:
     mine = [s for s, (n, found) in zip(shards, rows, strict=True) if found == marker[str(n)]]
     if mine:
         conn.execute(sql.SQL("DROP TABLE {}").format(sql.SQL(", ").join(tables.ident(s.shard_name) for s in mine)))
+    return len(mine)
 
 
-def drop_shards(fleet: Fleet, shards: Sequence[Shard]) -> list[Shard]:
-    """Drop ``shards`` on their workers, a transaction per worker; those that could not be dropped."""
+def drop_shards(fleet: Fleet, shards: Sequence[Shard]) -> tuple[list[Shard], int]:
+    """Drop ``shards`` on their workers, a transaction per worker; those that could not be dropped, and how
+    many were."""
     topo = fleet.topology()
     left: list[Shard] = []
+    dropped = 0
     for node_name, node_shards in shards_by_node(tuple(shards)).items():
         node = topo.node(node_name)
         if node is None:
             continue
         try:
             with fleet.worker_conn(node) as w, w.transaction():
-                drop_marked(w, node_shards)
+                dropped += drop_marked(w, node_shards)
         except (PgfleetError, psycopg.Error) as exc:
             log.warning("could not drop shards on %s: %s", node_name, exc)
             left.extend(node_shards)
-    return left
+    return left, dropped
 
 
 def clean_leftovers(fleet: Fleet, oids: Sequence[int]) -> int:
     """Drop the shards that unfinished reshards of these tables left (new ones of a failed run, old ones of a
-    run whose drops failed); return how many were listed. A worker that cannot be reached stops the run."""
+    run whose drops failed); return how many were dropped. A worker that cannot be reached stops the run."""
     conn = fleet.conn()
     rows = conn.execute("SELECT id, detail FROM pgfleet.operations WHERE relid = ANY(%s) AND state = 'running' "
                         "AND kind IN (%s, %s) ORDER BY id", (list(oids), KIND, CLEANUP_KIND)).fetchall()
@@ -419,13 +422,13 @@ def clean_leftovers(fleet: Fleet, oids: Sequence[int]) -> int:
         info = detail if isinstance(detail, dict) else json.loads(str(detail))
         shards += [Shard(shard_id=int(s["id"]), table_oid=0, index=0, node=s["node"], shard_schema=s["schema"],
                          shard_table=s["table"], foreign_schema="", foreign_table="") for s in info.get("shards", [])]
-    left = drop_shards(fleet, shards)
+    left, dropped = drop_shards(fleet, shards)
     if left:
         raise TopologyError(f"an unfinished reshard left shard {left[0].shard_name} on node {left[0].node}, which "
                             "cannot be dropped now", hint=f"start node {left[0].node} and run the command again")
     for op_id, _detail in rows:
         operation_end(conn, int(str(op_id)), "cleaned")
-    return len(shards)
+    return dropped
 
 
 def _analyze_parents(conn: Conn, members: Sequence[Member]) -> None:
