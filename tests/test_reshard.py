@@ -4,6 +4,7 @@ layout serving and nothing of the new one."""
 
 from __future__ import annotations
 
+import threading
 import time
 from collections.abc import Callable
 from typing import Any
@@ -229,3 +230,40 @@ def test_old_shards_that_cannot_be_dropped_are_recorded_and_dropped_later(fleet:
     assert len(_worker_tables(cluster, schema)) == 2
     assert not [u for u in fleet.status().unfinished if f"{schema}.dist" in u]
     _same(conn)
+
+
+def test_routed_writes_wait_for_the_reshard_and_are_never_lost(fleet: Fleet, cluster: LocalCluster,
+                                                                 schema: str) -> None:
+    """The router writes straight to the old shards: they are locked from before the copy to their drop, so a
+    write sent meanwhile waits, then either fails or reaches the new layout; it never lands in a dropped
+    shard."""
+    conn = _setup(fleet, schema, 4)
+    outcome: list[object] = []
+    started: list[threading.Thread] = []
+    waiting: list[bool] = []
+
+    def write(port: int) -> None:
+        try:
+            with connect(cluster, port, schema) as routed:
+                psycopg.ClientCursor(routed).execute("INSERT INTO dist (id, grp) OVERRIDING SYSTEM VALUE "
+                                                     "VALUES (5000, 1)")
+            outcome.append("ok")
+        except psycopg.Error as exc:
+            outcome.append(exc)
+
+    with routing_router(cluster) as router:
+        def hook(phase: str, _done: int, _total: int) -> None:
+            if phase == "copy" and not started:
+                started.append(threading.Thread(target=write, args=(router.config.port,)))
+                started[0].start()
+                time.sleep(1.0)
+            if phase == "verify" and not waiting:
+                waiting.append(started[0].is_alive())
+
+        fleet.reshard(QualifiedName(schema, "dist"), 6, hook)
+        started[0].join(30)
+    assert waiting == [True]  # the write waited through the copy
+    assert len(outcome) == 1
+    present = conn.execute(b"SELECT count(*) FROM dist WHERE id = 5000").fetchone()
+    assert present == ((1,) if outcome[0] == "ok" else (0,)), outcome
+    assert conn.execute(b"SELECT count(*) FROM dist").fetchone() == (ROWS + present[0],)
