@@ -267,3 +267,23 @@ def test_routed_writes_wait_for_the_reshard_and_are_never_lost(fleet: Fleet, clu
     present = conn.execute(b"SELECT count(*) FROM dist WHERE id = 5000").fetchone()
     assert present == ((1,) if outcome[0] == "ok" else (0,)), outcome
     assert conn.execute(b"SELECT count(*) FROM dist").fetchone() == (ROWS + present[0],)
+
+
+@pytest.mark.parametrize(("before", "after"), [(8, 4), (4, 8), (4, 6), (6, 4), (3, 5), (8, 8)])
+def test_only_pairs_that_can_share_rows_are_read(before: int, after: int) -> None:
+    """A key's remainders mod M and mod N (of one unsigned 64-bit value, as PostgreSQL's hash partitioning
+    computes it) agree mod gcd(M, N): lcm(M, N) pairs are read, and every pair a value takes is among them."""
+    from math import lcm
+
+    from pgfleet.cluster.reshard_copy import pairs
+    from pgfleet.plan.tables import HASH_COMBINE_CONST
+    from pgfleet.topology.model import Shard
+
+    def shards(m: int) -> list[Shard]:
+        return [Shard(i, 0, i, "w1", "s", f"t{i}", "f", f"t{i}", modulus=m, remainder=i) for i in range(m)]
+
+    read = {(o.remainder, n.remainder) for o, n in pairs(shards(before), shards(after))}
+    assert len(read) == lcm(before, after)
+    for h in range(-5000, 5000, 7):
+        u = (h * 0x9E3779B97F4A7C15 + HASH_COMBINE_CONST) % (1 << 64)
+        assert (u % before, u % after) in read
