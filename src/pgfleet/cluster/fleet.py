@@ -94,6 +94,16 @@ class Status:
     unfinished: tuple[str, ...]
 
 
+@dataclass(frozen=True)
+class ReshardResult:
+    tables: tuple[QualifiedName, ...]  # the table asked for, then the tables co-located with it
+    shard_count: int
+    rows: int  # rows copied, all tables together
+    leftovers: tuple[str, ...] = ()  # old shards that could not be dropped (node:schema.table)
+    cleaned: int = 0  # shards an unfinished earlier reshard left, dropped before this one
+    changed: bool = True  # False: the layout was already the one asked for (only ``cleaned`` was done)
+
+
 class Fleet:
     """A pgfleet cluster reached through its coordinator."""
 
@@ -347,8 +357,8 @@ class Fleet:
 
         return undistribute(self, table, progress)
 
-    def reshard(self, table: QualifiedName, shard_count: int, progress: Progress | None = None) -> int:
-        from .undistribute import reshard
+    def reshard(self, table: QualifiedName, shard_count: int, progress: Progress | None = None) -> ReshardResult:
+        from .reshard import reshard
 
         return reshard(self, table, shard_count, progress)
 

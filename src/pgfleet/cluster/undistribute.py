@@ -1,4 +1,4 @@
-"""Undoing a distribution (rows back into a plain coordinator table) and changing a table's shard count.
+"""Undoing a distribution: rows back into a plain coordinator table (resharding is reshard.py).
 
 All or nothing, in one coordinator transaction that holds the table against writes:
 1. a plain staging table LIKE the distributed parent (defaults, identity, generated columns, CHECKs);
@@ -22,8 +22,7 @@ from psycopg import sql
 from ..errors import ExecuteError, SpecError
 from ..execute.connect import Conn, describe_error
 from ..plan import tables
-from ..plan.layout import round_robin
-from ..spec import DistributeSpec, HashSpec, QualifiedName
+from ..spec import QualifiedName
 from ..topology.model import DistTable
 from ..topology.read import resolve_table, table_def
 from .distribute import Progress, no_progress, set_canonical, set_internal, table_lock
@@ -149,26 +148,3 @@ def _restore_keys(fleet: Fleet, lock: Conn, dist: DistTable, staging: QualifiedN
                 sql.SQL("UNIQUE " if unique else ""), sql.Identifier(original), tables.ident(staging),
                 sql.SQL(str(tail).strip())))
 
-
-def reshard(fleet: Fleet, name: QualifiedName, shard_count: int, progress: Progress | None = None) -> int:
-    """Change the shard count of a hash-distributed table, or with the same count lay it out again over every
-    current worker (new ones included): undistribute, then distribute again (each step verified; if the
-    second fails, the table is a plain table holding every row). Returns rows moved."""
-    spec_method = HashSpec(shard_count)
-    dist = _distributed(fleet, name)
-    if dist.method != "hash" or dist.key is None:
-        raise SpecError(f"{dist.name} is a {dist.method} table; reshard changes the shard count of hash tables",
-                        hint=f"undistribute it (pgfleet undistribute {dist.name}) and distribute it again")
-    partners = [t.name for t in fleet.topology().tables
-                if t.oid != dist.oid and t.colocation_id is not None and t.colocation_id == dist.colocation_id]
-    if partners:
-        raise SpecError(f"{dist.name} is co-located with {', '.join(map(str, partners))}",
-                        hint="undistribute the co-located tables first, reshard, then distribute them again "
-                             "with --colocate-with")
-    workers = [w.name for w in fleet.topology().workers]
-    placed = [s.node for s in sorted(dist.shards, key=lambda s: s.index)]
-    if len(dist.shards) == shard_count and placed == round_robin(shard_count, workers):
-        raise SpecError(f"{dist.name} already has {shard_count} shards, spread over every worker",
-                        hint="choose another shard count")
-    undistribute(fleet, dist.name, progress)
-    return fleet.distribute(DistributeSpec(dist.name, dist.key, spec_method), progress)
