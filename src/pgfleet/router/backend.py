@@ -53,15 +53,28 @@ def lost_in_flight(node: str) -> bytes:
 
 
 INSUFFICIENT_PRIVILEGE = "42501"
+UNDEFINED_TABLE = "42P01"
 
 
 def denied(messages: list[tuple[bytes, bytes]]) -> bool:
     """The worker refused the statement for lack of a privilege (42501). It ran in one implicit transaction
     that the error aborted, so the coordinator runs it again and answers with its own message."""
+    return _refused(messages, INSUFFICIENT_PRIVILEGE)
+
+
+def vanished(messages: list[tuple[bytes, bytes]]) -> bool:
+    """The worker no longer has a table the routed statement names (42P01): a reshard or undistribute dropped
+    the shard after the router's topology snapshot was read (a write that waited for the shard's lock during
+    a reshard meets this). The statement ran in one implicit transaction that the error aborted, so the
+    coordinator, whose catalog has the table's current shards, runs it again."""
+    return _refused(messages, UNDEFINED_TABLE)
+
+
+def _refused(messages: list[tuple[bytes, bytes]], sqlstate: str) -> bool:
     for type_byte, body in messages:
         if type_byte == b"E":
             error = p.decode_backend(type_byte, body)
-            if isinstance(error, p.ErrorResponse) and error.sqlstate == INSUFFICIENT_PRIVILEGE:
+            if isinstance(error, p.ErrorResponse) and error.sqlstate == sqlstate:
                 return True
     return False
 

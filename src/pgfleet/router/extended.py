@@ -40,7 +40,7 @@ from . import protocol as p
 from . import wire
 from .analyze import Prepared
 from .routes import Coordinator, Shard
-from .backend import BackendError, WorkerConnection, denied, lost_in_flight
+from .backend import BackendError, WorkerConnection, denied, lost_in_flight, vanished
 from .batches import (
     PARSE_COMPLETE,
     Message,
@@ -427,6 +427,13 @@ class ExtendedRouter:
         else:
             session.context.spawn(self._open_then_send(plan, batch, route, statement, answered, exchanged))
 
+    def _refused(self, as_role: bool, messages: list[Message]) -> bool:
+        """Refused for lack of the session role's privilege, or its shard is gone (the session then waits for a
+        fresh topology after the coordinator's answer): the coordinator runs it."""
+        gone = vanished(messages)
+        self.session.topology_change |= gone
+        return gone or (as_role and denied(messages))
+
     async def _open_then_send(self, plan: Plan, batch: list[Message], route: Shard, statement: Statement,
                               answered: bytes, exchanged: bool) -> None:
         session = self.session
@@ -469,8 +476,8 @@ class ExtendedRouter:
             out, parsed = client_reply(reply, parsed=commit_name is not None, statement=statement, bind=plan.bind)
             if ok and parsed and commit_name is not None:
                 commit_name()
-            if not ok or (setup and denied(reply_messages(out))):  # the coordinator answers in its own words
-                stats.routing_fallbacks += 1
+            if not ok or ((setup or conn.flagged) and self._refused(bool(setup), reply_messages(out))):
+                stats.routing_fallbacks += 1  # the coordinator answers in its own words
                 self._fallback(plan, batch, answered, exchanged)
                 return
             stats.executes += 1

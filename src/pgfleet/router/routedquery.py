@@ -13,7 +13,7 @@ import logging
 
 from . import protocol as p
 from . import wire
-from .backend import BackendError, WorkerConnection, denied, lost_in_flight
+from .backend import BackendError, WorkerConnection, denied, lost_in_flight, vanished
 from .keyfill import KeyFill, draw_keys, key_fill
 from .logical import finish_routed
 from .planhost import PlanHost
@@ -30,6 +30,7 @@ class RoutedQueries(PlanHost):
     """Mixed into the session, which sets these attributes and defines ``resume`` and ``_from_client``."""
 
     phase: Phase
+    topology_change: bool  # the session waits for a fresh topology snapshot after the coordinator's answer
     running_on: WorkerConnection | None  # the connection a routed statement runs on (for cancel requests)
     sequences: SessionSequences  # the keys drawn for this session (lastval, currval)
 
@@ -113,10 +114,21 @@ class RoutedQueries(PlanHost):
         if reply is None:  # sent, and the connection broke: it may have run, so it is not run again
             self._drop_worker(route, BackendError("worker connection lost"))
             reply = lost_in_flight(route.node)
+        elif conn is not None and conn.flagged and self._gone(reply):
+            self._routed_done(None, raw)  # the coordinator runs it, with the table's current shards
+            return
         elif conn is not None and (names := self.logical()) is not None:  # in the logical table's names and oids
             finish_routed(names, route, conn, reply, lambda out: self._routed_done(out, raw), self.spawn)
             return
         self._routed_done(reply, raw)
+
+    def _gone(self, reply: bytes) -> bool:
+        """Whether the routed statement's shard was dropped after the router read its topology
+        (:func:`.backend.vanished`); then the session waits for a fresh snapshot after the coordinator answers."""
+        if not vanished(wire.Framer().feed(reply)):
+            return False
+        self.topology_change = True
+        return True
 
     def _drop_worker(self, route: Shard, exc: Exception) -> None:
         log.warning("routing to %s failed, sending the statement to the coordinator: %s", route.node, exc)
@@ -140,7 +152,7 @@ class RoutedQueries(PlanHost):
         self.running_on = conn
         try:
             ok, messages = await conn.run_as(self.role_on(conn), route.sql)
-            if ok and not denied(messages):  # refused on the worker: the coordinator says so in its own words
+            if ok and not denied(messages) and not vanished(messages):  # else the coordinator answers
                 reply = b"".join(wire.frame(t, b) for t, b in messages)
                 if (names := self.logical()) is not None:
                     reply = await names.shape(route, conn, reply, conn.flagged)
