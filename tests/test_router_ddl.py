@@ -176,7 +176,20 @@ def test_unique_constraints_after_distribution(cluster: LocalCluster, fleet: Fle
                          user=cluster.spec.superuser, password=cluster.spec.coordinator.password,
                          options=f"-c search_path={schema}", autocommit=True) as client:
         cur = psycopg.ClientCursor(client)  # simple protocol, as psql and migration tools
-        cur.execute("INSERT INTO accounts VALUES (1, 'a@x', 'one'), (2, 'a@x', 'two')")
+        cur.execute("INSERT INTO accounts VALUES (1, 'a@x', 'one'), (2, 'a@x', 'two'), (2, 'a@x', 'dup'), "
+                    "(2, NULL, 'n1'), (2, NULL, 'n2')")
+        conn.execute("CREATE TABLE plain_accounts AS SELECT * FROM accounts")
+        for add in ("ADD CONSTRAINT accounts_tenant_email_uniq UNIQUE (tenant, email)",
+                    "ADD CONSTRAINT nnd UNIQUE NULLS NOT DISTINCT (email, tenant)", "ADD PRIMARY KEY (tenant, email)"):
+            # rows that break it: refused at the statement, in the words one server uses
+            errors = []
+            for table in ("accounts", "plain_accounts"):
+                with pytest.raises(psycopg.Error) as info:
+                    cur.execute(f"ALTER TABLE {table} {add}")
+                errors.append((info.value.sqlstate, (info.value.diag.message_primary or "").replace("plain_", ""),
+                               (info.value.diag.message_detail or "").replace("plain_", "")))  # CONTEXT differs
+            assert errors[0] == errors[1], add
+        cur.execute("DELETE FROM accounts WHERE name IN ('dup', 'n1', 'n2')")
         with client.transaction():  # Django runs a migration in one
             cur.execute('ALTER TABLE "accounts" ADD CONSTRAINT "accounts_tenant_email_uniq" UNIQUE ("tenant", "email")')
             assert cur.statusmessage == "ALTER TABLE"

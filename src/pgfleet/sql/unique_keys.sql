@@ -12,11 +12,16 @@ CREATE OR REPLACE FUNCTION pgfleet.add_unique_constraint(p_table regclass, p_nam
                                                          p_primary bool DEFAULT false,
                                                          deferral text DEFAULT 'NOT DEFERRABLE',
                                                          nulls_not_distinct bool DEFAULT false)
-RETURNS void LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pgfleet AS $$
+RETURNS void LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pgfleet, public AS $$
 DECLARE
     t pgfleet.tables;
     sh pgfleet.shards;
     c text;
+    cols text;
+    kept text;
+    typed text;
+    probes text[] := '{}';
+    found text;
 BEGIN
     SELECT * INTO t FROM pgfleet.tables WHERE relid = p_table;
     IF NOT pg_has_role(session_user, (SELECT relowner FROM pg_class WHERE oid = p_table), 'MEMBER') THEN
@@ -50,6 +55,43 @@ BEGIN
     IF EXISTS (SELECT FROM pg_constraint WHERE conrelid = p_table AND conname = p_name)
             OR EXISTS (SELECT FROM pgfleet.foreign_keys f WHERE f.relid = p_table AND f.name = p_name) THEN
         RAISE EXCEPTION 'constraint "%" for relation % already exists', p_name, p_table USING ERRCODE = 'duplicate_object';
+    END IF;
+    -- rows that break it: the error now, in the logical table's terms, as ALTER TABLE … ADD gives it on one
+    -- server (the shards would refuse it only at COMMIT), duplicates before nulls as PostgreSQL 18 checks
+    -- them, the first in the key's order. Each shard finds its own (the columns include the distribution
+    -- column: equal keys are on one shard), on the link of flush_queue() in autocommit: a read through
+    -- postgres_fdw would hold the shard's lock until COMMIT, where the ADD waits for it.
+    cols := (SELECT string_agg(format('%I', x), ', ') FROM unnest(p_columns) x);
+    kept := CASE WHEN nulls_not_distinct THEN 'true'
+                 ELSE (SELECT string_agg(format('%I IS NOT NULL', x), ' AND ') FROM unnest(p_columns) x) END;
+    typed := (SELECT string_agg(format('%I %s', a.attname, format_type(a.atttypid, a.atttypmod)), ', ' ORDER BY o)
+              FROM unnest(p_columns) WITH ORDINALITY AS u(x, o) JOIN pg_attribute a ON a.attrelid = p_table AND a.attname = u.x);
+    FOR sh IN SELECT * FROM pgfleet.shards WHERE relid = p_table ORDER BY shard_id LOOP
+        PERFORM pgfleet.worker_link(sh.node);
+        probes := probes || format('SELECT * FROM dblink(%L, %L) AS d(%s)', 'pgfleet_' || sh.node,
+            format('SELECT %s FROM %I.%I WHERE %s GROUP BY %s HAVING count(*) > 1 ORDER BY %s LIMIT 1',
+                   cols, sh.shard_schema, sh.shard_table, kept, cols, cols), typed);
+    END LOOP;
+    IF cardinality(probes) > 0 THEN
+        EXECUTE format('SELECT %s FROM (%s) AS d ORDER BY %s LIMIT 1',
+                       (SELECT string_agg(format('coalesce(%I::text, ''null'')', x), ' || '', '' || ') FROM unnest(p_columns) x),
+                       array_to_string(probes, ' UNION ALL '), cols) INTO found;
+    END IF;
+    IF found IS NOT NULL THEN
+        RAISE EXCEPTION 'could not create unique index "%"', p_name USING ERRCODE = 'unique_violation',
+            DETAIL = format('Key (%s)=(%s) is duplicated.', array_to_string(p_columns, ', '), found);
+    END IF;
+    IF p_primary THEN
+        FOREACH c IN ARRAY p_columns LOOP
+            FOR sh IN SELECT * FROM pgfleet.shards WHERE relid = p_table ORDER BY shard_id LOOP
+                SELECT d.f INTO found FROM dblink('pgfleet_' || sh.node, format('SELECT 1 FROM %I.%I WHERE %I IS NULL LIMIT 1',
+                                                                                  sh.shard_schema, sh.shard_table, c)) AS d(f int);
+                IF found IS NOT NULL THEN
+                    RAISE EXCEPTION 'column "%" of relation "%" contains null values', c,
+                        (SELECT relname FROM pg_class WHERE oid = p_table) USING ERRCODE = 'not_null_violation';
+                END IF;
+            END LOOP;
+        END LOOP;
     END IF;
     FOR sh IN SELECT * FROM pgfleet.shards WHERE relid = p_table ORDER BY shard_id LOOP
         INSERT INTO pgfleet.ddl_queue (node, statement, flush)
