@@ -202,6 +202,8 @@ def test_unique_constraints_after_distribution(cluster: LocalCluster, fleet: Fle
         with pytest.raises(psycopg.errors.UndefinedColumn, match="nope"):
             cur.execute("ALTER TABLE accounts ADD UNIQUE (tenant, nope)")
         cur.execute("ALTER TABLE accounts ADD PRIMARY KEY (tenant, name)")
+        with pytest.raises(psycopg.errors.DuplicateObject, match='constraint "accounts_pkey" for relation'):
+            cur.execute("ALTER TABLE accounts ADD CONSTRAINT accounts_pkey UNIQUE (tenant, email)")  # a shard's name
         with pytest.raises(psycopg.errors.UniqueViolation, match="accounts_pkey"):
             cur.execute("INSERT INTO accounts VALUES (2, 'b@x', 'two')")
         assert router.context.stats.pinned_sessions == 0  # adding keys keeps the session routable

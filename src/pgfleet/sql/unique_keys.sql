@@ -68,6 +68,13 @@ BEGIN
               FROM unnest(p_columns) WITH ORDINALITY AS u(x, o) JOIN pg_attribute a ON a.attrelid = p_table AND a.attname = u.x);
     FOR sh IN SELECT * FROM pgfleet.shards WHERE relid = p_table ORDER BY shard_id LOOP
         PERFORM pgfleet.worker_link(sh.node);
+        IF cardinality(probes) = 0 AND EXISTS (  -- the name taken by a constraint only the shards hold
+                SELECT FROM dblink('pgfleet_' || sh.node, format(
+                    'SELECT 1 FROM pg_constraint WHERE conrelid = %L::regclass AND conname = %L',
+                    format('%I.%I', sh.shard_schema, sh.shard_table), pgfleet.shard_object_name(p_name, sh.shard_id)))
+                AS d(f int)) THEN
+            RAISE EXCEPTION 'constraint "%" for relation % already exists', p_name, p_table USING ERRCODE = 'duplicate_object';
+        END IF;
         probes := probes || format('SELECT * FROM dblink(%L, %L) AS d(%s)', 'pgfleet_' || sh.node,
             format('SELECT %s FROM %I.%I WHERE %s GROUP BY %s HAVING count(*) > 1 ORDER BY %s LIMIT 1',
                    cols, sh.shard_schema, sh.shard_table, kept, cols, cols), typed);
