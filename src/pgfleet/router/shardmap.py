@@ -53,6 +53,11 @@ def shard_index(table: RoutedTable, key: KeyValue, params: Sequence[str | None])
         if not integer:
             raise NotPlaced(f"no client-side hash for key type {table.key_type or '?'}")
         value = _integer(text, table.key_type)
+        if (placement := table.hash_placement) is not None:
+            index = placement[1].get(hashing.remainder(value, placement[0], table.key_type))
+            if index is not None:
+                return index
+            raise NotPlaced(f"no shard of {table.name} holds the key {text!r}")
         remainders: dict[int, int] = {}  # by modulus: one hash per key
         for shard in table.shards:
             if shard.modulus:

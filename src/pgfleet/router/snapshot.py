@@ -5,6 +5,8 @@ catalog; pure data here, so routing decisions are tested without servers."""
 
 from __future__ import annotations
 
+import functools
+
 from dataclasses import dataclass, field
 
 from ..topology.model import DistTable, Shard
@@ -50,6 +52,16 @@ class RoutedTable(DistTable):
 
     def shard(self, index: int) -> Shard | None:
         return next((s for s in self.shards if s.index == index), None)
+
+    @functools.cached_property
+    def hash_placement(self) -> tuple[int, dict[int, int]] | None:
+        """A hash table whose shards share one modulus (every table distribute makes): the modulus and the
+        shard index of each remainder, so that a key's shard is one hash and one lookup; None otherwise."""
+        moduli = {s.modulus for s in self.shards}
+        modulus = moduli.pop() if len(moduli) == 1 else None
+        if self.method != "hash" or not modulus or any(s.remainder is None for s in self.shards):
+            return None
+        return modulus, {int(s.remainder or 0): s.index for s in self.shards}
 
 
 @dataclass(frozen=True)
