@@ -29,7 +29,9 @@ class Normalized(NamedTuple):  # a tuple: made for every routed statement, cheap
 
 
 _PLAIN_STRING = re.compile(r"'(?:[^']|'')*'")
-_TOKEN = re.compile(r"'(?:[^']|'')*'|[A-Za-z_][A-Za-z0-9_]*|(?:\d+\.?\d*|\.\d+)(?:[eE][+-]?\d+)?")
+# a string, or a number that does not start inside an identifier (the digits of ``t1`` are not one): each match
+# is a constant, so the search skips everything else without a step of ours
+_CONSTANT = re.compile(r"'(?:[^']|'')*'|(?:(?<![A-Za-z0-9_])\d+\.?\d*|\.\d+)(?:[eE][+-]?\d+)?")
 _CONTINUED = re.compile(r"\s*\n\s*'")  # after a string: PostgreSQL joins the next one to it
 Constant = tuple[int, int, str]  # start, end (exclusive), value
 
@@ -83,16 +85,15 @@ def _constants_by_expression(sql: str) -> list[Constant] | None:
         return None
     constants: list[Constant] = []
     quotes = 0
-    for found in _TOKEN.finditer(sql):
+    for found in _CONSTANT.finditer(sql):
         start, end = found.span()
-        first = sql[start]
-        if first == "'":
+        if sql[start] == "'":
             before = sql[start - 1:start]
             if (before and (before.isalnum() or before in "_&'")) or _CONTINUED.match(sql, end):
                 return None  # a prefixed string (E'', B'', U&'') or one PostgreSQL continues
             quotes += end - start - len(sql[start + 1:end - 1].replace("''", ""))
             constants.append((start, end, sql[start + 1:end - 1].replace("''", "'")))
-        elif first.isdigit() or first == ".":
+        else:
             after = sql[end:end + 1]
             if after and (after.isalnum() or after in "_."):
                 return None  # 0x1F, 1_000, trailing junk, a malformed number: the scanner says what it is
