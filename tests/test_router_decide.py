@@ -86,14 +86,18 @@ def test_session_state_and_search_path() -> None:
 
 def test_the_same_text_is_decided_once_per_topology() -> None:
     cache = PreparedCache(exact_size=2)
-    sql = "SELECT * FROM orders WHERE id = 5"
+    sql = "SELECT * FROM orders WHERE id > 5"  # not single-shard: analyzed from its own text, kept by it
     first = decide(sql, TOPOLOGY, ("public",), cache)
     assert decide(sql, TOPOLOGY, ("public",), cache) is first  # by exact text: no scan, no bind
     assert decide(sql, TOPOLOGY, ("other", "public"), cache) is not first  # another search_path: its own entry
-    decide("SELECT * FROM orders WHERE id = 6", TOPOLOGY, ("public",), cache)  # evicts the oldest
+    decide("SELECT * FROM orders WHERE id > 6", TOPOLOGY, ("public",), cache)  # evicts the oldest
     assert decide(sql, TOPOLOGY, ("public",), cache) is not first and decide(sql, TOPOLOGY, ("public",), cache) == first
     moved = RoutingTopology(tables=TOPOLOGY.tables[:1])  # a new snapshot: decisions are made again
     assert decide(sql, moved, ("public",), cache) is not first
+    routed = "SELECT * FROM orders WHERE id = 5"  # routed by its shape (constants made parameters): not kept
+    assert isinstance(decide(routed, TOPOLOGY, ("public",), cache).route, Shard)
+    assert decide(routed, TOPOLOGY, ("public",), cache) == decide(routed, TOPOLOGY, ("public",), cache)
+    assert cache.decision(routed, TOPOLOGY, ("public",)) is None
 
 
 def test_built_in_functions_leave_the_session_routable() -> None:

@@ -138,7 +138,8 @@ def decide(sql: str, topology: RoutingTopology, search_path: tuple[str, ...],
     known = cache.decision(sql, topology, search_path)  # the same text seen before: no scan at all
     if known is None:
         known = _decide(sql, topology, search_path, cache)
-        cache.remember(sql, search_path, known)
+        if not isinstance(known.route, Shard) or not (norm := cache.normalized(sql)) or not norm.values:
+            cache.remember(sql, search_path, known)  # a routed statement with constants is known by its shape
     return known
 
 
