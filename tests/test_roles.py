@@ -5,6 +5,7 @@ the workers through pgfleet."""
 from __future__ import annotations
 
 import secrets
+import threading
 from collections.abc import Iterator
 
 import psycopg
@@ -188,3 +189,36 @@ def test_roles_and_grants_reach_the_shards(fleet: Fleet, schema: str, logins: di
     fleet.undistribute(QualifiedName(schema, "items"))  # a plain table again, with its column privileges
     assert conn.execute("SELECT has_column_privilege(%s, 'items', 'name', 'SELECT'), "
                         "has_column_privilege(%s, 'items', 'secret', 'SELECT')", (READER, READER)).fetchone() == (True, False)
+
+
+def test_two_role_copies_at_once(fleet: Fleet) -> None:
+    """Two sessions copy the same new role to a worker at once (each router process copies after its
+    clients' CREATE ROLE, the refresh too): the second waits for the first's commit and then finds the role
+    made, without an error (it met pg_authid's unique index: 23505, which the copy did not expect)."""
+
+    role = "pgfleet_test_concurrent"
+    drop_role(fleet, role)
+    fleet.conn().execute(sql.SQL("CREATE ROLE {} NOLOGIN").format(sql.Identifier(role)))
+    try:
+        statement = fleet.conn().execute("SELECT pgfleet.role_sync_sql()").fetchone()[0]
+        worker = fleet.topology().workers[0]
+        with fleet.worker_conn(worker, autocommit=False) as first, fleet.worker_conn(worker) as second:
+            first.execute(statement)  # the role made, not yet committed
+            errors: list[BaseException] = []
+
+            def copy() -> None:
+                try:
+                    second.execute(statement)  # waits for the first on pg_authid's unique index
+                except BaseException as exc:  # reported by the assertion below
+                    errors.append(exc)
+
+            waiting = threading.Thread(target=copy)
+            waiting.start()
+            waiting.join(1.0)
+            assert waiting.is_alive()  # it waits for the first transaction
+            first.commit()
+            waiting.join(30)
+            assert errors == []
+            assert second.execute("SELECT count(*) FROM pg_roles WHERE rolname = %s", (role,)).fetchone() == (1,)
+    finally:
+        drop_role(fleet, role)  # the next copy of roles drops it on the worker (it carries pgfleet's marker)

@@ -300,12 +300,14 @@ _SESSION_STATE_FUNCTIONS = frozenset({
 })
 
 
-@functools.lru_cache(maxsize=1024)
 def deallocates_all(sql: str) -> bool:
     """Whether the statement is one DEALLOCATE ALL (psycopg sends it after a ROLLBACK when it has prepared
     statements): the session's prepared statements are gone, nothing else changes."""
-    if not sql.lstrip()[:10].upper().startswith("DEALLOCATE"):
-        return False
+    return sql.lstrip()[:10].upper().startswith("DEALLOCATE") and _deallocates_all(sql)  # no cache entry per statement
+
+
+@functools.lru_cache(maxsize=64)
+def _deallocates_all(sql: str) -> bool:
     try:
         stmts = parse_sql(sql)
     except ParseError:

@@ -53,8 +53,8 @@ BEGIN
         BEGIN
             EXECUTE format('CREATE ROLE %%I NOLOGIN', r.name);
             EXECUTE format('COMMENT ON ROLE %%I IS %%L', r.name, marker);
-        EXCEPTION WHEN duplicate_object THEN NULL;  -- made by a concurrent commit
-        END;
+        EXCEPTION WHEN duplicate_object OR unique_violation THEN NULL;  -- made by a concurrent commit (the
+        END;                                                            -- second waits, then meets the index)
     END LOOP;
     FOR r IN SELECT e->>'role' AS role, e->>'member' AS member, (e->>'inherit')::bool AS inherit
              FROM jsonb_array_elements(spec->'members') e
@@ -62,7 +62,10 @@ BEGIN
                                JOIN pg_roles m ON m.oid = am.member
                                WHERE g.rolname = e->>'role' AND m.rolname = e->>'member'
                                  AND am.inherit_option = (e->>'inherit')::bool) LOOP
-        EXECUTE format('GRANT %%I TO %%I WITH INHERIT %%s', r.role, r.member, CASE WHEN r.inherit THEN 'TRUE' ELSE 'FALSE' END);
+        BEGIN
+            EXECUTE format('GRANT %%I TO %%I WITH INHERIT %%s', r.role, r.member, CASE WHEN r.inherit THEN 'TRUE' ELSE 'FALSE' END);
+        EXCEPTION WHEN unique_violation THEN NULL;  -- granted by a concurrent commit
+        END;
     END LOOP;
     FOR r IN SELECT g.rolname AS role, m.rolname AS member, gr.rolname AS grantor
              FROM pg_auth_members am JOIN pg_roles g ON g.oid = am.roleid JOIN pg_roles m ON m.oid = am.member
