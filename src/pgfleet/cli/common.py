@@ -16,7 +16,7 @@ from rich.progress import (BarColumn, DownloadColumn, MofNCompleteColumn, Progre
 
 from ..cluster.fleet import Fleet
 from ..cluster.local import default_dir
-from ..errors import PgfleetError
+from ..errors import PgfleetError, SpecError
 
 # Piped output (scripts, CI logs) gets wide lines instead of truncated table columns.
 out = Console(width=None if sys.stdout.isatty() else 160)
@@ -90,12 +90,31 @@ def cluster_dir(ctx: click.Context) -> Path:
 
 
 @contextmanager
-def open_fleet(ctx: click.Context) -> Iterator[Fleet]:
-    fleet = Fleet.open(cluster_dir(ctx), database_name(ctx))
+def open_fleet(ctx: click.Context, *, prepare: bool = True) -> Iterator[Fleet]:
+    """The cluster on the database of --database (made ready for distributed tables on first use; with
+    ``prepare`` False, for a command that only reads, it must hold them already)."""
+    fleet = Fleet.open(cluster_dir(ctx), database_name(ctx), prepare=prepare)
     try:
         yield fleet
     finally:
         fleet.close()
+
+
+@contextmanager
+def open_fleets(ctx: click.Context, all_databases: bool) -> Iterator[list[Fleet]]:
+    """The cluster on every coordinator database that holds distributed tables (``all_databases``), else
+    on the one of --database (default: the cluster's main database), which must hold them already."""
+    if all_databases and database_name(ctx) is not None:
+        raise SpecError("--database and --all-databases exclude each other", hint="give one of them")
+    from ..cluster.databases import catalog_fleets
+
+    with open_fleet(ctx, prepare=False) as fleet:
+        fleets = catalog_fleets(fleet) if all_databases else [fleet]
+        try:
+            yield fleets
+        finally:
+            for other in fleets[1:]:
+                other.close()
 
 
 @contextmanager
