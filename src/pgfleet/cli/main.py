@@ -16,7 +16,7 @@ from .. import __version__
 from ..cluster.fleet import Fleet, Status
 from ..cluster.local import LocalCluster
 from ..errors import PgfleetError
-from . import backup, bench, clients, ha, reshape, router, tables
+from . import backup, bench, clients, dumps, ha, reshape, router, tables
 from .common import (DATABASE_HELP, DIR_HELP, FleetGroup, cluster_dir, database_name, err, human_size, open_fleet,
                      open_fleets, out)
 
@@ -304,7 +304,7 @@ def demo(ctx: click.Context) -> None:
 
 
 tables.node.add_command(ha.node_rejoin)
-for family in (clients, tables, reshape, ha, bench, router, backup):
+for family in (clients, tables, dumps, reshape, ha, bench, router, backup):
     for command in family.COMMANDS:
         cli.add_command(command)  # FleetGroup gives each (and its sub-commands) --dir
 
