@@ -267,7 +267,7 @@ def _render_status(report: Status, replicas: list[StandbyStatus]) -> None:
             if r.note:
                 out.print(f"[yellow]{r.note}[/]", highlight=False)
     for op in report.unfinished:
-        out.print(f"[yellow]unfinished operation:[/] {op} — run it again (in that --database) to clean up and retry")
+        out.print(f"[yellow]unfinished operation:[/] {op} — run it again in that database to clean up and retry")
 
 
 def _render_router(state: RouterStatus | None) -> None:
