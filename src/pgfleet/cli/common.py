@@ -6,7 +6,7 @@ import sys
 from collections.abc import Callable, Iterator
 from contextlib import AbstractContextManager, contextmanager
 from pathlib import Path
-from typing import Any, NoReturn
+from typing import Any, NoReturn, TypeVar
 
 import click
 import psycopg
@@ -44,6 +44,15 @@ DATABASE_HELP = ("Database of the coordinator (default: the cluster's, postgres)
 def _remember_database(ctx: click.Context, _param: click.Parameter, value: str | None) -> None:
     if value is not None:
         ctx.find_root().ensure_object(dict)["database"] = value
+
+
+FC = TypeVar("FC", bound=Callable[..., Any] | click.Command)
+
+
+def database_option(help_text: str) -> Callable[[FC], FC]:
+    """--database after a command that reads a database, with its own help (accept_dir then adds none)."""
+    return click.option("--database", "after_database", expose_value=False, callback=_remember_database,
+                        help=help_text + " Accepted before or after the command.")
 
 
 def accept_dir(command: click.Command) -> None:

@@ -9,10 +9,12 @@ from pathlib import Path
 import click
 
 from ..errors import SpecError
-from .common import database_name, err, human_size, open_fleet, open_fleets, out, progress_bar
+from .common import database_name, database_option, err, human_size, open_fleet, open_fleets, out, progress_bar
 
-ALL_HELP = ("Every coordinator database holding distributed tables: TARGET is then a new or empty directory that "
-            "gets one file per database, named after it.")
+ALL_HELP = ("Every coordinator database holding distributed tables: the argument is then a new or empty directory "
+            "that gets one file per database, named after it")
+DATABASE_HELP = ("Database of the coordinator to write (default: the cluster's, postgres); it must hold distributed "
+                 "tables.")
 
 
 def _not_a_directory(target: Path) -> None:
@@ -23,7 +25,8 @@ def _not_a_directory(target: Path) -> None:
 
 @click.command("export")
 @click.argument("target", metavar="FILE|DIR", type=click.Path())
-@click.option("--all-databases", is_flag=True, help=ALL_HELP + " (DIR/<database>.json)")
+@click.option("--all-databases", is_flag=True, help=ALL_HELP + " (DIR/<database>.json).")
+@database_option(DATABASE_HELP)
 @click.pass_context
 def export_cmd(ctx: click.Context, target: str, all_databases: bool) -> None:
     """Write the topology (nodes, tables, shards; no passwords) of the database to FILE as JSON, or of every
@@ -48,7 +51,7 @@ def export_cmd(ctx: click.Context, target: str, all_databases: bool) -> None:
 @click.command("import")
 @click.argument("source", metavar="FILE|DIR", type=click.Path())
 @click.option("--all-databases", is_flag=True,
-              help="SOURCE is a directory written by 'pgfleet export --all-databases': each database's file into "
+              help="The argument is a directory written by 'pgfleet export --all-databases': each database's file into "
                    "the coordinator database of that name (it must exist); every file is checked first.")
 @click.pass_context
 def import_cmd(ctx: click.Context, source: str, all_databases: bool) -> None:
@@ -81,7 +84,8 @@ def import_cmd(ctx: click.Context, source: str, all_databases: bool) -> None:
 
 @click.command("dump")
 @click.argument("target", metavar="FILE|DIR", type=click.Path())
-@click.option("--all-databases", is_flag=True, help=ALL_HELP + " (DIR/<database>.dump)")
+@click.option("--all-databases", is_flag=True, help=ALL_HELP + " (DIR/<database>.dump).")
+@database_option(DATABASE_HELP)
 @click.pass_context
 def dump_cmd(ctx: click.Context, target: str, all_databases: bool) -> None:
     """Write the whole logical database to FILE (pg_dump custom format) for pg_restore into one plain server;

@@ -17,7 +17,7 @@ from ..cluster.fleet import Fleet, Status
 from ..cluster.local import LocalCluster
 from ..errors import PgfleetError
 from . import backup, bench, clients, dumps, ha, reshape, router, tables
-from .common import (DATABASE_HELP, DIR_HELP, FleetGroup, cluster_dir, database_name, err, human_size, open_fleet,
+from .common import (DATABASE_HELP, DIR_HELP, FleetGroup, cluster_dir, database_name, database_option, err, human_size, open_fleet,
                      open_fleets, out)
 
 if TYPE_CHECKING:
@@ -193,6 +193,7 @@ def dsn(ctx: click.Context, with_password: bool, node: str | None, read_only: bo
 @cli.command()
 @click.option("--json", "as_json", is_flag=True, help="Machine-readable output (an \"error\" key when the "
               "coordinator cannot be reached).")
+@database_option("Only this database of the coordinator (default: every database holding distributed tables).")
 @click.pass_context
 def status(ctx: click.Context, as_json: bool) -> None:
     """Nodes, roles, health, the tables of every coordinator database holding them (--database: of that one),
