@@ -6,7 +6,7 @@ import sys
 from collections.abc import Callable, Iterator
 from contextlib import AbstractContextManager, contextmanager
 from pathlib import Path
-from typing import Any, NoReturn
+from typing import Any, NoReturn, TypeVar
 
 import click
 import psycopg
@@ -16,7 +16,7 @@ from rich.progress import (BarColumn, DownloadColumn, MofNCompleteColumn, Progre
 
 from ..cluster.fleet import Fleet
 from ..cluster.local import default_dir
-from ..errors import PgfleetError
+from ..errors import PgfleetError, SpecError
 
 # Piped output (scripts, CI logs) gets wide lines instead of truncated table columns.
 out = Console(width=None if sys.stdout.isatty() else 160)
@@ -44,6 +44,15 @@ DATABASE_HELP = ("Database of the coordinator (default: the cluster's, postgres)
 def _remember_database(ctx: click.Context, _param: click.Parameter, value: str | None) -> None:
     if value is not None:
         ctx.find_root().ensure_object(dict)["database"] = value
+
+
+FC = TypeVar("FC", bound=Callable[..., Any] | click.Command)
+
+
+def database_option(help_text: str) -> Callable[[FC], FC]:
+    """--database after a command that reads a database, with its own help (accept_dir then adds none)."""
+    return click.option("--database", "after_database", expose_value=False, callback=_remember_database,
+                        help=help_text + " Accepted before or after the command.")
 
 
 def accept_dir(command: click.Command) -> None:
@@ -90,12 +99,31 @@ def cluster_dir(ctx: click.Context) -> Path:
 
 
 @contextmanager
-def open_fleet(ctx: click.Context) -> Iterator[Fleet]:
-    fleet = Fleet.open(cluster_dir(ctx), database_name(ctx))
+def open_fleet(ctx: click.Context, *, prepare: bool = True) -> Iterator[Fleet]:
+    """The cluster on the database of --database (made ready for distributed tables on first use; with
+    ``prepare`` False, for a command that only reads, it must hold them already)."""
+    fleet = Fleet.open(cluster_dir(ctx), database_name(ctx), prepare=prepare)
     try:
         yield fleet
     finally:
         fleet.close()
+
+
+@contextmanager
+def open_fleets(ctx: click.Context, all_databases: bool) -> Iterator[list[Fleet]]:
+    """The cluster on every coordinator database that holds distributed tables (``all_databases``), else
+    on the one of --database (default: the cluster's main database), which must hold them already."""
+    if all_databases and database_name(ctx) is not None:
+        raise SpecError("--database and --all-databases exclude each other", hint="give one of them")
+    from ..cluster.databases import catalog_fleets
+
+    with open_fleet(ctx, prepare=False) as fleet:
+        fleets = catalog_fleets(fleet) if all_databases else [fleet]
+        try:
+            yield fleets
+        finally:
+            for other in fleets[1:]:
+                other.close()
 
 
 @contextmanager

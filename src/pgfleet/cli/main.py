@@ -16,8 +16,9 @@ from .. import __version__
 from ..cluster.fleet import Fleet, Status
 from ..cluster.local import LocalCluster
 from ..errors import PgfleetError
-from . import backup, bench, clients, ha, reshape, router, tables
-from .common import DATABASE_HELP, DIR_HELP, FleetGroup, cluster_dir, err, human_size, open_fleet, out
+from . import backup, bench, clients, dumps, ha, reshape, router, tables
+from .common import (DATABASE_HELP, DIR_HELP, FleetGroup, cluster_dir, database_name, database_option, err, human_size, open_fleet,
+                     open_fleets, out)
 
 if TYPE_CHECKING:
     from ..ha.standby import StandbyStatus
@@ -192,12 +193,17 @@ def dsn(ctx: click.Context, with_password: bool, node: str | None, read_only: bo
 @cli.command()
 @click.option("--json", "as_json", is_flag=True, help="Machine-readable output (an \"error\" key when the "
               "coordinator cannot be reached).")
+@database_option("Only this database of the coordinator (default: every database holding distributed tables).")
 @click.pass_context
 def status(ctx: click.Context, as_json: bool) -> None:
-    """Nodes, roles, health, tables, and the sizes of tables and shards; exits 2 when a node is down."""
+    """Nodes, roles, health, the tables of every coordinator database holding them (--database: of that one),
+    and the sizes of tables and shards; exits 2 when a node is down."""
+    from ..cluster.status import collect
+
     try:
-        with open_fleet(ctx) as fleet:
-            report = fleet.status()
+        with open_fleets(ctx, all_databases=database_name(ctx) is None) as fleets:
+            fleet = fleets[0]
+            report = collect(fleets)
             from ..ha.standby import replication_status
 
             replicas = replication_status(fleet.local) if fleet.local else []
@@ -208,8 +214,8 @@ def status(ctx: click.Context, as_json: bool) -> None:
         if not as_json:
             raise
         message = str(exc) if isinstance(exc, PgfleetError) else f"database error: {str(exc).strip()}"
-        click.echo(json.dumps({"error": message, "nodes": [], "tables": [], "unfinished": [], "standbys": [],
-                               "router": None}, indent=2))
+        click.echo(json.dumps({"error": message, "databases": [], "nodes": [], "tables": [], "unfinished": [],
+                               "standbys": [], "router": None}, indent=2))
         sys.exit(1)
     all_up = all(n.healthy for n in report.nodes)
     if as_json:
@@ -233,19 +239,22 @@ def _render_status(report: Status, replicas: list[StandbyStatus]) -> None:
     out.print(nodes)
     if report.tables:
         tables = Table(title="tables")
-        for col in ("table", "method", "key", "shards", "nodes", "co-located with", "size"):
+        for col in ("database", "table", "method", "key", "shards", "nodes", "co-located with", "size"):
             tables.add_column(col)
         for t in report.tables:
-            tables.add_row(t.name, t.method, t.key or "", str(t.shards), ", ".join(t.nodes),
+            tables.add_row(t.database, t.name, t.method, t.key or "", str(t.shards), ", ".join(t.nodes),
                            ", ".join(t.colocated_with), human_size(t.bytes) if t.bytes is not None else "?")
         out.print(tables)
         shards = Table(title="shards")
-        for col in ("table", "shard", "node", "size"):
+        for col in ("database", "table", "shard", "node", "size"):
             shards.add_column(col)
         for t in report.tables:
             for s in t.shard_sizes:
-                shards.add_row(t.name, s.shard, s.node, human_size(s.bytes) if s.bytes is not None else "?")
+                shards.add_row(t.database, t.name, s.shard, s.node, human_size(s.bytes) if s.bytes is not None else "?")
         out.print(shards)
+    empty = [d for d in report.databases if all(t.database != d for t in report.tables)]
+    if empty:
+        out.print(f"no distributed or reference tables in database {', '.join(empty)}", highlight=False)
     if replicas:
         reps = Table(title="standbys")
         for col in ("node", "standby", "port", "state", "sync", "lag bytes", "lag s"):
@@ -259,7 +268,7 @@ def _render_status(report: Status, replicas: list[StandbyStatus]) -> None:
             if r.note:
                 out.print(f"[yellow]{r.note}[/]", highlight=False)
     for op in report.unfinished:
-        out.print(f"[yellow]unfinished operation:[/] {op} — run it again to clean up and retry")
+        out.print(f"[yellow]unfinished operation:[/] {op} — run it again in that database to clean up and retry")
 
 
 def _render_router(state: RouterStatus | None) -> None:
@@ -296,7 +305,7 @@ def demo(ctx: click.Context) -> None:
 
 
 tables.node.add_command(ha.node_rejoin)
-for family in (clients, tables, reshape, ha, bench, router, backup):
+for family in (clients, tables, dumps, reshape, ha, bench, router, backup):
     for command in family.COMMANDS:
         cli.add_command(command)  # FleetGroup gives each (and its sub-commands) --dir
 

@@ -1,11 +1,9 @@
-"""Tables and nodes: distribute, reference, load, vacuum/analyze, export/import, node add/list."""
+"""Tables and nodes: distribute, reference, load, vacuum/analyze, node add/list."""
 
 from __future__ import annotations
 
-import json
 import os
 import sys
-from pathlib import Path
 from collections.abc import Sequence
 from typing import Any
 
@@ -18,7 +16,7 @@ from ..execute import Endpoint
 from ..spec import DistributeSpec, HashSpec, ReferenceSpec, parse_list_arg, parse_name, parse_range_bounds
 from ..spec.distribution import parse_column
 from ..topology.read import resolve_table
-from .common import err, human_size, open_fleet, out, progress_bar
+from .common import err, open_fleet, out, progress_bar
 
 
 @click.command()
@@ -156,46 +154,6 @@ def node_list(ctx: click.Context) -> None:
             click.echo(f"{n.name}\t{n.role}\t{n.host}:{n.port}/{n.dbname}\t{n.kind}")
 
 
-@click.command("export")
-@click.argument("file", type=click.Path(dir_okay=False))
-@click.pass_context
-def export_cmd(ctx: click.Context, file: str) -> None:
-    """Write the topology (nodes, tables, shards) to FILE as JSON."""
-    from ..cluster.topofile import export_topology
-
-    with open_fleet(ctx) as fleet:
-        data = export_topology(fleet)
-    Path(file).write_text(json.dumps(data, indent=2) + "\n")
-    out.print(f"topology written to {file}: {len(data['nodes'])} nodes, {len(data['tables'])} tables")
-
-
-@click.command("import")
-@click.argument("file", type=click.Path(dir_okay=False))
-@click.pass_context
-def import_cmd(ctx: click.Context, file: str) -> None:
-    """Re-apply a topology written by 'pgfleet export' to this coordinator."""
-    from ..cluster.topofile import import_topology, load_topology_file
-
-    data = load_topology_file(Path(file))
-    with open_fleet(ctx) as fleet:
-        summary = import_topology(fleet, data)
-    out.print(summary)
-
-
-
-@click.command("dump")
-@click.argument("file", type=click.Path(dir_okay=False))
-@click.pass_context
-def dump_cmd(ctx: click.Context, file: str) -> None:
-    """Write the whole logical database to FILE (pg_dump custom format) for pg_restore into one plain server."""
-    from ..cluster.logical_dump import dump
-
-    with open_fleet(ctx) as fleet, progress_bar("dump") as bar:
-        result = dump(fleet, Path(file), bar)
-    out.print(f"dump written to {result.path}: {result.tables} distributed tables as plain tables "
-              f"({result.rows} rows), {human_size(result.bytes)}; load it with pg_restore -d DBNAME {file}")
-
-
 def _maintain(ctx: click.Context, vacuum: bool, tables: tuple[str, ...], options: Sequence[tuple[str, str | None]]) -> None:
     from ..cluster.vacuum import maintain
     from ..plan.vacuum import Maintenance
@@ -227,4 +185,4 @@ def analyze_cmd(ctx: click.Context, tables: tuple[str, ...]) -> None:
     _maintain(ctx, False, tables, [])
 
 
-COMMANDS = (distribute, reference, load_cmd, vacuum_cmd, analyze_cmd, node, export_cmd, import_cmd, dump_cmd)
+COMMANDS = (distribute, reference, load_cmd, vacuum_cmd, analyze_cmd, node)

@@ -6,7 +6,8 @@ share shard tables or shard ids. :func:`attach_database` prepares a database on 
 on each worker (created when missing), the catalog, and the workers of the cluster's main database
 registered through ``Fleet.add_node`` (the passfiles in the coordinator's data directory are per server,
 shared by its databases). :func:`catalog_databases` lists the databases holding a catalog, for what
-must change in all of them (a failover repoints the foreign servers of each)."""
+must change in all of them (a failover repoints the foreign servers of each) or be shown or written for
+all of them (status, dump, export); :func:`open_existing` opens one for a command that only reads it."""
 
 from __future__ import annotations
 
@@ -16,7 +17,7 @@ from dataclasses import replace
 import psycopg
 from psycopg import sql
 
-from ..errors import ExecuteError, SpecError
+from ..errors import ExecuteError, PgfleetError, SpecError
 from ..execute import Endpoint, connect, describe_error
 from ..execute.connect import Conn
 from ..topology.read import catalog_installed
@@ -30,17 +31,50 @@ def database_exists(conn: Conn, name: str) -> bool:
 
 
 def catalog_databases(coordinator: Endpoint) -> list[str]:
-    """The coordinator's databases that hold a pgfleet catalog (the endpoint's own first)."""
+    """The coordinator's databases that hold a pgfleet catalog (the endpoint's own first). A database
+    dropped while it is being looked at is left out; any other error is the caller's (a database skipped
+    would keep a stale address)."""
     found = []
-    with connect(coordinator, timeout=5) as conn:
-        names = [str(r[0]) for r in conn.execute(
+    with connect(coordinator, timeout=5) as listing:
+        names = [str(r[0]) for r in listing.execute(
             "SELECT datname FROM pg_database WHERE datallowconn AND NOT datistemplate "
             "ORDER BY datname = current_database() DESC, datname").fetchall()]
-    for name in names:  # an error here is the caller's: a database skipped would keep a stale address
-        with connect(replace(coordinator, dbname=name), timeout=5) as conn:
-            if catalog_installed(conn):
-                found.append(name)
+        for name in names:
+            try:
+                with connect(replace(coordinator, dbname=name), timeout=5) as conn:
+                    if catalog_installed(conn):
+                        found.append(name)
+            except (PgfleetError, psycopg.Error):
+                if database_exists(listing, name):
+                    raise
     return found
+
+
+def open_existing(main: Fleet, name: str) -> Fleet:
+    """A Fleet on database ``name`` of ``main``'s coordinator for a command that only reads it (status,
+    dump, export): the database must exist and hold a catalog; nothing is created."""
+    if name == main.coordinator.dbname:
+        return Fleet(main.coordinator, main.local)
+    target = Fleet(replace(main.coordinator, dbname=name), main.local)
+    if database_exists(main.conn(), name) and catalog_installed(target.conn()):
+        return target
+    target.close()
+    held = ", ".join(catalog_databases(main.coordinator)) or "none"
+    if not database_exists(main.conn(), name):
+        raise SpecError(f"database {name} does not exist on the coordinator",
+                        hint=f"the databases with distributed tables are: {held} (give one of them to --database, "
+                             "or leave --database out for all of them)")
+    raise SpecError(f"database {name} holds no distributed tables (it has no pgfleet catalog)",
+                    hint=f"the databases with distributed tables are: {held}; 'pgfleet distribute --database "
+                         f"{name} …' makes it ready")
+
+
+def catalog_fleets(main: Fleet) -> list[Fleet]:
+    """``main`` and a Fleet on every other database of its coordinator that holds a catalog (``main`` comes
+    first also when it has none: its topology then says so). The caller closes them."""
+    names = catalog_databases(main.coordinator)
+    return [main] + [
+        Fleet(replace(main.coordinator, dbname=n), main.local) for n in names if n != main.coordinator.dbname]
 
 
 def attach_database(main: Fleet, name: str) -> Fleet:

@@ -77,6 +77,7 @@ class ShardStatus:
 
 @dataclass(frozen=True)
 class TableStatus:
+    database: str  # the coordinator database holding the table
     name: str
     method: str
     key: str | None
@@ -89,7 +90,8 @@ class TableStatus:
 
 @dataclass(frozen=True)
 class Status:
-    nodes: tuple[NodeStatus, ...]
+    databases: tuple[str, ...]  # the coordinator databases shown, the cluster's main one first
+    nodes: tuple[NodeStatus, ...]  # health once per node; shards and bytes over all the databases
     tables: tuple[TableStatus, ...]
     unfinished: tuple[str, ...]
 
@@ -114,17 +116,18 @@ class Fleet:
 
     # --- opening ----------------------------------------------------------------------------------
     @classmethod
-    def open(cls, directory: Path, database: str | None = None) -> Fleet:
+    def open(cls, directory: Path, database: str | None = None, *, prepare: bool = True) -> Fleet:
         """The local cluster in ``directory``; ``database``: another database of its coordinator, made
-        ready for distributed tables on first use (cluster/databases.py)."""
+        ready for distributed tables on first use (cluster/databases.py), or with ``prepare`` False one
+        that must already hold them (for commands that only read)."""
         local = LocalCluster.load(directory)
         fleet = cls(local.endpoint(local.spec.coordinator.name), local)
         if database is None or database == fleet.coordinator.dbname:
             return fleet
-        from .databases import attach_database
+        from .databases import attach_database, open_existing
 
         with fleet:
-            return attach_database(fleet, database)
+            return attach_database(fleet, database) if prepare else open_existing(fleet, database)
 
     @classmethod
     def from_dsn(cls, dsn: str) -> Fleet:

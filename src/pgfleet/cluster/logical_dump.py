@@ -12,7 +12,7 @@ server, then dumped with pg_dump and dropped.
    are on its shards (where they live), then the rest of the archive in its order (other tables and their
    rows, sequence values, views, foreign keys, grants), then the distributed tables' foreign keys
    (pgfleet.foreign_keys: they live on the shards).
-3. pg_dump -Fc of the scratch database into FILE.
+3. pg_dump -Fc of the scratch database into a temporary name next to FILE, renamed to FILE when complete.
 Every distributed table is read in one statement (one snapshot per worker), not all tables at one instant.
 """
 
@@ -239,7 +239,12 @@ def dump(fleet: Fleet, path: Path, progress: Progress | None = None, *, timeout:
                 for referencing, statement in _foreign_keys(fleet.conn()):
                     _execute(target, [statement], referencing)
             report("archive", 0, 1)
-            _client(bins, "pg_dump", scratch, "-Fc", "-f", str(path), timeout=timeout)
+            partial = path.with_name(f".{path.name}.partial-{secrets.token_hex(4)}")  # FILE appears whole or not at all
+            try:
+                _client(bins, "pg_dump", scratch, "-Fc", "-f", str(partial), timeout=timeout)
+                partial.replace(path)
+            finally:
+                partial.unlink(missing_ok=True)
             report("archive", 1, 1)
     return DumpResult(path=path, tables=len(distributed), rows=rows, bytes=path.stat().st_size)
 

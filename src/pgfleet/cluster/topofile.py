@@ -9,7 +9,7 @@ reference table, the table itself with its rows copied back from a worker) and t
 from __future__ import annotations
 
 import json
-from dataclasses import asdict, replace
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -58,7 +58,7 @@ def export_topology(fleet: Fleet) -> dict[str, Any]:
             "shards": [{k: v for k, v in asdict(s).items() if k != "table_oid"} for s in t.shards],
         })
     return {
-        "format": FORMAT, "version": VERSION,
+        "format": FORMAT, "version": VERSION, "database": fleet.coordinator.dbname,
         "nodes": [asdict(n) for n in topo.nodes],
         "tables": out_tables,
     }
@@ -94,10 +94,31 @@ def _shards_from(entry: dict[str, Any]) -> tuple[Shard, ...]:
         raise ClusterError(f"malformed shard entry in topology file: {exc}") from None
 
 
+@dataclass(frozen=True)
+class ImportPlan:
+    """What :func:`check_import` found to do: nodes to register, tables to create, tables already there."""
+
+    missing: list[dict[str, Any]]
+    todo: list[tuple[dict[str, Any], QualifiedName, TableDef, tuple[Shard, ...], bool]]
+    skipped: list[str]
+
+
+def _local_endpoint(fleet: Fleet, node_name: str) -> Endpoint:
+    """A local cluster's node, in the database of ``fleet`` (its shards are in the database of that name)."""
+    assert fleet.local is not None
+    return replace(fleet.local.endpoint(node_name), dbname=fleet.coordinator.dbname)
+
+
 def import_topology(fleet: Fleet, data: dict[str, Any]) -> str:
     """Re-attach this coordinator to the shards the file names. Everything is checked first (nodes known,
     shard tables present on their workers with the file's columns, shards covering the key space); a
     mismatch raises before anything is applied."""
+    return apply_import(fleet, check_import(fleet, data))
+
+
+def check_import(fleet: Fleet, data: dict[str, Any]) -> ImportPlan:
+    """Every check of :func:`import_topology`, nothing applied (so that several databases' files can all be
+    checked before any is applied)."""
     conn = fleet.conn()
     topo = fleet.topology()
     known = {n.name for n in topo.nodes}
@@ -114,8 +135,7 @@ def import_topology(fleet: Fleet, data: dict[str, Any]) -> str:
         node = topo.node(node_name)
         if node is not None:
             return fleet.endpoint(node)
-        assert fleet.local is not None
-        return fleet.local.endpoint(node_name)
+        return _local_endpoint(fleet, node_name)
 
     present = {(str(t.name.schema), t.name.name) for t in topo.tables}
     todo: list[tuple[dict[str, Any], QualifiedName, TableDef, tuple[Shard, ...], bool]] = []
@@ -138,12 +158,18 @@ def import_topology(fleet: Fleet, data: dict[str, Any]) -> str:
         coordinator = table_def(conn, int(str(row[0]))) if exists and row is not None else None
         check_against_workers(tdef, entry["method"], shards, endpoint_of, coordinator)
         todo.append((entry, name, tdef, shards, exists))
-    for n in missing:
-        fleet.add_node(n["name"], endpoint_of(n["name"]), kind="local")
+    return ImportPlan(missing, todo, skipped)
+
+
+def apply_import(fleet: Fleet, plan: ImportPlan) -> str:
+    """Register the missing nodes and create the tables of a checked plan (each table all or nothing)."""
+    conn = fleet.conn()
+    for n in plan.missing:
+        fleet.add_node(n["name"], _local_endpoint(fleet, n["name"]), kind="local")
     topo = fleet.topology()
     created = []
     group_map: dict[int, int] = {}
-    for entry, name, tdef, shards, exists in todo:
+    for entry, name, tdef, shards, exists in plan.todo:
         try:
             with conn.transaction():
                 conn.execute("SELECT set_config('pgfleet.internal', 'on', true)")
@@ -191,8 +217,8 @@ def import_topology(fleet: Fleet, data: dict[str, Any]) -> str:
     parts = [f"imported {len(created)} table(s)"]
     if created:
         parts.append(": " + ", ".join(created))
-    if skipped:
-        parts.append(f"; already present: {', '.join(skipped)}")
+    if plan.skipped:
+        parts.append(f"; already present: {', '.join(plan.skipped)}")
     return "".join(parts)
 
 
