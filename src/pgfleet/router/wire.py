@@ -196,7 +196,7 @@ class Framer:
     largest length allowed for a type byte (frontend: small messages such as Sync may not exceed 10000
     bytes, as in the server)."""
 
-    __slots__ = ("_buf", "_limit", "_skip", "_typed", "last_status")
+    __slots__ = ("_buf", "_fixed_limit", "_limit", "_skip", "_typed", "last_status")
 
     def __init__(self, *, initial: bool = False, limit: Callable[[int], int] | None = None) -> None:
         self._buf = bytearray()
@@ -204,6 +204,7 @@ class Framer:
         self.last_status = b""  # scan(): status of the last ReadyForQuery seen (I, T or E)
         self._typed = not initial
         self._limit = limit or (lambda _t: MAX_MESSAGE_LENGTH)
+        self._fixed_limit = MAX_MESSAGE_LENGTH if limit is None else None  # scan() then calls no function
 
     def expect_typed(self) -> None:
         self._typed = True
@@ -225,6 +226,8 @@ class Framer:
 
     def feed(self, data: bytes) -> list[tuple[bytes, bytes]]:
         """Every complete message now buffered, as (type byte, payload); b'' type for an initial message."""
+        if not self._buf and self._typed and type(data) is bytes:
+            return self._feed_whole(data)
         buf = self._buf
         buf += data
         out: list[tuple[bytes, bytes]] = []
@@ -255,6 +258,23 @@ class Framer:
             del buf[:pos]
         return out
 
+    def _feed_whole(self, data: bytes) -> list[tuple[bytes, bytes]]:
+        """:meth:`feed` with nothing buffered (the usual case: a chunk of whole messages), sliced from ``data``
+        itself; what is left of a message is buffered."""
+        out: list[tuple[bytes, bytes]] = []
+        pos, n, limit = 0, len(data), self._limit
+        while n - pos >= 5:
+            type_byte, length = _HEADER.unpack_from(data, pos)
+            if length < 4 or length > limit(type_byte[0]):
+                raise ProtocolViolation(f"invalid message length {length} for message type {type_byte!r}")
+            if n - pos < length + 1:
+                break
+            out.append((type_byte, data[pos + 5:pos + 1 + length]))
+            pos += length + 1
+        if pos < n:
+            self._buf += data[pos:]
+        return out
+
     def scan(self, data: bytes) -> list[bytes]:
         """The type bytes of the messages that start in ``data``, with the same length checks as
         :meth:`feed` but without keeping payloads (a relay forwards the bytes as they came). For the typed
@@ -269,9 +289,10 @@ class Framer:
                 return []
             pos, self._skip = self._skip, 0
         types: list[bytes] = []
+        fixed = self._fixed_limit
         while n - pos >= 5:
             type_byte, length = _HEADER.unpack_from(data, pos)
-            if length < 4 or length > self._limit(type_byte[0]):
+            if length < 4 or length > (fixed if fixed is not None else self._limit(type_byte[0])):
                 raise ProtocolViolation(f"invalid message length {length} for message type {type_byte!r}")
             if type_byte == b"Z":
                 if n - pos < 6:
