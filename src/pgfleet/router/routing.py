@@ -315,6 +315,7 @@ def _deallocates_all(sql: str) -> bool:
     return len(stmts) == 1 and isinstance(stmts[0].stmt, ast.DeallocateStmt) and bool(stmts[0].stmt.isall)
 
 
+@functools.lru_cache(maxsize=1024)  # the extended protocol parses the same statements again and again
 def session_neutral(sql: str, builtin: frozenset[str] = frozenset()) -> bool:
     """True when the statement is one SELECT/INSERT/UPDATE/DELETE calling only built-in functions that leave
     no session state (``builtin``: the names of pg_catalog's functions, from the topology snapshot; without
