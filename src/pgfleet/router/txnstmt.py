@@ -83,12 +83,14 @@ _KINDS = {
 }
 
 
-@functools.lru_cache(maxsize=512)
 def control(sql: str) -> Control | None:
     """The statement when ``sql`` is exactly one transaction-control statement, else None (several
     statements, another statement, or a syntax error: the server reports those)."""
-    if not _FIRST_WORD.match(sql):
-        return None
+    return _control(sql) if _FIRST_WORD.match(sql) else None  # other statements take no cache entry
+
+
+@functools.lru_cache(maxsize=512)
+def _control(sql: str) -> Control | None:
     try:
         stmts = parse_sql(sql)
     except ParseError:
