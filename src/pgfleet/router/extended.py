@@ -55,7 +55,7 @@ from .batches import (
 from .pipeline import PipelineSplitter
 from .extkeys import ExtendedKeys
 from .extmulti import ExtendedMultiShard
-from .exttxn import MAX_BATCH, ExtendedTransactions, after_setup, frames, role_setup, setup_messages, worker_request
+from .exttxn import MAX_BATCH, Capture, ExtendedTransactions, after_setup, frames, role_setup, setup_messages, worker_request
 from .pool import PoolExhausted, exhausted_reply
 from .refpart import CoordinatorPart
 from .routing import session_neutral
@@ -69,25 +69,6 @@ log = logging.getLogger(__name__)
 
 BATCH_TYPES = frozenset(b"PBDECHS")  # Parse Bind Describe Execute Close Flush Sync
 INTERNAL_ERROR = "XX000"
-class Capture:
-    """The coordinator's reply to the router's own Parse/Describe/Sync, read whole up to ReadyForQuery."""
-
-    def __init__(self, done: Callable[[list[Message]], None]) -> None:
-        self.framer = wire.Framer()
-        self.messages: list[Message] = []
-        self.done = done
-
-    def feed(self, data: bytes) -> bytes | None:
-        """None while the reply is incomplete; then what came after it (normally nothing)."""
-        messages = self.framer.feed(data)
-        for i, (type_byte, _) in enumerate(messages):
-            if type_byte == b"Z":
-                self.messages += messages[:i + 1]
-                return frames(messages[i + 1:]) + self.framer.take_buffer()
-        self.messages += messages
-        return None
-
-
 class ExtendedRouter:
     def __init__(self, session: ClientSession) -> None:
         self.session = session
@@ -117,9 +98,10 @@ class ExtendedRouter:
 
     def _process(self, messages: list[Message]) -> None:
         session = self.session
+        pipelines = self.pipelines
         for i, (type_byte, payload) in enumerate(messages):
-            if not session.busy:
-                self.pipelines.before(type_byte)  # a pipeline in a transaction: cut into statements here?
+            if not session.busy and (pipelines.active or session.transactions.txn is not None):
+                pipelines.before(type_byte)  # a pipeline in a transaction: cut into statements here?
             if session.busy:  # a batch runs: the rest waits, in order
                 session.held.insert(0, frames(messages[i:]) + self.framer.take_buffer())
                 return
@@ -133,6 +115,10 @@ class ExtendedRouter:
 
     def _message(self, type_byte: bytes, payload: bytes) -> bool:
         """Take one message; False when the session must be pinned before it."""
+        if (type_byte == b"B" or type_byte == b"E" or type_byte == b"D") and not self.discarding \
+                and not self.forwarding and len(self.batch) + 1 < MAX_BATCH:
+            self.batch.append((type_byte, payload))  # the common case of what follows, in short
+            return True
         if self.discarding and type_byte != b"X":
             if type_byte == b"S":
                 self.discarding = False

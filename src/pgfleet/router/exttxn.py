@@ -58,6 +58,25 @@ def frames(batch: list[Message] | tuple[Message, ...]) -> bytes:
     return b"".join(wire.frame(t, payload) for t, payload in batch)
 
 
+class Capture:
+    """The coordinator's reply to the router's own Parse/Describe/Sync, read whole up to ReadyForQuery."""
+
+    def __init__(self, done: Callable[[list[Message]], None]) -> None:
+        self.framer = wire.Framer()
+        self.messages: list[Message] = []
+        self.done = done
+
+    def feed(self, data: bytes) -> bytes | None:
+        """None while the reply is incomplete; then what came after it (normally nothing)."""
+        messages = self.framer.feed(data)
+        for i, (type_byte, _) in enumerate(messages):
+            if type_byte == b"Z":
+                self.messages += messages[:i + 1]
+                return frames(messages[i + 1:]) + self.framer.take_buffer()
+        self.messages += messages
+        return None
+
+
 def worker_request(conn: WorkerConnection, plan: Plan, route: Shard,
                    statement: Statement) -> tuple[bytes, Callable[[], None] | None]:
     """[Parse of the rewritten statement,] the client's Bind renamed to it and the rest of its batch, for
