@@ -128,7 +128,8 @@ def read_bind(payload: bytes) -> p.Bind | None:
         statement = payload[1:end].decode()
         pos = end + 1
         (n,) = _I16.unpack_from(payload, pos)
-        formats = struct.unpack_from(f"!{n}h", payload, pos + 2)
+        formats = () if n == 0 else _I16.unpack_from(payload, pos + 2) if n == 1 else \
+            struct.unpack_from(f"!{n}h", payload, pos + 2)
         pos += 2 + 2 * n
         (n,) = _I16.unpack_from(payload, pos)
         pos += 2
@@ -144,7 +145,8 @@ def read_bind(payload: bytes) -> p.Bind | None:
                 params.append(payload[pos:pos + length])
                 pos += length
         (n,) = _I16.unpack_from(payload, pos)
-        results = struct.unpack_from(f"!{n}h", payload, pos + 2)
+        results = () if n == 0 else _I16.unpack_from(payload, pos + 2) if n == 1 else \
+            struct.unpack_from(f"!{n}h", payload, pos + 2)
         if pos + 2 + 2 * n != len(payload):
             return None
     except (IndexError, ValueError, struct.error):  # UnicodeDecodeError is a ValueError

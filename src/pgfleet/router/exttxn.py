@@ -18,6 +18,7 @@ A batch is one statement of the transaction (:class:`.txn.TransactionControl` ke
 
 from __future__ import annotations
 
+import functools
 import itertools
 import logging
 from collections.abc import Callable
@@ -91,14 +92,26 @@ def worker_request(conn: WorkerConnection, plan: Plan, route: Shard,
     skip = len(plan.bind.statement.encode()) + 2  # the (empty) portal name and the client's statement name
     request = b"".join((
         p.Parse(name, route.sql, statement.param_types).encode() if parse else b"",
-        wire.frame(b"B", b"\0" + wire.cstr(name) + bind_payload[skip:]),
-        frames(plan.tail[1:])))
+        wire.frame(b"B", b"\0" + _cstr(name) + bind_payload[skip:]),
+        _framed(plan.tail[1:])))
 
     def parsed() -> None:
         if name:
             conn.statements[key] = name
 
     return request, parsed if parse else None
+
+
+@functools.lru_cache(maxsize=256)
+def _cstr(name: str) -> bytes:
+    return wire.cstr(name)
+
+
+@functools.lru_cache(maxsize=64)
+def _framed(messages: tuple[Message, ...]) -> bytes:
+    """A batch's messages after its Bind (Describe portal, Execute, Sync: the same bytes statement after
+    statement), framed once."""
+    return frames(messages)
 
 
 def setup_messages(statements: list[str]) -> bytes:
