@@ -32,6 +32,8 @@ _PLAIN_STRING = re.compile(r"'(?:[^']|'')*'")
 # a string, or a number that does not start inside an identifier (the digits of ``t1`` are not one): each match
 # is a constant, so the search skips everything else without a step of ours
 _CONSTANT = re.compile(r"'(?:[^']|'')*'|(?:(?<![A-Za-z0-9_])\d+\.?\d*|\.\d+)(?:[eE][+-]?\d+)?")
+# what sends a statement to the scanner: non-ASCII, $, a quoted identifier, a backslash, a comment, ..
+_UNUSUAL = re.compile(r'[^\x00-\x7f]|[$"\\]|--|/\*|\.\.')
 _CONTINUED = re.compile(r"\s*\n\s*'")  # after a string: PostgreSQL joins the next one to it
 Constant = tuple[int, int, str]  # start, end (exclusive), value
 
@@ -81,7 +83,7 @@ def _constants_by_scanner(sql: str) -> list[Constant] | None:
 
 def _constants_by_expression(sql: str) -> list[Constant] | None:
     """The constants of a statement without anything unusual; None: ask the scanner."""
-    if not sql.isascii() or "$" in sql or '"' in sql or "\\" in sql or "--" in sql or "/*" in sql or ".." in sql:
+    if _UNUSUAL.search(sql) is not None:
         return None
     constants: list[Constant] = []
     quotes = 0
