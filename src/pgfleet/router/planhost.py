@@ -57,6 +57,9 @@ class PlanHost:
         self.busy = True
         self.context.spawn(coro)
 
+    def wait_for_answer(self) -> None:
+        self.busy = True
+
     async def worker(self, node: str) -> WorkerConnection:
         """A pooled connection to ``node``'s primary that this session holds until it is idle again."""
         return await self.leases.lease(node)

@@ -59,17 +59,17 @@ from .txnreply import (
     error,
     ready,
     warning,
-    without_parameter_status,
     without_setup,
 )
 from .txnplan import Finish, PlanInTransaction, in_transaction_status, runs_in_transaction
 from .txnstmt import Control, Kind, control
 from .txncoord import CoordinatorParts
-from .txnstate import UNCHECKED_LIMIT, Host, Transaction
+from .txnjoined import JoinedStatements
+from .txnstate import Host, Transaction
 
 log = logging.getLogger(__name__)
 
-class TransactionControl(CoordinatorParts):
+class TransactionControl(CoordinatorParts, JoinedStatements):
     def __init__(self, host: Host, stats: RouterStats, twophase: TwoPhase | None) -> None:
         self.host = host
         self.stats = stats
@@ -129,15 +129,18 @@ class TransactionControl(CoordinatorParts):
                 await work()
             except Exception:
                 log.exception("transaction handling failed; the transaction is rolled back")
-                txn, self.txn = self.txn, None
-                if txn is not None:
-                    await run_everywhere(list(txn.participants.values()), "ROLLBACK")
-                self.host.write(error("XX000", "pgfleet router: internal error in transaction handling; the "
-                                      "transaction was rolled back", "see the router's log") + ready("I"))
+                await self._internal_failure()
             finally:
                 self.host.resume()
 
         self.host.spawn(run())
+
+    async def _internal_failure(self) -> None:
+        txn, self.txn = self.txn, None
+        if txn is not None:
+            await run_everywhere(list(txn.participants.values()), "ROLLBACK")
+        self.host.write(error("XX000", "pgfleet router: internal error in transaction handling; the "
+                              "transaction was rolled back", "see the router's log") + ready("I"))
 
     # --- transaction-control statements -------------------------------------------------------------
     def _control(self, txn: Transaction, ctl: Control, text: str, raw: bytes) -> None:
@@ -290,7 +293,11 @@ class TransactionControl(CoordinatorParts):
             if route.node not in txn.participants and txn.participants and self.twophase is None:
                 self._fail(txn, NOT_SUPPORTED, "pgfleet router: this router cannot commit over several workers")
                 return
-            self._background(lambda: self._on_worker(txn, route, text, raw))
+            joined = txn.participants.get(route.node)
+            if joined is not None and route.shard_index >= 0:
+                self._on_joined(txn, route, text, joined)  # the usual statement: no task
+            else:
+                self._background(lambda: self._on_worker(txn, route, text, raw))
         elif (move := self.elsewhere(txn, decision, raw, text)) is not None:
             self._background(lambda: move)
 
@@ -453,18 +460,7 @@ class TransactionControl(CoordinatorParts):
         names = self.host.logical() if route.shard_index >= 0 else None  # the coordinator's names are logical
         if names is not None:
             reply = await names.shape(route, conn, reply, conn.flagged)
-        self.stats.routed += 1
-        if route.shard_index < 0:
-            txn.wrote = True
-            self.stats.coordinator_parts += 1
-        elif not txn.wrote:
-            txn.unchecked.append(route_text)
-            if len(txn.unchecked) > UNCHECKED_LIMIT:
-                txn.has_written()
-        if status_of(reply) == b"E":
-            txn.failed = True
-            reply = without_parameter_status(reply)
-        self.host.write(reply)
+        self._answered(txn, route, route_text, reply, resume=False)  # _background resumes
 
     async def _lost(self, txn: Transaction, node: str) -> None:
         """A participant's connection broke: its transaction is gone, so is the client's."""

@@ -36,7 +36,8 @@ class Host(Protocol):
     def drop_worker(self, node: str) -> None: ...
     def pace(self, conns: Sequence[WorkerConnection]) -> None: ...  # pause them while the client is full
     def to_coordinator(self, setup: str, raw: bytes) -> None: ...  # setup's answer is not relayed
-    def spawn(self, coro: Coroutine[Any, Any, None]) -> None: ...
+    def spawn(self, coro: Coroutine[Any, Any, None]) -> None: ...  # the client's next messages wait for it
+    def wait_for_answer(self) -> None: ...  # the client's next messages wait until resume()
     def resume(self) -> None: ...  # the statement is answered: go on with what the client sent meanwhile
     def logical(self) -> LogicalNames | None: ...  # a routed reply in the logical tables' names and oids
     def refuse(self, sqlstate: str, message: str, hint: str | None = None) -> None: ...  # error, then close
