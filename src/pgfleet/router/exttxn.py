@@ -35,8 +35,8 @@ from .routing import Decision
 from .twophase import messages, status_of
 from .txnstmt import Kind, control
 from .refpart import CoordinatorPart
-from .txnstate import UNCHECKED_LIMIT, Transaction
-from .txnreply import CONNECTION_FAILURE, IN_FAILED_TRANSACTION, NOT_SUPPORTED, error, ready, without_parameter_status
+from .txnstate import Transaction
+from .txnreply import CONNECTION_FAILURE, IN_FAILED_TRANSACTION, NOT_SUPPORTED, error, ready
 
 if TYPE_CHECKING:
     from .extended import ExtendedRouter
@@ -328,7 +328,43 @@ class ExtendedTransactions:
             if session.busy:
                 session.resume()
             return
-        tc._background(lambda: self._run(txn, plan, route, statement, write))
+        joined = txn.participants.get(route.node)
+        if write is None and joined is not None and route.shard_index >= 0:
+            self._run_joined(txn, plan, route, statement, joined)  # the usual statement: no task
+        else:
+            tc._background(lambda: self._run(txn, plan, route, statement, write))
+
+    def _run_joined(self, txn: Transaction, plan: Plan, route: Shard, statement: Statement,
+                    conn: WorkerConnection) -> None:
+        """:meth:`_run` on a worker already in the transaction, with a callback (see :mod:`.txnjoined`)."""
+        session = self.session
+        tc = session.transactions
+        request, commit_name = worker_request(conn, plan, route, statement)
+        session.wait_for_answer()
+        session.running_on = conn
+
+        def done(reply: bytes | None) -> None:
+            session.running_on = None
+            try:
+                if reply is None:
+                    tc._background(lambda: tc._lost(txn, route.node))
+                    return
+                out, parsed = client_reply(reply, parsed=commit_name is not None, statement=statement, bind=plan.bind)
+                if parsed and commit_name is not None:
+                    commit_name()
+                if conn.flagged and (names := session.logical()) is not None:
+                    out = names.reported(route.shard_ids, out)
+                session.context.stats.executes += 1
+                tc._answered(txn, route, statement.sql, out, write=session._write)
+            except Exception:  # as _background does with a failing task
+                log.exception("transaction handling failed; the transaction is rolled back")
+                tc._background(tc._internal_failure)
+
+        try:
+            conn.send(request, done)
+        except BackendError:
+            session.running_on = None
+            tc._background(lambda: tc._lost(txn, route.node))
 
     async def _run(self, txn: Transaction, plan: Plan, route: Shard, statement: Statement,
                    write: CoordinatorPart | None) -> None:
@@ -375,18 +411,6 @@ class ExtendedTransactions:
             out = copied
         if conn.flagged and (names := session.logical()) is not None:  # the RowDescription is the coordinator's
             out = names.reported(route.shard_ids, out)
-        stats = session.context.stats
-        stats.routed += 1
-        stats.executes += 1
-        if route.shard_index < 0:  # a reference-table write on the coordinator (refpart.py)
-            txn.wrote = True
-            stats.coordinator_parts += 1
-        elif not txn.wrote:
-            txn.unchecked.append(statement.sql)
-            if len(txn.unchecked) > UNCHECKED_LIMIT:
-                txn.has_written()
-        if status_of(out) == b"E":
-            txn.failed = True
-            out = without_parameter_status(out)
-        session._write(out)
+        session.context.stats.executes += 1
+        tc._answered(txn, route, statement.sql, out, resume=False, write=session._write)  # _background resumes
 

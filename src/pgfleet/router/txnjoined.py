@@ -63,9 +63,11 @@ class JoinedStatements:
     async def _internal_failure(self) -> None:
         raise NotImplementedError
 
-    def _answered(self, txn: Transaction, route: Shard, route_text: str, reply: bytes, *, resume: bool = True) -> None:
-        """The worker's ``reply`` (in the logical tables' names) to the client; what the statement tells of the
-        transaction recorded: whether it may have written, whether it failed."""
+    def _answered(self, txn: Transaction, route: Shard, route_text: str, reply: bytes, *, resume: bool = True,
+                  write: Callable[[bytes], None] | None = None) -> None:
+        """The worker's ``reply`` (in the logical tables' names) to the client (``write``: instead of the host's
+        write, which reshapes a simple Query's answer); what the statement tells of the transaction recorded:
+        whether it may have written, whether it failed."""
         self.stats.routed += 1
         if route.shard_index < 0:
             txn.wrote = True
@@ -77,6 +79,6 @@ class JoinedStatements:
         if status_of(reply) == b"E":
             txn.failed = True
             reply = without_parameter_status(reply)
-        self.host.write(reply)
+        (write or self.host.write)(reply)
         if resume:
             self.host.resume()
