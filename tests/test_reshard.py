@@ -18,6 +18,7 @@ from pgfleet.errors import ExecuteError
 from pgfleet.spec import DistributeSpec, HashSpec, QualifiedName
 
 from conftest import connect, pgfleet_cli, routing_router
+from test_undistribute import _same, _worker_tables
 
 ROWS = 2000
 SETUP = """
@@ -39,22 +40,6 @@ QUERIES = [
 SHARDS = b"SELECT shard_id, node, modulus, remainder FROM pgfleet.shards WHERE relid = 'dist'::regclass ORDER BY shard_index"
 
 Conn = psycopg.Connection[Any]
-
-
-def _same(conn: Conn, queries: list[str] = QUERIES) -> None:
-    for q in queries:
-        assert conn.execute(q.format(t="dist").encode()).fetchall() == \
-            conn.execute(q.format(t="plain").encode()).fetchall(), q
-
-
-def _worker_tables(cluster: LocalCluster, schema: str) -> list[str]:
-    found = []
-    for node in ("w1", "w2"):
-        with psycopg.connect(cluster.endpoint(node).conninfo(), autocommit=True) as w:
-            found += [f"{node}:{r[0]}" for r in w.execute(
-                "SELECT c.relname FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace "
-                "WHERE n.nspname = %s AND c.relkind = 'r'", (schema,)).fetchall()]
-    return sorted(found)
 
 
 def _setup(fleet: Fleet, schema: str, shards: int) -> Conn:
@@ -94,7 +79,7 @@ def test_reshard_keeps_every_row_reachable(fleet: Fleet, cluster: LocalCluster, 
         shards = conn.execute(SHARDS).fetchall()
         assert [(r[1], r[2], r[3]) for r in shards] == [(("w1", "w2")[i % 2], after, i) for i in range(after)]
         assert len(_worker_tables(cluster, schema)) == after  # the old shards are gone
-        _same(conn)
+        _same(conn, QUERIES)
         # every row by its key through the coordinator (pruned to one partition) …
         ids = [r[0] for r in conn.execute(b"SELECT id FROM plain ORDER BY id").fetchall()]
         found = sum(int(conn.execute(b"SELECT count(*) FROM dist WHERE id = %s", (i,)).fetchone()[0]) for i in ids)
@@ -109,7 +94,7 @@ def test_reshard_keeps_every_row_reachable(fleet: Fleet, cluster: LocalCluster, 
         assert found == ROWS
         cur.execute("INSERT INTO dist (id, grp) OVERRIDING SYSTEM VALUE VALUES (%s, 3)", (ROWS + 100,))
         conn.execute(b"INSERT INTO plain (id, grp) OVERRIDING SYSTEM VALUE VALUES (%s, 3)", (ROWS + 100,))
-    _same(conn)
+    _same(conn, QUERIES)
     # the new shards enforce the keys and the table's own CHECK
     with pytest.raises(psycopg.errors.UniqueViolation):
         conn.execute(b"INSERT INTO dist (id, grp) OVERRIDING SYSTEM VALUE VALUES (7, 1)")
@@ -118,7 +103,7 @@ def test_reshard_keeps_every_row_reachable(fleet: Fleet, cluster: LocalCluster, 
             conn.execute(f"INSERT INTO {t} (grp) VALUES (-1)".encode())
     for t in ("plain", "dist"):  # identity continues, generated column computed
         conn.execute(f"INSERT INTO {t} (grp, at) VALUES (4, '2025-01-01')".encode())
-    _same(conn)
+    _same(conn, QUERIES)
     node, shard_id = shards[0][1], shards[0][0]
     names = _on_worker(cluster, node, "SELECT relname FROM pg_class WHERE relname LIKE %s ORDER BY 1", (f"%{shard_id}",))
     assert [r[0] for r in names] == sorted(f"{n}_{shard_id}" for n in ("dist", "dist_pkey", "dist_grp", "dist_grp_id"))
@@ -179,10 +164,10 @@ def _fails_keeping_the_old_layout(fleet: Fleet, cluster: LocalCluster, schema: s
     assert _worker_tables(cluster, schema) == tables_before  # no new shard left
     assert conn.execute(b"SELECT kind, state FROM pgfleet.operations WHERE relid = 'dist'::regclass "
                         b"ORDER BY id DESC LIMIT 1").fetchone() == ("reshard", "failed")
-    _same(conn)
+    _same(conn, QUERIES)
     for t in ("plain", "dist"):  # writable again: the locks are gone
         conn.execute(f"INSERT INTO {t} (grp, at) VALUES (4, '2025-01-01')".encode())
-    _same(conn)
+    _same(conn, QUERIES)
     assert fleet.reshard(QualifiedName(schema, "dist"), 6).rows == ROWS + 1  # and a later run succeeds
 
 
@@ -221,7 +206,7 @@ def test_old_shards_that_cannot_be_dropped_are_recorded_and_dropped_later(fleet:
     result = fleet.reshard(QualifiedName(schema, "dist"), 2)
     assert result.shard_count == 2 and result.rows == ROWS
     assert f"w2:{old[0]}.{old[1]}" in result.leftovers
-    _same(conn)  # the new layout serves
+    _same(conn, QUERIES)  # the new layout serves
     assert next(u for u in fleet.status().unfinished if f"{schema}.dist" in u).startswith("reshard: old shards to drop")
     _on_worker(cluster, "w2", f'DROP VIEW "{old[0]}".blocker')
     again = pgfleet_cli("reshard", f"{schema}.dist", "--shards", "2", directory=cluster.directory)
@@ -229,7 +214,7 @@ def test_old_shards_that_cannot_be_dropped_are_recorded_and_dropped_later(fleet:
     assert "removed 2 shards an unfinished reshard" in again.stdout
     assert len(_worker_tables(cluster, schema)) == 2
     assert not [u for u in fleet.status().unfinished if f"{schema}.dist" in u]
-    _same(conn)
+    _same(conn, QUERIES)
 
 
 @pytest.mark.parametrize("protocol", ["simple", "extended"])

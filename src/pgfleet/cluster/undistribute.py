@@ -28,19 +28,9 @@ from ..topology.read import resolve_table, table_def
 from .distribute import Progress, no_progress, set_canonical, set_internal, table_lock
 from .fleet import Fleet
 from .foreign_keys import check_not_referenced
+from .reshard_copy import SHARD_KEYS, SUMS
 
 log = logging.getLogger(__name__)
-
-SUMS = "SELECT count(*), coalesce(sum(hashtextextended(t::text, 0)::numeric), 0) FROM (SELECT {cols} FROM {src}) t"
-
-SHARD_KEYS = """
-SELECT c.conname::text, pg_get_constraintdef(c.oid), NULL, false FROM pg_constraint c
-WHERE c.conrelid = %(t)s::regclass AND c.contype IN ('p', 'u')
-UNION ALL
-SELECT ic.relname::text, NULL, substring(pg_get_indexdef(i.indexrelid) FROM ' USING .*$'), i.indisunique
-FROM pg_index i JOIN pg_class ic ON ic.oid = i.indexrelid
-WHERE i.indrelid = %(t)s::regclass AND NOT EXISTS (SELECT FROM pg_constraint c WHERE c.conindid = i.indexrelid)
-"""
 
 
 def _distributed(fleet: Fleet, name: QualifiedName) -> DistTable:
