@@ -80,7 +80,7 @@ class Statement:
     def described(self) -> bool:
         return self.param_types is not None and self.columns is not None
 
-    @property
+    @functools.cached_property
     def portable(self) -> bool:
         """Whether it is described with built-in parameter and result types: the same OIDs on every server."""
         if self.param_types is None or self.columns is None:
@@ -88,9 +88,9 @@ class Statement:
         return all(t < FIRST_USER_OID for t in self.param_types) and all(f.type_oid < FIRST_USER_OID for f in self.columns)
 
 
-@dataclass(frozen=True)
+@dataclass(slots=True)  # not frozen: made for every batch, and a frozen dataclass is made slower
 class Plan:
-    """A batch whose shape may run on a worker."""
+    """A batch whose shape may run on a worker (not changed once made)."""
 
     prefix: tuple[p.Parse | p.Describe, ...]  # answered by the coordinator (or known already)
     bind: p.Bind

@@ -205,6 +205,7 @@ class Framer:
         self._typed = not initial
         self._limit = limit or (lambda _t: MAX_MESSAGE_LENGTH)
         self._fixed_limit = MAX_MESSAGE_LENGTH if limit is None else None  # scan() then calls no function
+        # a limit is never below SMALL_MESSAGE_LIMIT, so a message no longer than that is not checked further
 
     def expect_typed(self) -> None:
         self._typed = True
@@ -262,10 +263,10 @@ class Framer:
         """:meth:`feed` with nothing buffered (the usual case: a chunk of whole messages), sliced from ``data``
         itself; what is left of a message is buffered."""
         out: list[tuple[bytes, bytes]] = []
-        pos, n, limit = 0, len(data), self._limit
+        pos, n, limit, fixed = 0, len(data), self._limit, self._fixed_limit
         while n - pos >= 5:
             type_byte, length = _HEADER.unpack_from(data, pos)
-            if length < 4 or length > limit(type_byte[0]):
+            if length < 4 or (length > SMALL_MESSAGE_LIMIT and length > (fixed if fixed is not None else limit(type_byte[0]))):
                 raise ProtocolViolation(f"invalid message length {length} for message type {type_byte!r}")
             if n - pos < length + 1:
                 break
@@ -292,7 +293,7 @@ class Framer:
         fixed = self._fixed_limit
         while n - pos >= 5:
             type_byte, length = _HEADER.unpack_from(data, pos)
-            if length < 4 or length > (fixed if fixed is not None else self._limit(type_byte[0])):
+            if length < 4 or (length > SMALL_MESSAGE_LIMIT and length > (fixed if fixed is not None else self._limit(type_byte[0]))):
                 raise ProtocolViolation(f"invalid message length {length} for message type {type_byte!r}")
             if type_byte == b"Z":
                 if n - pos < 6:
