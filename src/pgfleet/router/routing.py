@@ -42,6 +42,7 @@ DML = (ast.SelectStmt, ast.InsertStmt, ast.UpdateStmt, ast.DeleteStmt)
 # (RouterContext.roles_changed). A false positive costs one copy of the roles.
 _ROLE_WORDS = re.compile(rb'(?i)(?:(?:create|alter|drop)\s+(?:role|user|group)|grant|revoke|(?:reassign|drop)\s+owned)\b(?!")')
 _ROLE_HINTS = re.compile(rb"grant|revoke|role|user|group|owned")
+_ANY_HINT = re.compile(rb"grant|revoke|role|user|group|owned|pgfleet|drop")  # in lower-cased bytes
 _ROLE_LOOK_LIMIT = 64 << 10
 READY_IDLE = b"Z\x00\x00\x00\x05I"  # ReadyForQuery, outside a transaction block
 
@@ -60,6 +61,8 @@ def may_change(data: bytes) -> tuple[bool, bool]:
     if data[:1] not in (b"Q", b"P") or len(data) > _ROLE_LOOK_LIMIT:
         return False, False
     low = data.lower()
+    if _ANY_HINT.search(low) is None:  # the usual statement: one search
+        return False, False
     topology = (b"pgfleet" in low or b"drop" in low) and _TOPOLOGY_WORDS.search(data) is not None
     return _ROLE_HINTS.search(low) is not None and _role_words(data), topology
 
