@@ -155,3 +155,19 @@ def test_which_settings_are_carried_and_when() -> None:
     assert settle(SettingChange("work_mem", "64MB"), ok + failed, settings, {}) and settings == {"work_mem": "64MB"}
     assert not settle(SettingChange("nosuch", "1"), failed + ok, settings, {}) and settings == {"work_mem": "64MB"}
     assert settle(SettingChange("work_mem", None), ok, settings, {}) and settings == {}
+
+
+def test_which_client_bytes_may_change_roles_or_tables() -> None:
+    from pgfleet.router import protocol as p
+    from pgfleet.router.routing import may_change
+
+    def query(text: str) -> bytes:
+        return p.Query(text).encode()
+
+    assert may_change(query("SELECT abalance FROM pgbench_accounts WHERE aid = 1")) == (False, False)
+    assert may_change(query("SELECT * FROM users WHERE role_name = 'x'")) == (False, False)  # inside names
+    assert may_change(query("CREATE ROLE app LOGIN")) == (True, False)
+    assert may_change(query("grant select on t to app")) == (True, False)
+    assert may_change(query("SELECT pgfleet.distribute_table('t', 'id')")) == (False, True)
+    assert may_change(query("DROP TABLE t")) == (False, True)
+    assert may_change(b"d" + query("DROP ROLE x")[1:]) == (False, False)  # COPY data is not looked at
