@@ -25,7 +25,10 @@ class Normalized(NamedTuple):  # a tuple: made for every routed statement, cheap
 
     def position(self, offset: int) -> int:
         """An offset in ``text`` that is not inside a placeholder, mapped to the original statement."""
-        return offset + sum(grow for at, grow in self.shifts if at <= offset)
+        shifts = self.shifts
+        if not shifts or offset < shifts[0][0]:  # before the first constant (a table name, usually)
+            return offset
+        return offset + sum(grow for at, grow in shifts if at <= offset)
 
 
 _PLAIN_STRING = re.compile(r"'(?:[^']|'')*'")

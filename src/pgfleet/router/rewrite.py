@@ -5,7 +5,7 @@ literal, a comment or a longer identifier is never touched."""
 from __future__ import annotations
 
 import functools
-from collections.abc import Iterable
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 from pglast.parser import scan
@@ -59,7 +59,10 @@ def values_rows(text: str, after: int) -> tuple[list[tuple[int, int]], tuple[int
     return rows, ((rows[0][0], rows[-1][1]) if rows else (0, 0))
 
 
-def apply_edits(text: str, edits: Iterable[Edit]) -> str:
+def apply_edits(text: str, edits: Sequence[Edit]) -> str:
+    if len(edits) == 1:  # one table: the routed statement's usual case
+        edit = edits[0]
+        return text[:edit.start] + edit.text + text[edit.end:]
     for edit in sorted(edits, key=lambda e: e.start, reverse=True):
         text = text[:edit.start] + edit.text + text[edit.end:]
     return text
