@@ -210,13 +210,28 @@ async def roundtrip_each(conns: Sequence[WorkerConnection], requests: Sequence[b
     """Each connection's own request (ending in a Query or a Sync) at once; each reply, None where the
     connection broke."""
 
-    async def one(conn: WorkerConnection, request: bytes) -> bytes | None:
-        try:
-            return await conn.roundtrip(request)
-        except BackendError:
-            return None
+    # callbacks and one future rather than a task per connection (two-phase commits do this twice)
+    replies: list[bytes | None] = [None] * len(conns)
+    waiting = asyncio.get_running_loop().create_future()
+    pending = len(conns)
 
-    return list(await asyncio.gather(*(one(c, r) for c, r in zip(conns, requests, strict=True))))
+    def answered(i: int) -> Callable[[bytes | None], None]:
+        def done(reply: bytes | None) -> None:
+            nonlocal pending
+            replies[i] = reply
+            pending -= 1
+            if not pending and not waiting.done():
+                waiting.set_result(None)
+        return done
+
+    for i, (conn, request) in enumerate(zip(conns, requests, strict=True)):
+        try:
+            conn.send(request, answered(i))
+        except BackendError:  # not sent: as a broken connection
+            pending -= 1
+    if pending:
+        await waiting
+    return replies
 
 
 @dataclass(frozen=True)
