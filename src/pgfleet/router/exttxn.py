@@ -340,31 +340,17 @@ class ExtendedTransactions:
         session = self.session
         tc = session.transactions
         request, commit_name = worker_request(conn, plan, route, statement)
-        session.wait_for_answer()
-        session.running_on = conn
 
-        def done(reply: bytes | None) -> None:
-            session.running_on = None
-            try:
-                if reply is None:
-                    tc._background(lambda: tc._lost(txn, route.node))
-                    return
-                out, parsed = client_reply(reply, parsed=commit_name is not None, statement=statement, bind=plan.bind)
-                if parsed and commit_name is not None:
-                    commit_name()
-                if conn.flagged and (names := session.logical()) is not None:
-                    out = names.reported(route.shard_ids, out)
-                session.context.stats.executes += 1
-                tc._answered(txn, route, statement.sql, out, write=session._write)
-            except Exception:  # as _background does with a failing task
-                log.exception("transaction handling failed; the transaction is rolled back")
-                tc._background(tc._internal_failure)
+        def answered(reply: bytes) -> None:
+            out, parsed = client_reply(reply, parsed=commit_name is not None, statement=statement, bind=plan.bind)
+            if parsed and commit_name is not None:
+                commit_name()
+            if conn.flagged and (names := session.logical()) is not None:
+                out = names.reported(route.shard_ids, out)
+            session.context.stats.executes += 1
+            tc._answered(txn, route, statement.sql, out, write=session._write)
 
-        try:
-            conn.send(request, done)
-        except BackendError:
-            session.running_on = None
-            tc._background(lambda: tc._lost(txn, route.node))
+        tc.send_joined(txn, route.node, conn, request, answered)
 
     async def _run(self, txn: Transaction, plan: Plan, route: Shard, statement: Statement,
                    write: CoordinatorPart | None) -> None:

@@ -41,8 +41,9 @@ DML = (ast.SelectStmt, ast.InsertStmt, ast.UpdateStmt, ast.DeleteStmt)
 # coordinator fires no trigger for them, so the router copies the roles to the workers itself after them
 # (RouterContext.roles_changed). A false positive costs one copy of the roles.
 _ROLE_WORDS = re.compile(rb'(?i)(?:(?:create|alter|drop)\s+(?:role|user|group)|grant|revoke|(?:reassign|drop)\s+owned)\b(?!")')
-_ROLE_HINTS = re.compile(rb"grant|revoke|role|user|group|owned")
-_ANY_HINT = re.compile(rb"grant|revoke|role|user|group|owned|pgfleet|drop")  # in lower-cased bytes
+_ROLE_HINT_WORDS = rb"grant|revoke|role|user|group|owned"
+_ROLE_HINTS = re.compile(_ROLE_HINT_WORDS)
+_ANY_HINT = re.compile(_ROLE_HINT_WORDS + rb"|pgfleet|drop")  # in lower-cased bytes: _TOPOLOGY_WORDS' hints too
 _ROLE_LOOK_LIMIT = 64 << 10
 READY_IDLE = b"Z\x00\x00\x00\x05I"  # ReadyForQuery, outside a transaction block
 

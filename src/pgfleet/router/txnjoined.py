@@ -34,8 +34,24 @@ class JoinedStatements:
         raise NotImplementedError
 
     def _on_joined(self, txn: Transaction, route: Shard, route_text: str, conn: WorkerConnection) -> None:
-        """Run ``route`` on ``conn``, the transaction's connection to its worker; the client's next messages
-        wait for the answer. A broken connection ends the transaction (:meth:`_lost`), as on the task path."""
+        """Run ``route`` on ``conn``, the transaction's connection to its worker (:meth:`send_joined`)."""
+        host = self.host
+
+        def answered(reply: bytes) -> None:
+            if (names := host.logical()) is not None:  # the coordinator's names and oids
+                finish_routed(names, route, conn, reply, lambda out: self._answered(txn, route, route_text, out),
+                              host.spawn)
+            else:
+                self._answered(txn, route, route_text, reply)
+
+        self.send_joined(txn, route.node, conn, p.Query(route.sql).encode(), answered)
+
+    def send_joined(self, txn: Transaction, node: str, conn: WorkerConnection, request: bytes,
+                    answered: Callable[[bytes], None]) -> None:
+        """Send ``request`` on ``conn``, the transaction's connection to ``node``, with a callback: ``answered``
+        gets the reply and answers the client (then resumes the session); the client's next messages wait
+        for it. A broken connection ends the transaction (:meth:`_lost`), and a failure in ``answered`` rolls
+        it back, as on the task path."""
         host = self.host
         host.wait_for_answer()
         host.running_on = conn
@@ -44,21 +60,18 @@ class JoinedStatements:
             host.running_on = None
             try:
                 if reply is None:
-                    self._background(lambda: self._lost(txn, route.node))
-                elif (names := host.logical()) is not None:  # the coordinator's names and oids
-                    finish_routed(names, route, conn, reply, lambda out: self._answered(txn, route, route_text, out),
-                                  host.spawn)
+                    self._background(lambda: self._lost(txn, node))
                 else:
-                    self._answered(txn, route, route_text, reply)
+                    answered(reply)
             except Exception:  # as _background does with a failing task: nothing of the transaction is kept
                 log.exception("transaction handling failed; the transaction is rolled back")
                 self._background(self._internal_failure)
 
         try:
-            conn.send(p.Query(route.sql).encode(), done)
+            conn.send(request, done)
         except BackendError:  # not sent: the connection is gone, and the transaction's work there with it
             host.running_on = None
-            self._background(lambda: self._lost(txn, route.node))
+            self._background(lambda: self._lost(txn, node))
 
     async def _internal_failure(self) -> None:
         raise NotImplementedError
